@@ -1,0 +1,189 @@
+/*
+ * policy.h - the one interface every KV-cache eviction policy implements.
+ *
+ * A policy instance manages one cache: one (layer, KV head) pair, whose query heads form
+ * a GQA group of group_size heads. The engine (sim/engine.c) owns the cache itself (the
+ * ascending list of cached positions), the rows, the metrics and the output; a policy
+ * only keeps scores and chooses what to keep. The replay semantics the engine follows
+ * are fixed (README, "Replay semantics"); for one cache and a trace of T tokens with a
+ * prompt of P tokens the engine calls, in this order:
+ *
+ *   st = ops->create(values, ctx)                     once, before position 0
+ *   for t = 0 .. T-1:
+ *       ops->observe(st, row_t)                       row over A_t = S u {t}
+ *       if t == P-1 or t >= P:
+ *           m = ops->meta_bytes(st, |A_t|)            (decode steps only, t >= P)
+ *           ops->select(st, cache_t, keep)            S <- kept part of A_t
+ *   ops->destroy(st)
+ *
+ * During prefill (t < P) nothing is evicted: A_t = {0..t} and row_t is the full-cache row
+ * p_t. At t = P-1 select compresses the prompt to the budget. At a decode step t >= P the
+ * row is the renormalised row o_t over A_t (README rule 2). A policy may keep every
+ * position (full, SnapKV during decode): that is its published rule, and the engine does
+ * not second-guess it.
+ *
+ * Adding a policy: one file policies/NAME.c exporting one `const kv_policy_ops
+ * kv_policy_NAME`, plus one line in policies/registry.c. Everything else is static.
+ */
+#ifndef KV_POLICY_H
+#define KV_POLICY_H
+
+#include <stddef.h>
+
+#define KV_MAX_PARAMS 8
+#define KV_ERRMSG 256
+
+/* ------------------------------------------------------------ parameters */
+
+typedef enum {
+    KV_PARAM_INT,    /* whole number in [min, max] */
+    KV_PARAM_REAL,   /* real number in [min, max] */
+    KV_PARAM_CHOICE  /* one of the '|'-separated words in choices; stored as its index */
+} kv_param_type;
+
+/* One row of a policy's parameter table; parsing, validation and --help all read it. */
+typedef struct {
+    const char *name;          /* e.g. "window" */
+    kv_param_type type;
+    const char *default_text;  /* e.g. "32", "0.5", "max" */
+    double min, max;           /* inclusive range for INT and REAL */
+    const char *choices;       /* "max|avg" for CHOICE, NULL otherwise */
+    const char *help;          /* one line, with units */
+} kv_param_spec;
+
+/* Parsed values, in the order of the policy's table. CHOICE values hold the index of
+ * the word (0 for the first). */
+typedef struct {
+    double v[KV_MAX_PARAMS];
+} kv_param_values;
+
+/* --------------------------------------------------- what a policy sees */
+
+/* Fixed facts of one cache, given at creation. Borrowed for the call only. */
+typedef struct {
+    int budget;        /* B: most past tokens held when a decode query attends, >= 1 */
+    int group_size;    /* query heads whose scores this cache combines (GQA group) */
+    int n_tokens;      /* T: positions are 0..T-1 */
+    int prefill_len;   /* P */
+    int layer;         /* for messages and for seeding */
+    int kv_head;       /* index of the cache within its layer */
+    unsigned long seed;/* per-cache seed derived by the engine; use it for any randomness */
+} kv_policy_ctx;
+
+/*
+ * One observed query row for a cache. pos[0..n) are the positions of A_t in ascending
+ * order (pos[n-1] == t). w[h * n + i] is the attention of the group's h-th query head
+ * (0 <= h < n_heads) on pos[i]: the full-cache row p_t during prefill, the renormalised
+ * row o_t at decode steps (all zero where the head's recall was 0). Borrowed: valid
+ * only during the observe call.
+ */
+typedef struct {
+    int t;
+    int n;
+    const int *pos;
+    int n_heads;
+    const double *w;
+    int is_prefill;    /* 1 when t < P */
+} kv_row;
+
+/* The cache when the policy must choose: A_t in ascending order (pos[n-1] == t). */
+typedef struct {
+    int t;
+    int n;
+    const int *pos;
+    int budget;        /* B */
+    int is_prefill_end;/* 1 at t == P-1 (the prompt compression), 0 at decode steps */
+} kv_cache_view;
+
+/* --------------------------------------------------------- the contract */
+
+typedef struct kv_policy_ops {
+    const char *name;          /* registry name, lowercase */
+    const char *summary;       /* one line for `kvsim policies` */
+    const char *citation;      /* paper and rule, one line */
+    const kv_param_spec *params;
+    int n_params;
+    int bounded;               /* 1 if |S| <= B after every select (kv_tokens = B+1 per
+                                  cache once P > B); 0 for full and snapkv */
+
+    /* Checks values (already range-checked against the table) together with a budget.
+     * Returns 0 if the pair is valid, else 1 with a message naming the rule, e.g.
+     * "budget 16 must exceed window 32". May be NULL when any in-range values work. */
+    int (*check)(const kv_param_values *values, int budget, char *err, size_t err_len);
+
+    /* Allocates the state for one cache. Returns NULL only when out of memory. */
+    void *(*create)(const kv_param_values *values, const kv_policy_ctx *ctx);
+
+    /* Records row t (see kv_row). O(n * n_heads) work. Cannot fail. */
+    void (*observe)(void *state, const kv_row *row);
+
+    /* Chooses the positions to keep: sets keep[i] to 1 or 0 for each cache->pos[i].
+     * A bounded policy keeps at most cache->budget positions. One selection: the policy
+     * ranks once on its current state (README rule 5). O(n) expected work apart from
+     * the policy's own scoring. Cannot fail. */
+    void (*select)(void *state, const kv_cache_view *cache, unsigned char *keep);
+
+    /* Bytes of policy metadata held when the cache holds n_cached positions (the formula
+     * is in the policy's file). NULL means none. */
+    size_t (*meta_bytes)(const void *state, int n_cached);
+
+    /* Frees the state. NULL is ignored. */
+    void (*destroy)(void *state);
+} kv_policy_ops;
+
+/* ----------------------------------------------------------- registry */
+
+/* The NULL-terminated table of every policy, in the order `kvsim policies` lists them. */
+extern const kv_policy_ops *const kv_policy_registry[];
+
+/* The policy registered under name (exact match), or NULL. */
+const kv_policy_ops *kv_policy_find(const char *name);
+
+/* The registered policy name closest to name (edit distance), for "did you mean". */
+const char *kv_policy_suggest(const char *name);
+
+/* ------------------------------------------------ parameters, shared */
+
+/* Fills values with the defaults of ops's table. Cannot fail (tables are checked by the
+ * conformance test). */
+void kv_params_defaults(const kv_policy_ops *ops, kv_param_values *values);
+
+/* Index of parameter name in ops's table, or -1. */
+int kv_params_index(const kv_policy_ops *ops, const char *name);
+
+/* Parses text as parameter `name` of ops into values. Returns 0, or 1 with a message
+ * ("unknown parameter 'windw' for morphkv (did you mean 'window'?)", "window must be an
+ * integer in [1, 1000000], got '0'", "fusion must be one of sum|max, got 'avg'"). */
+int kv_params_set(const kv_policy_ops *ops, kv_param_values *values, const char *name,
+                  const char *text, char *err, size_t err_len);
+
+/* Writes "name=value" pairs of values (the non-default ones only if only_changed) into
+ * buf, comma-separated, for labels and logs. */
+void kv_params_format(const kv_policy_ops *ops, const kv_param_values *values,
+                      int only_changed, char *buf, size_t buf_len);
+
+/* --------------------------------------------- helpers for policy files */
+
+typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
+
+/* The `gqa` parameter row every group-combining policy lists ("sum|max", default sum). */
+#define KV_PARAM_GQA { "gqa", KV_PARAM_CHOICE, "sum", 0, 0, "sum|max", \
+        "combine the scores of the query heads sharing a KV head: sum or max (rule 3)" }
+
+/* out[i] = sum or max over h < n_heads of per_head[h * stride + i], for i < n. */
+void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head,
+                    size_t stride, double *out);
+
+/*
+ * Marks in keep the k best of the candidates cand[0..n_cand), which are indices into the
+ * cache view (0 <= cand[i] < n). score[] and pos[] are indexed by cache-view index too:
+ * candidate c has score score[c] and position pos[c]. keep[c] is set to 1 for the k kept
+ * candidates; no other entry of keep is touched. Ranking: higher score first; equal
+ * scores keep the more recent position (larger pos), README rule 4. k <= 0 keeps none,
+ * k >= n_cand keeps all. Expected O(n_cand) (quickselect). scratch holds at least n_cand
+ * ints. Cannot fail.
+ */
+void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
+                 int *scratch, unsigned char *keep);
+
+#endif

@@ -1,0 +1,16 @@
+/*
+ * commands.h - the `kvsim` subcommands. Each takes the arguments after the subcommand
+ * name (argv[0] is the subcommand name itself, as getopt_long expects) and returns the
+ * process exit status: 0 success, 1 runtime failure, 2 usage error. Each prints its own
+ * messages to stderr and handles --help. Only main() exits.
+ */
+#ifndef KV_COMMANDS_H
+#define KV_COMMANDS_H
+
+int kv_cmd_run(int argc, char **argv);      /* sim/cmd_run.c */
+int kv_cmd_policies(int argc, char **argv); /* sim/cmd_run.c */
+int kv_cmd_info(int argc, char **argv);     /* traces/info.c */
+int kv_cmd_gen(int argc, char **argv);      /* traces/gen.c */
+int kv_cmd_capture(int argc, char **argv);  /* traces/capture.c */
+
+#endif

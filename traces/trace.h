@@ -1,0 +1,139 @@
+/*
+ * trace.h - kvtrace v1: the HDF5 trace format kvsim replays (reader and writer).
+ *
+ * The format is a public contract, specified in traces/FORMAT.md. A trace holds the
+ * recorded attention of one generation of T tokens whose first P tokens are the prompt
+ * (prefill). It stores either the attention rows themselves (source = attn:
+ * /layers/<l>/attn [n_heads, T, T]) or the post-rotary queries and keys from which the
+ * rows are recomputed exactly (source = qk: /layers/<l>/q [n_heads, T, head_dim],
+ * /layers/<l>/k [n_kv_heads, T, head_dim], optional /layers/<l>/v).
+ *
+ * Errors: every function that can fail returns 0 on success and a non-zero KV_ETRACE_*
+ * code on failure, and writes a one-line message (no trailing newline) naming the file,
+ * the dataset or attribute, and what was expected into err[0..err_len). HDF5's own error
+ * stack is silenced unless kv_trace_set_verbose(1) was called.
+ */
+#ifndef KV_TRACE_H
+#define KV_TRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_TRACE_VERSION 1
+#define KV_TRACE_MODEL_LEN 256
+
+enum {
+    KV_TRACE_OK = 0,
+    KV_ETRACE_IO = 1,      /* file missing, unreadable, not HDF5, truncated */
+    KV_ETRACE_FORMAT = 2,  /* valid HDF5 but not a valid kvtrace v1 file */
+    KV_ETRACE_NOMEM = 3,   /* an allocation failed */
+    KV_ETRACE_ARG = 4      /* a caller passed an argument outside the documented range */
+};
+
+typedef enum { KV_SOURCE_ATTN = 0, KV_SOURCE_QK = 1 } kv_source;
+
+/* The root attributes of a trace (FORMAT.md, "Root attributes"). */
+typedef struct {
+    int version;                     /* kvtrace_version, 1 */
+    char model[KV_TRACE_MODEL_LEN];  /* model name, NUL-terminated (truncated if longer) */
+    int n_layers;                    /* layers, >= 1 */
+    int n_heads;                     /* query heads per layer, >= 1 */
+    int n_kv_heads;                  /* KV heads per layer; n_heads % n_kv_heads == 0 */
+    int head_dim;                    /* elements per query/key vector, >= 1 */
+    int n_tokens;                    /* T: positions 0..T-1 */
+    int prefill_len;                 /* P: 1 <= P <= T; positions 0..P-1 are the prompt */
+    kv_source source;                /* attn rows or q/k */
+    double softmax_scale;            /* logit scale for qk; default 1/sqrt(head_dim) */
+    int dtype_bytes;                 /* bytes per K or V element modelled, default 2 */
+    int has_tokens;                  /* 1 when /tokens is present */
+    int has_v;                       /* 1 when every layer has /layers/<l>/v (qk only) */
+} kv_trace_info;
+
+typedef struct kv_trace kv_trace;
+
+/* Makes HDF5 print its error stack (1) or keep quiet (0, the default). Process-wide. */
+void kv_trace_set_verbose(int verbose);
+
+/*
+ * Opens path read-only, reads and checks the root attributes and the presence, rank,
+ * type and shape of every dataset the source needs. It does not scan dataset values
+ * (NaN, negative attention, row sums): kv_trace_check_values does that.
+ * On success *out owns the open file; release it with kv_trace_close.
+ * On failure *out is NULL and err holds the reason.
+ */
+int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len);
+
+/* The trace's attributes; borrowed, valid until kv_trace_close. Cannot fail. */
+const kv_trace_info *kv_trace_get_info(const kv_trace *tr);
+
+/* The path the trace was opened from; borrowed, valid until kv_trace_close. */
+const char *kv_trace_path(const kv_trace *tr);
+
+/*
+ * source = attn: reads rows t0..t1-1 (0 <= t0 < t1 <= T) of query heads h0..h1-1 of a
+ * layer into out, as float32 whatever the stored type:
+ *   out[((h - h0) * (t1 - t0) + (t - t0)) * T + j], j in 0..T-1,
+ * where entries j > t (above the diagonal) are set to 0. out holds
+ * (h1-h0)*(t1-t0)*T floats, owned by the caller. Only the lower-triangular part of the
+ * requested rows is read from the file.
+ */
+int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
+                       float *out, char *err, size_t err_len);
+
+/*
+ * source = qk: reads a layer's queries and keys as float32.
+ *   q: n_heads * T * head_dim floats, q[(h * T + t) * head_dim + d]
+ *   k: n_kv_heads * T * head_dim floats, k[(g * T + t) * head_dim + d]
+ * Both buffers are owned by the caller.
+ */
+int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len);
+
+/* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
+int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
+
+/* Closes the file and frees tr. NULL is ignored. Cannot fail. */
+void kv_trace_close(kv_trace *tr);
+
+/* ---------------------------------------------------------------- writer */
+
+typedef struct kv_trace_writer kv_trace_writer;
+
+/*
+ * Creates (truncating) path and writes the root attributes of info (version is forced to
+ * 1; has_tokens/has_v are ignored, they follow from what is written). Datasets are
+ * chunked with gzip + shuffle: (1, 128, 128) tiles for attn, (1, min(T,256), head_dim)
+ * for q/k/v. Values are stored as float32, or as IEEE float16 when store_f16 is 1.
+ */
+int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
+                    kv_trace_writer **out, char *err, size_t err_len);
+
+/* Writes /tokens: T int32 ids. */
+int kv_trace_write_tokens(kv_trace_writer *w, const int32_t *tokens, char *err, size_t err_len);
+
+/*
+ * Writes rows t0..t1-1 of one query head's attention into /layers/<layer>/attn (created
+ * on first use). rows[(t - t0) * T + j]; entries j > t are ignored and stored as 0.
+ */
+int kv_trace_write_attn_rows(kv_trace_writer *w, int layer, int head, int t0, int t1,
+                             const float *rows, char *err, size_t err_len);
+
+/*
+ * Writes a layer's /q, /k and (when v is not NULL) /v, laid out as kv_trace_read_qk
+ * describes (v like k).
+ */
+int kv_trace_write_qk(kv_trace_writer *w, int layer, const float *q, const float *k,
+                      const float *v, char *err, size_t err_len);
+
+/* Adds an extra root attribute (provenance: sampling settings, checkpoint hash...). */
+int kv_trace_write_attr_string(kv_trace_writer *w, const char *name, const char *value,
+                               char *err, size_t err_len);
+int kv_trace_write_attr_double(kv_trace_writer *w, const char *name, double value,
+                               char *err, size_t err_len);
+int kv_trace_write_attr_int(kv_trace_writer *w, const char *name, long long value,
+                            char *err, size_t err_len);
+
+/* Flushes and closes the file and frees w; returns non-zero if the final flush failed.
+ * NULL is ignored. */
+int kv_trace_finish(kv_trace_writer *w, char *err, size_t err_len);
+
+#endif
