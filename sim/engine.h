@@ -17,11 +17,18 @@
 
 #define KV_LABEL_LEN 64
 
+/* How finely KV is cached (the engine-level parameter `kv_granularity` every policy
+ * takes): one cache per KV head shared by its GQA group (default), or one per query head
+ * (the KV repeated per query head, as the MorphKV paper's baselines ran; group size 1,
+ * KV memory multiplied by the group size). */
+typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
+
 /* One configured policy: a label (column `policy` in every output), its ops and values. */
 typedef struct {
     char label[KV_LABEL_LEN];
     const kv_policy_ops *ops;
     kv_param_values values;
+    kv_granularity granularity;
 } kv_policy_conf;
 
 typedef struct {
@@ -43,6 +50,11 @@ typedef struct {
     double *step_meta_bytes;    /* [D] sum over all caches of policy metadata (bytes) */
     double *head_recall_mean;   /* [n_layers * n_heads] mean over decode steps */
     double *head_recall_min;    /* [n_layers * n_heads] */
+    double *step_topk1;         /* [D] mean over layers and query heads of the fraction of
+                                   the row's top-1 full-cache key that is in A_t */
+    double *step_topk8;         /* [D] likewise for the 8 highest keys (min(8, t+1)) */
+    long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
+                                   they were attended to (0: evicted at the prefill end) */
     int *retained;              /* [T] number of caches holding position j after the last
                                    step (S at the end of the trace) */
 } kv_run_result;
