@@ -398,6 +398,7 @@ static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches)
             run->lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
             run->retained[c->pos[i]] += c->token_weight;
+        run->n_cache_units += c->token_weight;
     }
 }
 

@@ -56,7 +56,10 @@ typedef struct {
     long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
                                    they were attended to (0: evicted at the prefill end) */
     int *retained;              /* [T] number of caches holding position j after the last
-                                   step (S at the end of the trace) */
+                                   step (S at the end of the trace), each cache counted
+                                   once per KV head that stores it */
+    int n_cache_units;          /* what retained[] counts out of: the caches of all layers,
+                                   weighted the same way */
 } kv_run_result;
 
 typedef struct {

@@ -28,6 +28,8 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
     s->recall_p05 = gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
     s->recall_min = sorted[0];
     free(sorted);
+    s->topk1_recall = gsl_stats_mean(run->step_topk1, 1, (size_t)D);
+    s->topk8_recall = gsl_stats_mean(run->step_topk8, 1, (size_t)D);
     double bytes_sum = 0.0;
     for (int i = 0; i < D; i++) {
         if (run->step_kv_tokens[i] > s->kv_tokens_peak)
@@ -128,30 +130,33 @@ static int write_summary(FILE *f, const kv_results *res, const kv_replay_conf *c
                          char *err, size_t err_len)
 {
     fprintf(f, "policy\ttype\tbudget\trecall_mean\trecall_p05\trecall_min\tkv_tokens_peak\t"
-               "kv_bytes_peak\tkv_bytes_mean\tmeta_bytes_peak\n");
+               "kv_bytes_peak\tkv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\n");
     for (int r = 0; r < res->n_runs; r++) {
         const kv_policy_conf *pc = &conf->policies[res->runs[r].policy];
         kv_run_summary s;
         if (kv_run_summarise(res, r, &s, err, err_len))
             return 1;
-        fprintf(f, "%s\t%s\t%d\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\n", pc->label,
-                pc->ops->name, res->runs[r].budget, s.recall_mean, s.recall_p05, s.recall_min,
-                s.kv_tokens_peak, s.kv_bytes_peak, s.kv_bytes_mean, s.meta_bytes_peak);
+        fprintf(f, "%s\t%s\t%d\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\n",
+                pc->label, pc->ops->name, res->runs[r].budget, s.recall_mean, s.recall_p05,
+                s.recall_min, s.kv_tokens_peak, s.kv_bytes_peak, s.kv_bytes_mean,
+                s.meta_bytes_peak, s.topk1_recall, s.topk8_recall);
     }
     return 0;
 }
 
 static void write_steps(FILE *f, const kv_results *res, const kv_replay_conf *conf)
 {
-    fprintf(f, "policy\tbudget\tstep\trecall\tkv_tokens\tkv_bytes\tmeta_bytes\n");
+    fprintf(f, "policy\tbudget\tstep\trecall\tkv_tokens\tkv_bytes\tmeta_bytes\ttopk1_recall\t"
+               "topk8_recall\n");
     for (int r = 0; r < res->n_runs; r++) {
         const kv_run_result *run = &res->runs[r];
         const char *label = conf->policies[run->policy].label;
         for (int s = 0; s < res->n_steps; s++)
-            fprintf(f, "%s\t%d\t%d\t%.9g\t%lld\t%.0f\t%.0f\n", label, run->budget,
-                    res->info.prefill_len + s, run->step_recall[s], run->step_kv_tokens[s],
+            fprintf(f, "%s\t%d\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n", label,
+                    run->budget, res->info.prefill_len + s, run->step_recall[s],
+                    run->step_kv_tokens[s],
                     kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
-                    run->step_meta_bytes[s]);
+                    run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
     }
 }
 
@@ -170,11 +175,36 @@ static void write_heads(FILE *f, const kv_results *res, const kv_replay_conf *co
     }
 }
 
+static void write_retention(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+{
+    fprintf(f, "policy\tbudget\tposition\tfraction\n");
+    for (int r = 0; r < res->n_runs; r++) {
+        const kv_run_result *run = &res->runs[r];
+        const char *label = conf->policies[run->policy].label;
+        for (int j = 0; j < res->info.n_tokens; j++)
+            fprintf(f, "%s\t%d\t%d\t%.9g\n", label, run->budget, j,
+                    (double)run->retained[j] / run->n_cache_units);
+    }
+}
+
+static void write_lifetimes(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+{
+    fprintf(f, "policy\tbudget\tlifetime\tcount\n");
+    for (int r = 0; r < res->n_runs; r++) {
+        const kv_run_result *run = &res->runs[r];
+        const char *label = conf->policies[run->policy].label;
+        for (int s = 0; s <= res->n_steps; s++)
+            if (run->lifetimes[s])
+                fprintf(f, "%s\t%d\t%d\t%lld\n", label, run->budget, s, run->lifetimes[s]);
+    }
+}
+
 int kv_output_write(const char *dir, const kv_results *res, const kv_replay_conf *conf,
                     char *err, size_t err_len)
 {
-    static const char *names[] = { "summary.tsv", "steps.tsv", "heads.tsv" };
-    for (int i = 0; i < 3; i++) {
+    static const char *names[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
+                                   "lifetimes.tsv" };
+    for (int i = 0; i < 5; i++) {
         out_file o;
         if (out_open(&o, dir, names[i], err, err_len))
             return 1;
@@ -183,8 +213,12 @@ int kv_output_write(const char *dir, const kv_results *res, const kv_replay_conf
             rc = write_summary(o.f, res, conf, err, err_len);
         else if (i == 1)
             write_steps(o.f, res, conf);
-        else
+        else if (i == 2)
             write_heads(o.f, res, conf);
+        else if (i == 3)
+            write_retention(o.f, res, conf);
+        else
+            write_lifetimes(o.f, res, conf);
         if (rc) {
             fclose(o.f);
             unlink(o.tmp);

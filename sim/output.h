@@ -4,6 +4,10 @@
  *   summary.tsv  one row per (policy, budget)
  *   steps.tsv    one row per (policy, budget, decode step)
  *   heads.tsv    one row per (policy, budget, layer, query head)
+ *   retention.tsv  one row per (policy, budget, position): share of caches holding it at
+ *                  the end
+ *   lifetimes.tsv  one row per (policy, budget, lifetime): evicted tokens by the number
+ *                  of decode steps they were attended to
  *
  * Columns are documented in the README ("Output files"). Numbers are printed with %.9g
  * (recall) or as integers (tokens, bytes), so files are byte-identical across runs.
@@ -21,6 +25,7 @@ typedef struct {
     double recall_mean, recall_p05, recall_min;
     long long kv_tokens_peak;
     double kv_bytes_peak, kv_bytes_mean, meta_bytes_peak;
+    double topk1_recall, topk8_recall;   /* means over decode steps */
 } kv_run_summary;
 
 /* Fills s for run r of res. Returns 0, or 1 when out of memory (err set). */
@@ -34,7 +39,7 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 
 /*
- * Writes summary.tsv, steps.tsv and heads.tsv into dir. Each file is written to a hidden
+ * Writes summary.tsv, steps.tsv, heads.tsv, retention.tsv and lifetimes.tsv into dir. Each file is written to a hidden
  * temporary in dir and renamed into place only when complete, so an interrupted run never
  * leaves a half-written file. Returns 0, or 1 with err naming the file (full disk, I/O).
  */
