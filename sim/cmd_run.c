@@ -25,7 +25,8 @@ static void run_usage(FILE *f)
 "(see configs/); options given after it override it.\n"
 "\n"
 "options:\n"
-"  -t, --trace FILE        kvtrace v1 HDF5 file to replay\n"
+"  -t, --trace FILE[,FILE] kvtrace v1 HDF5 file(s) to replay; every file is replayed\n"
+"                          with every policy and budget, rows keep a `trace` column\n"
 "  -p, --policies LIST     comma-separated policy names, each labelled by its name\n"
 "                          (e.g. window,streamingllm,h2o,snapkv,morphkv; see `kvsim policies`)\n"
 "  -b, --budgets LIST      comma-separated budgets in tokens (e.g. 64,128,256)\n"
@@ -156,8 +157,8 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         return 2;
     if (o->budgets && kv_experiment_set_budgets(ex, o->budgets, err, err_len))
         return 2;
-    if (o->trace)
-        snprintf(ex->trace, sizeof ex->trace, "%s", o->trace);
+    if (o->trace && kv_experiment_set_traces(ex, o->trace, err, err_len))
+        return 2;
     if (o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
     for (int i = 0; i < o->n_sets; i++)
@@ -170,7 +171,7 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
 
 static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
 {
-    if (!ex->trace[0])
+    if (!ex->n_traces)
         snprintf(err, err_len, "no trace given (--trace FILE or trace = in [experiment])");
     else if (!ex->n_budgets)
         snprintf(err, err_len, "no budgets given (--budgets 64,128 or budgets = ...)");
@@ -183,10 +184,36 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
     return 2;
 }
 
+/* The `trace` column of a trace: its file name without directory. */
+static const char *trace_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* Opens and replays every trace of ex; res[] and names[] get one entry per trace. */
+static int replay_all(const kv_experiment *ex, const kv_replay_conf *conf, kv_results **res,
+                      const char **names, int quiet, char *err, size_t err_len)
+{
+    for (int k = 0; k < ex->n_traces; k++) {
+        kv_trace *tr = NULL;
+        names[k] = trace_name(ex->traces[k]);
+        if (!quiet && ex->n_traces > 1)
+            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
+        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+            return 1;
+        int rc = kv_replay(tr, conf, &res[k], err, err_len);
+        kv_trace_close(tr);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 int kv_cmd_run(int argc, char **argv)
 {
     char err[1024] = "";
-    kv_experiment ex;
+    static kv_experiment ex;   /* static: its trace list is large for the stack */
     kv_experiment_init(&ex);
     run_options o = { .seed = -1 };
     int rc = parse_run_args(argc, argv, &o, err, sizeof err);
@@ -200,26 +227,27 @@ int kv_cmd_run(int argc, char **argv)
     };
     if (rc == 0)
         rc = kv_replay_validate(&conf, err, sizeof err);
-    kv_trace *tr = NULL;
-    kv_results *res = NULL;
+    kv_results *res[KV_MAX_TRACES] = { 0 };
+    const char *names[KV_MAX_TRACES] = { 0 };
+    kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
+                                 .res = (const kv_results *const *)res, .trace_names = names };
     if (rc == 0 && kv_output_prepare(ex.output, o.force, err, sizeof err))
         rc = 2;
-    if (rc == 0 && kv_trace_open(ex.trace, &tr, err, sizeof err))
-        rc = 1;
     if (rc == 0)
-        rc = kv_replay(tr, &conf, &res, err, sizeof err);
-    if (rc == 0 && kv_output_write(ex.output, res, &conf, err, sizeof err))
+        rc = replay_all(&ex, &conf, res, names, o.quiet, err, sizeof err);
+    if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
     if (rc == 0 && !o.quiet) {
-        if (kv_output_table(stdout, res, &conf, err, sizeof err))
+        if (kv_output_table(stdout, &er, err, sizeof err))
             rc = 1;
         else
-            printf("results: %s/{summary,steps,heads}.tsv\n", ex.output);
+            printf("results: %s/ (summary, steps, heads, retention, lifetimes .tsv)\n",
+                   ex.output);
     }
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
-    kv_results_free(res);
-    kv_trace_close(tr);
+    for (int k = 0; k < ex.n_traces; k++)
+        kv_results_free(res[k]);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : rc;
 }

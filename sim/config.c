@@ -105,6 +105,39 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
     return 0;
 }
 
+int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len)
+{
+    int n = 0;
+    for (const char *p = text; *p;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t len = strcspn(p, ",");
+        size_t trimmed = len;
+        while (trimmed && (p[trimmed - 1] == ' ' || p[trimmed - 1] == '\t'))
+            trimmed--;
+        if (trimmed == 0) {
+            snprintf(err, err_len, "empty trace path in '%s'", text);
+            return 2;
+        }
+        if (n == KV_MAX_TRACES || trimmed >= KV_PATH_LEN) {
+            snprintf(err, err_len, "at most %d traces of at most %d characters each",
+                     KV_MAX_TRACES, KV_PATH_LEN - 1);
+            return 2;
+        }
+        memcpy(ex->traces[n], p, trimmed);
+        ex->traces[n++][trimmed] = '\0';
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (n == 0) {
+        snprintf(err, err_len, "no trace path given");
+        return 2;
+    }
+    ex->n_traces = n;
+    return 0;
+}
+
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
     int budgets[MAX_BUDGETS], n = 0;
@@ -181,8 +214,10 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
 {
     kv_experiment *ex = s->ex;
     char why[512];
-    if (strcmp(key, "trace") == 0)
-        snprintf(ex->trace, sizeof ex->trace, "%s", value);
+    if (strcmp(key, "trace") == 0 || strcmp(key, "traces") == 0) {
+        if (kv_experiment_set_traces(ex, value, why, sizeof why))
+            return fail(s, "[experiment] %s: %s%s", key, why, "");
+    }
     else if (strcmp(key, "output") == 0)
         snprintf(ex->output, sizeof ex->output, "%s", value);
     else if (strcmp(key, "budgets") == 0) {

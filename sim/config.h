@@ -5,7 +5,8 @@
  * INI layout (the files in configs/ are commented examples):
  *
  *   [experiment]
- *   trace   = traces/data/x.h5     ; path, relative to the working directory
+ *   trace   = traces/data/a.h5, traces/data/b.h5  ; one or more, comma-separated,
+ *                                  ; relative to the working directory
  *   budgets = 64, 128, 256         ; tokens
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
@@ -22,9 +23,11 @@
 #include "sim/engine.h"
 
 #define KV_PATH_LEN 4096
+#define KV_MAX_TRACES 64
 
 typedef struct {
-    char trace[KV_PATH_LEN];
+    char traces[KV_MAX_TRACES][KV_PATH_LEN];  /* replayed one after the other */
+    int n_traces;
     char output[KV_PATH_LEN];
     int *budgets;               /* owned */
     int n_budgets;
@@ -57,6 +60,10 @@ int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *t
  * on every policy of type target. Returns 0, or 2 (no such policy, bad parameter/value). */
 int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
+
+/* Replaces the trace list by the comma-separated paths in text. Returns 0, or 2 (empty
+ * item, more than KV_MAX_TRACES, a path too long). */
+int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 /* Parses "64,128, 256" (tokens, each >= 1, at most 64 values) into ex->budgets,
  * replacing earlier ones. Returns 0, or 2 naming the bad item. */

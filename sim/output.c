@@ -126,100 +126,125 @@ static int out_close(out_file *o, char *err, size_t err_len)
     return 1;
 }
 
-static int write_summary(FILE *f, const kv_results *res, const kv_replay_conf *conf,
-                         char *err, size_t err_len)
+static int write_summary(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
-    fprintf(f, "policy\ttype\tbudget\trecall_mean\trecall_p05\trecall_min\tkv_tokens_peak\t"
-               "kv_bytes_peak\tkv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\n");
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_policy_conf *pc = &conf->policies[res->runs[r].policy];
-        kv_run_summary s;
-        if (kv_run_summarise(res, r, &s, err, err_len))
-            return 1;
-        fprintf(f, "%s\t%s\t%d\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\n",
-                pc->label, pc->ops->name, res->runs[r].budget, s.recall_mean, s.recall_p05,
-                s.recall_min, s.kv_tokens_peak, s.kv_bytes_peak, s.kv_bytes_mean,
-                s.meta_bytes_peak, s.topk1_recall, s.topk8_recall);
+    fprintf(f, "trace\tpolicy\ttype\tbudget\trecall_mean\trecall_p05\trecall_min\t"
+               "kv_tokens_peak\tkv_bytes_peak\tkv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\t"
+               "topk8_recall\n");
+    for (int k = 0; k < er->n_traces; k++) {
+        const kv_results *res = er->res[k];
+        for (int r = 0; r < res->n_runs; r++) {
+            const kv_policy_conf *pc = &er->conf->policies[res->runs[r].policy];
+            kv_run_summary s;
+            if (kv_run_summarise(res, r, &s, err, err_len))
+                return 1;
+            fprintf(f, "%s\t%s\t%s\t%d\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\n",
+                    er->trace_names[k], pc->label, pc->ops->name, res->runs[r].budget,
+                    s.recall_mean, s.recall_p05, s.recall_min, s.kv_tokens_peak,
+                    s.kv_bytes_peak, s.kv_bytes_mean, s.meta_bytes_peak, s.topk1_recall,
+                    s.topk8_recall);
+        }
     }
     return 0;
 }
 
-static void write_steps(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+static int write_steps(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
-    fprintf(f, "policy\tbudget\tstep\trecall\tkv_tokens\tkv_bytes\tmeta_bytes\ttopk1_recall\t"
-               "topk8_recall\n");
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_run_result *run = &res->runs[r];
-        const char *label = conf->policies[run->policy].label;
-        for (int s = 0; s < res->n_steps; s++)
-            fprintf(f, "%s\t%d\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n", label,
-                    run->budget, res->info.prefill_len + s, run->step_recall[s],
-                    run->step_kv_tokens[s],
-                    kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
-                    run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tstep\trecall\tkv_tokens\tkv_bytes\tmeta_bytes\t"
+               "topk1_recall\ttopk8_recall\n");
+    for (int k = 0; k < er->n_traces; k++) {
+        const kv_results *res = er->res[k];
+        for (int r = 0; r < res->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            const char *label = er->conf->policies[run->policy].label;
+            for (int s = 0; s < res->n_steps; s++)
+                fprintf(f, "%s\t%s\t%d\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n",
+                        er->trace_names[k], label, run->budget, res->info.prefill_len + s,
+                        run->step_recall[s], run->step_kv_tokens[s],
+                        kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
+                        run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
+        }
     }
+    return 0;
 }
 
-static void write_heads(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+static int write_heads(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
-    fprintf(f, "policy\tbudget\tlayer\thead\trecall_mean\trecall_min\n");
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_run_result *run = &res->runs[r];
-        const char *label = conf->policies[run->policy].label;
-        for (int l = 0; l < res->info.n_layers; l++)
-            for (int h = 0; h < res->info.n_heads; h++) {
-                int i = l * res->info.n_heads + h;
-                fprintf(f, "%s\t%d\t%d\t%d\t%.9g\t%.9g\n", label, run->budget, l, h,
-                        run->head_recall_mean[i], run->head_recall_min[i]);
-            }
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tlayer\thead\trecall_mean\trecall_min\n");
+    for (int k = 0; k < er->n_traces; k++) {
+        const kv_results *res = er->res[k];
+        for (int r = 0; r < res->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            const char *label = er->conf->policies[run->policy].label;
+            for (int l = 0; l < res->info.n_layers; l++)
+                for (int h = 0; h < res->info.n_heads; h++) {
+                    int i = l * res->info.n_heads + h;
+                    fprintf(f, "%s\t%s\t%d\t%d\t%d\t%.9g\t%.9g\n", er->trace_names[k],
+                            label, run->budget, l, h, run->head_recall_mean[i],
+                            run->head_recall_min[i]);
+                }
+        }
     }
+    return 0;
 }
 
-static void write_retention(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+static int write_retention(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
-    fprintf(f, "policy\tbudget\tposition\tfraction\n");
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_run_result *run = &res->runs[r];
-        const char *label = conf->policies[run->policy].label;
-        for (int j = 0; j < res->info.n_tokens; j++)
-            fprintf(f, "%s\t%d\t%d\t%.9g\n", label, run->budget, j,
-                    (double)run->retained[j] / run->n_cache_units);
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tposition\tfraction\n");
+    for (int k = 0; k < er->n_traces; k++) {
+        const kv_results *res = er->res[k];
+        for (int r = 0; r < res->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            const char *label = er->conf->policies[run->policy].label;
+            for (int j = 0; j < res->info.n_tokens; j++)
+                fprintf(f, "%s\t%s\t%d\t%d\t%.9g\n", er->trace_names[k], label, run->budget,
+                        j, (double)run->retained[j] / run->n_cache_units);
+        }
     }
+    return 0;
 }
 
-static void write_lifetimes(FILE *f, const kv_results *res, const kv_replay_conf *conf)
+static int write_lifetimes(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
-    fprintf(f, "policy\tbudget\tlifetime\tcount\n");
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_run_result *run = &res->runs[r];
-        const char *label = conf->policies[run->policy].label;
-        for (int s = 0; s <= res->n_steps; s++)
-            if (run->lifetimes[s])
-                fprintf(f, "%s\t%d\t%d\t%lld\n", label, run->budget, s, run->lifetimes[s]);
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tlifetime\tcount\n");
+    for (int k = 0; k < er->n_traces; k++) {
+        const kv_results *res = er->res[k];
+        for (int r = 0; r < res->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            const char *label = er->conf->policies[run->policy].label;
+            for (int s = 0; s <= res->n_steps; s++)
+                if (run->lifetimes[s])
+                    fprintf(f, "%s\t%s\t%d\t%d\t%lld\n", er->trace_names[k], label,
+                            run->budget, s, run->lifetimes[s]);
+        }
     }
+    return 0;
 }
 
-int kv_output_write(const char *dir, const kv_results *res, const kv_replay_conf *conf,
-                    char *err, size_t err_len)
+/* The result files, in the order they are written. */
+static const struct {
+    const char *name;
+    int (*write)(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
+} result_files[] = {
+    { "summary.tsv", write_summary },
+    { "steps.tsv", write_steps },
+    { "heads.tsv", write_heads },
+    { "retention.tsv", write_retention },
+    { "lifetimes.tsv", write_lifetimes },
+};
+
+int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
+                    size_t err_len)
 {
-    static const char *names[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
-                                   "lifetimes.tsv" };
-    for (int i = 0; i < 5; i++) {
+    for (size_t i = 0; i < sizeof result_files / sizeof result_files[0]; i++) {
         out_file o;
-        if (out_open(&o, dir, names[i], err, err_len))
+        if (out_open(&o, dir, result_files[i].name, err, err_len))
             return 1;
-        int rc = 0;
-        if (i == 0)
-            rc = write_summary(o.f, res, conf, err, err_len);
-        else if (i == 1)
-            write_steps(o.f, res, conf);
-        else if (i == 2)
-            write_heads(o.f, res, conf);
-        else if (i == 3)
-            write_retention(o.f, res, conf);
-        else
-            write_lifetimes(o.f, res, conf);
-        if (rc) {
+        if (result_files[i].write(o.f, er, err, err_len)) {
             fclose(o.f);
             unlink(o.tmp);
             return 1;
@@ -240,14 +265,16 @@ static void format_bytes(double bytes, char *buf, size_t len)
         snprintf(buf, len, "%.0f B", bytes);
 }
 
-int kv_output_table(FILE *f, const kv_results *res, const kv_replay_conf *conf,
-                    char *err, size_t err_len)
+int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
+    const kv_replay_conf *conf = er->conf;
     int width = 8;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
+    if (er->n_traces > 1)
+        fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
     fprintf(f, "%-*s", width, "policy");
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[32];
@@ -258,12 +285,17 @@ int kv_output_table(FILE *f, const kv_results *res, const kv_replay_conf *conf,
     for (int p = 0; p < conf->n_policies; p++) {
         fprintf(f, "%-*s", width, conf->policies[p].label);
         for (int b = 0; b < conf->n_budgets; b++) {
-            kv_run_summary s;
-            if (kv_run_summarise(res, p * conf->n_budgets + b, &s, err, err_len))
-                return 1;
+            double recall = 0.0, peak = 0.0;
+            for (int k = 0; k < er->n_traces; k++) {
+                kv_run_summary s;
+                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, &s, err, err_len))
+                    return 1;
+                recall += s.recall_mean / er->n_traces;
+                peak = s.kv_bytes_peak > peak ? s.kv_bytes_peak : peak;
+            }
             char bytes[32], cell[64];
-            format_bytes(s.kv_bytes_peak, bytes, sizeof bytes);
-            snprintf(cell, sizeof cell, "%.4f / %s", s.recall_mean, bytes);
+            format_bytes(peak, bytes, sizeof bytes);
+            snprintf(cell, sizeof cell, "%.4f / %s", recall, bytes);
             fprintf(f, "  %24s", cell);
         }
         fputc('\n', f);

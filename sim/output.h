@@ -38,17 +38,25 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
  */
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 
-/*
- * Writes summary.tsv, steps.tsv, heads.tsv, retention.tsv and lifetimes.tsv into dir. Each file is written to a hidden
- * temporary in dir and renamed into place only when complete, so an interrupted run never
- * leaves a half-written file. Returns 0, or 1 with err naming the file (full disk, I/O).
- */
-int kv_output_write(const char *dir, const kv_results *res, const kv_replay_conf *conf,
-                    char *err, size_t err_len);
+/* The results of one experiment: one kv_results per trace, all from the same conf. */
+typedef struct {
+    const kv_replay_conf *conf;
+    int n_traces;
+    const kv_results *const *res;    /* [n_traces] */
+    const char *const *trace_names;  /* [n_traces] the `trace` column: file name of each */
+} kv_experiment_results;
 
-/* Prints the policy x budget table of recall_mean and peak KV bytes to f. Returns 0 or 1
- * when out of memory. */
-int kv_output_table(FILE *f, const kv_results *res, const kv_replay_conf *conf,
-                    char *err, size_t err_len);
+/*
+ * Writes summary.tsv, steps.tsv, heads.tsv, retention.tsv and lifetimes.tsv into dir,
+ * each with a leading `trace` column. Each file is written to a hidden temporary in dir
+ * and renamed into place only when complete, so an interrupted run never leaves a
+ * half-written file. Returns 0, or 1 with err naming the file (full disk, I/O).
+ */
+int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
+                    size_t err_len);
+
+/* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
+ * (largest over traces) to f. Returns 0, or 1 when out of memory. */
+int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
 
 #endif

@@ -321,12 +321,17 @@ static void test_outputs_deterministic(void **state)
                                 .n_budgets = 2 };
         char err[512];
         assert_int_equal(kv_output_prepare(dirs[k], 0, err, sizeof err), 0);
-        if (kv_output_write(dirs[k], res, &conf, err, sizeof err))
+        const kv_results *all[1] = { res };
+        const char *names[1] = { "det.h5" };
+        kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
+                                     .trace_names = names };
+        if (kv_output_write(dirs[k], &er, err, sizeof err))
             fail_msg("%s", err);
         kv_results_free(res);
     }
-    const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv" };
-    for (int i = 0; i < 3; i++) {
+    const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
+                            "lifetimes.tsv" };
+    for (int i = 0; i < 5; i++) {
         char p1[400], p2[400];
         snprintf(p1, sizeof p1, "%s/%s", dirs[0], files[i]);
         snprintf(p2, sizeof p2, "%s/%s", dirs[1], files[i]);
