@@ -182,6 +182,19 @@ static void test_tiny_hand_computed(void **state)
     assert_true(fabs(sum.recall_min - .55) < 1e-6);
     assert_true(fabs(sum.recall_p05 - .55) < 1e-6);
     assert_int_equal((long long)sum.kv_bytes_peak, 48);
+    /* top-k recall of window (rows from ROWS): t=3 A={1,2,3}: h0's top key 0 is out,
+     * h1's top key 1 is in -> .5; all 4 keys, 3 cached -> .75. t=4 A={2,3,4}: h0 ties
+     * .3 at 0 and 4, the recent 4 ranks first and is in; h1's top 1 is out -> .5; 3 of 5
+     * -> .6. t=5 A={3,4,5}: h0 top 5 in, h1 top 1 out -> .5; 3 of 6 -> .5. */
+    const double top1[3] = { .5, .5, .5 }, top8[3] = { .75, .6, .5 };
+    for (int s = 0; s < 3; s++) {
+        assert_true(fabs(res->runs[0].step_topk1[s] - top1[s]) < 1e-12);
+        assert_true(fabs(res->runs[0].step_topk8[s] - top8[s]) < 1e-12);
+    }
+    /* lifetimes of window: 0 evicted at the prefill end (0 decode steps); 1 at t=3 (1
+     * step: 3); 2 at t=4 (steps 3,4); 3 at t=5 (steps 3,4,5) */
+    for (int l = 0; l <= 3; l++)
+        assert_int_equal(res->runs[0].lifetimes[l], 1);
     /* retention: window ends with {4,5}; morphkv with {1,5} */
     assert_int_equal(res->runs[0].retained[4] + res->runs[0].retained[5], 2);
     assert_int_equal(res->runs[4].retained[1] + res->runs[4].retained[5], 2);
