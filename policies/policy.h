@@ -139,7 +139,9 @@ extern const kv_policy_ops *const kv_policy_registry[];
 /* The policy registered under name (exact match), or NULL. */
 const kv_policy_ops *kv_policy_find(const char *name);
 
-/* The registered policy name closest to name (edit distance), for "did you mean". */
+/* The registered policy name closest to name (edit distance; the first in registry
+ * order among equals), for "did you mean". Never NULL: the registry is not empty; the
+ * caller judges whether it is close enough (kv_edit_distance). Borrowed, static. */
 const char *kv_policy_suggest(const char *name);
 
 /* ------------------------------------------------ parameters, shared */
@@ -163,6 +165,15 @@ void kv_params_format(const kv_policy_ops *ops, const kv_param_values *values,
                       int only_changed, char *buf, size_t buf_len);
 
 /* --------------------------------------------- helpers for policy files */
+
+/* Levenshtein distance between two names (insert, delete and substitute each cost 1;
+ * only the first 63 bytes of each are compared). For "did you mean" suggestions.
+ * Cannot fail. */
+int kv_edit_distance(const char *a, const char *b);
+
+/* The rule every check() starts with: returns 0 if budget >= 1, else 1 with
+ * "budget 0 must be at least 1" in err. */
+int kv_check_budget(int budget, char *err, size_t err_len);
 
 typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
 
