@@ -192,7 +192,8 @@ void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head
  * candidates; no other entry of keep is touched. Ranking: higher score first; equal
  * scores keep the more recent position (larger pos), README rule 4. k <= 0 keeps none,
  * k >= n_cand keeps all. Expected O(n_cand) (quickselect). scratch holds at least n_cand
- * ints. Cannot fail.
+ * ints. Cannot fail. Positions of the candidates are distinct and scores are not NaN,
+ * so the order is strict and the kept set unique (the pivot choice cannot change it).
  */
 void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
                  int *scratch, unsigned char *keep);
