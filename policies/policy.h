@@ -160,7 +160,9 @@ extern const kv_policy_ops *const kv_policy_registry[];
 /* The policy registered under name (exact match), or NULL. */
 const kv_policy_ops *kv_policy_find(const char *name);
 
-/* The registered policy name closest to name (edit distance), for "did you mean". */
+/* The registered policy name closest to name (edit distance; the first in registry
+ * order among equals), for "did you mean". Never NULL: the registry is not empty; the
+ * caller judges whether it is close enough (kv_edit_distance). Borrowed, static. */
 const char *kv_policy_suggest(const char *name);
 
 /* ------------------------------------------------ parameters, shared */
@@ -185,6 +187,15 @@ void kv_params_format(const kv_policy_ops *ops, const kv_param_values *values,
 
 /* --------------------------------------------- helpers for policy files */
 
+/* Levenshtein distance between two names (insert, delete and substitute each cost 1;
+ * only the first 63 bytes of each are compared). For "did you mean" suggestions.
+ * Cannot fail. */
+int kv_edit_distance(const char *a, const char *b);
+
+/* The rule every check() starts with: returns 0 if budget >= 1, else 1 with
+ * "budget 0 must be at least 1" in err. */
+int kv_check_budget(int budget, char *err, size_t err_len);
+
 typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
 
 /* The `gqa` parameter row every group-combining policy lists ("sum|max", default sum). */
@@ -202,7 +213,8 @@ void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head
  * candidates; no other entry of keep is touched. Ranking: higher score first; equal
  * scores keep the more recent position (larger pos), README rule 4. k <= 0 keeps none,
  * k >= n_cand keeps all. Expected O(n_cand) (quickselect). scratch holds at least n_cand
- * ints. Cannot fail.
+ * ints. Cannot fail. Positions of the candidates are distinct and scores are not NaN,
+ * so the order is strict and the kept set unique (the pivot choice cannot change it).
  */
 void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
                  int *scratch, unsigned char *keep);

@@ -1,0 +1,154 @@
+/*
+ * h2o.c - Heavy-Hitter Oracle: recent tokens plus the heaviest accumulated attention.
+ *
+ * Rule (README "Policies", `h2o`, recent = 0.5, gqa = sum):
+ *   1. Observe: for each query head h of the group and each j in the row,
+ *      acc_h[j] += w_h[j]: the sum of the observed row values (p_t during prefill, the
+ *      renormalised o_t at decode) over every row since j entered the cache (row j,
+ *      which contains j itself, included).
+ *   2. Select over A_t: if |A_t| <= B keep all. Otherwise r = floor(recent * B),
+ *      computed in double precision, and the r most recent positions of A_t are kept.
+ *   3. For every other position j, its score is the group combination (gqa: sum or max
+ *      over the query heads) of the per-head totals acc_h[j] (README rule 3).
+ *   4. Keep the B - r of them with the highest score, ties to the more recent position
+ *      (kv_keep_top); evict the rest, dropping their scores.
+ * Citation: Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient Generative
+ * Inference of Large Language Models" (NeurIPS), Sec. 4 and Algorithm 1 (greedy
+ * eviction by accumulated attention, with a recent-token window).
+ *
+ * Metadata (meta_bytes): one float32 accumulated score per cached token, 4 * n bytes,
+ * with gqa = sum (the heads' totals can be summed into one); with gqa = max the
+ * per-head totals must be kept, 4 * group_size * n bytes.
+ *
+ * State: acc is indexed by position, [T][group_size] doubles, so observe and select
+ * are O(n * group_size) with no search.
+ */
+#include "policies/policy.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { P_RECENT, P_GQA };
+
+static const kv_param_spec h2o_params[] = {
+    [P_RECENT] = { "recent", KV_PARAM_REAL, "0.5", 0, 1, NULL,
+                   "fraction of the budget kept as the most recent tokens: r = floor(recent*B)" },
+    [P_GQA] = KV_PARAM_GQA,
+};
+
+typedef struct {
+    double recent;      /* recent fraction */
+    kv_gqa_mode gqa;    /* group combination */
+    int group;          /* query heads per cache */
+    int n_tokens;       /* T */
+    double *acc;        /* [T][group]: acc_h[j] at acc[j * group + h] */
+    double *score;      /* [T], by cache-view index: combined score of a candidate */
+    int *cand;          /* [T] candidate view indices */
+    int *scratch;       /* [T] for kv_keep_top */
+} h2o_state;
+
+static int h2o_check(const kv_param_values *values, int budget, char *err, size_t err_len)
+{
+    (void)values; /* any recent in [0, 1] and either gqa mode works with any B >= 1 */
+    return kv_check_budget(budget, err, err_len);
+}
+
+static void h2o_destroy(void *state)
+{
+    h2o_state *st = state;
+    if (st == NULL)
+        return;
+    free(st->acc);
+    free(st->score);
+    free(st->cand);
+    free(st->scratch);
+    free(st);
+}
+
+static void *h2o_create(const kv_param_values *values, const kv_policy_ctx *ctx)
+{
+    h2o_state *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return NULL;
+    size_t t = (size_t)ctx->n_tokens;
+    st->recent = values->v[P_RECENT];
+    st->gqa = (kv_gqa_mode)(int)values->v[P_GQA];
+    st->group = ctx->group_size;
+    st->n_tokens = ctx->n_tokens;
+    st->acc = calloc(t * (size_t)st->group, sizeof *st->acc);
+    st->score = malloc(t * sizeof *st->score);
+    st->cand = malloc(t * sizeof *st->cand);
+    st->scratch = malloc(t * sizeof *st->scratch);
+    if (st->acc == NULL || st->score == NULL || st->cand == NULL || st->scratch == NULL) {
+        h2o_destroy(st);
+        return NULL;
+    }
+    return st;
+}
+
+static void h2o_observe(void *state, const kv_row *row)
+{
+    h2o_state *st = state;
+    assert(row->n_heads == st->group && row->n <= st->n_tokens);
+    /* 1. acc_h[j] += w_h[j] for every head and every position of the row. */
+    for (int h = 0; h < st->group; h++) {
+        const double *w = row->w + (size_t)h * row->n;
+        for (int i = 0; i < row->n; i++)
+            st->acc[(size_t)row->pos[i] * st->group + h] += w[i];
+    }
+}
+
+static void h2o_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+{
+    h2o_state *st = state;
+    int n = cache->n, b = cache->budget;
+    assert(n <= st->n_tokens && b >= 1);
+    /* 2. Within budget: keep all. */
+    if (n <= b) {
+        for (int i = 0; i < n; i++)
+            keep[i] = 1;
+        return;
+    }
+    /* 2. The r most recent are kept; r <= B because recent <= 1. */
+    int r = (int)floor(st->recent * (double)b);
+    int n_cand = n - r;
+    for (int i = 0; i < n; i++)
+        keep[i] = i >= n_cand;
+    /* 3. Combine each candidate's per-head totals over the group. */
+    for (int c = 0; c < n_cand; c++) {
+        st->cand[c] = c;
+        kv_gqa_combine(st->gqa, st->group, 1, st->acc + (size_t)cache->pos[c] * st->group,
+                       1, &st->score[c]);
+    }
+    /* 4. Keep the B - r best; drop the scores of the evicted. */
+    kv_keep_top(st->score, cache->pos, st->cand, n_cand, b - r, st->scratch, keep);
+    for (int c = 0; c < n_cand; c++)
+        if (!keep[c])
+            memset(st->acc + (size_t)cache->pos[c] * st->group, 0,
+                   (size_t)st->group * sizeof *st->acc);
+}
+
+/* 4 bytes (float32) per cached token, times group_size when gqa = max. */
+static size_t h2o_meta_bytes(const void *state, int n_cached)
+{
+    const h2o_state *st = state;
+    size_t per_token = st->gqa == KV_GQA_MAX ? 4u * (size_t)st->group : 4u;
+    return per_token * (size_t)(n_cached > 0 ? n_cached : 0);
+}
+
+const kv_policy_ops kv_policy_h2o = {
+    .name = "h2o",
+    .summary = "heavy hitters: r = floor(recent*B) recent tokens + top accumulated attention",
+    .citation = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle, Sec. 4, Algorithm 1",
+    .params = h2o_params,
+    .n_params = 2,
+    .bounded = 1,                  /* keeps exactly min(|A_t|, B) */
+    .check = h2o_check,            /* budget >= 1 */
+    .create = h2o_create,
+    .observe = h2o_observe,        /* step 1 */
+    .select = h2o_select,          /* steps 2-4 */
+    .meta_bytes = h2o_meta_bytes,  /* 4*n (gqa=sum) or 4*group_size*n (gqa=max) */
+    .destroy = h2o_destroy,
+};

@@ -1,0 +1,348 @@
+/*
+ * policy.c - the shared half of the policy interface: parameter tables (defaults,
+ * parsing, formatting), GQA score combination and the top-k selection every policy
+ * ranks with. The contract is in policy.h; nothing here knows any policy by name.
+ */
+#include "policies/policy.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ messages */
+
+/* Writes a formatted message into err (always NUL-terminated when err_len > 0). */
+static void set_err(char *err, size_t err_len, const char *fmt, ...)
+{
+    if (err == NULL || err_len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+/* --------------------------------------------------------- edit distance */
+
+#define KV_EDIT_MAX 64 /* names longer than this are compared on their first 63 bytes */
+
+/* Levenshtein distance between a and b (insert, delete, substitute each cost 1). Names
+ * are short, so two rows on the stack suffice. Cannot fail. */
+int kv_edit_distance(const char *a, const char *b)
+{
+    size_t na = strnlen(a, KV_EDIT_MAX - 1), nb = strnlen(b, KV_EDIT_MAX - 1);
+    int prev[KV_EDIT_MAX], cur[KV_EDIT_MAX];
+    for (size_t j = 0; j <= nb; j++)
+        prev[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        cur[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (nb + 1) * sizeof prev[0]);
+    }
+    return prev[nb];
+}
+
+/* ------------------------------------------------------------ parameters */
+
+/* Index of word in a '|'-separated list, or -1. */
+static int choice_index(const char *choices, const char *word)
+{
+    size_t len = strlen(word);
+    int idx = 0;
+    for (const char *p = choices; p != NULL; idx++) {
+        const char *bar = strchr(p, '|');
+        size_t wlen = bar ? (size_t)(bar - p) : strlen(p);
+        if (wlen == len && strncmp(p, word, len) == 0)
+            return idx;
+        p = bar ? bar + 1 : NULL;
+    }
+    return -1;
+}
+
+/* Copies the idx-th word of a '|'-separated list into buf ("?" if there is none). */
+static void choice_word(const char *choices, int idx, char *buf, size_t buf_len)
+{
+    const char *p = choices;
+    for (int i = 0; p != NULL && i < idx; i++) {
+        p = strchr(p, '|');
+        if (p != NULL)
+            p++;
+    }
+    if (p == NULL || idx < 0) {
+        snprintf(buf, buf_len, "?");
+        return;
+    }
+    const char *bar = strchr(p, '|');
+    int wlen = bar ? (int)(bar - p) : (int)strlen(p);
+    snprintf(buf, buf_len, "%.*s", wlen, p);
+}
+
+/* Parses a whole number (optional sign, decimal digits, nothing else) into *out. */
+static int parse_int(const char *text, double *out)
+{
+    if (*text == '\0' || !(*text == '+' || *text == '-' || (*text >= '0' && *text <= '9')))
+        return 1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return 1;
+    *out = (double)v;
+    return 0;
+}
+
+/* Parses a finite real number (no surrounding blanks) into *out. */
+static int parse_real(const char *text, double *out)
+{
+    if (*text == '\0' || *text == ' ' || *text == '\t')
+        return 1;
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno == ERANGE || *end != '\0' || !isfinite(v))
+        return 1;
+    *out = v;
+    return 0;
+}
+
+/* Parses text as the value of spec into *out; 0, or 1 with the message of policy.h. */
+static int parse_value(const kv_param_spec *spec, const char *text, double *out, char *err,
+                       size_t err_len)
+{
+    double v = 0;
+    switch (spec->type) {
+    case KV_PARAM_INT:
+        if (parse_int(text, &v) != 0 || v < spec->min || v > spec->max) {
+            set_err(err, err_len, "%s must be an integer in [%.15g, %.15g], got '%s'",
+                    spec->name, spec->min, spec->max, text);
+            return 1;
+        }
+        break;
+    case KV_PARAM_REAL:
+        if (parse_real(text, &v) != 0 || v < spec->min || v > spec->max) {
+            set_err(err, err_len, "%s must be a number in [%.15g, %.15g], got '%s'",
+                    spec->name, spec->min, spec->max, text);
+            return 1;
+        }
+        break;
+    case KV_PARAM_CHOICE: {
+        int idx = spec->choices ? choice_index(spec->choices, text) : -1;
+        if (idx < 0) {
+            set_err(err, err_len, "%s must be one of %s, got '%s'", spec->name,
+                    spec->choices ? spec->choices : "(none)", text);
+            return 1;
+        }
+        v = idx;
+        break;
+    }
+    }
+    *out = v;
+    return 0;
+}
+
+void kv_params_defaults(const kv_policy_ops *ops, kv_param_values *values)
+{
+    memset(values, 0, sizeof *values);
+    for (int i = 0; i < ops->n_params && i < KV_MAX_PARAMS; i++) {
+        double v = 0;
+        /* Tables are checked by the conformance test; a bad default stays 0. */
+        if (parse_value(&ops->params[i], ops->params[i].default_text, &v, NULL, 0) == 0)
+            values->v[i] = v;
+    }
+}
+
+int kv_params_index(const kv_policy_ops *ops, const char *name)
+{
+    for (int i = 0; i < ops->n_params; i++)
+        if (strcmp(ops->params[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+/* The message for an unknown parameter: a suggestion when one name is close (at most
+ * 2 edits, or a third of its length), else the list of known names. */
+static void unknown_param(const kv_policy_ops *ops, const char *name, char *err,
+                          size_t err_len)
+{
+    if (ops->n_params == 0) {
+        set_err(err, err_len, "unknown parameter '%s' for %s (%s has no parameters)", name,
+                ops->name, ops->name);
+        return;
+    }
+    int best = -1, best_d = 0;
+    for (int i = 0; i < ops->n_params; i++) {
+        int d = kv_edit_distance(name, ops->params[i].name);
+        if (best < 0 || d < best_d) {
+            best = i;
+            best_d = d;
+        }
+    }
+    int len = (int)strlen(ops->params[best].name);
+    if (best_d <= (len / 3 > 2 ? len / 3 : 2)) {
+        set_err(err, err_len, "unknown parameter '%s' for %s (did you mean '%s'?)", name,
+                ops->name, ops->params[best].name);
+        return;
+    }
+    char list[160] = "";
+    size_t used = 0;
+    for (int i = 0; i < ops->n_params && used < sizeof list; i++) {
+        int w = snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "",
+                         ops->params[i].name);
+        used += w > 0 ? (size_t)w : 0;
+    }
+    set_err(err, err_len, "unknown parameter '%s' for %s (parameters: %s)", name, ops->name,
+            list);
+}
+
+int kv_params_set(const kv_policy_ops *ops, kv_param_values *values, const char *name,
+                  const char *text, char *err, size_t err_len)
+{
+    int i = kv_params_index(ops, name);
+    if (i < 0) {
+        unknown_param(ops, name, err, err_len);
+        return 1;
+    }
+    if (text == NULL)
+        text = "";
+    double v;
+    if (parse_value(&ops->params[i], text, &v, err, err_len) != 0)
+        return 1;
+    values->v[i] = v;
+    return 0;
+}
+
+/* Writes the text of value v of spec into buf. */
+static void format_value(const kv_param_spec *spec, double v, char *buf, size_t buf_len)
+{
+    if (spec->type == KV_PARAM_CHOICE)
+        choice_word(spec->choices ? spec->choices : "", (int)v, buf, buf_len);
+    else if (spec->type == KV_PARAM_INT)
+        snprintf(buf, buf_len, "%.0f", v);
+    else
+        snprintf(buf, buf_len, "%.15g", v);
+}
+
+void kv_params_format(const kv_policy_ops *ops, const kv_param_values *values,
+                      int only_changed, char *buf, size_t buf_len)
+{
+    if (buf == NULL || buf_len == 0)
+        return;
+    buf[0] = '\0';
+    kv_param_values defaults;
+    kv_params_defaults(ops, &defaults);
+    size_t used = 0;
+    for (int i = 0; i < ops->n_params && i < KV_MAX_PARAMS; i++) {
+        if (only_changed && values->v[i] == defaults.v[i])
+            continue;
+        char text[64];
+        format_value(&ops->params[i], values->v[i], text, sizeof text);
+        if (used >= buf_len)
+            break;
+        int w = snprintf(buf + used, buf_len - used, "%s%s=%s", used ? "," : "",
+                         ops->params[i].name, text);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+int kv_check_budget(int budget, char *err, size_t err_len)
+{
+    if (budget >= 1)
+        return 0;
+    set_err(err, err_len, "budget %d must be at least 1", budget);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ GQA */
+
+void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head,
+                    size_t stride, double *out)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = n_heads > 0 ? per_head[i] : 0.0;
+    for (int h = 1; h < n_heads; h++) {
+        const double *row = per_head + (size_t)h * stride;
+        if (mode == KV_GQA_MAX) {
+            for (int i = 0; i < n; i++)
+                if (row[i] > out[i])
+                    out[i] = row[i];
+        } else {
+            for (int i = 0; i < n; i++)
+                out[i] += row[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------- top-k */
+
+/* 1 when candidate a ranks above candidate b: higher score, then the more recent
+ * position (README rule 4). Strict and total for distinct positions and non-NaN scores. */
+static inline int ranks_above(const double *score, const int *pos, int a, int b)
+{
+    if (score[a] != score[b])
+        return score[a] > score[b];
+    return pos[a] > pos[b];
+}
+
+/* xorshift64*: pivot choice only. Any pivot gives the same result (the order is
+ * strict); randomness just makes adversarial inputs unlikely to cost O(n^2). */
+static inline uint64_t next_rand(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
+                 int *scratch, unsigned char *keep)
+{
+    if (k <= 0 || n_cand <= 0)
+        return;
+    if (k >= n_cand) {
+        for (int i = 0; i < n_cand; i++)
+            keep[cand[i]] = 1;
+        return;
+    }
+    /* Quickselect (Lomuto partition, random pivot) until scratch[0..k) holds exactly
+     * the k best: every element left of a settled pivot ranks above it, every element
+     * right of it below. Expected 2n..3.4n comparisons. */
+    memcpy(scratch, cand, (size_t)n_cand * sizeof *scratch);
+    uint64_t rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)n_cand << 32) ^ (uint64_t)k;
+    int lo = 0, hi = n_cand - 1;
+    while (lo < hi) {
+        int p = lo + (int)(next_rand(&rng) % (uint64_t)(hi - lo + 1));
+        int pivot = scratch[p];
+        scratch[p] = scratch[hi];
+        scratch[hi] = pivot;
+        int store = lo;
+        for (int i = lo; i < hi; i++) {
+            if (ranks_above(score, pos, scratch[i], pivot)) {
+                int tmp = scratch[i];
+                scratch[i] = scratch[store];
+                scratch[store++] = tmp;
+            }
+        }
+        scratch[hi] = scratch[store];
+        scratch[store] = pivot;
+        /* scratch[0..store) rank above the pivot: done when the boundary is at k. */
+        if (store == k || store == k - 1)
+            break;
+        if (store < k)
+            lo = store + 1;
+        else
+            hi = store - 1;
+    }
+    for (int i = 0; i < k; i++)
+        keep[scratch[i]] = 1;
+}

@@ -1,0 +1,557 @@
+/*
+ * test_policy_conformance.c - walks the registry and holds every policy to the shared
+ * contract of policy.h, and each of the six published rules to an independent oracle.
+ *
+ * 1. Tables: every ops table is complete, every parameter table parses its own
+ *    defaults, and check() accepts the defaults with a large budget.
+ * 2. Replays: a seeded random trace (T = 200, P = 50, group sizes 1 and 3, rows with
+ *    many exact ties and some all-zero heads) is replayed through every policy, for
+ *    budgets 1, 16, 48 and 64 and several parameter settings, in the contract's call
+ *    order. After each select the shared invariants must hold:
+ *      - keep[] is 0/1 and S (the kept part of A_t) is what the next step sees;
+ *      - no policy evicts while |A_t| <= B, nor keeps fewer than min(|A_t|, B);
+ *      - a bounded policy keeps exactly min(|A_t|, B); an unbounded one never evicts
+ *        at a decode step;
+ *      - meta_bytes(0) == 0 and meta_bytes grows with n;
+ *      - a policy does not hold on to the row it was shown (the driver overwrites the
+ *        row's buffers with NaN and -1 after observe);
+ *      - two replays give the same kept sets (determinism).
+ * 3. Oracles: for the six registered rules, a naive reference written here from the
+ *    README text (dense history of every observed row, scores recomputed from scratch
+ *    at every step, ranking by qsort) must choose exactly the same set at every step,
+ *    and predict meta_bytes. It adds in the order the README states (rows in time
+ *    order, positions ascending, heads in order), so ties are decided the same way.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <gsl/gsl_rng.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policies/policy.h"
+
+#define T_TOKENS 200
+#define P_PROMPT 50
+
+/* ------------------------------------------------------------- 1. tables */
+
+static void test_tables(void **state)
+{
+    (void)state;
+    int n_policies = 0;
+    for (int i = 0; kv_policy_registry[i] != NULL; i++, n_policies++) {
+        const kv_policy_ops *ops = kv_policy_registry[i];
+        assert_non_null(ops->name);
+        assert_non_null(ops->summary);
+        assert_non_null(ops->citation);
+        assert_true(ops->create && ops->observe && ops->select && ops->destroy);
+        assert_true(ops->bounded == 0 || ops->bounded == 1);
+        assert_ptr_equal(kv_policy_find(ops->name), ops);
+        for (const char *c = ops->name; *c; c++)
+            assert_true((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_');
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(kv_policy_registry[j]->name, ops->name);
+        assert_true(ops->n_params >= 0 && ops->n_params <= KV_MAX_PARAMS);
+        assert_true(ops->n_params == 0 || ops->params != NULL);
+
+        kv_param_values defaults;
+        kv_params_defaults(ops, &defaults);
+        for (int k = 0; k < ops->n_params; k++) {
+            const kv_param_spec *s = &ops->params[k];
+            assert_non_null(s->name);
+            assert_non_null(s->default_text);
+            assert_true(s->help != NULL && s->help[0] != '\0');
+            assert_int_equal(kv_params_index(ops, s->name), k); /* names unique */
+            if (s->type == KV_PARAM_CHOICE)
+                assert_non_null(s->choices);
+            else
+                assert_true(s->min <= s->max);
+            if (s->type == KV_PARAM_INT)
+                assert_true(s->min == floor(s->min) && s->max == floor(s->max));
+            /* The default text parses to the value kv_params_defaults gives. */
+            kv_param_values v;
+            kv_params_defaults(ops, &v);
+            v.v[k] = -12345.0;
+            char err[KV_ERRMSG] = "";
+            if (kv_params_set(ops, &v, s->name, s->default_text, err, sizeof err) != 0)
+                fail_msg("%s.%s default: %s", ops->name, s->name, err);
+            assert_true(v.v[k] == defaults.v[k]);
+        }
+        char err[KV_ERRMSG] = "";
+        if (ops->check != NULL) {
+            if (ops->check(&defaults, 1000, err, sizeof err) != 0)
+                fail_msg("%s rejects its defaults at B = 1000: %s", ops->name, err);
+            assert_int_equal(ops->check(&defaults, 0, err, sizeof err), 1);
+            assert_true(err[0] != '\0');
+        }
+    }
+    assert_true(n_policies >= 6);
+}
+
+/* ------------------------------------------------------ random traces */
+
+/* Full-cache rows p[(h * T + t) * T + j]: small integer weights (exact ties are
+ * common), a sink at 0, locality near the diagonal, normalised; 4% all-zero heads
+ * (float16 underflow, README rule 6). */
+static double *make_trace(unsigned long seed, int g)
+{
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    double *p = calloc((size_t)g * T_TOKENS * T_TOKENS, sizeof *p);
+    assert_true(rng != NULL && p != NULL);
+    gsl_rng_set(rng, seed);
+    for (int h = 0; h < g; h++)
+        for (int t = 0; t < T_TOKENS; t++) {
+            double *row = p + ((size_t)h * T_TOKENS + t) * T_TOKENS;
+            if (gsl_rng_uniform(rng) < 0.04)
+                continue;
+            double sum = 0;
+            for (int j = 0; j <= t; j++) {
+                unsigned long u = gsl_rng_uniform_int(rng, 4);
+                row[j] = (double)(u * u) + (j == 0 ? 6 : 0) + (t - j < 4 ? 3 : 0) +
+                         (j % 17 == 5 ? 5 : 0);
+                sum += row[j];
+            }
+            for (int j = 0; j <= t; j++)
+                row[j] /= sum;
+        }
+    gsl_rng_free(rng);
+    return p;
+}
+
+/* What a replay has seen so far, densely: the oracles' input. */
+typedef struct {
+    int T, P, B, g;
+    double *obs;        /* [T][g][T]: observed row t of head h at j */
+    unsigned char *in;  /* [T][T]: j in A_t */
+} history;
+
+static double obs_at(const history *hs, int t, int h, int j)
+{
+    return hs->obs[((size_t)t * hs->g + h) * hs->T + j];
+}
+
+/* --------------------------------------------------------------- oracles */
+
+static const double *cmp_score;
+static const int *cmp_pos;
+
+/* Rule 4 order: higher score first, then the more recent position. */
+static int cmp_rank(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    if (cmp_score[x] != cmp_score[y])
+        return cmp_score[x] > cmp_score[y] ? -1 : 1;
+    return cmp_pos[x] > cmp_pos[y] ? -1 : 1;
+}
+
+/* Marks the k best of view indices cand[0..n_cand) by sorting them. */
+static void sort_keep(const double *score, const int *pos, int *cand, int n_cand, int k,
+                      unsigned char *keep)
+{
+    cmp_score = score;
+    cmp_pos = pos;
+    qsort(cand, (size_t)n_cand, sizeof *cand, cmp_rank);
+    for (int i = 0; i < k && i < n_cand; i++)
+        keep[cand[i]] = 1;
+}
+
+static double param(const kv_policy_ops *ops, const kv_param_values *v, const char *name)
+{
+    int i = kv_params_index(ops, name);
+    assert_true(i >= 0);
+    return v->v[i];
+}
+
+static double combine(int gqa_max, const double *per_head, int g)
+{
+    double out = per_head[0];
+    for (int h = 1; h < g; h++)
+        out = gqa_max ? (per_head[h] > out ? per_head[h] : out) : out + per_head[h];
+    return out;
+}
+
+typedef struct {
+    const kv_policy_ops *ops;
+    const kv_param_values *v;
+    const history *hs;
+    int t, n;
+    const int *pos;
+} oracle_in;
+
+/* Each oracle fills keep[0..n) (zeroed by the caller) and returns expected meta bytes
+ * at |A_t| = n. */
+typedef size_t (*oracle_fn)(const oracle_in *in, unsigned char *keep);
+
+static void keep_all(int n, unsigned char *keep)
+{
+    for (int i = 0; i < n; i++)
+        keep[i] = 1;
+}
+
+static size_t oracle_full(const oracle_in *in, unsigned char *keep)
+{
+    keep_all(in->n, keep);
+    return 0;
+}
+
+static size_t oracle_window(const oracle_in *in, unsigned char *keep)
+{
+    for (int i = 0; i < in->n; i++)
+        keep[i] = i >= in->n - in->hs->B;
+    return 0;
+}
+
+static size_t oracle_streamingllm(const oracle_in *in, unsigned char *keep)
+{
+    int sinks = (int)param(in->ops, in->v, "sinks"), b = in->hs->B;
+    if (in->n <= b) {
+        keep_all(in->n, keep);
+        return 0;
+    }
+    for (int i = 0; i < in->n; i++)
+        keep[i] = in->pos[i] < sinks || i >= in->n - (b - sinks);
+    return 0;
+}
+
+static size_t oracle_h2o(const oracle_in *in, unsigned char *keep)
+{
+    const history *hs = in->hs;
+    int gqa_max = (int)param(in->ops, in->v, "gqa"), b = hs->B, n = in->n;
+    size_t meta = (size_t)4 * (gqa_max ? hs->g : 1) * n;
+    if (n <= b) {
+        keep_all(n, keep);
+        return meta;
+    }
+    int r = (int)floor(param(in->ops, in->v, "recent") * b);
+    double score[T_TOKENS], acc[8];
+    int cand[T_TOKENS];
+    for (int c = 0; c < n - r; c++) {
+        for (int h = 0; h < hs->g; h++) { /* every observed row holding pos[c] */
+            acc[h] = 0.0;
+            for (int t = 0; t <= in->t; t++)
+                if (hs->in[(size_t)t * hs->T + in->pos[c]])
+                    acc[h] += obs_at(hs, t, h, in->pos[c]);
+        }
+        score[c] = combine(gqa_max, acc, hs->g);
+        cand[c] = c;
+    }
+    for (int i = n - r; i < n; i++)
+        keep[i] = 1;
+    sort_keep(score, in->pos, cand, n - r, b - r, keep);
+    return meta;
+}
+
+static size_t oracle_snapkv(const oracle_in *in, unsigned char *keep)
+{
+    const history *hs = in->hs;
+    int window = (int)param(in->ops, in->v, "window"), kernel = (int)param(in->ops, in->v, "kernel");
+    int avg = (int)param(in->ops, in->v, "pooling"), gqa_max = (int)param(in->ops, in->v, "gqa");
+    if (in->t >= hs->P || in->n <= hs->B) {
+        keep_all(in->n, keep);
+        return 0;
+    }
+    int l = hs->P - window, q = (kernel - 1) / 2;
+    static double s[8][T_TOKENS];
+    double score[T_TOKENS], pooled[8];
+    int cand[T_TOKENS];
+    for (int h = 0; h < hs->g; h++)
+        for (int j = 0; j < l; j++) {
+            s[h][j] = 0.0;
+            for (int i = hs->P - window; i < hs->P; i++)
+                s[h][j] += obs_at(hs, i, h, j);
+        }
+    for (int j = 0; j < l; j++) {
+        for (int h = 0; h < hs->g; h++) {
+            double acc = avg ? 0.0 : -1.0;
+            for (int u = j - q; u <= j + q; u++) {
+                if (u < 0 || u >= l)
+                    continue;
+                acc = avg ? acc + s[h][u] : (s[h][u] > acc ? s[h][u] : acc);
+            }
+            pooled[h] = avg ? acc / kernel : acc;
+        }
+        score[j] = combine(gqa_max, pooled, hs->g); /* view index == position here */
+        cand[j] = j;
+    }
+    for (int i = l; i < in->n; i++)
+        keep[i] = 1;
+    sort_keep(score, in->pos, cand, l, hs->B - window, keep);
+    return 0;
+}
+
+static size_t oracle_morphkv(const oracle_in *in, unsigned char *keep)
+{
+    const history *hs = in->hs;
+    int window = (int)param(in->ops, in->v, "window"), fuse_max = (int)param(in->ops, in->v, "fusion");
+    int gqa_max = (int)param(in->ops, in->v, "gqa"), n = in->n;
+    size_t rows_held = (size_t)(in->t + 1 < window ? in->t + 1 : window);
+    size_t meta = rows_held * (size_t)hs->g * (size_t)n * 4;
+    if (n <= hs->B) {
+        keep_all(n, keep);
+        return meta;
+    }
+    int n_o = n - window;
+    double score[T_TOKENS], o_hat[8];
+    int cand[T_TOKENS];
+    for (int c = 0; c < n_o; c++) {
+        score[c] = 0.0;
+        cand[c] = c;
+    }
+    int first = in->t - window + 1 > 0 ? in->t - window + 1 : 0;
+    for (int t = first; t <= in->t; t++) {
+        double d[8];
+        for (int h = 0; h < hs->g; h++) {
+            d[h] = 0.0;
+            for (int c = 0; c < n_o; c++) {
+                assert_true(hs->in[(size_t)t * hs->T + in->pos[c]]); /* O was cached at t */
+                d[h] += obs_at(hs, t, h, in->pos[c]);
+            }
+        }
+        for (int c = 0; c < n_o; c++) {
+            for (int h = 0; h < hs->g; h++)
+                o_hat[h] = d[h] > 0.0 ? obs_at(hs, t, h, in->pos[c]) / d[h] : 0.0;
+            double comb = combine(gqa_max, o_hat, hs->g);
+            score[c] = fuse_max ? (comb > score[c] ? comb : score[c]) : score[c] + comb;
+        }
+    }
+    for (int i = n_o; i < n; i++)
+        keep[i] = 1;
+    sort_keep(score, in->pos, cand, n_o, hs->B - window, keep);
+    return meta;
+}
+
+static const struct {
+    const char *name;
+    oracle_fn fn;
+} oracles[] = {
+    { "full", oracle_full },     { "window", oracle_window },
+    { "streamingllm", oracle_streamingllm }, { "h2o", oracle_h2o },
+    { "snapkv", oracle_snapkv }, { "morphkv", oracle_morphkv },
+};
+enum { N_ORACLES = sizeof oracles / sizeof oracles[0] };
+static int oracle_runs[N_ORACLES];
+
+static oracle_fn find_oracle(const char *name, int *which)
+{
+    for (int i = 0; i < N_ORACLES; i++)
+        if (strcmp(oracles[i].name, name) == 0) {
+            *which = i;
+            return oracles[i].fn;
+        }
+    return NULL;
+}
+
+/* -------------------------------------------------------------- replays */
+
+/* Replays one cache; returns a fingerprint of every kept set (FNV-1a). */
+static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const double *p,
+                       int g, int B, const char *label)
+{
+    enum { T = T_TOKENS, P = P_PROMPT };
+    kv_policy_ctx ctx = { .budget = B, .group_size = g, .n_tokens = T, .prefill_len = P,
+                          .layer = 1, .kv_head = 2, .seed = 99 };
+    void *st = ops->create(v, &ctx);
+    assert_non_null(st);
+    history hs = { T, P, B, g, calloc((size_t)T * g * T, sizeof(double)),
+                   calloc((size_t)T * T, 1) };
+    assert_true(hs.obs != NULL && hs.in != NULL);
+    int which = -1;
+    oracle_fn oracle = find_oracle(ops->name, &which);
+
+    unsigned char cached[T] = { 0 }, keep[T], expect[T];
+    int pos[T], row_pos[T];
+    static double w[8 * T];
+    uint64_t fp = 1469598103934665603ULL;
+    for (int t = 0; t < T; t++) {
+        int n = 0;
+        cached[t] = 1;
+        for (int j = 0; j <= t; j++)
+            if (cached[j])
+                pos[n++] = j;
+        /* Rule 1/2: p during prefill, o = p / recall over A_t at decode (0 if recall 0). */
+        for (int h = 0; h < g; h++) {
+            const double *full = p + ((size_t)h * T + t) * T;
+            double recall = 0.0;
+            for (int i = 0; i < n; i++)
+                recall += full[pos[i]];
+            for (int i = 0; i < n; i++) {
+                double x = full[pos[i]];
+                w[h * n + i] = t < P ? x : (recall > 0.0 ? x / recall : 0.0);
+                hs.obs[((size_t)t * g + h) * T + pos[i]] = w[h * n + i];
+            }
+        }
+        for (int i = 0; i < n; i++)
+            hs.in[(size_t)t * T + pos[i]] = 1;
+        memcpy(row_pos, pos, sizeof(int) * (size_t)n);
+        kv_row row = { .t = t, .n = n, .pos = row_pos, .n_heads = g, .w = w,
+                       .is_prefill = t < P };
+        ops->observe(st, &row);
+        /* The row is borrowed for the call only: poison it. */
+        for (int i = 0; i < g * n; i++)
+            w[i] = NAN;
+        for (int i = 0; i < n; i++)
+            row_pos[i] = -1;
+        if (t < P - 1)
+            continue;
+
+        size_t meta = 0;
+        if (ops->meta_bytes != NULL) {
+            meta = ops->meta_bytes(st, n);
+            assert_int_equal(ops->meta_bytes(st, 0), 0);
+            assert_true(ops->meta_bytes(st, n + 1) >= meta);
+        }
+        kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
+                               .is_prefill_end = t == P - 1 };
+        memset(keep, 9, sizeof keep);
+        ops->select(st, &view, keep);
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            assert_true(keep[i] == 0 || keep[i] == 1);
+            kept += keep[i];
+        }
+        int floor_kept = n < B ? n : B;
+        if (kept < floor_kept)
+            fail_msg("%s t=%d: kept %d of %d, budget %d", label, t, kept, n, B);
+        if (ops->bounded && kept != floor_kept)
+            fail_msg("%s t=%d: bounded policy kept %d of %d, budget %d", label, t, kept, n, B);
+        if (!ops->bounded && t >= P && kept != n)
+            fail_msg("%s t=%d: unbounded policy evicted at a decode step", label, t);
+        if (ops->bounded && t >= P)
+            assert_true(n <= B + 1);
+
+        if (oracle != NULL) {
+            memset(expect, 0, sizeof expect);
+            oracle_in in = { ops, v, &hs, t, n, pos };
+            size_t meta_expect = oracle(&in, expect);
+            for (int i = 0; i < n; i++)
+                if (keep[i] != expect[i])
+                    fail_msg("%s t=%d: position %d kept=%d, oracle says %d", label, t, pos[i],
+                             keep[i], expect[i]);
+            if (t >= P && meta != meta_expect)
+                fail_msg("%s t=%d: meta_bytes %zu, expected %zu", label, t, meta, meta_expect);
+            oracle_runs[which]++;
+        }
+        for (int i = 0; i < n; i++) {
+            cached[pos[i]] = keep[i];
+            fp = (fp ^ (uint64_t)(keep[i] ? pos[i] + 1 : 0)) * 1099511628211ULL;
+        }
+        fp = (fp ^ 0xFFu) * 1099511628211ULL;
+    }
+    ops->destroy(st);
+    free(hs.obs);
+    free(hs.in);
+    return fp;
+}
+
+/* Extra settings beyond the defaults and each choice word, as "policy:a=1,b=2". */
+static const char *const extra_settings[] = {
+    "streamingllm:sinks=0", "streamingllm:sinks=1",
+    "h2o:recent=0", "h2o:recent=1", "h2o:recent=0.3", "h2o:recent=0.3,gqa=max",
+    "snapkv:window=8,kernel=5", "snapkv:window=8,kernel=5,pooling=avg,gqa=max",
+    "snapkv:window=1,kernel=1", "snapkv:window=16,kernel=9,pooling=avg",
+    "morphkv:window=8", "morphkv:window=8,fusion=max,gqa=max", "morphkv:window=1",
+    "morphkv:window=15,fusion=max",
+};
+
+/* Applies "a=1,b=2" to values; fails the test on a parse error. */
+static void apply(const kv_policy_ops *ops, const char *settings, kv_param_values *v)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", settings);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        assert_non_null(eq);
+        *eq = '\0';
+        char err[KV_ERRMSG];
+        if (kv_params_set(ops, v, tok, eq + 1, err, sizeof err) != 0)
+            fail_msg("%s", err);
+    }
+}
+
+/* Replays ops with v over every budget and group size (twice: determinism). */
+static int replay_all(const kv_policy_ops *ops, const kv_param_values *v, const char *label,
+                      double *const traces[2], const int groups[2])
+{
+    static const int budgets[] = { 1, 16, 48, 64 };
+    int runs = 0;
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        char err[KV_ERRMSG] = "";
+        if (ops->check != NULL && ops->check(v, budgets[b], err, sizeof err) != 0) {
+            assert_true(err[0] != '\0'); /* a rejection says why */
+            continue;
+        }
+        for (int k = 0; k < 2; k++) {
+            char name[160];
+            snprintf(name, sizeof name, "%s [%s] B=%d g=%d", ops->name, label, budgets[b],
+                     groups[k]);
+            uint64_t a = replay(ops, v, traces[k], groups[k], budgets[b], name);
+            uint64_t c = replay(ops, v, traces[k], groups[k], budgets[b], name);
+            if (a != c)
+                fail_msg("%s: two replays differ", name);
+            runs++;
+        }
+    }
+    return runs;
+}
+
+static void test_replays(void **state)
+{
+    (void)state;
+    const int groups[2] = { 1, 3 };
+    double *const traces[2] = { make_trace(7, groups[0]), make_trace(8, groups[1]) };
+    for (int i = 0; kv_policy_registry[i] != NULL; i++) {
+        const kv_policy_ops *ops = kv_policy_registry[i];
+        kv_param_values v;
+        kv_params_defaults(ops, &v);
+        int runs = replay_all(ops, &v, "defaults", traces, groups);
+        /* Each other word of each CHOICE parameter, one at a time. */
+        for (int k = 0; k < ops->n_params; k++) {
+            const kv_param_spec *s = &ops->params[k];
+            if (s->type != KV_PARAM_CHOICE)
+                continue;
+            char words[64], setting[96];
+            snprintf(words, sizeof words, "%s", s->choices);
+            for (char *save = NULL, *wd = strtok_r(words, "|", &save); wd != NULL;
+                 wd = strtok_r(NULL, "|", &save)) {
+                if (strcmp(wd, s->default_text) == 0)
+                    continue;
+                kv_params_defaults(ops, &v);
+                snprintf(setting, sizeof setting, "%s=%s", s->name, wd);
+                apply(ops, setting, &v);
+                runs += replay_all(ops, &v, setting, traces, groups);
+            }
+        }
+        size_t len = strlen(ops->name);
+        for (size_t e = 0; e < sizeof extra_settings / sizeof extra_settings[0]; e++) {
+            if (strncmp(extra_settings[e], ops->name, len) != 0 || extra_settings[e][len] != ':')
+                continue;
+            kv_params_defaults(ops, &v);
+            apply(ops, extra_settings[e] + len + 1, &v);
+            runs += replay_all(ops, &v, extra_settings[e] + len + 1, traces, groups);
+        }
+        if (runs == 0)
+            fail_msg("%s: no budget was accepted", ops->name);
+    }
+    /* Every published rule met its oracle, at many steps. */
+    for (int i = 0; i < N_ORACLES; i++)
+        if (oracle_runs[i] < 1000)
+            fail_msg("oracle %s ran only %d times", oracles[i].name, oracle_runs[i]);
+    free(traces[0]);
+    free(traces[1]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tables),
+        cmocka_unit_test(test_replays),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
