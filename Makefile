@@ -65,7 +65,7 @@ check: kvsim $(TEST_BIN)
 run: deps
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
-	./kvsim run --trace $(BUILD)/synthetic.h5 --policies full,window,streamingllm,h2o,snapkv,morphkv --budgets 64,128,256 --force -o results/default
+	./kvsim run configs/synthetic.ini --force -o results/default
 
 clean:
 	rm -rf $(BUILD) kvsim

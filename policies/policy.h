@@ -129,7 +129,28 @@ typedef struct kv_policy_ops {
 
     /* Frees the state. NULL is ignored. */
     void (*destroy)(void *state);
+
+    /* ---- optional slots (NULL for the ordinary policies) ---- */
+
+    /* Where the policy keeps its caches: one per KV head (NULL or KV_SCOPE_KV_HEAD), or
+     * one per layer (KV_SCOPE_LAYER: every query head of the layer in one group, and its
+     * positions stored by every KV head, so they count n_kv_heads times in kv_tokens). */
+    int (*scope)(const kv_param_values *values);
+
+    /* Ceiling references that may re-admit evicted tokens (oracle). Called at every
+     * decode step before the query attends, with the full-cache rows p_t over all of
+     * 0..t (full->pos = 0..t, full->n = t+1, full->w the group's p_t): sets keep[j] = 1
+     * for the past positions that form S for this step (at most B for a bounded policy);
+     * the engine then attends over S u {t} and carries on with observe and select. */
+    void (*attend)(void *state, const kv_row *full, unsigned char *keep);
+
+    /* Offline references that look into the future (lookahead). Before a layer is
+     * replayed the engine streams every full-cache row to prescan, t = 0..T-1 in order,
+     * with the same kv_row layout as attend. */
+    void (*prescan)(void *state, const kv_row *full);
 } kv_policy_ops;
+
+enum { KV_SCOPE_KV_HEAD = 0, KV_SCOPE_LAYER = 1 };
 
 /* ----------------------------------------------------------- registry */
 

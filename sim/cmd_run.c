@@ -1,0 +1,263 @@
+/*
+ * cmd_run.c - `kvsim run` (replay an experiment) and `kvsim policies` (list policies).
+ */
+#include "sim/commands.h"
+#include "sim/config.h"
+#include "sim/engine.h"
+#include "sim/output.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void run_usage(FILE *f)
+{
+    fprintf(f,
+"usage: kvsim run [CONFIG.ini] [options]\n"
+"\n"
+"Replays a trace and runs every policy at every budget under the same replay rules,\n"
+"then writes summary.tsv, steps.tsv and heads.tsv into the output directory and prints\n"
+"a table of mean attention-mass recall and peak KV-cache bytes.\n"
+"\n"
+"An INI experiment file gives the trace, budgets, output and [policy LABEL] sections\n"
+"(see configs/); options given after it override it.\n"
+"\n"
+"options:\n"
+"  -t, --trace FILE        kvtrace v1 HDF5 file to replay\n"
+"  -p, --policies LIST     comma-separated policy names, each labelled by its name\n"
+"                          (e.g. window,streamingllm,h2o,snapkv,morphkv; see `kvsim policies`)\n"
+"  -b, --budgets LIST      comma-separated budgets in tokens (e.g. 64,128,256)\n"
+"  -s, --set L.P=V         set parameter P of the policy labelled L (or of every policy\n"
+"                          of type L) to V, e.g. --set morphkv.window=8; repeatable\n"
+"  -o, --output DIR        output directory (created; must be empty unless --force)\n"
+"  -f, --force             overwrite result files in a non-empty output directory\n"
+"      --seed N            base seed for randomised policies (default 1)\n"
+"      --block N           query rows per block while streaming (default 64)\n"
+"  -q, --quiet             no progress and no table\n"
+"  -h, --help              this help\n"
+"\n"
+"exit status: 0 success, 1 runtime failure, 2 usage or configuration error\n");
+}
+
+/* Applies one --set L.P=V. */
+static int apply_set(kv_experiment *ex, const char *arg, char *err, size_t err_len)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", arg);
+    char *dot = strchr(buf, '.'), *eq = strchr(buf, '=');
+    if (!dot || !eq || eq < dot || dot == buf || eq == dot + 1) {
+        snprintf(err, err_len, "--set '%s': expected LABEL.PARAM=VALUE, e.g. "
+                 "morphkv.window=8", arg);
+        return 2;
+    }
+    *dot = '\0';
+    *eq = '\0';
+    return kv_experiment_set(ex, buf, dot + 1, eq + 1, err, err_len);
+}
+
+static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_t err_len)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", list);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (kv_experiment_add_policy(ex, tok, tok, err, err_len))
+            return 2;
+        n++;
+    }
+    if (n == 0) {
+        snprintf(err, err_len, "--policies: no policy named");
+        return 2;
+    }
+    return 0;
+}
+
+typedef struct {
+    int force, quiet, block;
+    long seed;           /* -1: keep the experiment's */
+    const char *policies, *budgets, *trace, *output, *config;
+    const char *sets[64];
+    int n_sets;
+} run_options;
+
+/* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
+static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
+{
+    enum { OPT_SEED = 256, OPT_BLOCK };
+    static const struct option longopts[] = {
+        { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
+        { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
+        { "output", required_argument, 0, 'o' },   { "force", no_argument, 0, 'f' },
+        { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
+        { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    int c;
+    char *end;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't': o->trace = optarg; break;
+        case 'p': o->policies = optarg; break;
+        case 'b': o->budgets = optarg; break;
+        case 's':
+            if (o->n_sets == 64) {
+                snprintf(err, err_len, "at most 64 --set options");
+                return 2;
+            }
+            o->sets[o->n_sets++] = optarg;
+            break;
+        case 'o': o->output = optarg; break;
+        case 'f': o->force = 1; break;
+        case 'q': o->quiet = 1; break;
+        case OPT_SEED:
+            o->seed = strtol(optarg, &end, 10);
+            if (*end || end == optarg || o->seed < 0) {
+                snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
+                return 2;
+            }
+            break;
+        case OPT_BLOCK:
+            o->block = (int)strtol(optarg, &end, 10);
+            if (*end || o->block < 1 || o->block > 4096) {
+                snprintf(err, err_len, "--block must be in 1..4096, got '%s'", optarg);
+                return 2;
+            }
+            break;
+        case 'h': run_usage(stdout); return -1;
+        default:
+            snprintf(err, err_len, "unknown option or missing value in '%s' (see kvsim run "
+                     "--help)", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc)
+        o->config = argv[optind++];
+    if (optind < argc) {
+        snprintf(err, err_len, "unexpected argument '%s' (one experiment file at most)",
+                 argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* The experiment: the config file first, then the options over it. */
+static int build_experiment(const run_options *o, kv_experiment *ex, char *err, size_t err_len)
+{
+    if (o->config && kv_config_load(o->config, ex, err, err_len))
+        return 2;
+    if (o->policies && add_policy_list(ex, o->policies, err, err_len))
+        return 2;
+    if (o->budgets && kv_experiment_set_budgets(ex, o->budgets, err, err_len))
+        return 2;
+    if (o->trace)
+        snprintf(ex->trace, sizeof ex->trace, "%s", o->trace);
+    if (o->output)
+        snprintf(ex->output, sizeof ex->output, "%s", o->output);
+    for (int i = 0; i < o->n_sets; i++)
+        if (apply_set(ex, o->sets[i], err, err_len))
+            return 2;
+    if (o->seed >= 0)
+        ex->seed = (unsigned long)o->seed;
+    return 0;
+}
+
+static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
+{
+    if (!ex->trace[0])
+        snprintf(err, err_len, "no trace given (--trace FILE or trace = in [experiment])");
+    else if (!ex->n_budgets)
+        snprintf(err, err_len, "no budgets given (--budgets 64,128 or budgets = ...)");
+    else if (!ex->n_policies)
+        snprintf(err, err_len, "no policies given (--policies h2o,morphkv or [policy L])");
+    else if (!ex->output[0])
+        snprintf(err, err_len, "no output directory given (-o DIR or output = ...)");
+    else
+        return 0;
+    return 2;
+}
+
+int kv_cmd_run(int argc, char **argv)
+{
+    char err[1024] = "";
+    kv_experiment ex;
+    kv_experiment_init(&ex);
+    run_options o = { .seed = -1 };
+    int rc = parse_run_args(argc, argv, &o, err, sizeof err);
+    if (rc == 0)
+        rc = build_experiment(&o, &ex, err, sizeof err);
+    if (rc == 0)
+        rc = check_complete(&ex, err, sizeof err);
+    kv_replay_conf conf = {
+        .policies = ex.policies, .n_policies = ex.n_policies, .budgets = ex.budgets,
+        .n_budgets = ex.n_budgets, .block = o.block, .progress = !o.quiet, .seed = ex.seed,
+    };
+    if (rc == 0)
+        rc = kv_replay_validate(&conf, err, sizeof err);
+    kv_trace *tr = NULL;
+    kv_results *res = NULL;
+    if (rc == 0 && kv_output_prepare(ex.output, o.force, err, sizeof err))
+        rc = 2;
+    if (rc == 0 && kv_trace_open(ex.trace, &tr, err, sizeof err))
+        rc = 1;
+    if (rc == 0)
+        rc = kv_replay(tr, &conf, &res, err, sizeof err);
+    if (rc == 0 && kv_output_write(ex.output, res, &conf, err, sizeof err))
+        rc = 1;
+    if (rc == 0 && !o.quiet) {
+        if (kv_output_table(stdout, res, &conf, err, sizeof err))
+            rc = 1;
+        else
+            printf("results: %s/{summary,steps,heads}.tsv\n", ex.output);
+    }
+    if (rc > 0)
+        fprintf(stderr, "kvsim run: %s\n", err);
+    kv_results_free(res);
+    kv_trace_close(tr);
+    kv_experiment_free(&ex);
+    return rc < 0 ? 0 : rc;
+}
+
+/* ----------------------------------------------------------- policies */
+
+static void print_param(const kv_param_spec *ps)
+{
+    char range[96];
+    if (ps->type == KV_PARAM_CHOICE)
+        snprintf(range, sizeof range, "%s", ps->choices);
+    else if (ps->type == KV_PARAM_INT)
+        snprintf(range, sizeof range, "integer %.0f..%.0f", ps->min, ps->max);
+    else
+        snprintf(range, sizeof range, "real %g..%g", ps->min, ps->max);
+    printf("    %-12s default %-6s (%s)\n                 %s\n", ps->name, ps->default_text,
+           range, ps->help);
+}
+
+int kv_cmd_policies(int argc, char **argv)
+{
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: kvsim policies\n\nLists every eviction policy with its parameters, "
+               "defaults and source.\n");
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "kvsim policies: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
+    for (int i = 0; kv_policy_registry[i]; i++) {
+        const kv_policy_ops *ops = kv_policy_registry[i];
+        printf("%s: %s\n  source: %s\n", ops->name, ops->summary, ops->citation);
+        if (ops->n_params == 0)
+            printf("  (no parameters)\n");
+        for (int p = 0; p < ops->n_params; p++)
+            print_param(&ops->params[p]);
+        printf("\n");
+    }
+    return 0;
+}

@@ -1,0 +1,286 @@
+/*
+ * config.c - experiments from INI files (libinih) and command-line options.
+ */
+#include "sim/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BUDGETS 64
+
+void kv_experiment_init(kv_experiment *ex)
+{
+    memset(ex, 0, sizeof *ex);
+    ex->seed = 1;
+}
+
+void kv_experiment_free(kv_experiment *ex)
+{
+    free(ex->budgets);
+    free(ex->policies);
+    kv_experiment_init(ex);
+}
+
+static kv_policy_conf *find_label(kv_experiment *ex, const char *label)
+{
+    for (int i = 0; i < ex->n_policies; i++)
+        if (strcmp(ex->policies[i].label, label) == 0)
+            return &ex->policies[i];
+    return NULL;
+}
+
+/* Sets one parameter of pc: the engine-level kv_granularity, or one of the policy's own. */
+static int set_param(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                     size_t err_len)
+{
+    if (strcmp(name, "kv_granularity") != 0)
+        return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
+    if (strcmp(text, "kv_head") == 0)
+        pc->granularity = KV_GRAN_KV_HEAD;
+    else if (strcmp(text, "query_head") == 0)
+        pc->granularity = KV_GRAN_QUERY_HEAD;
+    else {
+        snprintf(err, err_len, "kv_granularity must be one of kv_head|query_head, got '%s'",
+                 text);
+        return 1;
+    }
+    return 0;
+}
+
+int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *type,
+                             char *err, size_t err_len)
+{
+    const kv_policy_ops *ops = kv_policy_find(type);
+    if (!ops) {
+        snprintf(err, err_len, "unknown policy '%s' (did you mean '%s'? `kvsim policies` "
+                 "lists them)", type, kv_policy_suggest(type));
+        return 2;
+    }
+    if (strlen(label) == 0 || strlen(label) >= KV_LABEL_LEN || strpbrk(label, "\t\n\r")) {
+        snprintf(err, err_len, "policy label '%s' must be 1 to %d characters without tabs "
+                 "or newlines", label, KV_LABEL_LEN - 1);
+        return 2;
+    }
+    if (find_label(ex, label)) {
+        snprintf(err, err_len, "duplicate policy label '%s'", label);
+        return 2;
+    }
+    kv_policy_conf *grown = realloc(ex->policies, (size_t)(ex->n_policies + 1) * sizeof *grown);
+    if (!grown) {
+        snprintf(err, err_len, "out of memory");
+        return 2;
+    }
+    ex->policies = grown;
+    kv_policy_conf *pc = &ex->policies[ex->n_policies++];
+    memset(pc, 0, sizeof *pc);
+    snprintf(pc->label, sizeof pc->label, "%s", label);
+    pc->ops = ops;
+    kv_params_defaults(ops, &pc->values);
+    return 0;
+}
+
+int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
+                      const char *text, char *err, size_t err_len)
+{
+    kv_policy_conf *pc = find_label(ex, target);
+    if (pc)
+        return set_param(pc, param, text, err, err_len) ? 2 : 0;
+    int matched = 0;
+    for (int i = 0; i < ex->n_policies; i++) {
+        pc = &ex->policies[i];
+        if (strcmp(pc->ops->name, target) != 0)
+            continue;
+        matched++;
+        if (set_param(pc, param, text, err, err_len))
+            return 2;
+    }
+    if (!matched) {
+        snprintf(err, err_len, "--set %s.%s: no policy labelled or of type '%s' in this run",
+                 target, param, target);
+        return 2;
+    }
+    return 0;
+}
+
+int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len)
+{
+    int budgets[MAX_BUDGETS], n = 0;
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        const char *item_end = end;
+        while (*item_end == ' ' || *item_end == '\t')
+            item_end++;
+        if (end == p || errno || v < 1 || v > 100000000 || (*item_end && *item_end != ',')) {
+            int len = (int)strcspn(p, ",");
+            snprintf(err, err_len, "budget '%.*s' must be a whole number of tokens >= 1",
+                     len, p);
+            return 2;
+        }
+        if (n == MAX_BUDGETS) {
+            snprintf(err, err_len, "at most %d budgets per run", MAX_BUDGETS);
+            return 2;
+        }
+        budgets[n++] = (int)v;
+        p = *item_end ? item_end + 1 : item_end;
+    }
+    if (n == 0) {
+        snprintf(err, err_len, "no budget given (expected e.g. 64,128,256)");
+        return 2;
+    }
+    int *copy = malloc((size_t)n * sizeof *copy);
+    if (!copy) {
+        snprintf(err, err_len, "out of memory");
+        return 2;
+    }
+    memcpy(copy, budgets, (size_t)n * sizeof *copy);
+    free(ex->budgets);
+    ex->budgets = copy;
+    ex->n_budgets = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ INI */
+
+/* Policy sections are collected first and applied after the parse, so `type` may stand
+ * anywhere in its section. */
+typedef struct {
+    char section[128], key[64], value[512];
+} ini_item;
+
+typedef struct {
+    const char *path;
+    kv_experiment *ex;
+    ini_item *items;
+    int n_items, cap;
+    char prev_section[128];
+    char seen[256][128];   /* section names met so far, to catch a repeated section */
+    int n_seen;
+    char *err;
+    size_t err_len;
+    int failed;
+} ini_state;
+
+static int fail(ini_state *s, const char *fmt, const char *a, const char *b, const char *c)
+{
+    char msg[768];
+    snprintf(msg, sizeof msg, fmt, a, b, c);
+    snprintf(s->err, s->err_len, "%s: %s", s->path, msg);
+    s->failed = 1;
+    return 0;
+}
+
+static int on_experiment_key(ini_state *s, const char *key, const char *value)
+{
+    kv_experiment *ex = s->ex;
+    char why[512];
+    if (strcmp(key, "trace") == 0)
+        snprintf(ex->trace, sizeof ex->trace, "%s", value);
+    else if (strcmp(key, "output") == 0)
+        snprintf(ex->output, sizeof ex->output, "%s", value);
+    else if (strcmp(key, "budgets") == 0) {
+        if (kv_experiment_set_budgets(ex, value, why, sizeof why))
+            return fail(s, "[experiment] budgets: %s%s%s", why, "", "");
+    } else if (strcmp(key, "seed") == 0) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(value, &end, 10);
+        if (end == value || *end || errno || value[0] == '-')
+            return fail(s, "[experiment] seed must be a whole number >= 0, got '%s'%s%s",
+                        value, "", "");
+        ex->seed = v;
+    } else
+        return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
+                    "seed)%s%s", key, "", "");
+    return 1;
+}
+
+static int on_ini(void *user, const char *section, const char *key, const char *value)
+{
+    ini_state *s = user;
+    if (s->failed)
+        return 0;
+    if (strcmp(section, s->prev_section) != 0) {
+        for (int i = 0; i < s->n_seen; i++)
+            if (strcmp(s->seen[i], section) == 0)
+                return fail(s, "section [%s] appears twice (duplicate label)%s%s", section,
+                            "", "");
+        if (s->n_seen < 256)
+            snprintf(s->seen[s->n_seen++], sizeof s->seen[0], "%s", section);
+        snprintf(s->prev_section, sizeof s->prev_section, "%s", section);
+    }
+    if (strcmp(section, "experiment") == 0)
+        return on_experiment_key(s, key, value);
+    if (strncmp(section, "policy ", 7) != 0)
+        return fail(s, "unknown section [%s] (expected [experiment] or [policy LABEL])%s%s",
+                    section, "", "");
+    if (s->n_items == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 32;
+        ini_item *grown = realloc(s->items, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return fail(s, "out of memory%s%s%s", "", "", "");
+        s->items = grown;
+        s->cap = cap;
+    }
+    ini_item *it = &s->items[s->n_items++];
+    snprintf(it->section, sizeof it->section, "%s", section + 7);
+    snprintf(it->key, sizeof it->key, "%s", key);
+    snprintf(it->value, sizeof it->value, "%s", value);
+    return 1;
+}
+
+/* Creates the policy of every [policy LABEL] section from its `type`, then sets the rest. */
+static int apply_policy_items(ini_state *s)
+{
+    char why[512];
+    for (int i = 0; i < s->n_items; i++) {
+        const ini_item *it = &s->items[i];
+        if (strcmp(it->key, "type") != 0)
+            continue;
+        if (kv_experiment_add_policy(s->ex, it->section, it->value, why, sizeof why))
+            return fail(s, "[policy %s] type: %s%s", it->section, why, "");
+    }
+    for (int i = 0; i < s->n_items; i++) {
+        const ini_item *it = &s->items[i];
+        kv_policy_conf *pc = find_label(s->ex, it->section);
+        if (!pc)
+            return fail(s, "[policy %s] has no 'type =' line (e.g. type = h2o)%s%s",
+                        it->section, "", "");
+        if (strcmp(it->key, "type") == 0)
+            continue;
+        if (set_param(pc, it->key, it->value, why, sizeof why))
+            return fail(s, "[policy %s] %s", it->section, why, "");
+    }
+    return 1;
+}
+
+int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_len)
+{
+    ini_state s = { .path = path, .ex = ex, .err = err, .err_len = err_len };
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, err_len, "%s: cannot read the experiment file: %s", path, strerror(errno));
+        return 2;
+    }
+    int rc = ini_parse_file(f, on_ini, &s);
+    fclose(f);
+    if (rc > 0 && !s.failed) {
+        snprintf(err, err_len, "%s:%d: syntax error (expected [section] or key = value)",
+                 path, rc);
+        s.failed = 1;
+    } else if (rc < 0 && !s.failed) {
+        snprintf(err, err_len, "%s: cannot parse the experiment file", path);
+        s.failed = 1;
+    }
+    if (!s.failed)
+        apply_policy_items(&s);
+    free(s.items);
+    return s.failed ? 2 : 0;
+}

@@ -1,0 +1,65 @@
+/*
+ * config.h - an experiment: which traces, budgets and policies to run, and where the
+ * results go. Built from an INI file (libinih) and/or command-line options.
+ *
+ * INI layout (the files in configs/ are commented examples):
+ *
+ *   [experiment]
+ *   trace   = traces/data/x.h5     ; path, relative to the working directory
+ *   budgets = 64, 128, 256         ; tokens
+ *   output  = results/default      ; directory
+ *   seed    = 1                    ; optional, base of every policy's random seed
+ *
+ *   [policy morphkv-max]           ; the label used in every output file
+ *   type   = morphkv               ; a registered policy (kvsim policies)
+ *   window = 32                    ; any of that policy's parameters
+ *   fusion = max
+ */
+#ifndef KV_CONFIG_H
+#define KV_CONFIG_H
+
+#include <stddef.h>
+#include "sim/engine.h"
+
+#define KV_PATH_LEN 4096
+
+typedef struct {
+    char trace[KV_PATH_LEN];
+    char output[KV_PATH_LEN];
+    int *budgets;               /* owned */
+    int n_budgets;
+    kv_policy_conf *policies;   /* owned */
+    int n_policies;
+    unsigned long seed;
+} kv_experiment;
+
+/* Sets ex to an empty experiment (no policies, no budgets, seed 1). Cannot fail. */
+void kv_experiment_init(kv_experiment *ex);
+
+/* Frees what ex owns and empties it. */
+void kv_experiment_free(kv_experiment *ex);
+
+/*
+ * Reads an INI experiment file into ex (which must be initialised; values it sets replace
+ * earlier ones, policies are appended). Returns 0, or 2 with a message naming the file,
+ * the section and the key: unreadable file, syntax error (with its line), unknown section
+ * or key, unknown policy type or parameter (with the nearest name), out-of-range value,
+ * duplicate label, a policy section without `type`.
+ */
+int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_len);
+
+/* Appends a policy labelled label of registered type type with default parameters.
+ * Returns 0, or 2 (unknown type, with a suggestion; duplicate label; label too long). */
+int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *type,
+                             char *err, size_t err_len);
+
+/* Sets parameter param to text on the policy labelled target, or, when no label matches,
+ * on every policy of type target. Returns 0, or 2 (no such policy, bad parameter/value). */
+int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
+                      const char *text, char *err, size_t err_len);
+
+/* Parses "64,128, 256" (tokens, each >= 1, at most 64 values) into ex->budgets,
+ * replacing earlier ones. Returns 0, or 2 naming the bad item. */
+int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,602 @@
+/*
+ * engine.c - the replay engine (see engine.h and the README's "Replay semantics").
+ *
+ * One cache = one (run, layer, KV head). Per query position t the engine
+ *   1. appends t to the cache: A_t = S u {t};
+ *   2. prefill (t < P): hands the policy the full-cache rows p_t of the group's heads;
+ *      decode (t >= P): computes recall_t^h = sum_{j in A_t} p_t^h[j] for each head and
+ *      hands the policy o_t^h = p_t^h / recall_t^h over A_t (zeros when recall is 0);
+ *   3. at t = P-1 and every decode step asks the policy which of A_t to keep, and
+ *      compacts the cache to them.
+ * Metrics (recall, kv tokens, metadata bytes) are taken at decode steps, on A_t, before
+ * the eviction: that is what the query attended to.
+ */
+#include "sim/engine.h"
+#include "sim/rows.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_BLOCK 64
+#define TOPK 8   /* top-k recall is reported for k = 1 and k = TOPK */
+
+typedef struct {
+    const kv_policy_ops *ops;
+    void *state;
+    int run;              /* index into kv_results.runs */
+    int head_lo;          /* first query head of the group */
+    int n_heads;          /* query heads in the group */
+    int token_weight;     /* KV heads that store each cached position (layer scope) */
+    int budget;
+    int n;                /* |S| (|A_t| while a step runs) */
+    int *pos;             /* [T] cached positions, ascending */
+    unsigned char *in_set;/* [T] 1 for cached positions */
+    int *entered;         /* [T] position at which each cached position (re-)entered */
+    double *w;            /* [n_heads * T] row handed to the policy */
+    unsigned char *keep;  /* [T] */
+    /* per decode step s, reduced into the run after the layer */
+    double *recall_sum;   /* [D] sum over the group's heads of recall */
+    double *topk1_sum;    /* [D] sum over the group's heads of top-1 recall */
+    double *topk8_sum;    /* [D] sum over the group's heads of top-8 recall */
+    long long *tokens;    /* [D] |A_t| * token_weight */
+    double *meta;         /* [D] bytes */
+    long long *lifetimes; /* [D + 1] */
+    int failed;           /* 1 when a bounded policy kept more than its budget */
+} kv_cache;
+
+/* What every cache of a layer reads while stepping through one block. */
+typedef struct {
+    const kv_trace_info *in;
+    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * T + j] */
+    const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
+    const int *identity;  /* [T] 0, 1, ..., T-1 */
+    int t0, nb;
+} kv_block;
+
+int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
+{
+    for (int p = 0; p < conf->n_policies; p++) {
+        const kv_policy_conf *pc = &conf->policies[p];
+        for (int b = 0; b < conf->n_budgets; b++) {
+            int budget = conf->budgets[b];
+            char why[KV_ERRMSG] = "";
+            if (budget < 1)
+                snprintf(why, sizeof why, "budget must be at least 1 token, got %d", budget);
+            else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, sizeof why)
+                     && !why[0])
+                snprintf(why, sizeof why, "rejected by %s", pc->ops->name);
+            if (why[0]) {
+                snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label, budget, why);
+                return 2;
+            }
+        }
+    }
+    return 0;
+}
+
+double kv_tokens_to_bytes(const kv_trace_info *info, long long kv_tokens)
+{
+    return (double)kv_tokens * 2.0 * info->head_dim * info->dtype_bytes;
+}
+
+/* A seed that differs for every cache and run, fixed for a given conf.seed. */
+static unsigned long cache_seed(unsigned long base, int run, int layer, int cache)
+{
+    uint64_t x = base * 0x9E3779B97F4A7C15ull ^ ((uint64_t)run << 40) ^
+                 ((uint64_t)layer << 20) ^ (uint64_t)cache;
+    x ^= x >> 31;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 29;
+    return (unsigned long)x;
+}
+
+static void cache_free(kv_cache *c)
+{
+    if (c->ops && c->state)
+        c->ops->destroy(c->state);
+    free(c->pos);
+    free(c->in_set);
+    free(c->entered);
+    free(c->w);
+    free(c->keep);
+    free(c->recall_sum);
+    free(c->topk1_sum);
+    free(c->topk8_sum);
+    free(c->tokens);
+    free(c->meta);
+    free(c->lifetimes);
+    memset(c, 0, sizeof *c);
+}
+
+/* The caches of one run in one layer: their number and the query heads each covers. */
+static int caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
+{
+    if (pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER)
+        return 1;
+    return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
+}
+
+static int cache_init(kv_cache *c, const kv_policy_conf *pc, int run, int budget,
+                      const kv_trace_info *in, int layer, int index, int n_caches,
+                      unsigned long seed)
+{
+    int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
+    int group = in->n_heads / n_caches;
+    memset(c, 0, sizeof *c);
+    c->ops = pc->ops;
+    c->run = run;
+    c->head_lo = index * group;
+    c->n_heads = group;
+    c->token_weight = n_caches == 1 ? in->n_kv_heads : 1;
+    c->budget = budget;
+    c->pos = malloc((size_t)T * sizeof *c->pos);
+    c->in_set = calloc((size_t)T, 1);
+    c->entered = malloc((size_t)T * sizeof *c->entered);
+    c->w = malloc((size_t)group * T * sizeof *c->w);
+    c->keep = malloc((size_t)T);
+    c->recall_sum = calloc((size_t)D, sizeof *c->recall_sum);
+    c->topk1_sum = calloc((size_t)D, sizeof *c->topk1_sum);
+    c->topk8_sum = calloc((size_t)D, sizeof *c->topk8_sum);
+    c->tokens = calloc((size_t)D, sizeof *c->tokens);
+    c->meta = calloc((size_t)D, sizeof *c->meta);
+    c->lifetimes = calloc((size_t)D + 1, sizeof *c->lifetimes);
+    kv_policy_ctx ctx = {
+        .budget = budget, .group_size = group, .n_tokens = T,
+        .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
+    };
+    if (c->pos && c->in_set && c->entered && c->w && c->keep && c->recall_sum && c->topk1_sum &&
+        c->topk8_sum && c->tokens && c->meta && c->lifetimes)
+        c->state = pc->ops->create(&pc->values, &ctx);
+    if (!c->state) {
+        cache_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decode steps a position was attended to, if its last was step t (0 if none). */
+static int lifetime(const kv_cache *c, int j, int t, int P)
+{
+    int first = c->entered[j] > P ? c->entered[j] : P;
+    return t >= first ? t - first + 1 : 0;
+}
+
+/* Replaces the cache by the kept entries of pos[0..n) (keep[i] set), in order, and
+ * records the lifetime of every dropped position; decode_t is the step that last
+ * attended (-1 at the prefill end). */
+static void cache_compact(kv_cache *c, const int *pos, int n, const unsigned char *keep,
+                          int decode_t, int P)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int j = pos[i];
+        if (keep[i]) {
+            c->pos[m++] = j;
+            continue;
+        }
+        c->in_set[j] = 0;
+        c->lifetimes[decode_t >= 0 ? lifetime(c, j, decode_t, P) : 0]++;
+    }
+    c->n = m;
+}
+
+/* Step 3: apply the policy's choice. */
+static void cache_select(kv_cache *c, int t, int P)
+{
+    int is_prefill_end = t == P - 1;
+    kv_cache_view view = {
+        .t = t, .n = c->n, .pos = c->pos, .budget = c->budget,
+        .is_prefill_end = is_prefill_end,
+    };
+    memset(c->keep, 0, (size_t)c->n);
+    c->ops->select(c->state, &view, c->keep);
+    cache_compact(c, c->pos, c->n, c->keep, is_prefill_end ? -1 : t, P);
+    if (c->ops->bounded && c->n > c->budget)
+        c->failed = 1;
+}
+
+/* The group's full-cache rows over 0..t, as handed to attend and prescan. */
+static kv_row full_row(kv_cache *c, const kv_block *b, int t)
+{
+    int T = b->in->n_tokens;
+    for (int hh = 0; hh < c->n_heads; hh++) {
+        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * T;
+        double *w = c->w + (size_t)hh * (t + 1);
+        for (int j = 0; j <= t; j++)
+            w[j] = p[j];
+    }
+    kv_row row = { .t = t, .n = t + 1, .pos = b->identity, .n_heads = c->n_heads,
+                   .w = c->w, .is_prefill = t < b->in->prefill_len };
+    return row;
+}
+
+/* Oracle-style policies choose S from the full row before the query attends. */
+static void cache_attend(kv_cache *c, const kv_block *b, int t)
+{
+    kv_row full = full_row(c, b, t);
+    memset(c->keep, 0, (size_t)t + 1);
+    c->ops->attend(c->state, &full, c->keep);
+    c->keep[t] = 0;                   /* t is appended by the step itself */
+    for (int i = 0; i < c->n; i++)    /* positions not re-chosen leave the cache */
+        if (!c->keep[c->pos[i]])
+            c->lifetimes[lifetime(c, c->pos[i], t - 1, b->in->prefill_len)]++;
+    c->n = 0;
+    for (int j = 0; j < t; j++) {
+        if (c->keep[j] && !c->in_set[j])
+            c->entered[j] = t;        /* re-admitted */
+        c->in_set[j] = c->keep[j];
+        if (c->keep[j])
+            c->pos[c->n++] = j;
+    }
+    if (c->ops->bounded && c->n > c->budget)
+        c->failed = 1;
+}
+
+/* Fraction of the first k of a row's top keys (fewer when t+1 < k) that are cached. */
+static double topk_hit(const kv_cache *c, const int *top, int k, int t)
+{
+    int n = k < t + 1 ? k : t + 1, hit = 0;
+    for (int i = 0; i < n; i++)
+        hit += c->in_set[top[i]];
+    return (double)hit / n;
+}
+
+/*
+ * Steps 1-3 for query position t. head_sum/head_min: [n_heads] sums and minima of this
+ * layer's heads for this run.
+ */
+static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
+                       double *head_min)
+{
+    const kv_trace_info *in = b->in;
+    int T = in->n_tokens, P = in->prefill_len;
+    int is_prefill = t < P;
+    if (!is_prefill && c->ops->attend)
+        cache_attend(c, b, t);
+    c->pos[c->n++] = t;                                   /* step 1 */
+    c->in_set[t] = 1;
+    c->entered[t] = t;
+    int n = c->n;
+    double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
+    for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
+        int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
+        const float *p = b->rows + (size_t)i_row * T;
+        double *w = c->w + (size_t)hh * n;
+        if (is_prefill) {
+            for (int i = 0; i < n; i++)
+                w[i] = p[c->pos[i]];
+            continue;
+        }
+        double recall = 0.0;
+        for (int i = 0; i < n; i++) {
+            w[i] = p[c->pos[i]];
+            recall += w[i];
+        }
+        /* rule 6: a zero denominator gives an all-zero observed row */
+        double inv = recall > 0.0 ? 1.0 / recall : 0.0;
+        for (int i = 0; i < n; i++)
+            w[i] *= inv;
+        recall_sum += recall;
+        head_sum[h] += recall;
+        if (recall < head_min[h])
+            head_min[h] = recall;
+        const int *top = b->topk + (size_t)i_row * TOPK;
+        top1 += topk_hit(c, top, 1, t);
+        top8 += topk_hit(c, top, TOPK, t);
+    }
+    kv_row row = {
+        .t = t, .n = n, .pos = c->pos, .n_heads = c->n_heads, .w = c->w,
+        .is_prefill = is_prefill,
+    };
+    if (!is_prefill) {
+        int s = t - P;
+        c->recall_sum[s] = recall_sum;
+        c->topk1_sum[s] = top1;
+        c->topk8_sum[s] = top8;
+        c->tokens[s] = (long long)n * c->token_weight;
+        c->meta[s] = c->ops->meta_bytes ? (double)c->ops->meta_bytes(c->state, n) : 0.0;
+    }
+    c->ops->observe(c->state, &row);
+    if (t >= P - 1)                                       /* step 3 */
+        cache_select(c, t, P);
+}
+
+/* The TOPK highest keys of one row p[0..t], best first; ties rank the more recent key
+ * higher (rule 4). Insertion into a short sorted list: O(t) for rows whose mass is
+ * concentrated, O(t * TOPK) at worst. */
+static void row_topk(const float *p, int t, int *top)
+{
+    int n = 0;
+    for (int j = t; j >= 0; j--) {       /* newest first: an equal later key stays ahead */
+        if (n == TOPK && p[j] <= p[top[n - 1]])
+            continue;
+        int i = n < TOPK ? n++ : TOPK - 1;
+        while (i > 0 && p[j] > p[top[i - 1]]) {
+            top[i] = top[i - 1];
+            i--;
+        }
+        top[i] = j;
+    }
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_replay_conf *conf)
+{
+    int D = res->n_steps, LH = in->n_layers * in->n_heads, T = in->n_tokens;
+    res->n_runs = conf->n_policies * conf->n_budgets;
+    res->runs = calloc((size_t)res->n_runs, sizeof *res->runs);
+    if (!res->runs)
+        return -1;
+    for (int r = 0; r < res->n_runs; r++) {
+        kv_run_result *run = &res->runs[r];
+        run->policy = r / conf->n_budgets;
+        run->budget = conf->budgets[r % conf->n_budgets];
+        run->step_recall = calloc((size_t)D, sizeof(double));
+        run->step_kv_tokens = calloc((size_t)D, sizeof(long long));
+        run->step_meta_bytes = calloc((size_t)D, sizeof(double));
+        run->head_recall_mean = calloc((size_t)LH, sizeof(double));
+        run->head_recall_min = malloc((size_t)LH * sizeof(double));
+        run->step_topk1 = calloc((size_t)D, sizeof(double));
+        run->step_topk8 = calloc((size_t)D, sizeof(double));
+        run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
+        run->retained = calloc((size_t)T, sizeof(int));
+        if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
+            !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
+            !run->step_topk8 || !run->lifetimes || !run->retained)
+            return -1;
+        for (int i = 0; i < LH; i++)
+            run->head_recall_min[i] = INFINITY;
+    }
+    return 0;
+}
+
+void kv_results_free(kv_results *res)
+{
+    if (!res)
+        return;
+    for (int r = 0; res->runs && r < res->n_runs; r++) {
+        kv_run_result *run = &res->runs[r];
+        free(run->step_recall);
+        free(run->step_kv_tokens);
+        free(run->step_meta_bytes);
+        free(run->head_recall_mean);
+        free(run->head_recall_min);
+        free(run->step_topk1);
+        free(run->step_topk8);
+        free(run->lifetimes);
+        free(run->retained);
+    }
+    free(res->runs);
+    free(res);
+}
+
+/* Folds one layer's caches into their runs, in a fixed order (run, then cache), so the
+ * sums do not depend on the number of threads. */
+static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches)
+{
+    for (int ci = 0; ci < n_caches; ci++) {
+        const kv_cache *c = &caches[ci];
+        kv_run_result *run = &res->runs[c->run];
+        for (int s = 0; s < res->n_steps; s++) {
+            run->step_recall[s] += c->recall_sum[s];
+            run->step_topk1[s] += c->topk1_sum[s];
+            run->step_topk8[s] += c->topk8_sum[s];
+            run->step_kv_tokens[s] += c->tokens[s];
+            run->step_meta_bytes[s] += c->meta[s];
+        }
+        for (int s = 0; s <= res->n_steps; s++)
+            run->lifetimes[s] += c->lifetimes[s];
+        for (int i = 0; i < c->n; i++)
+            run->retained[c->pos[i]] += c->token_weight;
+        run->n_cache_units += c->token_weight;
+    }
+}
+
+typedef struct {
+    double start, last;
+    int enabled, shown;
+} progress;
+
+static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
+{
+    if (!pg->enabled)
+        return;
+    double now = now_seconds();
+    if (now - pg->start < 1.0 || now - pg->last < 0.5)
+        return;
+    pg->last = now;
+    pg->shown = 1;
+    double done = ((double)layer + (double)t / T) / n_layers;
+    double eta = done > 0 ? (now - pg->start) * (1.0 - done) / done : 0.0;
+    fprintf(stderr, "\rkvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)   ",
+            layer + 1, n_layers, t, T, 100.0 * done, eta);
+    fflush(stderr);
+}
+
+/* Creates the caches of every run for one layer. Returns their number, or -1. */
+static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int layer,
+                        kv_cache *caches)
+{
+    int n = 0;
+    for (int r = 0; r < res->n_runs; r++) {
+        const kv_policy_conf *pc = &conf->policies[res->runs[r].policy];
+        int per_layer = caches_per_layer(pc, &res->info);
+        for (int i = 0; i < per_layer; i++, n++)
+            if (cache_init(&caches[n], pc, r, res->runs[r].budget, &res->info, layer, i,
+                           per_layer, cache_seed(conf->seed, r, layer, i)) != 0)
+                return -1;
+    }
+    return n;
+}
+
+/* Streams the layer's rows to the policies that look at the whole trace first. */
+static int prescan_layer(kv_trace *tr, const kv_replay_conf *conf, int layer, kv_block *b,
+                         kv_cache *caches, int n_caches, char *err, size_t err_len)
+{
+    int any = 0, T = b->in->n_tokens;
+    for (int ci = 0; ci < n_caches; ci++)
+        any |= caches[ci].ops->prescan != NULL;
+    if (!any)
+        return 0;
+    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
+                                 err, err_len);
+    if (!rows)
+        return 1;
+    for (int t0 = 0; t0 < T;) {
+        b->rows = kv_rows_block(rows, t0, &b->nb, err, err_len);
+        if (!b->rows) {
+            kv_rows_close(rows);
+            return 1;
+        }
+        b->t0 = t0;
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int ci = 0; ci < n_caches; ci++) {
+            kv_cache *c = &caches[ci];
+            if (!c->ops->prescan)
+                continue;
+            for (int t = t0; t < t0 + b->nb; t++) {
+                kv_row full = full_row(c, b, t);
+                c->ops->prescan(c->state, &full);
+            }
+        }
+        t0 += b->nb;
+    }
+    kv_rows_close(rows);
+    return 0;
+}
+
+/* Replays one layer for every run. */
+static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *res, int layer,
+                        kv_cache *caches, int *topk, const int *identity, progress *pg,
+                        char *err, size_t err_len)
+{
+    const kv_trace_info *in = &res->info;
+    int T = in->n_tokens, H = in->n_heads;
+    int n_caches = layer_caches(conf, res, layer, caches);
+    if (n_caches < 0) {
+        snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
+        return 1;
+    }
+    kv_block b = { .in = in, .topk = topk, .identity = identity };
+    if (prescan_layer(tr, conf, layer, &b, caches, n_caches, err, err_len))
+        return 1;
+    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
+                                 err, err_len);
+    if (!rows)
+        return 1;
+    int rc = 0;
+    for (int t0 = 0; t0 < T;) {
+        b.rows = kv_rows_block(rows, t0, &b.nb, err, err_len);
+        if (!b.rows) {
+            rc = 1;
+            break;
+        }
+        b.t0 = t0;
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < H * b.nb; i++)   /* top keys: the same for every policy */
+            row_topk(b.rows + (size_t)i * T, t0 + i % b.nb, topk + (size_t)i * TOPK);
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int ci = 0; ci < n_caches; ci++) {
+            kv_run_result *run = &res->runs[caches[ci].run];
+            double *hs = run->head_recall_mean + (size_t)layer * H;
+            double *hm = run->head_recall_min + (size_t)layer * H;
+            for (int t = t0; t < t0 + b.nb; t++)
+                cache_step(&caches[ci], &b, t, hs, hm);
+        }
+        t0 += b.nb;
+        progress_update(pg, layer, in->n_layers, t0, T);
+    }
+    kv_rows_close(rows);
+    for (int ci = 0; rc == 0 && ci < n_caches; ci++)
+        if (caches[ci].failed) {
+            const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
+            snprintf(err, err_len, "internal error: policy '%s' kept more than budget %d "
+                     "tokens in layer %d", pc->label, caches[ci].budget, layer);
+            rc = 1;
+        }
+    if (rc == 0)
+        reduce_layer(res, caches, n_caches);
+    return rc;
+}
+
+int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
+              char *err, size_t err_len)
+{
+    *out = NULL;
+    int rc = kv_replay_validate(conf, err, err_len);
+    if (rc)
+        return rc;
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    if (in->prefill_len >= in->n_tokens) {
+        snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
+                 "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
+        return 1;
+    }
+    int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
+    kv_results *res = calloc(1, sizeof *res);
+    kv_cache *caches = NULL;
+    int *topk = NULL, *identity = NULL;
+    if (!res)
+        goto nomem;
+    res->info = *in;
+    res->n_steps = in->n_tokens - in->prefill_len;
+    if (results_alloc(res, in, conf) != 0)
+        goto nomem;
+    int n_caches = 0;
+    for (int p = 0; p < conf->n_policies; p++)
+        n_caches += caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
+    caches = calloc((size_t)n_caches, sizeof *caches);
+    topk = malloc((size_t)in->n_heads * block * TOPK * sizeof *topk);
+    identity = malloc((size_t)in->n_tokens * sizeof *identity);
+    if (!caches || !topk || !identity)
+        goto nomem;
+    for (int j = 0; j < in->n_tokens; j++)
+        identity[j] = j;
+    progress pg = { .start = now_seconds(), .enabled = conf->progress };
+    for (int l = 0; l < in->n_layers && rc == 0; l++) {
+        rc = replay_layer(tr, conf, res, l, caches, topk, identity, &pg, err, err_len);
+        for (int ci = 0; ci < n_caches; ci++)
+            cache_free(&caches[ci]);
+    }
+    if (pg.shown)
+        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", in->n_layers,
+                now_seconds() - pg.start, "");
+    free(caches);
+    free(topk);
+    free(identity);
+    if (rc) {
+        kv_results_free(res);
+        return rc;
+    }
+    /* sums -> means: per step over layers and query heads, per head over steps */
+    double units = (double)in->n_layers * in->n_heads;
+    for (int r = 0; r < res->n_runs; r++) {
+        kv_run_result *run = &res->runs[r];
+        for (int s = 0; s < res->n_steps; s++) {
+            run->step_recall[s] /= units;
+            run->step_topk1[s] /= units;
+            run->step_topk8[s] /= units;
+        }
+        for (int i = 0; i < in->n_layers * in->n_heads; i++)
+            run->head_recall_mean[i] /= res->n_steps;
+    }
+    *out = res;
+    return 0;
+nomem:
+    snprintf(err, err_len, "out of memory allocating the results");
+    free(caches);
+    free(topk);
+    free(identity);
+    kv_results_free(res);
+    return 1;
+}

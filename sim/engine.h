@@ -1,0 +1,95 @@
+/*
+ * engine.h - the replay engine: runs every (policy, budget) pair over one trace under the
+ * replay semantics of the README ("Replay semantics", rules 1-6) and collects the metrics.
+ *
+ * Work is organised per layer: the layer's rows are produced block by block (sim/rows.h),
+ * and every cache of every (policy, budget) run - one per (layer, KV head) - steps through
+ * the block. Caches are independent, so they run in parallel (OpenMP); each cache writes
+ * only its own buffers and the buffers are reduced in a fixed order after the layer, so
+ * the results do not depend on the number of threads.
+ */
+#ifndef KV_ENGINE_H
+#define KV_ENGINE_H
+
+#include <stddef.h>
+#include "policies/policy.h"
+#include "traces/trace.h"
+
+#define KV_LABEL_LEN 64
+
+/* How finely KV is cached (the engine-level parameter `kv_granularity` every policy
+ * takes): one cache per KV head shared by its GQA group (default), or one per query head
+ * (the KV repeated per query head, as the MorphKV paper's baselines ran; group size 1,
+ * KV memory multiplied by the group size). */
+typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
+
+/* One configured policy: a label (column `policy` in every output), its ops and values. */
+typedef struct {
+    char label[KV_LABEL_LEN];
+    const kv_policy_ops *ops;
+    kv_param_values values;
+    kv_granularity granularity;
+} kv_policy_conf;
+
+typedef struct {
+    const kv_policy_conf *policies;
+    int n_policies;
+    const int *budgets;   /* tokens, each >= 1 */
+    int n_budgets;
+    int block;            /* query rows per block; 0 means the default (64) */
+    int progress;         /* 1: report progress on stderr when the run takes over 1 s */
+    unsigned long seed;   /* base of every per-cache seed */
+} kv_replay_conf;
+
+/* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
+typedef struct {
+    int policy;                 /* index into kv_replay_conf.policies */
+    int budget;                 /* tokens */
+    double *step_recall;        /* [D] mean recall over layers and query heads at t = P+s */
+    long long *step_kv_tokens;  /* [D] sum over all caches of |A_t| (tokens) */
+    double *step_meta_bytes;    /* [D] sum over all caches of policy metadata (bytes) */
+    double *head_recall_mean;   /* [n_layers * n_heads] mean over decode steps */
+    double *head_recall_min;    /* [n_layers * n_heads] */
+    double *step_topk1;         /* [D] mean over layers and query heads of the fraction of
+                                   the row's top-1 full-cache key that is in A_t */
+    double *step_topk8;         /* [D] likewise for the 8 highest keys (min(8, t+1)) */
+    long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
+                                   they were attended to (0: evicted at the prefill end) */
+    int *retained;              /* [T] number of caches holding position j after the last
+                                   step (S at the end of the trace), each cache counted
+                                   once per KV head that stores it */
+    int n_cache_units;          /* what retained[] counts out of: the caches of all layers,
+                                   weighted the same way */
+} kv_run_result;
+
+typedef struct {
+    kv_trace_info info;         /* copy of the trace's attributes */
+    int n_steps;                /* D = T - P */
+    int n_runs;                 /* n_policies * n_budgets, policy-major */
+    kv_run_result *runs;
+} kv_results;
+
+/*
+ * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
+ * rule (ops->check). Returns 0, or 2 with "policy 'morphkv-sum' at budget 16: budget 16
+ * must exceed window 32" in err (the first invalid pair).
+ */
+int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
+
+/*
+ * Replays tr under conf. On success *out owns the results (free with kv_results_free)
+ * and 0 is returned. Fails with 2 when a pair is invalid (as kv_replay_validate), with 1
+ * on a runtime failure (I/O error reading the trace, out of memory, P = T: no decode
+ * step), err naming the cause; *out is then NULL.
+ */
+int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
+              char *err, size_t err_len);
+
+/* Frees results. NULL is ignored. */
+void kv_results_free(kv_results *res);
+
+/* Bytes of KV cache for kv_tokens cached tokens: tokens * 2 (K and V) * head_dim *
+ * dtype_bytes, summed over the caches the count covers. */
+double kv_tokens_to_bytes(const kv_trace_info *info, long long kv_tokens);
+
+#endif

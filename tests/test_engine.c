@@ -1,0 +1,357 @@
+/*
+ * test_engine.c - the replay engine end to end: hand-computed recall and memory on a tiny
+ * attn trace, the accounting invariants on generated traces, attn and qk forms agreeing,
+ * and byte-identical outputs across runs and thread counts.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sim/engine.h"
+#include "sim/output.h"
+#include "traces/gen.h"
+#include "traces/trace.h"
+
+/* ------------------------------------------------------------ helpers */
+
+typedef struct {
+    kv_policy_conf pc[16];
+    int n;
+} policy_list;
+
+/* Adds policy `type` labelled `label` with "k=v,k=v" parameters. */
+static void add(policy_list *pl, const char *label, const char *type, const char *params)
+{
+    kv_policy_conf *pc = &pl->pc[pl->n++];
+    memset(pc, 0, sizeof *pc);
+    snprintf(pc->label, sizeof pc->label, "%s", label);
+    pc->ops = kv_policy_find(type);
+    assert_non_null(pc->ops);
+    kv_params_defaults(pc->ops, &pc->values);
+    char buf[256], err[256];
+    snprintf(buf, sizeof buf, "%s", params);
+    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        assert_non_null(eq);
+        *eq = '\0';
+        if (kv_params_set(pc->ops, &pc->values, kv, eq + 1, err, sizeof err))
+            fail_msg("%s", err);
+    }
+}
+
+static kv_results *replay(const char *path, policy_list *pl, const int *budgets, int n_budgets)
+{
+    char err[512];
+    kv_trace *tr;
+    if (kv_trace_open(path, &tr, err, sizeof err))
+        fail_msg("%s", err);
+    kv_replay_conf conf = { .policies = pl->pc, .n_policies = pl->n, .budgets = budgets,
+                            .n_budgets = n_budgets, .block = 4, .seed = 7 };
+    kv_results *res = NULL;
+    if (kv_replay(tr, &conf, &res, err, sizeof err))
+        fail_msg("%s", err);
+    kv_trace_close(tr);
+    return res;
+}
+
+/* The tiny trace: 1 layer, 2 query heads sharing 1 KV head, T = 6, P = 3. */
+static const float ROWS[2][6][6] = {
+    { { 1 }, { .6f, .4f }, { .5f, .2f, .3f }, { .4f, .1f, .2f, .3f },
+      { .3f, .1f, .1f, .2f, .3f }, { .2f, .1f, .1f, .1f, .2f, .3f } },
+    { { 1 }, { .3f, .7f }, { .1f, .6f, .3f }, { .1f, .5f, .1f, .3f },
+      { .1f, .4f, .1f, .1f, .3f }, { .1f, .3f, .1f, .2f, .1f, .2f } },
+};
+
+static void write_tiny(const char *path)
+{
+    kv_trace_info in = { .version = 1, .n_layers = 1, .n_heads = 2, .n_kv_heads = 1,
+                         .head_dim = 4, .n_tokens = 6, .prefill_len = 3,
+                         .source = KV_SOURCE_ATTN, .softmax_scale = 0.5, .dtype_bytes = 2 };
+    snprintf(in.model, sizeof in.model, "tiny");
+    char err[512];
+    kv_trace_writer *w;
+    if (kv_trace_create(path, &in, 0, &w, err, sizeof err))
+        fail_msg("%s", err);
+    for (int h = 0; h < 2; h++)
+        if (kv_trace_write_attn_rows(w, 0, h, 0, 6, &ROWS[h][0][0], err, sizeof err))
+            fail_msg("%s", err);
+    if (kv_trace_finish(w, err, sizeof err))
+        fail_msg("%s", err);
+}
+
+static char tmpdir[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-engine-XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd);
+}
+
+static char *tmp(const char *name)
+{
+    static char buf[4][300];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
+    return buf[k];
+}
+
+/* ------------------------------------------------- hand-computed replays */
+
+/*
+ * Step recalls worked out by hand (each is the mean over the 2 heads of the full-cache
+ * mass on A_t, from ROWS):
+ *  window B=2: S={1,2} after prefill; t=3 A={1,2,3}: h0 .1+.2+.3=.6, h1 .5+.1+.3=.9 -> .75;
+ *    t=4 A={2,3,4}: .6, .5 -> .55; t=5 A={3,4,5}: .6, .5 -> .55.
+ *  h2o B=2 recent=.5 (r=1): prefill acc (sum of both heads) of 0 = 3.5, of 1 = 1.9: keep
+ *    {0} + recent {2}. t=3 A={0,2,3}: .9, .5 -> .7; acc0 stays the largest, keep {0,3};
+ *    t=4 A={0,3,4}: .8, .5 -> .65; keep {0,4}; t=5 A={0,4,5}: .7, .4 -> .55.
+ *  streamingllm sinks=1 B=2: {0} + most recent: the same sets as h2o here.
+ *  snapkv window=1 (kernel 7, max pooling): s over j<2 from row 2: h0 {.5,.2}, h1 {.1,.6},
+ *    pooled over the whole [0,2): h0 .5,.5; h1 .6,.6; sum 1.1 tie -> the more recent, 1;
+ *    S={1,2}; no decode eviction: t=3 {1,2,3}: .75; t=4 {1,2,3,4}: .7,.9 -> .8;
+ *    t=5 {1..5}: .8,.9 -> .85.
+ *  morphkv window=1 B=2: prefill, O={0,1}, row 2 normalised over O: h0 {5/7,2/7},
+ *    h1 {1/7,6/7}, sum {6/7,8/7}: keep 1 -> S={1,2}; t=3 A={1,2,3}: .75; O={1,2}: row 3
+ *    h0 {1/3,2/3}, h1 {5/6,1/6} -> {7/6,5/6}: keep {1,3}; t=4 A={1,3,4}: .6,.8 -> .7;
+ *    O={1,3}: h0 {1/3,2/3}, h1 {.8,.2} -> {17/15,13/15}: keep {1,4}; t=5 A={1,4,5}:
+ *    .6,.6 -> .6.
+ */
+static void test_tiny_hand_computed(void **state)
+{
+    (void)state;
+    const char *path = tmp("tiny.h5");
+    write_tiny(path);
+    policy_list pl = { .n = 0 };
+    add(&pl, "window", "window", "");
+    add(&pl, "h2o", "h2o", "");
+    add(&pl, "sl", "streamingllm", "sinks=1");
+    add(&pl, "snapkv", "snapkv", "window=1");
+    add(&pl, "morphkv", "morphkv", "window=1");
+    add(&pl, "full", "full", "");
+    int budget = 2;
+    kv_results *res = replay(path, &pl, &budget, 1);
+    assert_int_equal(res->n_steps, 3);
+    const double want[5][3] = {
+        { .75, .55, .55 }, { .7, .65, .55 }, { .7, .65, .55 }, { .75, .8, .85 },
+        { .75, .7, .6 },
+    };
+    const long long want_tokens[6][3] = {
+        { 3, 3, 3 }, { 3, 3, 3 }, { 3, 3, 3 }, { 3, 4, 5 }, { 3, 3, 3 }, { 4, 5, 6 },
+    };
+    for (int p = 0; p < 6; p++) {
+        for (int s = 0; s < 3; s++) {
+            double expect = p < 5 ? want[p][s] : 0;
+            if (p == 5) /* full: the stored row sums, added here in double */
+                for (int h = 0; h < 2; h++)
+                    for (int j = 0; j <= 3 + s; j++)
+                        expect += ROWS[h][3 + s][j] / 2.0;
+            if (fabs(res->runs[p].step_recall[s] - expect) > 1e-6)
+                fail_msg("%s step %d: recall %.9f, expected %.9f", pl.pc[p].label, 3 + s,
+                         res->runs[p].step_recall[s], expect);
+            assert_int_equal(res->runs[p].step_kv_tokens[s], want_tokens[p][s]);
+        }
+    }
+    /* window's per-head means and minima: h0 .6 each step; h1 .9, .5, .5 */
+    assert_true(fabs(res->runs[0].head_recall_mean[0] - .6) < 1e-6);
+    assert_true(fabs(res->runs[0].head_recall_mean[1] - 1.9 / 3) < 1e-6);
+    assert_true(fabs(res->runs[0].head_recall_min[1] - .5) < 1e-6);
+    /* summary: mean (.75+.55+.55)/3, min .55, p05 between .55 and .55; bytes 3*2*4*2 */
+    char err[256];
+    kv_run_summary sum;
+    assert_int_equal(kv_run_summarise(res, 0, &sum, err, sizeof err), 0);
+    assert_true(fabs(sum.recall_mean - 1.85 / 3) < 1e-6);
+    assert_true(fabs(sum.recall_min - .55) < 1e-6);
+    assert_true(fabs(sum.recall_p05 - .55) < 1e-6);
+    assert_int_equal((long long)sum.kv_bytes_peak, 48);
+    /* retention: window ends with {4,5}; morphkv with {1,5} */
+    assert_int_equal(res->runs[0].retained[4] + res->runs[0].retained[5], 2);
+    assert_int_equal(res->runs[4].retained[1] + res->runs[4].retained[5], 2);
+    kv_results_free(res);
+}
+
+/* A pair that breaks a policy's rule stops the run before any work, naming it. */
+static void test_invalid_pair_rejected(void **state)
+{
+    (void)state;
+    policy_list pl = { .n = 0 };
+    add(&pl, "mk", "morphkv", "window=8");
+    int budgets[] = { 64, 8 };
+    kv_replay_conf conf = { .policies = pl.pc, .n_policies = 1, .budgets = budgets,
+                            .n_budgets = 2 };
+    char err[512] = "";
+    assert_int_equal(kv_replay_validate(&conf, err, sizeof err), 2);
+    assert_non_null(strstr(err, "'mk'"));
+    assert_non_null(strstr(err, "budget 8"));
+}
+
+/* --------------------------------------------- invariants, generated traces */
+
+static void gen(const char *path, int with_attn, int seed)
+{
+    kv_gen_params gp;
+    kv_gen_defaults(&gp);
+    gp.seed = (unsigned long)seed;
+    gp.n_layers = 2;
+    gp.n_heads = 4;
+    gp.n_kv_heads = 2;
+    gp.head_dim = 16;
+    gp.n_tokens = 96;
+    gp.prefill_len = 40;
+    char err[512];
+    if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
+        fail_msg("%s", err);
+}
+
+static void seed_policies(policy_list *pl)
+{
+    pl->n = 0;
+    add(pl, "full", "full", "");
+    add(pl, "window", "window", "");
+    add(pl, "streamingllm", "streamingllm", "");
+    add(pl, "h2o", "h2o", "");
+    add(pl, "h2o-max", "h2o", "gqa=max");
+    add(pl, "snapkv", "snapkv", "window=8");
+    add(pl, "morphkv", "morphkv", "window=8");
+    add(pl, "morphkv-max", "morphkv", "window=8,fusion=max");
+}
+
+/* full has recall 1; snapkv adds L*KV tokens per step; bounded policies hold L*KV*(B+1). */
+static void test_accounting_invariants(void **state)
+{
+    (void)state;
+    const char *path = tmp("gen.h5");
+    gen(path, 0, 3);
+    policy_list pl;
+    seed_policies(&pl);
+    int budgets[] = { 16, 24 };
+    kv_results *res = replay(path, &pl, budgets, 2);
+    const long long caches = 2 * 2;
+    for (int r = 0; r < res->n_runs; r++) {
+        const kv_run_result *run = &res->runs[r];
+        const char *name = pl.pc[run->policy].ops->name;
+        for (int s = 0; s < res->n_steps; s++) {
+            long long t = 40 + s, want;
+            if (strcmp(name, "full") == 0) {
+                want = caches * (t + 1);
+                assert_true(fabs(run->step_recall[s] - 1.0) < 1e-5);
+            } else if (strcmp(name, "snapkv") == 0)
+                want = caches * (run->budget + 1 + s);
+            else
+                want = caches * (run->budget + 1);
+            if (run->step_kv_tokens[s] != want)
+                fail_msg("%s B=%d step %lld: kv_tokens %lld, expected %lld",
+                         pl.pc[run->policy].label, run->budget, t, run->step_kv_tokens[s], want);
+            assert_true(run->step_recall[s] > 0 && run->step_recall[s] <= 1 + 1e-5);
+        }
+    }
+    kv_results_free(res);
+}
+
+/* The same generated trace stored as attn rows and as q/k replays to the same numbers. */
+static void test_attn_and_qk_agree(void **state)
+{
+    (void)state;
+    const char *qk = tmp("qk.h5"), *attn = tmp("attn.h5");
+    gen(qk, 0, 5);
+    gen(attn, 1, 5);
+    char err[512];
+    kv_trace *tr;
+    assert_int_equal(kv_trace_open(attn, &tr, err, sizeof err), 0);
+    assert_int_equal(kv_trace_get_info(tr)->source, KV_SOURCE_ATTN);
+    kv_trace_close(tr);
+    policy_list pl;
+    seed_policies(&pl);
+    int budget = 20;
+    kv_results *a = replay(qk, &pl, &budget, 1), *b = replay(attn, &pl, &budget, 1);
+    for (int r = 0; r < a->n_runs; r++)
+        for (int s = 0; s < a->n_steps; s++) {
+            assert_true(fabs(a->runs[r].step_recall[s] - b->runs[r].step_recall[s]) < 1e-5);
+            assert_int_equal(a->runs[r].step_kv_tokens[s], b->runs[r].step_kv_tokens[s]);
+        }
+    kv_results_free(a);
+    kv_results_free(b);
+}
+
+static char *slurp(const char *path, long *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *len = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)*len + 1);
+    assert_int_equal(fread(buf, 1, (size_t)*len, f), (size_t)*len);
+    fclose(f);
+    return buf;
+}
+
+/* Two runs (1 thread, then 2 threads) write byte-identical files. */
+static void test_outputs_deterministic(void **state)
+{
+    (void)state;
+    const char *path = tmp("det.h5");
+    gen(path, 0, 9);
+    policy_list pl;
+    seed_policies(&pl);
+    int budgets[] = { 16, 32 };
+    const char *dirs[2] = { tmp("out1"), tmp("out2") };
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        kv_results *res = replay(path, &pl, budgets, 2);
+        kv_replay_conf conf = { .policies = pl.pc, .n_policies = pl.n, .budgets = budgets,
+                                .n_budgets = 2 };
+        char err[512];
+        assert_int_equal(kv_output_prepare(dirs[k], 0, err, sizeof err), 0);
+        if (kv_output_write(dirs[k], res, &conf, err, sizeof err))
+            fail_msg("%s", err);
+        kv_results_free(res);
+    }
+    const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv" };
+    for (int i = 0; i < 3; i++) {
+        char p1[400], p2[400];
+        snprintf(p1, sizeof p1, "%s/%s", dirs[0], files[i]);
+        snprintf(p2, sizeof p2, "%s/%s", dirs[1], files[i]);
+        long n1, n2;
+        char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
+        assert_int_equal(n1, n2);
+        assert_memory_equal(a, b, (size_t)n1);
+        free(a);
+        free(b);
+    }
+    /* a second write into a non-empty directory needs --force */
+    char err[512];
+    assert_int_equal(kv_output_prepare(dirs[0], 0, err, sizeof err), 1);
+    assert_non_null(strstr(err, "--force"));
+    assert_int_equal(kv_output_prepare(dirs[0], 1, err, sizeof err), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_hand_computed),
+        cmocka_unit_test(test_invalid_pair_rejected),
+        cmocka_unit_test(test_accounting_invariants),
+        cmocka_unit_test(test_attn_and_qk_agree),
+        cmocka_unit_test(test_outputs_deterministic),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
