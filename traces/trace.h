@@ -70,6 +70,13 @@ const kv_trace_info *kv_trace_get_info(const kv_trace *tr);
 const char *kv_trace_path(const kv_trace *tr);
 
 /*
+ * 1 when every layer has /layers/<l>/q and /layers/<l>/k of the right shape, so
+ * kv_trace_read_qk works: always for source = qk, and for an attn trace that also carries
+ * its queries and keys (as `kvsim gen --attn` writes). Cannot fail.
+ */
+int kv_trace_has_qk(const kv_trace *tr);
+
+/*
  * source = attn: reads rows t0..t1-1 (0 <= t0 < t1 <= T) of query heads h0..h1-1 of a
  * layer into out, as float32 whatever the stored type:
  *   out[((h - h0) * (t1 - t0) + (t - t0)) * T + j], j in 0..T-1,
@@ -81,7 +88,8 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
                        float *out, char *err, size_t err_len);
 
 /*
- * source = qk: reads a layer's queries and keys as float32.
+ * Reads a layer's queries and keys as float32 (source = qk, or any trace for which
+ * kv_trace_has_qk is 1; KV_ETRACE_ARG otherwise).
  *   q: n_heads * T * head_dim floats, q[(h * T + t) * head_dim + d]
  *   k: n_kv_heads * T * head_dim floats, k[(g * T + t) * head_dim + d]
  * Both buffers are owned by the caller.
@@ -100,7 +108,8 @@ typedef struct kv_trace_writer kv_trace_writer;
 
 /*
  * Creates (truncating) path and writes the root attributes of info (version is forced to
- * 1; has_tokens/has_v are ignored, they follow from what is written). Datasets are
+ * 1; has_tokens/has_v are ignored, they follow from what is written; softmax_scale 0 means
+ * 1/sqrt(head_dim) and dtype_bytes 0 means 2, and those values are stored). Datasets are
  * chunked with gzip + shuffle: (1, 128, 128) tiles for attn, (1, min(T,256), head_dim)
  * for q/k/v. Values are stored as float32, or as IEEE float16 when store_f16 is 1.
  */

@@ -1,0 +1,200 @@
+/*
+ * info.c - `kvsim info FILE`: what a trace holds (geometry, source, P and T, GQA groups,
+ * dtypes, storage) and whether it is a valid kvtrace v1 file.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "sim/commands.h"
+#include "traces/trace_int.h"
+
+#define KV_INFO_GROUPS_SHOWN 8
+
+static void info_usage(FILE *f)
+{
+    fprintf(f, "Usage: kvsim info FILE [--verbose]\n"
+               "Prints a kvtrace file's geometry, source, prefill and length, GQA groups, "
+               "dtypes\nand storage, then \"valid\", or the first problem found.\n\n"
+               "  -v, --verbose   every layer's datasets, and HDF5's own error stack\n"
+               "  -h, --help      this help\n\n"
+               "Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.\n");
+}
+
+/* "kv 0 <- q 0-1, kv 1 <- q 2-3, ...": query head h uses KV head h / group. */
+static void print_groups(const kv_trace_info *in)
+{
+    int group = in->n_heads / in->n_kv_heads;
+    printf("gqa          %d query head%s per KV head (KV head of query head h = h / %d):",
+           group, group > 1 ? "s" : "", group);
+    for (int g = 0; g < in->n_kv_heads; g++) {
+        int shown = in->n_kv_heads <= KV_INFO_GROUPS_SHOWN || g < KV_INFO_GROUPS_SHOWN / 2
+                    || g == in->n_kv_heads - 1;
+        if (!shown) {
+            if (g == KV_INFO_GROUPS_SHOWN / 2)
+                printf(" ...");
+            continue;
+        }
+        if (group == 1)
+            printf("%s kv %d <- q %d", g ? "," : "", g, g);
+        else
+            printf("%s kv %d <- q %d-%d", g ? "," : "", g, g * group, g * group + group - 1);
+    }
+    printf("\n");
+}
+
+/* "shuffle+gzip(4)" from a dataset creation property list. */
+static void filter_names(hid_t dcpl, char *buf, size_t len)
+{
+    int n = H5Pget_nfilters(dcpl);
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && at < len; i++) {
+        unsigned flags, cd[8], config;
+        size_t n_cd = 8;
+        char name[64];
+        H5Z_filter_t f = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_cd, cd, sizeof name, name,
+                                        &config);
+        const char *sep = i ? "+" : "";
+        if (f == H5Z_FILTER_DEFLATE)
+            at += (size_t)snprintf(buf + at, len - at, "%sgzip(%u)", sep, n_cd ? cd[0] : 0);
+        else if (f == H5Z_FILTER_SHUFFLE)
+            at += (size_t)snprintf(buf + at, len - at, "%sshuffle", sep);
+        else
+            at += (size_t)snprintf(buf + at, len - at, "%s%s", sep, name);
+    }
+    if (n <= 0)
+        snprintf(buf, len, "no filters");
+}
+
+/* One line on a dataset: type, shape, layout, filters, bytes stored; its stored bytes. */
+static unsigned long long describe(hid_t file, const char *dpath)
+{
+    hid_t d = H5Dopen2(file, dpath, H5P_DEFAULT);
+    if (d < 0)
+        return 0;
+    hid_t type = H5Dget_type(d), space = H5Dget_space(d), dcpl = H5Dget_create_plist(d);
+    char tname[32] = "?", shape[96] = "[", layout[96] = "contiguous", filters[128] = "";
+    hsize_t dims[H5S_MAX_RANK], chunk[H5S_MAX_RANK];
+    int rank = space >= 0 ? H5Sget_simple_extent_dims(space, dims, NULL) : -1;
+    if (type >= 0)
+        kv_trace_type_name(type, tname, sizeof tname);
+    for (int i = 0; i < rank; i++)
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%llu", i ? ", " : "",
+                 (unsigned long long)dims[i]);
+    strcat(shape, "]");
+    if (dcpl >= 0 && H5Pget_layout(dcpl) == H5D_CHUNKED) {
+        int cr = H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk);
+        snprintf(layout, sizeof layout, "chunks [");
+        for (int i = 0; i < cr; i++)
+            snprintf(layout + strlen(layout), sizeof layout - strlen(layout), "%s%llu",
+                     i ? ", " : "", (unsigned long long)chunk[i]);
+        strcat(layout, "]");
+    }
+    if (dcpl >= 0)
+        filter_names(dcpl, filters, sizeof filters);
+    unsigned long long stored = H5Dget_storage_size(d);
+    double raw = space >= 0 && type >= 0
+                 ? (double)H5Sget_simple_extent_npoints(space) * (double)H5Tget_size(type) : 0;
+    printf("  %-16s %-8s %-18s %-20s %-16s %10.1f KiB stored (%.0f%% of raw)\n", dpath, tname,
+           shape, layout, filters, (double)stored / 1024, raw > 0 ? 100 * (double)stored / raw
+                                                                  : 0);
+    if (type >= 0)
+        H5Tclose(type);
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    H5Dclose(d);
+    return stored;
+}
+
+/* The datasets of each layer (all layers with verbose, else layer 0 and a total). */
+static void print_storage(const kv_trace *tr, int verbose)
+{
+    static const char *const names[] = {"attn", "q", "k", "v"};
+    hid_t file = kv_trace_hid(tr);
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    unsigned long long total = 0;
+    printf("datasets%s\n", verbose ? "" : " (layer 0; --verbose for every layer)");
+    for (int l = 0; l < in->n_layers; l++) {
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            char dpath[64];
+            snprintf(dpath, sizeof dpath, "/layers/%d/%s", l, names[i]);
+            if (H5Lexists(file, dpath, H5P_DEFAULT) <= 0)
+                continue;
+            if (verbose || l == 0)
+                total += describe(file, dpath);
+            else {
+                hid_t d = H5Dopen2(file, dpath, H5P_DEFAULT);
+                if (d >= 0) {
+                    total += H5Dget_storage_size(d);
+                    H5Dclose(d);
+                }
+            }
+        }
+    }
+    if (in->has_tokens)
+        total += describe(file, "/tokens");
+    printf("storage      %.2f MiB of datasets over %d layer%s\n", (double)total / 1048576.0,
+           in->n_layers, in->n_layers > 1 ? "s" : "");
+}
+
+static void print_info(const kv_trace *tr, int verbose)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    printf("file         %s\n", kv_trace_path(tr));
+    printf("model        %s\n", in->model);
+    printf("format       kvtrace v%d, source %s%s\n", in->version,
+           in->source == KV_SOURCE_ATTN ? "attn" : "qk",
+           in->source == KV_SOURCE_ATTN && kv_trace_has_qk(tr) ? " (q and k also present)"
+                                                               : "");
+    printf("geometry     %d layers, %d query heads, %d KV heads, head_dim %d\n", in->n_layers,
+           in->n_heads, in->n_kv_heads, in->head_dim);
+    printf("tokens       T = %d, prefill P = %d, decode steps %d%s\n", in->n_tokens,
+           in->prefill_len, in->n_tokens - in->prefill_len,
+           in->has_tokens ? ", token ids in /tokens" : "");
+    printf("softmax      scale %.9g\n", in->softmax_scale);
+    printf("dtype_bytes  %d (bytes per K or V element modelled)\n", in->dtype_bytes);
+    print_groups(in);
+    print_storage(tr, verbose);
+}
+
+int kv_cmd_info(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int verbose = 0, c;
+    optind = 0;   /* glibc: full re-initialisation, argv[0] is the subcommand */
+    while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
+        if (c == 'v') {
+            verbose = 1;
+        } else if (c == 'h') {
+            info_usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "Try 'kvsim info --help'.\n");
+            return 2;
+        }
+    }
+    if (argc - optind != 1) {
+        fprintf(stderr, "kvsim info: expected one FILE, got %d\nTry 'kvsim info --help'.\n",
+                argc - optind);
+        return 2;
+    }
+    kv_trace_set_verbose(verbose);
+    char err[512];
+    kv_trace *tr = NULL;
+    if (kv_trace_open(argv[optind], &tr, err, sizeof err) != 0) {
+        fprintf(stderr, "kvsim info: %s\n", err);
+        printf("status       invalid\n");
+        return 1;
+    }
+    print_info(tr, verbose);
+    printf("status       valid\n");
+    kv_trace_close(tr);
+    return 0;
+}

@@ -1,0 +1,795 @@
+/*
+ * trace_read.c - opens and checks a kvtrace v1 file, and reads its rows, queries and keys.
+ *
+ * Checking is table-driven so that later checks slot in next to the existing ones:
+ *   - root_int_attrs / root_real_attrs: which attributes exist, their kind, whether required;
+ *   - check_info: the rules between attributes (one message per rule);
+ *   - layer_dsets: per-layer datasets, their rank and the attribute behind each dimension,
+ *     and for which source each is required (optional ones are checked when present).
+ * Every message is one line that starts with the file name and names the attribute or
+ * dataset, the value found and what was expected.
+ *
+ * Reading: attn rows are read as one hyperslab per call (all requested heads, rows t0..t1-1,
+ * columns 0..t1-1: only chunks that touch the lower triangle), converted to float32 by HDF5.
+ * The attn datasets stay open between calls (up to KV_OPEN_ATTN_MAX layers, least recently
+ * used closed first) with a chunk cache that holds two chunk-rows of every head, so callers
+ * whose row blocks are not aligned with the chunks do not decompress a chunk twice.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "traces/trace_int.h"
+
+#define KV_OPEN_ATTN_MAX 4
+/* Per open attn dataset: 2 chunk-rows of 32 heads x 4096 tokens in float16 fit. */
+#define KV_CHUNK_CACHE_MAX_BYTES ((size_t)64 << 20)
+#define KV_PATH_MAX 64
+
+struct open_attn {
+    hid_t id;              /* open dataset, or H5I_INVALID_HID */
+    int layer;
+    int is_half;           /* stored as IEEE binary16: read raw, widen here */
+    unsigned long used;    /* tick of the last use, for LRU replacement */
+};
+
+struct kv_trace {
+    hid_t file;
+    char *path;
+    kv_trace_info info;
+    int has_qk;            /* every layer has q and k of the right shape */
+    pthread_mutex_t lock;  /* serialises reads: the open-dataset table is shared */
+    struct open_attn attn[KV_OPEN_ATTN_MAX];
+    unsigned long tick;
+};
+
+static int g_verbose;
+
+/* ------------------------------------------------------------ shared helpers */
+
+int kv_trace_fail(char *err, size_t err_len, int code, const char *fmt, ...)
+{
+    if (err && err_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+void kv_trace_set_verbose(int verbose)
+{
+    g_verbose = verbose;
+    kv_trace_quiet();
+}
+
+void kv_trace_quiet(void)
+{
+    if (g_verbose)
+        H5Eset_auto2(H5E_DEFAULT, (H5E_auto2_t)H5Eprint2, stderr);
+    else
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+hid_t kv_trace_hid(const kv_trace *tr)
+{
+    return tr->file;
+}
+
+void kv_trace_type_name(hid_t type, char *buf, size_t len)
+{
+    size_t bits = H5Tget_size(type) * 8;
+    switch (H5Tget_class(type)) {
+    case H5T_INTEGER:
+        snprintf(buf, len, "%sint%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits);
+        break;
+    case H5T_FLOAT: snprintf(buf, len, "float%zu", bits); break;
+    case H5T_STRING: snprintf(buf, len, "string"); break;
+    case H5T_COMPOUND: snprintf(buf, len, "compound"); break;
+    case H5T_ENUM: snprintf(buf, len, "enum (bool?)"); break;
+    case H5T_ARRAY: snprintf(buf, len, "array"); break;
+    default: snprintf(buf, len, "non-numeric type"); break;
+    }
+}
+
+/* ------------------------------------------------------------ root attributes */
+
+/*
+ * Opens root attribute name into *attr. Returns 0 when it is open, -1 when it is absent
+ * (and not required), or an error code with err set. It must hold exactly one value.
+ */
+static int open_attr(const kv_trace *tr, const char *name, int required, hid_t *attr,
+                     char *err, size_t len)
+{
+    htri_t ex = H5Aexists(tr->file, name);
+    if (ex < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attributes",
+                             tr->path);
+    if (ex == 0) {
+        if (!required)
+            return -1;
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing root attribute %s",
+                             tr->path, name);
+    }
+    *attr = H5Aopen(tr->file, name, H5P_DEFAULT);
+    if (*attr < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot open root attribute %s",
+                             tr->path, name);
+    hid_t space = H5Aget_space(*attr);
+    hssize_t n = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
+    if (space >= 0)
+        H5Sclose(space);
+    if (n != 1) {
+        H5Aclose(*attr);
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT,
+                             "%s: root attribute %s holds %lld values, expected one",
+                             tr->path, name, (long long)n);
+    }
+    return 0;
+}
+
+/* Checks that attr's stored type is of class want (what names it for the message). */
+static int check_attr_class(const kv_trace *tr, hid_t attr, const char *name,
+                            H5T_class_t want, const char *what, char *err, size_t len)
+{
+    hid_t type = H5Aget_type(attr);
+    if (type < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read the type of root "
+                             "attribute %s", tr->path, name);
+    H5T_class_t cls = H5Tget_class(type);
+    int ok = cls == want || (want == H5T_FLOAT && cls == H5T_INTEGER);
+    char tname[32];
+    kv_trace_type_name(type, tname, sizeof tname);
+    H5Tclose(type);
+    if (!ok)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT,
+                             "%s: root attribute %s has type %s, expected %s",
+                             tr->path, name, tname, what);
+    return 0;
+}
+
+/* Reads an integer attribute of any width and signedness into *value (must fit an int).
+ * Absent and optional: leaves *value and returns 0. */
+static int read_int_attr(const kv_trace *tr, const char *name, int required, int *value,
+                         char *err, size_t len)
+{
+    hid_t attr;
+    int rc = open_attr(tr, name, required, &attr, err, len);
+    if (rc < 0)
+        return 0;
+    if (rc)
+        return rc;
+    long long v = 0;
+    rc = check_attr_class(tr, attr, name, H5T_INTEGER, "an integer", err, len);
+    if (!rc && H5Aread(attr, H5T_NATIVE_LLONG, &v) < 0)
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
+                           tr->path, name);
+    H5Aclose(attr);
+    if (rc)
+        return rc;
+    if (v < INT_MIN || v > INT_MAX)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT,
+                             "%s: root attribute %s = %lld is out of range", tr->path, name, v);
+    *value = (int)v;
+    return 0;
+}
+
+/* Reads a float (or integer) attribute as a double. Absent and optional: returns 0. */
+static int read_real_attr(const kv_trace *tr, const char *name, int required, double *value,
+                          char *err, size_t len)
+{
+    hid_t attr;
+    int rc = open_attr(tr, name, required, &attr, err, len);
+    if (rc < 0)
+        return 0;
+    if (rc)
+        return rc;
+    rc = check_attr_class(tr, attr, name, H5T_FLOAT, "a float", err, len);
+    if (!rc && H5Aread(attr, H5T_NATIVE_DOUBLE, value) < 0)
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
+                           tr->path, name);
+    H5Aclose(attr);
+    return rc;
+}
+
+/* Reads the string of an open attribute, variable-length (h5py's str) or fixed-length. */
+static int read_string_value(hid_t attr, hid_t ftype, char *buf, size_t size)
+{
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    int ok = mtype >= 0 && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0;
+    if (ok && H5Tis_variable_str(ftype) > 0) {
+        char *s = NULL;
+        ok = H5Tset_size(mtype, H5T_VARIABLE) >= 0 && H5Aread(attr, mtype, &s) >= 0;
+        if (ok)
+            snprintf(buf, size, "%s", s ? s : "");
+        if (s)
+            H5free_memory(s);
+    } else if (ok) {
+        size_t n = H5Tget_size(ftype);
+        char *s = calloc(n + 1, 1);
+        ok = s && H5Tset_size(mtype, n + 1) >= 0 && H5Tset_strpad(mtype, H5T_STR_NULLTERM) >= 0
+             && H5Aread(attr, mtype, s) >= 0;
+        if (ok)
+            snprintf(buf, size, "%s", s);
+        free(s);
+    }
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    return ok ? 0 : -1;
+}
+
+static int read_string_attr(const kv_trace *tr, const char *name, char *buf, size_t size,
+                            char *err, size_t len)
+{
+    hid_t attr;
+    int rc = open_attr(tr, name, 1, &attr, err, len);
+    if (rc)
+        return rc;
+    rc = check_attr_class(tr, attr, name, H5T_STRING, "a string", err, len);
+    hid_t ftype = rc ? -1 : H5Aget_type(attr);
+    if (!rc && (ftype < 0 || read_string_value(attr, ftype, buf, size) != 0))
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
+                           tr->path, name);
+    if (ftype >= 0)
+        H5Tclose(ftype);
+    H5Aclose(attr);
+    return rc;
+}
+
+/* The integer root attributes: name, required, where they go. */
+static const struct {
+    const char *name;
+    int required;
+    size_t offset;
+} root_int_attrs[] = {
+    {"kvtrace_version", 1, offsetof(kv_trace_info, version)},
+    {"n_layers", 1, offsetof(kv_trace_info, n_layers)},
+    {"n_heads", 1, offsetof(kv_trace_info, n_heads)},
+    {"n_kv_heads", 1, offsetof(kv_trace_info, n_kv_heads)},
+    {"head_dim", 1, offsetof(kv_trace_info, head_dim)},
+    {"n_tokens", 1, offsetof(kv_trace_info, n_tokens)},
+    {"prefill_len", 1, offsetof(kv_trace_info, prefill_len)},
+    {"dtype_bytes", 0, offsetof(kv_trace_info, dtype_bytes)},
+};
+
+static int read_root_attrs(kv_trace *tr, char *err, size_t len)
+{
+    kv_trace_info *in = &tr->info;
+    in->softmax_scale = NAN;   /* default filled in once head_dim is known */
+    in->dtype_bytes = 2;
+    for (size_t i = 0; i < sizeof root_int_attrs / sizeof root_int_attrs[0]; i++) {
+        int *field = (int *)((char *)in + root_int_attrs[i].offset);
+        int rc = read_int_attr(tr, root_int_attrs[i].name, root_int_attrs[i].required,
+                               field, err, len);
+        if (rc)
+            return rc;
+    }
+    int rc = read_string_attr(tr, "model", in->model, sizeof in->model, err, len);
+    if (rc)
+        return rc;
+    char source[32];
+    rc = read_string_attr(tr, "source", source, sizeof source, err, len);
+    if (rc)
+        return rc;
+    if (strcmp(source, "attn") == 0)
+        in->source = KV_SOURCE_ATTN;
+    else if (strcmp(source, "qk") == 0)
+        in->source = KV_SOURCE_QK;
+    else
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute source = \"%s\", "
+                             "expected \"attn\" or \"qk\"", tr->path, source);
+    return read_real_attr(tr, "softmax_scale", 0, &in->softmax_scale, err, len);
+}
+
+/* The rules between root attributes, in the order they are reported. */
+static int check_info(kv_trace *tr, char *err, size_t len)
+{
+    kv_trace_info *in = &tr->info;
+    if (in->version != KV_TRACE_VERSION)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute kvtrace_version "
+                             "= %d, expected %d", tr->path, in->version, KV_TRACE_VERSION);
+    for (size_t i = 1; i < sizeof root_int_attrs / sizeof root_int_attrs[0]; i++) {
+        int v = *(const int *)((const char *)in + root_int_attrs[i].offset);
+        if (v < 1)
+            return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = %d, "
+                                 "expected >= 1", tr->path, root_int_attrs[i].name, v);
+    }
+    if (in->n_heads % in->n_kv_heads != 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute n_heads = %d "
+                             "is not a multiple of n_kv_heads = %d", tr->path, in->n_heads,
+                             in->n_kv_heads);
+    if (in->prefill_len > in->n_tokens)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute prefill_len = "
+                             "%d, expected 1..n_tokens (n_tokens = %d)", tr->path,
+                             in->prefill_len, in->n_tokens);
+    if (isnan(in->softmax_scale))
+        in->softmax_scale = 1.0 / sqrt((double)in->head_dim);
+    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute softmax_scale "
+                             "= %g, expected a finite number > 0", tr->path, in->softmax_scale);
+    return 0;
+}
+
+/* ------------------------------------------------------------ datasets */
+
+enum dim_code { DIM_HEADS, DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM };
+enum need { NEED_ATTN, NEED_QK, NEED_NONE };
+
+static const char *const dim_names[] = {"n_heads", "n_kv_heads", "n_tokens", "head_dim"};
+
+/* The per-layer datasets. Those not needed by the trace's source are checked when present. */
+static const struct dset_spec {
+    const char *name;
+    enum need need;
+    int rank;
+    enum dim_code dims[3];
+} layer_dsets[] = {
+    {"attn", NEED_ATTN, 3, {DIM_HEADS, DIM_TOKENS, DIM_TOKENS}},
+    {"q", NEED_QK, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+    {"k", NEED_QK, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+    {"v", NEED_NONE, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+};
+
+static long long dim_value(const kv_trace_info *in, enum dim_code c)
+{
+    switch (c) {
+    case DIM_HEADS: return in->n_heads;
+    case DIM_KV_HEADS: return in->n_kv_heads;
+    case DIM_TOKENS: return in->n_tokens;
+    default: return in->head_dim;
+    }
+}
+
+/* "[8, 512, 512]" */
+static void format_dims(char *buf, size_t size, int rank, const long long *dims)
+{
+    size_t at = 0;
+    at += (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < rank && at < size; i++)
+        at += (size_t)snprintf(buf + at, size - at, "%s%lld", i ? ", " : "", dims[i]);
+    if (at < size)
+        snprintf(buf + at, size - at, "]");
+}
+
+/*
+ * Checks an open dataset: type class (float of 2 or 4 bytes when is_float, any integer
+ * otherwise), rank and each dimension against the attributes named in names.
+ */
+static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, int is_float,
+                              int rank, const long long *want, const char *names,
+                              char *err, size_t len)
+{
+    hid_t type = H5Dget_type(d);
+    hid_t space = H5Dget_space(d);
+    int rc = 0;
+    if (type < 0 || space < 0) {
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read the type and shape of %s",
+                           tr->path, dpath);
+        goto out;
+    }
+    H5T_class_t cls = H5Tget_class(type);
+    size_t size = H5Tget_size(type);
+    int type_ok = is_float ? cls == H5T_FLOAT && (size == 2 || size == 4) : cls == H5T_INTEGER;
+    if (!type_ok) {
+        char tname[32];
+        kv_trace_type_name(type, tname, sizeof tname);
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has type %s, expected %s",
+                           tr->path, dpath, tname, is_float ? "float16 or float32" : "integer");
+        goto out;
+    }
+    int got_rank = H5Sget_simple_extent_ndims(space);
+    hsize_t dims[H5S_MAX_RANK];
+    if (got_rank != rank) {
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has rank %d, expected %d %s",
+                           tr->path, dpath, got_rank, rank, names);
+        goto out;
+    }
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    long long got[3];
+    int same = 1;
+    for (int i = 0; i < rank; i++) {
+        got[i] = (long long)dims[i];
+        same &= got[i] == want[i];
+    }
+    if (!same) {
+        char gs[96], ws[96];
+        format_dims(gs, sizeof gs, rank, got);
+        format_dims(ws, sizeof ws, rank, want);
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has shape %s, expected %s %s",
+                           tr->path, dpath, gs, ws, names);
+    }
+out:
+    if (type >= 0)
+        H5Tclose(type);
+    if (space >= 0)
+        H5Sclose(space);
+    return rc;
+}
+
+/* Checks /layers/<layer>/<spec->name>; *present says whether it exists. */
+static int check_layer_dataset(const kv_trace *tr, int layer, const struct dset_spec *s,
+                               int *present, char *err, size_t len)
+{
+    const kv_trace_info *in = &tr->info;
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, s->name);
+    int required = (s->need == NEED_ATTN && in->source == KV_SOURCE_ATTN)
+                   || (s->need == NEED_QK && in->source == KV_SOURCE_QK);
+    *present = 0;
+    htri_t ex = H5Lexists(tr->file, dpath, H5P_DEFAULT);
+    if (ex < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: /layers/%d is not a group",
+                             tr->path, layer);
+    if (ex == 0) {
+        if (!required)
+            return 0;
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing dataset %s (source = "
+                             "%s needs it in every layer)", tr->path, dpath,
+                             in->source == KV_SOURCE_ATTN ? "attn" : "qk");
+    }
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    if (d < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s is not a dataset",
+                             tr->path, dpath);
+    long long want[3];
+    char names[96] = "(";
+    for (int i = 0; i < s->rank; i++) {
+        want[i] = dim_value(in, s->dims[i]);
+        strcat(names, dim_names[s->dims[i]]);
+        strcat(names, i + 1 < s->rank ? ", " : ")");
+    }
+    int rc = check_open_dataset(tr, d, dpath, 1, s->rank, want, names, err, len);
+    H5Dclose(d);
+    *present = rc == 0;
+    return rc;
+}
+
+/* Checks every layer's datasets and the optional /tokens; sets has_v, has_qk, has_tokens. */
+static int check_datasets(kv_trace *tr, char *err, size_t len)
+{
+    kv_trace_info *in = &tr->info;
+    htri_t ex = H5Lexists(tr->file, "/layers", H5P_DEFAULT);
+    if (ex <= 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing group /layers "
+                             "(n_layers = %d)", tr->path, in->n_layers);
+    in->has_v = 1;
+    tr->has_qk = 1;
+    for (int l = 0; l < in->n_layers; l++) {
+        char gpath[KV_PATH_MAX];
+        snprintf(gpath, sizeof gpath, "/layers/%d", l);
+        if (H5Lexists(tr->file, gpath, H5P_DEFAULT) <= 0)
+            return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing group %s (n_layers "
+                                 "= %d needs /layers/0 .. /layers/%d)", tr->path, gpath,
+                                 in->n_layers, in->n_layers - 1);
+        int present[sizeof layer_dsets / sizeof layer_dsets[0]];
+        for (size_t i = 0; i < sizeof layer_dsets / sizeof layer_dsets[0]; i++) {
+            int rc = check_layer_dataset(tr, l, &layer_dsets[i], &present[i], err, len);
+            if (rc)
+                return rc;
+        }
+        tr->has_qk &= present[1] && present[2];
+        in->has_v &= present[3];
+    }
+    in->has_v &= in->source == KV_SOURCE_QK;
+    ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
+    in->has_tokens = ex > 0;
+    if (!in->has_tokens)
+        return 0;
+    hid_t d = H5Dopen2(tr->file, "/tokens", H5P_DEFAULT);
+    if (d < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: /tokens is not a dataset",
+                             tr->path);
+    long long want = in->n_tokens;
+    int rc = check_open_dataset(tr, d, "/tokens", 0, 1, &want, "(n_tokens)", err, len);
+    H5Dclose(d);
+    return rc;
+}
+
+/* ------------------------------------------------------------ open / close */
+
+int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!out || !path)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_open: NULL argument");
+    *out = NULL;
+    if (access(path, R_OK) != 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: %s", path, strerror(errno));
+    if (H5Fis_hdf5(path) <= 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: not an HDF5 file (or "
+                             "truncated/damaged)", path);
+    kv_trace *tr = calloc(1, sizeof *tr);
+    if (!tr || !(tr->path = strdup(path))) {
+        free(tr);
+        return kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory", path);
+    }
+    pthread_mutex_init(&tr->lock, NULL);
+    for (int i = 0; i < KV_OPEN_ATTN_MAX; i++)
+        tr->attn[i].id = H5I_INVALID_HID;
+    /* Strong close: whatever an error path left open goes with the file. */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0)
+        H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    tr->file = H5Fopen(path, H5F_ACC_RDONLY, fapl >= 0 ? fapl : H5P_DEFAULT);
+    if (fapl >= 0)
+        H5Pclose(fapl);
+    int rc = tr->file < 0 ? kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot open as "
+                                          "HDF5 (truncated or damaged?)", path) : 0;
+    if (!rc)
+        rc = read_root_attrs(tr, err, err_len);
+    if (!rc)
+        rc = check_info(tr, err, err_len);
+    if (!rc)
+        rc = check_datasets(tr, err, err_len);
+    if (rc) {
+        kv_trace_close(tr);
+        return rc;
+    }
+    *out = tr;
+    return 0;
+}
+
+const kv_trace_info *kv_trace_get_info(const kv_trace *tr)
+{
+    return &tr->info;
+}
+
+const char *kv_trace_path(const kv_trace *tr)
+{
+    return tr->path;
+}
+
+int kv_trace_has_qk(const kv_trace *tr)
+{
+    return tr->has_qk;
+}
+
+void kv_trace_close(kv_trace *tr)
+{
+    if (!tr)
+        return;
+    kv_trace_quiet();
+    for (int i = 0; i < KV_OPEN_ATTN_MAX; i++)
+        if (tr->attn[i].id >= 0)
+            H5Dclose(tr->attn[i].id);
+    if (tr->file >= 0)
+        H5Fclose(tr->file);
+    pthread_mutex_destroy(&tr->lock);
+    free(tr->path);
+    free(tr);
+}
+
+/* ------------------------------------------------------------ reading */
+
+/*
+ * 1 when d stores IEEE binary16, little-endian (numpy's and h5py's float16, our writer's).
+ * HDF5 converts such data to float32 with its generic soft conversion, an order of
+ * magnitude slower than reading the raw halves and widening them here (exact either way);
+ * other float layouts go through HDF5.
+ */
+static int stores_ieee_half(hid_t d)
+{
+    hid_t t = H5Dget_type(d);
+    if (t < 0)
+        return 0;
+    size_t spos, epos, esize, mpos, msize;
+    int half = H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 2
+               && H5Tget_order(t) == H5T_ORDER_LE && H5Tget_offset(t) == 0
+               && H5Tget_fields(t, &spos, &epos, &esize, &mpos, &msize) >= 0
+               && spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10
+               && H5Tget_ebias(t) == 15 && H5Tget_norm(t) == H5T_NORM_IMPLIED;
+    H5Tclose(t);
+    return half;
+}
+
+static float half_table[65536];
+static pthread_once_t half_table_once = PTHREAD_ONCE_INIT;
+
+static void fill_half_table(void)
+{
+    for (uint32_t i = 0; i < 65536; i++)
+        half_table[i] = kv_half_to_float((uint16_t)i);
+}
+
+/* Widens n halves stored at the start of buf into n floats, in place: from the end, float
+ * i overwrites halves 2i and 2i+1, which (i >= 1) have already been widened. */
+static void widen_halves(float *buf, size_t n)
+{
+    pthread_once(&half_table_once, fill_half_table);
+    const uint16_t *h = (const uint16_t *)(const void *)buf;
+    for (size_t i = n; i-- > 0;)
+        buf[i] = half_table[h[i]];
+}
+
+/* Chunk cache for an attn dataset: two chunk-rows of every head, capped. */
+static hid_t attn_access_plist(const kv_trace *tr, hid_t d)
+{
+    hid_t dcpl = H5Dget_create_plist(d);
+    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+    hsize_t chunk[3];
+    if (dcpl < 0 || dapl < 0 || H5Pget_layout(dcpl) != H5D_CHUNKED
+        || H5Pget_chunk(dcpl, 3, chunk) != 3) {
+        if (dcpl >= 0)
+            H5Pclose(dcpl);
+        return dapl;
+    }
+    H5Pclose(dcpl);
+    const kv_trace_info *in = &tr->info;
+    size_t chunk_bytes = (size_t)(chunk[0] * chunk[1] * chunk[2]) * sizeof(float);
+    size_t per_row = (size_t)((in->n_heads + chunk[0] - 1) / chunk[0])
+                     * (size_t)((in->n_tokens + chunk[2] - 1) / chunk[2]);
+    size_t bytes = 2 * per_row * chunk_bytes;
+    if (bytes > KV_CHUNK_CACHE_MAX_BYTES)
+        bytes = KV_CHUNK_CACHE_MAX_BYTES;
+    if (bytes < ((size_t)1 << 20))
+        bytes = (size_t)1 << 20;
+    /* HDF5 advises ~100 hash slots per chunk that fits; a prime-ish odd count. */
+    size_t slots = 100 * (bytes / chunk_bytes + 1) + 1;
+    /* w0 = 1: chunks read in full are evicted first; partly read ones wait for the rest. */
+    H5Pset_chunk_cache(dapl, slots, bytes, 1.0);
+    return dapl;
+}
+
+/* The open attn dataset of layer (opened into the LRU table if needed); caller holds lock.
+ * NULL with err set on failure. */
+static const struct open_attn *attn_dataset(kv_trace *tr, int layer, char *err, size_t len)
+{
+    int victim = 0;
+    tr->tick++;
+    for (int i = 0; i < KV_OPEN_ATTN_MAX; i++) {
+        if (tr->attn[i].id >= 0 && tr->attn[i].layer == layer) {
+            tr->attn[i].used = tr->tick;
+            return &tr->attn[i];
+        }
+        if (tr->attn[i].id < 0 || (tr->attn[victim].id >= 0
+                                   && tr->attn[i].used < tr->attn[victim].used))
+            victim = i;
+    }
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/attn", layer);
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    hid_t dapl = d >= 0 ? attn_access_plist(tr, d) : H5I_INVALID_HID;
+    if (d >= 0)
+        H5Dclose(d);
+    d = dapl >= 0 ? H5Dopen2(tr->file, dpath, dapl) : H5I_INVALID_HID;
+    if (dapl >= 0)
+        H5Pclose(dapl);
+    if (d < 0) {
+        kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot open %s", tr->path, dpath);
+        return NULL;
+    }
+    if (tr->attn[victim].id >= 0)
+        H5Dclose(tr->attn[victim].id);
+    tr->attn[victim] = (struct open_attn){d, layer, stores_ieee_half(d), tr->tick};
+    return &tr->attn[victim];
+}
+
+/* Reads the rectangle heads h0..h1-1, rows t0..t1-1, columns 0..t1-1 into out (row
+ * stride T) and zeroes the entries above the diagonal. Caller holds the lock. */
+static int read_attn_block(kv_trace *tr, const struct open_attn *oa, int layer, int h0, int h1,
+                           int t0, int t1, float *out, char *err, size_t len)
+{
+    const hid_t d = oa->id;
+    /* halves: read raw into the first half of out, with the same layout, then widen */
+    hid_t mtype = oa->is_half ? H5Dget_type(d) : H5T_NATIVE_FLOAT;
+    const hsize_t T = (hsize_t)tr->info.n_tokens;
+    hsize_t start[3] = {(hsize_t)h0, (hsize_t)t0, 0};
+    hsize_t count[3] = {(hsize_t)(h1 - h0), (hsize_t)(t1 - t0), (hsize_t)t1};
+    hsize_t mdims[3] = {count[0], count[1], T};
+    hsize_t mstart[3] = {0, 0, 0};
+    hid_t fspace = H5Dget_space(d);
+    hid_t mspace = H5Screate_simple(3, mdims, NULL);
+    int ok = fspace >= 0 && mspace >= 0
+             && H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0
+             && H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, NULL, count, NULL) >= 0
+             && mtype >= 0 && H5Dread(d, mtype, mspace, fspace, H5P_DEFAULT, out) >= 0;
+    if (fspace >= 0)
+        H5Sclose(fspace);
+    if (mspace >= 0)
+        H5Sclose(mspace);
+    if (oa->is_half && mtype >= 0)
+        H5Tclose(mtype);
+    if (!ok)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read /layers/%d/attn rows "
+                             "%d..%d of heads %d..%d (damaged file?)", tr->path, layer, t0,
+                             t1 - 1, h0, h1 - 1);
+    if (oa->is_half)
+        widen_halves(out, (size_t)(mdims[0] * mdims[1] * mdims[2]));
+    float *row = out;
+    for (int h = h0; h < h1; h++)
+        for (int t = t0; t < t1; t++, row += T)
+            memset(row + t + 1, 0, (T - (hsize_t)t - 1) * sizeof(float));
+    return 0;
+}
+
+int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
+                       float *out, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !out)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_attn: NULL argument");
+    const kv_trace_info *in = &tr->info;
+    if (in->source != KV_SOURCE_ATTN)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: source is qk, there are no "
+                             "attn rows to read", tr->path);
+    if (layer < 0 || layer >= in->n_layers || h0 < 0 || h0 >= h1 || h1 > in->n_heads
+        || t0 < 0 || t0 >= t1 || t1 > in->n_tokens)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: attn read of layer %d, heads "
+                             "[%d, %d), rows [%d, %d) is outside the trace", tr->path, layer,
+                             h0, h1, t0, t1);
+    pthread_mutex_lock(&tr->lock);
+    const struct open_attn *oa = attn_dataset(tr, layer, err, err_len);
+    int rc = !oa ? KV_ETRACE_IO
+                 : read_attn_block(tr, oa, layer, h0, h1, t0, t1, out, err, err_len);
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
+/* Reads all of a dataset converted to mtype; float32 from IEEE halves is widened here. */
+static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
+                      char *err, size_t len)
+{
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    int half = d >= 0 && mtype == H5T_NATIVE_FLOAT && stores_ieee_half(d);
+    hid_t rtype = half ? H5Dget_type(d) : mtype;
+    hid_t space = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    int ok = d >= 0 && rtype >= 0 && n >= 0
+             && H5Dread(d, rtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) >= 0;
+    if (ok && half)
+        widen_halves(out, (size_t)n);
+    if (half && rtype >= 0)
+        H5Tclose(rtype);
+    if (space >= 0)
+        H5Sclose(space);
+    if (d >= 0)
+        H5Dclose(d);
+    if (!ok)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (damaged file?)",
+                             tr->path, dpath);
+    return 0;
+}
+
+int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !q || !k)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_qk: NULL argument");
+    if (!tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
+                             "datasets (source = attn)", tr->path);
+    if (layer < 0 || layer >= tr->info.n_layers)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: layer %d outside 0..%d",
+                             tr->path, layer, tr->info.n_layers - 1);
+    char qpath[KV_PATH_MAX], kpath[KV_PATH_MAX];
+    snprintf(qpath, sizeof qpath, "/layers/%d/q", layer);
+    snprintf(kpath, sizeof kpath, "/layers/%d/k", layer);
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_whole(tr, qpath, H5T_NATIVE_FLOAT, q, err, err_len);
+    if (!rc)
+        rc = read_whole(tr, kpath, H5T_NATIVE_FLOAT, k, err, err_len);
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
+int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !tokens)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_tokens: NULL "
+                             "argument");
+    if (!tr->info.has_tokens)
+        return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no /tokens",
+                             tr->path);
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
