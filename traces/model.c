@@ -1,0 +1,592 @@
+/*
+ * model.c - llama2.c-layout checkpoint loader and float32 forward pass (model.h).
+ *
+ * Written from the layout and forward-pass description in ../shared/models/README.md:
+ *
+ *   1. x = embedding row of the token
+ *   2. per layer l:
+ *      a. xb = RMSNorm(x) * attention gain; q = wq xb, k = wk xb, v = wv xb
+ *      b. rotary embedding of q and k: pair (i, i+1), i even, j = i mod head_size,
+ *         angle = pos / 10000^(j / head_size)
+ *      c. per query head h (KV head g = h / (n_heads / n_kv_heads)): softmax over
+ *         positions 0..pos of q_h . k_g / sqrt(head_size); output = weighted sum of v_g
+ *      d. x += wo (concatenated head outputs)
+ *      e. xb = RMSNorm(x) * FFN gain; x += w2 (silu(w1 xb) * (w3 xb))
+ *   3. logits = classifier (RMSNorm(x) * final gain)
+ *
+ * Bit-reproducibility (model.h) is why the matrix-vector products are plain loops rather
+ * than BLAS: an optimised BLAS picks its kernel, and so its summation order, by CPU, and
+ * one rounding difference changes a sampled token and every trace value after it. The
+ * model is tiny (264K weights), so a 512-token capture takes well under a second anyway.
+ */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#include "traces/model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+
+#define HEADER_BYTES 28
+#define N_HEADER 7
+#define RMS_EPS 1e-5f
+#define ROPE_BASE 10000.0
+
+/* The weight tensors in file order (README "Weights"); rope_tables are skipped. */
+enum {
+    W_EMB, W_ATT_NORM, W_WQ, W_WK, W_WV, W_WO, W_FFN_NORM, W_W1, W_W2, W_W3,
+    W_FINAL_NORM, W_ROPE_TABLES, W_CLS, N_TENSORS
+};
+
+static const char *const tensor_names[N_TENSORS] = {
+    "token embedding", "attention RMSNorm gains", "wq", "wk", "wv", "wo",
+    "FFN RMSNorm gains", "w1", "w2", "w3", "final RMSNorm gain", "RoPE tables",
+    "classifier"
+};
+
+struct kv_model {
+    kv_model_config cfg;
+    float *data;                     /* every float after the header, owned */
+    const float *w[N_TENSORS];       /* into data; w[W_CLS] = embedding when shared */
+    char sha256[KV_MODEL_SHA256_HEX];
+};
+
+/* ------------------------------------------------------------------ loading */
+
+/* Little-endian int32 at p, whatever the host byte order. */
+static int32_t read_le32(const unsigned char *p)
+{
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
+    int32_t v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* Header field ranges: wide enough for any llama2.c export, narrow enough that the size
+ * arithmetic below cannot overflow 64 bits and a garbage header is caught early. */
+static const struct {
+    const char *name;
+    long long lo, hi;
+} field_range[N_HEADER] = {
+    {"dim", 2, 1 << 16},        {"hidden_dim", 1, 1 << 20}, {"n_layers", 1, 1 << 10},
+    {"n_heads", 1, 1 << 12},    {"n_kv_heads", 1, 1 << 12}, {"vocab_size", 1, 1 << 24},
+    {"seq_len", 1, 1 << 24},
+};
+
+/* Checks the decoded header h (vocab_size already made positive) and fills cfg. */
+static int check_header(const char *path, const long long h[N_HEADER], int shared,
+                        kv_model_config *cfg, char *err, size_t err_len)
+{
+    for (int i = 0; i < N_HEADER; i++) {
+        if (h[i] < field_range[i].lo || h[i] > field_range[i].hi) {
+            snprintf(err, err_len,
+                     "%s: header field %s is %lld, outside %lld..%lld "
+                     "(not a llama2.c checkpoint?)",
+                     path, field_range[i].name, h[i], field_range[i].lo, field_range[i].hi);
+            return KV_EMODEL_FORMAT;
+        }
+    }
+    cfg->dim = (int)h[0];
+    cfg->hidden_dim = (int)h[1];
+    cfg->n_layers = (int)h[2];
+    cfg->n_heads = (int)h[3];
+    cfg->n_kv_heads = (int)h[4];
+    cfg->vocab_size = (int)h[5];
+    cfg->seq_len = (int)h[6];
+    cfg->shared_classifier = shared;
+    if (cfg->dim % cfg->n_heads != 0) {
+        snprintf(err, err_len, "%s: header dim %d is not a multiple of n_heads %d", path,
+                 cfg->dim, cfg->n_heads);
+        return KV_EMODEL_FORMAT;
+    }
+    if (cfg->n_kv_heads > cfg->n_heads || cfg->n_heads % cfg->n_kv_heads != 0) {
+        snprintf(err, err_len, "%s: header n_heads %d is not a multiple of n_kv_heads %d",
+                 path, cfg->n_heads, cfg->n_kv_heads);
+        return KV_EMODEL_FORMAT;
+    }
+    cfg->head_size = cfg->dim / cfg->n_heads;
+    if (cfg->head_size % 2 != 0) {
+        snprintf(err, err_len,
+                 "%s: head size dim/n_heads = %d is odd; rotary embedding needs pairs", path,
+                 cfg->head_size);
+        return KV_EMODEL_FORMAT;
+    }
+    cfg->kv_dim = cfg->n_kv_heads * cfg->head_size;
+    return KV_MODEL_OK;
+}
+
+/* Floats in each tensor, in file order (README "Weights"). */
+static void tensor_sizes(const kv_model_config *c, uint64_t n[N_TENSORS])
+{
+    uint64_t d = (uint64_t)c->dim, l = (uint64_t)c->n_layers, hd = (uint64_t)c->hidden_dim;
+    uint64_t kvd = (uint64_t)c->kv_dim, v = (uint64_t)c->vocab_size;
+    n[W_EMB] = v * d;
+    n[W_ATT_NORM] = l * d;
+    n[W_WQ] = l * d * d;
+    n[W_WK] = l * kvd * d;
+    n[W_WV] = l * kvd * d;
+    n[W_WO] = l * d * d;
+    n[W_FFN_NORM] = l * d;
+    n[W_W1] = l * hd * d;
+    n[W_W2] = l * d * hd;
+    n[W_W3] = l * hd * d;
+    n[W_FINAL_NORM] = d;
+    n[W_ROPE_TABLES] = 2 * ((uint64_t)c->seq_len * (uint64_t)c->head_size / 2);
+    n[W_CLS] = c->shared_classifier ? 0 : v * d;
+}
+
+static void describe_header(const kv_model_config *c, char *buf, size_t len)
+{
+    snprintf(buf, len,
+             "dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d%s, "
+             "seq_len %d",
+             c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+             c->shared_classifier ? c->vocab_size : -c->vocab_size,
+             c->shared_classifier ? "" : " (unshared classifier)", c->seq_len);
+}
+
+/* Reads the header of f (size_bytes long) and checks it and the file size. */
+static int read_header(FILE *f, const char *path, long long size_bytes, kv_model_config *cfg,
+                       unsigned char raw[HEADER_BYTES], uint64_t *n_floats, char *err,
+                       size_t err_len)
+{
+    if (size_bytes < HEADER_BYTES) {
+        snprintf(err, err_len, "%s: file is %lld bytes, shorter than the %d-byte header", path,
+                 size_bytes, HEADER_BYTES);
+        return KV_EMODEL_FORMAT;
+    }
+    if (fread(raw, 1, HEADER_BYTES, f) != HEADER_BYTES) {
+        snprintf(err, err_len, "%s: cannot read the header: %s", path,
+                 ferror(f) ? strerror(errno) : "unexpected end of file");
+        return KV_EMODEL_IO;
+    }
+    long long h[N_HEADER];
+    for (int i = 0; i < N_HEADER; i++)
+        h[i] = read_le32(raw + 4 * i);
+    int shared = h[5] > 0;
+    h[5] = h[5] < 0 ? -h[5] : h[5]; /* int32 -> long long: INT32_MIN cannot overflow */
+    int rc = check_header(path, h, shared, cfg, err, err_len);
+    if (rc)
+        return rc;
+    uint64_t n[N_TENSORS];
+    tensor_sizes(cfg, n);
+    *n_floats = 0;
+    for (int i = 0; i < N_TENSORS; i++)
+        *n_floats += n[i];
+    uint64_t need = HEADER_BYTES + 4 * *n_floats;
+    if ((uint64_t)size_bytes != need) {
+        char desc[256];
+        describe_header(cfg, desc, sizeof desc);
+        int trunc = (uint64_t)size_bytes < need;
+        snprintf(err, err_len, "%s: file is %lld bytes, the header (%s) needs %llu: %s", path,
+                 size_bytes, desc, (unsigned long long)need,
+                 trunc ? "truncated" : "trailing bytes after the weights");
+        return KV_EMODEL_FORMAT;
+    }
+    if (*n_floats > SIZE_MAX / sizeof(float)) {
+        snprintf(err, err_len, "%s: %llu weights do not fit in memory", path,
+                 (unsigned long long)*n_floats);
+        return KV_EMODEL_NOMEM;
+    }
+    return KV_MODEL_OK;
+}
+
+/* SHA-256 of header then body, as hex, through OpenSSL's EVP interface. */
+static int sha256_hex(const unsigned char *header, const void *body, size_t body_bytes,
+                      char hex[KV_MODEL_SHA256_HEX])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(ctx, header, HEADER_BYTES) &&
+             EVP_DigestUpdate(ctx, body, body_bytes) && EVP_DigestFinal_ex(ctx, md, &md_len) &&
+             md_len == 32;
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
+        return -1;
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+/* The file stores little-endian floats; swap on a big-endian host. */
+static void floats_from_le(float *a, size_t n)
+{
+    const uint32_t probe = 1;
+    unsigned char first;
+    memcpy(&first, &probe, 1);
+    if (first == 1)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b[4], s[4];
+        memcpy(b, &a[i], 4);
+        s[0] = b[3], s[1] = b[2], s[2] = b[1], s[3] = b[0];
+        memcpy(&a[i], s, 4);
+    }
+}
+
+/* Points m->w at the tensors inside m->data and rejects non-finite weights, which a
+ * file of the right size but random content almost surely has. */
+static int map_tensors(kv_model *m, const char *path, char *err, size_t err_len)
+{
+    uint64_t n[N_TENSORS];
+    tensor_sizes(&m->cfg, n);
+    const float *p = m->data;
+    for (int i = 0; i < N_TENSORS; i++) {
+        m->w[i] = p;
+        for (uint64_t e = 0; e < n[i]; e++) {
+            if (!isfinite(p[e])) {
+                snprintf(err, err_len, "%s: weight %llu of the %s is %s, not a finite number",
+                         path, (unsigned long long)e, tensor_names[i],
+                         isnan(p[e]) ? "NaN" : "infinite");
+                return KV_EMODEL_FORMAT;
+            }
+        }
+        p += n[i];
+    }
+    if (m->cfg.shared_classifier)
+        m->w[W_CLS] = m->w[W_EMB];
+    return KV_MODEL_OK;
+}
+
+int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, err_len, "%s: cannot open the checkpoint: %s", path, strerror(errno));
+        return KV_EMODEL_IO;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, err_len, "%s: not a regular file", path);
+        fclose(f);
+        return KV_EMODEL_IO;
+    }
+    kv_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        fclose(f);
+        snprintf(err, err_len, "%s: out of memory", path);
+        return KV_EMODEL_NOMEM;
+    }
+    unsigned char raw[HEADER_BYTES];
+    uint64_t n_floats = 0;
+    int rc = read_header(f, path, (long long)st.st_size, &m->cfg, raw, &n_floats, err,
+                         err_len);
+    if (!rc) {
+        m->data = malloc((size_t)n_floats * sizeof(float));
+        if (!m->data) {
+            snprintf(err, err_len, "%s: out of memory for %llu weights", path,
+                     (unsigned long long)n_floats);
+            rc = KV_EMODEL_NOMEM;
+        }
+    }
+    if (!rc && fread(m->data, sizeof(float), (size_t)n_floats, f) != (size_t)n_floats) {
+        snprintf(err, err_len, "%s: cannot read the weights: %s", path,
+                 ferror(f) ? strerror(errno) : "file shrank while reading");
+        rc = KV_EMODEL_IO;
+    }
+    fclose(f);
+    if (!rc && sha256_hex(raw, m->data, (size_t)n_floats * sizeof(float), m->sha256) != 0) {
+        snprintf(err, err_len, "%s: SHA-256 computation failed (OpenSSL)", path);
+        rc = KV_EMODEL_NOMEM;
+    }
+    if (!rc) {
+        floats_from_le(m->data, (size_t)n_floats);
+        rc = map_tensors(m, path, err, err_len);
+    }
+    if (rc) {
+        kv_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return KV_MODEL_OK;
+}
+
+const kv_model_config *kv_model_get_config(const kv_model *m) { return &m->cfg; }
+
+const char *kv_model_sha256(const kv_model *m) { return m->sha256; }
+
+void kv_model_free(kv_model *m)
+{
+    if (!m)
+        return;
+    free(m->data);
+    free(m);
+}
+
+/* ------------------------------------------------------------ forward pass */
+
+struct kv_model_run {
+    const kv_model *m;
+    int n_pos;   /* capacity, positions */
+    int n_done;  /* positions run so far */
+    float *x;    /* residual stream [dim] */
+    float *xb;   /* normed input / branch output [dim] */
+    float *xb2;  /* concatenated head outputs [dim] */
+    float *q;    /* current query [dim] */
+    float *k;    /* current key [kv_dim] */
+    float *v;    /* current value [kv_dim] */
+    float *hb;   /* FFN gate [hidden_dim] */
+    float *hb2;  /* FFN up [hidden_dim] */
+    float *rope; /* cos, sin per pair of the current position [head_size] */
+    float *logits;                 /* [vocab_size] */
+    float *att;                    /* [n_layers][n_heads][n_pos], rows of the last step */
+    float *rec_q, *rec_k, *rec_v;  /* records, layout in model.h */
+};
+
+void kv_model_run_free(kv_model_run *r)
+{
+    if (!r)
+        return;
+    float *bufs[] = {r->x,   r->xb,  r->xb2,    r->q,      r->k,   r->v,     r->hb,
+                     r->hb2, r->rope, r->logits, r->att, r->rec_q, r->rec_k, r->rec_v};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(r);
+}
+
+int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out, char *err,
+                        size_t err_len)
+{
+    *out = NULL;
+    if (n_pos < 1) {
+        snprintf(err, err_len, "model run: %d positions requested, need at least 1", n_pos);
+        return KV_EMODEL_ARG;
+    }
+    const kv_model_config *c = &m->cfg;
+    kv_model_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, err_len, "model run: out of memory");
+        return KV_EMODEL_NOMEM;
+    }
+    r->m = m;
+    r->n_pos = n_pos;
+    size_t np = (size_t)n_pos, nl = (size_t)c->n_layers;
+    r->x = calloc((size_t)c->dim, sizeof(float));
+    r->xb = calloc((size_t)c->dim, sizeof(float));
+    r->xb2 = calloc((size_t)c->dim, sizeof(float));
+    r->q = calloc((size_t)c->dim, sizeof(float));
+    r->k = calloc((size_t)c->kv_dim, sizeof(float));
+    r->v = calloc((size_t)c->kv_dim, sizeof(float));
+    r->hb = calloc((size_t)c->hidden_dim, sizeof(float));
+    r->hb2 = calloc((size_t)c->hidden_dim, sizeof(float));
+    r->rope = calloc((size_t)c->head_size, sizeof(float));
+    r->logits = calloc((size_t)c->vocab_size, sizeof(float));
+    r->att = calloc(nl * (size_t)c->n_heads * np, sizeof(float));
+    r->rec_q = calloc(nl * np * (size_t)c->dim, sizeof(float));
+    r->rec_k = calloc(nl * np * (size_t)c->kv_dim, sizeof(float));
+    r->rec_v = calloc(nl * np * (size_t)c->kv_dim, sizeof(float));
+    if (!r->x || !r->xb || !r->xb2 || !r->q || !r->k || !r->v || !r->hb || !r->hb2 ||
+        !r->rope || !r->logits || !r->att || !r->rec_q || !r->rec_k || !r->rec_v) {
+        kv_model_run_free(r);
+        snprintf(err, err_len, "model run: out of memory for %d positions", n_pos);
+        return KV_EMODEL_NOMEM;
+    }
+    *out = r;
+    return KV_MODEL_OK;
+}
+
+/* y[i] = sum_j w[i * n_in + j] x[j], i < n_out; summed in index order (see the top). */
+static void matvec(float *y, const float *w, const float *x, int n_out, int n_in)
+{
+    for (int i = 0; i < n_out; i++) {
+        const float *row = w + (size_t)i * (size_t)n_in;
+        float s = 0.0f;
+        for (int j = 0; j < n_in; j++)
+            s += row[j] * x[j];
+        y[i] = s;
+    }
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * gain. out may alias x. */
+static void rmsnorm(float *out, const float *x, const float *gain, int n)
+{
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++)
+        ss += x[i] * x[i];
+    ss = ss / (float)n + RMS_EPS;
+    float inv = (float)(1.0 / sqrt((double)ss));
+    for (int i = 0; i < n; i++)
+        out[i] = gain[i] * (inv * x[i]);
+}
+
+/* cos and sin of each pair's angle at pos: rope[j] = cos, rope[j + 1] = sin, j even. */
+static void rope_angles(float *rope, int head_size, int pos)
+{
+    for (int j = 0; j < head_size; j += 2) {
+        double angle = (double)pos / pow(ROPE_BASE, (double)j / (double)head_size);
+        rope[j] = (float)cos(angle);
+        rope[j + 1] = (float)sin(angle);
+    }
+}
+
+/* Rotates each pair (i, i+1), i even, of vec (n elements) by its angle, j = i mod hs. */
+static void rope_apply(float *vec, int n, const float *rope, int head_size)
+{
+    for (int i = 0; i < n; i += 2) {
+        int j = i % head_size;
+        float c = rope[j], s = rope[j + 1];
+        float a = vec[i], b = vec[i + 1];
+        vec[i] = a * c - b * s;
+        vec[i + 1] = a * s + b * c;
+    }
+}
+
+/* Copies the current q, k, v of layer l into the records at pos. */
+static void record_qkv(kv_model_run *r, int l, int pos)
+{
+    const kv_model_config *c = &r->m->cfg;
+    size_t hs = (size_t)c->head_size, np = (size_t)r->n_pos;
+    float *rq = r->rec_q + (size_t)l * (size_t)c->n_heads * np * hs;
+    float *rk = r->rec_k + (size_t)l * (size_t)c->n_kv_heads * np * hs;
+    float *rv = r->rec_v + (size_t)l * (size_t)c->n_kv_heads * np * hs;
+    for (int h = 0; h < c->n_heads; h++)
+        memcpy(rq + ((size_t)h * np + (size_t)pos) * hs, r->q + (size_t)h * hs,
+               hs * sizeof(float));
+    for (int g = 0; g < c->n_kv_heads; g++) {
+        memcpy(rk + ((size_t)g * np + (size_t)pos) * hs, r->k + (size_t)g * hs,
+               hs * sizeof(float));
+        memcpy(rv + ((size_t)g * np + (size_t)pos) * hs, r->v + (size_t)g * hs,
+               hs * sizeof(float));
+    }
+}
+
+/* Step 2c: every query head of layer l attends over keys 0..pos; the softmax row goes to
+ * r->att, the head outputs to r->xb2. Exponentials in double rounded to float (see top),
+ * the normaliser in double. */
+static void attention(kv_model_run *r, int l, int pos)
+{
+    const kv_model_config *c = &r->m->cfg;
+    int hs = c->head_size, group = c->n_heads / c->n_kv_heads;
+    size_t np = (size_t)r->n_pos;
+    float scale = (float)(1.0 / sqrt((double)hs));
+    for (int h = 0; h < c->n_heads; h++) {
+        int g = h / group;
+        const float *qh = r->q + (size_t)h * (size_t)hs;
+        const float *kg = r->rec_k + (((size_t)l * (size_t)c->n_kv_heads + (size_t)g) * np) *
+                                         (size_t)hs;
+        const float *vg = r->rec_v + (((size_t)l * (size_t)c->n_kv_heads + (size_t)g) * np) *
+                                         (size_t)hs;
+        float *row = r->att + ((size_t)l * (size_t)c->n_heads + (size_t)h) * np;
+        float mx = -INFINITY;
+        for (int j = 0; j <= pos; j++) {
+            float s = 0.0f;
+            for (int d = 0; d < hs; d++)
+                s += qh[d] * kg[(size_t)j * (size_t)hs + (size_t)d];
+            row[j] = s * scale;
+            mx = row[j] > mx ? row[j] : mx;
+        }
+        double sum = 0.0;
+        for (int j = 0; j <= pos; j++) {
+            row[j] = (float)exp((double)(row[j] - mx));
+            sum += row[j];
+        }
+        for (int j = 0; j <= pos; j++)
+            row[j] = (float)(row[j] / sum);
+        float *o = r->xb2 + (size_t)h * (size_t)hs;
+        for (int d = 0; d < hs; d++)
+            o[d] = 0.0f;
+        for (int j = 0; j <= pos; j++)
+            for (int d = 0; d < hs; d++)
+                o[d] += row[j] * vg[(size_t)j * (size_t)hs + (size_t)d];
+    }
+}
+
+/* Step 2e: the SiLU-gated feed-forward block, added to x. */
+static void feed_forward(kv_model_run *r, int l)
+{
+    const kv_model *m = r->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim;
+    rmsnorm(r->xb, r->x, m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
+    matvec(r->hb, m->w[W_W1] + (size_t)l * hd * d, r->xb, c->hidden_dim, c->dim);
+    matvec(r->hb2, m->w[W_W3] + (size_t)l * hd * d, r->xb, c->hidden_dim, c->dim);
+    for (int i = 0; i < c->hidden_dim; i++) {
+        float a = r->hb[i];
+        float silu = (float)((double)a / (1.0 + exp(-(double)a)));
+        r->hb[i] = silu * r->hb2[i];
+    }
+    matvec(r->xb, m->w[W_W2] + (size_t)l * d * hd, r->hb, c->dim, c->hidden_dim);
+    for (int i = 0; i < c->dim; i++)
+        r->x[i] += r->xb[i];
+}
+
+int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len)
+{
+    const kv_model *m = r->m;
+    const kv_model_config *c = &m->cfg;
+    if (token < 0 || token >= c->vocab_size) {
+        snprintf(err, err_len, "model step: token id %d outside 0..%d", token,
+                 c->vocab_size - 1);
+        return KV_EMODEL_ARG;
+    }
+    if (pos != r->n_done || pos >= r->n_pos) {
+        snprintf(err, err_len, "model step: position %d, expected %d (capacity %d)", pos,
+                 r->n_done, r->n_pos);
+        return KV_EMODEL_ARG;
+    }
+    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    /* 1. */
+    memcpy(r->x, m->w[W_EMB] + (size_t)token * d, d * sizeof(float));
+    rope_angles(r->rope, c->head_size, pos);
+    for (int l = 0; l < c->n_layers; l++) {
+        /* 2a. */
+        rmsnorm(r->xb, r->x, m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
+        matvec(r->q, m->w[W_WQ] + (size_t)l * d * d, r->xb, c->dim, c->dim);
+        matvec(r->k, m->w[W_WK] + (size_t)l * kvd * d, r->xb, c->kv_dim, c->dim);
+        matvec(r->v, m->w[W_WV] + (size_t)l * kvd * d, r->xb, c->kv_dim, c->dim);
+        /* 2b. */
+        rope_apply(r->q, c->dim, r->rope, c->head_size);
+        rope_apply(r->k, c->kv_dim, r->rope, c->head_size);
+        record_qkv(r, l, pos);
+        /* 2c, 2d. */
+        attention(r, l, pos);
+        matvec(r->xb, m->w[W_WO] + (size_t)l * d * d, r->xb2, c->dim, c->dim);
+        for (int i = 0; i < c->dim; i++)
+            r->x[i] += r->xb[i];
+        /* 2e. */
+        feed_forward(r, l);
+    }
+    /* 3. */
+    rmsnorm(r->x, r->x, m->w[W_FINAL_NORM], c->dim);
+    matvec(r->logits, m->w[W_CLS], r->x, c->vocab_size, c->dim);
+    r->n_done++;
+    return KV_MODEL_OK;
+}
+
+const float *kv_model_logits(const kv_model_run *r) { return r->logits; }
+
+const float *kv_model_attn(const kv_model_run *r, int layer, int head)
+{
+    const kv_model_config *c = &r->m->cfg;
+    return r->att + ((size_t)layer * (size_t)c->n_heads + (size_t)head) * (size_t)r->n_pos;
+}
+
+const float *kv_model_q(const kv_model_run *r, int layer)
+{
+    const kv_model_config *c = &r->m->cfg;
+    return r->rec_q + (size_t)layer * (size_t)r->n_pos * (size_t)c->dim;
+}
+
+const float *kv_model_k(const kv_model_run *r, int layer)
+{
+    const kv_model_config *c = &r->m->cfg;
+    return r->rec_k + (size_t)layer * (size_t)r->n_pos * (size_t)c->kv_dim;
+}
+
+const float *kv_model_v(const kv_model_run *r, int layer)
+{
+    const kv_model_config *c = &r->m->cfg;
+    return r->rec_v + (size_t)layer * (size_t)r->n_pos * (size_t)c->kv_dim;
+}
