@@ -7,17 +7,17 @@
 # edit here.
 
 CC      ?= cc
-PKGS    := hdf5 gsl inih openblas
+PKGS    := hdf5 gsl inih openblas libcrypto
 # Debian packages the two commands above need; `make deps` installs the missing ones.
 DEB_PKGS := build-essential pkg-config libhdf5-dev libgsl-dev libcmocka-dev libinih-dev \
-            libopenblas-dev gnuplot-nox python3-h5py python3-numpy
+            libopenblas-dev libssl-dev gnuplot-nox python3-h5py python3-numpy hdf5-tools
 
 BUILD   := build
 CPPFLAGS = -I. $(shell pkg-config --cflags $(PKGS))
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fopenmp
 # GSL's CBLAS interface resolved by OpenBLAS (not gslcblas), so gsl_blas_* is fast.
-LDLIBS   = $(shell pkg-config --libs-only-L gsl) -lgsl $(shell pkg-config --libs hdf5 inih openblas) -lm
+LDLIBS   = $(shell pkg-config --libs-only-L gsl) -lgsl $(shell pkg-config --libs hdf5 inih openblas libcrypto) -lm
 LDFLAGS += -fopenmp
 
 LIB_SRC := $(filter-out sim/main.c, $(wildcard sim/*.c policies/*.c traces/*.c))
