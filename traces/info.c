@@ -151,8 +151,9 @@ static void print_info(const kv_trace *tr, int verbose)
                                                                : "");
     printf("geometry     %d layers, %d query heads, %d KV heads, head_dim %d\n", in->n_layers,
            in->n_heads, in->n_kv_heads, in->head_dim);
-    printf("tokens       T = %d, prefill P = %d, decode steps %d%s\n", in->n_tokens,
+    printf("tokens       T = %d, prefill P = %d, decode steps %d%s%s\n", in->n_tokens,
            in->prefill_len, in->n_tokens - in->prefill_len,
+           in->prefill_len == in->n_tokens ? " (nothing to replay: P = T)" : "",
            in->has_tokens ? ", token ids in /tokens" : "");
     printf("softmax      scale %.9g\n", in->softmax_scale);
     printf("dtype_bytes  %d (bytes per K or V element modelled)\n", in->dtype_bytes);
