@@ -61,11 +61,36 @@ check: kvsim $(TEST_BIN)
 	@fail=0; for t in $(TEST_BIN); do echo "== $$t"; $$t || fail=1; done; \
 	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED"; exit 1; fi; echo "kvsim: all test programs passed"
 
-# The README's run command: the default experiment.
+# The README's run command: the default experiment on the committed real traces.
 run: deps
 	@$(MAKE) --no-print-directory kvsim
+	./kvsim run configs/default.ini --force
+
+# The synthetic experiment (a generated trace).
+run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
-	./kvsim run configs/synthetic.ini --force -o results/default
+	./kvsim run configs/synthetic.ini --force
+
+# Real traces (issue 3): recapture traces/data/ from the checkpoint beside the clone and
+# check with h5diff that every dataset and attribute equals the committed file's.
+MODEL ?= ../shared/models/stories260K.bin
+REAL_SEEDS := 1 2
+.PHONY: traces run-synthetic
+traces: kvsim
+	@mkdir -p $(BUILD)/traces
+	@for s in $(REAL_SEEDS); do \
+	  name=stories260K_T512_P128_seed$$s.h5; \
+	  ./kvsim capture --model $(MODEL) --tokens 512 --prefill 128 --temperature 1.0 \
+	    --top-p 0.9 --seed $$s -o $(BUILD)/traces/$$name || exit 1; \
+	  if [ ! -f traces/data/$$name ]; then \
+	    cp $(BUILD)/traces/$$name traces/data/$$name && echo "traces: wrote traces/data/$$name"; \
+	  elif h5diff traces/data/$$name $(BUILD)/traces/$$name >/dev/null; then \
+	    echo "traces: traces/data/$$name reproduced (h5diff: every dataset and attribute equal)"; \
+	  else \
+	    h5diff -r traces/data/$$name $(BUILD)/traces/$$name | tail -n 20; \
+	    echo "traces: traces/data/$$name differs from $(BUILD)/traces/$$name"; exit 1; \
+	  fi; \
+	done
 
 clean:
 	rm -rf $(BUILD) kvsim
