@@ -112,10 +112,15 @@ static void cache_free(kv_cache *c)
     memset(c, 0, sizeof *c);
 }
 
-/* The caches of one run in one layer: their number and the query heads each covers. */
+static int layer_scope(const kv_policy_conf *pc)
+{
+    return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
+}
+
+/* The caches of one run in one layer; each covers n_heads / count query heads. */
 static int caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
-    if (pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER)
+    if (layer_scope(pc))
         return 1;
     return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
 }
@@ -131,7 +136,7 @@ static int cache_init(kv_cache *c, const kv_policy_conf *pc, int run, int budget
     c->run = run;
     c->head_lo = index * group;
     c->n_heads = group;
-    c->token_weight = n_caches == 1 ? in->n_kv_heads : 1;
+    c->token_weight = layer_scope(pc) ? in->n_kv_heads : 1;   /* every KV head stores S */
     c->budget = budget;
     c->pos = malloc((size_t)T * sizeof *c->pos);
     c->in_set = calloc((size_t)T, 1);
