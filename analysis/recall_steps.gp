@@ -1,0 +1,37 @@
+# recall_steps.gp - figure 1: attention-mass recall against decode step, one line per
+# policy, one panel per budget (steps.tsv: step, recall; summary.tsv: budget).
+#   gnuplot -e "dir='results/default'" analysis/recall_steps.gp
+name = "recall_steps"
+load (exists("adir") ? adir : "analysis") . "/common.gp"
+
+steps = dir . "/steps.tsv"
+call adir."/need.gp" steps "trace policy budget_spec step recall"
+
+budgets = distinct(steps, "budget_spec", "trace=" . trace_rows)
+n_b = words(budgets)
+n_cols = n_b > 4 ? 2 : 1
+n_rows = int((n_b + n_cols - 1) / n_cols)
+where(p, b) = sprintf("trace=%s;policy=%s;budget_spec=%s", trace_rows, p, b)
+# Byte budgets resolve to different tokens per policy: the legend says which.
+resolved(p, b) = first(summary, "budget", where(p, b))
+entry(p, b) = is_tokens(b) ? p : sprintf("%s (B = %s)", p, resolved(p, b))
+
+# one recall scale for every panel, so panels compare at a glance
+stats "< " . tsv(steps, "recall", "trace=" . trace_rows) using 1 nooutput
+y_lo = floor(STATS_min * 10) / 10.0
+set multiplot layout n_rows, n_cols margins 0.08, 0.80, 0.08, 0.90 spacing 0.08, 0.1 \
+    title sprintf("Attention-mass recall per decode step (trace %s)", trace_rows) font ",14"
+set ylabel "recall (share of full-cache\nattention mass)"
+set yrange [y_lo:1.02]
+set autoscale xfix
+set key at screen 0.82, 0.88 left top spacing 1.3 box opaque
+do for [b = 1:n_b] {
+    B = word(budgets, b)
+    set title budget_label(B)
+    if (b > n_b - n_cols) { set xlabel "decode step t (token position)" } else { unset xlabel }
+    if (b > 1 && is_tokens(B)) { unset key }
+    if (!is_tokens(B)) { set key at graph 1.02, 1 left top box opaque }
+    plot for [i = 1:n_policies] "< " . tsv(steps, "step recall", where(word(policies, i), B)) \
+        using 1:2 with lines ls i title entry(word(policies, i), B)
+}
+unset multiplot
