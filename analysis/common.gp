@@ -61,10 +61,17 @@ if (strstrt(budgets_all, sprintf("\"%s\"", budget)) == 0) {
 policies = distinct(summary, "policy", "trace=" . trace)
 n_policies = words(policies)
 
-# "64" -> "B = 64 tokens"; other specs keep their text ("0.25p", "64KiB").
+# Budget specs: "64" (tokens), "0.25p" (share of the prompt: the same tokens for every
+# policy of a trace), "64KiB" (bytes: tokens differ per policy, so legends name them).
 all_digits(s) = strlen(s) == 0 ? 1 : (strstrt("0123456789", s[1:1]) > 0 && all_digits(s[2:]))
 is_tokens(s) = strlen(s) > 0 && all_digits(s)
-budget_label(s) = is_tokens(s) ? sprintf("B = %s tokens", s) : sprintf("budget %s", s)
+is_bytes(s) = strlen(s) > 0 && s[strlen(s):strlen(s)] eq "B"
+tokens_of(s, p) = first(summary, "budget", sprintf("trace=%s;budget_spec=%s;policy=%s", \
+                                                    trace_rows, s, p))
+budget_label(s) = is_tokens(s) ? sprintf("B = %s tokens", s) : \
+                  is_bytes(s) ? sprintf("budget %s of KV cache + metadata", s) : \
+                  sprintf("budget %s = %s tokens", s, tokens_of(s, word(policies, 1)))
+policy_entry(p, s) = is_bytes(s) ? sprintf("%s (B = %s)", p, tokens_of(s, p)) : p
 
 # ---------------------------------------------------------------- terminal
 

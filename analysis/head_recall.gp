@@ -17,9 +17,7 @@ c_lo = floor(STATS_min * 10) / 10.0
 
 n_cols = n_policies > 4 ? 3 : (n_policies > 1 ? 2 : 1)
 n_rows = int((n_policies + n_cols - 1) / n_cols)
-resolved(p) = first(summary, "budget", where(p))
-panel(p) = is_tokens(budget) ? word(policies, p) \
-                             : sprintf("%s (B = %s)", word(policies, p), resolved(p))
+panel(p) = policy_entry(word(policies, p), budget)
 # Values are written into the cells while they stay legible.
 show_values = n_layers * n_heads <= 64
 dark(v) = v < c_lo + 0.55 * (1.0 - c_lo)

@@ -48,7 +48,7 @@ do for [p = 1:n_policies] {
     cmd = cmd . sprintf("%s every %d::%d using 1:($2/1024) with points ls %d notitle, ", \
                         data(p, "kv_bytes"), mark, 3 * (p - 1), p)
     cmd = cmd . sprintf("NaN with linespoints ls %d dt 1 title \"%s KV\", ", p, \
-                        word(policies, p))
+                        policy_entry(word(policies, p), budget))
 }
 do for [p = 1:n_policies] {
     if (has_meta(p)) {

@@ -12,9 +12,6 @@ n_b = words(budgets)
 n_cols = n_b > 4 ? 2 : 1
 n_rows = int((n_b + n_cols - 1) / n_cols)
 where(p, b) = sprintf("trace=%s;policy=%s;budget_spec=%s", trace_rows, p, b)
-# Byte budgets resolve to different tokens per policy: the legend says which.
-resolved(p, b) = first(summary, "budget", where(p, b))
-entry(p, b) = is_tokens(b) ? p : sprintf("%s (B = %s)", p, resolved(p, b))
 
 # one recall scale for every panel, so panels compare at a glance
 stats "< " . tsv(steps, "recall", "trace=" . trace_rows) using 1 nooutput
@@ -29,9 +26,10 @@ do for [b = 1:n_b] {
     B = word(budgets, b)
     set title budget_label(B)
     if (b > n_b - n_cols) { set xlabel "decode step t (token position)" } else { unset xlabel }
-    if (b > 1 && is_tokens(B)) { unset key }
-    if (!is_tokens(B)) { set key at graph 1.02, 1 left top box opaque }
+    # one legend, unless byte budgets give every panel its own tokens per policy
+    if (b > 1 && !is_bytes(B)) { unset key }
+    if (is_bytes(B)) { set key at graph 1.02, 1 left top box opaque }
     plot for [i = 1:n_policies] "< " . tsv(steps, "step recall", where(word(policies, i), B)) \
-        using 1:2 with lines ls i title entry(word(policies, i), B)
+        using 1:2 with lines ls i title policy_entry(word(policies, i), B)
 }
 unset multiplot

@@ -22,9 +22,7 @@ n_rows_y = n_layers * n_kv
 
 n_cols = n_policies > 3 ? 2 : 1
 n_rows = int((n_policies + n_cols - 1) / n_cols)
-resolved(p) = first(summary, "budget", where(p))
-panel(p) = is_tokens(budget) ? word(policies, p) \
-                             : sprintf("%s (B = %s)", word(policies, p), resolved(p))
+panel(p) = policy_entry(word(policies, p), budget)
 
 set multiplot layout n_rows, n_cols margins 0.07, 0.98, 0.07, 0.88 spacing 0.06, 0.09 \
     title sprintf("Positions still cached at the end of the trace (dark), per layer and " \

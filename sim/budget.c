@@ -235,9 +235,10 @@ static int resolve_bytes(const kv_budget_spec *spec, const kv_policy_conf *pc,
     if (ok < 0)
         return 1;
     if (!ok) {
-        snprintf(err, err_len, "budget '%s' (%.0f bytes) for policy '%s': even its smallest "
-                 "valid budget, %d tokens, needs %.0f bytes of KV cache and metadata",
-                 spec->text, spec->value, pc->label, b_min, need);
+        snprintf(err, err_len, "budget '%s' (%.0f bytes) is too small for policy '%s': at "
+                 "its smallest valid budget (%d token%s) its KV cache and metadata peak at "
+                 "%.0f bytes; give a larger budget or leave the policy out", spec->text,
+                 spec->value, pc->label, b_min, b_min == 1 ? "" : "s", need);
         return 2;
     }
     int lo = b_min, hi = b_max;   /* lo fits; find the largest that does */
