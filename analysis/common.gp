@@ -6,6 +6,7 @@
 #   dir     result directory (required)
 #   adir    this directory (default "analysis")
 #   fmt     png (pngcairo 1200x800, the default), svg or pdf
+#   width, height   pixels (default 1200 and 800; pdf: 9 x 6 inches at the default)
 #   out     output file (default dir/figures/NAME.fmt)
 #   trace   trace name of the per-trace figures (default: the first in summary.tsv)
 #   budget  budget_spec of the one-budget figures (default: the first in summary.tsv)
@@ -75,14 +76,22 @@ policy_entry(p, s) = is_bytes(s) ? sprintf("%s (B = %s)", p, tokens_of(s, p)) : 
 
 # ---------------------------------------------------------------- terminal
 
+if (!exists("width")) { width = 1200 }
+if (!exists("height")) { height = 800 }
+# Text shrinks a little with the picture, less than the picture does.
+font_pt = (fmt eq "pdf" ? 10.0 : 11.0) * sqrt(width / 1200.0)
+font_spec = sprintf("DejaVu Sans,%.1f", font_pt)
+title_font = sprintf(",%.1f", font_pt * 14 / 11)    # figure titles
+small_font = sprintf(",%.1f", font_pt * 8 / 11)     # values written into cells
 if (fmt eq "png") {
-    set terminal pngcairo size 1200,800 enhanced font "DejaVu Sans,11" linewidth 1.2
+    set terminal pngcairo size width, height enhanced font font_spec linewidth 1.2
 } else {
     if (fmt eq "svg") {
-        set terminal svg size 1200,800 enhanced font "DejaVu Sans,11" background "white"
+        set terminal svg size width, height enhanced font font_spec background "white"
     } else {
         if (fmt eq "pdf") {
-            set terminal pdfcairo size 9in,6in enhanced font "DejaVu Sans,9"
+            set terminal pdfcairo size 9.0 * width / 1200, 6.0 * height / 800 enhanced \
+                font font_spec
         } else {
             exit error sprintf("fmt must be png, svg or pdf, got '%s'", fmt)
         }

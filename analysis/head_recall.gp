@@ -22,9 +22,9 @@ panel(p) = policy_entry(word(policies, p), budget)
 show_values = n_layers * n_heads <= 64
 dark(v) = v < c_lo + 0.55 * (1.0 - c_lo)
 
-set multiplot layout n_rows, n_cols margins 0.07, 0.88, 0.08, 0.88 spacing 0.06, 0.1 \
+set multiplot layout n_rows, n_cols margins 0.07, 0.88, 0.08, 0.86 spacing 0.06, 0.12 \
     title sprintf("Mean recall per (layer, query head) over the decode steps\n%s, " \
-                  . "trace %s", budget_label(budget), trace_rows) font ",14"
+                  . "trace %s", budget_label(budget), trace_rows) font title_font
 set palette defined (0 "#08306b", 0.5 "#4292c6", 1 "#f7fbff")
 set cbrange [c_lo : 1]
 set cblabel "mean recall"
@@ -42,7 +42,7 @@ do for [p = 1:n_policies] {
     if (show_values) {
         plot data using 1:2:3 with image notitle, \
              data using 1:2:(sprintf("%.2f", $3)):(dark($3) ? 0xffffff : 0x000000) \
-                 with labels tc rgb variable font ",8" notitle
+                 with labels tc rgb variable font small_font notitle
     } else {
         plot data using 1:2:3 with image notitle
     }

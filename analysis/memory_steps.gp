@@ -27,7 +27,7 @@ do for [p = 1:n_policies] {
 }
 
 set title sprintf("KV-cache bytes (solid) and policy metadata bytes (dashed) per decode " \
-                  . "step\n%s, trace %s", budget_label(budget), trace_rows) font ",14"
+                  . "step\n%s, trace %s", budget_label(budget), trace_rows) font title_font
 set xlabel "decode step t (token position)"
 set ylabel "bytes over all layers and KV heads (KiB, log scale)"
 set logscale y 2

@@ -26,11 +26,19 @@ stats "< " . tsv(summary, "recall_ci_lo", "trace=" . shown) using 1 nooutput
 y_lo = floor((STATS_min - 0.01) * 20) / 20.0
 y_lo = y_lo < 0 ? 0 : y_lo
 
-set title sprintf("Mean attention-mass recall against budget\n%s", how) font ",14"
+set title sprintf("Mean attention-mass recall against budget\n%s", how) font title_font
 set xlabel "budget B (tokens per cache, log scale)"
 set ylabel "mean recall (share of full-cache attention mass)"
 set logscale x 2
 set xrange [b_lo / 1.25 : b_hi * 1.25]
+# A tick at every budget run (while they are few enough to read).
+budget_values = system(tsv(summary, "budget", "trace=" . shown) . " | sort -gu")
+if (words(budget_values) <= 12) {
+    set xtics ()
+    do for [i = 1:words(budget_values)] {
+        set xtics add (word(budget_values, i) real(word(budget_values, i)))
+    }
+}
 set yrange [y_lo : 1.03]
 set key outside right top spacing 1.3 box opaque width 1
 set errorbars 1.5 dt solid lw 1.6

@@ -24,10 +24,10 @@ n_cols = n_policies > 3 ? 2 : 1
 n_rows = int((n_policies + n_cols - 1) / n_cols)
 panel(p) = policy_entry(word(policies, p), budget)
 
-set multiplot layout n_rows, n_cols margins 0.07, 0.98, 0.07, 0.88 spacing 0.06, 0.09 \
+set multiplot layout n_rows, n_cols margins 0.07, 0.98, 0.09, 0.86 spacing 0.06, 0.11 \
     title sprintf("Positions still cached at the end of the trace (dark), per layer and " \
                   . "KV head\n%s, trace %s; dashed line: end of the prompt (P = %d)", \
-                  budget_label(budget), trace_rows, P) font ",14"
+                  budget_label(budget), trace_rows, P) font title_font
 set palette defined (0 "#ffffff", 1 "#08306b")
 set cbrange [0:1]
 unset colorbox

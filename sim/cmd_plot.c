@@ -132,6 +132,10 @@ static int render_one(const char *gnuplot, const char *scripts, const char *dir,
         add_var(vars, sizeof vars, "trace", o->trace);
     if (o->budget)
         add_var(vars, sizeof vars, "budget", o->budget);
+    if (o->width) {
+        size_t at = strlen(vars);
+        snprintf(vars + at, sizeof vars - at, "width=%d; height=%d; ", o->width, o->height);
+    }
     unlink(out);
     int status = run_gnuplot(gnuplot, vars, script);
     struct stat st;
@@ -153,6 +157,11 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
     const char *format = o->format ? o->format : "png";
     if (strcmp(format, "png") && strcmp(format, "svg") && strcmp(format, "pdf")) {
         snprintf(err, err_len, "--format must be png, svg or pdf, got '%s'", format);
+        return 2;
+    }
+    if (o->width && (o->width < 300 || o->width > 4000 || o->height < 300 ||
+                     o->height > 4000)) {
+        snprintf(err, err_len, "--size must be WIDTHxHEIGHT with each in 300..4000 pixels");
         return 2;
     }
     const char *gnuplot = gnuplot_path();
@@ -203,6 +212,7 @@ static void plot_usage(FILE *f)
 "      --trace NAME   the trace, as in the trace column (default: the first; the\n"
 "                     recall_budget figure shows the mean over traces when there are\n"
 "                     several and no trace is named)\n"
+"      --size WxH     picture size in pixels (default 1200x800; pdf scales 9x6 in)\n"
 "  -o, --output D     figure directory (default DIR/figures)\n"
 "  -q, --quiet        print nothing on success\n"
 "  -h, --help         this help\n"
@@ -213,11 +223,12 @@ static void plot_usage(FILE *f)
 
 int kv_cmd_plot(int argc, char **argv)
 {
-    enum { OPT_FORMAT = 256, OPT_BUDGET, OPT_TRACE };
+    enum { OPT_FORMAT = 256, OPT_BUDGET, OPT_TRACE, OPT_SIZE };
     static const struct option longopts[] = {
         { "format", required_argument, 0, OPT_FORMAT },
         { "budget", required_argument, 0, OPT_BUDGET },
         { "trace", required_argument, 0, OPT_TRACE },
+        { "size", required_argument, 0, OPT_SIZE },
         { "output", required_argument, 0, 'o' },
         { "quiet", no_argument, 0, 'q' },
         { "help", no_argument, 0, 'h' },
@@ -232,6 +243,14 @@ int kv_cmd_plot(int argc, char **argv)
         case OPT_FORMAT: o.format = optarg; break;
         case OPT_BUDGET: o.budget = optarg; break;
         case OPT_TRACE: o.trace = optarg; break;
+        case OPT_SIZE:
+            if (sscanf(optarg, "%dx%d", &o.width, &o.height) != 2 || o.width < 300 ||
+                o.height < 300 || o.width > 4000 || o.height > 4000) {
+                fprintf(stderr, "kvsim plot: --size must be WIDTHxHEIGHT, each 300..4000 "
+                        "pixels, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'o': o.out_dir = optarg; break;
         case 'q': o.quiet = 1; break;
         case 'h': plot_usage(stdout); return 0;

@@ -24,6 +24,7 @@ typedef struct {
                              in summary.tsv. recall_budget shows trace "all" (the mean
                              over traces) when it exists and no trace was asked for */
     const char *out_dir;  /* where the figures go; NULL: DIR/figures (created) */
+    int width, height;    /* pixels; 0: 1200 x 800 (pdf: 9 x 6 inches, scaled alike) */
     int quiet;            /* 1: nothing on stdout */
 } kv_plot_options;
 
@@ -36,7 +37,7 @@ int kv_plot_available(void);
  * one gnuplot process per figure, with the scripts of the analysis directory: the first
  * of $KVSIM_ANALYSIS, DIR_OF_EXECUTABLE/analysis and ./analysis that holds them. where
  * (where_len bytes) receives the figure directory. Returns 0; 2 for a bad option (unknown
- * format); 1 when gnuplot is missing, a script fails (gnuplot's own message, naming the
+ * format, a size outside 300..4000 pixels); 1 when gnuplot is missing, a script fails (gnuplot's own message, naming the
  * file and the column a script needed, is on stderr) or leaves no or an empty file; err
  * says which figure.
  */
