@@ -307,6 +307,47 @@ static void test_recall_hist(void **state)
     tsv_free(hist);
 }
 
+/*
+ * Byte budgets resolve to different tokens per policy, so the policies are replayed in
+ * separate groups and merged. By hand (a.h5: 2 layers x 2 KV heads, head_dim 16, 2-byte
+ * elements: 256 bytes per cached token over the 4 caches; P = 48 > B): 6KiB = 6144 bytes
+ * gives window 256 (B + 1) <= 6144 -> B = 23; h2o (+4 bytes per token per cache)
+ * 272 (B + 1) <= 6144 -> B = 21; morphkv (window 8: 8 rows * 2 heads * 4 bytes = 64
+ * per token per cache) 512 (B + 1) <= 6144 -> B = 11. Each policy's rows must then be
+ * exactly those of a run of that policy alone at that many tokens.
+ */
+static void test_byte_budget_groups(void **state)
+{
+    (void)state;
+    char a[300], dir[300], alone[300];
+    snprintf(a, sizeof a, "%s/a.h5", tmpdir);
+    snprintf(dir, sizeof dir, "%s/bytes", tmpdir);
+    char *argv[] = { "run", "--trace", a, "--policies", "window,h2o,morphkv", "--budgets",
+                     "6KiB", "--set", "morphkv.window=8", "-o", dir, "-q", "--no-plot", NULL };
+    assert_int_equal(kv_cmd_run(13, argv), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/summary.tsv", dir);
+    tsv *s = tsv_read(path);
+    const char *pols[] = { "window", "h2o", "morphkv" }, *tokens[] = { "23", "21", "11" };
+    for (int p = 0; p < 3; p++) {
+        int r = find(s, "policy", pols[p], NULL);
+        assert_string_equal(get(s, r, "budget"), tokens[p]);
+        assert_string_equal(get(s, r, "budget_spec"), "6KiB");
+        snprintf(alone, sizeof alone, "%s/alone-%s", tmpdir, pols[p]);
+        char *one[] = { "run", "--trace", a, "--policies", (char *)pols[p], "--budgets",
+                        (char *)tokens[p], "-o", alone, "-q", "--no-plot", "--set",
+                        "morphkv.window=8", NULL };
+        /* --set only where morphkv is in the run */
+        assert_int_equal(kv_cmd_run(p == 2 ? 13 : 11, one), 0);
+        snprintf(path, sizeof path, "%s/summary.tsv", alone);
+        tsv *t = tsv_read(path);
+        assert_string_equal(get(t, 0, "recall_mean"), get(s, r, "recall_mean"));
+        assert_string_equal(get(t, 0, "kv_bytes_peak"), get(s, r, "kv_bytes_peak"));
+        tsv_free(t);
+    }
+    tsv_free(s);
+}
+
 /* ------------------------------------------------------------ figures */
 
 /* Width and height from a PNG's IHDR chunk (bytes 16..23, big-endian). */
@@ -425,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_compare),
         cmocka_unit_test(test_retention_map),
         cmocka_unit_test(test_recall_hist),
+        cmocka_unit_test(test_byte_budget_groups),
         cmocka_unit_test(test_plot_pngs),
         cmocka_unit_test(test_scripts_fail_loudly),
     };
