@@ -10,8 +10,13 @@ call adir."/need.gp" steps "trace policy budget_spec step kv_bytes meta_bytes"
 
 where(p) = sprintf("trace=%s;policy=%s;budget_spec=%s", trace_rows, word(policies, p), budget)
 data(p, col) = sprintf("\"< %s\"", tsv(steps, "step " . col, where(p)))
-# Policies that hold no metadata get no dashed line and no legend entry for one.
-has_meta(p) = distinct(steps, "meta_bytes", where(p)) ne "\"0\""
+# Policies that hold no metadata get no dashed line and no legend entry for one:
+# meta_flags holds 1 or 0 per policy (one awk run each, asked once).
+meta_flags = ""
+do for [p = 1:n_policies] {
+    meta_flags = meta_flags . (distinct(steps, "meta_bytes", where(p)) ne "\"0\"" ? "1 " : "0 ")
+}
+has_meta(p) = word(meta_flags, p) eq "1"
 
 # The y range: every positive value, with room above and below on the log scale.
 stats "< " . tsv_opts(steps, "kv_bytes", sprintf("trace=%s;budget_spec=%s", trace_rows, \

@@ -452,7 +452,8 @@ static void test_scripts_fail_loudly(void **state)
     expect_loud("retention_map", dir, "retention_map.tsv", "no column 'kv_head'");
     broken_copy(dir, "heads.tsv", NULL);
     expect_loud("head_recall", dir, "heads.tsv", "missing or empty");
-    /* and kvsim plot turns it into exit status 1 naming the figure */
+    /* and kvsim plot turns it into exit status 1 (its first figure fails) */
+    broken_copy(dir, "steps.tsv", "step");
     char *argv[] = { "plot", dir, "-q", NULL };
     assert_int_equal(kv_cmd_plot(3, argv), 1);
 }
