@@ -26,7 +26,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-.PHONY: all deps run test check clean
+.PHONY: all deps run test check clean figures
 all: kvsim
 
 deps:
@@ -91,6 +91,14 @@ traces: kvsim
 	    echo "traces: traces/data/$$name differs from $(BUILD)/traces/$$name"; exit 1; \
 	  fi; \
 	done
+
+# The README's copies of the default experiment's figures (analysis/figures/, 900x600),
+# reduced to 128 colours by ImageMagick's convert when it is installed (to stay small).
+figures: run
+	./kvsim plot results/default --size 900x600 -o analysis/figures
+	@if command -v convert >/dev/null 2>&1; then \
+	  for f in analysis/figures/*.png; do convert $$f -colors 128 PNG8:$$f; done; fi
+	@ls -l analysis/figures/*.png
 
 clean:
 	rm -rf $(BUILD) kvsim

@@ -1,10 +1,12 @@
 /*
  * cmd_run.c - `kvsim run` (replay an experiment) and `kvsim policies` (list policies).
  */
+#include "sim/budget.h"
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
 #include "sim/output.h"
+#include "sim/plot.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -18,8 +20,9 @@ static void run_usage(FILE *f)
 "usage: kvsim run [CONFIG.ini] [options]\n"
 "\n"
 "Replays a trace and runs every policy at every budget under the same replay rules,\n"
-"then writes summary.tsv, steps.tsv and heads.tsv into the output directory and prints\n"
-"a table of mean attention-mass recall and peak KV-cache bytes.\n"
+"then writes the result files (summary.tsv, steps.tsv, heads.tsv, compare.tsv, ...) into\n"
+"the output directory, prints a table of mean attention-mass recall and peak KV-cache\n"
+"bytes, and renders the figures into DIR/figures/ when gnuplot is installed.\n"
 "\n"
 "An INI experiment file gives the trace, budgets, output and [policy LABEL] sections\n"
 "(see configs/); options given after it override it.\n"
@@ -29,13 +32,17 @@ static void run_usage(FILE *f)
 "                          with every policy and budget, rows keep a `trace` column\n"
 "  -p, --policies LIST     comma-separated policy names, each labelled by its name\n"
 "                          (e.g. window,streamingllm,h2o,snapkv,morphkv; see `kvsim policies`)\n"
-"  -b, --budgets LIST      comma-separated budgets in tokens (e.g. 64,128,256)\n"
+"  -b, --budgets LIST      comma-separated budgets: tokens (64), a fraction of each\n"
+"                          trace's prompt (0.25p = floor(0.25 P) tokens) or bytes of KV\n"
+"                          cache plus policy metadata (4096B, 64KiB, 1MiB), resolved per\n"
+"                          trace and policy (e.g. 64,128,256)\n"
 "  -s, --set L.P=V         set parameter P of the policy labelled L (or of every policy\n"
 "                          of type L) to V, e.g. --set morphkv.window=8; repeatable\n"
 "  -o, --output DIR        output directory (created; must be empty unless --force)\n"
 "  -f, --force             overwrite result files in a non-empty output directory\n"
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
+"      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -h, --help              this help\n"
 "\n"
@@ -79,7 +86,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 }
 
 typedef struct {
-    int force, quiet, block;
+    int force, quiet, block, no_plot;
     long seed;           /* -1: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
     const char *sets[64];
@@ -89,13 +96,14 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
         { "output", required_argument, 0, 'o' },   { "force", no_argument, 0, 'f' },
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
+        { "no-plot", no_argument, 0, OPT_NO_PLOT },
         { 0, 0, 0, 0 },
     };
     int c;
@@ -117,6 +125,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
+        case OPT_NO_PLOT: o->no_plot = 1; break;
         case OPT_SEED:
             o->seed = strtol(optarg, &end, 10);
             if (*end || end == optarg || o->seed < 0) {
@@ -191,22 +200,141 @@ static const char *trace_name(const char *path)
     return slash ? slash + 1 : path;
 }
 
-/* Opens and replays every trace of ex; res[] and names[] get one entry per trace. */
-static int replay_all(const kv_experiment *ex, const kv_replay_conf *conf, kv_results **res,
-                      const char **names, int quiet, char *err, size_t err_len)
+/* Budgets in tokens of every (trace, policy, budget spec):
+ * tokens[(k * n_policies + p) * n_budgets + b]. Reads each trace's header only. Returns
+ * 0, 1 (a trace cannot be opened) or 2 (a spec does not resolve for a policy). */
+static int resolve_budgets(const kv_experiment *ex, int *tokens, char *err, size_t err_len)
 {
     for (int k = 0; k < ex->n_traces; k++) {
         kv_trace *tr = NULL;
-        names[k] = trace_name(ex->traces[k]);
-        if (!quiet && ex->n_traces > 1)
-            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return 1;
-        int rc = kv_replay(tr, conf, &res[k], err, err_len);
+        kv_trace_info info = *kv_trace_get_info(tr);
         kv_trace_close(tr);
+        for (int p = 0; p < ex->n_policies; p++)
+            for (int b = 0; b < ex->n_budgets; b++) {
+                char why[768];
+                int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
+                int rc = kv_budget_resolve(&ex->budgets[b], &ex->policies[p], &info, t, why,
+                                           sizeof why);
+                if (rc) {
+                    snprintf(err, err_len, "%s: %s", trace_name(ex->traces[k]), why);
+                    return rc;
+                }
+            }
+    }
+    return 0;
+}
+
+/* Moves the runs of part (policies idx[0..n) of the experiment, at the same budgets)
+ * into merged, where policy idx[i]'s runs sit at idx[i] * n_budgets + b; frees part. */
+static void merge_runs(kv_results *merged, kv_results *part, const int *idx, int n,
+                       int n_budgets)
+{
+    merged->info = part->info;
+    merged->n_steps = part->n_steps;
+    for (int i = 0; i < n; i++)
+        for (int b = 0; b < n_budgets; b++) {
+            kv_run_result *dst = &merged->runs[idx[i] * n_budgets + b];
+            *dst = part->runs[i * n_budgets + b];
+            dst->policy = idx[i];
+        }
+    part->n_runs = 0;          /* the arrays now belong to merged */
+    kv_results_free(part);
+}
+
+/*
+ * Replays trace k. Policies whose budgets resolved to the same tokens share one replay
+ * (one pass over the rows); byte budgets can differ between policies, so there may be
+ * several. *out gets every run, policy-major, as kv_experiment_results expects.
+ */
+static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
+                        const run_options *o, kv_results **out, char *err, size_t err_len)
+{
+    int np = ex->n_policies, nb = ex->n_budgets;
+    const int *tok = tokens + (size_t)k * np * nb;
+    kv_results *merged = calloc(1, sizeof *merged);
+    int *idx = malloc((size_t)np * sizeof *idx), *done = calloc((size_t)np, sizeof *done);
+    kv_policy_conf *group = malloc((size_t)np * sizeof *group);
+    kv_trace *tr = NULL;
+    if (merged)
+        merged->runs = calloc((size_t)np * nb, sizeof *merged->runs);
+    if (!merged || !merged->runs || !idx || !done || !group) {
+        snprintf(err, err_len, "out of memory");
+        goto fail;
+    }
+    merged->n_runs = np * nb;
+    if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+        goto fail;
+    for (int p = 0; p < np; p++) {
+        if (done[p])
+            continue;
+        int n = 0;
+        for (int q = p; q < np; q++)
+            if (!done[q] && memcmp(tok + q * nb, tok + p * nb, (size_t)nb * sizeof *tok) == 0) {
+                done[q] = 1;
+                group[n] = ex->policies[q];
+                idx[n++] = q;
+            }
+        kv_replay_conf conf = {
+            .policies = group, .n_policies = n, .budgets = tok + p * nb, .n_budgets = nb,
+            .block = o->block, .progress = !o->quiet, .seed = ex->seed,
+        };
+        kv_results *part = NULL;
+        int rc = kv_replay(tr, &conf, &part, err, err_len);
+        if (rc) {
+            kv_trace_close(tr);
+            kv_results_free(merged);
+            free(idx), free(done), free(group);
+            return rc;
+        }
+        merge_runs(merged, part, idx, n, nb);
+    }
+    kv_trace_close(tr);
+    free(idx), free(done), free(group);
+    *out = merged;
+    return 0;
+fail:
+    kv_trace_close(tr);
+    kv_results_free(merged);
+    free(idx), free(done), free(group);
+    return 1;
+}
+
+/* Replays every trace of ex; res[] and names[] get one entry per trace. */
+static int replay_all(const kv_experiment *ex, const int *tokens, const run_options *o,
+                      kv_results **res, const char **names, char *err, size_t err_len)
+{
+    for (int k = 0; k < ex->n_traces; k++) {
+        names[k] = trace_name(ex->traces[k]);
+        if (!o->quiet && ex->n_traces > 1)
+            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
+        int rc = replay_trace(ex, k, tokens, o, &res[k], err, err_len);
         if (rc)
             return rc;
     }
+    return 0;
+}
+
+/* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
+ * a runtime failure (1); the result files are already in place. */
+static int plot_results(const kv_experiment *ex, const run_options *o, char *err,
+                        size_t err_len)
+{
+    if (o->no_plot)
+        return 0;
+    if (!kv_plot_available()) {
+        if (!o->quiet)
+            printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
+                   "run kvsim plot %s)\n", ex->output);
+        return 0;
+    }
+    kv_plot_options po = { .quiet = o->quiet };
+    char where[KV_PATH_LEN + 64];
+    if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
+        return 1;
+    if (!o->quiet)
+        printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
     return 0;
 }
 
@@ -221,33 +349,46 @@ int kv_cmd_run(int argc, char **argv)
         rc = build_experiment(&o, &ex, err, sizeof err);
     if (rc == 0)
         rc = check_complete(&ex, err, sizeof err);
-    kv_replay_conf conf = {
-        .policies = ex.policies, .n_policies = ex.n_policies, .budgets = ex.budgets,
-        .n_budgets = ex.n_budgets, .block = o.block, .progress = !o.quiet, .seed = ex.seed,
-    };
+    int *tokens = NULL;
+    const char *specs[64];
+    if (rc == 0) {
+        tokens = malloc((size_t)ex.n_traces * ex.n_policies * ex.n_budgets * sizeof *tokens);
+        if (!tokens) {
+            snprintf(err, sizeof err, "out of memory");
+            rc = 1;
+        }
+    }
     if (rc == 0)
-        rc = kv_replay_validate(&conf, err, sizeof err);
+        rc = resolve_budgets(&ex, tokens, err, sizeof err);
+    for (int b = 0; b < ex.n_budgets && b < 64; b++)
+        specs[b] = ex.budgets[b].text;
+    kv_replay_conf conf = { .policies = ex.policies, .n_policies = ex.n_policies,
+                            .n_budgets = ex.n_budgets };
     kv_results *res[KV_MAX_TRACES] = { 0 };
     const char *names[KV_MAX_TRACES] = { 0 };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
-                                 .res = (const kv_results *const *)res, .trace_names = names };
+                                 .res = (const kv_results *const *)res, .trace_names = names,
+                                 .budget_specs = specs };
     if (rc == 0 && kv_output_prepare(ex.output, o.force, err, sizeof err))
         rc = 2;
     if (rc == 0)
-        rc = replay_all(&ex, &conf, res, names, o.quiet, err, sizeof err);
+        rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
     if (rc == 0 && !o.quiet) {
         if (kv_output_table(stdout, &er, err, sizeof err))
             rc = 1;
         else
-            printf("results: %s/ (summary, steps, heads, retention, lifetimes .tsv)\n",
-                   ex.output);
+            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+                   "lifetimes, recall_hist .tsv)\n", ex.output);
     }
+    if (rc == 0)
+        rc = plot_results(&ex, &o, err, sizeof err);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
     for (int k = 0; k < ex.n_traces; k++)
         kv_results_free(res[k]);
+    free(tokens);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : rc;
 }

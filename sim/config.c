@@ -140,40 +140,33 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
 
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
-    int budgets[MAX_BUDGETS], n = 0;
-    const char *p = text;
-    while (*p) {
-        while (*p == ' ' || *p == '\t')
-            p++;
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        const char *item_end = end;
-        while (*item_end == ' ' || *item_end == '\t')
-            item_end++;
-        if (end == p || errno || v < 1 || v > 100000000 || (*item_end && *item_end != ',')) {
-            int len = (int)strcspn(p, ",");
-            snprintf(err, err_len, "budget '%.*s' must be a whole number of tokens >= 1",
-                     len, p);
-            return 2;
-        }
+    kv_budget_spec specs[MAX_BUDGETS];
+    int n = 0;
+    for (const char *p = text; *p;) {
+        size_t len = strcspn(p, ",");
+        char item[128];
+        snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item ? len : sizeof item - 1),
+                 p);
         if (n == MAX_BUDGETS) {
             snprintf(err, err_len, "at most %d budgets per run", MAX_BUDGETS);
             return 2;
         }
-        budgets[n++] = (int)v;
-        p = *item_end ? item_end + 1 : item_end;
+        if (kv_budget_parse(item, &specs[n++], err, err_len))
+            return 2;
+        p += len;
+        if (*p == ',')
+            p++;
     }
     if (n == 0) {
-        snprintf(err, err_len, "no budget given (expected e.g. 64,128,256)");
+        snprintf(err, err_len, "no budget given (expected e.g. 64,128,256 or 0.25p or 64KiB)");
         return 2;
     }
-    int *copy = malloc((size_t)n * sizeof *copy);
+    kv_budget_spec *copy = malloc((size_t)n * sizeof *copy);
     if (!copy) {
         snprintf(err, err_len, "out of memory");
         return 2;
     }
-    memcpy(copy, budgets, (size_t)n * sizeof *copy);
+    memcpy(copy, specs, (size_t)n * sizeof *copy);
     free(ex->budgets);
     ex->budgets = copy;
     ex->n_budgets = n;

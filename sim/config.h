@@ -7,7 +7,7 @@
  *   [experiment]
  *   trace   = traces/data/a.h5, traces/data/b.h5  ; one or more, comma-separated,
  *                                  ; relative to the working directory
- *   budgets = 64, 128, 256         ; tokens
+ *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
  *
@@ -20,6 +20,7 @@
 #define KV_CONFIG_H
 
 #include <stddef.h>
+#include "sim/budget.h"
 #include "sim/engine.h"
 
 #define KV_PATH_LEN 4096
@@ -29,7 +30,7 @@ typedef struct {
     char traces[KV_MAX_TRACES][KV_PATH_LEN];  /* replayed one after the other */
     int n_traces;
     char output[KV_PATH_LEN];
-    int *budgets;               /* owned */
+    kv_budget_spec *budgets;    /* owned; resolved to tokens per trace and policy */
     int n_budgets;
     kv_policy_conf *policies;   /* owned */
     int n_policies;
@@ -65,8 +66,8 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
  * item, more than KV_MAX_TRACES, a path too long). */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
-/* Parses "64,128, 256" (tokens, each >= 1, at most 64 values) into ex->budgets,
- * replacing earlier ones. Returns 0, or 2 naming the bad item. */
+/* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse; at most 64) into
+ * ex->budgets, replacing earlier ones. Returns 0, or 2 naming the bad item. */
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 #endif

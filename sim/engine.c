@@ -355,9 +355,10 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->step_topk8 = calloc((size_t)D, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
+        run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
         if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
             !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
-            !run->step_topk8 || !run->lifetimes || !run->retained)
+            !run->step_topk8 || !run->lifetimes || !run->retained || !run->final_sets)
             return -1;
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
@@ -380,14 +381,29 @@ void kv_results_free(kv_results *res)
         free(run->step_topk8);
         free(run->lifetimes);
         free(run->retained);
+        free(run->final_sets);
     }
     free(res->runs);
     free(res);
 }
 
+/* The final cached set of cache c, per KV head of layer `layer` (final_sets in
+ * engine.h): each of c's query heads counts once for the KV head it belongs to. */
+static void record_final_set(kv_run_result *run, const kv_trace_info *in, int layer,
+                             const kv_cache *c)
+{
+    int group = in->n_heads / in->n_kv_heads, T = in->n_tokens;
+    for (int hh = 0; hh < c->n_heads; hh++) {
+        int g = (c->head_lo + hh) / group;
+        int *row = run->final_sets + ((size_t)layer * in->n_kv_heads + g) * T;
+        for (int i = 0; i < c->n; i++)
+            row[c->pos[i]]++;
+    }
+}
+
 /* Folds one layer's caches into their runs, in a fixed order (run, then cache), so the
  * sums do not depend on the number of threads. */
-static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches)
+static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches, int layer)
 {
     for (int ci = 0; ci < n_caches; ci++) {
         const kv_cache *c = &caches[ci];
@@ -404,6 +420,7 @@ static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches)
         for (int i = 0; i < c->n; i++)
             run->retained[c->pos[i]] += c->token_weight;
         run->n_cache_units += c->token_weight;
+        record_final_set(run, &res->info, layer, c);
     }
 }
 
@@ -530,7 +547,7 @@ static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *re
             rc = 1;
         }
     if (rc == 0)
-        reduce_layer(res, caches, n_caches);
+        reduce_layer(res, caches, n_caches, layer);
     return rc;
 }
 

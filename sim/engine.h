@@ -60,6 +60,12 @@ typedef struct {
                                    once per KV head that stores it */
     int n_cache_units;          /* what retained[] counts out of: the caches of all layers,
                                    weighted the same way */
+    int *final_sets;            /* [n_layers * n_kv_heads * T]: at (l * n_kv_heads + g) * T
+                                   + j, how many of KV head g's query heads (0..n_heads /
+                                   n_kv_heads) still had position j cached in layer l after
+                                   the last step: the group size or 0 with one cache per
+                                   KV head (the default), a share with kv_granularity =
+                                   query_head. For retention_map.tsv. */
 } kv_run_result;
 
 typedef struct {

@@ -12,6 +12,7 @@ static const struct {
     const char *help;
 } commands[] = {
     { "run", kv_cmd_run, "replay a trace under every policy and budget, write TSV results" },
+    { "plot", kv_cmd_plot, "render the figures of a result directory with gnuplot" },
     { "info", kv_cmd_info, "describe a trace and check that it is valid" },
     { "gen", kv_cmd_gen, "write a seeded synthetic trace" },
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },

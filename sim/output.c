@@ -2,6 +2,7 @@
  * output.c - TSV result files and the console table (see output.h).
  */
 #include "sim/output.h"
+#include "sim/stats.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,6 +41,14 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
     }
     s->kv_bytes_peak = kv_tokens_to_bytes(&res->info, s->kv_tokens_peak);
     s->kv_bytes_mean = bytes_sum / D;
+    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
+     * are resampled (stats.h) */
+    s->ci_units = res->info.n_layers * res->info.n_heads;
+    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)s->ci_units,
+                             KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
+                             &s->recall_ci, err, err_len))
+        return 1;
+    s->recall_ci.mean = s->recall_mean;
     return 0;
 }
 
@@ -126,63 +135,133 @@ static int out_close(out_file *o, char *err, size_t err_len)
     return 1;
 }
 
-static int write_summary(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+/* What every writer reads: the experiment and the summary of every run of every trace
+ * (sums[k * n_runs + r]). */
+typedef struct {
+    const kv_experiment_results *er;
+    const kv_run_summary *sums;
+    int n_runs;          /* per trace: n_policies * n_budgets */
+    int n_budgets;
+} out_ctx;
+
+/* The budget_spec column of budget b. */
+static const char *spec_text(const out_ctx *c, int b, char *buf, size_t len)
 {
-    fprintf(f, "trace\tpolicy\ttype\tbudget\trecall_mean\trecall_p05\trecall_min\t"
-               "kv_tokens_peak\tkv_bytes_peak\tkv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\t"
-               "topk8_recall\n");
-    for (int k = 0; k < er->n_traces; k++) {
-        const kv_results *res = er->res[k];
-        for (int r = 0; r < res->n_runs; r++) {
-            const kv_policy_conf *pc = &er->conf->policies[res->runs[r].policy];
-            kv_run_summary s;
-            if (kv_run_summarise(res, r, &s, err, err_len))
-                return 1;
-            fprintf(f, "%s\t%s\t%s\t%d\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\n",
-                    er->trace_names[k], pc->label, pc->ops->name, res->runs[r].budget,
-                    s.recall_mean, s.recall_p05, s.recall_min, s.kv_tokens_peak,
-                    s.kv_bytes_peak, s.kv_bytes_mean, s.meta_bytes_peak, s.topk1_recall,
-                    s.topk8_recall);
-        }
+    if (c->er->budget_specs)
+        return c->er->budget_specs[b];
+    snprintf(buf, len, "%d", c->er->conf->budgets[b]);
+    return buf;
+}
+
+/* The leading columns trace, policy, budget, budget_spec of run r of trace k. */
+static void run_key(FILE *f, const out_ctx *c, int k, int r)
+{
+    const kv_run_result *run = &c->er->res[k]->runs[r];
+    char buf[32];
+    fprintf(f, "%s\t%s\t%d\t%s", c->er->trace_names[k], c->er->conf->policies[run->policy].label,
+            run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
+}
+
+static void summary_row(FILE *f, const kv_run_summary *s)
+{
+    fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d\n",
+            s->recall_mean, s->recall_ci.lo, s->recall_ci.hi, s->recall_p05, s->recall_min,
+            s->kv_tokens_peak, s->kv_bytes_peak, s->kv_bytes_mean, s->meta_bytes_peak,
+            s->topk1_recall, s->topk8_recall, s->ci_units);
+}
+
+/* The trace = "all" row of run r: every column the mean over traces, except the
+ * interval (Student-t over the traces' recall_mean) and ci_units (the traces). */
+static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
+{
+    int n = c->er->n_traces;
+    const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
+    double budget = 0, p05 = 0, min = 0, tokens = 0, peak = 0, mean = 0, meta = 0, k1 = 0,
+           k8 = 0;
+    for (int k = 0; k < n; k++) {
+        const kv_run_summary *s = &c->sums[k * c->n_runs + r];
+        x[k] = s->recall_mean;
+        budget += (double)c->er->res[k]->runs[r].budget / n;
+        p05 += s->recall_p05 / n;
+        min += s->recall_min / n;
+        tokens += (double)s->kv_tokens_peak / n;
+        peak += s->kv_bytes_peak / n;
+        mean += s->kv_bytes_mean / n;
+        meta += s->meta_bytes_peak / n;
+        k1 += s->topk1_recall / n;
+        k8 += s->topk8_recall / n;
     }
+    kv_interval ci;
+    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
+    char buf[32];
+    fprintf(f, "all\t%s\t%s\t%.9g\t%s\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.1f\t%.1f\t%.1f\t"
+            "%.9g\t%.9g\t%d\n", pc->label, pc->ops->name, budget,
+            spec_text(c, r % c->n_budgets, buf, sizeof buf), ci.mean, ci.lo, ci.hi, p05, min,
+            tokens, peak, mean, meta, k1, k8, n);
+}
+
+static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    const kv_experiment_results *er = c->er;
+    fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec\trecall_mean\trecall_ci_lo\t"
+               "recall_ci_hi\trecall_p05\trecall_min\tkv_tokens_peak\tkv_bytes_peak\t"
+               "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\n");
+    for (int k = 0; k < er->n_traces; k++)
+        for (int r = 0; r < c->n_runs; r++) {
+            const kv_run_result *run = &er->res[k]->runs[r];
+            const kv_policy_conf *pc = &er->conf->policies[run->policy];
+            char buf[32];
+            fprintf(f, "%s\t%s\t%s\t%d\t%s", er->trace_names[k], pc->label, pc->ops->name,
+                    run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
+            summary_row(f, &c->sums[k * c->n_runs + r]);
+        }
+    if (er->n_traces < 2)
+        return 0;
+    double *x = malloc((size_t)er->n_traces * sizeof *x);
+    if (!x) {
+        snprintf(err, err_len, "out of memory writing summary.tsv");
+        return 1;
+    }
+    for (int r = 0; r < c->n_runs; r++)
+        summary_all_row(f, c, r, x);
+    free(x);
     return 0;
 }
 
-static int write_steps(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tstep\trecall\tkv_tokens\tkv_bytes\tmeta_bytes\t"
-               "topk1_recall\ttopk8_recall\n");
-    for (int k = 0; k < er->n_traces; k++) {
-        const kv_results *res = er->res[k];
-        for (int r = 0; r < res->n_runs; r++) {
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep\trecall\tkv_tokens\tkv_bytes\t"
+               "meta_bytes\ttopk1_recall\ttopk8_recall\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
-            const char *label = er->conf->policies[run->policy].label;
-            for (int s = 0; s < res->n_steps; s++)
-                fprintf(f, "%s\t%s\t%d\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n",
-                        er->trace_names[k], label, run->budget, res->info.prefill_len + s,
-                        run->step_recall[s], run->step_kv_tokens[s],
+            for (int s = 0; s < res->n_steps; s++) {
+                run_key(f, c, k, r);
+                fprintf(f, "\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n",
+                        res->info.prefill_len + s, run->step_recall[s], run->step_kv_tokens[s],
                         kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
                         run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
+            }
         }
     }
     return 0;
 }
 
-static int write_heads(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tlayer\thead\trecall_mean\trecall_min\n");
-    for (int k = 0; k < er->n_traces; k++) {
-        const kv_results *res = er->res[k];
-        for (int r = 0; r < res->n_runs; r++) {
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
-            const char *label = er->conf->policies[run->policy].label;
             for (int l = 0; l < res->info.n_layers; l++)
                 for (int h = 0; h < res->info.n_heads; h++) {
                     int i = l * res->info.n_heads + h;
-                    fprintf(f, "%s\t%s\t%d\t%d\t%d\t%.9g\t%.9g\n", er->trace_names[k],
-                            label, run->budget, l, h, run->head_recall_mean[i],
+                    run_key(f, c, k, r);
+                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g\n", l, h, run->head_recall_mean[i],
                             run->head_recall_min[i]);
                 }
         }
@@ -190,36 +269,147 @@ static int write_heads(FILE *f, const kv_experiment_results *er, char *err, size
     return 0;
 }
 
-static int write_retention(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+/* One compare.tsv row: policies p and q (run indices rp, rq) at budget b. */
+static void compare_row(FILE *f, const out_ctx *c, const char *trace, int rp, int rq,
+                        double budget_a, double budget_b, const kv_interval *d, int units)
+{
+    const kv_policy_conf *pol = c->er->conf->policies;
+    char buf[32];
+    fprintf(f, "%s\t%s\t%s\t%s\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%d\n", trace,
+            spec_text(c, rp % c->n_budgets, buf, sizeof buf),
+            pol[c->er->res[0]->runs[rp].policy].label, pol[c->er->res[0]->runs[rq].policy].label,
+            budget_a, budget_b, d->mean, d->lo, d->hi, units);
+}
+
+/* Every pair of policies at every budget: the paired difference a - b of recall over
+ * (layer, query head, step), bootstrapped over (layer, query head) units; then, with
+ * several traces, the mean of the traces' differences with a Student-t interval. */
+static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    const kv_experiment_results *er = c->er;
+    int nb = c->n_budgets, np = er->conf->n_policies, nt = er->n_traces;
+    fprintf(f, "trace\tbudget_spec\tpolicy_a\tpolicy_b\tbudget_a\tbudget_b\tdiff_mean\t"
+               "diff_ci_lo\tdiff_ci_hi\tci_units\n");
+    double *x = malloc((size_t)nt * sizeof *x);
+    if (!x) {
+        snprintf(err, err_len, "out of memory writing compare.tsv");
+        return 1;
+    }
+    for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
+        if (k == nt && nt < 2)
+            break;
+        for (int b = 0; b < nb; b++)
+            for (int p = 0; p < np; p++)
+                for (int q = p + 1; q < np; q++) {
+                    int rp = p * nb + b, rq = q * nb + b;
+                    kv_interval d;
+                    if (k < nt) {
+                        const kv_results *res = er->res[k];
+                        int units = res->info.n_layers * res->info.n_heads;
+                        if (kv_paired_diff_ci(res->runs[rp].head_recall_mean,
+                                              res->runs[rq].head_recall_mean, (size_t)units,
+                                              KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL,
+                                              KV_OUTPUT_SEED, &d, err, err_len)) {
+                            free(x);
+                            return 1;
+                        }
+                        compare_row(f, c, er->trace_names[k], rp, rq, res->runs[rp].budget,
+                                    res->runs[rq].budget, &d, units);
+                        continue;
+                    }
+                    double ba = 0, bb = 0;
+                    for (int t = 0; t < nt; t++) {
+                        x[t] = c->sums[t * c->n_runs + rp].recall_mean -
+                               c->sums[t * c->n_runs + rq].recall_mean;
+                        ba += (double)er->res[t]->runs[rp].budget / nt;
+                        bb += (double)er->res[t]->runs[rq].budget / nt;
+                    }
+                    kv_t_interval(x, (size_t)nt, KV_CI_LEVEL, &d);
+                    compare_row(f, c, "all", rp, rq, ba, bb, &d, nt);
+                }
+    }
+    free(x);
+    return 0;
+}
+
+static int write_retention(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tposition\tfraction\n");
-    for (int k = 0; k < er->n_traces; k++) {
-        const kv_results *res = er->res[k];
-        for (int r = 0; r < res->n_runs; r++) {
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
-            const char *label = er->conf->policies[run->policy].label;
-            for (int j = 0; j < res->info.n_tokens; j++)
-                fprintf(f, "%s\t%s\t%d\t%d\t%.9g\n", er->trace_names[k], label, run->budget,
-                        j, (double)run->retained[j] / run->n_cache_units);
+            for (int j = 0; j < res->info.n_tokens; j++) {
+                run_key(f, c, k, r);
+                fprintf(f, "\t%d\t%.9g\n", j, (double)run->retained[j] / run->n_cache_units);
+            }
         }
     }
     return 0;
 }
 
-static int write_lifetimes(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+/* Sparse: only the positions a (layer, KV head) still holds; held is the share of the
+ * KV head's query heads that hold it (1 unless kv_granularity = query_head). */
+static int write_retention_map(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tlifetime\tcount\n");
-    for (int k = 0; k < er->n_traces; k++) {
-        const kv_results *res = er->res[k];
-        for (int r = 0; r < res->n_runs; r++) {
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\tkv_head\tposition\theld\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        const kv_trace_info *in = &res->info;
+        int T = in->n_tokens, group = in->n_heads / in->n_kv_heads;
+        for (int r = 0; r < c->n_runs; r++) {
+            const int *sets = res->runs[r].final_sets;
+            for (int l = 0; l < in->n_layers; l++)
+                for (int g = 0; g < in->n_kv_heads; g++)
+                    for (int j = 0; j < T; j++) {
+                        int held = sets[((size_t)l * in->n_kv_heads + g) * T + j];
+                        if (!held)
+                            continue;
+                        run_key(f, c, k, r);
+                        fprintf(f, "\t%d\t%d\t%d\t%.9g\n", l, g, j, (double)held / group);
+                    }
+        }
+    }
+    return 0;
+}
+
+static int write_lifetimes(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlifetime\tcount\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
-            const char *label = er->conf->policies[run->policy].label;
             for (int s = 0; s <= res->n_steps; s++)
-                if (run->lifetimes[s])
-                    fprintf(f, "%s\t%s\t%d\t%d\t%lld\n", er->trace_names[k], label,
-                            run->budget, s, run->lifetimes[s]);
+                if (run->lifetimes[s]) {
+                    run_key(f, c, k, r);
+                    fprintf(f, "\t%d\t%lld\n", s, run->lifetimes[s]);
+                }
+        }
+    }
+    return 0;
+}
+
+/* Decode steps by their recall (the per-step means of steps.tsv), KV_RECALL_BINS bins. */
+static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tbin_lo\tbin_hi\tsteps\tfraction\n");
+    long long counts[KV_RECALL_BINS];
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
+            if (kv_histogram(res->runs[r].step_recall, (size_t)res->n_steps, 0.0, 1.0,
+                             KV_RECALL_BINS, counts, err, err_len))
+                return 1;
+            for (int i = 0; i < KV_RECALL_BINS; i++) {
+                run_key(f, c, k, r);
+                fprintf(f, "\t%.9g\t%.9g\t%lld\t%.9g\n", (double)i / KV_RECALL_BINS,
+                        (double)(i + 1) / KV_RECALL_BINS, counts[i],
+                        (double)counts[i] / res->n_steps);
+            }
         }
     }
     return 0;
@@ -228,31 +418,68 @@ static int write_lifetimes(FILE *f, const kv_experiment_results *er, char *err, 
 /* The result files, in the order they are written. */
 static const struct {
     const char *name;
-    int (*write)(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
+    int (*write)(FILE *f, const out_ctx *c, char *err, size_t err_len);
 } result_files[] = {
     { "summary.tsv", write_summary },
     { "steps.tsv", write_steps },
     { "heads.tsv", write_heads },
+    { "compare.tsv", write_compare },
     { "retention.tsv", write_retention },
+    { "retention_map.tsv", write_retention_map },
     { "lifetimes.tsv", write_lifetimes },
+    { "recall_hist.tsv", write_recall_hist },
 };
+
+/* The summary of every run of every trace; NULL when out of memory (err set). */
+static kv_run_summary *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
+                                     size_t err_len)
+{
+    kv_run_summary *sums = malloc((size_t)er->n_traces * n_runs * sizeof *sums);
+    if (!sums) {
+        snprintf(err, err_len, "out of memory summarising the results");
+        return NULL;
+    }
+    for (int k = 0; k < er->n_traces; k++)
+        for (int r = 0; r < n_runs; r++)
+            if (kv_run_summarise(er->res[k], r, &sums[k * n_runs + r], err, err_len)) {
+                free(sums);
+                return NULL;
+            }
+    return sums;
+}
 
 int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len)
 {
-    for (size_t i = 0; i < sizeof result_files / sizeof result_files[0]; i++) {
-        out_file o;
-        if (out_open(&o, dir, result_files[i].name, err, err_len))
-            return 1;
-        if (result_files[i].write(o.f, er, err, err_len)) {
-            fclose(o.f);
-            unlink(o.tmp);
+    out_ctx c = { .er = er, .n_budgets = er->conf->n_budgets,
+                  .n_runs = er->conf->n_policies * er->conf->n_budgets };
+    for (int k = 0; k < er->n_traces; k++)
+        if (er->res[k]->n_runs != c.n_runs) {
+            snprintf(err, err_len, "internal error: trace %s has %d runs, expected %d",
+                     er->trace_names[k], er->res[k]->n_runs, c.n_runs);
             return 1;
         }
-        if (out_close(&o, err, err_len))
-            return 1;
+    kv_run_summary *sums = summarise_all(er, c.n_runs, err, err_len);
+    if (!sums)
+        return 1;
+    c.sums = sums;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof result_files / sizeof result_files[0]; i++) {
+        out_file o;
+        if (out_open(&o, dir, result_files[i].name, err, err_len)) {
+            rc = 1;
+            break;
+        }
+        if (result_files[i].write(o.f, &c, err, err_len)) {
+            fclose(o.f);
+            unlink(o.tmp);
+            rc = 1;
+            break;
+        }
+        rc = out_close(&o, err, err_len);
     }
-    return 0;
+    free(sums);
+    return rc;
 }
 
 static void format_bytes(double bytes, char *buf, size_t len)
@@ -276,9 +503,10 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
     if (er->n_traces > 1)
         fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
     fprintf(f, "%-*s", width, "policy");
+    out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     for (int b = 0; b < conf->n_budgets; b++) {
-        char head[32];
-        snprintf(head, sizeof head, "B=%d recall / peak KV", conf->budgets[b]);
+        char head[64], buf[32];
+        snprintf(head, sizeof head, "B=%s recall / peak KV", spec_text(&c, b, buf, sizeof buf));
         fprintf(f, "  %24s", head);
     }
     fputc('\n', f);

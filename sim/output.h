@@ -1,28 +1,44 @@
 /*
  * output.h - the result files of a run (TSV with a header row) and the console table.
  *
- *   summary.tsv  one row per (policy, budget)
- *   steps.tsv    one row per (policy, budget, decode step)
- *   heads.tsv    one row per (policy, budget, layer, query head)
- *   retention.tsv  one row per (policy, budget, position): share of caches holding it at
- *                  the end
- *   lifetimes.tsv  one row per (policy, budget, lifetime): evicted tokens by the number
- *                  of decode steps they were attended to
+ *   summary.tsv    one row per (trace, policy, budget), plus trace = "all" rows (the
+ *                  mean over traces with a 95% Student-t interval) when there are several
+ *   steps.tsv      one row per (trace, policy, budget, decode step)
+ *   heads.tsv      one row per (trace, policy, budget, layer, query head)
+ *   compare.tsv    one row per (trace, budget, pair of policies): mean paired difference
+ *                  of recall with its 95% bootstrap interval (and trace = "all" rows)
+ *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
+ *                  it at the end
+ *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
+ *                  KV head still holds at the end (positions it dropped are not listed)
+ *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the
+ *                  number of decode steps they were attended to
+ *   recall_hist.tsv  one row per (trace, policy, budget, bin): decode steps by recall
  *
- * Columns are documented in the README ("Output files"). Numbers are printed with %.9g
- * (recall) or as integers (tokens, bytes), so files are byte-identical across runs.
+ * Every file has the columns trace, policy (or policy_a, policy_b), budget (tokens,
+ * resolved) and budget_spec (as given). Columns are documented in the README ("Output
+ * files"). Numbers are printed with %.9g (recall) or as integers (tokens, bytes), and the
+ * bootstrap is seeded with KV_OUTPUT_SEED, so files are byte-identical across runs.
  */
 #ifndef KV_OUTPUT_H
 #define KV_OUTPUT_H
 
 #include <stdio.h>
 #include "sim/engine.h"
+#include "sim/stats.h"
+
+#define KV_OUTPUT_SEED 1        /* seed of every bootstrap (gsl_rng mt19937) */
+#define KV_RECALL_BINS 20       /* recall_hist.tsv: bins of width 0.05 over [0, 1] */
 
 /* The summary of one run. recall_* are over decode steps (per-step means over layers and
  * query heads); quantiles by linear interpolation between closest ranks
- * (gsl_stats_quantile_from_sorted_data). Bytes are KV bytes (kv_tokens_to_bytes). */
+ * (gsl_stats_quantile_from_sorted_data). recall_ci: the 95% percentile-bootstrap interval
+ * of recall_mean over (layer, query head) units (stats.h says why units), 1000
+ * resamples seeded with KV_OUTPUT_SEED. Bytes are KV bytes (kv_tokens_to_bytes). */
 typedef struct {
     double recall_mean, recall_p05, recall_min;
+    kv_interval recall_ci;
+    int ci_units;                         /* units the interval is over: layers * heads */
     long long kv_tokens_peak;
     double kv_bytes_peak, kv_bytes_mean, meta_bytes_peak;
     double topk1_recall, topk8_recall;   /* means over decode steps */
@@ -38,17 +54,25 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
  */
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 
-/* The results of one experiment: one kv_results per trace, all from the same conf. */
+/*
+ * The results of one experiment: one kv_results per trace. Each res[k] holds
+ * conf->n_policies * conf->n_budgets runs, policy-major (run p * n_budgets + b is policy
+ * p at budget b); run->budget is the budget in tokens, which may differ between traces
+ * and policies when the budget was given as a fraction of the prompt or in bytes.
+ */
 typedef struct {
-    const kv_replay_conf *conf;
+    const kv_replay_conf *conf;      /* policies and n_budgets; budgets read only when
+                                        budget_specs is NULL */
     int n_traces;
     const kv_results *const *res;    /* [n_traces] */
     const char *const *trace_names;  /* [n_traces] the `trace` column: file name of each */
+    const char *const *budget_specs; /* [conf->n_budgets] the `budget_spec` column, or NULL:
+                                        conf->budgets written as numbers */
 } kv_experiment_results;
 
 /*
- * Writes summary.tsv, steps.tsv, heads.tsv, retention.tsv and lifetimes.tsv into dir,
- * each with a leading `trace` column. Each file is written to a hidden temporary in dir
+ * Writes the result files listed at the top of this file into dir, each with a leading
+ * `trace` column. Each file is written to a hidden temporary in dir
  * and renamed into place only when complete, so an interrupted run never leaves a
  * half-written file. Returns 0, or 1 with err naming the file (full disk, I/O).
  */
@@ -56,7 +80,8 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len);
 
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
- * (largest over traces) to f. Returns 0, or 1 when out of memory. */
+ * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of
+ * memory. */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
 
 #endif

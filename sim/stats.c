@@ -1,0 +1,114 @@
+/*
+ * stats.c - bootstrap and Student-t intervals, paired differences, histograms (see
+ * stats.h).
+ */
+#include "sim/stats.h"
+
+#include <gsl/gsl_cdf.h>
+#include <gsl/gsl_histogram.h>
+#include <gsl/gsl_rng.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static void set_nan(kv_interval *out)
+{
+    out->mean = out->lo = out->hi = NAN;
+}
+
+int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double level,
+                         unsigned long seed, kv_interval *out, char *err, size_t err_len)
+{
+    set_nan(out);
+    if (n == 0)
+        return 0;
+    out->mean = gsl_stats_mean(x, 1, n);
+    if (n == 1 || n_resamples < 1) {
+        out->lo = out->hi = out->mean;
+        return 0;
+    }
+    double *means = malloc((size_t)n_resamples * sizeof *means);
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!means || !rng) {
+        free(means);
+        if (rng)
+            gsl_rng_free(rng);
+        snprintf(err, err_len, "out of memory computing a bootstrap interval");
+        return 1;
+    }
+    gsl_rng_set(rng, seed);
+    for (int b = 0; b < n_resamples; b++) {
+        double sum = 0.0;
+        for (size_t i = 0; i < n; i++)
+            sum += x[gsl_rng_uniform_int(rng, n)];
+        means[b] = sum / (double)n;
+    }
+    gsl_sort(means, 1, (size_t)n_resamples);
+    out->lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
+                                                  (1.0 - level) / 2.0);
+    out->hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
+                                                  (1.0 + level) / 2.0);
+    free(means);
+    gsl_rng_free(rng);
+    return 0;
+}
+
+int kv_paired_diff_ci(const double *a, const double *b, size_t n, int n_resamples,
+                      double level, unsigned long seed, kv_interval *out, char *err,
+                      size_t err_len)
+{
+    double *d = malloc((n ? n : 1) * sizeof *d);
+    if (!d) {
+        set_nan(out);
+        snprintf(err, err_len, "out of memory computing a paired difference");
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        d[i] = a[i] - b[i];
+    int rc = kv_bootstrap_mean_ci(d, n, n_resamples, level, seed, out, err, err_len);
+    free(d);
+    return rc;
+}
+
+void kv_t_interval(const double *x, size_t n, double level, kv_interval *out)
+{
+    set_nan(out);
+    if (n == 0)
+        return;
+    out->mean = gsl_stats_mean(x, 1, n);
+    if (n == 1) {
+        out->lo = out->hi = out->mean;
+        return;
+    }
+    double half = gsl_cdf_tdist_Pinv((1.0 + level) / 2.0, (double)(n - 1)) *
+                  gsl_stats_sd_m(x, 1, n, out->mean) / sqrt((double)n);
+    out->lo = out->mean - half;
+    out->hi = out->mean + half;
+}
+
+int kv_histogram(const double *x, size_t n, double lo, double hi, int n_bins,
+                 long long *counts, char *err, size_t err_len)
+{
+    if (n_bins < 1 || !(hi > lo)) {
+        snprintf(err, err_len, "histogram needs at least one bin and hi > lo");
+        return 1;
+    }
+    gsl_histogram *h = gsl_histogram_alloc((size_t)n_bins);
+    if (!h) {
+        snprintf(err, err_len, "out of memory allocating a histogram");
+        return 1;
+    }
+    gsl_histogram_set_ranges_uniform(h, lo, hi);
+    /* gsl_histogram drops values outside [lo, hi); clamp them into the end bins */
+    double last = (h->range[n_bins - 1] + h->range[n_bins]) / 2.0;
+    double first = (h->range[0] + h->range[1]) / 2.0;
+    for (size_t i = 0; i < n; i++)
+        if (!isnan(x[i]))
+            gsl_histogram_increment(h, x[i] >= hi ? last : x[i] < lo ? first : x[i]);
+    for (int i = 0; i < n_bins; i++)
+        counts[i] = (long long)gsl_histogram_get(h, (size_t)i);
+    gsl_histogram_free(h);
+    return 0;
+}
