@@ -46,8 +46,10 @@
  * and loses the evicted positions; a change at row entry k (found by binary search)
  * only invalidates pre[k..], which the next select re-adds. So the joining position
  * costs the row's few entries after it (W), and an eviction the entries after the
- * evicted one, instead of the whole row. A select costs O(window * group * n) for the
- * scores of steps 3-5 plus the re-added suffixes.
+ * evicted one, instead of the whole row (evictions fall anywhere in O: on generated
+ * traces about 60% of a row is re-added). A d kept by adding and subtracting would be
+ * O(1) but not the same number (rounding), and the rankings must not change. A select
+ * costs O(window * group * n) for the scores of steps 3-5 plus the re-added suffixes.
  */
 #include "policies/policy.h"
 
@@ -281,6 +283,7 @@ static void combine_row(morphkv_state *st, int s, int n_o)
                 if (st->o_index[pos[k]] >= 0)
                     o_hat[st->o_index[pos[k]]] = w[k] / d;
     }
+    st->row_valid[s] = n; /* every head's running sums are re-added now */
     if (st->gqa != GQA_LOGIT) {
         kv_gqa_combine((kv_gqa_mode)st->gqa, st->group, n_o, st->o_hat, (size_t)n_o,
                        st->row_comb);
