@@ -121,9 +121,17 @@ static int parse_value(const kv_param_spec *spec, const char *text, double *out,
     double v = 0;
     switch (spec->type) {
     case KV_PARAM_INT:
+        if (spec->choices != NULL && strcmp(text, spec->choices) == 0) {
+            v = 0; /* the word standing for 0, e.g. horizon = all */
+            break;
+        }
         if (parse_int(text, &v) != 0 || v < spec->min || v > spec->max) {
-            set_err(err, err_len, "%s must be an integer in [%.15g, %.15g], got '%s'",
-                    spec->name, spec->min, spec->max, text);
+            if (spec->choices != NULL)
+                set_err(err, err_len, "%s must be %s or an integer in [%.15g, %.15g], got '%s'",
+                        spec->name, spec->choices, spec->min, spec->max, text);
+            else
+                set_err(err, err_len, "%s must be an integer in [%.15g, %.15g], got '%s'",
+                        spec->name, spec->min, spec->max, text);
             return 1;
         }
         break;
@@ -225,6 +233,8 @@ static void format_value(const kv_param_spec *spec, double v, char *buf, size_t 
 {
     if (spec->type == KV_PARAM_CHOICE)
         choice_word(spec->choices ? spec->choices : "", (int)v, buf, buf_len);
+    else if (spec->type == KV_PARAM_INT && spec->choices != NULL && v == 0)
+        snprintf(buf, buf_len, "%s", spec->choices);
     else if (spec->type == KV_PARAM_INT)
         snprintf(buf, buf_len, "%.0f", v);
     else
@@ -253,6 +263,13 @@ void kv_params_format(const kv_policy_ops *ops, const kv_param_values *values,
             break;
         used += (size_t)w;
     }
+}
+
+int kv_policy_max_held(const kv_policy_ops *ops, const kv_param_values *values, int budget)
+{
+    if (ops->max_held != NULL)
+        return ops->max_held(values, budget);
+    return ops->bounded ? budget : -1;
 }
 
 int kv_check_budget(int budget, char *err, size_t err_len)
@@ -345,4 +362,85 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
     }
     for (int i = 0; i < k; i++)
         keep[scratch[i]] = 1;
+}
+
+/* ---------------------------------------------------------- exact sums */
+
+#define EXACT_GRID 149 /* the sum counts units of 2^-149 */
+
+/* x as m * 2^shift grid units, m < 2^53, shift >= 0 (bits below the grid truncated). */
+static void exact_split(double x, uint64_t *m, int *shift)
+{
+    int e;
+    double f = frexp(x, &e);                 /* x = f * 2^e, f in [0.5, 1), or 0 */
+    uint64_t mant = (uint64_t)ldexp(f, 53);  /* exact: a 53-bit integer */
+    int s = e - 53 + EXACT_GRID;
+    if (s < 0) {
+        mant = s > -64 ? mant >> -s : 0;
+        s = 0;
+    }
+    *m = mant;
+    *shift = s;
+}
+
+/* Adds (sign > 0) or subtracts m * 2^shift to the 192-bit integer; a subtraction that
+ * would go below 0 leaves 0. */
+static void exact_apply(kv_exact_sum *s, double x, int sign)
+{
+    assert(x >= 0.0 && x <= 0x1p40);
+    uint64_t m;
+    int shift;
+    exact_split(x, &m, &shift);
+    if (m == 0)
+        return;
+    int k = shift / 64, off = shift % 64;
+    uint64_t part[3] = { 0, 0, 0 };
+    part[k] = m << off;
+    if (off != 0 && k + 1 < 3)
+        part[k + 1] = m >> (64 - off);
+    uint64_t carry = 0;
+    for (int i = 0; i < 3; i++) {
+        uint64_t a = s->limb[i], b = part[i];
+        if (sign > 0) {
+            uint64_t r = a + b;
+            uint64_t c = r < a;
+            s->limb[i] = r + carry;
+            carry = c | (s->limb[i] < r);
+        } else {
+            uint64_t r = a - b;
+            uint64_t c = a < b;
+            s->limb[i] = r - carry;
+            carry = c | (r < carry);
+        }
+    }
+    if (sign < 0 && carry) /* more was subtracted than added: misuse, clamp */
+        s->limb[0] = s->limb[1] = s->limb[2] = 0;
+}
+
+void kv_exact_add(kv_exact_sum *s, double x)
+{
+    exact_apply(s, x, 1);
+}
+
+void kv_exact_sub(kv_exact_sum *s, double x)
+{
+    exact_apply(s, x, -1);
+}
+
+double kv_exact_value(const kv_exact_sum *s)
+{
+    int k = 2;
+    while (k > 0 && s->limb[k] == 0)
+        k--;
+    uint64_t hi = s->limb[k], lo = k > 0 ? s->limb[k - 1] : 0;
+    if (hi == 0)
+        return 0.0;
+    int c = 0;
+    while (!(hi >> 63)) { /* normalise: the leading 1 to bit 63, refilled from lo */
+        hi = (hi << 1) | (lo >> 63);
+        lo <<= 1;
+        c++;
+    }
+    /* Keep 53 bits, truncated (monotone): value = (hi >> 11) * 2^(64k - c + 11) units. */
+    return ldexp((double)(hi >> 11), 64 * k - c + 11 - EXACT_GRID);
 }

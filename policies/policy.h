@@ -9,7 +9,9 @@
  * prompt of P tokens the engine calls, in this order:
  *
  *   st = ops->create(values, ctx)                     once, before position 0
+ *   [ops->prescan(st, full_t) for t = 0 .. T-1]      optional slot: offline references
  *   for t = 0 .. T-1:
+ *       [if t >= P: ops->attend(st, full_t, keep)]    optional slot: S chosen from p_t
  *       ops->observe(st, row_t)                       row over A_t = S u {t}
  *       if t == P-1 or t >= P:
  *           m = ops->meta_bytes(st, |A_t|)            (decode steps only, t >= P)
@@ -36,7 +38,8 @@
 /* ------------------------------------------------------------ parameters */
 
 typedef enum {
-    KV_PARAM_INT,    /* whole number in [min, max] */
+    KV_PARAM_INT,    /* whole number in [min, max]; if `choices` holds a word (e.g. "all"),
+                        that word is accepted too and stored as 0 (so min must be >= 1) */
     KV_PARAM_REAL,   /* real number in [min, max] */
     KV_PARAM_CHOICE  /* one of the '|'-separated words in choices; stored as its index */
 } kv_param_type;
@@ -47,7 +50,8 @@ typedef struct {
     kv_param_type type;
     const char *default_text;  /* e.g. "32", "0.5", "max" */
     double min, max;           /* inclusive range for INT and REAL */
-    const char *choices;       /* "max|avg" for CHOICE, NULL otherwise */
+    const char *choices;       /* "max|avg" for CHOICE; for INT an optional word meaning 0
+                                  ("all"); NULL otherwise */
     const char *help;          /* one line, with units */
 } kv_param_spec;
 
@@ -103,8 +107,9 @@ typedef struct kv_policy_ops {
     const char *citation;      /* paper and rule, one line */
     const kv_param_spec *params;
     int n_params;
-    int bounded;               /* 1 if |S| <= B after every select (kv_tokens = B+1 per
-                                  cache once P > B); 0 for full and snapkv */
+    int bounded;               /* 1 if |S| <= B after every select with the default values
+                                  (kv_tokens = B+1 per cache once P > B); 0 for full and
+                                  snapkv. max_held refines it per parameter values. */
 
     /* Checks values (already range-checked against the table) together with a budget.
      * Returns 0 if the pair is valid, else 1 with a message naming the rule, e.g.
@@ -148,6 +153,13 @@ typedef struct kv_policy_ops {
      * replayed the engine streams every full-cache row to prescan, t = 0..T-1 in order,
      * with the same kv_row layout as attend. */
     void (*prescan)(void *state, const kv_row *full);
+
+    /* The most past tokens the cache may hold after any select or attend, for these values
+     * at budget B, or -1 for no bound; the engine stops the run (internal error) when a
+     * cache holds more. For rules that let S grow between evictions (morphkv evict_every,
+     * snapkv decode = recompress with interval > 1). NULL: B when `bounded`, else no
+     * bound (kv_policy_max_held). */
+    int (*max_held)(const kv_param_values *values, int budget);
 } kv_policy_ops;
 
 enum { KV_SCOPE_KV_HEAD = 0, KV_SCOPE_LAYER = 1 };
@@ -164,6 +176,11 @@ const kv_policy_ops *kv_policy_find(const char *name);
  * order among equals), for "did you mean". Never NULL: the registry is not empty; the
  * caller judges whether it is close enough (kv_edit_distance). Borrowed, static. */
 const char *kv_policy_suggest(const char *name);
+
+/* The bound the engine enforces on |S| after every select and attend: ops->max_held(values,
+ * budget) when the slot is set, else budget for a bounded policy and -1 (no bound)
+ * otherwise. Cannot fail. */
+int kv_policy_max_held(const kv_policy_ops *ops, const kv_param_values *values, int budget);
 
 /* ------------------------------------------------ parameters, shared */
 
@@ -218,5 +235,32 @@ void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head
  */
 void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
                  int *scratch, unsigned char *keep);
+
+/*
+ * An exact sum of non-negative doubles, for scores that are updated by adding and later
+ * subtracting terms (normalisers over a changing set, sums over a sliding range of rows).
+ * A double sum would keep the rounding residue of every removed term, so two positions
+ * whose remaining terms are equal could rank by noise instead of by rule 4; this sum is
+ * a 192-bit integer on the grid 2^-149, which holds every float32 and every double
+ * >= 2^-96 exactly (smaller parts are truncated, identically on add and subtract). So
+ * adding and then subtracting a value restores the sum bit for bit, and the value does
+ * not depend on the order of the terms. Terms must lie in [0, 2^40] and every partial
+ * sum below 2^43 (attention sums over rows, heads and tokens are far below); a sum never
+ * goes negative when only added terms are subtracted. Zero-initialise to start at 0.
+ */
+typedef struct {
+    unsigned long long limb[3]; /* little-endian 64-bit limbs, in units of 2^-149 */
+} kv_exact_sum;
+
+/* s += x (x in [0, 2^40], not NaN). Cannot fail. */
+void kv_exact_add(kv_exact_sum *s, double x);
+
+/* s -= x, for an x that was added before (same truncation); were more subtracted than
+ * the sum holds, the sum becomes 0 (it never wraps). Cannot fail. */
+void kv_exact_sub(kv_exact_sum *s, double x);
+
+/* The sum as a double, truncated to 53 significant bits: monotone (a larger exact sum
+ * never gives a smaller double) and equal sums give equal doubles. Cannot fail. */
+double kv_exact_value(const kv_exact_sum *s);
 
 #endif

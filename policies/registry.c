@@ -12,8 +12,13 @@ extern const kv_policy_ops kv_policy_streamingllm;
 extern const kv_policy_ops kv_policy_h2o;
 extern const kv_policy_ops kv_policy_snapkv;
 extern const kv_policy_ops kv_policy_morphkv;
+extern const kv_policy_ops kv_policy_tova;
+extern const kv_policy_ops kv_policy_random;
+extern const kv_policy_ops kv_policy_oracle;
+extern const kv_policy_ops kv_policy_lookahead;
 
-/* The order `kvsim policies` lists them: the reference, then by increasing state. */
+/* The order `kvsim policies` lists them: the reference, then by increasing state; then
+ * the issue-5 rules: TOVA, the random floor, and the two offline references. */
 const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_full,
     &kv_policy_window,
@@ -21,6 +26,10 @@ const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_h2o,
     &kv_policy_snapkv,
     &kv_policy_morphkv,
+    &kv_policy_tova,
+    &kv_policy_random,
+    &kv_policy_oracle,
+    &kv_policy_lookahead,
     NULL,
 };
 

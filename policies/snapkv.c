@@ -1,8 +1,8 @@
 /*
  * snapkv.c - SnapKV: compress the prompt once, by the attention of its last window.
  *
- * Rule (README "Policies", `snapkv`, window = 32, kernel = 7, pooling = max, gqa = sum).
- * Let L = P - window (the prompt positions outside the observation window).
+ * Rule (README "Policies", `snapkv`, window = 32, kernel = 7, pooling = max, gqa = sum,
+ * decode = none). Let L = P - window (the prompt positions outside the observation window).
  *   1. Observe (prefill rows t = P-window .. P-1 only): for each query head h and each
  *      j < L, s_h[j] += p_t[j]: the attention the observation window pays to j.
  *   2. Select at the end of prefill (t = P-1), only if P > B (else keep all). For each
@@ -13,24 +13,43 @@
  *      rule 3: each head is pooled in full first).
  *   4. Keep the B - window positions j < L with the highest combined score (ties to the
  *      more recent) plus the last `window` prompt positions L..P-1.
- *   5. Decode steps: no eviction; every position is kept and S grows by one token per
- *      step, as published (bounded = 0).
+ *   5. Decode steps, decode = none: no eviction; every position is kept and S grows by
+ *      one token per step, as published (bounded = 0, no max_held bound).
+ *   6. Decode steps, decode = recompress (interval = 1): at every interval-th decode step
+ *      (t - P + 1 a multiple of interval) with |A_t| > B, SnapKV's selection again over
+ *      A_t: W = the `window` most recent positions of A_t (always t-window+1 .. t, since
+ *      every selection keeps them), candidates C = A_t \ W. For each head,
+ *      s_h[c] = the sum of the last `window` observed rows (o_t', renormalised over the
+ *      cache of their step, as observed; prefill rows are p) at c, for c in C; pooled
+ *      as in step 2 but over neighbouring entries of C in cache order (the compressed KV
+ *      tensor the kernel slides over; at the prefill end these are neighbouring
+ *      positions), clipped to C; combined as in step 3; keep the B - window best of C
+ *      plus W. S holds B after each recompression and grows by one per step in between:
+ *      at most B + interval - 1 (max_held).
  * Requires B >= window (so P > B implies L > 0) and an odd kernel.
  * Citation: Li et al. 2024, "SnapKV: LLM Knows What You are Looking for Before
- * Generation", Sec. 4 and Listing 1 (observation window, pooling, top-k selection).
+ * Generation", Sec. 4 and Listing 1 (observation window, pooling, top-k selection);
+ * decode = recompress is the decode-time re-application of issue 5, not the paper's.
  *
- * Metadata: none during decode (the scores of steps 1-3 exist only during prefill), so
- * meta_bytes is NULL. Cost: step 1 is O(n * group) per row; steps 2-4 run once, in
- * O(group * L * kernel + P) time and O(group * L + T) memory.
+ * Metadata (meta_bytes): none with decode = none (the scores of steps 1-3 exist only
+ * during prefill). With decode = recompress the window rows' attention over the cache is
+ * kept, one float32 per stored row, query head and cached token:
+ *   min(window, rows observed so far) * group_size * n * 4 bytes.
+ * Cost: step 1 is O(n * group) per row; steps 2-4 run once, in O(group * L * kernel + P)
+ * time and O(group * L + T) memory. Recompress keeps a ring of the last min(window, T)
+ * rows (each at most max(P, B + interval) positions) and costs O(window * group * n +
+ * group * n * kernel) per recompression.
  */
 #include "policies/policy.h"
 
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-enum { P_WINDOW, P_KERNEL, P_POOLING, P_GQA };
+enum { P_WINDOW, P_KERNEL, P_POOLING, P_GQA, P_DECODE, P_INTERVAL };
 enum { POOL_MAX = 0, POOL_AVG = 1 };
+enum { DECODE_NONE = 0, DECODE_RECOMPRESS = 1 };
 
 static const kv_param_spec snapkv_params[] = {
     [P_WINDOW] = { "window", KV_PARAM_INT, "32", 1, 1000000, NULL,
@@ -40,6 +59,10 @@ static const kv_param_spec snapkv_params[] = {
     [P_POOLING] = { "pooling", KV_PARAM_CHOICE, "max", 0, 0, "max|avg",
                     "pooling of the window's attention over neighbouring positions" },
     [P_GQA] = KV_PARAM_GQA,
+    [P_DECODE] = { "decode", KV_PARAM_CHOICE, "none", 0, 0, "none|recompress",
+                   "none: no decode eviction (published); recompress: reselect during decode, holding B" },
+    [P_INTERVAL] = { "interval", KV_PARAM_INT, "1", 1, 1000000, NULL,
+                     "decode=recompress: decode steps between recompressions (S grows up to B+interval-1)" },
 };
 
 typedef struct {
@@ -55,6 +78,19 @@ typedef struct {
     double *score;  /* [T] by cache-view index, for kv_keep_top */
     int *cand;      /* [T] */
     int *scratch;   /* [T] */
+    /* decode = recompress (step 6) */
+    int decode, interval;
+    int n_slots;    /* ring capacity, min(window, T) rows */
+    int slot_cap;   /* positions per stored row, min(T, max(P, B + interval)) */
+    int next;       /* ring slot of the next stored row */
+    int n_stored;   /* rows in the ring */
+    long n_observed;/* rows observed so far (meta_bytes) */
+    int *row_n;     /* [n_slots] */
+    int *row_pos;   /* [n_slots][slot_cap] */
+    double *row_w;  /* [n_slots][group][slot_cap] */
+    int *c_index;   /* [T] candidate index of a position, else -1 */
+    double *dec_s;  /* [group][T] window sums by candidate index */
+    double *dec_pooled; /* [group][T] */
 } snapkv_state;
 
 static int snapkv_check(const kv_param_values *values, int budget, char *err,
@@ -85,7 +121,38 @@ static void snapkv_destroy(void *state)
     free(st->score);
     free(st->cand);
     free(st->scratch);
+    free(st->row_n);
+    free(st->row_pos);
+    free(st->row_w);
+    free(st->c_index);
+    free(st->dec_s);
+    free(st->dec_pooled);
     free(st);
+}
+
+/* Allocates the ring and scratch of decode = recompress. Returns 0, or -1 if out of
+ * memory. */
+static int recompress_alloc(snapkv_state *st, const kv_policy_ctx *ctx)
+{
+    st->n_slots = st->window < ctx->n_tokens ? st->window : ctx->n_tokens;
+    long widest = (long)ctx->budget + st->interval;
+    if (ctx->prefill_len > widest)
+        widest = ctx->prefill_len;
+    st->slot_cap = widest < ctx->n_tokens ? (int)widest : ctx->n_tokens;
+    size_t slots = (size_t)st->n_slots, cap = (size_t)st->slot_cap;
+    size_t t = (size_t)ctx->n_tokens, g = (size_t)st->group;
+    st->row_n = calloc(slots, sizeof *st->row_n);
+    st->row_pos = malloc(slots * cap * sizeof *st->row_pos);
+    st->row_w = malloc(slots * g * cap * sizeof *st->row_w);
+    st->c_index = malloc(t * sizeof *st->c_index);
+    st->dec_s = malloc(g * t * sizeof *st->dec_s);
+    st->dec_pooled = malloc(g * t * sizeof *st->dec_pooled);
+    if (!st->row_n || !st->row_pos || !st->row_w || !st->c_index || !st->dec_s ||
+        !st->dec_pooled)
+        return -1;
+    for (size_t j = 0; j < t; j++)
+        st->c_index[j] = -1;
+    return 0;
 }
 
 static void *snapkv_create(const kv_param_values *values, const kv_policy_ctx *ctx)
@@ -97,6 +164,8 @@ static void *snapkv_create(const kv_param_values *values, const kv_policy_ctx *c
     st->kernel = (int)values->v[P_KERNEL];
     st->pooling = (int)values->v[P_POOLING];
     st->gqa = (kv_gqa_mode)(int)values->v[P_GQA];
+    st->decode = (int)values->v[P_DECODE];
+    st->interval = (int)values->v[P_INTERVAL];
     st->group = ctx->group_size;
     st->n_tokens = ctx->n_tokens;
     st->prefill = ctx->prefill_len;
@@ -109,17 +178,39 @@ static void *snapkv_create(const kv_param_values *values, const kv_policy_ctx *c
     st->cand = malloc(t * sizeof *st->cand);
     st->scratch = malloc(t * sizeof *st->scratch);
     if (st->s == NULL || st->pooled == NULL || st->comb == NULL || st->score == NULL ||
-        st->cand == NULL || st->scratch == NULL) {
+        st->cand == NULL || st->scratch == NULL ||
+        (st->decode == DECODE_RECOMPRESS && recompress_alloc(st, ctx) != 0)) {
         snapkv_destroy(st);
         return NULL;
     }
     return st;
 }
 
+/* 6. Keeps a copy of the row in the ring (rows older than the last `window` of the
+ * prompt can never be among the last `window` rows at a decode step). */
+static void store_row(snapkv_state *st, const kv_row *row)
+{
+    st->n_observed++;
+    if (row->is_prefill && row->t < st->prefill - st->window)
+        return;
+    assert(row->n <= st->slot_cap);
+    int s = st->next, cap = st->slot_cap, n = row->n;
+    st->row_n[s] = n;
+    memcpy(st->row_pos + (size_t)s * cap, row->pos, (size_t)n * sizeof *row->pos);
+    for (int h = 0; h < st->group; h++)
+        memcpy(st->row_w + ((size_t)s * st->group + h) * cap, row->w + (size_t)h * n,
+               (size_t)n * sizeof *row->w);
+    st->next = (s + 1) % st->n_slots;
+    if (st->n_stored < st->n_slots)
+        st->n_stored++;
+}
+
 static void snapkv_observe(void *state, const kv_row *row)
 {
     snapkv_state *st = state;
     assert(row->n_heads == st->group && row->n <= st->n_tokens);
+    if (st->decode == DECODE_RECOMPRESS)
+        store_row(st, row);
     /* 1. Only the observation window's prefill rows vote, and only for j < L. */
     if (!row->is_prefill || row->t < st->prefill - st->window || st->n_scored == 0)
         return;
@@ -149,13 +240,58 @@ static void pool_head(const double *s, int l, int kernel, int pooling, double *v
     }
 }
 
+/* 6. Recompression at a decode step: W = the last `window` entries of the view, the
+ * B - window best of the rest by the pooled window sums. n > B >= window. */
+static void recompress(snapkv_state *st, const kv_cache_view *cache, unsigned char *keep)
+{
+    int n = cache->n, n_c = n - st->window, T = st->n_tokens;
+    for (int i = 0; i < n; i++) {
+        keep[i] = i >= n_c;
+        if (i < n_c) {
+            st->c_index[cache->pos[i]] = i;
+            st->cand[i] = i;
+        }
+    }
+    for (int h = 0; h < st->group; h++) {
+        double *sh = st->dec_s + (size_t)h * T;
+        memset(sh, 0, (size_t)n_c * sizeof *sh);
+        for (int r = 0; r < st->n_stored; r++) { /* oldest stored row first */
+            int slot = (st->next - st->n_stored + r + st->n_slots) % st->n_slots;
+            const int *pos = st->row_pos + (size_t)slot * st->slot_cap;
+            const double *w = st->row_w + ((size_t)slot * st->group + h) * st->slot_cap;
+            for (int k = 0; k < st->row_n[slot]; k++) {
+                int c = st->c_index[pos[k]];
+                if (c >= 0)
+                    sh[c] += w[k];
+            }
+        }
+        pool_head(sh, n_c, st->kernel, st->pooling, st->dec_pooled + (size_t)h * T);
+    }
+    kv_gqa_combine(st->gqa, st->group, n_c, st->dec_pooled, (size_t)T, st->score);
+    for (int i = 0; i < n_c; i++)
+        st->c_index[cache->pos[i]] = -1;
+    kv_keep_top(st->score, cache->pos, st->cand, n_c, cache->budget - st->window,
+                st->scratch, keep);
+}
+
 static void snapkv_select(void *state, const kv_cache_view *cache, unsigned char *keep)
 {
     snapkv_state *st = state;
     int n = cache->n, b = cache->budget;
     assert(n <= st->n_tokens && b >= st->window);
-    /* 5. Decode steps, and a prompt within budget: keep all. */
-    if (!cache->is_prefill_end || n <= b) {
+    /* 5./6. Decode steps: keep all unless this is a recompression step over budget. */
+    if (!cache->is_prefill_end) {
+        int step = cache->t - st->prefill + 1; /* 1 for the first decode step */
+        if (st->decode == DECODE_RECOMPRESS && n > b && step % st->interval == 0) {
+            recompress(st, cache, keep);
+            return;
+        }
+        for (int i = 0; i < n; i++)
+            keep[i] = 1;
+        return;
+    }
+    /* A prompt within budget: keep all. */
+    if (n <= b) {
         for (int i = 0; i < n; i++)
             keep[i] = 1;
         return;
@@ -179,17 +315,38 @@ static void snapkv_select(void *state, const kv_cache_view *cache, unsigned char
     kv_keep_top(st->score, cache->pos, st->cand, n_cand, b - st->window, st->scratch, keep);
 }
 
+/* decode = recompress: min(window, rows observed) * group_size * n * 4 bytes (float32
+ * profile of the window rows); none otherwise. */
+static size_t snapkv_meta_bytes(const void *state, int n_cached)
+{
+    const snapkv_state *st = state;
+    if (st->decode != DECODE_RECOMPRESS)
+        return 0;
+    long rows = st->n_observed < st->window ? st->n_observed : st->window;
+    return (size_t)rows * (size_t)st->group * (size_t)(n_cached > 0 ? n_cached : 0) * 4u;
+}
+
+/* decode = none: no bound (S grows during decode); recompress: B + interval - 1. */
+static int snapkv_max_held(const kv_param_values *values, int budget)
+{
+    if ((int)values->v[P_DECODE] != DECODE_RECOMPRESS)
+        return -1;
+    return budget + (int)values->v[P_INTERVAL] - 1;
+}
+
 const kv_policy_ops kv_policy_snapkv = {
     .name = "snapkv",
     .summary = "compress the prompt once by its last window's pooled attention; no decode eviction",
     .citation = "Li et al. 2024, SnapKV: LLM Knows What You are Looking for Before Generation, Sec. 4",
     .params = snapkv_params,
-    .n_params = 4,
-    .bounded = 0,                 /* S grows by one token per decode step (step 5) */
+    .n_params = 6,
+    .bounded = 0,                 /* default decode = none: S grows by one token per
+                                     decode step (step 5); see max_held */
     .check = snapkv_check,        /* B >= window, kernel odd */
     .create = snapkv_create,
     .observe = snapkv_observe,    /* step 1 */
-    .select = snapkv_select,      /* steps 2-5 */
-    .meta_bytes = NULL,           /* nothing held during decode */
+    .select = snapkv_select,      /* steps 2-6 */
+    .meta_bytes = snapkv_meta_bytes, /* 0, or min(window, rows) * group_size * n * 4 */
     .destroy = snapkv_destroy,
+    .max_held = snapkv_max_held,  /* -1 (none), or B + interval - 1 (recompress) */
 };

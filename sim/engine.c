@@ -32,6 +32,7 @@ typedef struct {
     int n_heads;          /* query heads in the group */
     int token_weight;     /* KV heads that store each cached position (layer scope) */
     int budget;
+    int max_held;         /* most past tokens after a select or attend, -1: no bound */
     int n;                /* |S| (|A_t| while a step runs) */
     int *pos;             /* [T] cached positions, ascending */
     unsigned char *in_set;/* [T] 1 for cached positions */
@@ -45,7 +46,7 @@ typedef struct {
     long long *tokens;    /* [D] |A_t| * token_weight */
     double *meta;         /* [D] bytes */
     long long *lifetimes; /* [D + 1] */
-    int failed;           /* 1 when a bounded policy kept more than its budget */
+    int failed;           /* 1 when a policy kept more than max_held */
 } kv_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
@@ -138,6 +139,7 @@ static int cache_init(kv_cache *c, const kv_policy_conf *pc, int run, int budget
     c->n_heads = group;
     c->token_weight = layer_scope(pc) ? in->n_kv_heads : 1;   /* every KV head stores S */
     c->budget = budget;
+    c->max_held = kv_policy_max_held(pc->ops, &pc->values, budget);
     c->pos = malloc((size_t)T * sizeof *c->pos);
     c->in_set = calloc((size_t)T, 1);
     c->entered = malloc((size_t)T * sizeof *c->entered);
@@ -200,7 +202,7 @@ static void cache_select(kv_cache *c, int t, int P)
     memset(c->keep, 0, (size_t)c->n);
     c->ops->select(c->state, &view, c->keep);
     cache_compact(c, c->pos, c->n, c->keep, is_prefill_end ? -1 : t, P);
-    if (c->ops->bounded && c->n > c->budget)
+    if (c->max_held >= 0 && c->n > c->max_held)
         c->failed = 1;
 }
 
@@ -237,7 +239,7 @@ static void cache_attend(kv_cache *c, const kv_block *b, int t)
         if (c->keep[j])
             c->pos[c->n++] = j;
     }
-    if (c->ops->bounded && c->n > c->budget)
+    if (c->max_held >= 0 && c->n > c->max_held)
         c->failed = 1;
 }
 
@@ -542,8 +544,9 @@ static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *re
     for (int ci = 0; rc == 0 && ci < n_caches; ci++)
         if (caches[ci].failed) {
             const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
-            snprintf(err, err_len, "internal error: policy '%s' kept more than budget %d "
-                     "tokens in layer %d", pc->label, caches[ci].budget, layer);
+            snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
+                     "at budget %d in layer %d", pc->label, caches[ci].max_held,
+                     caches[ci].budget, layer);
             rc = 1;
         }
     if (rc == 0)

@@ -38,7 +38,7 @@ static void test_unknown_names(void **state)
                  "unknown parameter 'recnet' for h2o (did you mean 'recent'?)");
     /* Nothing close: list the names instead of a far-fetched guess. */
     expect_error("h2o", "zzzzzzzz", "1",
-                 "unknown parameter 'zzzzzzzz' for h2o (parameters: recent, gqa)");
+                 "unknown parameter 'zzzzzzzz' for h2o (parameters: recent, gqa, normalize)");
     expect_error("window", "size", "8",
                  "unknown parameter 'size' for window (window has no parameters)");
 }
@@ -107,11 +107,12 @@ static void test_defaults_and_format(void **state)
     const kv_policy_ops *ops = kv_policy_find("snapkv");
     kv_param_values v;
     kv_params_defaults(ops, &v);
-    /* window 32, kernel 7, pooling max (0), gqa sum (0) */
-    assert_true(v.v[0] == 32 && v.v[1] == 7 && v.v[2] == 0 && v.v[3] == 0);
+    /* window 32, kernel 7, pooling max (0), gqa sum (0), decode none (0), interval 1 */
+    assert_true(v.v[0] == 32 && v.v[1] == 7 && v.v[2] == 0 && v.v[3] == 0 && v.v[4] == 0 &&
+                v.v[5] == 1);
     char buf[128];
     kv_params_format(ops, &v, 0, buf, sizeof buf);
-    assert_string_equal(buf, "window=32,kernel=7,pooling=max,gqa=sum");
+    assert_string_equal(buf, "window=32,kernel=7,pooling=max,gqa=sum,decode=none,interval=1");
     kv_params_format(ops, &v, 1, buf, sizeof buf);
     assert_string_equal(buf, "");
     char err[KV_ERRMSG];
@@ -132,23 +133,53 @@ static void test_defaults_and_format(void **state)
     assert_string_equal(buf, "");
 }
 
+/* An INT parameter with a word (lookahead horizon = all): the word is stored as 0 and
+ * printed back as the word; numbers keep their range; the message names both forms. */
+static void test_int_with_word(void **state)
+{
+    (void)state;
+    const kv_policy_ops *ops = kv_policy_find("lookahead");
+    kv_param_values v;
+    kv_params_defaults(ops, &v);
+    assert_true(v.v[0] == 0.0); /* default "all" */
+    char err[KV_ERRMSG] = "", buf[128];
+    assert_int_equal(kv_params_set(ops, &v, "horizon", "16", err, sizeof err), 0);
+    assert_true(v.v[0] == 16.0);
+    kv_params_format(ops, &v, 0, buf, sizeof buf);
+    assert_string_equal(buf, "horizon=16");
+    assert_int_equal(kv_params_set(ops, &v, "horizon", "all", err, sizeof err), 0);
+    kv_params_format(ops, &v, 0, buf, sizeof buf);
+    assert_string_equal(buf, "horizon=all");
+    kv_params_format(ops, &v, 1, buf, sizeof buf);
+    assert_string_equal(buf, ""); /* all is the default */
+    expect_error("lookahead", "horizon", "0",
+                 "horizon must be all or an integer in [1, 1000000], got '0'");
+    expect_error("lookahead", "horizon", "ALL",
+                 "horizon must be all or an integer in [1, 1000000], got 'ALL'");
+    expect_error("morphkv", "evict_every", "all",
+                 "evict_every must be an integer in [1, 1000000], got 'all'");
+}
+
 static void test_registry_lookup(void **state)
 {
     (void)state;
     static const char *const names[] = { "full", "window", "streamingllm", "h2o", "snapkv",
-                                         "morphkv", NULL };
+                                         "morphkv", "tova", "random", "oracle", "lookahead",
+                                         NULL };
     for (int i = 0; names[i] != NULL; i++) {
         assert_non_null(kv_policy_registry[i]);
         assert_string_equal(kv_policy_registry[i]->name, names[i]);
         assert_ptr_equal(kv_policy_find(names[i]), kv_policy_registry[i]);
     }
-    assert_null(kv_policy_registry[6]);
+    assert_null(kv_policy_registry[10]);
     assert_null(kv_policy_find("H2O"));
     assert_null(kv_policy_find("lru"));
     assert_string_equal(kv_policy_suggest("morpkv"), "morphkv");
     assert_string_equal(kv_policy_suggest("stremingllm"), "streamingllm");
     assert_string_equal(kv_policy_suggest("snap"), "snapkv");
     assert_string_equal(kv_policy_suggest("h20"), "h2o");
+    assert_string_equal(kv_policy_suggest("tovaa"), "tova");
+    assert_string_equal(kv_policy_suggest("orcale"), "oracle");
     assert_int_equal(kv_edit_distance("kitten", "sitting"), 3);
     assert_int_equal(kv_edit_distance("", "abc"), 3);
     assert_int_equal(kv_edit_distance("window", "window"), 0);
@@ -162,6 +193,7 @@ int main(void)
         cmocka_unit_test(test_real_values),
         cmocka_unit_test(test_choice_values),
         cmocka_unit_test(test_defaults_and_format),
+        cmocka_unit_test(test_int_with_word),
         cmocka_unit_test(test_registry_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
