@@ -162,9 +162,33 @@ static void run_key(FILE *f, const out_ctx *c, int k, int r)
             run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
 }
 
+/* The run of an `oracle` policy at the same trace, resolved budget and granularity as
+ * run r, or -1: the per-step ceiling that run r is set against (oracle_recall_mean). */
+static int oracle_of(const out_ctx *c, int k, int r)
+{
+    const kv_results *res = c->er->res[k];
+    const kv_policy_conf *pol = c->er->conf->policies;
+    for (int o = 0; o < c->n_runs; o++)
+        if (strcmp(pol[res->runs[o].policy].ops->name, "oracle") == 0 &&
+            res->runs[o].budget == res->runs[r].budget &&
+            pol[res->runs[o].policy].granularity == pol[res->runs[r].policy].granularity)
+            return o;
+    return -1;
+}
+
+/* oracle_recall_mean of run r in trace k: a number, or NA without an oracle. */
+static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
+{
+    int o = oracle_of(c, k, r);
+    if (o < 0)
+        fprintf(f, "\tNA");
+    else
+        fprintf(f, "\t%.9g", c->sums[k * c->n_runs + o].recall_mean);
+}
+
 static void summary_row(FILE *f, const kv_run_summary *s)
 {
-    fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d\n",
+    fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d",
             s->recall_mean, s->recall_ci.lo, s->recall_ci.hi, s->recall_p05, s->recall_min,
             s->kv_tokens_peak, s->kv_bytes_peak, s->kv_bytes_mean, s->meta_bytes_peak,
             s->topk1_recall, s->topk8_recall, s->ci_units);
@@ -177,8 +201,14 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
     int n = c->er->n_traces;
     const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
     double budget = 0, p05 = 0, min = 0, tokens = 0, peak = 0, mean = 0, meta = 0, k1 = 0,
-           k8 = 0;
+           k8 = 0, oracle = 0;
+    int have_oracle = 1;
     for (int k = 0; k < n; k++) {
+        int o = oracle_of(c, k, r);
+        if (o < 0)
+            have_oracle = 0;
+        else
+            oracle += c->sums[k * c->n_runs + o].recall_mean / n;
         const kv_run_summary *s = &c->sums[k * c->n_runs + r];
         x[k] = s->recall_mean;
         budget += (double)c->er->res[k]->runs[r].budget / n;
@@ -195,9 +225,13 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
     kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
     char buf[32];
     fprintf(f, "all\t%s\t%s\t%.9g\t%s\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.1f\t%.1f\t%.1f\t"
-            "%.9g\t%.9g\t%d\n", pc->label, pc->ops->name, budget,
+            "%.9g\t%.9g\t%d", pc->label, pc->ops->name, budget,
             spec_text(c, r % c->n_budgets, buf, sizeof buf), ci.mean, ci.lo, ci.hi, p05, min,
             tokens, peak, mean, meta, k1, k8, n);
+    if (have_oracle)
+        fprintf(f, "\t%.9g\n", oracle);
+    else
+        fprintf(f, "\tNA\n");
 }
 
 static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
@@ -205,7 +239,8 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     const kv_experiment_results *er = c->er;
     fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec\trecall_mean\trecall_ci_lo\t"
                "recall_ci_hi\trecall_p05\trecall_min\tkv_tokens_peak\tkv_bytes_peak\t"
-               "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\n");
+               "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\t"
+               "oracle_recall_mean\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -214,6 +249,8 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
             fprintf(f, "%s\t%s\t%s\t%d\t%s", er->trace_names[k], pc->label, pc->ops->name,
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
             summary_row(f, &c->sums[k * c->n_runs + r]);
+            oracle_cell(f, c, k, r);
+            fputc('\n', f);
         }
     if (er->n_traces < 2)
         return 0;
