@@ -362,6 +362,68 @@ static void test_outputs_deterministic(void **state)
     assert_int_equal(kv_output_prepare(dirs[0], 1, err, sizeof err), 0);
 }
 
+/* summary.tsv's oracle_recall_mean: the oracle's recall_mean at the same budget on every
+ * row (read back from the file and matched against the oracle's own row), NA without. */
+static void test_summary_oracle_column(void **state)
+{
+    (void)state;
+    const char *path = tmp("oracle.h5");
+    gen(path, 0, 4);
+    policy_list pl = { .n = 0 };
+    add(&pl, "window", "window", "");
+    add(&pl, "oracle", "oracle", "");
+    add(&pl, "h2o-q", "h2o", "");
+    pl.pc[2].granularity = KV_GRAN_QUERY_HEAD;   /* no oracle of its granularity: NA */
+    int budgets[] = { 16, 24 };
+    kv_results *res = replay(path, &pl, budgets, 2);
+    kv_replay_conf conf = { .policies = pl.pc, .n_policies = pl.n, .budgets = budgets,
+                            .n_budgets = 2 };
+    const kv_results *all[1] = { res };
+    const char *names[1] = { "oracle.h5" };
+    kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
+                                 .trace_names = names };
+    char err[512];
+    const char *dir = tmp("out_oracle");
+    assert_int_equal(kv_output_prepare(dir, 0, err, sizeof err), 0);
+    if (kv_output_write(dir, &er, err, sizeof err))
+        fail_msg("%s", err);
+    char file[400], line[2048], *col[32];
+    snprintf(file, sizeof file, "%s/summary.tsv", dir);
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    int c_policy = -1, c_budget = -1, c_recall = -1, c_oracle = -1, n = 0;
+    for (char *sv = NULL, *tok = strtok_r(line, "\t\n", &sv); tok; tok = strtok_r(NULL, "\t\n", &sv), n++) {
+        if (!strcmp(tok, "policy")) c_policy = n;
+        if (!strcmp(tok, "budget")) c_budget = n;
+        if (!strcmp(tok, "recall_mean")) c_recall = n;
+        if (!strcmp(tok, "oracle_recall_mean")) c_oracle = n;
+    }
+    assert_true(c_policy >= 0 && c_budget >= 0 && c_recall >= 0 && c_oracle >= 0);
+    char rows[6][4][64];
+    for (int r = 0; r < 6; r++) {
+        assert_non_null(fgets(line, sizeof line, f));
+        int k = 0;
+        for (char *sv = NULL, *tok = strtok_r(line, "\t\n", &sv); tok && k < 32; tok = strtok_r(NULL, "\t\n", &sv))
+            col[k++] = tok;
+        snprintf(rows[r][0], 64, "%s", col[c_policy]);
+        snprintf(rows[r][1], 64, "%s", col[c_budget]);
+        snprintf(rows[r][2], 64, "%s", col[c_recall]);
+        snprintf(rows[r][3], 64, "%s", col[c_oracle]);
+    }
+    fclose(f);
+    for (int r = 0; r < 6; r++) {
+        if (!strcmp(rows[r][0], "h2o-q")) {
+            assert_string_equal(rows[r][3], "NA");
+            continue;
+        }
+        for (int o = 0; o < 6; o++)   /* the oracle's own row at this budget */
+            if (!strcmp(rows[o][0], "oracle") && !strcmp(rows[o][1], rows[r][1]))
+                assert_string_equal(rows[r][3], rows[o][2]);
+    }
+    kv_results_free(res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -370,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_accounting_invariants),
         cmocka_unit_test(test_attn_and_qk_agree),
         cmocka_unit_test(test_outputs_deterministic),
+        cmocka_unit_test(test_summary_oracle_column),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
