@@ -78,19 +78,21 @@ policy_entry(p, s) = is_bytes(s) ? sprintf("%s (B = %s)", p, tokens_of(s, p)) : 
 
 if (!exists("width")) { width = 1200 }
 if (!exists("height")) { height = 800 }
+# Text is not "enhanced": trace and policy names hold underscores, which enhanced text
+# would turn into subscripts.
 # Text shrinks a little with the picture, less than the picture does.
 font_pt = (fmt eq "pdf" ? 10.0 : 11.0) * sqrt(width / 1200.0)
 font_spec = sprintf("DejaVu Sans,%.1f", font_pt)
 title_font = sprintf(",%.1f", font_pt * 14 / 11)    # figure titles
 small_font = sprintf(",%.1f", font_pt * 8 / 11)     # values written into cells
 if (fmt eq "png") {
-    set terminal pngcairo size width, height enhanced font font_spec linewidth 1.2
+    set terminal pngcairo size width, height noenhanced font font_spec linewidth 1.2
 } else {
     if (fmt eq "svg") {
-        set terminal svg size width, height enhanced font font_spec background "white"
+        set terminal svg size width, height noenhanced font font_spec background "white"
     } else {
         if (fmt eq "pdf") {
-            set terminal pdfcairo size 9.0 * width / 1200, 6.0 * height / 800 enhanced \
+            set terminal pdfcairo size 9.0 * width / 1200, 6.0 * height / 800 noenhanced \
                 font font_spec
         } else {
             exit error sprintf("fmt must be png, svg or pdf, got '%s'", fmt)
@@ -113,7 +115,13 @@ set linetype 5 lc rgb "#E69F00" lw 2 dt 1 pt 13 ps 1.3
 set linetype 6 lc rgb "#56B4E9" lw 2 dt 4 pt 15 ps 1.2
 set linetype 7 lc rgb "#000000" lw 2 dt 3 pt 3 ps 1.1
 set linetype 8 lc rgb "#999999" lw 2 dt 5 pt 1 ps 1.1
-set linetype cycle 8
+# Beyond eight policies (the default experiment runs twelve): more colours, so no two
+# policies share a colour until the thirteenth.
+set linetype 9 lc rgb "#882255" lw 2 dt 1 pt 2 ps 1.1
+set linetype 10 lc rgb "#44AA99" lw 2 dt 2 pt 4 ps 1.0
+set linetype 11 lc rgb "#332288" lw 2 dt 1 pt 6 ps 1.1
+set linetype 12 lc rgb "#999933" lw 2 dt 4 pt 8 ps 1.1
+set linetype cycle 12
 
 set grid lc rgb "#dddddd" lw 1
 set border lc rgb "#444444"
