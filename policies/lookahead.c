@@ -253,7 +253,7 @@ static void lookahead_select(void *state, const kv_cache_view *cache, unsigned c
 const kv_policy_ops kv_policy_lookahead = {
     .name = "lookahead",
     .summary = "offline reference: evict what the next `horizon` rows attend to least (Belady-style)",
-    .citation = "Belady 1966 (MIN) carried over to attention mass; issue 5",
+    .citation = "Belady 1966 (MIN) carried over to attention mass: an offline reference, not a bound",
     .params = lookahead_params,
     .n_params = 1,
     .bounded = 1,                   /* keeps exactly min(|A_t|, B) */

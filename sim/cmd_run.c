@@ -162,8 +162,13 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
 {
     if (o->config && kv_config_load(o->config, ex, err, err_len))
         return 2;
-    if (o->policies && add_policy_list(ex, o->policies, err, err_len))
-        return 2;
+    if (o->policies) {            /* --policies replaces the file's policies */
+        free(ex->policies);
+        ex->policies = NULL;
+        ex->n_policies = 0;
+        if (add_policy_list(ex, o->policies, err, err_len))
+            return 2;
+    }
     if (o->budgets && kv_experiment_set_budgets(ex, o->budgets, err, err_len))
         return 2;
     if (o->trace && kv_experiment_set_traces(ex, o->trace, err, err_len))
@@ -369,8 +374,8 @@ int kv_cmd_run(int argc, char **argv)
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
                                  .res = (const kv_results *const *)res, .trace_names = names,
                                  .budget_specs = specs };
-    if (rc == 0 && kv_output_prepare(ex.output, o.force, err, sizeof err))
-        rc = 2;
+    if (rc == 0)
+        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
     if (rc == 0)
         rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
@@ -428,5 +433,9 @@ int kv_cmd_policies(int argc, char **argv)
             print_param(&ops->params[p]);
         printf("\n");
     }
+    printf("every policy also takes:\n    %-12s default %-6s (kv_head|query_head)\n"
+           "                 kv_head: one cache per KV head shared by its query heads; "
+           "query_head: one per query head\n                 (KV repeated per head, memory "
+           "times the group size)\n", "kv_granularity", "kv_head");
     return 0;
 }

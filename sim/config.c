@@ -153,6 +153,11 @@ int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, si
         }
         if (kv_budget_parse(item, &specs[n++], err, err_len))
             return 2;
+        for (int i = 0; i < n - 1; i++)
+            if (strcmp(specs[i].text, specs[n - 1].text) == 0) {
+                snprintf(err, err_len, "budget '%s' is listed twice", specs[i].text);
+                return 2;
+            }
         p += len;
         if (*p == ',')
             p++;
@@ -189,6 +194,8 @@ typedef struct {
     char prev_section[128];
     char seen[256][128];   /* section names met so far, to catch a repeated section */
     int n_seen;
+    char exp_keys[16][64]; /* [experiment] keys met so far, to catch a repeated key */
+    int n_exp_keys;
     char *err;
     size_t err_len;
     int failed;
@@ -244,8 +251,20 @@ static int on_ini(void *user, const char *section, const char *key, const char *
             snprintf(s->seen[s->n_seen++], sizeof s->seen[0], "%s", section);
         snprintf(s->prev_section, sizeof s->prev_section, "%s", section);
     }
-    if (strcmp(section, "experiment") == 0)
+    if (strcmp(section, "experiment") == 0) {
+        /* a repeated key would silently replace the first: refuse it ("trace" and
+         * "traces" are one key) */
+        const char *k = strcmp(key, "traces") == 0 ? "trace" : key;
+        for (int i = 0; i < s->n_exp_keys; i++)
+            if (strcmp(s->exp_keys[i], k) == 0)
+                return fail(s, "[experiment]: key '%s' is given twice%s%s", key, "", "");
+        if (s->n_exp_keys < 16)
+            snprintf(s->exp_keys[s->n_exp_keys++], sizeof s->exp_keys[0], "%s", k);
         return on_experiment_key(s, key, value);
+    }
+    for (int i = 0; i < s->n_items; i++)
+        if (strcmp(s->items[i].section, section + 7) == 0 && strcmp(s->items[i].key, key) == 0)
+            return fail(s, "[%s]: key '%s' is given twice%s", section, key, "");
     if (strncmp(section, "policy ", 7) != 0)
         return fail(s, "unknown section [%s] (expected [experiment] or [policy LABEL])%s%s",
                     section, "", "");

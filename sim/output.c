@@ -96,7 +96,7 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
     if (n_files && !force) {
         snprintf(err, err_len, "%s: output directory is not empty (%d entries); use --force "
                  "to overwrite its result files", dir, n_files);
-        return 1;
+        return 2;
     }
     return 0;
 }

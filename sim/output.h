@@ -49,8 +49,9 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
 
 /*
  * Makes sure dir exists (created with its parents) and is empty of result files. A
- * directory that already holds files is refused unless force is 1. Returns 0, or 1 with
- * err set (cannot create, not a directory, not empty without --force).
+ * directory that already holds files is refused unless force is 1. Returns 0; 1 with err
+ * set when it cannot be created or read, or is not a directory (a runtime failure); 2
+ * when it is not empty and force is 0 (a usage error).
  */
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 

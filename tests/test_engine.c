@@ -357,7 +357,7 @@ static void test_outputs_deterministic(void **state)
     }
     /* a second write into a non-empty directory needs --force */
     char err[512];
-    assert_int_equal(kv_output_prepare(dirs[0], 0, err, sizeof err), 1);
+    assert_int_equal(kv_output_prepare(dirs[0], 0, err, sizeof err), 2);
     assert_non_null(strstr(err, "--force"));
     assert_int_equal(kv_output_prepare(dirs[0], 1, err, sizeof err), 0);
 }
