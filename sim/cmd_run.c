@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void run_usage(FILE *f)
@@ -326,6 +327,15 @@ static int replay_all(const kv_experiment *ex, const int *tokens, const run_opti
 static int plot_results(const kv_experiment *ex, const run_options *o, char *err,
                         size_t err_len)
 {
+    char figures[KV_PATH_LEN + 16];
+    struct stat st;
+    snprintf(figures, sizeof figures, "%s/figures", ex->output);
+    int stale = stat(figures, &st) == 0 && S_ISDIR(st.st_mode);
+    if (o->no_plot || !kv_plot_available()) {
+        if (stale)   /* --force over an earlier run: its figures no longer match */
+            fprintf(stderr, "kvsim run: note: %s/ holds figures of an earlier run; `kvsim "
+                    "plot %s` renders them for these results\n", figures, ex->output);
+    }
     if (o->no_plot)
         return 0;
     if (!kv_plot_available()) {
