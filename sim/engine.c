@@ -51,7 +51,8 @@ typedef struct {
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * T + j] */
+    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
+    size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
     const int *identity;  /* [T] 0, 1, ..., T-1 */
     int t0, nb;
@@ -202,9 +203,8 @@ static void cache_select(kv_cache *c, int t, int P)
 /* The group's full-cache rows over 0..t, as handed to attend and prescan. */
 static kv_row full_row(kv_cache *c, const kv_block *b, int t)
 {
-    int T = b->in->n_tokens;
     for (int hh = 0; hh < c->n_heads; hh++) {
-        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * T;
+        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * b->ld;
         double *w = c->w + (size_t)hh * (t + 1);
         for (int j = 0; j <= t; j++)
             w[j] = p[j];
@@ -246,6 +246,39 @@ static double topk_hit(const kv_cache *c, const int *top, int k, int t)
 }
 
 /*
+ * w[i] = p[pos[i]] for i < n, as doubles (pos NULL: the positions 0..n-1, a plain
+ * conversion), returning their sum. The sum is kept in 8 interleaved partial sums added in
+ * a fixed order, so it is the same for any thread count and instruction set, and it
+ * vectorises where one running sum would be a chain of dependent additions (the chain
+ * cost as much as the rest of the full policy's step).
+ */
+static double gather_row(const float *p, const int *pos, int n, double *w)
+{
+    double acc[8] = { 0 };
+    int i = 0;
+    if (!pos)
+        for (; i + 8 <= n; i += 8)
+            for (int l = 0; l < 8; l++) {
+                double v = p[i + l];
+                w[i + l] = v;
+                acc[l] += v;
+            }
+    else
+        for (; i + 8 <= n; i += 8)
+            for (int l = 0; l < 8; l++) {
+                double v = p[pos[i + l]];
+                w[i + l] = v;
+                acc[l] += v;
+            }
+    for (; i < n; i++) {
+        double v = p[pos ? pos[i] : i];
+        w[i] = v;
+        acc[i & 7] += v;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/*
  * Steps 1-3 for query position t. head_sum/head_min: [n_heads] sums and minima of this
  * layer's heads for this run.
  */
@@ -253,7 +286,7 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
                        double *head_min)
 {
     const kv_trace_info *in = b->in;
-    int T = in->n_tokens, P = in->prefill_len;
+    int P = in->prefill_len;
     int is_prefill = t < P;
     if (!is_prefill && c->ops->attend)
         cache_attend(c, b, t);
@@ -261,23 +294,19 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     c->in_set[t] = 1;
     c->entered[t] = t;
     int n = c->n;
+    /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
+    const int *pos = n == t + 1 ? NULL : c->pos;
     double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
     for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
         int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
-        const float *p = b->rows + (size_t)i_row * T;
+        const float *p = b->rows + (size_t)i_row * b->ld;
         double *w = c->w + (size_t)hh * n;
-        if (is_prefill) {
-            for (int i = 0; i < n; i++)
-                w[i] = p[c->pos[i]];
+        double recall = gather_row(p, pos, n, w);
+        if (is_prefill)
             continue;
-        }
-        double recall = 0.0;
-        for (int i = 0; i < n; i++) {
-            w[i] = p[c->pos[i]];
-            recall += w[i];
-        }
         /* rule 6: a zero denominator gives an all-zero observed row */
         double inv = recall > 0.0 ? 1.0 / recall : 0.0;
+        #pragma omp simd
         for (int i = 0; i < n; i++)
             w[i] *= inv;
         recall_sum += recall;
@@ -303,24 +332,6 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     c->ops->observe(c->state, &row);
     if (t >= P - 1)                                       /* step 3 */
         cache_select(c, t, P);
-}
-
-/* The TOPK highest keys of one row p[0..t], best first; ties rank the more recent key
- * higher (rule 4). Insertion into a short sorted list: O(t) for rows whose mass is
- * concentrated, O(t * TOPK) at worst. */
-static void row_topk(const float *p, int t, int *top)
-{
-    int n = 0;
-    for (int j = t; j >= 0; j--) {       /* newest first: an equal later key stays ahead */
-        if (n == TOPK && p[j] <= p[top[n - 1]])
-            continue;
-        int i = n < TOPK ? n++ : TOPK - 1;
-        while (i > 0 && p[j] > p[top[i - 1]]) {
-            top[i] = top[i - 1];
-            i--;
-        }
-        top[i] = j;
-    }
 }
 
 static double now_seconds(void)
@@ -439,84 +450,128 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
     return n;
 }
 
-/* Streams the layer's rows to the policies that look at the whole trace first. */
-static int prescan_layer(kv_trace *tr, const kv_replay_conf *conf, int layer, kv_block *b,
-                         kv_cache *caches, int n_caches, char *err, size_t err_len)
+/*
+ * The row pipeline of a replay. Block k of the current layer is consumed (every cache
+ * steps through it) while block k+1 is produced into the other buffer and pieces of the
+ * next layer's q and k are read, all as items of one OpenMP loop, so the cores stay busy
+ * with whichever work is left: SGEMMs, trace reads, policy steps.
+ */
+typedef struct {
+    kv_rows *cur;          /* the layer being replayed, loaded */
+    kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
+    float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
+    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    const int *identity;   /* [T] 0, 1, ..., T-1 */
+    int block;
+} kv_stream;
+
+enum { CONSUME_STEP, CONSUME_PRESCAN };
+
+/* The first failure inside a parallel loop, reported after it. */
+typedef struct {
+    int failed;
+    char *err;
+    size_t err_len;
+} kv_failure;
+
+static void record_failure(kv_failure *f, const char *why)
 {
-    int any = 0, T = b->in->n_tokens;
-    for (int ci = 0; ci < n_caches; ci++)
-        any |= caches[ci].ops->prescan != NULL;
-    if (!any)
-        return 0;
-    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
-                                 err, err_len);
-    if (!rows)
-        return 1;
-    for (int t0 = 0; t0 < T;) {
-        b->rows = kv_rows_block(rows, t0, &b->nb, err, err_len);
-        if (!b->rows) {
-            kv_rows_close(rows);
-            return 1;
-        }
-        b->t0 = t0;
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int ci = 0; ci < n_caches; ci++) {
-            kv_cache *c = &caches[ci];
-            if (!c->ops->prescan)
-                continue;
-            for (int t = t0; t < t0 + b->nb; t++) {
+    #pragma omp critical(kv_engine_failure)
+    if (!f->failed++)
+        snprintf(f->err, f->err_len, "%s", why);
+}
+
+/* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
+ * rows (the same for every policy, so found once, while the rows are produced). */
+static void produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
+                    int want_topk, kv_failure *f)
+{
+    char why[512];
+    if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
+                     in->prefill_len, why, sizeof why) != 0)
+        record_failure(f, why);
+}
+
+/* Runs one cache through the block: replay steps, or the prescan of lookahead policies. */
+static void consume(kv_cache *c, const kv_block *b, int mode, kv_results *res, int layer)
+{
+    if (mode == CONSUME_PRESCAN) {
+        if (c->ops->prescan)
+            for (int t = b->t0; t < b->t0 + b->nb; t++) {
                 kv_row full = full_row(c, b, t);
                 c->ops->prescan(c->state, &full);
             }
-        }
-        t0 += b->nb;
+        return;
     }
-    kv_rows_close(rows);
-    return 0;
+    int H = b->in->n_heads;
+    kv_run_result *run = &res->runs[c->run];
+    double *hs = run->head_recall_mean + (size_t)layer * H;
+    double *hm = run->head_recall_min + (size_t)layer * H;
+    for (int t = b->t0; t < b->t0 + b->nb; t++)
+        cache_step(c, b, t, hs, hm);
 }
 
-/* Replays one layer for every run. */
-static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *res, int layer,
-                        kv_cache *caches, int *topk, const int *identity, progress *pg,
-                        char *err, size_t err_len)
+/*
+ * Streams the current layer's rows through every cache (mode: replay steps or prescan).
+ * When next_layer >= 0, the next layer is loaded into s->next meanwhile, its pieces
+ * spread evenly over the blocks. Returns 0, or 1 with err set.
+ */
+static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
+                        kv_cache *caches, int n_caches, int mode, kv_results *res,
+                        progress *pg, char *err, size_t err_len)
+{
+    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
+    int n_tasks = kv_rows_n_tasks(s->cur), want_topk = mode == CONSUME_STEP;
+    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    kv_failure f = { .err = err, .err_len = err_len };
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int task = 0; task < n_tasks; task++)
+        produce(s, in, 0, task, 0, want_topk, &f);
+    for (int k = 0; k < n_blocks && !f.failed; k++) {
+        int t0 = k * block, n_prod = k + 1 < n_blocks ? n_tasks : 0;
+        int p_lo = (int)(n_pieces * k / n_blocks), p_hi = (int)(n_pieces * (k + 1) / n_blocks);
+        int n_load = p_hi - p_lo, n_items = n_prod + n_load + n_caches;
+        kv_block b = { .in = in, .rows = s->buf[k & 1], .ld = kv_rows_ld(s->cur),
+                       .topk = s->topk[k & 1],
+                       .identity = s->identity, .t0 = t0,
+                       .nb = t0 + block < T ? block : T - t0 };
+        /* the longest items first: SGEMMs (or the trace read), reads, then caches */
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < n_items; i++) {
+            if (i < n_prod) {
+                produce(s, in, t0 + block, i, (k + 1) & 1, want_topk, &f);
+            } else if (i < n_prod + n_load) {
+                char why[512];
+                if (kv_rows_load(s->next, next_layer, p_lo + i - n_prod, why, sizeof why))
+                    record_failure(&f, why);
+            } else {
+                consume(&caches[i - n_prod - n_load], &b, mode, res, layer);
+            }
+        }
+        progress_update(pg, layer, in->n_layers, t0 + b.nb, T);
+    }
+    return f.failed ? 1 : 0;
+}
+
+/* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
+static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *res, int layer,
+                        kv_cache *caches, progress *pg, char *err, size_t err_len)
 {
     const kv_trace_info *in = &res->info;
-    int T = in->n_tokens, H = in->n_heads;
     int n_caches = layer_caches(conf, res, layer, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return 1;
     }
-    kv_block b = { .in = in, .topk = topk, .identity = identity };
-    if (prescan_layer(tr, conf, layer, &b, caches, n_caches, err, err_len))
-        return 1;
-    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
-                                 err, err_len);
-    if (!rows)
-        return 1;
-    int rc = 0;
-    for (int t0 = 0; t0 < T;) {
-        b.rows = kv_rows_block(rows, t0, &b.nb, err, err_len);
-        if (!b.rows) {
-            rc = 1;
-            break;
-        }
-        b.t0 = t0;
-        #pragma omp parallel for schedule(static)
-        for (int i = 0; i < H * b.nb; i++)   /* top keys: the same for every policy */
-            row_topk(b.rows + (size_t)i * T, t0 + i % b.nb, topk + (size_t)i * TOPK);
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int ci = 0; ci < n_caches; ci++) {
-            kv_run_result *run = &res->runs[caches[ci].run];
-            double *hs = run->head_recall_mean + (size_t)layer * H;
-            double *hm = run->head_recall_min + (size_t)layer * H;
-            for (int t = t0; t < t0 + b.nb; t++)
-                cache_step(&caches[ci], &b, t, hs, hm);
-        }
-        t0 += b.nb;
-        progress_update(pg, layer, in->n_layers, t0, T);
-    }
-    kv_rows_close(rows);
+    int any_prescan = 0;
+    for (int ci = 0; ci < n_caches; ci++)
+        any_prescan |= caches[ci].ops->prescan != NULL;
+    int next = layer + 1 < in->n_layers ? layer + 1 : -1;
+    int rc = any_prescan ? stream_layer(s, in, layer, -1, caches, n_caches, CONSUME_PRESCAN,
+                                        res, pg, err, err_len) : 0;
+    if (rc == 0)
+        rc = stream_layer(s, in, layer, next, caches, n_caches, CONSUME_STEP, res, pg, err,
+                          err_len);
     for (int ci = 0; rc == 0 && ci < n_caches; ci++)
         if (caches[ci].failed) {
             const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
@@ -527,6 +582,45 @@ static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *re
     if (rc == 0)
         reduce_layer(res, caches, n_caches);
     return rc;
+}
+
+/* Allocates the pipeline and loads layer 0. Returns 0, or 1 with err set. */
+static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identity,
+                       char *err, size_t err_len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    memset(s, 0, sizeof *s);
+    s->block = block;
+    s->identity = identity;
+    s->cur = kv_rows_new(tr, block, err, err_len);
+    if (!s->cur)
+        return 1;
+    if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
+        return 1;
+    size_t rows = (size_t)in->n_heads * (size_t)block;
+    for (int i = 0; i < 2; i++) {
+        s->buf[i] = malloc(rows * kv_rows_ld(s->cur) * sizeof(float));
+        s->topk[i] = malloc(rows * TOPK * sizeof(int));
+        if (!s->buf[i] || !s->topk[i]) {
+            snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
+                     2 * rows, in->n_tokens);
+            return 1;
+        }
+    }
+    for (int p = 0; p < kv_rows_n_load_pieces(s->cur); p++)
+        if (kv_rows_load(s->cur, 0, p, err, err_len))
+            return 1;
+    return 0;
+}
+
+static void stream_close(kv_stream *s)
+{
+    kv_rows_close(s->cur);
+    kv_rows_close(s->next);
+    for (int i = 0; i < 2; i++) {
+        free(s->buf[i]);
+        free(s->topk[i]);
+    }
 }
 
 int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
@@ -545,7 +639,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
     kv_cache *caches = NULL;
-    int *topk = NULL, *identity = NULL;
+    int *identity = NULL;
     if (!res)
         goto nomem;
     res->info = *in;
@@ -556,23 +650,30 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     for (int p = 0; p < conf->n_policies; p++)
         n_caches += caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
     caches = calloc((size_t)n_caches, sizeof *caches);
-    topk = malloc((size_t)in->n_heads * block * TOPK * sizeof *topk);
     identity = malloc((size_t)in->n_tokens * sizeof *identity);
-    if (!caches || !topk || !identity)
+    if (!caches || !identity)
         goto nomem;
     for (int j = 0; j < in->n_tokens; j++)
         identity[j] = j;
+    /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
+    int blas_threads = kv_blas_single_begin();
     progress pg = { .start = now_seconds(), .enabled = conf->progress };
+    kv_stream stream;
+    rc = stream_open(&stream, tr, block, identity, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
-        rc = replay_layer(tr, conf, res, l, caches, topk, identity, &pg, err, err_len);
+        rc = replay_layer(&stream, conf, res, l, caches, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)
             cache_free(&caches[ci]);
+        kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
+        stream.cur = stream.next;
+        stream.next = done;
     }
+    stream_close(&stream);
+    kv_blas_threads_restore(blas_threads);
     if (pg.shown)
         fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", in->n_layers,
                 now_seconds() - pg.start, "");
     free(caches);
-    free(topk);
     free(identity);
     if (rc) {
         kv_results_free(res);
@@ -595,7 +696,6 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
 nomem:
     snprintf(err, err_len, "out of memory allocating the results");
     free(caches);
-    free(topk);
     free(identity);
     kv_results_free(res);
     return 1;

@@ -779,6 +779,64 @@ int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, siz
     return rc;
 }
 
+/* Reads heads h0..h1-1 (the first dimension) of a 3-D float dataset as float32, one
+ * hyperslab; IEEE halves are read raw and widened here, as read_whole does. */
+static int read_head_slab(kv_trace *tr, const char *dpath, int h0, int h1, float *out,
+                          char *err, size_t len)
+{
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    int half = d >= 0 && stores_ieee_half(d);
+    hid_t rtype = d < 0 ? H5I_INVALID_HID : half ? H5Dget_type(d) : H5T_NATIVE_FLOAT;
+    hid_t fspace = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hsize_t dims[3] = {0, 0, 0};
+    int ok = d >= 0 && rtype >= 0 && fspace >= 0
+             && H5Sget_simple_extent_ndims(fspace) == 3
+             && H5Sget_simple_extent_dims(fspace, dims, NULL) == 3;
+    hsize_t start[3] = {(hsize_t)h0, 0, 0};
+    hsize_t count[3] = {(hsize_t)(h1 - h0), dims[1], dims[2]};
+    hid_t mspace = ok ? H5Screate_simple(3, count, NULL) : H5I_INVALID_HID;
+    ok = ok && mspace >= 0
+         && H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0
+         && H5Dread(d, rtype, mspace, fspace, H5P_DEFAULT, out) >= 0;
+    if (ok && half)
+        widen_halves(out, (size_t)(count[0] * count[1] * count[2]));
+    if (mspace >= 0)
+        H5Sclose(mspace);
+    if (fspace >= 0)
+        H5Sclose(fspace);
+    if (half && rtype >= 0)
+        H5Tclose(rtype);
+    if (d >= 0)
+        H5Dclose(d);
+    if (!ok)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read heads %d..%d of %s "
+                             "(damaged file?)", tr->path, h0, h1 - 1, dpath);
+    return 0;
+}
+
+int kv_trace_read_heads(kv_trace *tr, int layer, kv_tensor which, int h0, int h1, float *out,
+                        char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !out)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_heads: NULL "
+                             "argument");
+    if (!tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
+                             "datasets (source = attn)", tr->path);
+    int n = which == KV_TENSOR_Q ? tr->info.n_heads : tr->info.n_kv_heads;
+    if (layer < 0 || layer >= tr->info.n_layers || h0 < 0 || h0 >= h1 || h1 > n
+        || (which != KV_TENSOR_Q && which != KV_TENSOR_K))
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: read of heads [%d, %d) of "
+                             "layer %d is outside the trace", tr->path, h0, h1, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, which == KV_TENSOR_Q ? "q" : "k");
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_head_slab(tr, dpath, h0, h1, out, err, err_len);
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len)
 {
     kv_trace_quiet();

@@ -1,0 +1,187 @@
+/*
+ * test_engine_threads.c - the parallel replay gives the serial replay's results: every
+ * output file byte-identical with 1 and 2 OpenMP threads, on generated qk and attn traces
+ * of several layers (so the next layer is loaded while the current one is replayed) and
+ * several blocks per layer (so blocks are produced while the previous one is consumed),
+ * with every seed policy and the full reference. Also: the replay leaves the BLAS's own
+ * thread count as it found it.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sim/engine.h"
+#include "sim/output.h"
+#include "traces/gen.h"
+#include "traces/trace.h"
+
+/* OpenBLAS's thread control (weak: the test still builds against another BLAS). */
+extern int openblas_get_num_threads(void) __attribute__((weak));
+extern void openblas_set_num_threads(int n) __attribute__((weak));
+
+static char tmpdir[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-threads-XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    return system(cmd);
+}
+
+static void add(kv_policy_conf *pc, const char *label, const char *type, const char *k,
+                const char *v)
+{
+    memset(pc, 0, sizeof *pc);
+    snprintf(pc->label, sizeof pc->label, "%s", label);
+    pc->ops = kv_policy_find(type);
+    assert_non_null(pc->ops);
+    kv_params_defaults(pc->ops, &pc->values);
+    char err[256];
+    if (k && kv_params_set(pc->ops, &pc->values, k, v, err, sizeof err))
+        fail_msg("%s", err);
+}
+
+/* Replays path with n_threads threads and writes the result files into dir. */
+static void replay_to(const char *path, int n_threads, int block, const char *dir)
+{
+    kv_policy_conf pc[7];
+    add(&pc[0], "full", "full", NULL, NULL);
+    add(&pc[1], "window", "window", NULL, NULL);
+    add(&pc[2], "streamingllm", "streamingllm", NULL, NULL);
+    add(&pc[3], "h2o", "h2o", NULL, NULL);
+    add(&pc[4], "snapkv", "snapkv", "window", "8");
+    add(&pc[5], "morphkv", "morphkv", "window", "8");
+    add(&pc[6], "h2o-max", "h2o", "gqa", "max");
+    int budgets[] = { 24, 48 };
+    kv_replay_conf conf = { .policies = pc, .n_policies = 7, .budgets = budgets,
+                            .n_budgets = 2, .block = block, .seed = 3 };
+    char err[512];
+    kv_trace *tr;
+    if (kv_trace_open(path, &tr, err, sizeof err))
+        fail_msg("%s", err);
+    omp_set_num_threads(n_threads);
+    kv_results *res = NULL;
+    if (kv_replay(tr, &conf, &res, err, sizeof err))
+        fail_msg("%s", err);
+    kv_trace_close(tr);
+    assert_int_equal(kv_output_prepare(dir, 0, err, sizeof err), 0);
+    const kv_results *all[1] = { res };
+    const char *names[1] = { "trace.h5" };
+    kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
+                                 .trace_names = names };
+    if (kv_output_write(dir, &er, err, sizeof err))
+        fail_msg("%s", err);
+    kv_results_free(res);
+}
+
+static void assert_same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    assert_non_null(fa);
+    assert_non_null(fb);
+    long offset = 0;
+    for (;; offset++) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb)
+            fail_msg("%s and %s differ at byte %ld", a, b, offset);
+        if (ca == EOF)
+            break;
+    }
+    assert_true(offset > 0);
+    fclose(fa);
+    fclose(fb);
+}
+
+static void check_trace(int with_attn, int block)
+{
+    char path[300], d1[300], d2[300];
+    snprintf(path, sizeof path, "%s/t%d_%d.h5", tmpdir, with_attn, block);
+    snprintf(d1, sizeof d1, "%s/out1_%d_%d", tmpdir, with_attn, block);
+    snprintf(d2, sizeof d2, "%s/out2_%d_%d", tmpdir, with_attn, block);
+    kv_gen_params gp;
+    kv_gen_defaults(&gp);
+    gp.seed = 11;
+    gp.n_layers = 3;
+    gp.n_heads = 8;
+    gp.n_kv_heads = 2;
+    gp.head_dim = 32;
+    gp.n_tokens = 200;
+    gp.prefill_len = 60;
+    gp.period = 50;
+    char err[512];
+    if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
+        fail_msg("%s", err);
+    replay_to(path, 1, block, d1);
+    replay_to(path, 2, block, d2);
+    const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
+                            "lifetimes.tsv" };
+    for (int i = 0; i < 5; i++) {
+        char a[400], b[400];
+        snprintf(a, sizeof a, "%s/%s", d1, files[i]);
+        snprintf(b, sizeof b, "%s/%s", d2, files[i]);
+        assert_same_file(a, b);
+    }
+}
+
+/* qk: rows recomputed by GQA group, blocks of 16 rows (13 per layer, the last short). */
+static void test_qk_one_vs_two_threads(void **state)
+{
+    (void)state;
+    check_trace(0, 16);
+}
+
+/* The default block size (one block covers most of this trace's layers). */
+static void test_qk_default_block(void **state)
+{
+    (void)state;
+    check_trace(0, 0);
+}
+
+/* attn: rows read from the file, a block of 32 rows straddling the 128-row chunks. */
+static void test_attn_one_vs_two_threads(void **state)
+{
+    (void)state;
+    check_trace(1, 32);
+}
+
+/* The replay makes the BLAS single-threaded while it runs and restores it after. */
+static void test_blas_threads_restored(void **state)
+{
+    (void)state;
+    if (!openblas_get_num_threads || !openblas_set_num_threads)
+        skip();
+    openblas_set_num_threads(2);
+    int before = openblas_get_num_threads();
+    char path[300], dir[300];
+    snprintf(path, sizeof path, "%s/t0_16.h5", tmpdir);
+    snprintf(dir, sizeof dir, "%s/out_blas", tmpdir);
+    replay_to(path, 2, 16, dir);
+    assert_int_equal(openblas_get_num_threads(), before);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_qk_one_vs_two_threads),
+        cmocka_unit_test(test_qk_default_block),
+        cmocka_unit_test(test_attn_one_vs_two_threads),
+        cmocka_unit_test(test_blas_threads_restored),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
