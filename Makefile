@@ -26,7 +26,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-.PHONY: all deps run test check clean
+.PHONY: all deps run test check clean bench
 all: kvsim
 
 deps:
@@ -69,3 +69,13 @@ run: deps
 
 clean:
 	rm -rf $(BUILD) kvsim
+
+# `make bench`: issue 7's performance workloads against their floors (tests/bench.c; it is
+# not a test_*.c, so `make check` does not run it). Traces are generated once into
+# build/bench/ and kept; results in build/bench/results.tsv.
+bench: $(BUILD)/bench/bench
+	$(BUILD)/bench/bench $(BUILD)/bench
+
+$(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -o $@

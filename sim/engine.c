@@ -245,31 +245,38 @@ static double topk_hit(const kv_cache *c, const int *top, int k, int t)
     return (double)hit / n;
 }
 
+/* Eight lanes of gather_row: w[i..i+8) = p[idx(i)...] and lane l's partial sum. */
+#define GATHER8(IDX)                                                                   \
+    do {                                                                               \
+        double v0 = p[IDX(i)], v1 = p[IDX(i + 1)], v2 = p[IDX(i + 2)], v3 = p[IDX(i + 3)]; \
+        double v4 = p[IDX(i + 4)], v5 = p[IDX(i + 5)], v6 = p[IDX(i + 6)];              \
+        double v7 = p[IDX(i + 7)];                                                     \
+        w[i] = v0, w[i + 1] = v1, w[i + 2] = v2, w[i + 3] = v3;                        \
+        w[i + 4] = v4, w[i + 5] = v5, w[i + 6] = v6, w[i + 7] = v7;                    \
+        a0 += v0, a1 += v1, a2 += v2, a3 += v3, a4 += v4, a5 += v5, a6 += v6, a7 += v7; \
+    } while (0)
+#define AT_POS(i) pos[i]
+#define AT_SELF(i) (i)
+
 /*
  * w[i] = p[pos[i]] for i < n, as doubles (pos NULL: the positions 0..n-1, a plain
  * conversion), returning their sum. The sum is kept in 8 interleaved partial sums added in
- * a fixed order, so it is the same for any thread count and instruction set, and it
- * vectorises where one running sum would be a chain of dependent additions (the chain
- * cost as much as the rest of the full policy's step).
+ * a fixed order, so it is the same for any thread count and instruction set, and the
+ * additions are independent where one running sum would be a chain of dependent ones;
+ * the partial sums are separate locals, so they stay in registers (as an array, GCC kept
+ * them in memory: 2.6x slower).
  */
 static double gather_row(const float *p, const int *pos, int n, double *w)
 {
-    double acc[8] = { 0 };
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
     int i = 0;
     if (!pos)
         for (; i + 8 <= n; i += 8)
-            for (int l = 0; l < 8; l++) {
-                double v = p[i + l];
-                w[i + l] = v;
-                acc[l] += v;
-            }
+            GATHER8(AT_SELF);
     else
         for (; i + 8 <= n; i += 8)
-            for (int l = 0; l < 8; l++) {
-                double v = p[pos[i + l]];
-                w[i + l] = v;
-                acc[l] += v;
-            }
+            GATHER8(AT_POS);
+    double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
     for (; i < n; i++) {
         double v = p[pos ? pos[i] : i];
         w[i] = v;
@@ -512,6 +519,17 @@ static void consume(kv_cache *c, const kv_block *b, int mode, kv_results *res, i
 }
 
 /*
+ * Pieces of the next layer to load before block k of n: the work of a block grows with
+ * its last row (t1 = (k+1) * block, for the SGEMM as for the full-cache policies), so
+ * pieces are spread in proportion to it, where reading a piece (a serial item, the trace's
+ * reads are serialised) is hidden behind the other work. All n_pieces before block n.
+ */
+static int pieces_before(long n_pieces, int k, int n)
+{
+    return (int)(n_pieces * ((long)k * (k + 1)) / ((long)n * (n + 1)));
+}
+
+/*
  * Streams the current layer's rows through every cache (mode: replay steps or prescan).
  * When next_layer >= 0, the next layer is loaded into s->next meanwhile, its pieces
  * spread evenly over the blocks. Returns 0, or 1 with err set.
@@ -529,7 +547,8 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         produce(s, in, 0, task, 0, want_topk, &f);
     for (int k = 0; k < n_blocks && !f.failed; k++) {
         int t0 = k * block, n_prod = k + 1 < n_blocks ? n_tasks : 0;
-        int p_lo = (int)(n_pieces * k / n_blocks), p_hi = (int)(n_pieces * (k + 1) / n_blocks);
+        int p_lo = pieces_before(n_pieces, k, n_blocks), p_hi = pieces_before(n_pieces, k + 1,
+                                                                          n_blocks);
         int n_load = p_hi - p_lo, n_items = n_prod + n_load + n_caches;
         kv_block b = { .in = in, .rows = s->buf[k & 1], .ld = kv_rows_ld(s->cur),
                        .topk = s->topk[k & 1],
@@ -599,7 +618,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identit
         return 1;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
-        s->buf[i] = malloc(rows * kv_rows_ld(s->cur) * sizeof(float));
+        s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
         s->topk[i] = malloc(rows * TOPK * sizeof(int));
         if (!s->buf[i] || !s->topk[i]) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
