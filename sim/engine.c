@@ -15,6 +15,9 @@
 #include "sim/rows.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -490,12 +493,22 @@ static void record_failure(kv_failure *f, const char *why)
 
 /* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
  * rows (the same for every policy, so found once, while the rows are produced). */
-static void produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
-                    int want_topk, kv_failure *f)
+static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
+                   int want_topk, kv_failure *f)
 {
     char why[512];
     if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) != 0)
+                     in->prefill_len, why, sizeof why) == 0)
+        return 0;
+    record_failure(f, why);
+    return 1;
+}
+
+/* Loads piece `piece` of the next layer. */
+static void load_piece(kv_stream *s, int next_layer, int piece, kv_failure *f)
+{
+    char why[512];
+    if (kv_rows_load(s->next, next_layer, piece, why, sizeof why))
         record_failure(f, why);
 }
 
@@ -529,14 +542,24 @@ static int pieces_before(long n_pieces, int k, int n)
     return (int)(n_pieces * ((long)k * (k + 1)) / ((long)n * (n + 1)));
 }
 
+/* The block at t0 of the current layer, as the caches read it from buffer slot. */
+static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
+{
+    int T = in->n_tokens;
+    kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
+                   .topk = s->topk[slot], .identity = s->identity, .t0 = t0,
+                   .nb = t0 + s->block < T ? s->block : T - t0 };
+    return b;
+}
+
 /*
- * Streams the current layer's rows through every cache (mode: replay steps or prescan).
- * When next_layer >= 0, the next layer is loaded into s->next meanwhile, its pieces
- * spread evenly over the blocks. Returns 0, or 1 with err set.
+ * Pipelined schedule: block k is consumed by every cache while block k+1 is produced into
+ * the other buffer. Used for attn traces (one read per block: the trace's reads are
+ * serialised) and for prescans; see stream_fused for qk replays.
  */
-static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
-                        kv_cache *caches, int n_caches, int mode, kv_results *res,
-                        progress *pg, char *err, size_t err_len)
+static int stream_pipelined(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
+                            kv_cache *caches, int n_caches, int mode, kv_results *res,
+                            progress *pg, char *err, size_t err_len)
 {
     int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
     int n_tasks = kv_rows_n_tasks(s->cur), want_topk = mode == CONSUME_STEP;
@@ -547,29 +570,130 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         produce(s, in, 0, task, 0, want_topk, &f);
     for (int k = 0; k < n_blocks && !f.failed; k++) {
         int t0 = k * block, n_prod = k + 1 < n_blocks ? n_tasks : 0;
-        int p_lo = pieces_before(n_pieces, k, n_blocks), p_hi = pieces_before(n_pieces, k + 1,
-                                                                          n_blocks);
-        int n_load = p_hi - p_lo, n_items = n_prod + n_load + n_caches;
-        kv_block b = { .in = in, .rows = s->buf[k & 1], .ld = kv_rows_ld(s->cur),
-                       .topk = s->topk[k & 1],
-                       .identity = s->identity, .t0 = t0,
-                       .nb = t0 + block < T ? block : T - t0 };
+        int p_lo = pieces_before(n_pieces, k, n_blocks);
+        int n_load = pieces_before(n_pieces, k + 1, n_blocks) - p_lo;
+        int n_items = n_prod + n_load + n_caches;
+        kv_block b = block_at(s, in, t0, k & 1);
         /* the longest items first: SGEMMs (or the trace read), reads, then caches */
         #pragma omp parallel for schedule(dynamic, 1)
         for (int i = 0; i < n_items; i++) {
-            if (i < n_prod) {
+            if (i < n_prod)
                 produce(s, in, t0 + block, i, (k + 1) & 1, want_topk, &f);
-            } else if (i < n_prod + n_load) {
-                char why[512];
-                if (kv_rows_load(s->next, next_layer, p_lo + i - n_prod, why, sizeof why))
-                    record_failure(&f, why);
-            } else {
+            else if (i < n_prod + n_load)
+                load_piece(s, next_layer, p_lo + i - n_prod, &f);
+            else
                 consume(&caches[i - n_prod - n_load], &b, mode, res, layer);
-            }
         }
         progress_update(pg, layer, in->n_layers, t0 + b.nb, T);
     }
     return f.failed ? 1 : 0;
+}
+
+/* The caches of each task's query heads, for the fused schedule: task g's caches are
+ * members[first[g] .. first[g+1]); the caches whose heads span several tasks (layer-scope
+ * policies) are members[first[n_tasks] .. n_caches). NULL when out of memory. */
+static int *group_caches(const kv_rows *rows, const kv_cache *caches, int n_caches,
+                         int **first_out)
+{
+    int n_tasks = kv_rows_n_tasks(rows);
+    int *members = malloc(((size_t)n_caches + 1) * sizeof *members);
+    int *first = malloc(((size_t)n_tasks + 2) * sizeof *first);
+    if (!members || !first) {
+        free(members);
+        free(first);
+        return NULL;
+    }
+    int m = 0;
+    for (int g = 0; g <= n_tasks; g++) {   /* g == n_tasks: the spanning ones */
+        first[g] = m;
+        int h0 = 0, h1 = 0;
+        if (g < n_tasks)
+            kv_rows_task_heads(rows, g, &h0, &h1);
+        for (int ci = 0; ci < n_caches; ci++) {
+            const kv_cache *c = &caches[ci];
+            int t_lo = -1;
+            for (int t = 0; t < n_tasks && t_lo < 0; t++) {
+                int a, b;
+                kv_rows_task_heads(rows, t, &a, &b);
+                if (c->head_lo >= a && c->head_lo + c->n_heads <= b)
+                    t_lo = t;
+            }
+            if ((g < n_tasks && t_lo == g) || (g == n_tasks && t_lo < 0))
+                members[m++] = ci;
+        }
+    }
+    first[n_tasks + 1] = m;
+    *first_out = first;
+    return members;
+}
+
+/*
+ * Fused schedule for qk replays: block k is one item per GQA group (task), which produces
+ * the group's rows and then steps every cache of that KV head through them at once, while
+ * they are still in the core's caches (the block buffer, n_heads * block * T floats, is
+ * far larger than the last-level cache, so consuming it an iteration later read every row
+ * back from memory, once per policy). Caches that span groups consume block k-1 in
+ * iteration k; pieces of the next layer load meanwhile. Needs n_tasks >= the thread count
+ * to keep every thread busy.
+ */
+static int stream_fused(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
+                        kv_cache *caches, int n_caches, kv_results *res, progress *pg,
+                        char *err, size_t err_len)
+{
+    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
+    int n_tasks = kv_rows_n_tasks(s->cur), *first = NULL;
+    int *members = group_caches(s->cur, caches, n_caches, &first);
+    if (!members) {
+        snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
+        return 1;
+    }
+    int n_span = first[n_tasks + 1] - first[n_tasks];
+    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    kv_failure f = { .err = err, .err_len = err_len };
+    for (int k = 0; k <= n_blocks && !f.failed; k++) {   /* k = n_blocks: spanning only */
+        int t0 = k * block, n_fused = k < n_blocks ? n_tasks : 0;
+        int p_lo = k < n_blocks ? pieces_before(n_pieces, k, n_blocks) : 0;
+        int n_load = k < n_blocks ? pieces_before(n_pieces, k + 1, n_blocks) - p_lo : 0;
+        int n_late = k > 0 ? n_span : 0;
+        kv_block b = block_at(s, in, t0, k & 1);
+        kv_block prev = block_at(s, in, t0 - block, (k + 1) & 1);
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < n_fused + n_load + n_late; i++) {
+            if (i < n_fused) {
+                if (produce(s, in, t0, i, k & 1, 1, &f) == 0)
+                    for (int m = first[i]; m < first[i + 1]; m++)
+                        consume(&caches[members[m]], &b, CONSUME_STEP, res, layer);
+            } else if (i < n_fused + n_load) {
+                load_piece(s, next_layer, p_lo + i - n_fused, &f);
+            } else {
+                consume(&caches[members[first[n_tasks] + i - n_fused - n_load]], &prev,
+                        CONSUME_STEP, res, layer);
+            }
+        }
+        if (k < n_blocks)
+            progress_update(pg, layer, in->n_layers, t0 + b.nb, T);
+    }
+    free(members);
+    free(first);
+    return f.failed ? 1 : 0;
+}
+
+/* Streams the current layer's rows through every cache (mode: replay steps or prescan),
+ * loading the next layer (next_layer >= 0) meanwhile. Returns 0, or 1 with err set. The
+ * schedule changes only which thread runs what, never the results. */
+static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
+                        kv_cache *caches, int n_caches, int mode, kv_results *res,
+                        progress *pg, char *err, size_t err_len)
+{
+    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1;
+#ifdef _OPENMP
+    n_threads = omp_get_max_threads();
+#endif
+    if (mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= n_threads)
+        return stream_fused(s, in, layer, next_layer, caches, n_caches, res, pg, err,
+                            err_len);
+    return stream_pipelined(s, in, layer, next_layer, caches, n_caches, mode, res, pg, err,
+                            err_len);
 }
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */

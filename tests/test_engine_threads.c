@@ -3,8 +3,10 @@
  * output file byte-identical with 1 and 2 OpenMP threads, on generated qk and attn traces
  * of several layers (so the next layer is loaded while the current one is replayed) and
  * several blocks per layer (so blocks are produced while the previous one is consumed),
- * with every seed policy and the full reference. Also: the replay leaves the BLAS's own
- * thread count as it found it.
+ * with every seed policy, the full reference and a test policy that uses every optional
+ * hook (layer scope, attend, prescan). With 3 threads and 2 KV heads the qk replay takes
+ * the pipelined schedule instead of the fused one, so the two are compared too. Also: the
+ * replay leaves the BLAS's own thread count as it found it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,6 +27,100 @@
 /* OpenBLAS's thread control (weak: the test still builds against another BLAS). */
 extern int openblas_get_num_threads(void) __attribute__((weak));
 extern void openblas_set_num_threads(int n) __attribute__((weak));
+
+/* ------------------------------------------------------------ a policy with every hook */
+
+/* "lookahead": one cache per layer; prescan sums every future row per position; attend
+ * keeps the B past keys the current full rows weigh most; select then keeps the B with the
+ * largest prescan total. Deterministic, and any row it misses changes its choices. */
+typedef struct {
+    int budget, n_tokens;
+    double *future;   /* [T] sum over all rows and heads of p_t[j] */
+    double *score;    /* [T] scratch by view index */
+    int *cand, *scratch;
+} lookahead_state;
+
+static void *lookahead_create(const kv_param_values *values, const kv_policy_ctx *ctx)
+{
+    (void)values;
+    lookahead_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->budget = ctx->budget;
+    st->n_tokens = ctx->n_tokens;
+    st->future = calloc((size_t)ctx->n_tokens, sizeof *st->future);
+    st->score = calloc((size_t)ctx->n_tokens, sizeof *st->score);
+    st->cand = calloc((size_t)ctx->n_tokens, sizeof *st->cand);
+    st->scratch = calloc((size_t)ctx->n_tokens, sizeof *st->scratch);
+    return st;
+}
+
+static void lookahead_destroy(void *state)
+{
+    lookahead_state *st = state;
+    if (!st)
+        return;
+    free(st->future);
+    free(st->score);
+    free(st->cand);
+    free(st->scratch);
+    free(st);
+}
+
+static void lookahead_prescan(void *state, const kv_row *full)
+{
+    lookahead_state *st = state;
+    for (int h = 0; h < full->n_heads; h++)
+        for (int i = 0; i < full->n; i++)
+            st->future[full->pos[i]] += full->w[(size_t)h * full->n + i];
+}
+
+static void lookahead_observe(void *state, const kv_row *row)
+{
+    (void)state;
+    (void)row;
+}
+
+/* The best k of view positions pos[0..n) by score[], into keep. */
+static void keep_best(lookahead_state *st, const int *pos, int n, int k, unsigned char *keep)
+{
+    for (int i = 0; i < n; i++)
+        st->cand[i] = i;
+    kv_keep_top(st->score, pos, st->cand, n, k, st->scratch, keep);
+}
+
+static void lookahead_attend(void *state, const kv_row *full, unsigned char *keep)
+{
+    lookahead_state *st = state;
+    int past = full->n - 1;   /* positions 0..t-1 */
+    for (int i = 0; i < past; i++) {
+        st->score[i] = 0;
+        for (int h = 0; h < full->n_heads; h++)
+            st->score[i] += full->w[(size_t)h * full->n + i];
+    }
+    keep_best(st, full->pos, past, st->budget, keep);
+}
+
+static void lookahead_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+{
+    lookahead_state *st = state;
+    for (int i = 0; i < cache->n; i++)
+        st->score[i] = st->future[cache->pos[i]];
+    keep_best(st, cache->pos, cache->n, cache->budget, keep);
+}
+
+static int lookahead_scope(const kv_param_values *values)
+{
+    (void)values;
+    return KV_SCOPE_LAYER;
+}
+
+static const kv_policy_ops lookahead_ops = {
+    .name = "lookahead", .summary = "test policy", .citation = "test", .bounded = 1,
+    .create = lookahead_create, .observe = lookahead_observe, .select = lookahead_select,
+    .destroy = lookahead_destroy, .scope = lookahead_scope, .attend = lookahead_attend,
+    .prescan = lookahead_prescan,
+};
 
 static char tmpdir[256];
 
@@ -60,7 +156,7 @@ static void add(kv_policy_conf *pc, const char *label, const char *type, const c
 /* Replays path with n_threads threads and writes the result files into dir. */
 static void replay_to(const char *path, int n_threads, int block, const char *dir)
 {
-    kv_policy_conf pc[7];
+    kv_policy_conf pc[8];
     add(&pc[0], "full", "full", NULL, NULL);
     add(&pc[1], "window", "window", NULL, NULL);
     add(&pc[2], "streamingllm", "streamingllm", NULL, NULL);
@@ -68,8 +164,11 @@ static void replay_to(const char *path, int n_threads, int block, const char *di
     add(&pc[4], "snapkv", "snapkv", "window", "8");
     add(&pc[5], "morphkv", "morphkv", "window", "8");
     add(&pc[6], "h2o-max", "h2o", "gqa", "max");
+    memset(&pc[7], 0, sizeof pc[7]);
+    snprintf(pc[7].label, sizeof pc[7].label, "lookahead");
+    pc[7].ops = &lookahead_ops;
     int budgets[] = { 24, 48 };
-    kv_replay_conf conf = { .policies = pc, .n_policies = 7, .budgets = budgets,
+    kv_replay_conf conf = { .policies = pc, .n_policies = 8, .budgets = budgets,
                             .n_budgets = 2, .block = block, .seed = 3 };
     char err[512];
     kv_trace *tr;
@@ -108,12 +207,13 @@ static void assert_same_file(const char *a, const char *b)
     fclose(fb);
 }
 
+/* Replays a generated trace with 1, 2 and 3 threads: every file identical to 1's. */
 static void check_trace(int with_attn, int block)
 {
-    char path[300], d1[300], d2[300];
+    char path[300], d[3][300];
     snprintf(path, sizeof path, "%s/t%d_%d.h5", tmpdir, with_attn, block);
-    snprintf(d1, sizeof d1, "%s/out1_%d_%d", tmpdir, with_attn, block);
-    snprintf(d2, sizeof d2, "%s/out2_%d_%d", tmpdir, with_attn, block);
+    for (int i = 0; i < 3; i++)
+        snprintf(d[i], sizeof d[i], "%s/out%d_%d_%d", tmpdir, i + 1, with_attn, block);
     kv_gen_params gp;
     kv_gen_defaults(&gp);
     gp.seed = 11;
@@ -127,19 +227,21 @@ static void check_trace(int with_attn, int block)
     char err[512];
     if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
         fail_msg("%s", err);
-    replay_to(path, 1, block, d1);
-    replay_to(path, 2, block, d2);
+    for (int i = 0; i < 3; i++)
+        replay_to(path, i + 1, block, d[i]);
     const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
                             "lifetimes.tsv" };
-    for (int i = 0; i < 5; i++) {
-        char a[400], b[400];
-        snprintf(a, sizeof a, "%s/%s", d1, files[i]);
-        snprintf(b, sizeof b, "%s/%s", d2, files[i]);
-        assert_same_file(a, b);
-    }
+    for (int i = 0; i < 5; i++)
+        for (int n = 1; n < 3; n++) {
+            char a[400], b[400];
+            snprintf(a, sizeof a, "%s/%s", d[0], files[i]);
+            snprintf(b, sizeof b, "%s/%s", d[n], files[i]);
+            assert_same_file(a, b);
+        }
 }
 
-/* qk: rows recomputed by GQA group, blocks of 16 rows (13 per layer, the last short). */
+/* qk: rows recomputed by GQA group, blocks of 16 rows (13 per layer, the last short);
+ * fused schedule with 1 and 2 threads, pipelined with 3. */
 static void test_qk_one_vs_two_threads(void **state)
 {
     (void)state;
