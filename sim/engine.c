@@ -486,9 +486,20 @@ typedef struct {
 
 static void record_failure(kv_failure *f, const char *why)
 {
-    #pragma omp critical(kv_engine_failure)
-    if (!f->failed++)
-        snprintf(f->err, f->err_len, "%s", why);
+    int first;
+    #pragma omp atomic capture
+    first = f->failed++;
+    if (first == 0)
+        snprintf(f->err, f->err_len, "%s", why);   /* only the first writes */
+}
+
+/* 1 once any task has failed: the remaining tasks then skip their work. */
+static int has_failed(const kv_failure *f)
+{
+    int failed;
+    #pragma omp atomic read
+    failed = f->failed;
+    return failed != 0;
 }
 
 /* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
@@ -552,148 +563,182 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
     return b;
 }
 
-/*
- * Pipelined schedule: block k is consumed by every cache while block k+1 is produced into
- * the other buffer. Used for attn traces (one read per block: the trace's reads are
- * serialised) and for prescans; see stream_fused for qk replays.
- */
-static int stream_pipelined(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
-                            kv_cache *caches, int n_caches, int mode, kv_results *res,
-                            progress *pg, char *err, size_t err_len)
-{
-    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
-    int n_tasks = kv_rows_n_tasks(s->cur), want_topk = mode == CONSUME_STEP;
-    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
-    kv_failure f = { .err = err, .err_len = err_len };
-    #pragma omp parallel for schedule(dynamic, 1)
-    for (int task = 0; task < n_tasks; task++)
-        produce(s, in, 0, task, 0, want_topk, &f);
-    for (int k = 0; k < n_blocks && !f.failed; k++) {
-        int t0 = k * block, n_prod = k + 1 < n_blocks ? n_tasks : 0;
-        int p_lo = pieces_before(n_pieces, k, n_blocks);
-        int n_load = pieces_before(n_pieces, k + 1, n_blocks) - p_lo;
-        int n_items = n_prod + n_load + n_caches;
-        kv_block b = block_at(s, in, t0, k & 1);
-        /* the longest items first: SGEMMs (or the trace read), reads, then caches */
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int i = 0; i < n_items; i++) {
-            if (i < n_prod)
-                produce(s, in, t0 + block, i, (k + 1) & 1, want_topk, &f);
-            else if (i < n_prod + n_load)
-                load_piece(s, next_layer, p_lo + i - n_prod, &f);
-            else
-                consume(&caches[i - n_prod - n_load], &b, mode, res, layer);
-        }
-        progress_update(pg, layer, in->n_layers, t0 + b.nb, T);
-    }
-    return f.failed ? 1 : 0;
-}
-
-/* The caches of each task's query heads, for the fused schedule: task g's caches are
- * members[first[g] .. first[g+1]); the caches whose heads span several tasks (layer-scope
- * policies) are members[first[n_tasks] .. n_caches). NULL when out of memory. */
-static int *group_caches(const kv_rows *rows, const kv_cache *caches, int n_caches,
-                         int **first_out)
+/* The task of each cache, for the schedule: task_of[c] = the task whose query heads
+ * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
+ * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
+ * out of memory. */
+static int *cache_tasks(const kv_rows *rows, const kv_cache *caches, int n_caches,
+                        int **members_out, int **first_out)
 {
     int n_tasks = kv_rows_n_tasks(rows);
+    int *task_of = malloc(((size_t)n_caches + 1) * sizeof *task_of);
     int *members = malloc(((size_t)n_caches + 1) * sizeof *members);
-    int *first = malloc(((size_t)n_tasks + 2) * sizeof *first);
-    if (!members || !first) {
+    int *first = calloc((size_t)n_tasks + 1, sizeof *first);
+    if (!task_of || !members || !first) {
+        free(task_of);
         free(members);
         free(first);
         return NULL;
     }
-    int m = 0;
-    for (int g = 0; g <= n_tasks; g++) {   /* g == n_tasks: the spanning ones */
-        first[g] = m;
-        int h0 = 0, h1 = 0;
-        if (g < n_tasks)
+    for (int ci = 0; ci < n_caches; ci++) {
+        task_of[ci] = -1;
+        for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
+            int h0, h1;
             kv_rows_task_heads(rows, g, &h0, &h1);
-        for (int ci = 0; ci < n_caches; ci++) {
-            const kv_cache *c = &caches[ci];
-            int t_lo = -1;
-            for (int t = 0; t < n_tasks && t_lo < 0; t++) {
-                int a, b;
-                kv_rows_task_heads(rows, t, &a, &b);
-                if (c->head_lo >= a && c->head_lo + c->n_heads <= b)
-                    t_lo = t;
-            }
-            if ((g < n_tasks && t_lo == g) || (g == n_tasks && t_lo < 0))
-                members[m++] = ci;
+            if (caches[ci].head_lo >= h0 && caches[ci].head_lo + caches[ci].n_heads <= h1)
+                task_of[ci] = g;
         }
     }
-    first[n_tasks + 1] = m;
+    int m = 0;
+    for (int g = 0; g < n_tasks; g++) {
+        first[g] = m;
+        for (int ci = 0; ci < n_caches; ci++)
+            if (task_of[ci] == g)
+                members[m++] = ci;
+    }
+    first[n_tasks] = m;
+    *members_out = members;
     *first_out = first;
-    return members;
+    return task_of;
+}
+
+/* What the tasks of one layer share. */
+typedef struct {
+    kv_stream *s;
+    const kv_trace_info *in;
+    int layer, next_layer, mode, fuse;
+    kv_cache *caches;
+    kv_results *res;
+    progress *pg;
+    kv_failure *f;
+    const int *members, *first;   /* cache_tasks */
+} kv_layer_work;
+
+/* Produces block k's rows of task g and, when fusing, steps that task's caches through
+ * them while they are still in this core's caches. */
+static void produce_task(const kv_layer_work *w, int k, int g)
+{
+    if (has_failed(w->f))
+        return;
+    int t0 = k * w->s->block;
+    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f) != 0)
+        return;
+    kv_block b = block_at(w->s, w->in, t0, k & 1);
+    for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
+        consume(&w->caches[w->members[m]], &b, w->mode, w->res, w->layer);
+    if (g == 0) {
+        #pragma omp critical(kv_engine_progress)
+        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.nb, w->in->n_tokens);
+    }
+}
+
+static void consume_task(const kv_layer_work *w, int k, int ci)
+{
+    if (has_failed(w->f))
+        return;
+    kv_block b = block_at(w->s, w->in, k * w->s->block, k & 1);
+    consume(&w->caches[ci], &b, w->mode, w->res, w->layer);
 }
 
 /*
- * Fused schedule for qk replays: block k is one item per GQA group (task), which produces
- * the group's rows and then steps every cache of that KV head through them at once, while
- * they are still in the core's caches (the block buffer, n_heads * block * T floats, is
- * far larger than the last-level cache, so consuming it an iteration later read every row
- * back from memory, once per policy). Caches that span groups consume block k-1 in
- * iteration k; pieces of the next layer load meanwhile. Needs n_tasks >= the thread count
- * to keep every thread busy.
+ * Streams the current layer's rows through every cache (mode: replay steps or prescan),
+ * loading the next layer (next_layer >= 0) meanwhile, as one graph of OpenMP tasks with
+ * dependences instead of a barrier per block (with barriers, a thread waited for the
+ * slowest item of every block, and for a descheduled thread on a shared machine):
+ *   - P(k, g) produces block k of task g (a GQA group for qk, every head for attn) into
+ *     buffer slot k % 2: `out` on that slot's part g, so it also waits until every reader
+ *     of block k-2 there is done (on every part for a short last block, whose parts lie
+ *     elsewhere); `inout` on task g's chain (one read or SGEMM at a time per group);
+ *   - C(k, c) steps cache c through block k: `in` on the slot parts it reads (its task's,
+ *     or all of them for a cache spanning tasks), `inout` on its own chain (steps in order);
+ *   - when fusing (qk replays with at least two groups per thread), the caches of task g
+ *     run inside P(k, g), while its rows are in the core's caches (the block buffer is far
+ *     larger than the last-level cache: a later consumer read every row back from memory,
+ *     once per policy); only spanning caches get tasks of their own;
+ *   - the pieces of the next layer load as tasks of their own, spread over the blocks.
+ * Every cache still sees its rows in order, so the results are those of the serial run.
+ * Returns 0, or 1 with err set.
  */
-static int stream_fused(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
-                        kv_cache *caches, int n_caches, kv_results *res, progress *pg,
-                        char *err, size_t err_len)
-{
-    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
-    int n_tasks = kv_rows_n_tasks(s->cur), *first = NULL;
-    int *members = group_caches(s->cur, caches, n_caches, &first);
-    if (!members) {
-        snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
-        return 1;
-    }
-    int n_span = first[n_tasks + 1] - first[n_tasks];
-    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
-    kv_failure f = { .err = err, .err_len = err_len };
-    for (int k = 0; k <= n_blocks && !f.failed; k++) {   /* k = n_blocks: spanning only */
-        int t0 = k * block, n_fused = k < n_blocks ? n_tasks : 0;
-        int p_lo = k < n_blocks ? pieces_before(n_pieces, k, n_blocks) : 0;
-        int n_load = k < n_blocks ? pieces_before(n_pieces, k + 1, n_blocks) - p_lo : 0;
-        int n_late = k > 0 ? n_span : 0;
-        kv_block b = block_at(s, in, t0, k & 1);
-        kv_block prev = block_at(s, in, t0 - block, (k + 1) & 1);
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int i = 0; i < n_fused + n_load + n_late; i++) {
-            if (i < n_fused) {
-                if (produce(s, in, t0, i, k & 1, 1, &f) == 0)
-                    for (int m = first[i]; m < first[i + 1]; m++)
-                        consume(&caches[members[m]], &b, CONSUME_STEP, res, layer);
-            } else if (i < n_fused + n_load) {
-                load_piece(s, next_layer, p_lo + i - n_fused, &f);
-            } else {
-                consume(&caches[members[first[n_tasks] + i - n_fused - n_load]], &prev,
-                        CONSUME_STEP, res, layer);
-            }
-        }
-        if (k < n_blocks)
-            progress_update(pg, layer, in->n_layers, t0 + b.nb, T);
-    }
-    free(members);
-    free(first);
-    return f.failed ? 1 : 0;
-}
-
-/* Streams the current layer's rows through every cache (mode: replay steps or prescan),
- * loading the next layer (next_layer >= 0) meanwhile. Returns 0, or 1 with err set. The
- * schedule changes only which thread runs what, never the results. */
 static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
                         kv_cache *caches, int n_caches, int mode, kv_results *res,
                         progress *pg, char *err, size_t err_len)
 {
-    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1;
+    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
+    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
 #ifdef _OPENMP
     n_threads = omp_get_max_threads();
 #endif
-    if (mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= n_threads)
-        return stream_fused(s, in, layer, next_layer, caches, n_caches, res, pg, err,
-                            err_len);
-    return stream_pipelined(s, in, layer, next_layer, caches, n_caches, mode, res, pg, err,
-                            err_len);
+    int *task_of = cache_tasks(s->cur, caches, n_caches, &members, &first);
+    /* addresses that name the dependences (GCC takes variables that only appear in depend
+     * clauses for unused, so they index dep directly): [0, 2 * n_tasks) the slot parts,
+     * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; then the cache chains */
+    char *dep = malloc(3 * (size_t)n_tasks + (size_t)n_caches + 1);
+    if (!task_of || !dep) {
+        free(task_of);
+        free(members);
+        free(first);
+        free(dep);
+        snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
+        return 1;
+    }
+    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    kv_failure f = { .err = err, .err_len = err_len };
+    kv_layer_work w = {
+        .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
+        .fuse = mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= 2 * n_threads,
+        .caches = caches, .res = res, .pg = pg, .f = &f, .members = members, .first = first,
+    };
+    #pragma omp parallel
+    #pragma omp single
+    {
+        for (int k = 0; k < n_blocks; k++) {
+            /* the last block may be short: rows are laid out by its nb, so each task's
+             * part moves and overlaps the others' parts of block k-2: wait for all */
+            int shifted = (k + 1) * block > T;
+            for (int g = 0; g < n_tasks; g++) {
+                if (!shifted) {
+                    #pragma omp task firstprivate(k, g) \
+                                     depend(out: dep[(k & 1) * n_tasks + g]) \
+                                     depend(inout: dep[2 * n_tasks + g])
+                    produce_task(&w, k, g);
+                } else {
+                    #pragma omp task firstprivate(k, g) \
+                                     depend(iterator(i = 0 : n_tasks), \
+                                            out: dep[(k & 1) * n_tasks + i]) \
+                                     depend(inout: dep[2 * n_tasks + g])
+                    produce_task(&w, k, g);
+                }
+            }
+            for (int ci = 0; ci < n_caches; ci++) {
+                int g = task_of[ci];
+                if (g >= 0 && w.fuse)
+                    continue;                  /* runs inside P(k, g) */
+                if (g >= 0) {
+                    #pragma omp task firstprivate(k, ci) depend(in: dep[(k & 1) * n_tasks + g]) \
+                                     depend(inout: dep[3 * n_tasks + ci])
+                    consume_task(&w, k, ci);
+                } else {
+                    #pragma omp task firstprivate(k, ci) \
+                                     depend(iterator(i = 0 : n_tasks), \
+                                            in: dep[(k & 1) * n_tasks + i]) \
+                                     depend(inout: dep[3 * n_tasks + ci])
+                    consume_task(&w, k, ci);
+                }
+            }
+            for (int p = pieces_before(n_pieces, k, n_blocks);
+                 p < pieces_before(n_pieces, k + 1, n_blocks); p++) {
+                #pragma omp task firstprivate(p)
+                if (!has_failed(&f))
+                    load_piece(s, next_layer, p, &f);
+            }
+        }
+        #pragma omp taskwait
+    }
+    free(task_of);
+    free(members);
+    free(first);
+    free(dep);
+    return f.failed ? 1 : 0;
 }
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
