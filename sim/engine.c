@@ -461,10 +461,10 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
 }
 
 /*
- * The row pipeline of a replay. Block k of the current layer is consumed (every cache
- * steps through it) while block k+1 is produced into the other buffer and pieces of the
- * next layer's q and k are read, all as items of one OpenMP loop, so the cores stay busy
- * with whichever work is left: SGEMMs, trace reads, policy steps.
+ * The row pipeline of a replay: two block buffers (block k+1 is produced into one while
+ * block k is read from the other) and two row sources (the next layer's q and k are read
+ * while the current one is replayed). stream_layer schedules the work as OpenMP tasks so
+ * the cores stay busy with whichever work is ready: SGEMMs, trace reads, policy steps.
  */
 typedef struct {
     kv_rows *cur;          /* the layer being replayed, loaded */
@@ -477,7 +477,7 @@ typedef struct {
 
 enum { CONSUME_STEP, CONSUME_PRESCAN };
 
-/* The first failure inside a parallel loop, reported after it. */
+/* The first failure inside a layer's tasks, reported after them. */
 typedef struct {
     int failed;
     char *err;

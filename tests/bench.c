@@ -11,12 +11,14 @@
  *   1  qk, 4 layers x 32/8 heads x 4096 tokens x head_dim 128, P = 1024:
  *        1-five  window, streamingllm, h2o, snapkv, morphkv at B = 512   floor: 1-full
  *        1-full  `full` alone: the recompute floor                       floor: FLOPs at the SGEMM rate
- *        1-rows  the rows alone (SGEMM + softmax + top-k, no cache)     floor: FLOPs at the SGEMM rate
+ *        1-rows  the rows alone (SGEMM + softmax, no cache)             floor: FLOPs at the SGEMM rate
+ *        1-four  the five without morphkv (diagnostic: where the cost is)  floor: 1-full
  *   2  attn (float16), 2 layers x 8/2 heads x 4096 tokens, P = 1024:
  *        2-five  the five policies at B = 512                           floor: 2-read
  *        2-read  a pass that only reads the rows: the I/O floor
  *   3  qk, 1 layer x 8/2 heads x 32768 tokens x head_dim 64, P = 4096:
  *        3-long  morphkv and h2o at B = 2048                            floor: FLOPs at the SGEMM rate
+ *        3-rows  the rows alone: the recompute at T = 32768 against 1-rows' rate (T^2 growth)
  *   4  4-sgemm   cblas_sgemm, 4096^3, all cores: the arithmetic ceiling
  *
  * and the OpenMP check: 1-full and 1-five again with one thread, the speed-up, and whether
@@ -79,9 +81,11 @@ static const bench_job jobs[] = {
     { "1-five", JOB_REPLAY, 0, FIVE, 512, 0, "1-full", "<= 1.5" },
     { "1-full", JOB_REPLAY, 0, "full", 512, 0, NULL, "<= 2.0" },
     { "1-rows", JOB_ROWS, 0, NULL, 0, 0, NULL, "" },
+    { "1-four", JOB_REPLAY, 0, "window,streamingllm,h2o,snapkv", 512, 0, "1-full", "" },
     { "2-five", JOB_REPLAY, 1, FIVE, 512, 0, "2-read", "<= 1.5" },
     { "2-read", JOB_ROWS, 1, NULL, 0, 0, NULL, "floor" },
     { "3-long", JOB_REPLAY, 2, "morphkv,h2o", 2048, 0, NULL, "<= 2.0" },
+    { "3-rows", JOB_ROWS, 2, NULL, 0, 0, NULL, "" },
     { "1-full-1t", JOB_REPLAY, 0, "full", 512, 1, NULL, "" },
     { "1-five-1t", JOB_REPLAY, 0, FIVE, 512, 1, "1-full-1t", "" },
 };
@@ -217,33 +221,36 @@ static int child_replay(const char *dir, const bench_job *j, kv_trace *tr)
     return 0;
 }
 
-/* Every row of every layer produced and nothing else (qk: recomputed; attn: read). */
+/* Every row of every layer produced and nothing else (qk: recomputed; attn: read), with
+ * one row source for all layers, each loaded before its rows (no overlap). */
 static int child_rows(const bench_job *j, kv_trace *tr)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     char err[512];
     volatile float sink = 0;
     double w0 = wall_now(), c0 = cpu_now();
-    for (int l = 0; l < in->n_layers; l++) {
-        kv_rows *r = kv_rows_open(tr, l, 64, err, sizeof err);
-        if (!r) {
-            fprintf(stderr, "bench: %s: %s\n", j->name, err);
-            return 1;
-        }
+    kv_rows *r = kv_rows_new(tr, 64, err, sizeof err);
+    for (int l = 0; r && l < in->n_layers; l++) {
+        for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
+            if (kv_rows_load(r, l, p, err, sizeof err) != 0)
+                goto fail;
         for (int t0 = 0; t0 < in->n_tokens; t0 += 64) {
             int nb;
             const float *b = kv_rows_block(r, t0, &nb, err, sizeof err);
-            if (!b) {
-                fprintf(stderr, "bench: %s: %s\n", j->name, err);
-                kv_rows_close(r);
-                return 1;
-            }
+            if (!b)
+                goto fail;
             sink += b[0];
         }
-        kv_rows_close(r);
     }
+    if (!r)
+        goto fail;
+    kv_rows_close(r);
     printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
     return 0;
+fail:
+    fprintf(stderr, "bench: %s: %s\n", j->name, err);
+    kv_rows_close(r);
+    return 1;
 }
 
 /* The BLAS's own SGEMM rate on large square matrices, with its default threads (all
@@ -494,9 +501,9 @@ int main(int argc, char **argv)
         if (want_job[i] && jobs[i].trace >= 0)
             want_trace[jobs[i].trace] = 1;
     /* Idle OpenMP threads sleep instead of spinning: on a shared machine a spinning thread
-     * at a block's barrier takes the core from the thread it waits for (measured: 1.6 s of
-     * 7 s of CPU on workload 1 while another process ran). libgomp reads this before
-     * main, so it is set here for the children; a value in the environment wins. */
+     * takes the core from the work it waits for (2-five: 7% of the CPU was libgomp spinning
+     * while the other thread read the trace). libgomp reads this before main, so it is set
+     * here for the children; a value in the environment wins. */
     setenv("OMP_WAIT_POLICY", "passive", 0);
     char self[1024];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
