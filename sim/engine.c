@@ -473,6 +473,7 @@ typedef struct {
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
     const int *identity;   /* [T] 0, 1, ..., T-1 */
     int block;
+    int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
 } kv_stream;
 
 enum { CONSUME_STEP, CONSUME_PRESCAN };
@@ -515,11 +516,11 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
     return 1;
 }
 
-/* Loads piece `piece` of the next layer. */
-static void load_piece(kv_stream *s, int next_layer, int piece, kv_failure *f)
+/* Loads piece `piece` of layer into rows (the current or the next layer's source). */
+static void load_piece(kv_rows *rows, int layer, int piece, kv_failure *f)
 {
     char why[512];
-    if (kv_rows_load(s->next, next_layer, piece, why, sizeof why))
+    if (!has_failed(f) && kv_rows_load(rows, layer, piece, why, sizeof why))
         record_failure(f, why);
 }
 
@@ -655,7 +656,11 @@ static void consume_task(const kv_layer_work *w, int k, int ci)
  *     run inside P(k, g), while its rows are in the core's caches (the block buffer is far
  *     larger than the last-level cache: a later consumer read every row back from memory,
  *     once per policy); only spanning caches get tasks of their own;
- *   - the pieces of the next layer load as tasks of their own, spread over the blocks.
+ *   - the pieces of the next layer load as tasks of their own, spread over the blocks;
+ *     when the current layer was not read ahead (the first), its pieces load first and
+ *     P(k, g) also waits for the pieces its rows need (`in`), so its first blocks start
+ *     while its later rows are read. All reads are one chain (`inout`): the trace
+ *     serialises them, and a second reader would only hold a thread waiting.
  * Every cache still sees its rows in order, so the results are those of the serial run.
  * Returns 0, or 1 with err set.
  */
@@ -669,10 +674,13 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     n_threads = omp_get_max_threads();
 #endif
     int *task_of = cache_tasks(s->cur, caches, n_caches, &members, &first);
+    int n_cur = s->cur_loaded ? 0 : kv_rows_n_load_pieces(s->cur);
     /* addresses that name the dependences (GCC takes variables that only appear in depend
      * clauses for unused, so they index dep directly): [0, 2 * n_tasks) the slot parts,
-     * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; then the cache chains */
-    char *dep = malloc(3 * (size_t)n_tasks + (size_t)n_caches + 1);
+     * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; [3 * n_tasks, +n_caches)
+     * the cache chains; then the current layer's pieces; last, the chain of reads */
+    size_t at_piece = 3 * (size_t)n_tasks + (size_t)n_caches, at_reads = at_piece + n_cur;
+    char *dep = malloc(at_reads + 1);
     if (!task_of || !dep) {
         free(task_of);
         free(members);
@@ -691,7 +699,15 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     #pragma omp parallel
     #pragma omp single
     {
+        for (int p = 0; p < n_cur; p++) {
+            #pragma omp task firstprivate(p) depend(out: dep[at_piece + p]) \
+                             depend(inout: dep[at_reads])
+            load_piece(s->cur, layer, p, &f);
+        }
         for (int k = 0; k < n_blocks; k++) {
+            /* the pieces block k's rows need, when the layer is still being read */
+            int need = n_cur ? kv_rows_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
+                                                                               : T) : 0;
             /* the last block may be short: rows are laid out by its nb, so each task's
              * part moves and overlaps the others' parts of block k-2: wait for all */
             int shifted = (k + 1) * block > T;
@@ -699,16 +715,19 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
                 if (!shifted) {
                     #pragma omp task firstprivate(k, g) \
                                      depend(out: dep[(k & 1) * n_tasks + g]) \
-                                     depend(inout: dep[2 * n_tasks + g])
+                                     depend(inout: dep[2 * n_tasks + g]) \
+                                     depend(iterator(i = 0 : need), in: dep[at_piece + i])
                     produce_task(&w, k, g);
                 } else {
                     #pragma omp task firstprivate(k, g) \
                                      depend(iterator(i = 0 : n_tasks), \
                                             out: dep[(k & 1) * n_tasks + i]) \
-                                     depend(inout: dep[2 * n_tasks + g])
+                                     depend(inout: dep[2 * n_tasks + g]) \
+                                     depend(iterator(i = 0 : need), in: dep[at_piece + i])
                     produce_task(&w, k, g);
                 }
             }
+            (void)need;   /* used in the depend clauses only */
             for (int ci = 0; ci < n_caches; ci++) {
                 int g = task_of[ci];
                 if (g >= 0 && w.fuse)
@@ -727,13 +746,13 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
             }
             for (int p = pieces_before(n_pieces, k, n_blocks);
                  p < pieces_before(n_pieces, k + 1, n_blocks); p++) {
-                #pragma omp task firstprivate(p)
-                if (!has_failed(&f))
-                    load_piece(s, next_layer, p, &f);
+                #pragma omp task firstprivate(p) depend(inout: dep[at_reads])
+                load_piece(s->next, next_layer, p, &f);
             }
         }
         #pragma omp taskwait
     }
+    s->cur_loaded = 1;
     free(task_of);
     free(members);
     free(first);
@@ -772,7 +791,8 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
     return rc;
 }
 
-/* Allocates the pipeline and loads layer 0. Returns 0, or 1 with err set. */
+/* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
+ * with err set. */
 static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identity,
                        char *err, size_t err_len)
 {
@@ -795,9 +815,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identit
             return 1;
         }
     }
-    for (int p = 0; p < kv_rows_n_load_pieces(s->cur); p++)
-        if (kv_rows_load(s->cur, 0, p, err, err_len))
-            return 1;
+    s->cur_loaded = 0;   /* the first layer loads inside its task graph */
     return 0;
 }
 
@@ -855,6 +873,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
         stream.cur = stream.next;
         stream.next = done;
+        stream.cur_loaded = 1;
     }
     stream_close(&stream);
     kv_blas_threads_restore(blas_threads);

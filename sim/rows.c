@@ -272,7 +272,13 @@ nomem:
 
 int kv_rows_n_load_pieces(const kv_rows *r)
 {
-    return r->info->source == KV_SOURCE_QK ? r->info->n_heads + r->info->n_kv_heads : 1;
+    const kv_trace_info *in = r->info;
+    return in->source == KV_SOURCE_QK ? (in->n_tokens + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
+}
+
+int kv_rows_pieces_for(const kv_rows *r, int t1)
+{
+    return r->info->source == KV_SOURCE_QK ? (t1 + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
 }
 
 int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len)
@@ -281,13 +287,10 @@ int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len)
     r->layer = layer;
     if (in->source != KV_SOURCE_QK)
         return 0;
-    size_t per_head = (size_t)in->n_tokens * (size_t)in->head_dim;
-    if (piece < in->n_heads)
-        return kv_trace_read_heads(r->tr, layer, KV_TENSOR_Q, piece, piece + 1,
-                                   r->q + (size_t)piece * per_head, err, err_len);
-    int g = piece - in->n_heads;
-    return kv_trace_read_heads(r->tr, layer, KV_TENSOR_K, g, g + 1,
-                               r->k + (size_t)g * per_head, err, err_len);
+    int t0 = piece * KV_ROWS_PIECE;
+    int t1 = t0 + KV_ROWS_PIECE < in->n_tokens ? t0 + KV_ROWS_PIECE : in->n_tokens;
+    int rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_Q, t0, t1, r->q, err, err_len);
+    return rc ? rc : kv_trace_read_rows(r->tr, layer, KV_TENSOR_K, t0, t1, r->k, err, err_len);
 }
 
 size_t kv_rows_ld(const kv_rows *r)

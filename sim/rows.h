@@ -10,7 +10,7 @@
  * head_dim floats plus the caller's block buffers, never T*T per head.
  *
  * Work is split so the caller can run it in parallel and overlap it with other work:
- * a layer is loaded in pieces (kv_rows_load), and a block of rows is produced by
+ * a layer is loaded in pieces of rows (kv_rows_load), and a block of rows is produced by
  * independent tasks (kv_rows_fill), one per KV head for qk. Every task is computed by one
  * thread with single-threaded BLAS (kv_blas_single_begin), so the rows do not depend on
  * the number of threads.
@@ -67,15 +67,23 @@ typedef struct kv_rows kv_rows;
  * of memory. */
 kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len);
 
-/* Pieces in which a layer is loaded: qk: n_heads + n_kv_heads (one head's q or k each),
- * attn: 1 (nothing to read ahead). At least 1. Cannot fail. */
+/* Rows of q and k per load piece: the writer's chunk rows (traces/trace.h), so a piece
+ * decompresses whole chunks. */
+#define KV_ROWS_PIECE 256
+
+/* Pieces in which a layer is loaded: qk: one per KV_ROWS_PIECE rows (rows t of q and k for
+ * every head), attn: 1 (nothing to read ahead). At least 1. Cannot fail. */
 int kv_rows_n_load_pieces(const kv_rows *r);
 
+/* Pieces 0..n-1 that must be loaded before rows t < t1 can be produced: qk:
+ * ceil(t1 / KV_ROWS_PIECE) (keys 0..t1-1 and the queries up to t1); attn: 1. */
+int kv_rows_pieces_for(const kv_rows *r, int t1);
+
 /*
- * Loads piece `piece` (0..kv_rows_n_load_pieces-1) of layer `layer`. Once every piece
- * of a layer is loaded, kv_rows_fill produces that layer's rows. Pieces are independent
- * but the trace serialises reads, so they gain nothing from running together. Returns 0,
- * or a KV_ETRACE_* code with err set.
+ * Loads piece `piece` (0..kv_rows_n_load_pieces-1) of layer `layer`. Once the pieces a
+ * block needs are loaded (kv_rows_pieces_for), kv_rows_fill produces its rows. Pieces are
+ * independent but the trace serialises reads, so they gain nothing from running together.
+ * Returns 0, or a KV_ETRACE_* code with err set.
  */
 int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len);
 

@@ -169,7 +169,7 @@ static void replay_to(const char *path, int n_threads, int block, const char *di
     memset(&pc[7], 0, sizeof pc[7]);
     snprintf(pc[7].label, sizeof pc[7].label, "lookahead");
     pc[7].ops = &lookahead_ops;
-    int budgets[] = { 24, 48 };
+    int budgets[] = { 48, 96 };
     kv_replay_conf conf = { .policies = pc, .n_policies = 8, .budgets = budgets,
                             .n_budgets = 2, .block = block, .seed = 3 };
     char err[512];
@@ -220,11 +220,12 @@ static void check_trace(int with_attn, int block)
     kv_gen_defaults(&gp);
     gp.seed = 11;
     gp.n_layers = 3;
-    gp.n_heads = 8;
+    gp.n_heads = 4;
     gp.n_kv_heads = 2;
-    gp.head_dim = 32;
-    gp.n_tokens = 200;
-    gp.prefill_len = 60;
+    gp.head_dim = 16;
+    /* qk: 3 load pieces of 256 rows (520 = 32 * 16 + 8); attn: one piece whatever T */
+    gp.n_tokens = with_attn ? 200 : 520;
+    gp.prefill_len = with_attn ? 60 : 160;
     gp.period = 50;
     char err[512];
     if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
@@ -243,7 +244,8 @@ static void check_trace(int with_attn, int block)
 }
 
 /* qk: rows recomputed by GQA group, blocks of 16 rows (13 per layer, the last short);
- * fused with 1 thread, unfused with 2 to 4. The last block is short (200 = 12 * 16 + 8). */
+ * fused with 1 thread, unfused with 2 to 4. The last block is short (520 = 32 * 16 + 8),
+ * and the first layer is read in 3 pieces while its first blocks are replayed. */
 static void test_qk_one_vs_two_threads(void **state)
 {
     (void)state;

@@ -1,7 +1,7 @@
 /*
  * test_rows.c - the row source (sim/rows.c) against independent references: recomputed
  * rows against a softmax computed here in double precision, including tails down to the
- * float denormals; the top keys of a row against a full sort with ties; the per-head
+ * float denormals; the top keys of a row against a full sort with ties; the row-slab
  * hyperslab reads against the whole-dataset reads; and a block of rows from kv_rows
  * against the reference on a generated trace.
  */
@@ -192,14 +192,14 @@ static void gen_trace(const char *path, int f16, int with_attn)
         fail_msg("%s", err);
 }
 
-/* kv_trace_read_heads, head by head, gives exactly what kv_trace_read_qk gives; bad
- * ranges are refused. */
-static void test_read_heads_equals_read_qk(void **state)
+/* kv_trace_read_rows, slab by slab (uneven slabs, float32 and float16 files), gives
+ * exactly what kv_trace_read_qk gives; bad ranges are refused. */
+static void test_read_rows_equals_read_qk(void **state)
 {
     (void)state;
     for (int f16 = 0; f16 <= 1; f16++) {
         char path[300];
-        snprintf(path, sizeof path, "%s/heads%d.h5", tmpdir, f16);
+        snprintf(path, sizeof path, "%s/slabs%d.h5", tmpdir, f16);
         gen_trace(path, f16, 0);
         char err[512];
         kv_trace *tr;
@@ -207,19 +207,25 @@ static void test_read_heads_equals_read_qk(void **state)
         size_t per = 150 * 16;
         float *q = malloc(6 * per * sizeof *q), *k = malloc(2 * per * sizeof *k);
         float *q2 = malloc(6 * per * sizeof *q2), *k2 = malloc(2 * per * sizeof *k2);
+        const int cuts[] = { 0, 1, 57, 64, 149, 150 };
         for (int l = 0; l < 2; l++) {
             assert_int_equal(kv_trace_read_qk(tr, l, q, k, err, sizeof err), 0);
-            for (int h = 0; h < 6; h++)
-                assert_int_equal(kv_trace_read_heads(tr, l, KV_TENSOR_Q, h, h + 1,
-                                                     q2 + h * per, err, sizeof err), 0);
-            assert_int_equal(kv_trace_read_heads(tr, l, KV_TENSOR_K, 0, 2, k2, err,
-                                                 sizeof err), 0);
+            memset(q2, 0xff, 6 * per * sizeof *q2);   /* NaN: a row not read shows */
+            memset(k2, 0xff, 2 * per * sizeof *k2);
+            for (int c = 0; c + 1 < (int)(sizeof cuts / sizeof cuts[0]); c++) {
+                assert_int_equal(kv_trace_read_rows(tr, l, KV_TENSOR_Q, cuts[c], cuts[c + 1],
+                                                    q2, err, sizeof err), 0);
+                assert_int_equal(kv_trace_read_rows(tr, l, KV_TENSOR_K, cuts[c], cuts[c + 1],
+                                                    k2, err, sizeof err), 0);
+            }
             assert_memory_equal(q, q2, 6 * per * sizeof *q);
             assert_memory_equal(k, k2, 2 * per * sizeof *k);
         }
-        assert_int_equal(kv_trace_read_heads(tr, 0, KV_TENSOR_K, 1, 3, k2, err, sizeof err),
+        assert_int_equal(kv_trace_read_rows(tr, 0, KV_TENSOR_K, 10, 10, k2, err, sizeof err),
                          KV_ETRACE_ARG);
-        assert_int_equal(kv_trace_read_heads(tr, 2, KV_TENSOR_Q, 0, 1, q2, err, sizeof err),
+        assert_int_equal(kv_trace_read_rows(tr, 0, KV_TENSOR_K, 100, 151, k2, err,
+                                            sizeof err), KV_ETRACE_ARG);
+        assert_int_equal(kv_trace_read_rows(tr, 2, KV_TENSOR_Q, 0, 1, q2, err, sizeof err),
                          KV_ETRACE_ARG);
         free(q);
         free(k);
@@ -252,7 +258,8 @@ static void test_row_source_blocks(void **state)
     assert_non_null(rq);
     assert_non_null(ra);
     assert_int_equal(kv_rows_n_tasks(rq), 2);
-    assert_int_equal(kv_rows_n_load_pieces(rq), 8);
+    assert_int_equal(kv_rows_n_load_pieces(rq), 1);   /* 150 rows: one piece of 256 */
+    assert_int_equal(kv_rows_pieces_for(rq, 150), 1);
     assert_int_equal(kv_rows_ld(ra), T);
     assert_true(kv_rows_ld(rq) >= (size_t)T);
     assert_int_equal(kv_trace_read_qk(tq, 1, q, k, err, sizeof err), 0);
@@ -294,7 +301,7 @@ int main(void)
         cmocka_unit_test(test_rows_match_double_reference),
         cmocka_unit_test(test_softmax_tails),
         cmocka_unit_test(test_topk_ties_against_sort),
-        cmocka_unit_test(test_read_heads_equals_read_qk),
+        cmocka_unit_test(test_read_rows_equals_read_qk),
         cmocka_unit_test(test_row_source_blocks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
