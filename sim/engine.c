@@ -15,6 +15,9 @@
 #include "sim/rows.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +55,8 @@ typedef struct {
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * T + j] */
+    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
+    size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
     const int *identity;  /* [T] 0, 1, ..., T-1 */
     int t0, nb;
@@ -209,9 +213,8 @@ static void cache_select(kv_cache *c, int t, int P)
 /* The group's full-cache rows over 0..t, as handed to attend and prescan. */
 static kv_row full_row(kv_cache *c, const kv_block *b, int t)
 {
-    int T = b->in->n_tokens;
     for (int hh = 0; hh < c->n_heads; hh++) {
-        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * T;
+        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * b->ld;
         double *w = c->w + (size_t)hh * (t + 1);
         for (int j = 0; j <= t; j++)
             w[j] = p[j];
@@ -252,6 +255,46 @@ static double topk_hit(const kv_cache *c, const int *top, int k, int t)
     return (double)hit / n;
 }
 
+/* Eight lanes of gather_row: w[i..i+8) = p[idx(i)...] and lane l's partial sum. */
+#define GATHER8(IDX)                                                                   \
+    do {                                                                               \
+        double v0 = p[IDX(i)], v1 = p[IDX(i + 1)], v2 = p[IDX(i + 2)], v3 = p[IDX(i + 3)]; \
+        double v4 = p[IDX(i + 4)], v5 = p[IDX(i + 5)], v6 = p[IDX(i + 6)];              \
+        double v7 = p[IDX(i + 7)];                                                     \
+        w[i] = v0, w[i + 1] = v1, w[i + 2] = v2, w[i + 3] = v3;                        \
+        w[i + 4] = v4, w[i + 5] = v5, w[i + 6] = v6, w[i + 7] = v7;                    \
+        a0 += v0, a1 += v1, a2 += v2, a3 += v3, a4 += v4, a5 += v5, a6 += v6, a7 += v7; \
+    } while (0)
+#define AT_POS(i) pos[i]
+#define AT_SELF(i) (i)
+
+/*
+ * w[i] = p[pos[i]] for i < n, as doubles (pos NULL: the positions 0..n-1, a plain
+ * conversion), returning their sum. The sum is kept in 8 interleaved partial sums added in
+ * a fixed order, so it is the same for any thread count and instruction set, and the
+ * additions are independent where one running sum would be a chain of dependent ones;
+ * the partial sums are separate locals, so they stay in registers (as an array, GCC kept
+ * them in memory: 2.6x slower).
+ */
+static double gather_row(const float *p, const int *pos, int n, double *w)
+{
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    int i = 0;
+    if (!pos)
+        for (; i + 8 <= n; i += 8)
+            GATHER8(AT_SELF);
+    else
+        for (; i + 8 <= n; i += 8)
+            GATHER8(AT_POS);
+    double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
+    for (; i < n; i++) {
+        double v = p[pos ? pos[i] : i];
+        w[i] = v;
+        acc[i & 7] += v;
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 /*
  * Steps 1-3 for query position t. head_sum/head_min: [n_heads] sums and minima of this
  * layer's heads for this run.
@@ -260,7 +303,7 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
                        double *head_min)
 {
     const kv_trace_info *in = b->in;
-    int T = in->n_tokens, P = in->prefill_len;
+    int P = in->prefill_len;
     int is_prefill = t < P;
     if (!is_prefill && c->ops->attend)
         cache_attend(c, b, t);
@@ -268,23 +311,19 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     c->in_set[t] = 1;
     c->entered[t] = t;
     int n = c->n;
+    /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
+    const int *pos = n == t + 1 ? NULL : c->pos;
     double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
     for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
         int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
-        const float *p = b->rows + (size_t)i_row * T;
+        const float *p = b->rows + (size_t)i_row * b->ld;
         double *w = c->w + (size_t)hh * n;
-        if (is_prefill) {
-            for (int i = 0; i < n; i++)
-                w[i] = p[c->pos[i]];
+        double recall = gather_row(p, pos, n, w);
+        if (is_prefill)
             continue;
-        }
-        double recall = 0.0;
-        for (int i = 0; i < n; i++) {
-            w[i] = p[c->pos[i]];
-            recall += w[i];
-        }
         /* rule 6: a zero denominator gives an all-zero observed row */
         double inv = recall > 0.0 ? 1.0 / recall : 0.0;
+        #pragma omp simd
         for (int i = 0; i < n; i++)
             w[i] *= inv;
         recall_sum += recall;
@@ -310,24 +349,6 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     c->ops->observe(c->state, &row);
     if (t >= P - 1)                                       /* step 3 */
         cache_select(c, t, P);
-}
-
-/* The TOPK highest keys of one row p[0..t], best first; ties rank the more recent key
- * higher (rule 4). Insertion into a short sorted list: O(t) for rows whose mass is
- * concentrated, O(t * TOPK) at worst. */
-static void row_topk(const float *p, int t, int *top)
-{
-    int n = 0;
-    for (int j = t; j >= 0; j--) {       /* newest first: an equal later key stays ahead */
-        if (n == TOPK && p[j] <= p[top[n - 1]])
-            continue;
-        int i = n < TOPK ? n++ : TOPK - 1;
-        while (i > 0 && p[j] > p[top[i - 1]]) {
-            top[i] = top[i - 1];
-            i--;
-        }
-        top[i] = j;
-    }
 }
 
 static double now_seconds(void)
@@ -463,84 +484,325 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
     return n;
 }
 
-/* Streams the layer's rows to the policies that look at the whole trace first. */
-static int prescan_layer(kv_trace *tr, const kv_replay_conf *conf, int layer, kv_block *b,
-                         kv_cache *caches, int n_caches, char *err, size_t err_len)
+/*
+ * The row pipeline of a replay: two block buffers (block k+1 is produced into one while
+ * block k is read from the other) and two row sources (the next layer's q and k are read
+ * while the current one is replayed). stream_layer schedules the work as OpenMP tasks so
+ * the cores stay busy with whichever work is ready: SGEMMs, trace reads, policy steps.
+ */
+typedef struct {
+    kv_rows *cur;          /* the layer being replayed, loaded */
+    kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
+    float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
+    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    const int *identity;   /* [T] 0, 1, ..., T-1 */
+    int block;
+    int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
+} kv_stream;
+
+enum { CONSUME_STEP, CONSUME_PRESCAN };
+
+/* The first failure inside a layer's tasks, reported after them. */
+typedef struct {
+    int failed;
+    char *err;
+    size_t err_len;
+} kv_failure;
+
+static void record_failure(kv_failure *f, const char *why)
 {
-    int any = 0, T = b->in->n_tokens;
-    for (int ci = 0; ci < n_caches; ci++)
-        any |= caches[ci].ops->prescan != NULL;
-    if (!any)
+    int first;
+    #pragma omp atomic capture
+    first = f->failed++;
+    if (first == 0)
+        snprintf(f->err, f->err_len, "%s", why);   /* only the first writes */
+}
+
+/* 1 once any task has failed: the remaining tasks then skip their work. */
+static int has_failed(const kv_failure *f)
+{
+    int failed;
+    #pragma omp atomic read
+    failed = f->failed;
+    return failed != 0;
+}
+
+/* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
+ * rows (the same for every policy, so found once, while the rows are produced). */
+static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
+                   int want_topk, kv_failure *f)
+{
+    char why[512];
+    if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
+                     in->prefill_len, why, sizeof why) == 0)
         return 0;
-    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
-                                 err, err_len);
-    if (!rows)
-        return 1;
-    for (int t0 = 0; t0 < T;) {
-        b->rows = kv_rows_block(rows, t0, &b->nb, err, err_len);
-        if (!b->rows) {
-            kv_rows_close(rows);
-            return 1;
-        }
-        b->t0 = t0;
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int ci = 0; ci < n_caches; ci++) {
-            kv_cache *c = &caches[ci];
-            if (!c->ops->prescan)
-                continue;
-            for (int t = t0; t < t0 + b->nb; t++) {
+    record_failure(f, why);
+    return 1;
+}
+
+/* Loads piece `piece` of layer into rows (the current or the next layer's source). */
+static void load_piece(kv_rows *rows, int layer, int piece, kv_failure *f)
+{
+    char why[512];
+    if (!has_failed(f) && kv_rows_load(rows, layer, piece, why, sizeof why))
+        record_failure(f, why);
+}
+
+/* Runs one cache through the block: replay steps, or the prescan of lookahead policies. */
+static void consume(kv_cache *c, const kv_block *b, int mode, kv_results *res, int layer)
+{
+    if (mode == CONSUME_PRESCAN) {
+        if (c->ops->prescan)
+            for (int t = b->t0; t < b->t0 + b->nb; t++) {
                 kv_row full = full_row(c, b, t);
                 c->ops->prescan(c->state, &full);
             }
-        }
-        t0 += b->nb;
+        return;
     }
-    kv_rows_close(rows);
-    return 0;
+    int H = b->in->n_heads;
+    kv_run_result *run = &res->runs[c->run];
+    double *hs = run->head_recall_mean + (size_t)layer * H;
+    double *hm = run->head_recall_min + (size_t)layer * H;
+    for (int t = b->t0; t < b->t0 + b->nb; t++)
+        cache_step(c, b, t, hs, hm);
 }
 
-/* Replays one layer for every run. */
-static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *res, int layer,
-                        kv_cache *caches, int *topk, const int *identity, progress *pg,
-                        char *err, size_t err_len)
+/*
+ * Pieces of the next layer to load before block k of n: the work of a block grows with
+ * its last row (t1 = (k+1) * block, for the SGEMM as for the full-cache policies), so
+ * pieces are spread in proportion to it, where reading a piece (a serial item, the trace's
+ * reads are serialised) is hidden behind the other work. All n_pieces before block n.
+ */
+static int pieces_before(long n_pieces, int k, int n)
+{
+    return (int)(n_pieces * ((long)k * (k + 1)) / ((long)n * (n + 1)));
+}
+
+/* The block at t0 of the current layer, as the caches read it from buffer slot. */
+static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
+{
+    int T = in->n_tokens;
+    kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
+                   .topk = s->topk[slot], .identity = s->identity, .t0 = t0,
+                   .nb = t0 + s->block < T ? s->block : T - t0 };
+    return b;
+}
+
+/* The task of each cache, for the schedule: task_of[c] = the task whose query heads
+ * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
+ * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
+ * out of memory. */
+static int *cache_tasks(const kv_rows *rows, const kv_cache *caches, int n_caches,
+                        int **members_out, int **first_out)
+{
+    int n_tasks = kv_rows_n_tasks(rows);
+    int *task_of = malloc(((size_t)n_caches + 1) * sizeof *task_of);
+    int *members = malloc(((size_t)n_caches + 1) * sizeof *members);
+    int *first = calloc((size_t)n_tasks + 1, sizeof *first);
+    if (!task_of || !members || !first) {
+        free(task_of);
+        free(members);
+        free(first);
+        return NULL;
+    }
+    for (int ci = 0; ci < n_caches; ci++) {
+        task_of[ci] = -1;
+        for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
+            int h0, h1;
+            kv_rows_task_heads(rows, g, &h0, &h1);
+            if (caches[ci].head_lo >= h0 && caches[ci].head_lo + caches[ci].n_heads <= h1)
+                task_of[ci] = g;
+        }
+    }
+    int m = 0;
+    for (int g = 0; g < n_tasks; g++) {
+        first[g] = m;
+        for (int ci = 0; ci < n_caches; ci++)
+            if (task_of[ci] == g)
+                members[m++] = ci;
+    }
+    first[n_tasks] = m;
+    *members_out = members;
+    *first_out = first;
+    return task_of;
+}
+
+/* What the tasks of one layer share. */
+typedef struct {
+    kv_stream *s;
+    const kv_trace_info *in;
+    int layer, next_layer, mode, fuse;
+    kv_cache *caches;
+    kv_results *res;
+    progress *pg;
+    kv_failure *f;
+    const int *members, *first;   /* cache_tasks */
+} kv_layer_work;
+
+/* Produces block k's rows of task g and, when fusing, steps that task's caches through
+ * them while they are still in this core's caches. */
+static void produce_task(const kv_layer_work *w, int k, int g)
+{
+    if (has_failed(w->f))
+        return;
+    int t0 = k * w->s->block;
+    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f) != 0)
+        return;
+    kv_block b = block_at(w->s, w->in, t0, k & 1);
+    for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
+        consume(&w->caches[w->members[m]], &b, w->mode, w->res, w->layer);
+    if (g == 0) {
+        #pragma omp critical(kv_engine_progress)
+        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.nb, w->in->n_tokens);
+    }
+}
+
+static void consume_task(const kv_layer_work *w, int k, int ci)
+{
+    if (has_failed(w->f))
+        return;
+    kv_block b = block_at(w->s, w->in, k * w->s->block, k & 1);
+    consume(&w->caches[ci], &b, w->mode, w->res, w->layer);
+}
+
+/*
+ * Streams the current layer's rows through every cache (mode: replay steps or prescan),
+ * loading the next layer (next_layer >= 0) meanwhile, as one graph of OpenMP tasks with
+ * dependences instead of a barrier per block (with barriers, a thread waited for the
+ * slowest item of every block, and for a descheduled thread on a shared machine):
+ *   - P(k, g) produces block k of task g (a GQA group for qk, every head for attn) into
+ *     buffer slot k % 2: `out` on that slot's part g, so it also waits until every reader
+ *     of block k-2 there is done (on every part for a short last block, whose parts lie
+ *     elsewhere); `inout` on task g's chain (one read or SGEMM at a time per group);
+ *   - C(k, c) steps cache c through block k: `in` on the slot parts it reads (its task's,
+ *     or all of them for a cache spanning tasks), `inout` on its own chain (steps in order);
+ *   - when fusing (qk replays with at least two groups per thread), the caches of task g
+ *     run inside P(k, g), while its rows are in the core's caches (the block buffer is far
+ *     larger than the last-level cache: a later consumer read every row back from memory,
+ *     once per policy); only spanning caches get tasks of their own;
+ *   - the pieces of the next layer load as tasks of their own, spread over the blocks;
+ *     when the current layer was not read ahead (the first), its pieces load first and
+ *     P(k, g) also waits for the pieces its rows need (`in`), so its first blocks start
+ *     while its later rows are read. All reads are one chain (`inout`): the trace
+ *     serialises them, and a second reader would only hold a thread waiting.
+ * Every cache still sees its rows in order, so the results are those of the serial run.
+ * Returns 0, or 1 with err set.
+ */
+static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
+                        kv_cache *caches, int n_caches, int mode, kv_results *res,
+                        progress *pg, char *err, size_t err_len)
+{
+    int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
+    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
+#ifdef _OPENMP
+    n_threads = omp_get_max_threads();
+#endif
+    int *task_of = cache_tasks(s->cur, caches, n_caches, &members, &first);
+    int n_cur = s->cur_loaded ? 0 : kv_rows_n_load_pieces(s->cur);
+    /* addresses that name the dependences (GCC takes variables that only appear in depend
+     * clauses for unused, so they index dep directly): [0, 2 * n_tasks) the slot parts,
+     * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; [3 * n_tasks, +n_caches)
+     * the cache chains; then the current layer's pieces; last, the chain of reads */
+    size_t at_piece = 3 * (size_t)n_tasks + (size_t)n_caches, at_reads = at_piece + n_cur;
+    char *dep = malloc(at_reads + 1);
+    if (!task_of || !dep) {
+        free(task_of);
+        free(members);
+        free(first);
+        free(dep);
+        snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
+        return 1;
+    }
+    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    kv_failure f = { .err = err, .err_len = err_len };
+    kv_layer_work w = {
+        .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
+        .fuse = mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= 2 * n_threads,
+        .caches = caches, .res = res, .pg = pg, .f = &f, .members = members, .first = first,
+    };
+    #pragma omp parallel
+    #pragma omp single
+    {
+        for (int p = 0; p < n_cur; p++) {
+            #pragma omp task firstprivate(p) depend(out: dep[at_piece + p]) \
+                             depend(inout: dep[at_reads])
+            load_piece(s->cur, layer, p, &f);
+        }
+        for (int k = 0; k < n_blocks; k++) {
+            /* the pieces block k's rows need, when the layer is still being read */
+            int need = n_cur ? kv_rows_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
+                                                                               : T) : 0;
+            /* the last block may be short: rows are laid out by its nb, so each task's
+             * part moves and overlaps the others' parts of block k-2: wait for all */
+            int shifted = (k + 1) * block > T;
+            for (int g = 0; g < n_tasks; g++) {
+                if (!shifted) {
+                    #pragma omp task firstprivate(k, g) \
+                                     depend(out: dep[(k & 1) * n_tasks + g]) \
+                                     depend(inout: dep[2 * n_tasks + g]) \
+                                     depend(iterator(i = 0 : need), in: dep[at_piece + i])
+                    produce_task(&w, k, g);
+                } else {
+                    #pragma omp task firstprivate(k, g) \
+                                     depend(iterator(i = 0 : n_tasks), \
+                                            out: dep[(k & 1) * n_tasks + i]) \
+                                     depend(inout: dep[2 * n_tasks + g]) \
+                                     depend(iterator(i = 0 : need), in: dep[at_piece + i])
+                    produce_task(&w, k, g);
+                }
+            }
+            (void)need;   /* used in the depend clauses only */
+            for (int ci = 0; ci < n_caches; ci++) {
+                int g = task_of[ci];
+                if (g >= 0 && w.fuse)
+                    continue;                  /* runs inside P(k, g) */
+                if (g >= 0) {
+                    #pragma omp task firstprivate(k, ci) depend(in: dep[(k & 1) * n_tasks + g]) \
+                                     depend(inout: dep[3 * n_tasks + ci])
+                    consume_task(&w, k, ci);
+                } else {
+                    #pragma omp task firstprivate(k, ci) \
+                                     depend(iterator(i = 0 : n_tasks), \
+                                            in: dep[(k & 1) * n_tasks + i]) \
+                                     depend(inout: dep[3 * n_tasks + ci])
+                    consume_task(&w, k, ci);
+                }
+            }
+            for (int p = pieces_before(n_pieces, k, n_blocks);
+                 p < pieces_before(n_pieces, k + 1, n_blocks); p++) {
+                #pragma omp task firstprivate(p) depend(inout: dep[at_reads])
+                load_piece(s->next, next_layer, p, &f);
+            }
+        }
+        #pragma omp taskwait
+    }
+    s->cur_loaded = 1;
+    free(task_of);
+    free(members);
+    free(first);
+    free(dep);
+    return f.failed ? 1 : 0;
+}
+
+/* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
+static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *res, int layer,
+                        kv_cache *caches, progress *pg, char *err, size_t err_len)
 {
     const kv_trace_info *in = &res->info;
-    int T = in->n_tokens, H = in->n_heads;
     int n_caches = layer_caches(conf, res, layer, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return 1;
     }
-    kv_block b = { .in = in, .topk = topk, .identity = identity };
-    if (prescan_layer(tr, conf, layer, &b, caches, n_caches, err, err_len))
-        return 1;
-    kv_rows *rows = kv_rows_open(tr, layer, conf->block > 0 ? conf->block : DEFAULT_BLOCK,
-                                 err, err_len);
-    if (!rows)
-        return 1;
-    int rc = 0;
-    for (int t0 = 0; t0 < T;) {
-        b.rows = kv_rows_block(rows, t0, &b.nb, err, err_len);
-        if (!b.rows) {
-            rc = 1;
-            break;
-        }
-        b.t0 = t0;
-        #pragma omp parallel for schedule(static)
-        for (int i = 0; i < H * b.nb; i++)   /* top keys: the same for every policy */
-            row_topk(b.rows + (size_t)i * T, t0 + i % b.nb, topk + (size_t)i * TOPK);
-        #pragma omp parallel for schedule(dynamic, 1)
-        for (int ci = 0; ci < n_caches; ci++) {
-            kv_run_result *run = &res->runs[caches[ci].run];
-            double *hs = run->head_recall_mean + (size_t)layer * H;
-            double *hm = run->head_recall_min + (size_t)layer * H;
-            for (int t = t0; t < t0 + b.nb; t++)
-                cache_step(&caches[ci], &b, t, hs, hm);
-        }
-        t0 += b.nb;
-        progress_update(pg, layer, in->n_layers, t0, T);
-    }
-    kv_rows_close(rows);
+    int any_prescan = 0;
+    for (int ci = 0; ci < n_caches; ci++)
+        any_prescan |= caches[ci].ops->prescan != NULL;
+    int next = layer + 1 < in->n_layers ? layer + 1 : -1;
+    int rc = any_prescan ? stream_layer(s, in, layer, -1, caches, n_caches, CONSUME_PRESCAN,
+                                        res, pg, err, err_len) : 0;
+    if (rc == 0)
+        rc = stream_layer(s, in, layer, next, caches, n_caches, CONSUME_STEP, res, pg, err,
+                          err_len);
     for (int ci = 0; rc == 0 && ci < n_caches; ci++)
         if (caches[ci].failed) {
             const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
@@ -552,6 +814,44 @@ static int replay_layer(kv_trace *tr, const kv_replay_conf *conf, kv_results *re
     if (rc == 0)
         reduce_layer(res, caches, n_caches, layer);
     return rc;
+}
+
+/* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
+ * with err set. */
+static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identity,
+                       char *err, size_t err_len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    memset(s, 0, sizeof *s);
+    s->block = block;
+    s->identity = identity;
+    s->cur = kv_rows_new(tr, block, err, err_len);
+    if (!s->cur)
+        return 1;
+    if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
+        return 1;
+    size_t rows = (size_t)in->n_heads * (size_t)block;
+    for (int i = 0; i < 2; i++) {
+        s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
+        s->topk[i] = malloc(rows * TOPK * sizeof(int));
+        if (!s->buf[i] || !s->topk[i]) {
+            snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
+                     2 * rows, in->n_tokens);
+            return 1;
+        }
+    }
+    s->cur_loaded = 0;   /* the first layer loads inside its task graph */
+    return 0;
+}
+
+static void stream_close(kv_stream *s)
+{
+    kv_rows_close(s->cur);
+    kv_rows_close(s->next);
+    for (int i = 0; i < 2; i++) {
+        free(s->buf[i]);
+        free(s->topk[i]);
+    }
 }
 
 int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
@@ -570,7 +870,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
     kv_cache *caches = NULL;
-    int *topk = NULL, *identity = NULL;
+    int *identity = NULL;
     if (!res)
         goto nomem;
     res->info = *in;
@@ -581,23 +881,31 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     for (int p = 0; p < conf->n_policies; p++)
         n_caches += caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
     caches = calloc((size_t)n_caches, sizeof *caches);
-    topk = malloc((size_t)in->n_heads * block * TOPK * sizeof *topk);
     identity = malloc((size_t)in->n_tokens * sizeof *identity);
-    if (!caches || !topk || !identity)
+    if (!caches || !identity)
         goto nomem;
     for (int j = 0; j < in->n_tokens; j++)
         identity[j] = j;
+    /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
+    int blas_threads = kv_blas_single_begin();
     progress pg = { .start = now_seconds(), .enabled = conf->progress };
+    kv_stream stream;
+    rc = stream_open(&stream, tr, block, identity, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
-        rc = replay_layer(tr, conf, res, l, caches, topk, identity, &pg, err, err_len);
+        rc = replay_layer(&stream, conf, res, l, caches, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)
             cache_free(&caches[ci]);
+        kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
+        stream.cur = stream.next;
+        stream.next = done;
+        stream.cur_loaded = 1;
     }
+    stream_close(&stream);
+    kv_blas_threads_restore(blas_threads);
     if (pg.shown)
         fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", in->n_layers,
                 now_seconds() - pg.start, "");
     free(caches);
-    free(topk);
     free(identity);
     if (rc) {
         kv_results_free(res);
@@ -620,7 +928,6 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
 nomem:
     snprintf(err, err_len, "out of memory allocating the results");
     free(caches);
-    free(topk);
     free(identity);
     kv_results_free(res);
     return 1;

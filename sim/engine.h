@@ -4,9 +4,12 @@
  *
  * Work is organised per layer: the layer's rows are produced block by block (sim/rows.h),
  * and every cache of every (policy, budget) run - one per (layer, KV head) - steps through
- * the block. Caches are independent, so they run in parallel (OpenMP); each cache writes
- * only its own buffers and the buffers are reduced in a fixed order after the layer, so
- * the results do not depend on the number of threads.
+ * the block. Caches are independent, so they run in parallel: one graph of OpenMP tasks
+ * per layer (engine.c, stream_layer) in which producing the next blocks, loading the next
+ * layer and stepping the caches overlap, each cache still stepping through its rows in
+ * order. Each cache writes only its own buffers and the buffers are reduced in a fixed
+ * order after the layer, so the results do not depend on the number of threads. The BLAS
+ * is made single-threaded during a replay (one SGEMM per OpenMP thread).
  */
 #ifndef KV_ENGINE_H
 #define KV_ENGINE_H
@@ -36,7 +39,8 @@ typedef struct {
     int n_policies;
     const int *budgets;   /* tokens, each >= 1 */
     int n_budgets;
-    int block;            /* query rows per block; 0 means the default (64) */
+    int block;            /* query rows per block; 0 means the default (64). Memory: two
+                             blocks of n_heads * block * T floats */
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
 } kv_replay_conf;

@@ -1,113 +1,388 @@
 /*
- * rows.c - full-cache attention rows, streamed in blocks of queries (see rows.h).
+ * rows.c - full-cache attention rows, produced in blocks of queries (see rows.h).
  *
- * For qk traces the logits of a block of nb queries against keys 0..t1-1 are one SGEMM
- * (nb x head_dim times head_dim x t1), so the recompute runs at BLAS speed instead of one
- * dot product at a time. The softmax then runs row by row over j <= t.
+ * Where the time goes (issue 7): for qk traces the floor is the SGEMM of the logits,
+ * T^2/2 * head_dim multiply-adds per query head. The query heads of a GQA group share
+ * their keys, so a block of the group's queries is one SGEMM with M = group * nb rows
+ * against the group's keys 0..t1-1 (the packed keys are reused by all of them), written
+ * straight into the caller's row buffer, where the softmax then runs in place. The
+ * softmax is vectorised (an exp of our own, below, so it vectorises without -ffast-math)
+ * and compiled for AVX-512, AVX2 and baseline x86-64 (target_clones): in a full-only
+ * replay it now takes about half the SGEMM's time (18% against 38% of the CPU), where with
+ * libm's scalar expf it took more than the SGEMM.
  */
+#define _DEFAULT_SOURCE   /* madvise */
 #include "sim/rows.h"
 
 #include <gsl/gsl_cblas.h>
+#include <sys/mman.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct kv_rows {
-    kv_trace *tr;
-    const kv_trace_info *info;
-    int layer;
-    int block;
-    float *q;       /* qk: n_heads * T * head_dim */
-    float *k;       /* qk: n_kv_heads * T * head_dim */
-    float *logits;  /* qk: block * T scratch */
-    float *out;     /* n_heads * block * T */
-};
+/* Vectorised code paths chosen at load time for the running CPU (GCC's ifunc clones).
+ * One machine always takes the same path, so results stay reproducible there. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
+                                                    "default")))
+#else
+#define KV_SIMD_CLONES
+#endif
 
-/* Softmax of one row of logits over j <= t, in place into dst (float32 exponentials after
- * max subtraction, normaliser in double); dst[t+1 .. ld) = 0. */
-static void softmax_row(const float *logit, int t, float *dst, size_t ld)
+/* OpenBLAS's thread control, when OpenBLAS is the BLAS linked (weak: absent otherwise). */
+extern int openblas_get_num_threads(void) __attribute__((weak));
+extern void openblas_set_num_threads(int n) __attribute__((weak));
+
+int kv_blas_single_begin(void)
 {
-    float max = logit[0];
-    for (int j = 1; j <= t; j++)
-        if (logit[j] > max)
-            max = logit[j];
+    if (!openblas_get_num_threads || !openblas_set_num_threads)
+        return 0;
+    int previous = openblas_get_num_threads();
+    if (previous != 1)
+        openblas_set_num_threads(1);
+    return previous;
+}
+
+void kv_blas_threads_restore(int previous)
+{
+    if (previous > 1 && openblas_set_num_threads)
+        openblas_set_num_threads(previous);
+}
+
+/* ------------------------------------------------------------ memory */
+
+void *kv_alloc_large(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < 2 * huge)
+        return malloc(bytes ? bytes : 1);
+    void *p = NULL;
+    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);   /* advice: may be refused */
+#endif
+    return p;
+}
+
+/* ------------------------------------------------------------ exp */
+
+/*
+ * e^x for x <= 0 in float32, within 1 ulp of the correctly rounded value on a scan of
+ * [-104, 0] in steps of 1e-4 (tests/test_rows.c checks 2 ulps against double precision,
+ * tails and denormals included): x = n ln2 + r with |r| <= ~ln2/2 (ln2 split
+ * in two so n ln2 is exact), e^r by its Taylor series to degree 7 (truncation 5e-9
+ * relative), times 2^n built in the exponent bits as two factors so that results down to
+ * the least denormal come out right. x < -104 gives 0 (below half the least float).
+ * Plain float arithmetic and integer bit operations, so that GCC vectorises it (16 lanes
+ * with AVX-512) inside `omp simd` loops, where libm's expf is a scalar call.
+ */
+static inline float exp_nonpositive(float x)
+{
+    const float log2e = 1.44269504f, shift = 0x1.8p23f;
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.42860676533018704e-06f;
+    /* clamp at -104 on the bits (for x <= 0 a larger pattern is a more negative x): an
+     * integer min vectorises where a float compare-and-select does not at -O2 */
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = u < 0xC2D00000u ? u : 0xC2D00000u;   /* -104.0f */
+    memcpy(&x, &u, sizeof x);
+    float kd = x * log2e + shift;            /* 1.5 * 2^23 + n, n = round(x / ln2) */
+    float n = kd - shift;
+    float r = (x - n * ln2_hi) - n * ln2_lo;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t ni;
+    memcpy(&ni, &kd, sizeof ni);
+    ni -= 0x4B400000;                        /* n, in -151..0 */
+    int32_t n1 = ni / 2, n2 = ni - n1;       /* 2^n = 2^n1 * 2^n2, both normal floats */
+    int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    return p * s1 * s2;
+}
+
+/* ------------------------------------------------------------ top-k of a row */
+
+enum { TOPK_SPAN = 64 };   /* keys per vector step of the top-k scan */
+
+/* Inserts key j into the sorted list top[0..*n) of at most k keys (best first). Keys
+ * arrive newest first, so an equal older key stays behind (rule 4). */
+static inline void topk_insert(const float *p, int j, int k, int *top, int *n)
+{
+    int i = *n < k ? (*n)++ : k - 1;
+    while (i > 0 && p[j] > p[top[i - 1]]) {
+        top[i] = top[i - 1];
+        i--;
+    }
+    top[i] = j;
+}
+
+/* The value a key must beat to enter the list: the k-th best, or -1 (every key, all
+ * being >= 0) while the list is not full. */
+static inline float topk_bar(const float *p, int k, const int *top, int n)
+{
+    return n < k ? -1.0f : p[top[k - 1]];
+}
+
+/* Keys of span[0..len) above bar, len a constant after inlining: a fixed-length loop with
+ * a plain integer sum, which GCC vectorises at -O2 (an `omp simd` reduction per span
+ * costs twice as much). */
+static inline int count_above(const float *span, int len, float bar)
+{
+    int c = 0;
+    for (int j = 0; j < len; j++)
+        c += span[j] > bar;
+    return c;
+}
+
+/* Offers keys hi, hi-1, ..., lo (newest first, any number) one by one. */
+static inline void topk_scan(const float *p, int lo, int hi, int k, int *top, int *n)
+{
+    for (int i = hi; i >= lo; i--)
+        if (*n < k || p[i] > p[top[k - 1]])
+            topk_insert(p, i, k, top, n);
+}
+
+/* Offers the TOPK_SPAN keys ending at hi: one vector count against the current k-th best
+ * skips the span (most spans, once the list is full: 83% of them on a generated trace),
+ * and a span that has candidates is looked at in quarters, so only those are scanned. */
+static inline void topk_span(const float *p, int hi, int k, int *top, int *n)
+{
+    enum { QUARTER = TOPK_SPAN / 4 };
+    if (!count_above(p + hi - (TOPK_SPAN - 1), TOPK_SPAN, topk_bar(p, k, top, *n)))
+        return;
+    for (int qh = hi; qh > hi - TOPK_SPAN; qh -= QUARTER)
+        if (count_above(p + qh - (QUARTER - 1), QUARTER, topk_bar(p, k, top, *n)))
+            topk_scan(p, qh - (QUARTER - 1), qh, k, top, n);
+}
+
+KV_SIMD_CLONES void kv_row_topk(const float *p, int t, int k, int *top)
+{
+    int n = 0, hi = t;
+    for (; hi >= TOPK_SPAN - 1; hi -= TOPK_SPAN)
+        topk_span(p, hi, k, top, &n);
+    topk_scan(p, 0, hi, k, top, &n);   /* the first keys, fewer than a span */
+}
+
+/* ------------------------------------------------------------ softmax */
+
+/*
+ * Softmax of one row of logits over j <= t, in place (float32 exponentials after max
+ * subtraction, normaliser in double); x[t+1 .. t1) = 0. When top is not NULL the row's
+ * top k keys (kv_row_topk's order) are found in the last pass, span by span while each
+ * span is in L1, rather than by another pass over the row.
+ */
+static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
+{
+    int n = t + 1;
+    float max = x[0];
+    #pragma omp simd reduction(max:max)
+    for (int j = 0; j < n; j++)
+        max = x[j] > max ? x[j] : max;
     double sum = 0.0;
-    for (int j = 0; j <= t; j++) {
-        float e = expf(logit[j] - max);
-        dst[j] = e;
+    #pragma omp simd reduction(+:sum)
+    for (int j = 0; j < n; j++) {
+        float e = exp_nonpositive(x[j] - max);
+        x[j] = e;
         sum += e;
     }
     float inv = (float)(1.0 / sum);
-    for (int j = 0; j <= t; j++)
-        dst[j] *= inv;
-    memset(dst + t + 1, 0, (ld - (size_t)t - 1) * sizeof(float));
+    int n_top = 0, hi = t;
+    for (; hi >= TOPK_SPAN - 1; hi -= TOPK_SPAN) {   /* newest span first, for the top-k */
+        float *span = x + hi - (TOPK_SPAN - 1);
+        for (int j = 0; j < TOPK_SPAN; j++)
+            span[j] *= inv;
+        if (top)
+            topk_span(x, hi, k, top, &n_top);
+    }
+    for (int j = 0; j <= hi; j++)
+        x[j] *= inv;
+    if (top)
+        topk_scan(x, 0, hi, k, top, &n_top);
+    for (int j = n; j < t1; j++)
+        x[j] = 0.0f;
 }
 
-void kv_rows_from_qk(const float *q, const float *k, int head_dim, double scale,
-                     int t0, int t1, float *logits, float *out, size_t ld)
+void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                     int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
 {
     int nb = t1 - t0;
-    /* logits[i * t1 + j] = scale * q_{t0+i} . k_j for j < t1 */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, t1, head_dim, (float)scale,
-                q + (size_t)t0 * head_dim, head_dim, k, head_dim, 0.0f, logits, t1);
-    for (int i = 0; i < nb; i++)
-        softmax_row(logits + (size_t)i * t1, t0 + i, out + (size_t)i * ld, ld);
+    /* out[(i * nb + t - t0) * ld + j] = scale * q_t . k_j for j < t1: one product for
+     * the group, its keys packed once */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q * nb, t1, head_dim,
+                (float)scale, q, head_dim, k, head_dim, 0.0f, out, (int)ld);
+    for (int i = 0; i < n_q; i++)
+        for (int t = t0; t < t1; t++) {
+            size_t row = (size_t)i * nb + (size_t)(t - t0);
+            softmax_row(out + row * ld, t, t1, top && t >= t_top ? top + row * n_top : NULL,
+                        n_top);
+        }
 }
 
-kv_rows *kv_rows_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)
+/* ------------------------------------------------------------ the row source */
+
+struct kv_rows {
+    kv_trace *tr;
+    const kv_trace_info *info;
+    int layer;      /* the layer loaded (attn: the layer read), -1 before any */
+    int block;
+    size_t ld;      /* row stride of the output (kv_rows_ld) */
+    int group;      /* query heads per KV head */
+    float *q;       /* qk: n_heads * T * head_dim */
+    float *k;       /* qk: n_kv_heads * T * head_dim */
+    float *qs;      /* qk: per task, the group's queries of one block: n_heads * block *
+                       head_dim in all, task g at g * group * block * head_dim */
+    float *out;     /* kv_rows_block's buffer: n_heads * block * ld, allocated on use */
+};
+
+kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
-    size_t T = (size_t)in->n_tokens;
+    size_t T = (size_t)in->n_tokens, hd = (size_t)in->head_dim;
     kv_rows *r = calloc(1, sizeof *r);
     if (!r)
         goto nomem;
     r->tr = tr;
     r->info = in;
-    r->layer = layer;
+    r->layer = -1;
     r->block = block;
-    r->out = malloc((size_t)in->n_heads * block * T * sizeof(float));
-    if (!r->out)
-        goto nomem;
+    r->group = in->n_heads / in->n_kv_heads;
+    r->ld = in->source == KV_SOURCE_QK ? (T + 15) / 16 * 16 + 16 : T;
     if (in->source == KV_SOURCE_QK) {
-        r->q = malloc((size_t)in->n_heads * T * in->head_dim * sizeof(float));
-        r->k = malloc((size_t)in->n_kv_heads * T * in->head_dim * sizeof(float));
-        r->logits = malloc((size_t)block * T * sizeof(float));
-        if (!r->q || !r->k || !r->logits)
+        r->q = kv_alloc_large((size_t)in->n_heads * T * hd * sizeof(float));
+        r->k = kv_alloc_large((size_t)in->n_kv_heads * T * hd * sizeof(float));
+        r->qs = malloc((size_t)in->n_heads * (size_t)block * hd * sizeof(float));
+        if (!r->q || !r->k || !r->qs)
             goto nomem;
-        if (kv_trace_read_qk(tr, layer, r->q, r->k, err, err_len) != 0) {
-            kv_rows_close(r);
-            return NULL;
-        }
     }
     return r;
 nomem:
-    snprintf(err, err_len, "%s: out of memory preparing the rows of layer %d",
-             kv_trace_path(tr), layer);
+    snprintf(err, err_len, "%s: out of memory preparing the rows", kv_trace_path(tr));
     kv_rows_close(r);
     return NULL;
+}
+
+int kv_rows_n_load_pieces(const kv_rows *r)
+{
+    const kv_trace_info *in = r->info;
+    return in->source == KV_SOURCE_QK ? (in->n_tokens + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
+}
+
+int kv_rows_pieces_for(const kv_rows *r, int t1)
+{
+    return r->info->source == KV_SOURCE_QK ? (t1 + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
+}
+
+int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len)
+{
+    const kv_trace_info *in = r->info;
+    r->layer = layer;
+    if (in->source != KV_SOURCE_QK)
+        return 0;
+    int t0 = piece * KV_ROWS_PIECE;
+    int t1 = t0 + KV_ROWS_PIECE < in->n_tokens ? t0 + KV_ROWS_PIECE : in->n_tokens;
+    int rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_Q, t0, t1, r->q, err, err_len);
+    return rc ? rc : kv_trace_read_rows(r->tr, layer, KV_TENSOR_K, t0, t1, r->k, err, err_len);
+}
+
+size_t kv_rows_ld(const kv_rows *r)
+{
+    return r->ld;
+}
+
+int kv_rows_n_tasks(const kv_rows *r)
+{
+    return r->info->source == KV_SOURCE_QK ? r->info->n_kv_heads : 1;
+}
+
+void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1)
+{
+    if (r->info->source == KV_SOURCE_QK) {
+        *h0 = task * r->group;
+        *h1 = *h0 + r->group;
+    } else {
+        *h0 = 0;
+        *h1 = r->info->n_heads;
+    }
+}
+
+int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
+                 char *err, size_t err_len)
+{
+    const kv_trace_info *in = r->info;
+    int T = in->n_tokens;
+    int t1 = t0 + r->block < T ? t0 + r->block : T, nb = t1 - t0, h0, h1;
+    kv_rows_task_heads(r, task, &h0, &h1);
+    if (in->source == KV_SOURCE_ATTN) {
+        int rc = kv_trace_read_attn(r->tr, r->layer, h0, h1, t0, t1, out, err, err_len);
+        for (int h = h0; rc == 0 && top && h < h1; h++)
+            for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
+                size_t row = (size_t)h * nb + (size_t)(t - t0);
+                kv_row_topk(out + row * r->ld, t, n_top, top + row * n_top);
+            }
+        return rc;
+    }
+    size_t hd = (size_t)in->head_dim, per_head = (size_t)T * hd;
+    /* the group's queries t0..t1-1, head after head: the SGEMM's left operand */
+    float *qs = r->qs + (size_t)h0 * (size_t)r->block * hd;
+    for (int i = 0; i < r->group; i++)
+        memcpy(qs + (size_t)i * nb * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
+               (size_t)nb * hd * sizeof(float));
+    size_t first = (size_t)h0 * nb;   /* the group's first row in out and top */
+    kv_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
+                    in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
+                    top ? top + first * n_top : NULL, n_top, t_top);
+    return 0;
+}
+
+kv_rows *kv_rows_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)
+{
+    kv_rows *r = kv_rows_new(tr, block, err, err_len);
+    if (!r)
+        return NULL;
+    for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
+        if (kv_rows_load(r, layer, p, err, err_len) != 0) {
+            kv_rows_close(r);
+            return NULL;
+        }
+    return r;
 }
 
 const float *kv_rows_block(kv_rows *r, int t0, int *nb, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
-    int t1 = t0 + r->block < T ? t0 + r->block : T;
-    *nb = t1 - t0;
-    if (in->source == KV_SOURCE_ATTN) {
-        if (kv_trace_read_attn(r->tr, r->layer, 0, in->n_heads, t0, t1, r->out, err, err_len))
+    *nb = (t0 + r->block < T ? t0 + r->block : T) - t0;
+    if (!r->out) {
+        r->out = kv_alloc_large((size_t)in->n_heads * (size_t)r->block * r->ld * sizeof(float));
+        if (!r->out) {
+            snprintf(err, err_len, "%s: out of memory for a block of rows", kv_trace_path(r->tr));
             return NULL;
-        return r->out;
+        }
     }
-    int group = in->n_heads / in->n_kv_heads;
-    size_t hd = (size_t)in->head_dim;
-    for (int h = 0; h < in->n_heads; h++) {
-        const float *q = r->q + (size_t)h * T * hd;
-        const float *k = r->k + (size_t)(h / group) * T * hd;
-        kv_rows_from_qk(q, k, in->head_dim, in->softmax_scale, t0, t1, r->logits,
-                        r->out + (size_t)h * (*nb) * T, (size_t)T);
+    int n = kv_rows_n_tasks(r), failed = 0;
+    int blas = kv_blas_single_begin();
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int task = 0; task < n; task++) {
+        char why[512];
+        if (kv_rows_fill(r, t0, task, r->out, NULL, 0, T, why, sizeof why) != 0) {
+            #pragma omp critical(kv_rows_error)
+            if (!failed++)
+                snprintf(err, err_len, "%s", why);
+        }
     }
-    return r->out;
+    kv_blas_threads_restore(blas);
+    return failed ? NULL : r->out;
 }
 
 void kv_rows_close(kv_rows *r)
@@ -116,7 +391,7 @@ void kv_rows_close(kv_rows *r)
         return;
     free(r->q);
     free(r->k);
-    free(r->logits);
+    free(r->qs);
     free(r->out);
     free(r);
 }

@@ -96,6 +96,23 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
  */
 int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len);
 
+/* The per-head tensors of a layer that kv_trace_read_rows reads. */
+typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1 } kv_tensor;
+
+/*
+ * Reads rows t0..t1-1 (0 <= t0 < t1 <= T) of every head of a layer's /q (query heads) or
+ * /k (KV heads) as float32, one hyperslab, into the places kv_trace_read_qk would put them:
+ * out[(h * T + t) * head_dim + d] for t0 <= t < t1; the other rows of out are not touched.
+ * out holds n * T * head_dim floats (n = n_heads or n_kv_heads), owned by the caller. The
+ * same values as kv_trace_read_qk; lets a caller load a layer in pieces (the replay engine
+ * starts on a layer's first rows while the later ones are read, and reads the next layer
+ * while replaying the current one). KV_ETRACE_ARG when the trace has no q/k
+ * (kv_trace_has_qk is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
+ * KV_ETRACE_IO on failure.
+ */
+int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
+                       char *err, size_t err_len);
+
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 

@@ -786,6 +786,84 @@ int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, siz
     return rc;
 }
 
+/* Rows t0..t1-1 of every head of a [n, T, D] float dataset into out's [n][T][D] layout:
+ * float32 files scatter straight into place (a memory hyperslab); IEEE halves are read raw
+ * into a packed buffer and widened here, as read_whole does. */
+static int read_row_slab(kv_trace *tr, const char *dpath, int t0, int t1, float *out,
+                         char *err, size_t len)
+{
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    int half = d >= 0 && stores_ieee_half(d);
+    hid_t rtype = d < 0 ? H5I_INVALID_HID : half ? H5Dget_type(d) : H5T_NATIVE_FLOAT;
+    hid_t fspace = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hsize_t dims[3] = {0, 0, 0};
+    int ok = d >= 0 && rtype >= 0 && fspace >= 0
+             && H5Sget_simple_extent_ndims(fspace) == 3
+             && H5Sget_simple_extent_dims(fspace, dims, NULL) == 3;
+    hsize_t start[3] = {0, (hsize_t)t0, 0};
+    hsize_t count[3] = {dims[0], (hsize_t)(t1 - t0), dims[2]};
+    size_t n = (size_t)(count[0] * count[1] * count[2]);
+    uint16_t *raw = ok && half ? malloc(n * sizeof *raw) : NULL;
+    int nomem = ok && half && !raw;
+    ok &= !nomem;
+    /* halves: the packed slab; floats: the slab's place in the whole [n, T, D] tensor */
+    hid_t mspace = ok ? H5Screate_simple(3, half ? count : dims, NULL) : H5I_INVALID_HID;
+    hsize_t mstart[3] = {0, half ? 0 : (hsize_t)t0, 0};
+    int read_ok = ok && mspace >= 0
+                  && H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0
+                  && H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, NULL, count, NULL) >= 0
+                  && H5Dread(d, rtype, mspace, fspace, H5P_DEFAULT, half ? (void *)raw
+                                                                         : (void *)out) >= 0;
+    if (read_ok && half) {
+        pthread_once(&half_table_once, fill_half_table);
+        const uint16_t *h = raw;
+        for (size_t i = 0; i < count[0]; i++)
+            for (size_t t = 0; t < count[1]; t++, h += count[2]) {
+                float *o = out + (i * dims[1] + (size_t)t0 + t) * dims[2];
+                for (size_t k = 0; k < count[2]; k++)
+                    o[k] = half_table[h[k]];
+            }
+    }
+    free(raw);
+    if (mspace >= 0)
+        H5Sclose(mspace);
+    if (fspace >= 0)
+        H5Sclose(fspace);
+    if (half && rtype >= 0)
+        H5Tclose(rtype);
+    if (d >= 0)
+        H5Dclose(d);
+    if (nomem)
+        return kv_trace_fail(err, len, KV_ETRACE_NOMEM, "%s: out of memory reading %s",
+                             tr->path, dpath);
+    if (!read_ok)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read rows %d..%d of %s "
+                             "(damaged file?)", tr->path, t0, t1 - 1, dpath);
+    return 0;
+}
+
+int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
+                       char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !out)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_rows: NULL "
+                             "argument");
+    if (!tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
+                             "datasets (source = attn)", tr->path);
+    if (layer < 0 || layer >= tr->info.n_layers || t0 < 0 || t0 >= t1
+        || t1 > tr->info.n_tokens || (which != KV_TENSOR_Q && which != KV_TENSOR_K))
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: read of rows [%d, %d) of "
+                             "layer %d is outside the trace", tr->path, t0, t1, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, which == KV_TENSOR_Q ? "q" : "k");
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len)
 {
     kv_trace_quiet();

@@ -1,0 +1,566 @@
+/*
+ * bench.c - `make bench`: the performance workloads of issue 7, timed against their floors.
+ *
+ *   build/bench/bench [DIR [JOB...]]
+ *
+ * Generates the workload traces into DIR (default build/bench; seeded, kept between runs,
+ * generated only when missing), runs every job (or the named ones) in a fresh child process
+ * (so each job's time and peak resident memory are its own, and no OpenMP or BLAS thread
+ * pool crosses a fork), and prints one table:
+ *
+ *   1  qk, 4 layers x 32/8 heads x 4096 tokens x head_dim 128, P = 1024:
+ *        1-five  window, streamingllm, h2o, snapkv, morphkv at B = 512   floor: 1-full
+ *        1-full  `full` alone: the recompute floor                       floor: FLOPs at the SGEMM rate
+ *        1-rows  the rows alone (SGEMM + softmax, no cache)             floor: FLOPs at the SGEMM rate
+ *        1-four  the five without morphkv (diagnostic: where the cost is)  floor: 1-full
+ *   2  attn (float16), 2 layers x 8/2 heads x 4096 tokens, P = 1024:
+ *        2-five  the five policies at B = 512                           floor: 2-read
+ *        2-read  a pass that only reads the rows: the I/O floor
+ *   3  qk, 1 layer x 8/2 heads x 32768 tokens x head_dim 64, P = 4096:
+ *        3-long  morphkv and h2o at B = 2048                            floor: FLOPs at the SGEMM rate
+ *        3-rows  the rows alone: the recompute at T = 32768 against 1-rows' rate (T^2 growth)
+ *   4  4-sgemm   cblas_sgemm, 4096^3, all cores: the arithmetic ceiling
+ *
+ * and the OpenMP check: 1-full and 1-five again with one thread, the speed-up, and whether
+ * every output file (summary, steps, heads, retention, lifetimes) is byte-identical.
+ * Results also go to DIR/results.tsv. Exit status 0, or 1 when a job fails or the outputs
+ * of 1 and 2 threads differ.
+ */
+#define _DEFAULT_SOURCE   /* wait4: the peak memory of each child */
+#include <errno.h>
+#include <gsl/gsl_cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sim/engine.h"
+#include "sim/output.h"
+#include "sim/rows.h"
+#include "traces/gen.h"
+#include "traces/trace.h"
+
+/* ------------------------------------------------------------ the workloads */
+
+typedef struct {
+    const char *file;
+    int n_layers, n_heads, n_kv_heads, head_dim, n_tokens, prefill_len;
+    int attn;            /* 1: source attn (rows stored, float16), 0: qk (float32) */
+    unsigned long seed;
+} bench_trace;
+
+static const bench_trace traces[] = {
+    { "w1_qk_L4_H32-8_T4096_D128.h5", 4, 32, 8, 128, 4096, 1024, 0, 1 },
+    { "w2_attn_L2_H8-2_T4096_f16.h5", 2, 8, 2, 64, 4096, 1024, 1, 2 },
+    { "w3_qk_L1_H8-2_T32768_D64.h5", 1, 8, 2, 64, 32768, 4096, 0, 3 },
+};
+
+enum job_kind { JOB_REPLAY, JOB_ROWS, JOB_SGEMM };
+
+typedef struct {
+    const char *name;
+    enum job_kind kind;
+    int trace;             /* index into traces (replay, rows) */
+    const char *policies;  /* comma-separated (replay) */
+    int budget;            /* tokens (replay) */
+    int threads;           /* OpenMP threads; 0: all cores */
+    const char *floor;     /* name of the job whose time is the floor; NULL: FLOPs at the
+                              SGEMM rate (qk) or none */
+    const char *target;    /* issue 7's target for the ratio, for the table */
+} bench_job;
+
+#define FIVE "window,streamingllm,h2o,snapkv,morphkv"
+
+static const bench_job jobs[] = {
+    { "4-sgemm", JOB_SGEMM, -1, NULL, 0, 0, NULL, "ceiling" },
+    { "1-five", JOB_REPLAY, 0, FIVE, 512, 0, "1-full", "<= 1.5" },
+    { "1-full", JOB_REPLAY, 0, "full", 512, 0, NULL, "<= 2.0" },
+    { "1-rows", JOB_ROWS, 0, NULL, 0, 0, NULL, "" },
+    { "1-four", JOB_REPLAY, 0, "window,streamingllm,h2o,snapkv", 512, 0, "1-full", "" },
+    { "2-five", JOB_REPLAY, 1, FIVE, 512, 0, "2-read", "<= 1.5" },
+    { "2-read", JOB_ROWS, 1, NULL, 0, 0, NULL, "floor" },
+    { "3-long", JOB_REPLAY, 2, "morphkv,h2o", 2048, 0, NULL, "<= 2.0" },
+    { "3-rows", JOB_ROWS, 2, NULL, 0, 0, NULL, "" },
+    { "1-full-1t", JOB_REPLAY, 0, "full", 512, 1, NULL, "" },
+    { "1-five-1t", JOB_REPLAY, 0, FIVE, 512, 1, "1-full-1t", "" },
+};
+#define N_JOBS ((int)(sizeof jobs / sizeof jobs[0]))
+
+/* The OpenMP comparisons: (2 threads, 1 thread). */
+static const char *const omp_pairs[][2] = { { "1-full", "1-full-1t" }, { "1-five", "1-five-1t" } };
+
+#define SGEMM_N 4096
+
+/* ------------------------------------------------------------ helpers */
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int find_job(const char *name)
+{
+    for (int i = 0; i < N_JOBS; i++)
+        if (strcmp(jobs[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+static void trace_path(const char *dir, int t, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s", dir, traces[t].file);
+}
+
+/* Multiply-adds of recomputing every row of a qk trace: sum over layers, heads and t of
+ * (t + 1) * head_dim; FLOPs are twice that. 0 for attn traces. */
+static double recompute_flops(const bench_trace *bt)
+{
+    if (bt->attn)
+        return 0;
+    double T = bt->n_tokens;
+    return 2.0 * bt->n_layers * bt->n_heads * (T * (T + 1) / 2) * bt->head_dim;
+}
+
+/* ------------------------------------------------------------ child: generate */
+
+static int child_gen(const char *dir, int t)
+{
+    const bench_trace *bt = &traces[t];
+    kv_gen_params gp;
+    kv_gen_defaults(&gp);
+    gp.seed = bt->seed;
+    gp.n_layers = bt->n_layers;
+    gp.n_heads = bt->n_heads;
+    gp.n_kv_heads = bt->n_kv_heads;
+    gp.head_dim = bt->head_dim;
+    gp.n_tokens = bt->n_tokens;
+    gp.prefill_len = bt->prefill_len;
+    gp.progress = 1;
+    char path[512], tmp[600], err[512];
+    trace_path(dir, t, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.partial", path);   /* renamed when complete */
+    double w0 = wall_now();
+    if (kv_gen_write(tmp, &gp, bt->attn, bt->attn, err, sizeof err) != 0) {
+        fprintf(stderr, "bench: %s\n", err);
+        return 1;
+    }
+    if (rename(tmp, path) != 0) {
+        fprintf(stderr, "bench: rename %s: %s\n", tmp, strerror(errno));
+        return 1;
+    }
+    printf("RESULT %.6f 0\n", wall_now() - w0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ child: jobs */
+
+static int parse_policies(const char *list, kv_policy_conf *pc, int max)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && n < max;
+         tok = strtok_r(NULL, ",", &save), n++) {
+        memset(&pc[n], 0, sizeof pc[n]);
+        snprintf(pc[n].label, sizeof pc[n].label, "%s", tok);
+        pc[n].ops = kv_policy_find(tok);
+        if (!pc[n].ops) {
+            fprintf(stderr, "bench: unknown policy %s\n", tok);
+            return -1;
+        }
+        kv_params_defaults(pc[n].ops, &pc[n].values);
+    }
+    return n;
+}
+
+/* The replay, timed; its result files go to DIR/out/NAME for the thread comparison. */
+static int child_replay(const char *dir, const bench_job *j, kv_trace *tr)
+{
+    kv_policy_conf pc[8];
+    int n = parse_policies(j->policies, pc, 8);
+    if (n < 0)
+        return 1;
+    kv_replay_conf conf = { .policies = pc, .n_policies = n, .budgets = &j->budget,
+                            .n_budgets = 1, .seed = 1 };
+    char err[512];
+    kv_results *res = NULL;
+    double w0 = wall_now(), c0 = cpu_now();
+    if (kv_replay(tr, &conf, &res, err, sizeof err) != 0) {
+        fprintf(stderr, "bench: %s: %s\n", j->name, err);
+        return 1;
+    }
+    double wall = wall_now() - w0, cpu = cpu_now() - c0;
+    char out[600];
+    snprintf(out, sizeof out, "%s/out/%s", dir, j->name);
+    const kv_results *all[1] = { res };
+    const char *names[1] = { traces[j->trace].file };
+    kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
+                                 .trace_names = names };
+    int rc = kv_output_prepare(out, 1, err, sizeof err) || kv_output_write(out, &er, err,
+                                                                           sizeof err);
+    kv_results_free(res);
+    if (rc) {
+        fprintf(stderr, "bench: %s: %s\n", j->name, err);
+        return 1;
+    }
+    printf("RESULT %.6f %.6f\n", wall, cpu);
+    return 0;
+}
+
+/* Every row of every layer produced and nothing else (qk: recomputed; attn: read), with
+ * one row source for all layers, each loaded before its rows (no overlap). */
+static int child_rows(const bench_job *j, kv_trace *tr)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    char err[512];
+    volatile float sink = 0;
+    double w0 = wall_now(), c0 = cpu_now();
+    kv_rows *r = kv_rows_new(tr, 64, err, sizeof err);
+    for (int l = 0; r && l < in->n_layers; l++) {
+        for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
+            if (kv_rows_load(r, l, p, err, sizeof err) != 0)
+                goto fail;
+        for (int t0 = 0; t0 < in->n_tokens; t0 += 64) {
+            int nb;
+            const float *b = kv_rows_block(r, t0, &nb, err, sizeof err);
+            if (!b)
+                goto fail;
+            sink += b[0];
+        }
+    }
+    if (!r)
+        goto fail;
+    kv_rows_close(r);
+    printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
+    return 0;
+fail:
+    fprintf(stderr, "bench: %s: %s\n", j->name, err);
+    kv_rows_close(r);
+    return 1;
+}
+
+/* The BLAS's own SGEMM rate on large square matrices, with its default threads (all
+ * cores): the best of three. */
+static int child_sgemm(void)
+{
+    const int n = SGEMM_N;
+    float *a = malloc((size_t)n * n * sizeof *a), *b = malloc((size_t)n * n * sizeof *b);
+    float *c = malloc((size_t)n * n * sizeof *c);
+    if (!a || !b || !c) {
+        fprintf(stderr, "bench: out of memory for SGEMM\n");
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        a[i] = (float)(i % 7) * 0.25f - 0.75f;
+        b[i] = (float)(i % 5) * 0.25f - 0.5f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    double best = 1e30, best_cpu = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double w0 = wall_now(), c0 = cpu_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                    c, n);
+        double w = wall_now() - w0;
+        if (w < best) {
+            best = w;
+            best_cpu = cpu_now() - c0;
+        }
+    }
+    free(a);
+    free(b);
+    free(c);
+    printf("RESULT %.6f %.6f\n", best, best_cpu);
+    return 0;
+}
+
+static int child_main(const char *dir, const char *what)
+{
+    if (strncmp(what, "gen:", 4) == 0)
+        return child_gen(dir, atoi(what + 4));
+    int ji = find_job(what);
+    if (ji < 0)
+        return 1;
+    const bench_job *j = &jobs[ji];
+    if (j->threads > 0)
+        omp_set_num_threads(j->threads);
+    if (j->kind == JOB_SGEMM)
+        return child_sgemm();
+    char path[512], err[512];
+    trace_path(dir, j->trace, path, sizeof path);
+    kv_trace *tr;
+    if (kv_trace_open(path, &tr, err, sizeof err) != 0) {
+        fprintf(stderr, "bench: %s\n", err);
+        return 1;
+    }
+    int rc = j->kind == JOB_ROWS ? child_rows(j, tr) : child_replay(dir, j, tr);
+    kv_trace_close(tr);
+    return rc;
+}
+
+/* ------------------------------------------------------------ parent */
+
+typedef struct {
+    int done, ok;
+    double wall, cpu;    /* seconds */
+    long max_rss_kb;
+} job_result;
+
+/* Runs `self --child DIR what` and reads its RESULT line. */
+static int run_child(const char *self, const char *dir, const char *what, job_result *r)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[1]);
+        execl(self, self, "--child", dir, what, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    FILE *f = fdopen(fd[0], "r");
+    char line[256];
+    memset(r, 0, sizeof *r);
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RESULT %lf %lf", &r->wall, &r->cpu) == 2)
+            r->ok = 1;
+    if (f)
+        fclose(f);
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) < 0)
+        return -1;
+    r->done = 1;
+    r->ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    r->max_rss_kb = ru.ru_maxrss;
+    return r->ok ? 0 : -1;
+}
+
+static int same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+/* 1 when every result file of the two jobs' outputs is byte-identical. */
+static int same_outputs(const char *dir, const char *j1, const char *j2)
+{
+    const char *files[] = { "summary.tsv", "steps.tsv", "heads.tsv", "retention.tsv",
+                            "lifetimes.tsv" };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char a[700], b[700];
+        snprintf(a, sizeof a, "%s/out/%s/%s", dir, j1, files[i]);
+        snprintf(b, sizeof b, "%s/out/%s/%s", dir, j2, files[i]);
+        if (!same_file(a, b))
+            return 0;
+    }
+    return 1;
+}
+
+static int ensure_traces(const char *self, const char *dir, const int *wanted)
+{
+    for (int t = 0; t < (int)(sizeof traces / sizeof traces[0]); t++) {
+        if (!wanted[t])
+            continue;
+        char path[512];
+        trace_path(dir, t, path, sizeof path);
+        if (access(path, R_OK) == 0)
+            continue;
+        fprintf(stderr, "bench: generating %s (once; kept in %s)\n", traces[t].file, dir);
+        char what[32];
+        snprintf(what, sizeof what, "gen:%d", t);
+        job_result r;
+        if (run_child(self, dir, what, &r) != 0) {
+            fprintf(stderr, "bench: generating %s failed\n", traces[t].file);
+            return 1;
+        }
+        fprintf(stderr, "bench: generated %s in %.1f s\n", traces[t].file, r.wall);
+    }
+    return 0;
+}
+
+/* The floor of job i in seconds (0: none) and what it is. */
+static double job_floor(int i, const job_result *res, double sgemm_gflops, const char **what)
+{
+    const bench_job *j = &jobs[i];
+    *what = "";
+    if (j->floor) {
+        int f = find_job(j->floor);
+        *what = j->floor;
+        return f >= 0 && res[f].ok ? res[f].wall : 0;
+    }
+    if (j->kind == JOB_SGEMM || j->trace < 0)
+        return 0;
+    double flops = recompute_flops(&traces[j->trace]);
+    if (flops > 0 && sgemm_gflops > 0) {
+        *what = "SGEMM";
+        return flops / (sgemm_gflops * 1e9);
+    }
+    return 0;
+}
+
+static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gflops)
+{
+    if (tsv)
+        fprintf(f, "job\tthreads\ttime_s\tcpu_s\trows_per_s\tgflops\tfloor\tfloor_s\tratio\t"
+                   "target\tmax_rss_mb\n");
+    else
+        fprintf(f, "%-10s %3s %8s %8s %11s %8s %-10s %8s %6s %-8s %7s\n", "workload", "thr",
+                "time(s)", "cpu(s)", "rows/s", "GFLOP/s", "floor", "floor(s)", "ratio",
+                "target", "RSS(MB)");
+    for (int i = 0; i < N_JOBS; i++) {
+        const bench_job *j = &jobs[i];
+        if (!res[i].done)
+            continue;
+        int threads = j->threads > 0 ? j->threads : omp_get_num_procs();
+        if (!res[i].ok) {
+            fprintf(f, tsv ? "%s\t%d\tFAILED\n" : "%-10s %3d   FAILED\n", j->name, threads);
+            continue;
+        }
+        double rows = 0, gflops = 0;
+        if (j->kind == JOB_SGEMM) {
+            gflops = sgemm_gflops;
+        } else {
+            const bench_trace *bt = &traces[j->trace];
+            rows = (double)bt->n_layers * bt->n_heads * bt->n_tokens / res[i].wall;
+            gflops = recompute_flops(bt) / res[i].wall / 1e9;
+        }
+        const char *fname;
+        double floor_s = job_floor(i, res, sgemm_gflops, &fname);
+        double ratio = floor_s > 0 ? res[i].wall / floor_s : 0;
+        double rss = res[i].max_rss_kb / 1024.0;
+        if (tsv)
+            fprintf(f, "%s\t%d\t%.3f\t%.3f\t%.0f\t%.1f\t%s\t%.3f\t%.2f\t%s\t%.0f\n", j->name,
+                    threads, res[i].wall, res[i].cpu, rows, gflops, fname, floor_s, ratio,
+                    j->target, rss);
+        else {
+            char rs[16] = "-", gf[16] = "-", fs[16] = "-", ra[16] = "-";
+            if (rows > 0)
+                snprintf(rs, sizeof rs, "%.0f", rows);
+            if (gflops > 0)
+                snprintf(gf, sizeof gf, "%.1f", gflops);
+            if (floor_s > 0) {
+                snprintf(fs, sizeof fs, "%.2f", floor_s);
+                snprintf(ra, sizeof ra, "%.2f", ratio);
+            }
+            fprintf(f, "%-10s %3d %8.2f %8.2f %11s %8s %-10s %8s %6s %-8s %7.0f\n", j->name,
+                    threads, res[i].wall, res[i].cpu, rs, gf, *fname ? fname : "-", fs, ra,
+                    j->target, rss);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 4 && strcmp(argv[1], "--child") == 0)
+        return child_main(argv[2], argv[3]);
+    const char *dir = argc >= 2 ? argv[1] : "build/bench";
+    int want_job[N_JOBS], want_trace[3] = { 0, 0, 0 };
+    for (int i = 0; i < N_JOBS; i++)
+        want_job[i] = argc <= 2;
+    for (int a = 2; a < argc; a++) {
+        int i = find_job(argv[a]);
+        if (i < 0) {
+            fprintf(stderr, "bench: unknown job %s\n", argv[a]);
+            return 2;
+        }
+        want_job[i] = 1;
+    }
+    for (int i = 0; i < N_JOBS; i++)
+        if (want_job[i] && jobs[i].trace >= 0)
+            want_trace[jobs[i].trace] = 1;
+    /* Idle OpenMP threads sleep instead of spinning: on a shared machine a spinning thread
+     * takes the core from the work it waits for (2-five: 7% of the CPU was libgomp spinning
+     * while the other thread read the trace). libgomp reads this before main, so it is set
+     * here for the children; a value in the environment wins. */
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "bench: cannot find its own executable\n");
+        return 1;
+    }
+    self[n] = '\0';
+    mkdir(dir, 0777);
+    if (ensure_traces(self, dir, want_trace))
+        return 1;
+    char load_before[128] = "?\n";
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (!fgets(load_before, sizeof load_before, la))
+            snprintf(load_before, sizeof load_before, "?\n");
+        fclose(la);
+    }
+    job_result res[N_JOBS];
+    memset(res, 0, sizeof res);
+    int failed = 0;
+    double sgemm_gflops = 0;
+    for (int i = 0; i < N_JOBS; i++) {
+        if (!want_job[i])
+            continue;
+        fprintf(stderr, "bench: %-10s ...", jobs[i].name);
+        if (run_child(self, dir, jobs[i].name, &res[i]) != 0)
+            failed = 1;
+        fprintf(stderr, " %.2f s\n", res[i].wall);
+        if (jobs[i].kind == JOB_SGEMM && res[i].ok)
+            sgemm_gflops = 2.0 * SGEMM_N * (double)SGEMM_N * SGEMM_N / res[i].wall / 1e9;
+    }
+    printf("\n%d cores, OMP_WAIT_POLICY=%s, load average before: %s", omp_get_num_procs(),
+           getenv("OMP_WAIT_POLICY"), load_before);
+    print_table(stdout, 0, res, sgemm_gflops);
+    char tsv[600];
+    snprintf(tsv, sizeof tsv, "%s/results.tsv", dir);
+    FILE *f = fopen(tsv, "w");
+    if (f) {
+        print_table(f, 1, res, sgemm_gflops);
+        fclose(f);
+    }
+    printf("\nOpenMP, %d threads against 1:\n", omp_get_num_procs());
+    for (size_t p = 0; p < sizeof omp_pairs / sizeof omp_pairs[0]; p++) {
+        int a = find_job(omp_pairs[p][0]), b = find_job(omp_pairs[p][1]);
+        if (!res[a].ok || !res[b].ok)
+            continue;
+        int same = same_outputs(dir, jobs[a].name, jobs[b].name);
+        failed |= !same;
+        printf("  %-8s speed-up %.2fx (%.2f s -> %.2f s), outputs %s\n", jobs[a].name,
+               res[b].wall / res[a].wall, res[b].wall, res[a].wall,
+               same ? "byte-identical" : "DIFFER");
+    }
+    int w1 = find_job("1-five");
+    if (res[w1].ok)
+        printf("Peak resident memory of workload 1 (1-five): %.0f MB (target < 1024 MB)\n",
+               res[w1].max_rss_kb / 1024.0);
+    printf("Results: %s\n", tsv);
+    return failed;
+}
