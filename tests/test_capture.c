@@ -288,7 +288,7 @@ static void test_rows_match_forward_pass(void **state)
         for (int h = 0; h < N_HEADS; h++) {
             const float *qh = q + (size_t)h * T * HS;
             const float *kg = k + (size_t)(h / (N_HEADS / N_KV)) * T * HS;
-            kv_rows_from_qk(qh, kg, HS, in->softmax_scale, 0, T, logits, replay, T);
+            kv_rows_from_qk(qh, 1, kg, HS, in->softmax_scale, 0, T, replay, T, NULL, 0, 0);
             for (int t = 0; t < T; t++) {
                 reference_row(qh, kg, t, in->softmax_scale, row);
                 const float *got = attn + ((size_t)h * T + t) * T;

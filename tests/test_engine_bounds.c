@@ -345,7 +345,8 @@ static void oracle_reference(const char *path, int B, double *want)
                 for (int g = 0; g < in->n_kv_heads; g++) {
                     const float *row[16];
                     for (int hh = 0; hh < group; hh++)
-                        row[hh] = r + ((size_t)(g * group + hh) * nb + (t - t0)) * T;
+                        row[hh] = r + ((size_t)(g * group + hh) * nb + (t - t0)) *
+                                          kv_rows_ld(rows);
                     for (int j = 0; j < t; j++) {
                         c[j] = 0.0;
                         for (int hh = 0; hh < group; hh++)
