@@ -26,11 +26,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-<<<<<<< ours
-.PHONY: all deps run test check clean figures
-=======
-.PHONY: all deps run test check clean bench
->>>>>>> theirs
+.PHONY: all deps run test check clean figures bench
 all: kvsim
 
 deps:
