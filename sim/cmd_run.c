@@ -5,6 +5,7 @@
 #include "sim/config.h"
 #include "sim/engine.h"
 #include "sim/output.h"
+#include "traces/validate.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@ static void run_usage(FILE *f)
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
 "  -q, --quiet             no progress and no table\n"
+"  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
 "\n"
 "exit status: 0 success, 1 runtime failure, 2 usage or configuration error\n");
@@ -96,13 +98,14 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "output", required_argument, 0, 'o' },   { "force", no_argument, 0, 'f' },
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
+        { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
     int c;
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqvh", longopts, NULL)) != -1) {
         switch (c) {
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
@@ -117,6 +120,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
+        case 'v': kv_trace_set_verbose(1); break;
         case OPT_SEED:
             o->seed = strtol(optarg, &end, 10);
             if (*end || end == optarg || o->seed < 0) {
@@ -202,6 +206,7 @@ static int replay_all(const kv_experiment *ex, const kv_replay_conf *conf, kv_re
             fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return 1;
+        kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
         int rc = kv_replay(tr, conf, &res[k], err, err_len);
         kv_trace_close(tr);
         if (rc)
@@ -231,6 +236,10 @@ int kv_cmd_run(int argc, char **argv)
     const char *names[KV_MAX_TRACES] = { 0 };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
                                  .res = (const kv_results *const *)res, .trace_names = names };
+    /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
+    for (int k = 0; rc == 0 && k < ex.n_traces; k++)
+        if (kv_trace_precheck(ex.traces[k], err, sizeof err))
+            rc = 1;
     if (rc == 0 && kv_output_prepare(ex.output, o.force, err, sizeof err))
         rc = 2;
     if (rc == 0)
