@@ -305,9 +305,13 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl >= 0)
         H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
-    w->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl >= 0 ? fapl : H5P_DEFAULT);
+    hid_t fcpl = untimed_plist(H5P_FILE_CREATE);   /* root group untimed: same bytes */
+    w->file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl >= 0 ? fcpl : H5P_DEFAULT,
+                        fapl >= 0 ? fapl : H5P_DEFAULT);
     if (fapl >= 0)
         H5Pclose(fapl);
+    if (fcpl >= 0)
+        H5Pclose(fcpl);
     if (w->ftype < 0 || w->file < 0)
         rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot create the file", path);
     if (!rc)

@@ -23,7 +23,8 @@
 #include <stddef.h>
 #include "traces/trace.h"
 
-/* An attn row sums to 1 within this (the sum over j <= t, in double). */
+/* An attn row sums to 1 within this (the sum over j <= t, in double); the messages
+ * spell it "1e-3". */
 #define KV_ROW_SUM_TOL 1e-3
 
 /* What kv_trace_check_values scans (bits). */
