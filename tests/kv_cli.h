@@ -39,6 +39,7 @@ typedef struct {
     pid_t pid;
 } kv_cli_result;
 
+__attribute__((unused))
 static const char *kv_cli_bin(void)
 {
     const char *b = getenv("KVSIM_BIN");
@@ -47,6 +48,7 @@ static const char *kv_cli_bin(void)
 
 /* Starts kvsim with args (NULL-terminated, without the program name); stderr goes to
  * err_path. Returns the child's pid, or -1. */
+__attribute__((unused))
 static pid_t kv_cli_start(const char *const *args, const kv_cli_limits *lim,
                           const char *err_path)
 {
@@ -82,6 +84,7 @@ static pid_t kv_cli_start(const char *const *args, const kv_cli_limits *lim,
 }
 
 /* Waits for pid and fills res (stderr read back from err_path). */
+__attribute__((unused))
 static void kv_cli_wait(pid_t pid, const char *err_path, kv_cli_result *res)
 {
     int status = 0;
@@ -104,6 +107,7 @@ static void kv_cli_wait(pid_t pid, const char *err_path, kv_cli_result *res)
 }
 
 /* Runs kvsim with args to completion. Returns the exit status, or 128 + the signal. */
+__attribute__((unused))
 static int kv_cli_run(const char *const *args, const kv_cli_limits *lim, kv_cli_result *res)
 {
     char err_path[64];
@@ -121,6 +125,7 @@ static int kv_cli_run(const char *const *args, const kv_cli_limits *lim, kv_cli_
 }
 
 /* Number of lines of s (a last line without '\n' counts). */
+__attribute__((unused))
 static int kv_cli_lines(const char *s)
 {
     int n = 0;
@@ -130,6 +135,7 @@ static int kv_cli_lines(const char *s)
 }
 
 /* 1 when dir holds an entry whose name contains ".tmp." (a result temporary). */
+__attribute__((unused))
 static int kv_cli_has_temporaries(const char *dir)
 {
     char cmd[512];

@@ -249,7 +249,7 @@ static void test_read_checks(void **state)
     char err[512], want[512];
     kv_trace *tr = NULL;
     assert_int_equal(kv_trace_open(path, &tr, err, sizeof err), 0);
-    static float rows[H * 8 * T];
+    static float rows[H * 16 * T];   /* the largest read below: 16 rows of every head */
     assert_int_equal(kv_trace_read_attn(tr, 1, 0, H, 16, 24, rows, err, sizeof err), 0);
     assert_true(isnan(rows[((size_t)3 * 8 + 1) * T + 5]));
     kv_trace_set_read_checks(tr, 1);
