@@ -112,3 +112,92 @@ bench: $(BUILD)/bench/bench
 $(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -o $@
+
+# ------------------------------------------------------------------------------------
+# Issue 6: sanitizers, valgrind and fuzzing (CI runs all three after `make test`).
+#
+#   make test-asan   the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer
+#                    in build-asan/ (tests exec build-asan/kvsim), one OpenMP thread
+#   make valgrind    memcheck on a small real run and `kvsim info --check`: zero errors,
+#                    no definite leaks
+#   make fuzz        libFuzzer (clang) on the trace reader and the config parser,
+#                    FUZZ_TIME seconds each (default 30); seeds in tests/fuzz/
+CHECK_DEB_PKGS := clang libclang-rt-dev valgrind
+ASAN_BUILD := build-asan
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_TESTS := $(TEST_SRC:tests/%.c=$(ASAN_BUILD)/tests/%)
+# detect_leaks: LeakSanitizer on every test and every kvsim child (HDF5's own leaks on
+# damaged files suppressed, tests/lsan.supp). One OpenMP thread: libgomp is not built
+# with the sanitizers, and more threads only add run time (`make test` covers them).
+# The slow peak-memory test is skipped (shadow memory would inflate the peak anyway); so
+# are the HDF5-fault containment test (ASan reports HDF5's own out-of-bounds read there)
+# and the RLIMIT_AS out-of-memory test (ASan reserves terabytes of address space).
+ASAN_ENV := KVSIM_BIN=$(ASAN_BUILD)/kvsim KVSIM_SLOW_TESTS=0 KVSIM_SANITIZED=1 OMP_NUM_THREADS=1 \
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allow_user_segv_handler=1 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp
+FUZZ_CC    ?= clang
+FUZZ_BUILD := build-fuzz
+FUZZ_TIME  ?= 30
+FUZZ_FLAGS := -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+FUZZ_OBJ   := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
+VG_DIR     := $(BUILD)/valgrind
+
+.PHONY: deps-check test-asan valgrind fuzz
+
+# the packages of `make deps` plus the compilers and tools these checks need
+deps-check:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) $(CHECK_DEB_PKGS)"
+
+$(BUILD)/kvsim: $(BUILD)/sim/main.o $(BUILD)/libkvsim.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+test-asan: deps-check
+	@CFLAGS="-O1 -g $(ASAN_FLAGS)" LDFLAGS="$(ASAN_FLAGS)" $(MAKE) --no-print-directory \
+	  BUILD=$(ASAN_BUILD) $(ASAN_BUILD)/kvsim $(ASAN_TESTS)
+	@fail=0; for t in $(ASAN_TESTS); do echo "== $$t"; $(ASAN_ENV) $$t || fail=1; done; \
+	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED under ASan/UBSan"; exit 1; fi; \
+	echo "kvsim: all test programs passed under ASan/UBSan"
+
+# A real captured trace when traces/data has one, else a generated one.
+valgrind: deps-check kvsim
+	@mkdir -p $(VG_DIR)
+	@trace=$$(ls traces/data/*.h5 2>/dev/null | head -1); \
+	if [ -z "$$trace" ]; then trace=$(VG_DIR)/trace.h5; \
+	  ./kvsim gen --seed 1 --layers 2 --heads 4 --kv-heads 2 --head-dim 16 --tokens 160 \
+	    --prefill 48 -o $$trace >/dev/null; fi; \
+	echo "valgrind on $$trace"; \
+	vg="valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+	    --show-leak-kinds=definite"; \
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $$vg ./kvsim run --trace $$trace \
+	  --policies full,window,streamingllm,h2o,snapkv,morphkv --budgets 24,64 \
+	  --set snapkv.window=8 --set morphkv.window=8 -q --force -o $(VG_DIR)/out && \
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $$vg ./kvsim info --check $$trace >/dev/null && \
+	echo "kvsim: valgrind memcheck clean"
+
+$(FUZZ_BUILD)/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra \
+	  -Wno-unknown-pragmas $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz_%.c tests/fuzz_targets.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(CPPFLAGS) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra $(FUZZ_FLAGS) \
+	  -fsanitize=fuzzer $< $(FUZZ_OBJ) $(LDLIBS) -o $@
+
+fuzz: deps-check $(FUZZ_BUILD)/fuzz_trace $(FUZZ_BUILD)/fuzz_config
+	@for t in trace config; do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/crashes; \
+	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=2048 \
+	    -max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$t- \
+	    $(FUZZ_BUILD)/corpus/$$t tests/fuzz/$$t 2>$(FUZZ_BUILD)/fuzz_$$t.log \
+	  || { tail -40 $(FUZZ_BUILD)/fuzz_$$t.log; \
+	       echo "kvsim: fuzz_$$t found a failing input in $(FUZZ_BUILD)/crashes/:" \
+	            "fix it, then copy it into tests/fuzz/regress/$$t/"; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss" $(FUZZ_BUILD)/fuzz_$$t.log; \
+	done; echo "kvsim: fuzzing found nothing"
+
+.PHONY: clean-checks
+clean: clean-checks
+clean-checks:
+	rm -rf $(ASAN_BUILD) $(FUZZ_BUILD)

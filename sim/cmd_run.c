@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "sim/plot.h"
+#include "traces/validate.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@ static void run_usage(FILE *f)
 "      --block N           query rows per block while streaming (default 64)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
+"  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
 "\n"
 "exit status: 0 success, 1 runtime failure, 2 usage or configuration error\n");
@@ -105,13 +107,14 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
+        { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
     int c;
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqvh", longopts, NULL)) != -1) {
         switch (c) {
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
@@ -127,6 +130,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
+        case 'v': kv_trace_set_verbose(1); break;
         case OPT_SEED:
             o->seed = strtol(optarg, &end, 10);
             if (*end || end == optarg || o->seed < 0) {
@@ -272,6 +276,7 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
     merged->n_runs = np * nb;
     if (kv_trace_open(ex->traces[k], &tr, err, err_len))
         goto fail;
+    kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
     for (int p = 0; p < np; p++) {
         if (done[p])
             continue;
@@ -384,6 +389,10 @@ int kv_cmd_run(int argc, char **argv)
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
                                  .res = (const kv_results *const *)res, .trace_names = names,
                                  .budget_specs = specs };
+    /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
+    for (int k = 0; rc == 0 && k < ex.n_traces; k++)
+        if (kv_trace_precheck(ex.traces[k], err, sizeof err))
+            rc = 1;
     if (rc == 0)
         rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
     if (rc == 0)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_BUDGETS 64
 
@@ -312,6 +313,12 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
 {
     ini_state s = { .path = path, .ex = ex, .err = err, .err_len = err_len };
     FILE *f = fopen(path, "r");
+    struct stat st;
+    if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);   /* a directory opens, but reads as an empty file */
+        f = NULL;
+        errno = EISDIR;
+    }
     if (!f) {
         snprintf(err, err_len, "%s: cannot read the experiment file: %s", path, strerror(errno));
         return 2;

@@ -2,6 +2,7 @@
  * main.c - the `kvsim` command: dispatches to the subcommands of sim/commands.h.
  */
 #include "sim/commands.h"
+#include "sim/signals.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +32,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    kv_signals_install();   /* interrupts remove temporaries; see sim/signals.h */
     if (argc < 2) {
         usage(stderr);
         return 2;

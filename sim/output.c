@@ -3,6 +3,7 @@
  */
 #include "sim/output.h"
 #include "sim/stats.h"
+#include "sim/signals.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -111,27 +112,49 @@ static int out_open(out_file *o, const char *dir, const char *name, char *err, s
 {
     snprintf(o->final, sizeof o->final, "%s/%s", dir, name);
     snprintf(o->tmp, sizeof o->tmp, "%s/.%s.tmp.%ld", dir, name, (long)getpid());
+    /* registered before it exists, so an interrupt removes it (sim/signals.h) */
+    if (kv_tmp_register(o->tmp) != 0) {
+        snprintf(err, err_len, "%s: too many temporary files", o->tmp);
+        return 1;
+    }
     o->f = fopen(o->tmp, "w");
     if (!o->f) {
         snprintf(err, err_len, "%s: cannot write: %s", o->tmp, strerror(errno));
+        kv_tmp_unregister(o->tmp);
         return 1;
     }
     return 0;
 }
 
-/* Closes, checks every write reached the disk, renames into place; removes the
- * temporary on any failure. */
-static int out_close(out_file *o, char *err, size_t err_len)
+/* Removes a temporary that will not be published. */
+static void out_discard(out_file *o)
 {
-    int bad = ferror(o->f);
-    if (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0)
-        bad = 1;
-    if (fclose(o->f) != 0)
-        bad = 1;
-    if (!bad && rename(o->tmp, o->final) == 0)
-        return 0;
-    snprintf(err, err_len, "%s: writing failed: %s", o->final, strerror(errno ? errno : EIO));
     unlink(o->tmp);
+    kv_tmp_unregister(o->tmp);
+}
+
+/* Closes the temporary and checks every write reached the disk (a full disk or a file
+ * size limit shows here at the latest); discards it on failure. */
+static int out_finish(out_file *o, char *err, size_t err_len)
+{
+    int e = ferror(o->f) ? (errno ? errno : EIO) : 0;
+    if (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0)
+        e = errno ? errno : EIO;
+    if (fclose(o->f) != 0)
+        e = errno ? errno : EIO;
+    o->f = NULL;
+    if (!e)
+        return 0;
+    snprintf(err, err_len, "%s: writing failed: %s", o->final, strerror(e));
+    out_discard(o);
+    return 1;
+}
+
+/* Removes the first n (finished) temporaries of a failed write; returns 1. */
+static int discard_all(out_file *o, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out_discard(&o[i]);
     return 1;
 }
 
@@ -485,6 +508,11 @@ static kv_run_summary *summarise_all(const kv_experiment_results *er, int n_runs
     return sums;
 }
 
+/*
+ * All-or-nothing as far as a directory allows: every file is written to its temporary
+ * first; only when all of them are complete are they renamed into place, one after the
+ * other with interrupts deferred, so a run publishes all its files or none.
+ */
 int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len)
 {
@@ -500,22 +528,38 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
     if (!sums)
         return 1;
     c.sums = sums;
+    enum { N_FILES = sizeof result_files / sizeof result_files[0] };
+    static out_file o[N_FILES];   /* static: two paths each, large for the stack */
+    size_t n = 0;
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < sizeof result_files / sizeof result_files[0]; i++) {
-        out_file o;
-        if (out_open(&o, dir, result_files[i].name, err, err_len)) {
-            rc = 1;
-            break;
+    errno = 0;
+    for (; n < N_FILES && !rc; n++) {
+        if (out_open(&o[n], dir, result_files[n].name, err, err_len)) {
+            free(sums);
+            return discard_all(o, n);
         }
-        if (result_files[i].write(o.f, &c, err, err_len)) {
-            fclose(o.f);
-            unlink(o.tmp);
+        rc = result_files[n].write(o[n].f, &c, err, err_len);
+        if (rc) {
+            fclose(o[n].f);
+            out_discard(&o[n]);
+        } else if (out_finish(&o[n], err, err_len))
             rc = 1;
-            break;
-        }
-        rc = out_close(&o, err, err_len);
     }
     free(sums);
+    if (rc)
+        return discard_all(o, n - 1);
+    kv_signals_hold(1);
+    for (size_t i = 0; i < N_FILES; i++) {
+        if (!rc && rename(o[i].tmp, o[i].final) != 0) {
+            snprintf(err, err_len, "%s: cannot rename into place: %s", o[i].final,
+                     strerror(errno));
+            rc = 1;
+        }
+        if (rc)
+            unlink(o[i].tmp);
+        kv_tmp_unregister(o[i].tmp);
+    }
+    kv_signals_hold(0);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /*
  * info.c - `kvsim info FILE`: what a trace holds (geometry, source, P and T, GQA groups,
- * dtypes, storage) and whether it is a valid kvtrace v1 file.
+ * dtypes, storage) and whether it is a valid kvtrace v1 file. With --check it also scans
+ * every value (traces/validate.h): what `kvsim run` would otherwise stop on mid-replay.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -8,14 +9,19 @@
 
 #include "sim/commands.h"
 #include "traces/trace_int.h"
+#include "traces/validate.h"
 
 #define KV_INFO_GROUPS_SHOWN 8
 
 static void info_usage(FILE *f)
 {
-    fprintf(f, "Usage: kvsim info FILE [--verbose]\n"
+    fprintf(f, "Usage: kvsim info FILE [--check] [--verbose]\n"
                "Prints a kvtrace file's geometry, source, prefill and length, GQA groups, "
                "dtypes\nand storage, then \"valid\", or the first problem found.\n\n"
+               "  -c, --check     also scan every value: NaN or Inf in q, k, v and attn,\n"
+               "                  negative attention, attn rows not summing to 1 within "
+               "1e-3\n"
+               "                  (reads the whole file)\n"
                "  -v, --verbose   every layer's datasets, and HDF5's own error stack\n"
                "  -h, --help      this help\n\n"
                "Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.\n");
@@ -165,13 +171,16 @@ int kv_cmd_info(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"verbose", no_argument, NULL, 'v'},
+        {"check", no_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int verbose = 0, c;
+    int verbose = 0, check = 0, c;
     optind = 0;   /* glibc: full re-initialisation, argv[0] is the subcommand */
-    while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
-        if (c == 'v') {
+    while ((c = getopt_long(argc, argv, "cvh", longopts, NULL)) != -1) {
+        if (c == 'c') {
+            check = 1;
+        } else if (c == 'v') {
             verbose = 1;
         } else if (c == 'h') {
             info_usage(stdout);
@@ -195,7 +204,14 @@ int kv_cmd_info(int argc, char **argv)
         return 1;
     }
     print_info(tr, verbose);
-    printf("status       valid\n");
+    fflush(stdout);
+    if (check && kv_trace_check_values(tr, KV_CHECK_ALL, 1, err, sizeof err) != 0) {
+        fprintf(stderr, "kvsim info: %s\n", err);
+        printf("status       invalid\n");
+        kv_trace_close(tr);
+        return 1;
+    }
+    printf("status       valid%s\n", check ? " (every value checked)" : "");
     kv_trace_close(tr);
     return 0;
 }

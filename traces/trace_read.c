@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "traces/trace_int.h"
+#include "traces/validate.h"
 
 #define KV_OPEN_ATTN_MAX 4
 /* Per open attn dataset: 2 chunk-rows of 32 heads x 4096 tokens in float16 fit. */
@@ -50,9 +51,18 @@ struct kv_trace {
     pthread_mutex_t lock;  /* serialises reads: the open-dataset table is shared */
     struct open_attn attn[KV_OPEN_ATTN_MAX];
     unsigned long tick;
+    int check_values;      /* kv_trace_set_read_checks: check what the reads return */
 };
 
 static int g_verbose;
+
+/* The file whose HDF5 call is in progress (kv_trace_reading), for a fault handler. */
+static const char *volatile g_reading;
+
+const char *kv_trace_reading(void)
+{
+    return g_reading;
+}
 
 /* ------------------------------------------------------------ shared helpers */
 
@@ -298,6 +308,9 @@ static int check_info(kv_trace *tr, char *err, size_t len)
     if (in->version != KV_TRACE_VERSION)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute kvtrace_version "
                              "= %d, expected %d", tr->path, in->version, KV_TRACE_VERSION);
+    if (in->prefill_len < 1)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute prefill_len = "
+                             "%d, expected 1..n_tokens", tr->path, in->prefill_len);
     for (size_t i = 1; i < sizeof root_int_attrs / sizeof root_int_attrs[0]; i++) {
         int v = *(const int *)((const char *)in + root_int_attrs[i].offset);
         if (v < 1)
@@ -497,12 +510,23 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
 
 /* ------------------------------------------------------------ open / close */
 
+static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len);
+
 int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len)
 {
     kv_trace_quiet();
     if (!out || !path)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_open: NULL argument");
     *out = NULL;
+    g_reading = path;
+    int rc = open_checked(path, out, err, err_len);
+    g_reading = NULL;
+    return rc;
+}
+
+/* kv_trace_open, with g_reading set by the caller. */
+static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len)
+{
     if (access(path, R_OK) != 0)
         return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: %s", path, strerror(errno));
     if (H5Fis_hdf5(path) <= 0)
@@ -559,11 +583,13 @@ void kv_trace_close(kv_trace *tr)
     if (!tr)
         return;
     kv_trace_quiet();
+    g_reading = tr->path;
     for (int i = 0; i < KV_OPEN_ATTN_MAX; i++)
         if (tr->attn[i].id >= 0)
             H5Dclose(tr->attn[i].id);
     if (tr->file >= 0)
         H5Fclose(tr->file);
+    g_reading = NULL;
     pthread_mutex_destroy(&tr->lock);
     free(tr->path);
     free(tr);
@@ -630,6 +656,8 @@ static hid_t attn_access_plist(const kv_trace *tr, hid_t d)
     if (type >= 0)
         H5Tclose(type);
     size_t chunk_bytes = (size_t)(chunk[0] * chunk[1] * chunk[2]) * elem;
+    if (chunk_bytes == 0)
+        return dapl;   /* a damaged layout: HDF5's read reports it */
     size_t per_row = (size_t)((in->n_heads + chunk[0] - 1) / chunk[0])
                      * (size_t)((in->n_tokens + chunk[2] - 1) / chunk[2]);
     size_t bytes = 2 * per_row * chunk_bytes;
@@ -732,10 +760,15 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
                              "[%d, %d), rows [%d, %d) is outside the trace", tr->path, layer,
                              h0, h1, t0, t1);
     pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
     const struct open_attn *oa = attn_dataset(tr, layer, err, err_len);
     int rc = !oa ? KV_ETRACE_IO
                  : read_attn_block(tr, oa, layer, h0, h1, t0, t1, out, err, err_len);
+    g_reading = NULL;
     pthread_mutex_unlock(&tr->lock);
+    if (!rc && tr->check_values)
+        rc = kv_check_attn_rows(tr->path, layer, h0, h1 - h0, t0, t1 - t0, in->n_tokens, out,
+                                err, err_len);
     return rc;
 }
 
@@ -779,10 +812,19 @@ int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, siz
     snprintf(qpath, sizeof qpath, "/layers/%d/q", layer);
     snprintf(kpath, sizeof kpath, "/layers/%d/k", layer);
     pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
     int rc = read_whole(tr, qpath, H5T_NATIVE_FLOAT, q, err, err_len);
     if (!rc)
         rc = read_whole(tr, kpath, H5T_NATIVE_FLOAT, k, err, err_len);
+    g_reading = NULL;
     pthread_mutex_unlock(&tr->lock);
+    const kv_trace_info *in = &tr->info;
+    int qdims[3] = {in->n_heads, in->n_tokens, in->head_dim};
+    int kdims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, qpath, qdims, q, err, err_len);
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, kpath, kdims, k, err, err_len);
     return rc;
 }
 
@@ -874,7 +916,39 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
         return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no /tokens",
                              tr->path);
     pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
     int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
+    g_reading = NULL;
     pthread_mutex_unlock(&tr->lock);
     return rc;
+}
+
+int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !v)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_v: NULL argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: layer %d outside 0..%d",
+                             tr->path, layer, in->n_layers - 1);
+    char vpath[KV_PATH_MAX];
+    snprintf(vpath, sizeof vpath, "/layers/%d/v", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    /* kv_trace_open checked shape and type of every v present */
+    int rc = H5Lexists(tr->file, vpath, H5P_DEFAULT) > 0
+             ? read_whole(tr, vpath, H5T_NATIVE_FLOAT, v, err, err_len)
+             : kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no %s", tr->path, vpath);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    int dims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, vpath, dims, v, err, err_len);
+    return rc;
+}
+
+void kv_trace_set_read_checks(kv_trace *tr, int on)
+{
+    tr->check_values = on != 0;
 }

@@ -157,15 +157,17 @@ int kv_trace_write_attr_string(kv_trace_writer *w, const char *name, const char 
     if (!w || !name || !value)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_write_attr_string: NULL "
                              "argument");
+    /* Fixed-length: a variable-length string lives in the global heap, which HDF5 1.10
+     * reads without bounds checks, so one damaged byte there can crash a reader. */
     hid_t type = H5Tcopy(H5T_C_S1);
-    if (type < 0 || H5Tset_size(type, H5T_VARIABLE) < 0
+    if (type < 0 || H5Tset_size(type, strlen(value) + 1) < 0
         || H5Tset_cset(type, H5T_CSET_UTF8) < 0) {
         if (type >= 0)
             H5Tclose(type);
         return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot make a string type",
                              w->path);
     }
-    int rc = put_attr(w, name, type, type, &value, err, err_len);
+    int rc = put_attr(w, name, type, type, value, err, err_len);
     H5Tclose(type);
     return rc;
 }
@@ -297,7 +299,19 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
     w->store_f16 = store_f16 != 0;
     w->attn = H5I_INVALID_HID;
     w->ftype = store_f16 ? kv_trace_f16_type() : H5Tcopy(H5T_IEEE_F32LE);
-    w->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    /* The 1.8 file format: superblock, object headers and chunk indexes carry checksums,
+     * so a damaged file is reported by HDF5 instead of being parsed (readable by HDF5
+     * 1.8 and later, h5py included). */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0)
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
+    hid_t fcpl = untimed_plist(H5P_FILE_CREATE);   /* root group untimed: same bytes */
+    w->file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl >= 0 ? fcpl : H5P_DEFAULT,
+                        fapl >= 0 ? fapl : H5P_DEFAULT);
+    if (fapl >= 0)
+        H5Pclose(fapl);
+    if (fcpl >= 0)
+        H5Pclose(fcpl);
     if (w->ftype < 0 || w->file < 0)
         rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot create the file", path);
     if (!rc)

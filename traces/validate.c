@@ -1,0 +1,168 @@
+/*
+ * validate.c - checks of a trace's values (see validate.h): NaN and Inf in q, k, v and
+ * attn; negative attention; attn rows that do not sum to 1.
+ *
+ * The checks on buffers are separate from the reading so that the same code serves the
+ * full scan of `kvsim info --check` and the checks a replay makes on the rows it reads.
+ */
+#include "traces/validate.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "traces/trace_int.h"
+
+/* The attn scan reads this many bytes of rows at a time at most (all heads, a block of
+ * rows: chunk-aligned reads decompress each chunk once). */
+#define KV_SCAN_BLOCK_BYTES ((size_t)64 << 20)
+#define KV_SCAN_BLOCK_ROWS 128
+
+/* "NaN", "Inf" or "-Inf" for a non-finite x. */
+static const char *nonfinite_name(float x)
+{
+    if (isnan(x))
+        return "NaN";
+    return x > 0 ? "Inf" : "-Inf";
+}
+
+int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int n_t, int T,
+                       const float *rows, char *err, size_t err_len)
+{
+    for (int hh = 0; hh < n_h; hh++)
+        for (int tt = 0; tt < n_t; tt++) {
+            const float *p = rows + ((size_t)hh * n_t + tt) * (size_t)T;
+            int h = h0 + hh, t = t0 + tt;
+            double sum = 0.0;
+            for (int j = 0; j <= t; j++) {
+                if (!isfinite(p[j]))
+                    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn"
+                                         "[%d, %d, %d] is %s, expected a finite probability",
+                                         path, layer, h, t, j, nonfinite_name(p[j]));
+                if (p[j] < 0)
+                    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn"
+                                         "[%d, %d, %d] = %g, expected a probability >= 0",
+                                         path, layer, h, t, j, (double)p[j]);
+                sum += p[j];
+            }
+            if (fabs(sum - 1.0) > KV_ROW_SUM_TOL)
+                return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn row "
+                                     "[%d, %d] sums to %.6g, expected 1 within 1e-3",
+                                     path, layer, h, t, sum);
+        }
+    return 0;
+}
+
+int kv_check_finite(const char *path, const char *dpath, const int dims[3], const float *x,
+                    char *err, size_t err_len)
+{
+    size_t n = (size_t)dims[0] * (size_t)dims[1] * (size_t)dims[2];
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(x[i]))
+            continue;
+        size_t d = i % (size_t)dims[2], t = i / (size_t)dims[2] % (size_t)dims[1];
+        size_t h = i / ((size_t)dims[2] * (size_t)dims[1]);
+        return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%zu, %zu, %zu] is %s, "
+                             "expected a finite number", path, dpath, h, t, d,
+                             nonfinite_name(x[i]));
+    }
+    return 0;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Every attn row of one layer, a block of rows of all heads at a time. */
+static int scan_attn_layer(kv_trace *tr, int layer, float *buf, int block, char *err,
+                           size_t len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int T = in->n_tokens, H = in->n_heads;
+    for (int t0 = 0; t0 < T; t0 += block) {
+        int t1 = t0 + block < T ? t0 + block : T;
+        int rc = kv_trace_read_attn(tr, layer, 0, H, t0, t1, buf, err, len);
+        if (!rc)
+            rc = kv_check_attn_rows(kv_trace_path(tr), layer, 0, H, t0, t1 - t0, T, buf, err,
+                                    len);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* One layer's q and k (when the trace has them) and v (when the layer has it). */
+static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err, size_t len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    const char *path = kv_trace_path(tr);
+    int qdims[3] = {in->n_heads, in->n_tokens, in->head_dim};
+    int kdims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
+    char dpath[64];
+    int rc;
+    if (kv_trace_has_qk(tr)) {
+        if ((rc = kv_trace_read_qk(tr, layer, q, k, err, len)) != 0)
+            return rc;
+        snprintf(dpath, sizeof dpath, "/layers/%d/q", layer);
+        if ((rc = kv_check_finite(path, dpath, qdims, q, err, len)) != 0)
+            return rc;
+        snprintf(dpath, sizeof dpath, "/layers/%d/k", layer);
+        if ((rc = kv_check_finite(path, dpath, kdims, k, err, len)) != 0)
+            return rc;
+    }
+    rc = kv_trace_read_v(tr, layer, k, err, len);
+    if (rc == KV_ETRACE_ARG)
+        return 0;   /* no v in this layer: optional */
+    snprintf(dpath, sizeof dpath, "/layers/%d/v", layer);
+    return rc ? rc : kv_check_finite(path, dpath, kdims, k, err, len);
+}
+
+int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_t err_len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    size_t T = (size_t)in->n_tokens, hd = (size_t)in->head_dim;
+    int scan_attn = (what & KV_CHECK_ATTN) && in->source == KV_SOURCE_ATTN;
+    size_t row_bytes = (size_t)in->n_heads * T * sizeof(float);
+    size_t fit = KV_SCAN_BLOCK_BYTES / row_bytes;
+    int block = fit < 1 ? 1 : fit > KV_SCAN_BLOCK_ROWS ? KV_SCAN_BLOCK_ROWS : (int)fit;
+    float *buf = scan_attn ? malloc((size_t)block * row_bytes) : NULL;
+    float *q = NULL, *k = NULL;
+    if (what & KV_CHECK_QKV) {
+        q = malloc((size_t)in->n_heads * T * hd * sizeof *q);
+        k = malloc((size_t)in->n_kv_heads * T * hd * sizeof *k);
+    }
+    int rc = 0;
+    if ((scan_attn && !buf) || ((what & KV_CHECK_QKV) && (!q || !k)))
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory for the value "
+                           "scan", kv_trace_path(tr));
+    double start = now_seconds();
+    for (int l = 0; l < in->n_layers && !rc; l++) {
+        if (progress && now_seconds() - start > 1.0)
+            fprintf(stderr, "\rkvsim: checking the values of layer %d/%d ", l + 1,
+                    in->n_layers);
+        if (what & KV_CHECK_QKV)
+            rc = scan_qkv_layer(tr, l, q, k, err, err_len);
+        if (!rc && scan_attn)
+            rc = scan_attn_layer(tr, l, buf, block, err, err_len);
+    }
+    if (progress && now_seconds() - start > 1.0)
+        fprintf(stderr, "\n");
+    free(buf);
+    free(q);
+    free(k);
+    return rc;
+}
+
+int kv_trace_precheck(const char *path, char *err, size_t err_len)
+{
+    kv_trace *tr = NULL;
+    int rc = kv_trace_open(path, &tr, err, err_len);
+    if (!rc)
+        rc = kv_trace_check_values(tr, KV_CHECK_QKV, 0, err, err_len);
+    kv_trace_close(tr);
+    return rc;
+}

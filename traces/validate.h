@@ -1,0 +1,94 @@
+/*
+ * validate.h - checks of a trace's values (NaN, Inf, negative attention, row sums), on
+ * top of the attribute, rank, type and shape checks kv_trace_open already makes.
+ *
+ * Two routes, so that a run never reads a big attn trace twice:
+ *   - kv_trace_check_values scans a whole open trace (`kvsim info --check`);
+ *   - kv_trace_set_read_checks makes kv_trace_read_attn / kv_trace_read_qk check the
+ *     values they return, so a replay stops at the first bad value with the same message,
+ *     before any result file is written (results are written after the replay completes).
+ * kv_trace_precheck is what `kvsim run` does to every trace before replaying the first:
+ * open (structure) plus the q/k/v scan, whose I/O is O(n_heads * T * head_dim) per layer.
+ *
+ * Every message is one line naming the file, the dataset, the index and what was expected:
+ *   "t.h5: /layers/1/attn[3, 17, 5] is NaN, expected a finite probability"
+ *   "t.h5: /layers/0/attn row [2, 40] sums to 0.93, expected 1 within 1e-3"
+ * Indices are [head, t, j] for attn and [head, t, d] for q/k/v, as the datasets store them.
+ * Only j <= t of an attn row is checked: entries above the diagonal are ignored by the
+ * format (traces/FORMAT.md), so anything may be stored there.
+ */
+#ifndef KV_VALIDATE_H
+#define KV_VALIDATE_H
+
+#include <stddef.h>
+#include "traces/trace.h"
+
+/* An attn row sums to 1 within this (the sum over j <= t, in double); the messages
+ * spell it "1e-3". */
+#define KV_ROW_SUM_TOL 1e-3
+
+/* What kv_trace_check_values scans (bits). */
+enum {
+    KV_CHECK_QKV = 1,   /* q, k and v of every layer that has them: finite */
+    KV_CHECK_ATTN = 2,  /* attn rows: finite, >= 0, each row sums to 1 within tolerance */
+    KV_CHECK_ALL = 3
+};
+
+/*
+ * Checks the values of rows t0..t0+n_t-1 of query heads h0..h0+n_h-1 of layer's attn, laid
+ * out as kv_trace_read_attn returns them: rows[((h - h0) * n_t + (t - t0)) * T + j]
+ * (borrowed). path names the file in the message. Returns 0, or KV_ETRACE_FORMAT with the
+ * first bad value in [h, t, j] order in err. Cannot fail otherwise.
+ */
+int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int n_t, int T,
+                       const float *rows, char *err, size_t err_len);
+
+/*
+ * Checks that every element of a [dims[0], dims[1], dims[2]] float array (row-major,
+ * borrowed) is finite; dpath ("/layers/0/q") names the dataset. Returns 0, or
+ * KV_ETRACE_FORMAT naming the first bad element. Cannot fail otherwise.
+ */
+int kv_check_finite(const char *path, const char *dpath, const int dims[3], const float *x,
+                    char *err, size_t err_len);
+
+/*
+ * Scans an open trace's values as what asks (KV_CHECK_* bits), layer by layer, in
+ * bounded memory (one block of attn rows of every head, or one layer's q, k and v).
+ * Returns 0; KV_ETRACE_FORMAT at the first bad value; KV_ETRACE_IO when a dataset
+ * cannot be read (damaged file); KV_ETRACE_NOMEM. err as above. progress: 1 reports the
+ * layer being scanned on stderr when the scan takes over a second.
+ */
+int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_t err_len);
+
+/*
+ * What `kvsim run` checks in every trace before any replay: kv_trace_open's checks and
+ * KV_CHECK_QKV (attn rows are checked as the replay reads them). Returns 0 or a
+ * KV_ETRACE_* code with err set; the file is closed again either way.
+ */
+int kv_trace_precheck(const char *path, char *err, size_t err_len);
+
+/*
+ * on = 1: from now on kv_trace_read_attn checks the rows it returns
+ * (kv_check_attn_rows) and kv_trace_read_qk the queries and keys (kv_check_finite), and
+ * fail with KV_ETRACE_FORMAT and the message at the first bad value. on = 0 (the default
+ * after kv_trace_open): values are returned unchecked. Cannot fail.
+ */
+void kv_trace_set_read_checks(kv_trace *tr, int on);
+
+/*
+ * Reads a layer's /layers/<l>/v as float32: n_kv_heads * T * head_dim floats,
+ * v[(g * T + t) * head_dim + d], into v (owned by the caller). KV_ETRACE_ARG when the
+ * layer has no v (kv_trace_get_info(tr)->has_v is 0 and the dataset is absent).
+ * Checked with kv_check_finite when read checks are on.
+ */
+int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len);
+
+/*
+ * The path of the trace whose HDF5 call is in progress in this process, or NULL. For a
+ * fault handler: HDF5 1.10 trusts some on-disk fields (global heap object sizes and
+ * indices in files without checksums), so a damaged file can make the library itself
+ * fault; the handler can then name the file instead of dumping core. Async-signal-safe.
+ */
+const char *kv_trace_reading(void);
+
+#endif
