@@ -138,11 +138,13 @@ ASAN_ENV := KVSIM_BIN=$(ASAN_BUILD)/kvsim KVSIM_SLOW_TESTS=0 KVSIM_SANITIZED=1 O
 FUZZ_CC    ?= clang
 FUZZ_BUILD := build-fuzz
 FUZZ_TIME  ?= 30
+FUZZ_SEED  ?= 1
 FUZZ_FLAGS := -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
 FUZZ_OBJ   := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 VG_DIR     := $(BUILD)/valgrind
 
 .PHONY: deps-check test-asan valgrind fuzz
+.SECONDARY: $(FUZZ_OBJ)   # keep the fuzz build's objects between runs
 
 # the packages of `make deps` plus the compilers and tools these checks need
 deps-check:
@@ -189,7 +191,7 @@ fuzz: deps-check $(FUZZ_BUILD)/fuzz_trace $(FUZZ_BUILD)/fuzz_config
 	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=2048 \
-	    -max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$t- \
+	    -seed=$(FUZZ_SEED) -max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crashes/$$t- \
 	    $(FUZZ_BUILD)/corpus/$$t tests/fuzz/$$t 2>$(FUZZ_BUILD)/fuzz_$$t.log \
 	  || { tail -40 $(FUZZ_BUILD)/fuzz_$$t.log; \
 	       echo "kvsim: fuzz_$$t found a failing input in $(FUZZ_BUILD)/crashes/:" \
