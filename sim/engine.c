@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #define DEFAULT_BLOCK 64
@@ -450,6 +451,7 @@ static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches, 
 typedef struct {
     double start, last;
     int enabled, shown;
+    int tty;          /* stderr is a terminal: rewrite one line; else a line every 10 s */
 } progress;
 
 static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
@@ -457,14 +459,15 @@ static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
     if (!pg->enabled)
         return;
     double now = now_seconds();
-    if (now - pg->start < 1.0 || now - pg->last < 0.5)
+    if (now - pg->start < 1.0 || now - pg->last < (pg->tty ? 0.5 : 10.0))
         return;
     pg->last = now;
-    pg->shown = 1;
+    pg->shown = pg->tty;
     double done = ((double)layer + (double)t / T) / n_layers;
     double eta = done > 0 ? (now - pg->start) * (1.0 - done) / done : 0.0;
-    fprintf(stderr, "\rkvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)   ",
-            layer + 1, n_layers, t, T, 100.0 * done, eta);
+    fprintf(stderr, "%skvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
+            pg->tty ? "\r" : "", layer + 1, n_layers, t, T, 100.0 * done, eta,
+            pg->tty ? "   " : "\n");
     fflush(stderr);
 }
 
@@ -888,7 +891,8 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         identity[j] = j;
     /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
     int blas_threads = kv_blas_single_begin();
-    progress pg = { .start = now_seconds(), .enabled = conf->progress };
+    progress pg = { .start = now_seconds(), .enabled = conf->progress,
+                    .tty = isatty(STDERR_FILENO) };
     kv_stream stream;
     rc = stream_open(&stream, tr, block, identity, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
