@@ -106,8 +106,16 @@ __attribute__((unused)) static int kv_fuzz_config_input(const uint8_t *data, siz
     kv_experiment_init(&ex);
     char err[1024] = "";
     if (kv_config_load(path, &ex, err, sizeof err) == 0) {
+        /* token budgets as given; prompt and byte budgets need a trace, so they are
+         * validated at the smallest token budget instead */
+        int tokens[64];
+        int n = ex.n_budgets < 64 ? ex.n_budgets : 64;
+        for (int b = 0; b < n; b++)
+            tokens[b] = ex.budgets[b].kind == KV_BUDGET_TOKENS &&
+                                ex.budgets[b].value <= 1e9
+                            ? (int)ex.budgets[b].value : 1;
         kv_replay_conf conf = { .policies = ex.policies, .n_policies = ex.n_policies,
-                                .budgets = ex.budgets, .n_budgets = ex.n_budgets };
+                                .budgets = tokens, .n_budgets = n };
         kv_replay_validate(&conf, err, sizeof err);
     } else if (strchr(err, '\n') || !err[0]) {
         fprintf(stderr, "bad message for %s: '%s'\n", path, err);

@@ -241,7 +241,7 @@ static void test_compare(void **state)
     double sum = 0;
     for (int l = 0; l < LAYERS; l++)
         for (int hd = 0; hd < HEADS; hd++) {
-            char ls[8], hs[8];
+            char ls[16], hs[16];
             snprintf(ls, sizeof ls, "%d", l);
             snprintf(hs, sizeof hs, "%d", hd);
             int a = find(h, "trace", "b.h5", "policy", "h2o", "budget_spec", "0.75p", "layer",
