@@ -135,6 +135,19 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
         snprintf(err, err_len, "no trace path given");
         return 2;
     }
+    /* rows name traces by file name, so two with one name could not be told apart */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++) {
+            const char *a = strrchr(ex->traces[i], '/'), *b = strrchr(ex->traces[j], '/');
+            a = a ? a + 1 : ex->traces[i];
+            b = b ? b + 1 : ex->traces[j];
+            if (strcmp(a, b) == 0) {
+                snprintf(err, err_len, "traces '%s' and '%s' share the file name '%s', which "
+                         "the trace column uses: list a trace once, rename one",
+                         ex->traces[j], ex->traces[i], a);
+                return 2;
+            }
+        }
     ex->n_traces = n;
     return 0;
 }

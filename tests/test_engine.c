@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sim/config.h"
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "traces/gen.h"
@@ -424,6 +425,22 @@ static void test_summary_oracle_column(void **state)
     kv_results_free(res);
 }
 
+/* Two traces with one file name would share their `trace` column: refused (exit 2). */
+static void test_duplicate_trace_names(void **state)
+{
+    (void)state;
+    static kv_experiment ex;
+    kv_experiment_init(&ex);
+    char err[512] = "";
+    assert_int_equal(kv_experiment_set_traces(&ex, "a/x.h5, b/y.h5", err, sizeof err), 0);
+    assert_int_equal(ex.n_traces, 2);
+    assert_string_equal(ex.traces[1], "b/y.h5");
+    assert_int_equal(kv_experiment_set_traces(&ex, "a/x.h5,b/x.h5", err, sizeof err), 2);
+    assert_non_null(strstr(err, "share the file name 'x.h5'"));
+    assert_int_equal(kv_experiment_set_traces(&ex, "x.h5, x.h5", err, sizeof err), 2);
+    kv_experiment_free(&ex);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +450,7 @@ int main(void)
         cmocka_unit_test(test_attn_and_qk_agree),
         cmocka_unit_test(test_outputs_deterministic),
         cmocka_unit_test(test_summary_oracle_column),
+        cmocka_unit_test(test_duplicate_trace_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -569,6 +569,19 @@ static void set_int_attr(const char *path, const char *name, long long value)
     H5Fclose(f);
 }
 
+static void set_real_attr(const char *path, const char *name, double value)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    assert_true(f >= 0);
+    H5Adelete(f, name);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_DOUBLE, &value) >= 0);
+    H5Aclose(a);
+    H5Sclose(s);
+    H5Fclose(f);
+}
+
 static void delete_object(const char *path, const char *name, int is_attr)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
@@ -660,6 +673,11 @@ static void test_malformed(void **state)
     p = write_valid_attn("version.h5");
     set_int_attr(p, "kvtrace_version", 2);
     expect_rejected(p, KV_ETRACE_FORMAT, "kvtrace_version = 2", NULL);
+
+    /* a stored NaN scale is an error, not the "absent" default of 1/sqrt(head_dim) */
+    p = write_valid_attn("nan_scale.h5");
+    set_real_attr(p, "softmax_scale", NAN);
+    expect_rejected(p, KV_ETRACE_FORMAT, "softmax_scale = nan", NULL);
 
     p = write_valid_attn("huge.h5");
     set_int_attr(p, "n_tokens", 1LL << 40);

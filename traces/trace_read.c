@@ -208,6 +208,10 @@ static int read_real_attr(const kv_trace *tr, const char *name, int required, do
     if (!rc && H5Aread(attr, H5T_NATIVE_DOUBLE, value) < 0)
         rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
                            tr->path, name);
+    /* a stored NaN is an error, not "absent" (the callers' sentinel for a default) */
+    if (!rc && isnan(*value))
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = nan, "
+                           "expected a finite number", tr->path, name);
     H5Aclose(attr);
     return rc;
 }
