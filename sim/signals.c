@@ -80,7 +80,7 @@ static void on_interrupt(int sig)
     remove_temporaries();
     say("\nkvsim: interrupted (");
     say(signal_name(sig));
-    say("): temporary files removed, earlier results left as they were\n");
+    say("): result temporaries removed, no result file replaced\n");
     _exit(128 + sig);
 }
 

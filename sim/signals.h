@@ -15,7 +15,7 @@
 /*
  * Installs the process's handlers (main() calls it once, before any subcommand):
  *   - SIGINT, SIGTERM, SIGHUP: remove the registered temporaries, print one line
- *     ("kvsim: interrupted (SIGINT); ...") and exit with status 128 + signal number;
+ *     ("kvsim: interrupted (SIGINT): ...") and exit with status 128 + signal number;
  *   - SIGSEGV, SIGBUS, SIGFPE while the trace reader is inside an HDF5 call
  *     (kv_trace_reading() is not NULL): HDF5 1.10 trusts some on-disk fields of files
  *     without checksums, so a damaged file can fault inside the library. Prints one line
