@@ -252,7 +252,7 @@ static void test_random(void **state)
         for (const char *p = a.kept[t]; *p; p++)
             n += *p == ',';
         assert_int_equal(n, 4);
-        char tail[8];
+        char tail[16];
         snprintf(tail, sizeof tail, ",%d", t);
         assert_non_null(strstr(a.kept[t], tail));
         assert_int_equal(strlen(strstr(a.kept[t], tail)), strlen(tail));
