@@ -135,12 +135,7 @@ static void *lookahead_create(const kv_param_values *values, const kv_policy_ctx
 /* out[j] = g_t[j] = sum over heads (in order) of the full row, j = 0..t. */
 static void group_sum(const kv_row *full, double *out)
 {
-    for (int j = 0; j < full->n; j++) {
-        double s = 0.0;
-        for (int h = 0; h < full->n_heads; h++)
-            s += full->w[(size_t)h * full->n + j];
-        out[j] = s;
-    }
+    kv_gqa_combine(KV_GQA_SUM, full->n_heads, full->n, full->w, (size_t)full->n, out);
 }
 
 /* Step 2 over the view pos[0..n): keep[i] = 1 for the B best by the current sums. */

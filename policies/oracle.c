@@ -87,15 +87,12 @@ static void *oracle_create(const kv_param_values *values, const kv_policy_ctx *c
     return st;
 }
 
-/* c[pos[i]] = sum over the group's heads of w_h[i], heads in order. */
+/* c[pos[i]] = sum over the group's heads of w_h[i], heads in order (score is scratch). */
 static void group_sum(oracle_state *st, const kv_row *row)
 {
-    for (int i = 0; i < row->n; i++) {
-        double s = 0.0;
-        for (int h = 0; h < row->n_heads; h++)
-            s += row->w[(size_t)h * row->n + i];
-        st->c[row->pos[i]] = s;
-    }
+    kv_gqa_combine(KV_GQA_SUM, row->n_heads, row->n, row->w, (size_t)row->n, st->score);
+    for (int i = 0; i < row->n; i++)
+        st->c[row->pos[i]] = st->score[i];
 }
 
 static void oracle_observe(void *state, const kv_row *row)

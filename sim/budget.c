@@ -192,17 +192,7 @@ int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int
 
 static int check_ok(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
 {
-    why[0] = '\0';
-    if (budget < 1) {
-        snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
-        return 0;
-    }
-    if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len)) {
-        if (!why[0])
-            snprintf(why, why_len, "rejected by %s", pc->ops->name);
-        return 0;
-    }
-    return 1;
+    return kv_policy_pair_check(pc, budget, why, why_len) == 0;
 }
 
 /* 1 if B fits in bytes, 0 if not, -1 on failure. *need: B's footprint. */

@@ -63,20 +63,25 @@ typedef struct {
     int t0, nb;
 } kv_block;
 
+int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
+{
+    why[0] = '\0';
+    if (budget < 1)
+        snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
+    else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
+        snprintf(why, why_len, "rejected by %s", pc->ops->name);
+    return why[0] ? 2 : 0;
+}
+
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
 {
     for (int p = 0; p < conf->n_policies; p++) {
         const kv_policy_conf *pc = &conf->policies[p];
         for (int b = 0; b < conf->n_budgets; b++) {
-            int budget = conf->budgets[b];
-            char why[KV_ERRMSG] = "";
-            if (budget < 1)
-                snprintf(why, sizeof why, "budget must be at least 1 token, got %d", budget);
-            else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, sizeof why)
-                     && !why[0])
-                snprintf(why, sizeof why, "rejected by %s", pc->ops->name);
-            if (why[0]) {
-                snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label, budget, why);
+            char why[KV_ERRMSG];
+            if (kv_policy_pair_check(pc, conf->budgets[b], why, sizeof why)) {
+                snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
+                         conf->budgets[b], why);
                 return 2;
             }
         }

@@ -80,6 +80,12 @@ typedef struct {
 } kv_results;
 
 /*
+ * Checks one (policy, budget) pair: budget >= 1 and the policy's own rule (ops->check).
+ * Returns 0, or 2 with the rule in why ("budget 16 must exceed morphkv window 32").
+ */
+int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len);
+
+/*
  * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
  * rule (ops->check). Returns 0, or 2 with "policy 'morphkv-sum' at budget 16: budget 16
  * must exceed window 32" in err (the first invalid pair).

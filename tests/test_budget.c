@@ -175,6 +175,7 @@ static void test_resolve_matches_replay(void **state)
         policy("snapkv", "window", "8"), policy("h2o", "gqa", "max"),
     };
     const char *specs[] = { "4500B", "5KiB", "6000B" };
+    int n_tight = 0;   /* cases where B + 1 was checked not to fit */
     for (size_t p = 0; p < sizeof pcs / sizeof pcs[0]; p++)
         for (size_t s = 0; s < 3; s++) {
             kv_budget_spec spec;
@@ -192,11 +193,14 @@ static void test_resolve_matches_replay(void **state)
             assert_int_equal(kv_run_summarise(res, 0, &at, err, sizeof err), 0);
             assert_int_equal(kv_run_summarise(res, 1, &above, err, sizeof err), 0);
             assert_true(at.kv_bytes_peak + at.meta_bytes_peak <= spec.value);
-            if (b < gp.n_tokens - 1 &&
-                !(above.kv_bytes_peak + above.meta_bytes_peak > spec.value))
-                fail_msg("%s %s: B + 1 = %d also fits", pcs[p].label, specs[s], b + 1);
+            if (b < gp.n_tokens - 1) {
+                if (!(above.kv_bytes_peak + above.meta_bytes_peak > spec.value))
+                    fail_msg("%s %s: B + 1 = %d also fits", pcs[p].label, specs[s], b + 1);
+                n_tight++;
+            }
             kv_results_free(res);
         }
+    assert_int_equal(n_tight, (int)(3 * (sizeof pcs / sizeof pcs[0])));   /* every case */
     kv_trace_close(tr);
     unlink(path);
 }

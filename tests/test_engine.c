@@ -413,15 +413,29 @@ static void test_summary_oracle_column(void **state)
         snprintf(rows[r][3], 64, "%s", col[c_oracle]);
     }
     fclose(f);
+    int n_na = 0, n_joined = 0;
     for (int r = 0; r < 6; r++) {
         if (!strcmp(rows[r][0], "h2o-q")) {
             assert_string_equal(rows[r][3], "NA");
+            n_na++;
             continue;
         }
+        int matches = 0;
         for (int o = 0; o < 6; o++)   /* the oracle's own row at this budget */
-            if (!strcmp(rows[o][0], "oracle") && !strcmp(rows[o][1], rows[r][1]))
+            if (!strcmp(rows[o][0], "oracle") && !strcmp(rows[o][1], rows[r][1])) {
                 assert_string_equal(rows[r][3], rows[o][2]);
+                matches++;
+            }
+        assert_int_equal(matches, 1);
+        n_joined++;
     }
+    /* window and oracle at two budgets joined, h2o-q at two budgets NA */
+    assert_int_equal(n_joined, 4);
+    assert_int_equal(n_na, 2);
+    /* the oracle is a ceiling for window at each budget (per-step, so also in the mean) */
+    for (int r = 0; r < 6; r++)
+        if (!strcmp(rows[r][0], "window"))
+            assert_true(strtod(rows[r][2], NULL) <= strtod(rows[r][3], NULL));
     kv_results_free(res);
 }
 
