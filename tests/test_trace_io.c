@@ -23,6 +23,7 @@
 #include <hdf5.h>
 
 #include "sim/commands.h"
+#include "tests/h5_edit.h"
 #include "traces/trace.h"
 
 #define FIXTURE "tests/data/h5py_f16.h5"
@@ -554,55 +555,6 @@ static const char *write_valid_attn(const char *name)
             assert_int_equal(kv_trace_write_attn_rows(w, l, h, 0, 20, rows, err, sizeof err), 0);
     assert_int_equal(kv_trace_finish(w, err, sizeof err), 0);
     return path;
-}
-
-static void set_int_attr(const char *path, const char *name, long long value)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_LLONG, &value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
-    H5Fclose(f);
-}
-
-static void set_real_attr(const char *path, const char *name, double value)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_DOUBLE, &value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
-    H5Fclose(f);
-}
-
-static void delete_object(const char *path, const char *name, int is_attr)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    assert_true((is_attr ? H5Adelete(f, name) : H5Ldelete(f, name, H5P_DEFAULT)) >= 0);
-    H5Fclose(f);
-}
-
-/* Replaces dataset name by one of the given rank, dims and type (contents unwritten). */
-static void replace_dataset(const char *path, const char *name, int rank, const hsize_t *dims,
-                            hid_t type)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Ldelete(f, name, H5P_DEFAULT);
-    hid_t s = H5Screate_simple(rank, dims, NULL);
-    hid_t d = H5Dcreate2(f, name, type, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(d >= 0);
-    H5Dclose(d);
-    H5Sclose(s);
-    H5Fclose(f);
 }
 
 /* Opens path expecting failure with code; err must contain each of the needles. */

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <hdf5.h>
 
+#include "tests/h5_edit.h"
 #include "tests/kv_cli.h"
 #include "traces/trace.h"
 #include "traces/validate.h"
@@ -284,57 +285,6 @@ static void test_finite_index(void **state)
 }
 
 /* ------------------------------------------------------------ structure checks */
-
-static void set_int_attr(const char *path, const char *name, long long value)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_LLONG, &value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
-    H5Fclose(f);
-}
-
-static void set_string_attr(const char *path, const char *name, const char *value)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, strlen(value) + 1);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, t, value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
-    H5Tclose(t);
-    H5Fclose(f);
-}
-
-static void delete_object(const char *path, const char *name, int is_attr)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    assert_true((is_attr ? H5Adelete(f, name) : H5Ldelete(f, name, H5P_DEFAULT)) >= 0);
-    H5Fclose(f);
-}
-
-static void replace_dataset(const char *path, const char *name, int rank, const hsize_t *dims,
-                            hid_t type)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Ldelete(f, name, H5P_DEFAULT);
-    hid_t s = H5Screate_simple(rank, dims, NULL);
-    hid_t d = H5Dcreate2(f, name, type, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(d >= 0);
-    H5Dclose(d);
-    H5Sclose(s);
-    H5Fclose(f);
-}
 
 static void test_structure_cli(void **state)
 {
