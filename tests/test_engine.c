@@ -17,6 +17,7 @@
 
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "tests/kv_test.h"
 #include "sim/output.h"
 #include "traces/gen.h"
 #include "traces/trace.h"
@@ -31,21 +32,7 @@ typedef struct {
 /* Adds policy `type` labelled `label` with "k=v,k=v" parameters. */
 static void add(policy_list *pl, const char *label, const char *type, const char *params)
 {
-    kv_policy_conf *pc = &pl->pc[pl->n++];
-    memset(pc, 0, sizeof *pc);
-    snprintf(pc->label, sizeof pc->label, "%s", label);
-    pc->ops = kv_policy_find(type);
-    assert_non_null(pc->ops);
-    kv_params_defaults(pc->ops, &pc->values);
-    char buf[256], err[256];
-    snprintf(buf, sizeof buf, "%s", params);
-    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        if (kv_params_set(pc->ops, &pc->values, kv, eq + 1, err, sizeof err))
-            fail_msg("%s", err);
-    }
+    kv_test_policy(&pl->pc[pl->n++], label, type, params);
 }
 
 static kv_results *replay(const char *path, policy_list *pl, const int *budgets, int n_budgets)
@@ -88,31 +75,21 @@ static void write_tiny(const char *path)
         fail_msg("%s", err);
 }
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-engine-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-    return 0;
+    return kv_test_dir_make("kvsim-test-engine");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    return system(cmd);
+    return kv_test_dir_remove();
 }
 
 static char *tmp(const char *name)
 {
-    static char buf[4][300];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
+    return kv_test_path(name);
 }
 
 /* ------------------------------------------------- hand-computed replays */

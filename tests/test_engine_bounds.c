@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "sim/engine.h"
+#include "tests/kv_test.h"
 #include "sim/rows.h"
 #include "traces/gen.h"
 #include "traces/trace.h"
@@ -33,25 +34,7 @@ typedef struct {
  * engine-level one (as sim/config.c reads it). */
 static void add(policy_list *pl, const char *label, const char *type, const char *params)
 {
-    kv_policy_conf *pc = &pl->pc[pl->n++];
-    memset(pc, 0, sizeof *pc);
-    snprintf(pc->label, sizeof pc->label, "%s", label);
-    pc->ops = kv_policy_find(type);
-    assert_non_null(pc->ops);
-    kv_params_defaults(pc->ops, &pc->values);
-    char buf[256], err[256];
-    snprintf(buf, sizeof buf, "%s", params);
-    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        if (strcmp(kv, "kv_granularity") == 0) {
-            assert_string_equal(eq + 1, "query_head");
-            pc->granularity = KV_GRAN_QUERY_HEAD;
-        } else if (kv_params_set(pc->ops, &pc->values, kv, eq + 1, err, sizeof err)) {
-            fail_msg("%s", err);
-        }
-    }
+    kv_test_policy(&pl->pc[pl->n++], label, type, params);
 }
 
 static int replay_rc(const char *path, const kv_policy_conf *pc, int n, const int *budgets,
@@ -78,31 +61,21 @@ static kv_results *replay(const char *path, policy_list *pl, const int *budgets,
     return res;
 }
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-bounds-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
-    return 0;
+    return kv_test_dir_make("kvsim-test-bounds");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    return system(cmd);
+    return kv_test_dir_remove();
 }
 
 static char *tmp(const char *name)
 {
-    static char buf[4][300];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
+    return kv_test_path(name);
 }
 
 /* Writes a one-layer attn trace: rows[h][t][j], T tokens, P prompt, kv KV heads. */

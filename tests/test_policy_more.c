@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "policies/policy.h"
+#include "tests/kv_test.h"
 
 #define MAX_T 32
 #define SET_LEN 256
@@ -58,25 +59,6 @@ static void format_set(const int *pos, const unsigned char *keep, int n, char *o
                                      pos[i]);
 }
 
-static void apply_settings(const kv_policy_ops *ops, const char *settings,
-                           kv_param_values *values)
-{
-    kv_params_defaults(ops, values);
-    if (settings == NULL)
-        return;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", settings);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        char err[KV_ERRMSG] = "";
-        if (kv_params_set(ops, values, tok, eq + 1, err, sizeof err) != 0)
-            fail_msg("%s", err);
-    }
-}
-
 /* The full rows p_t over 0..t of the group, as prescan and attend receive them. */
 static kv_row full_row(const table16 *tb, int g, int t, int *identity, double *w)
 {
@@ -98,7 +80,7 @@ static void run_seeded(const char *name, const char *settings, int P, int B, int
     int T = tb->T;
     assert_true(T <= MAX_T && g <= 4);
     kv_param_values values;
-    apply_settings(ops, settings, &values);
+    kv_test_apply_settings(ops, settings, &values);
     char err[KV_ERRMSG] = "";
     if (ops->check != NULL && ops->check(&values, B, err, sizeof err) != 0)
         fail_msg("check rejected: %s", err);
@@ -216,15 +198,15 @@ static void test_tova_check_and_scope(void **state)
     (void)state;
     const kv_policy_ops *ops = kv_policy_find("tova");
     kv_param_values v;
-    apply_settings(ops, "scope=layer,gqa=max", &v);
+    kv_test_apply_settings(ops, "scope=layer,gqa=max", &v);
     char err[KV_ERRMSG] = "";
     assert_int_equal(ops->check(&v, 8, err, sizeof err), 1);
     assert_string_equal(err, "tova scope=layer ranks by the mean over all query heads; "
                              "gqa=max needs scope=kv_head");
-    apply_settings(ops, "scope=layer", &v);
+    kv_test_apply_settings(ops, "scope=layer", &v);
     assert_int_equal(ops->check(&v, 8, err, sizeof err), 0);
     assert_int_equal(ops->scope(&v), KV_SCOPE_LAYER);
-    apply_settings(ops, NULL, &v);
+    kv_test_apply_settings(ops, NULL, &v);
     assert_int_equal(ops->scope(&v), KV_SCOPE_KV_HEAD);
 }
 
@@ -475,9 +457,9 @@ static void test_snapkv_recompress_interval_pooling(void **state)
     /* The bound: B + interval - 1 = 4 past tokens. */
     const kv_policy_ops *ops = kv_policy_find("snapkv");
     kv_param_values v;
-    apply_settings(ops, "decode=recompress,interval=2", &v);
+    kv_test_apply_settings(ops, "decode=recompress,interval=2", &v);
     assert_int_equal(kv_policy_max_held(ops, &v, 3), 4);
-    apply_settings(ops, NULL, &v);
+    kv_test_apply_settings(ops, NULL, &v);
     assert_int_equal(kv_policy_max_held(ops, &v, 3), -1);
 }
 
@@ -562,7 +544,7 @@ static void test_morphkv_evict_every(void **state)
     assert_int_equal(r.meta[5], 20);
     const kv_policy_ops *ops = kv_policy_find("morphkv");
     kv_param_values v;
-    apply_settings(ops, "window=1,evict_every=3", &v);
+    kv_test_apply_settings(ops, "window=1,evict_every=3", &v);
     assert_int_equal(kv_policy_max_held(ops, &v, 2), 4);
 }
 

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "policies/policy.h"
+#include "tests/kv_test.h"
 
 #define MAX_T 128
 #define SET_LEN 512
@@ -57,25 +58,6 @@ static void format_set(const int *pos, const unsigned char *keep, int n, char *o
 }
 
 /* Parses "a=1,b=x" into values over ops's defaults, failing the test on error. */
-static void apply_settings(const kv_policy_ops *ops, const char *settings,
-                           kv_param_values *values)
-{
-    kv_params_defaults(ops, values);
-    if (settings == NULL)
-        return;
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", settings);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        char err[KV_ERRMSG] = "";
-        if (kv_params_set(ops, values, tok, eq + 1, err, sizeof err) != 0)
-            fail_msg("%s", err);
-    }
-}
-
 /* Replays one cache of a T-token trace with a P-token prompt under budget B. */
 static void run_policy(const char *name, const char *settings, int T, int P, int B, int g,
                        attn_fn attn, const void *data, replay *out)
@@ -84,7 +66,7 @@ static void run_policy(const char *name, const char *settings, int T, int P, int
     assert_non_null(ops);
     assert_true(T <= MAX_T);
     kv_param_values values;
-    apply_settings(ops, settings, &values);
+    kv_test_apply_settings(ops, settings, &values);
     char err[KV_ERRMSG] = "";
     if (ops->check != NULL && ops->check(&values, B, err, sizeof err) != 0)
         fail_msg("check rejected: %s", err);
