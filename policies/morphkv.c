@@ -35,23 +35,29 @@
  * stored row, query head and cached token:
  *   min(window, rows observed so far) * group_size * n * 4 bytes.
  *
- * State: a ring of the last min(window, T) rows, each a compact copy (positions and
- * [group][n] values; a row's n is at most max(P, B + evict_every)), and a
- * position-indexed map from positions to view indices of O. The normaliser d of step 3
- * is not summed again at every select: per stored row and head the policy keeps the
- * running sums pre[k] = the sum of the row's values on O over its first k+1 entries,
- * left to right, so d = pre[n-1] is bit for bit the sum of step 3 (in ascending
- * position order). O changes by one position per observed row (the one that leaves W:
- * A's entry just before its last `window`, which lies after every other position of O)
- * and loses the evicted positions; a change at row entry k (found by binary search)
- * only invalidates pre[k..], which the next select re-adds. So the joining position
- * costs the row's few entries after it (W), and an eviction the entries after the
- * evicted one, instead of the whole row (evictions fall anywhere in O: on generated
- * traces about 60% of a row is re-added). A d kept by adding and subtracting would be
- * O(1) but not the same number (rounding), and the rankings must not change. A select
- * costs O(window * group * n) for the scores of steps 3-5 plus the re-added suffixes.
+ * State. Every cached position has a slot in [0, slot_cap), kept while it stays cached;
+ * the last min(window, T) observed rows are stored densely by slot, [group][slot_cap]
+ * doubles each, so a select is a few contiguous, vectorised passes over B + 1 slots
+ * rather than gathers through position lists. Step 3's normaliser d of each stored row
+ * and head is incremental, as the issue asks: O gains one position per observed row (the
+ * one that leaves W: A's entry just before its last `window`) and loses the evicted ones,
+ * and d follows by one addition or subtraction per stored row and head, in an exact
+ * fixed-point sum (kv_exact_sum, units of 2^-149, so adding and subtracting leave no
+ * rounding drift and d does not depend on the order of the changes); a new row's d is
+ * summed once when it is stored. d is that sum read back to 53 bits (truncated). Where O
+ * holds a position, its slot holds that position's value in every stored row: it was
+ * cached at each of them (step 3). Slots of W or of free slots hold stale values that
+ * the ranking ignores. Evicted positions free their slots for later positions; after the
+ * prompt compression (P > B) the kept slots are packed to [0, B).
+ *
+ * Rounding (step 3, documented choice): o^ = w * (1/d), one reciprocal per stored row and
+ * head, not w / d per value; both are the rule, and the multiply keeps the pass cheap.
+ * Equal inputs still give equal scores, so exact ties stay ties (ranked to the recent).
+ * A select costs O(window * group * B) multiply-adds plus O(window * group) updates of
+ * d; observing a row costs O(group * n) (storing it and summing its d).
  */
 #include "policies/policy.h"
+#include "sim/simd.h"
 
 #include <assert.h>
 #include <math.h>
@@ -81,23 +87,24 @@ typedef struct {
     int group;          /* query heads per cache */
     int n_tokens;       /* T */
     int prefill;        /* P */
-    int n_slots;        /* ring capacity, min(window, T) rows */
-    int slot_cap;       /* positions per stored row, min(T, max(P, B + evict_every)) */
-    int next;           /* ring slot the next stored row goes to */
-    int n_stored;       /* rows in the ring, <= n_slots */
+    int budget;         /* B */
+    int n_rows;         /* ring capacity: min(window, T) stored rows */
+    int next;           /* ring index the next stored row goes to */
+    int n_stored;       /* rows in the ring, <= n_rows */
     long n_observed;    /* rows observed so far (for meta_bytes) */
-    int *row_n;         /* [n_slots] positions in each stored row */
-    int *row_pos;       /* [n_slots][slot_cap] */
-    double *row_w;      /* [n_slots][group][slot_cap] */
-    double *row_pre;    /* [n_slots][group][slot_cap] running sums over O (state) */
-    int *row_valid;     /* [n_slots] entries of row_pre still valid */
-    unsigned char *in_o;/* [T] 1 for the positions of the current O */
-    int *o_index;       /* [T]: view index of a position in O during a select, else -1 */
-    double *o_hat;      /* [group][T] per-head normalised row on O (step 3) */
-    double *row_comb;   /* [T] combined over the group (step 4) */
-    double *score;      /* [T] fused score by view index (step 5) */
-    int *cand;          /* [T] */
-    int *scratch;       /* [T] */
+    int slot_cap;       /* slots: the most positions ever cached, min(T, max(P, B + N)) */
+    int high;           /* slots [0, high) have been handed out */
+    int n_free;         /* freed slots below high, on the stack free_slot[0..n_free) */
+    int *free_slot;     /* [slot_cap] */
+    int *slot_of;       /* [T] slot of a cached position, -1 when not cached */
+    double *row_w;      /* [n_rows][group][slot_cap] stored rows by slot */
+    kv_exact_sum *row_d;/* [n_rows][group] d of step 3 over the current O */
+    double *comb;       /* [slot_cap] one stored row combined over the group (step 4) */
+    double *inv;        /* [group] 1/d of one stored row's heads */
+    double *score;      /* [slot_cap] fused score by slot (step 5) */
+    double *view_score; /* [slot_cap] the same by view index of O */
+    int *cand;          /* [slot_cap] */
+    int *scratch;       /* [slot_cap] */
 } morphkv_state;
 
 static int morphkv_check(const kv_param_values *values, int budget, char *err,
@@ -124,16 +131,14 @@ static void morphkv_destroy(void *state)
     morphkv_state *st = state;
     if (st == NULL)
         return;
-    free(st->row_n);
-    free(st->row_pos);
+    free(st->free_slot);
+    free(st->slot_of);
     free(st->row_w);
-    free(st->row_pre);
-    free(st->row_valid);
-    free(st->in_o);
-    free(st->o_index);
-    free(st->o_hat);
-    free(st->row_comb);
+    free(st->row_d);
+    free(st->comb);
+    free(st->inv);
     free(st->score);
+    free(st->view_score);
     free(st->cand);
     free(st->scratch);
     free(st);
@@ -151,151 +156,157 @@ static void *morphkv_create(const kv_param_values *values, const kv_policy_ctx *
     st->group = ctx->group_size;
     st->n_tokens = ctx->n_tokens;
     st->prefill = ctx->prefill_len;
-    st->n_slots = st->window < ctx->n_tokens ? st->window : ctx->n_tokens;
+    st->budget = ctx->budget;
+    st->n_rows = st->window < ctx->n_tokens ? st->window : ctx->n_tokens;
+    /* At most max(P, B + N - 1) positions are cached before a select, plus the newest. */
     long widest = (long)ctx->budget + st->evict_every;
     if (ctx->prefill_len > widest)
         widest = ctx->prefill_len;
     st->slot_cap = widest < ctx->n_tokens ? (int)widest : ctx->n_tokens;
-    size_t slots = (size_t)st->n_slots, cap = (size_t)st->slot_cap;
+    size_t rows = (size_t)st->n_rows, cap = (size_t)st->slot_cap;
     size_t t = (size_t)ctx->n_tokens, g = (size_t)st->group;
-    st->row_n = calloc(slots, sizeof *st->row_n);
-    st->row_pos = malloc(slots * cap * sizeof *st->row_pos);
-    st->row_w = malloc(slots * g * cap * sizeof *st->row_w);
-    st->row_pre = malloc(slots * g * cap * sizeof *st->row_pre);
-    st->row_valid = calloc(slots, sizeof *st->row_valid);
-    st->in_o = calloc(t, 1);
-    st->o_index = malloc(t * sizeof *st->o_index);
-    st->o_hat = malloc(g * t * sizeof *st->o_hat);
-    st->row_comb = malloc(t * sizeof *st->row_comb);
-    st->score = malloc(t * sizeof *st->score);
-    st->cand = malloc(t * sizeof *st->cand);
-    st->scratch = malloc(t * sizeof *st->scratch);
-    if (st->row_n == NULL || st->row_pos == NULL || st->row_w == NULL ||
-        st->row_pre == NULL || st->row_valid == NULL || st->in_o == NULL || st->o_index == NULL ||
-        st->o_hat == NULL || st->row_comb == NULL || st->score == NULL ||
-        st->cand == NULL || st->scratch == NULL) {
+    st->free_slot = malloc(cap * sizeof *st->free_slot);
+    st->slot_of = malloc(t * sizeof *st->slot_of);
+    st->row_w = calloc(rows * g * cap, sizeof *st->row_w); /* stale slots stay finite */
+    st->row_d = calloc(rows * g, sizeof *st->row_d);
+    st->comb = malloc(cap * sizeof *st->comb);
+    st->inv = malloc(g * sizeof *st->inv);
+    st->score = malloc(cap * sizeof *st->score);
+    st->view_score = malloc(cap * sizeof *st->view_score);
+    st->cand = malloc(cap * sizeof *st->cand);
+    st->scratch = malloc(cap * sizeof *st->scratch);
+    if (st->free_slot == NULL || st->slot_of == NULL || st->row_w == NULL ||
+        st->row_d == NULL || st->comb == NULL || st->inv == NULL ||
+        st->score == NULL ||
+        st->view_score == NULL || st->cand == NULL || st->scratch == NULL) {
         morphkv_destroy(st);
         return NULL;
     }
     for (size_t i = 0; i < t; i++)
-        st->o_index[i] = -1;
+        st->slot_of[i] = -1;
     return st;
 }
 
-/* Ring slot of the r-th stored row, oldest first. */
-static int slot_of(const morphkv_state *st, int r)
+/* Ring index of the r-th stored row, oldest first. */
+static int row_index(const morphkv_state *st, int r)
 {
-    return (st->next - st->n_stored + r + st->n_slots) % st->n_slots;
+    return (st->next - st->n_stored + r + st->n_rows) % st->n_rows;
 }
 
-/* Index of position j in the stored row of slot s (ascending positions), or -1. */
-static int find_in_row(const morphkv_state *st, int s, int j)
+static double *row_values(const morphkv_state *st, int row, int h)
 {
-    const int *pos = st->row_pos + (size_t)s * st->slot_cap;
-    int lo = 0, hi = st->row_n[s] - 1;
-    while (lo <= hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (pos[mid] == j)
-            return mid;
-        if (pos[mid] < j)
-            lo = mid + 1;
-        else
-            hi = mid - 1;
-    }
-    return -1;
+    return st->row_w + ((size_t)row * st->group + h) * st->slot_cap;
 }
 
-/* Position j joined or left O: the running sums of every stored row are invalid from
- * j's entry on. */
-static void o_changed(morphkv_state *st, int j)
+/* Position j joined (sign > 0) or left O: every stored row's d gains or loses its value. */
+static void o_changed(morphkv_state *st, int j, int sign)
 {
+    int slot = st->slot_of[j];
     for (int r = 0; r < st->n_stored; r++) {
-        int s = slot_of(st, r), k = find_in_row(st, s, j);
-        assert(k >= 0); /* every position of O is in every stored row (step 3) */
-        if (k < st->row_valid[s])
-            st->row_valid[s] = k;
+        int row = row_index(st, r);
+        for (int h = 0; h < st->group; h++) {
+            kv_exact_sum *d = &st->row_d[(size_t)row * st->group + h];
+            double w = row_values(st, row, h)[slot];
+            if (sign > 0)
+                kv_exact_add(d, w);
+            else
+                kv_exact_sub(d, w);
+        }
     }
-}
-
-/* 3. d of the stored row in slot s and head h over the current O: the running sum,
- * re-added from the first invalid entry. */
-static double row_d(morphkv_state *st, int s, int h)
-{
-    size_t base = ((size_t)s * st->group + h) * st->slot_cap;
-    const int *pos = st->row_pos + (size_t)s * st->slot_cap;
-    const double *w = st->row_w + base;
-    double *pre = st->row_pre + base;
-    int n = st->row_n[s], k = st->row_valid[s];
-    double d = k > 0 ? pre[k - 1] : 0.0;
-    for (; k < n; k++) {
-        if (st->in_o[pos[k]])
-            d += w[k];
-        pre[k] = d;
-    }
-    return d;
 }
 
 static void morphkv_observe(void *state, const kv_row *row)
 {
     morphkv_state *st = state;
-    assert(row->n_heads == st->group);
+    assert(row->n_heads == st->group && row->n <= st->slot_cap);
     st->n_observed++;
+    for (int i = 0; i < row->n; i++) /* new positions (the row's own t) take a slot */
+        if (st->slot_of[row->pos[i]] < 0) {
+            int slot = st->n_free > 0 ? st->free_slot[--st->n_free] : st->high++;
+            assert(slot < st->slot_cap);
+            st->slot_of[row->pos[i]] = slot;
+        }
     /* 1. A prefill row older than the last `window` prompt rows is never among the
-     * last `window` rows at a select (the first is at t = P-1): no copy. */
+     * last `window` rows at a select (the first is at t = P-1): not stored. */
     int store = !(row->is_prefill && row->t < st->prefill - st->window);
-    if (store && st->n_stored == st->n_slots)
-        st->n_stored--; /* the oldest row is replaced below: no need to update it */
+    if (store && st->n_stored == st->n_rows)
+        st->n_stored--; /* the oldest row is replaced below: its d needs no update */
     /* O gains the position that just left W (A's entry before its last `window`). */
-    if (row->n > st->window) {
-        int e = row->pos[row->n - st->window - 1];
-        assert(!st->in_o[e]);
-        st->in_o[e] = 1;
-        o_changed(st, e);
-    }
+    int n_o = row->n > st->window ? row->n - st->window : 0;
+    if (n_o > 0)
+        o_changed(st, row->pos[n_o - 1], +1);
     if (!store)
         return;
-    assert(row->n <= st->slot_cap);
-    int s = st->next, cap = st->slot_cap, n = row->n;
-    st->row_n[s] = n;
-    memcpy(st->row_pos + (size_t)s * cap, row->pos, (size_t)n * sizeof *row->pos);
-    for (int h = 0; h < st->group; h++)
-        memcpy(st->row_w + ((size_t)s * st->group + h) * cap, row->w + (size_t)h * n,
-               (size_t)n * sizeof *row->w);
-    st->row_valid[s] = 0; /* its running sums are added at the next select */
-    st->next = (s + 1) % st->n_slots;
-    if (st->n_stored < st->n_slots)
-        st->n_stored++;
+    int s = st->next;
+    for (int h = 0; h < st->group; h++) {
+        const double *w = row->w + (size_t)h * row->n;
+        double *dst = row_values(st, s, h);
+        kv_exact_sum *d = &st->row_d[(size_t)s * st->group + h];
+        memset(d, 0, sizeof *d);
+        for (int i = 0; i < row->n; i++)
+            dst[st->slot_of[row->pos[i]]] = w[i];
+        kv_exact_add_many(d, w, n_o); /* d over the current O: A's first n_o entries */
+    }
+    st->next = (s + 1) % st->n_rows;
+    st->n_stored++;
 }
 
-/* 3-4. The stored row in slot s, normalised per head over O by its d and combined over
- * the group, into row_comb[0..n_o) (view indices of O). */
-static void combine_row(morphkv_state *st, int s, int n_o)
+/* 3-5 for one stored row: o^ = w * (1/d) per head (inv[h] = 1/d), combined over the
+ * group into comb, then fused into score. Dense over slots [0, n_slots); each slot is
+ * its own lane, so every clone rounds alike. */
+static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first,
+                                     int n_slots, const double *inv, double *restrict comb,
+                                     double *restrict score)
 {
-    int cap = st->slot_cap, n = st->row_n[s];
-    const int *pos = st->row_pos + (size_t)s * cap;
     for (int h = 0; h < st->group; h++) {
-        const double *w = st->row_w + ((size_t)s * st->group + h) * cap;
-        double *o_hat = st->o_hat + (size_t)h * n_o;
-        double d = row_d(st, s, h);
-        memset(o_hat, 0, (size_t)n_o * sizeof *o_hat);
-        if (d > 0.0)
-            for (int k = 0; k < n; k++)
-                if (st->o_index[pos[k]] >= 0)
-                    o_hat[st->o_index[pos[k]]] = w[k] / d;
-    }
-    st->row_valid[s] = n; /* every head's running sums are re-added now */
-    if (st->gqa != GQA_LOGIT) {
-        kv_gqa_combine((kv_gqa_mode)st->gqa, st->group, n_o, st->o_hat, (size_t)n_o,
-                       st->row_comb);
-        return;
-    }
-    for (int i = 0; i < n_o; i++) { /* 4. logit: sum of logs, heads in order */
-        double acc = 0.0;
-        for (int h = 0; h < st->group; h++) {
-            double v = st->o_hat[(size_t)h * n_o + i];
-            acc += log(v > LOGIT_FLOOR ? v : LOGIT_FLOOR);
+        const double *restrict w = row_values(st, row, h);
+        double c = inv[h];
+        if (st->gqa == GQA_LOGIT) {
+            for (int s = 0; s < n_slots; s++) {
+                double v = w[s] * c;
+                double l = log(v > LOGIT_FLOOR ? v : LOGIT_FLOOR); /* 4. floor 2^-149 */
+                comb[s] = h == 0 ? l : comb[s] + l;
+            }
+        } else if (h == 0) {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++)
+                comb[s] = w[s] * c;
+        } else if (st->gqa == GQA_MAX) {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++) {
+                double v = w[s] * c;
+                comb[s] = v > comb[s] ? v : comb[s];
+            }
+        } else {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++)
+                comb[s] += w[s] * c;
         }
-        st->row_comb[i] = acc;
+    }
+    if (first) {
+        memcpy(score, comb, (size_t)n_slots * sizeof *score);
+    } else if (st->fusion == FUSE_MAX) {
+        #pragma omp simd
+        for (int s = 0; s < n_slots; s++)
+            score[s] = comb[s] > score[s] ? comb[s] : score[s];
+    } else {
+        #pragma omp simd
+        for (int s = 0; s < n_slots; s++)
+            score[s] += comb[s];
+    }
+}
+
+/* 3-5: the fused score of every handed-out slot, oldest stored row first. */
+static void score_slots(morphkv_state *st)
+{
+    int g = st->group;
+    for (int r = 0; r < st->n_stored; r++) {
+        int row = row_index(st, r);
+        for (int h = 0; h < g; h++) {
+            double d = kv_exact_value(&st->row_d[(size_t)row * g + h]);
+            st->inv[h] = d > 0.0 ? 1.0 / d : 0.0; /* d = 0: o^ = 0 (README rule 6) */
+        }
+        score_row(st, row, r == 0, st->high, st->inv, st->comb, st->score);
     }
 }
 
@@ -308,22 +319,34 @@ static int evicts_now(const morphkv_state *st, const kv_cache_view *cache)
     return (cache->t - st->prefill + 1) % st->evict_every == 0;
 }
 
-/* After an eviction: the evicted leave O. */
-static void drop_from_o(morphkv_state *st, const kv_cache_view *cache, int n_o,
-                        const unsigned char *keep)
+/* Packs the slots of the n kept positions (ascending) to [0, n) in every stored row, so
+ * that later selects pass over B + N slots, not P (after a prompt compression). */
+static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
+                       const unsigned char *keep)
 {
-    for (int i = 0; i < n_o; i++)
-        if (!keep[i]) {
-            st->in_o[cache->pos[i]] = 0;
-            o_changed(st, cache->pos[i]);
+    int n_kept = 0;
+    for (int i = 0; i < cache->n; i++)
+        if (keep[i])
+            st->cand[n_kept++] = st->slot_of[cache->pos[i]]; /* old slots, by rank */
+    for (int r = 0; r < st->n_stored; r++)
+        for (int h = 0; h < st->group; h++) {
+            double *w = row_values(st, row_index(st, r), h);
+            for (int k = 0; k < n_kept; k++)
+                st->comb[k] = w[st->cand[k]];
+            memcpy(w, st->comb, (size_t)n_kept * sizeof *w);
         }
+    for (int i = 0, k = 0; i < cache->n; i++)
+        if (keep[i])
+            st->slot_of[cache->pos[i]] = k++;
+    st->high = n_kept;
+    st->n_free = 0;
 }
 
 static void morphkv_select(void *state, const kv_cache_view *cache, unsigned char *keep)
 {
     morphkv_state *st = state;
     int n = cache->n, b = cache->budget;
-    assert(n <= st->n_tokens && b > st->window && st->n_stored > 0);
+    assert(n <= st->slot_cap && b > st->window && st->n_stored > 0);
     /* 2. Within budget, or not an eviction step: keep all. Otherwise O = view[0, n_o),
      * W = view[n_o, n). */
     if (n <= b || !evicts_now(st, cache)) {
@@ -332,29 +355,26 @@ static void morphkv_select(void *state, const kv_cache_view *cache, unsigned cha
         return;
     }
     int n_o = n - st->window;
+    score_slots(st); /* 3-5, over every handed-out slot */
     for (int i = 0; i < n_o; i++) {
-        assert(st->in_o[cache->pos[i]]);
-        st->o_index[cache->pos[i]] = i;
-        st->score[i] = st->fusion == FUSE_MAX ? -INFINITY : 0.0;
+        st->view_score[i] = st->score[st->slot_of[cache->pos[i]]];
         st->cand[i] = i;
     }
-    /* 3-5. Oldest stored row first. */
-    for (int r = 0; r < st->n_stored; r++) {
-        combine_row(st, slot_of(st, r), n_o);
-        for (int i = 0; i < n_o; i++) {
-            if (st->fusion == FUSE_MAX)
-                st->score[i] = st->row_comb[i] > st->score[i] ? st->row_comb[i] : st->score[i];
-            else
-                st->score[i] += st->row_comb[i];
-        }
-    }
-    for (int i = 0; i < n_o; i++)
-        st->o_index[cache->pos[i]] = -1;
     /* 6. W, plus the best B - window of O. */
     for (int i = 0; i < n; i++)
         keep[i] = i >= n_o;
-    kv_keep_top(st->score, cache->pos, st->cand, n_o, b - st->window, st->scratch, keep);
-    drop_from_o(st, cache, n_o, keep);
+    kv_keep_top(st->view_score, cache->pos, st->cand, n_o, b - st->window, st->scratch,
+                keep);
+    /* The evicted leave O and free their slots. */
+    for (int i = 0; i < n_o; i++)
+        if (!keep[i]) {
+            int j = cache->pos[i];
+            o_changed(st, j, -1);
+            st->free_slot[st->n_free++] = st->slot_of[j];
+            st->slot_of[j] = -1;
+        }
+    if (st->high > b + st->evict_every)
+        pack_slots(st, cache, keep);
 }
 
 /* min(window, rows observed) * group_size * n * 4 bytes (float32 profile). */

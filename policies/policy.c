@@ -368,13 +368,21 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
 
 #define EXACT_GRID 149 /* the sum counts units of 2^-149 */
 
-/* x as m * 2^shift grid units, m < 2^53, shift >= 0 (bits below the grid truncated). */
+/* x as m * 2^shift grid units, m < 2^53, shift >= 0 (bits below the grid truncated).
+ * Read from the IEEE-754 fields (x >= 0): x = (2^52 | fraction) * 2^(exponent - 1075),
+ * so shift = exponent - 1075 + 149; zero and subnormals (< 2^-1022) are below the grid. */
 static void exact_split(double x, uint64_t *m, int *shift)
 {
-    int e;
-    double f = frexp(x, &e);                 /* x = f * 2^e, f in [0.5, 1), or 0 */
-    uint64_t mant = (uint64_t)ldexp(f, 53);  /* exact: a 53-bit integer */
-    int s = e - 53 + EXACT_GRID;
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int biased = (int)(bits >> 52);
+    if (biased == 0) {
+        *m = 0;
+        *shift = 0;
+        return;
+    }
+    uint64_t mant = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+    int s = biased - 1075 + EXACT_GRID;
     if (s < 0) {
         mant = s > -64 ? mant >> -s : 0;
         s = 0;
@@ -383,14 +391,10 @@ static void exact_split(double x, uint64_t *m, int *shift)
     *shift = s;
 }
 
-/* Adds (sign > 0) or subtracts m * 2^shift to the 192-bit integer; a subtraction that
- * would go below 0 leaves 0. */
-static void exact_apply(kv_exact_sum *s, double x, int sign)
+/* Adds (sign > 0) or subtracts m * 2^shift grid units (m < 2^64, shift < 192) to the
+ * 192-bit integer; a subtraction that would go below 0 leaves 0. */
+static void exact_apply_units(kv_exact_sum *s, uint64_t m, int shift, int sign)
 {
-    assert(x >= 0.0 && x <= 0x1p40);
-    uint64_t m;
-    int shift;
-    exact_split(x, &m, &shift);
     if (m == 0)
         return;
     int k = shift / 64, off = shift % 64;
@@ -417,6 +421,15 @@ static void exact_apply(kv_exact_sum *s, double x, int sign)
         s->limb[0] = s->limb[1] = s->limb[2] = 0;
 }
 
+static void exact_apply(kv_exact_sum *s, double x, int sign)
+{
+    assert(x >= 0.0 && x <= 0x1p40);
+    uint64_t m;
+    int shift;
+    exact_split(x, &m, &shift);
+    exact_apply_units(s, m, shift, sign);
+}
+
 void kv_exact_add(kv_exact_sum *s, double x)
 {
     exact_apply(s, x, 1);
@@ -427,6 +440,39 @@ void kv_exact_sub(kv_exact_sum *s, double x)
     exact_apply(s, x, -1);
 }
 
+/* kv_exact_add_many: doubles with biased exponent >= EXACT_LOW_EXP lie on the grid
+ * (shift = exponent - EXACT_LOW_EXP >= 0); their 53-bit mantissas are summed per exponent
+ * in 64-bit bins (at most 2^11 per bin between folds, so no bin overflows), and the bins
+ * are folded into the 192-bit sum at the end: the same integer as adding them one by one.
+ * Two sets of bins alternate, so that runs of equal exponents do not wait on one another. */
+#define EXACT_LOW_EXP (1075 - EXACT_GRID)          /* 926: 2^-97 */
+#define EXACT_N_BINS (1023 + 40 - EXACT_LOW_EXP + 1) /* up to 2^40 */
+#define EXACT_FOLD_EVERY 2048
+
+void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
+{
+    uint64_t bins[2][EXACT_N_BINS];
+    for (int start = 0; start < n; start += EXACT_FOLD_EVERY) {
+        int end = n - start > EXACT_FOLD_EVERY ? start + EXACT_FOLD_EVERY : n;
+        memset(bins, 0, sizeof bins);
+        for (int i = start; i < end; i++) {
+            uint64_t bits;
+            memcpy(&bits, &x[i], sizeof bits);
+            int biased = (int)(bits >> 52);
+            assert(x[i] >= 0.0 && x[i] <= 0x1p40);
+            if (biased < EXACT_LOW_EXP) { /* below 2^-97: truncated to the grid, alone */
+                exact_apply(s, x[i], 1);
+                continue;
+            }
+            bins[i & 1][biased - EXACT_LOW_EXP] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+        }
+        for (int b = 0; b < EXACT_N_BINS; b++) {
+            exact_apply_units(s, bins[0][b], b, 1);
+            exact_apply_units(s, bins[1][b], b, 1);
+        }
+    }
+}
+
 double kv_exact_value(const kv_exact_sum *s)
 {
     int k = 2;
@@ -435,11 +481,9 @@ double kv_exact_value(const kv_exact_sum *s)
     uint64_t hi = s->limb[k], lo = k > 0 ? s->limb[k - 1] : 0;
     if (hi == 0)
         return 0.0;
-    int c = 0;
-    while (!(hi >> 63)) { /* normalise: the leading 1 to bit 63, refilled from lo */
-        hi = (hi << 1) | (lo >> 63);
-        lo <<= 1;
-        c++;
+    int c = __builtin_clzll(hi); /* normalise: the leading 1 to bit 63, refilled from lo */
+    if (c > 0) {
+        hi = (hi << c) | (lo >> (64 - c));
     }
     /* Keep 53 bits, truncated (monotone): value = (hi >> 11) * 2^(64k - c + 11) units. */
     return ldexp((double)(hi >> 11), 64 * k - c + 11 - EXACT_GRID);

@@ -13,6 +13,7 @@
  */
 #define _DEFAULT_SOURCE   /* madvise */
 #include "sim/rows.h"
+#include "sim/simd.h"
 
 #include <gsl/gsl_cblas.h>
 #include <sys/mman.h>
@@ -21,15 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Vectorised code paths chosen at load time for the running CPU (GCC's ifunc clones).
- * One machine always takes the same path, so results stay reproducible there. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KV_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
-                                                    "default")))
-#else
-#define KV_SIMD_CLONES
-#endif
 
 /* OpenBLAS's thread control, when OpenBLAS is the BLAS linked (weak: absent otherwise). */
 extern int openblas_get_num_threads(void) __attribute__((weak));

@@ -199,6 +199,40 @@ typedef struct {
 
 /* Each oracle fills keep[0..n) (zeroed by the caller) and returns expected meta bytes
  * at |A_t| = n. */
+
+/* MorphKV's normalisers are incremental (exact fixed-point sums read back to 53 bits)
+ * and its o^ is w * (1/d); this reference sums d afresh in double and divides. The two
+ * agree to rounding, so at a near-tie they may rank two candidates differently. An
+ * oracle that sets slack.active accepts a different set when it is still a top set of
+ * view[0, n_cand) under the reference's scores to within 1e-9 (relative): no candidate
+ * kept ranks below one evicted by more than that. A wrong normaliser moves scores by
+ * far more. */
+static struct {
+    int active, n_cand;
+    double score[T_TOKENS];
+} slack;
+
+static int within_slack(const unsigned char *keep, const unsigned char *expect, int n)
+{
+    int kept = 0, want = 0;
+    double min_kept = INFINITY, max_evicted = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        if (i >= slack.n_cand) {
+            if (keep[i] != expect[i])
+                return 0;
+            continue;
+        }
+        kept += keep[i];
+        want += expect[i];
+        double x = slack.score[i];
+        if (keep[i] && x < min_kept)
+            min_kept = x;
+        if (!keep[i] && x > max_evicted)
+            max_evicted = x;
+    }
+    double scale = fabs(max_evicted) > 1.0 ? fabs(max_evicted) : 1.0;
+    return kept == want && (kept == 0 || min_kept >= max_evicted - 1e-9 * scale);
+}
 typedef size_t (*oracle_fn)(const oracle_in *in, unsigned char *keep);
 
 static void keep_all(int n, unsigned char *keep)
@@ -400,6 +434,9 @@ static size_t oracle_morphkv(const oracle_in *in, unsigned char *keep)
     for (int i = n_o; i < n; i++)
         keep[i] = 1;
     sort_keep(score, in->pos, cand, n_o, hs->B - window, keep);
+    slack.active = 1;
+    slack.n_cand = n_o;
+    memcpy(slack.score, score, (size_t)n_o * sizeof *score);
     return meta;
 }
 
@@ -477,6 +514,7 @@ static const struct {
 };
 enum { N_ORACLES = sizeof oracles / sizeof oracles[0] };
 static int oracle_runs[N_ORACLES];
+static int slack_used; /* steps where a near-tie set was accepted (morphkv) */
 
 static oracle_fn find_oracle(const char *name, int *which)
 {
@@ -654,8 +692,11 @@ static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const
         if (oracle != NULL) {
             memset(expect, 0, sizeof expect);
             oracle_in in = { ops, v, &hs, t, n, pos };
+            slack.active = 0;
             size_t meta_expect = oracle(&in, expect);
-            for (int i = 0; i < n; i++)
+            int near_tie = slack.active && within_slack(keep, expect, n);
+            slack_used += near_tie && memcmp(keep, expect, (size_t)n) != 0;
+            for (int i = 0; i < n && !near_tie; i++)
                 if (keep[i] != expect[i])
                     fail_msg("%s t=%d: position %d kept=%d, oracle says %d", label, t, pos[i],
                              keep[i], expect[i]);
@@ -780,6 +821,14 @@ static void test_replays(void **state)
     for (int i = 0; i < N_ORACLES; i++)
         if (oracle_runs[i] < 1000)
             fail_msg("oracle %s ran only %d times", oracles[i].name, oracle_runs[i]);
+    /* Near-ties are rare: nearly every step matched the reference set exactly. */
+    int morph_runs = 0;
+    for (int i = 0; i < N_ORACLES; i++)
+        if (strcmp(oracles[i].name, "morphkv") == 0)
+            morph_runs = oracle_runs[i];
+    printf("morphkv: %d of %d steps differed from the reference at a near-tie\n", slack_used,
+           morph_runs);
+    assert_true(slack_used * 100 <= morph_runs);
     free(traces[0]);
     free(traces[1]);
 }

@@ -635,6 +635,46 @@ static void test_exact_sum(void **state)
     assert_true(fabs(h - 7.4854708605503449) <= 2e-15);
 }
 
+/* kv_exact_add_many (bins per exponent, folded every 2048 terms) against hand values
+ * and against the term-by-term kv_exact_add tested above. */
+static void test_exact_add_many(void **state)
+{
+    (void)state;
+    /* Ten 0.1 are 1 + 2^-54 exactly: truncates to 1.0, as term by term. */
+    double tenth[10];
+    for (int i = 0; i < 10; i++)
+        tenth[i] = 0.1;
+    kv_exact_sum s = { { 0, 0, 0 } };
+    kv_exact_add_many(&s, tenth, 10);
+    assert_true(kv_exact_value(&s) == 1.0);
+    /* 5000 terms of 2^-20 (past two folds) and 3 of 2^-149: 5000 * 2^-20 exactly, the
+     * tiny terms held on the grid (5000 * 2^-20 + 3 * 2^-149 truncates to the former;
+     * removing the big terms leaves exactly 3 * 2^-149). */
+    static double many[5003];
+    for (int i = 0; i < 5000; i++)
+        many[i] = 0x1p-20;
+    many[5000] = many[5001] = many[5002] = 0x1p-149;
+    kv_exact_sum m = { { 0, 0, 0 } };
+    kv_exact_add_many(&m, many, 5003);
+    assert_true(kv_exact_value(&m) == 5000 * 0x1p-20);
+    for (int i = 0; i < 5000; i++)
+        kv_exact_sub(&m, 0x1p-20);
+    assert_true(kv_exact_value(&m) == 3 * 0x1p-149);
+    /* Mixed magnitudes, zeros, values below the grid and at the top of the range: the
+     * same 192-bit integer as one kv_exact_add per term, in any order. */
+    static double mix[6000];
+    for (int i = 0; i < 6000; i++)
+        mix[i] = i % 7 == 0 ? 0.0 : i % 11 == 0 ? 0x1p-140 / (i + 1)
+               : i % 13 == 0 ? 0x1p40 / 4096 : 1.0 / ((double)i * i + 1.0);
+    kv_exact_sum one = { { 0, 0, 0 } }, bulk = { { 0, 0, 0 } };
+    for (int i = 5999; i >= 0; i--)
+        kv_exact_add(&one, mix[i]);
+    kv_exact_add_many(&bulk, mix, 6000);
+    assert_memory_equal(&one, &bulk, sizeof one);
+    kv_exact_add_many(&bulk, mix, 0); /* nothing */
+    assert_memory_equal(&one, &bulk, sizeof one);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -652,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_morphkv_evict_every),
         cmocka_unit_test(test_h2o_normalize_count),
         cmocka_unit_test(test_exact_sum),
+        cmocka_unit_test(test_exact_add_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
