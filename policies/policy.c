@@ -321,6 +321,40 @@ static inline uint64_t next_rand(uint64_t *s)
     return *s * 0x2545F4914F6CDD1DULL;
 }
 
+/* Quickselect (Lomuto partition, random pivot) on scratch[0..n) until scratch[0..k)
+ * holds exactly the k best (worst = 0) or the k worst (worst = 1): every element left of
+ * a settled pivot ranks above it (below, for worst), every element right of it below.
+ * Expected 2n..3.4n comparisons. */
+static void select_first(const double *score, const int *pos, int *scratch, int n, int k,
+                         int worst)
+{
+    uint64_t rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)n << 32) ^ (uint64_t)k;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int p = lo + (int)(next_rand(&rng) % (uint64_t)(hi - lo + 1));
+        int pivot = scratch[p];
+        scratch[p] = scratch[hi];
+        scratch[hi] = pivot;
+        int store = lo;
+        for (int i = lo; i < hi; i++) {
+            int x = scratch[i];
+            if (worst ? ranks_above(score, pos, pivot, x) : ranks_above(score, pos, x, pivot)) {
+                scratch[i] = scratch[store];
+                scratch[store++] = x;
+            }
+        }
+        scratch[hi] = scratch[store];
+        scratch[store] = pivot;
+        /* scratch[0..store) lie before the pivot: done when the boundary is at k. */
+        if (store == k || store == k - 1)
+            break;
+        if (store < k)
+            lo = store + 1;
+        else
+            hi = store - 1;
+    }
+}
+
 void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
                  int *scratch, unsigned char *keep)
 {
@@ -331,35 +365,28 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
             keep[cand[i]] = 1;
         return;
     }
-    /* Quickselect (Lomuto partition, random pivot) until scratch[0..k) holds exactly
-     * the k best: every element left of a settled pivot ranks above it, every element
-     * right of it below. Expected 2n..3.4n comparisons. */
-    memcpy(scratch, cand, (size_t)n_cand * sizeof *scratch);
-    uint64_t rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)n_cand << 32) ^ (uint64_t)k;
-    int lo = 0, hi = n_cand - 1;
-    while (lo < hi) {
-        int p = lo + (int)(next_rand(&rng) % (uint64_t)(hi - lo + 1));
-        int pivot = scratch[p];
-        scratch[p] = scratch[hi];
-        scratch[hi] = pivot;
-        int store = lo;
-        for (int i = lo; i < hi; i++) {
-            if (ranks_above(score, pos, scratch[i], pivot)) {
-                int tmp = scratch[i];
-                scratch[i] = scratch[store];
-                scratch[store++] = tmp;
-            }
-        }
-        scratch[hi] = scratch[store];
-        scratch[store] = pivot;
-        /* scratch[0..store) rank above the pivot: done when the boundary is at k. */
-        if (store == k || store == k - 1)
-            break;
-        if (store < k)
-            lo = store + 1;
-        else
-            hi = store - 1;
+    for (int i = 0; i < n_cand; i++)
+        keep[cand[i]] = 0;
+    int drop = n_cand - k;
+    if (drop == 1) { /* a decode step's usual case: evict the single worst, one scan */
+        int worst = cand[0];
+        for (int i = 1; i < n_cand; i++)
+            if (ranks_above(score, pos, worst, cand[i]))
+                worst = cand[i];
+        for (int i = 0; i < n_cand; i++)
+            keep[cand[i]] = cand[i] != worst;
+        return;
     }
+    memcpy(scratch, cand, (size_t)n_cand * sizeof *scratch);
+    if (drop < k) { /* fewer to evict than to keep: select the evicted */
+        select_first(score, pos, scratch, n_cand, drop, 1);
+        for (int i = 0; i < n_cand; i++)
+            keep[cand[i]] = 1;
+        for (int i = 0; i < drop; i++)
+            keep[scratch[i]] = 0;
+        return;
+    }
+    select_first(score, pos, scratch, n_cand, k, 0);
     for (int i = 0; i < k; i++)
         keep[scratch[i]] = 1;
 }
@@ -455,6 +482,7 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
     for (int start = 0; start < n; start += EXACT_FOLD_EVERY) {
         int end = n - start > EXACT_FOLD_EVERY ? start + EXACT_FOLD_EVERY : n;
         memset(bins, 0, sizeof bins);
+        int lo = EXACT_N_BINS, hi = -1; /* bins used */
         for (int i = start; i < end; i++) {
             uint64_t bits;
             memcpy(&bits, &x[i], sizeof bits);
@@ -464,11 +492,38 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
                 exact_apply(s, x[i], 1);
                 continue;
             }
-            bins[i & 1][biased - EXACT_LOW_EXP] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+            int b = biased - EXACT_LOW_EXP;
+            bins[i & 1][b] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+            lo = b < lo ? b : lo;
+            hi = b > hi ? b : hi;
         }
-        for (int b = 0; b < EXACT_N_BINS; b++) {
-            exact_apply_units(s, bins[0][b], b, 1);
-            exact_apply_units(s, bins[1][b], b, 1);
+        /* Fold: each set's bins hold at most 2^10 mantissas (< 2^63), so the two add
+         * without overflow; the shifted bins are added into the limbs as 128-bit pieces. */
+        unsigned __int128 acc_lo = 0; /* bits [0, 128) of the folded bins, and ... */
+        uint64_t acc_hi = 0;          /* ... bits [128, 192) */
+        for (int b = lo; b <= hi; b++) {
+            uint64_t m = bins[0][b] + bins[1][b];
+            if (m == 0)
+                continue;
+            if (b >= 128) {               /* bits [b, b + 64): all in the top limb */
+                acc_hi += m << (b - 128);
+            } else if (b >= 64) {         /* into bits [64, 192) */
+                unsigned __int128 part = (unsigned __int128)m << (b - 64);
+                unsigned __int128 mid = (acc_lo >> 64) + (uint64_t)part;
+                acc_lo = (acc_lo & UINT64_MAX) | (mid << 64);
+                acc_hi += (uint64_t)(part >> 64) + (uint64_t)(mid >> 64);
+            } else {                      /* into bits [0, 128), carry into the top */
+                unsigned __int128 part = (unsigned __int128)m << b;
+                acc_lo += part;
+                acc_hi += acc_lo < part;
+            }
+        }
+        uint64_t add[3] = { (uint64_t)acc_lo, (uint64_t)(acc_lo >> 64), acc_hi }, carry = 0;
+        for (int i = 0; i < 3; i++) {
+            uint64_t r = s->limb[i] + add[i];
+            uint64_t c = r < add[i];
+            s->limb[i] = r + carry;
+            carry = c | (s->limb[i] < r);
         }
     }
 }

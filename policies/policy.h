@@ -78,8 +78,8 @@ typedef struct {
  * One observed query row for a cache. pos[0..n) are the positions of A_t in ascending
  * order (pos[n-1] == t). w[h * n + i] is the attention of the group's h-th query head
  * (0 <= h < n_heads) on pos[i]: the full-cache row p_t during prefill, the renormalised
- * row o_t at decode steps (all zero where the head's recall was 0). Borrowed: valid
- * only during the observe call.
+ * row o_t at decode steps (all zero where the head's recall was 0); NULL for a policy
+ * that declares ignores_rows. Borrowed: valid only during the observe call.
  */
 typedef struct {
     int t;
@@ -110,6 +110,9 @@ typedef struct kv_policy_ops {
     int bounded;               /* 1 if |S| <= B after every select with the default values
                                   (kv_tokens = B+1 per cache once P > B); 0 for full and
                                   snapkv. max_held refines it per parameter values. */
+    int ignores_rows;          /* 1 if observe reads only t, n and pos, never w: the engine
+                                  then skips converting and renormalising the row and
+                                  passes w = NULL (full, window, streamingllm, random) */
 
     /* Checks values (already range-checked against the table) together with a budget.
      * Returns 0 if the pair is valid, else 1 with a message naming the rule, e.g.
@@ -227,9 +230,11 @@ void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head
  * Marks in keep the k best of the candidates cand[0..n_cand), which are indices into the
  * cache view (0 <= cand[i] < n). score[] and pos[] are indexed by cache-view index too:
  * candidate c has score score[c] and position pos[c]. keep[c] is set to 1 for the k kept
- * candidates; no other entry of keep is touched. Ranking: higher score first; equal
- * scores keep the more recent position (larger pos), README rule 4. k <= 0 keeps none,
- * k >= n_cand keeps all. Expected O(n_cand) (quickselect). scratch holds at least n_cand
+ * candidates and, when k > 0, to 0 for the others; entries that are not candidates are
+ * not touched. Ranking: higher score first; equal scores keep the more recent position
+ * (larger pos), README rule 4. k <= 0 keeps none (keep untouched), k >= n_cand keeps all.
+ * Expected O(n_cand): one scan when a single candidate goes, else quickselect of the
+ * smaller side (the kept or the evicted). scratch holds at least n_cand
  * ints. Cannot fail. Positions of the candidates are distinct and scores are not NaN,
  * so the order is strict and the kept set unique (the pivot choice cannot change it).
  */

@@ -91,6 +91,7 @@ const kv_policy_ops kv_policy_streamingllm = {
     .check = streamingllm_check,      /* B > sinks */
     .create = streamingllm_create,
     .observe = streamingllm_observe,  /* ignores rows */
+    .ignores_rows = 1,               /* observe reads positions only */
     .select = streamingllm_select,    /* steps 1-3 */
     .meta_bytes = NULL,               /* no metadata */
     .destroy = streamingllm_destroy,

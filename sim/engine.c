@@ -12,6 +12,7 @@
  * the eviction: that is what the query attended to.
  */
 #include "sim/engine.h"
+#include "sim/simd.h"
 #include "sim/rows.h"
 
 #include <math.h>
@@ -188,15 +189,21 @@ static int lifetime(const kv_cache *c, int j, int t, int P)
 static void cache_compact(kv_cache *c, const int *pos, int n, const unsigned char *keep,
                           int decode_t, int P)
 {
-    int m = 0;
-    for (int i = 0; i < n; i++) {
-        int j = pos[i];
-        if (keep[i]) {
-            c->pos[m++] = j;
-            continue;
-        }
+    /* Runs of kept entries move down whole (memchr finds the next drop): a decode step
+     * usually drops one position, so this is one search and one move, not a loop over n. */
+    int m = 0, i = 0;
+    while (i < n) {
+        const unsigned char *z = memchr(keep + i, 0, (size_t)(n - i));
+        int end = z ? (int)(z - keep) : n;
+        if (pos + i != c->pos + m)
+            memmove(c->pos + m, pos + i, (size_t)(end - i) * sizeof *pos);
+        m += end - i;
+        if (end == n)
+            break;
+        int j = pos[end];
         c->in_set[j] = 0;
         c->lifetimes[decode_t >= 0 ? lifetime(c, j, decode_t, P) : 0]++;
+        i = end + 1;
     }
     c->n = m;
 }
@@ -301,6 +308,41 @@ static double gather_row(const float *p, const int *pos, int n, double *w)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+/* Eight lanes of sum_row: lane l's partial sum, nothing stored. */
+#define SUM8(IDX)                                                                      \
+    do {                                                                               \
+        a0 += p[IDX(i)], a1 += p[IDX(i + 1)], a2 += p[IDX(i + 2)], a3 += p[IDX(i + 3)]; \
+        a4 += p[IDX(i + 4)], a5 += p[IDX(i + 5)], a6 += p[IDX(i + 6)];                  \
+        a7 += p[IDX(i + 7)];                                                           \
+    } while (0)
+
+/* gather_row's sum without the row (a policy that ignores rows): the same partial sums
+ * in the same order, so the same recall to the bit. */
+static double sum_row(const float *p, const int *pos, int n)
+{
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    int i = 0;
+    if (!pos)
+        for (; i + 8 <= n; i += 8)
+            SUM8(AT_SELF);
+    else
+        for (; i + 8 <= n; i += 8)
+            SUM8(AT_POS);
+    double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
+    for (; i < n; i++)
+        acc[i & 7] += p[pos ? pos[i] : i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* w[0..n) *= inv (rule 2's renormalisation), vectorised; one product per lane, so every
+ * clone gives the same bits. */
+static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
+{
+    #pragma omp simd
+    for (int i = 0; i < n; i++)
+        w[i] *= inv;
+}
+
 /*
  * Steps 1-3 for query position t. head_sum/head_min: [n_heads] sums and minima of this
  * layer's heads for this run.
@@ -324,14 +366,13 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
         int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
         const float *p = b->rows + (size_t)i_row * b->ld;
         double *w = c->w + (size_t)hh * n;
-        double recall = gather_row(p, pos, n, w);
+        int rows = !c->ops->ignores_rows;
+        double recall = rows ? gather_row(p, pos, n, w) : sum_row(p, pos, n);
         if (is_prefill)
             continue;
         /* rule 6: a zero denominator gives an all-zero observed row */
-        double inv = recall > 0.0 ? 1.0 / recall : 0.0;
-        #pragma omp simd
-        for (int i = 0; i < n; i++)
-            w[i] *= inv;
+        if (rows)
+            scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
         recall_sum += recall;
         head_sum[h] += recall;
         if (recall < head_min[h])
@@ -341,8 +382,8 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
         top8 += topk_hit(c, top, TOPK, t);
     }
     kv_row row = {
-        .t = t, .n = n, .pos = c->pos, .n_heads = c->n_heads, .w = c->w,
-        .is_prefill = is_prefill,
+        .t = t, .n = n, .pos = c->pos, .n_heads = c->n_heads,
+        .w = c->ops->ignores_rows ? NULL : c->w, .is_prefill = is_prefill,
     };
     if (!is_prefill) {
         int s = t - P;

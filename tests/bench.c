@@ -13,6 +13,7 @@
  *        1-full  `full` alone: the recompute floor                       floor: FLOPs at the SGEMM rate
  *        1-rows  the rows alone (SGEMM + softmax, no cache)             floor: FLOPs at the SGEMM rate
  *        1-four  the five without morphkv (diagnostic: where the cost is)  floor: 1-full
+ *        1-morph morphkv alone (diagnostic)                              floor: 1-full
  *   2  attn (float16), 2 layers x 8/2 heads x 4096 tokens, P = 1024:
  *        2-five  the five policies at B = 512                           floor: 2-read
  *        2-read  a pass that only reads the rows: the I/O floor
@@ -82,6 +83,7 @@ static const bench_job jobs[] = {
     { "1-full", JOB_REPLAY, 0, "full", 512, 0, NULL, "<= 2.0" },
     { "1-rows", JOB_ROWS, 0, NULL, 0, 0, NULL, "" },
     { "1-four", JOB_REPLAY, 0, "window,streamingllm,h2o,snapkv", 512, 0, "1-full", "" },
+    { "1-morph", JOB_REPLAY, 0, "morphkv", 512, 0, "1-full", "" },
     { "2-five", JOB_REPLAY, 1, FIVE, 512, 0, "2-read", "<= 1.5" },
     { "2-read", JOB_ROWS, 1, NULL, 0, 0, NULL, "floor" },
     { "3-long", JOB_REPLAY, 2, "morphkv,h2o", 2048, 0, NULL, "<= 2.0" },

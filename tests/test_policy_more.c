@@ -665,7 +665,8 @@ static void test_exact_add_many(void **state)
     static double mix[6000];
     for (int i = 0; i < 6000; i++)
         mix[i] = i % 7 == 0 ? 0.0 : i % 11 == 0 ? 0x1p-140 / (i + 1)
-               : i % 13 == 0 ? 0x1p40 / 4096 : 1.0 / ((double)i * i + 1.0);
+               : i % 13 == 0 ? 0x1p40 / 4096 : i == 2999 ? 0x1p40 - 0x1p-12
+               : i % 997 == 0 ? 0x1p33 + i : 1.0 / ((double)i * i + 1.0);
     kv_exact_sum one = { { 0, 0, 0 } }, bulk = { { 0, 0, 0 } };
     for (int i = 5999; i >= 0; i--)
         kv_exact_add(&one, mix[i]);
