@@ -258,6 +258,29 @@ static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first
                                      int n_slots, const double *inv, double *restrict comb,
                                      double *restrict score)
 {
+    if (st->gqa == GQA_SUM && st->group == 4) {
+        /* Llama's groups of 4: the row in one pass, combined and fused in registers,
+         * in the same order as below */
+        const double *restrict w0 = row_values(st, row, 0), *restrict w1 = row_values(st, row, 1);
+        const double *restrict w2 = row_values(st, row, 2), *restrict w3 = row_values(st, row, 3);
+        double c0 = inv[0], c1 = inv[1], c2 = inv[2], c3 = inv[3];
+        if (first) {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++)
+                score[s] = ((w0[s] * c0 + w1[s] * c1) + w2[s] * c2) + w3[s] * c3;
+        } else if (st->fusion == FUSE_MAX) {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++) {
+                double v = ((w0[s] * c0 + w1[s] * c1) + w2[s] * c2) + w3[s] * c3;
+                score[s] = v > score[s] ? v : score[s];
+            }
+        } else {
+            #pragma omp simd
+            for (int s = 0; s < n_slots; s++)
+                score[s] += ((w0[s] * c0 + w1[s] * c1) + w2[s] * c2) + w3[s] * c3;
+        }
+        return;
+    }
     for (int h = 0; h < st->group; h++) {
         const double *restrict w = row_values(st, row, h);
         double c = inv[h];

@@ -370,9 +370,17 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
     int drop = n_cand - k;
     if (drop == 1) { /* a decode step's usual case: evict the single worst, one scan */
         int worst = cand[0];
-        for (int i = 1; i < n_cand; i++)
-            if (ranks_above(score, pos, worst, cand[i]))
-                worst = cand[i];
+        double ws = score[worst];
+        int wp = pos[worst];
+        for (int i = 1; i < n_cand; i++) {
+            int c = cand[i];
+            double sc = score[c];
+            if (sc < ws || (sc == ws && pos[c] < wp)) { /* ranks below the worst so far */
+                worst = c;
+                ws = sc;
+                wp = pos[c];
+            }
+        }
         for (int i = 0; i < n_cand; i++)
             keep[cand[i]] = cand[i] != worst;
         return;
@@ -424,28 +432,29 @@ static void exact_apply_units(kv_exact_sum *s, uint64_t m, int shift, int sign)
 {
     if (m == 0)
         return;
+    /* the term as limbs: bits [shift, shift + 64) */
     int k = shift / 64, off = shift % 64;
     uint64_t part[3] = { 0, 0, 0 };
     part[k] = m << off;
     if (off != 0 && k + 1 < 3)
         part[k + 1] = m >> (64 - off);
-    uint64_t carry = 0;
-    for (int i = 0; i < 3; i++) {
-        uint64_t a = s->limb[i], b = part[i];
-        if (sign > 0) {
-            uint64_t r = a + b;
-            uint64_t c = r < a;
-            s->limb[i] = r + carry;
-            carry = c | (s->limb[i] < r);
-        } else {
-            uint64_t r = a - b;
-            uint64_t c = a < b;
-            s->limb[i] = r - carry;
-            carry = c | (r < carry);
+    unsigned __int128 lo = ((unsigned __int128)s->limb[1] << 64) | s->limb[0];
+    unsigned __int128 plo = ((unsigned __int128)part[1] << 64) | part[0];
+    if (sign > 0) {
+        unsigned __int128 r = lo + plo;
+        s->limb[2] += part[2] + (r < lo);
+        lo = r;
+    } else {
+        uint64_t need = part[2] + (lo < plo); /* from the top limb, with the borrow */
+        if (s->limb[2] < need || need < part[2]) { /* more than the sum: misuse, clamp */
+            s->limb[0] = s->limb[1] = s->limb[2] = 0;
+            return;
         }
+        s->limb[2] -= need;
+        lo -= plo;
     }
-    if (sign < 0 && carry) /* more was subtracted than added: misuse, clamp */
-        s->limb[0] = s->limb[1] = s->limb[2] = 0;
+    s->limb[0] = (uint64_t)lo;
+    s->limb[1] = (uint64_t)(lo >> 64);
 }
 
 static void exact_apply(kv_exact_sum *s, double x, int sign)
@@ -482,7 +491,6 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
     for (int start = 0; start < n; start += EXACT_FOLD_EVERY) {
         int end = n - start > EXACT_FOLD_EVERY ? start + EXACT_FOLD_EVERY : n;
         memset(bins, 0, sizeof bins);
-        int lo = EXACT_N_BINS, hi = -1; /* bins used */
         for (int i = start; i < end; i++) {
             uint64_t bits;
             memcpy(&bits, &x[i], sizeof bits);
@@ -492,16 +500,13 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
                 exact_apply(s, x[i], 1);
                 continue;
             }
-            int b = biased - EXACT_LOW_EXP;
-            bins[i & 1][b] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
-            lo = b < lo ? b : lo;
-            hi = b > hi ? b : hi;
+            bins[i & 1][biased - EXACT_LOW_EXP] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
         }
         /* Fold: each set's bins hold at most 2^10 mantissas (< 2^63), so the two add
          * without overflow; the shifted bins are added into the limbs as 128-bit pieces. */
         unsigned __int128 acc_lo = 0; /* bits [0, 128) of the folded bins, and ... */
         uint64_t acc_hi = 0;          /* ... bits [128, 192) */
-        for (int b = lo; b <= hi; b++) {
+        for (int b = 0; b < EXACT_N_BINS; b++) {
             uint64_t m = bins[0][b] + bins[1][b];
             if (m == 0)
                 continue;

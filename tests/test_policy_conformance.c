@@ -44,6 +44,7 @@
 #include "policies/policy.h"
 
 #define T_TOKENS 200
+#define N_GROUPS 3 /* group sizes replayed */
 #define P_PROMPT 50
 
 /* ------------------------------------------------------------- 1. tables */
@@ -755,7 +756,7 @@ static void apply(const kv_policy_ops *ops, const char *settings, kv_param_value
 
 /* Replays ops with v over every budget and group size (twice: determinism). */
 static int replay_all(const kv_policy_ops *ops, const kv_param_values *v, const char *label,
-                      double *const traces[2], const int groups[2])
+                      double *const traces[N_GROUPS], const int groups[N_GROUPS])
 {
     static const int budgets[] = { 1, 16, 48, 64 };
     int runs = 0;
@@ -765,7 +766,7 @@ static int replay_all(const kv_policy_ops *ops, const kv_param_values *v, const 
             assert_true(err[0] != '\0'); /* a rejection says why */
             continue;
         }
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < N_GROUPS; k++) {
             char name[160];
             snprintf(name, sizeof name, "%s [%s] B=%d g=%d", ops->name, label, budgets[b],
                      groups[k]);
@@ -782,8 +783,10 @@ static int replay_all(const kv_policy_ops *ops, const kv_param_values *v, const 
 static void test_replays(void **state)
 {
     (void)state;
-    const int groups[2] = { 1, 3 };
-    double *const traces[2] = { make_trace(7, groups[0]), make_trace(8, groups[1]) };
+    /* 1 and 3: the general paths; 4: Llama's groups, which morphkv scores in one pass */
+    const int groups[N_GROUPS] = { 1, 3, 4 };
+    double *const traces[N_GROUPS] = { make_trace(7, groups[0]), make_trace(8, groups[1]),
+                                       make_trace(9, groups[2]) };
     for (int i = 0; kv_policy_registry[i] != NULL; i++) {
         const kv_policy_ops *ops = kv_policy_registry[i];
         kv_param_values v;
@@ -829,8 +832,8 @@ static void test_replays(void **state)
     printf("morphkv: %d of %d steps differed from the reference at a near-tie\n", slack_used,
            morph_runs);
     assert_true(slack_used * 100 <= morph_runs);
-    free(traces[0]);
-    free(traces[1]);
+    for (int k = 0; k < N_GROUPS; k++)
+        free(traces[k]);
 }
 
 int main(void)
