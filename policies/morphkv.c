@@ -93,6 +93,8 @@ typedef struct {
     int n_stored;       /* rows in the ring, <= n_rows */
     long n_observed;    /* rows observed so far (for meta_bytes) */
     int slot_cap;       /* slots: the most positions ever cached, min(T, max(P, B + N)) */
+    int stride;         /* doubles from one stored row's head to the next: slot_cap, then
+                           B + N (rounded up to 8) once the prompt is compressed */
     int high;           /* slots [0, high) have been handed out */
     int n_free;         /* freed slots below high, on the stack free_slot[0..n_free) */
     int *free_slot;     /* [slot_cap] */
@@ -163,6 +165,7 @@ static void *morphkv_create(const kv_param_values *values, const kv_policy_ctx *
     if (ctx->prefill_len > widest)
         widest = ctx->prefill_len;
     st->slot_cap = widest < ctx->n_tokens ? (int)widest : ctx->n_tokens;
+    st->stride = st->slot_cap;
     size_t rows = (size_t)st->n_rows, cap = (size_t)st->slot_cap;
     size_t t = (size_t)ctx->n_tokens, g = (size_t)st->group;
     st->free_slot = malloc(cap * sizeof *st->free_slot);
@@ -195,7 +198,7 @@ static int row_index(const morphkv_state *st, int r)
 
 static double *row_values(const morphkv_state *st, int row, int h)
 {
-    return st->row_w + ((size_t)row * st->group + h) * st->slot_cap;
+    return st->row_w + ((size_t)row * st->group + h) * st->stride;
 }
 
 /* Position j joined (sign > 0) or left O: every stored row's d gains or loses its value. */
@@ -223,7 +226,7 @@ static void morphkv_observe(void *state, const kv_row *row)
     for (int i = 0; i < row->n; i++) /* new positions (the row's own t) take a slot */
         if (st->slot_of[row->pos[i]] < 0) {
             int slot = st->n_free > 0 ? st->free_slot[--st->n_free] : st->high++;
-            assert(slot < st->slot_cap);
+            assert(slot < st->stride);
             st->slot_of[row->pos[i]] = slot;
         }
     /* 1. A prefill row older than the last `window` prompt rows is never among the
@@ -354,7 +357,10 @@ static int evicts_now(const morphkv_state *st, const kv_cache_view *cache)
 }
 
 /* Packs the slots of the n kept positions (ascending) to [0, n) in every stored row, so
- * that later selects pass over B + N slots, not P (after a prompt compression). */
+ * that later selects pass over B + N slots, not P (after a prompt compression), and packs
+ * the rows themselves to a stride of B + N: the stored rows then take a contiguous
+ * window * group * (B + N) doubles (512 KiB for Llama's groups at B = 512), where the
+ * stride of P left every second stretch of memory unused between them. */
 static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
                        const unsigned char *keep)
 {
@@ -362,13 +368,18 @@ static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
     for (int i = 0; i < cache->n; i++)
         if (keep[i])
             st->cand[n_kept++] = st->slot_of[cache->pos[i]]; /* old slots, by rank */
-    for (int r = 0; r < st->n_stored; r++)
-        for (int h = 0; h < st->group; h++) {
-            double *w = row_values(st, row_index(st, r), h);
-            for (int k = 0; k < n_kept; k++)
-                st->comb[k] = w[st->cand[k]];
-            memcpy(w, st->comb, (size_t)n_kept * sizeof *w);
-        }
+    int stride = (cache->budget + st->evict_every + 7) / 8 * 8;
+    stride = stride < st->stride ? stride : st->stride;
+    /* Every ring entry in memory order: the new place of entry e never lies past the old
+     * place of e, nor reaches the old place of e + 1, so nothing is overwritten unread. */
+    for (int e = 0; e < st->n_rows * st->group; e++) {
+        double *src = st->row_w + (size_t)e * st->stride;
+        double *dst = st->row_w + (size_t)e * stride;
+        for (int k = 0; k < n_kept; k++)
+            st->comb[k] = src[st->cand[k]];
+        memcpy(dst, st->comb, (size_t)n_kept * sizeof *dst);
+    }
+    st->stride = stride;
     for (int i = 0, k = 0; i < cache->n; i++)
         if (keep[i])
             st->slot_of[cache->pos[i]] = k++;
