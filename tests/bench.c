@@ -1,12 +1,13 @@
 /*
  * bench.c - `make bench`: the performance workloads of issue 7, timed against their floors.
  *
- *   build/bench/bench [DIR [JOB...]]
+ *   build/bench/bench [--repeat N] [DIR [JOB...]]
  *
  * Generates the workload traces into DIR (default build/bench; seeded, kept between runs,
  * generated only when missing), runs every job (or the named ones) in a fresh child process
  * (so each job's time and peak resident memory are its own, and no OpenMP or BLAS thread
- * pool crosses a fork), and prints one table:
+ * pool crosses a fork), N times each (round robin; default 1, `make bench` uses 3), and
+ * prints one table of the median runs (by wall time) with the range of the runs:
  *
  *   1  qk, 4 layers x 32/8 heads x 4096 tokens x head_dim 128, P = 1024:
  *        1-five  window, streamingllm, h2o, snapkv, morphkv at B = 512   floor: 1-full
@@ -317,9 +318,12 @@ static int child_main(const char *dir, const char *what)
 
 typedef struct {
     int done, ok;
-    double wall, cpu;    /* seconds */
-    long max_rss_kb;
+    double wall, cpu;    /* seconds: the median run (by wall time) */
+    double wall_min, wall_max; /* over the runs */
+    long max_rss_kb;     /* the largest of the runs */
 } job_result;
+
+#define MAX_REPEAT 15
 
 /* Runs `self --child DIR what` and reads its RESULT line. */
 static int run_child(const char *self, const char *dir, const char *what, job_result *r)
@@ -435,12 +439,12 @@ static double job_floor(int i, const job_result *res, double sgemm_gflops, const
 static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gflops)
 {
     if (tsv)
-        fprintf(f, "job\tthreads\ttime_s\tcpu_s\trows_per_s\tgflops\tfloor\tfloor_s\tratio\t"
-                   "target\tmax_rss_mb\n");
+        fprintf(f, "job\tthreads\ttime_s\ttime_min_s\ttime_max_s\tcpu_s\trows_per_s\tgflops\t"
+                   "floor\tfloor_s\tratio\ttarget\tmax_rss_mb\n");
     else
-        fprintf(f, "%-10s %3s %8s %8s %11s %8s %-10s %8s %6s %-8s %7s\n", "workload", "thr",
-                "time(s)", "cpu(s)", "rows/s", "GFLOP/s", "floor", "floor(s)", "ratio",
-                "target", "RSS(MB)");
+        fprintf(f, "%-10s %3s %8s %11s %8s %11s %8s %-10s %8s %6s %-8s %7s\n", "workload",
+                "thr", "time(s)", "range(s)", "cpu(s)", "rows/s", "GFLOP/s", "floor",
+                "floor(s)", "ratio", "target", "RSS(MB)");
     for (int i = 0; i < N_JOBS; i++) {
         const bench_job *j = &jobs[i];
         if (!res[i].done)
@@ -463,9 +467,9 @@ static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gf
         double ratio = floor_s > 0 ? res[i].wall / floor_s : 0;
         double rss = res[i].max_rss_kb / 1024.0;
         if (tsv)
-            fprintf(f, "%s\t%d\t%.3f\t%.3f\t%.0f\t%.1f\t%s\t%.3f\t%.2f\t%s\t%.0f\n", j->name,
-                    threads, res[i].wall, res[i].cpu, rows, gflops, fname, floor_s, ratio,
-                    j->target, rss);
+            fprintf(f, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.1f\t%s\t%.3f\t%.2f\t%s\t%.0f\n",
+                    j->name, threads, res[i].wall, res[i].wall_min, res[i].wall_max,
+                    res[i].cpu, rows, gflops, fname, floor_s, ratio, j->target, rss);
         else {
             char rs[16] = "-", gf[16] = "-", fs[16] = "-", ra[16] = "-";
             if (rows > 0)
@@ -476,9 +480,11 @@ static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gf
                 snprintf(fs, sizeof fs, "%.2f", floor_s);
                 snprintf(ra, sizeof ra, "%.2f", ratio);
             }
-            fprintf(f, "%-10s %3d %8.2f %8.2f %11s %8s %-10s %8s %6s %-8s %7.0f\n", j->name,
-                    threads, res[i].wall, res[i].cpu, rs, gf, *fname ? fname : "-", fs, ra,
-                    j->target, rss);
+            char range[32];
+            snprintf(range, sizeof range, "%.2f-%.2f", res[i].wall_min, res[i].wall_max);
+            fprintf(f, "%-10s %3d %8.2f %11s %8.2f %11s %8s %-10s %8s %6s %-8s %7.0f\n",
+                    j->name, threads, res[i].wall, range, res[i].cpu, rs, gf,
+                    *fname ? fname : "-", fs, ra, j->target, rss);
         }
     }
 }
@@ -487,6 +493,17 @@ int main(int argc, char **argv)
 {
     if (argc >= 4 && strcmp(argv[1], "--child") == 0)
         return child_main(argv[2], argv[3]);
+    /* --repeat N (first): every job runs N times, round robin, and the median run counts */
+    int repeat = 1;
+    if (argc >= 3 && strcmp(argv[1], "--repeat") == 0) {
+        repeat = atoi(argv[2]);
+        if (repeat < 1 || repeat > MAX_REPEAT) {
+            fprintf(stderr, "bench: --repeat takes 1..%d\n", MAX_REPEAT);
+            return 2;
+        }
+        argc -= 2;
+        argv += 2;
+    }
     const char *dir = argc >= 2 ? argv[1] : "build/bench";
     int want_job[N_JOBS], want_trace[3] = { 0, 0, 0 };
     for (int i = 0; i < N_JOBS; i++)
@@ -524,22 +541,47 @@ int main(int argc, char **argv)
             snprintf(load_before, sizeof load_before, "?\n");
         fclose(la);
     }
-    job_result res[N_JOBS];
+    job_result res[N_JOBS], runs[N_JOBS][MAX_REPEAT];
     memset(res, 0, sizeof res);
     int failed = 0;
+    /* Round robin, so that a slow spell of the machine touches every job alike. */
+    for (int k = 0; k < repeat; k++)
+        for (int i = 0; i < N_JOBS; i++) {
+            if (!want_job[i])
+                continue;
+            fprintf(stderr, "bench: %-10s run %d/%d ...", jobs[i].name, k + 1, repeat);
+            if (run_child(self, dir, jobs[i].name, &runs[i][k]) != 0)
+                failed = 1;
+            fprintf(stderr, " %.2f s\n", runs[i][k].wall);
+        }
     double sgemm_gflops = 0;
     for (int i = 0; i < N_JOBS; i++) {
         if (!want_job[i])
             continue;
-        fprintf(stderr, "bench: %-10s ...", jobs[i].name);
-        if (run_child(self, dir, jobs[i].name, &res[i]) != 0)
-            failed = 1;
-        fprintf(stderr, " %.2f s\n", res[i].wall);
+        job_result *r = runs[i];
+        int ok = 1;
+        long rss = 0;
+        for (int k = 0; k < repeat; k++) {
+            ok &= r[k].ok;
+            rss = r[k].max_rss_kb > rss ? r[k].max_rss_kb : rss;
+        }
+        for (int a = 1; a < repeat; a++) /* sort the runs by wall time */
+            for (int b = a; b > 0 && r[b].wall < r[b - 1].wall; b--) {
+                job_result tmp = r[b];
+                r[b] = r[b - 1];
+                r[b - 1] = tmp;
+            }
+        res[i] = r[repeat / 2];
+        res[i].ok = ok;
+        res[i].wall_min = r[0].wall;
+        res[i].wall_max = r[repeat - 1].wall;
+        res[i].max_rss_kb = rss;
         if (jobs[i].kind == JOB_SGEMM && res[i].ok)
             sgemm_gflops = 2.0 * SGEMM_N * (double)SGEMM_N * SGEMM_N / res[i].wall / 1e9;
     }
-    printf("\n%d cores, OMP_WAIT_POLICY=%s, load average before: %s", omp_get_num_procs(),
-           getenv("OMP_WAIT_POLICY"), load_before);
+    printf("\n%d cores, OMP_WAIT_POLICY=%s, %d run%s per job (median shown), load average "
+           "before: %s", omp_get_num_procs(), getenv("OMP_WAIT_POLICY"), repeat,
+           repeat > 1 ? "s" : "", load_before);
     print_table(stdout, 0, res, sgemm_gflops);
     char tsv[600];
     snprintf(tsv, sizeof tsv, "%s/results.tsv", dir);
