@@ -35,20 +35,22 @@
  * stored row, query head and cached token:
  *   min(window, rows observed so far) * group_size * n * 4 bytes.
  *
- * State. Every cached position has a slot in [0, slot_cap), kept while it stays cached;
- * the last min(window, T) observed rows are stored densely by slot, [group][slot_cap]
- * doubles each, so a select is a few contiguous, vectorised passes over B + 1 slots
+ * State. Every cached position has a slot, kept while it stays cached; the last
+ * min(window, T) observed rows are stored densely by slot (one run of doubles per stored
+ * row and head), so a select is a few contiguous, vectorised passes over the B + 1 slots
  * rather than gathers through position lists. Step 3's normaliser d of each stored row
- * and head is incremental, as the issue asks: O gains one position per observed row (the
- * one that leaves W: A's entry just before its last `window`) and loses the evicted ones,
- * and d follows by one addition or subtraction per stored row and head, in an exact
- * fixed-point sum (kv_exact_sum, units of 2^-149, so adding and subtracting leave no
- * rounding drift and d does not depend on the order of the changes); a new row's d is
- * summed once when it is stored. d is that sum read back to 53 bits (truncated). Where O
- * holds a position, its slot holds that position's value in every stored row: it was
- * cached at each of them (step 3). Slots of W or of free slots hold stale values that
- * the ranking ignores. Evicted positions free their slots for later positions; after the
- * prompt compression (P > B) the kept slots are packed to [0, B).
+ * and head is incremental (issue 7): O gains one position per observed row (the one that
+ * leaves W: A's entry just before its last `window`) and loses the evicted ones, and d
+ * follows by one addition or subtraction per stored row and head, in an exact fixed-point
+ * sum (kv_exact_sum: units of 2^-149, smaller parts truncated), so adding and subtracting
+ * leave no rounding drift and d does not depend on the order of the changes; a new row's
+ * d is summed once when it is stored (kv_exact_add_many). d is that sum read back to 53
+ * bits (truncated). Where O holds a position, its slot holds that position's value in
+ * every stored row: it was cached at each of them (step 3). Slots of W or of free slots
+ * hold stale values that the ranking ignores. Evicted positions free their slots for
+ * later positions; after the prompt compression (P > B) the kept slots are packed to
+ * [0, B) and the rows to a stride of B + N, so the stored rows are one contiguous
+ * window * group * (B + N) doubles.
  *
  * Rounding (step 3, documented choice): o^ = w * (1/d), one reciprocal per stored row and
  * head, not w / d per value; both are the rule, and the multiply keeps the pass cheap.

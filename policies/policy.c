@@ -480,14 +480,14 @@ void kv_exact_sub(kv_exact_sum *s, double x)
  * (shift = exponent - EXACT_LOW_EXP >= 0); their 53-bit mantissas are summed per exponent
  * in 64-bit bins (at most 2^11 per bin between folds, so no bin overflows), and the bins
  * are folded into the 192-bit sum at the end: the same integer as adding them one by one.
- * Two sets of bins alternate, so that runs of equal exponents do not wait on one another. */
+ * Four sets of bins take turns, so that runs of equal exponents do not wait on one another. */
 #define EXACT_LOW_EXP (1075 - EXACT_GRID)          /* 926: 2^-97 */
 #define EXACT_N_BINS (1023 + 40 - EXACT_LOW_EXP + 1) /* up to 2^40 */
 #define EXACT_FOLD_EVERY 2048
 
 void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
 {
-    uint64_t bins[2][EXACT_N_BINS];
+    uint64_t bins[4][EXACT_N_BINS];
     for (int start = 0; start < n; start += EXACT_FOLD_EVERY) {
         int end = n - start > EXACT_FOLD_EVERY ? start + EXACT_FOLD_EVERY : n;
         memset(bins, 0, sizeof bins);
@@ -500,14 +500,14 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
                 exact_apply(s, x[i], 1);
                 continue;
             }
-            bins[i & 1][biased - EXACT_LOW_EXP] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+            bins[i & 3][biased - EXACT_LOW_EXP] += (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
         }
-        /* Fold: each set's bins hold at most 2^10 mantissas (< 2^63), so the two add
+        /* Fold: each set's bins hold at most 2^9 mantissas (< 2^62), so the four add
          * without overflow; the shifted bins are added into the limbs as 128-bit pieces. */
         unsigned __int128 acc_lo = 0; /* bits [0, 128) of the folded bins, and ... */
         uint64_t acc_hi = 0;          /* ... bits [128, 192) */
         for (int b = 0; b < EXACT_N_BINS; b++) {
-            uint64_t m = bins[0][b] + bins[1][b];
+            uint64_t m = (bins[0][b] + bins[1][b]) + (bins[2][b] + bins[3][b]);
             if (m == 0)
                 continue;
             if (b >= 128) {               /* bits [b, b + 64): all in the top limb */
