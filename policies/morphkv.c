@@ -4,8 +4,9 @@
  * Rule (README "Policies", `morphkv`, window = 32, fusion = sum, gqa = sum, evict_every =
  * 1), run at each select: at the end of prefill (t = P-1, A = {0..P-1}) and after each
  * decode row t (A = S u {t}):
- *   1. Observe: remember the row (per query head, its values on its positions); only
- *      the last `window` observed rows are ever used.
+ *   1. Observe: remember the row (per query head, its values on its positions) as
+ *      float32, the attention profile meta_bytes counts (the official code keeps it in
+ *      the model's 16-bit dtype); only the last `window` observed rows are ever used.
  *   2. If |A| <= B keep all. At a decode step with evict_every = N > 1, keep all unless
  *      t - P + 1 is a multiple of N: S then grows by one token per step and is cut back
  *      to B every N-th step (at most B + N - 1 held, max_held); the prompt is always
@@ -36,7 +37,7 @@
  *   min(window, rows observed so far) * group_size * n * 4 bytes.
  *
  * State. Every cached position has a slot, kept while it stays cached; the last
- * min(window, T) observed rows are stored densely by slot (one run of doubles per stored
+ * min(window, T) observed rows are stored densely by slot (one run of floats per stored
  * row and head), so a select is a few contiguous, vectorised passes over the B + 1 slots
  * rather than gathers through position lists. Step 3's normaliser d of each stored row
  * and head is incremental (issue 7): O gains one position per observed row (the one that
@@ -50,7 +51,9 @@
  * hold stale values that the ranking ignores. Evicted positions free their slots for
  * later positions; after the prompt compression (P > B) the kept slots are packed to
  * [0, B) and the rows to a stride of B + N, so the stored rows are one contiguous
- * window * group * (B + N) doubles.
+ * window * group * (B + N) floats (256 KiB for Llama's groups at B = 512; as doubles a
+ * five-policy replay of `make bench` workload 1 took 7% longer, median of 3 runs). The
+ * scores are computed in double from the floats.
  *
  * Rounding (step 3, documented choice): o^ = w * (1/d), one reciprocal per stored row and
  * head, not w / d per value; both are the rule, and the multiply keeps the pass cheap.
@@ -95,13 +98,13 @@ typedef struct {
     int n_stored;       /* rows in the ring, <= n_rows */
     long n_observed;    /* rows observed so far (for meta_bytes) */
     int slot_cap;       /* slots: the most positions ever cached, min(T, max(P, B + N)) */
-    int stride;         /* doubles from one stored row's head to the next: slot_cap, then
+    int stride;         /* floats from one stored row's head to the next: slot_cap, then
                            B + N (rounded up to 8) once the prompt is compressed */
     int high;           /* slots [0, high) have been handed out */
     int n_free;         /* freed slots below high, on the stack free_slot[0..n_free) */
     int *free_slot;     /* [slot_cap] */
     int *slot_of;       /* [T] slot of a cached position, -1 when not cached */
-    double *row_w;      /* [n_rows][group][slot_cap] stored rows by slot */
+    float *row_w;       /* [n_rows][group][stride] stored rows by slot, float32 (step 1) */
     kv_exact_sum *row_d;/* [n_rows][group] d of step 3 over the current O */
     double *comb;       /* [slot_cap] one stored row combined over the group (step 4) */
     double *inv;        /* [group] 1/d of one stored row's heads */
@@ -198,7 +201,7 @@ static int row_index(const morphkv_state *st, int r)
     return (st->next - st->n_stored + r + st->n_rows) % st->n_rows;
 }
 
-static double *row_values(const morphkv_state *st, int row, int h)
+static float *row_values(const morphkv_state *st, int row, int h)
 {
     return st->row_w + ((size_t)row * st->group + h) * st->stride;
 }
@@ -245,12 +248,17 @@ static void morphkv_observe(void *state, const kv_row *row)
     int s = st->next;
     for (int h = 0; h < st->group; h++) {
         const double *w = row->w + (size_t)h * row->n;
-        double *dst = row_values(st, s, h);
+        float *dst = row_values(st, s, h);
+        double *stored = st->view_score; /* scratch: the stored values of O, as doubles */
+        for (int i = 0; i < row->n; i++) {
+            float v = (float)w[i];
+            dst[st->slot_of[row->pos[i]]] = v;
+            if (i < n_o)
+                stored[i] = v;
+        }
         kv_exact_sum *d = &st->row_d[(size_t)s * st->group + h];
         memset(d, 0, sizeof *d);
-        for (int i = 0; i < row->n; i++)
-            dst[st->slot_of[row->pos[i]]] = w[i];
-        kv_exact_add_many(d, w, n_o); /* d over the current O: A's first n_o entries */
+        kv_exact_add_many(d, stored, n_o); /* d over the current O: A's first n_o entries */
     }
     st->next = (s + 1) % st->n_rows;
     st->n_stored++;
@@ -266,8 +274,8 @@ static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first
     if (st->gqa == GQA_SUM && st->group == 4) {
         /* Llama's groups of 4: the row in one pass, combined and fused in registers,
          * in the same order as below */
-        const double *restrict w0 = row_values(st, row, 0), *restrict w1 = row_values(st, row, 1);
-        const double *restrict w2 = row_values(st, row, 2), *restrict w3 = row_values(st, row, 3);
+        const float *restrict w0 = row_values(st, row, 0), *restrict w1 = row_values(st, row, 1);
+        const float *restrict w2 = row_values(st, row, 2), *restrict w3 = row_values(st, row, 3);
         double c0 = inv[0], c1 = inv[1], c2 = inv[2], c3 = inv[3];
         if (first) {
             #pragma omp simd
@@ -287,7 +295,7 @@ static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first
         return;
     }
     for (int h = 0; h < st->group; h++) {
-        const double *restrict w = row_values(st, row, h);
+        const float *restrict w = row_values(st, row, h);
         double c = inv[h];
         if (st->gqa == GQA_LOGIT) {
             for (int s = 0; s < n_slots; s++) {
@@ -298,9 +306,9 @@ static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first
         } else if (h == 0 && st->gqa == GQA_SUM && st->group >= 4) {
             /* the common case (Llama's groups of 4 or 8): four heads per pass, added
              * left to right as below, one store instead of four */
-            const double *restrict w1 = row_values(st, row, 1);
-            const double *restrict w2 = row_values(st, row, 2);
-            const double *restrict w3 = row_values(st, row, 3);
+            const float *restrict w1 = row_values(st, row, 1);
+            const float *restrict w2 = row_values(st, row, 2);
+            const float *restrict w3 = row_values(st, row, 3);
             double c1 = inv[1], c2 = inv[2], c3 = inv[3];
             #pragma omp simd
             for (int s = 0; s < n_slots; s++)
@@ -375,11 +383,12 @@ static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
     /* Every ring entry in memory order: the new place of entry e never lies past the old
      * place of e, nor reaches the old place of e + 1, so nothing is overwritten unread. */
     for (int e = 0; e < st->n_rows * st->group; e++) {
-        double *src = st->row_w + (size_t)e * st->stride;
-        double *dst = st->row_w + (size_t)e * stride;
+        float *src = st->row_w + (size_t)e * st->stride;
+        float *dst = st->row_w + (size_t)e * stride;
         for (int k = 0; k < n_kept; k++)
-            st->comb[k] = src[st->cand[k]];
-        memcpy(dst, st->comb, (size_t)n_kept * sizeof *dst);
+            st->comb[k] = src[st->cand[k]]; /* exact: a float in a double */
+        for (int k = 0; k < n_kept; k++)
+            dst[k] = (float)st->comb[k];
     }
     st->stride = stride;
     for (int i = 0, k = 0; i < cache->n; i++)

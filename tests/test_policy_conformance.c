@@ -202,7 +202,8 @@ typedef struct {
  * at |A_t| = n. */
 
 /* MorphKV's normalisers are incremental (exact fixed-point sums read back to 53 bits)
- * and its o^ is w * (1/d); this reference sums d afresh in double and divides. The two
+ * and its o^ is w * (1/d); this reference sums d afresh in double and divides (both
+ * from the rows rounded to float32, as the policy keeps them). The two
  * agree to rounding, so at a near-tie they may rank two candidates differently. An
  * oracle that sets slack.active accepts a different set when it is still a top set of
  * view[0, n_cand) under the reference's scores to within 1e-9 (relative): no candidate
@@ -417,12 +418,12 @@ static size_t oracle_morphkv(const oracle_in *in, unsigned char *keep)
             d[h] = 0.0;
             for (int c = 0; c < n_o; c++) {
                 assert_true(hs->in[(size_t)t * hs->T + in->pos[c]]); /* O was cached at t */
-                d[h] += obs_at(hs, t, h, in->pos[c]);
+                d[h] += (float)obs_at(hs, t, h, in->pos[c]); /* step 1: kept as float32 */
             }
         }
         for (int c = 0; c < n_o; c++) {
             for (int h = 0; h < hs->g; h++)
-                o_hat[h] = d[h] > 0.0 ? obs_at(hs, t, h, in->pos[c]) / d[h] : 0.0;
+                o_hat[h] = d[h] > 0.0 ? (float)obs_at(hs, t, h, in->pos[c]) / d[h] : 0.0;
             double comb = 0.0;
             if (gqa == 2) /* logit: sum of logs, a zero taken at 2^-149 */
                 for (int h = 0; h < hs->g; h++)
