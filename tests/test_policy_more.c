@@ -674,6 +674,19 @@ static void test_exact_add_many(void **state)
     assert_memory_equal(&one, &bulk, sizeof one);
     kv_exact_add_many(&bulk, mix, 0); /* nothing */
     assert_memory_equal(&one, &bulk, sizeof one);
+    /* Terms in [0, 1] take the vectorised route (three 50-bit parts): the same integer
+     * again, with 1.0 itself, zeros, terms below the grid (truncated) and odd bits at
+     * the bottom of the grid, over more than one 4096-term chunk. */
+    static double unit[9000];
+    for (int i = 0; i < 9000; i++)
+        unit[i] = i % 5 == 0 ? 0.0 : i % 17 == 0 ? 0x1p-145 * 1.75 / (i % 3 + 1)
+                : i == 4321 ? 1.0 : i % 23 == 0 ? 0x1p-151 : 1.0 / ((double)i + 0.5);
+    kv_exact_sum u_one = { { 0, 0, 0 } }, u_bulk = { { 0, 0, 0 } };
+    for (int i = 0; i < 9000; i++)
+        kv_exact_add(&u_one, unit[i]);
+    kv_exact_add_many(&u_bulk, unit, 9000);
+    assert_memory_equal(&u_one, &u_bulk, sizeof u_one);
+    assert_true(kv_exact_value(&u_bulk) > 1.0);
 }
 
 int main(void)
