@@ -138,6 +138,34 @@ static void test_softmax_tails(void **state)
     check_topk(out, N - 1, N, top);   /* all keys ranked, ties of the zeros included */
 }
 
+/* The top keys found inside the softmax (span maxima prune the spans that cannot hold
+ * one) against a full sort, on long rows whose logits come from a set of 5 (ties
+ * everywhere, many spans sharing the maximum) and on rows rising to the newest key
+ * (every span a candidate until the last). head_dim 1, q = 1, scale 1: logit_j = k_j. */
+static void test_softmax_topk_spans_against_sort(void **state)
+{
+    (void)state;
+    enum { T = 1100, NB = 40, T0 = T - NB };
+    const int ks[] = { 1, 8, 17 };
+    float *k = malloc(T * sizeof *k), *out = malloc((size_t)NB * T * sizeof *out);
+    float q[NB];
+    int *top = malloc((size_t)NB * 17 * sizeof *top);
+    for (int i = 0; i < NB; i++)
+        q[i] = 1.0f;
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++) {
+            for (int j = 0; j < T; j++)
+                k[j] = rep == 0 ? (float)(int)(5 * uniform()) * 0.5f
+                     : rep == 1 ? (float)j * 1e-3f : (float)(4 * uniform() - 2);
+            kv_rows_from_qk(q, 1, k, 1, 1.0, T0, T, out, T, top, ks[b], T0);
+            for (int t = T0; t < T; t++)
+                check_topk(out + (size_t)(t - T0) * T, t, ks[b], top + (t - T0) * ks[b]);
+        }
+    free(k);
+    free(out);
+    free(top);
+}
+
 /* Rows whose values come from a set of 5, so ties are everywhere; spans of 64 keys and
  * the first keys (fewer than a span) both exercised. */
 static void test_topk_ties_against_sort(void **state)
@@ -301,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_rows_match_double_reference),
         cmocka_unit_test(test_softmax_tails),
         cmocka_unit_test(test_topk_ties_against_sort),
+        cmocka_unit_test(test_softmax_topk_spans_against_sort),
         cmocka_unit_test(test_read_rows_equals_read_qk),
         cmocka_unit_test(test_row_source_blocks),
     };
