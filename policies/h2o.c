@@ -109,14 +109,15 @@ static void h2o_observe(void *state, const kv_row *row)
 {
     h2o_state *st = state;
     assert(row->n_heads == st->group && row->n <= st->n_tokens);
-    /* 1. acc_h[j] += w_h[j] for every head and every position of the row. */
-    for (int h = 0; h < st->group; h++) {
-        const double *w = row->w + (size_t)h * row->n;
-        for (int i = 0; i < row->n; i++)
-            st->acc[(size_t)row->pos[i] * st->group + h] += w[i];
-    }
-    for (int i = 0; i < row->n; i++)
+    /* 1. acc_h[j] += w_h[j] for every head and every position of the row; position by
+     * position, so the group's accumulators of a position are written together. */
+    int g = st->group, n = row->n;
+    for (int i = 0; i < n; i++) {
+        double *acc = st->acc + (size_t)row->pos[i] * g;
+        for (int h = 0; h < g; h++)
+            acc[h] += row->w[(size_t)h * n + i];
         st->count[row->pos[i]]++;
+    }
 }
 
 static void h2o_select(void *state, const kv_cache_view *cache, unsigned char *keep)
