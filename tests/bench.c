@@ -320,6 +320,7 @@ typedef struct {
     int done, ok;
     double wall, cpu;    /* seconds: the median run (by wall time) */
     double wall_min, wall_max; /* over the runs */
+    double ratio;        /* median over the rounds of time / floor of the same round */
     long max_rss_kb;     /* the largest of the runs */
 } job_result;
 
@@ -464,7 +465,7 @@ static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gf
         }
         const char *fname;
         double floor_s = job_floor(i, res, sgemm_gflops, &fname);
-        double ratio = floor_s > 0 ? res[i].wall / floor_s : 0;
+        double ratio = floor_s > 0 ? res[i].ratio : 0;
         double rss = res[i].max_rss_kb / 1024.0;
         if (tsv)
             fprintf(f, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%.0f\t%.1f\t%s\t%.3f\t%.2f\t%s\t%.0f\n",
@@ -555,10 +556,12 @@ int main(int argc, char **argv)
             fprintf(stderr, " %.2f s\n", runs[i][k].wall);
         }
     double sgemm_gflops = 0;
+    job_result sorted[N_JOBS][MAX_REPEAT];
+    memcpy(sorted, runs, sizeof runs);
     for (int i = 0; i < N_JOBS; i++) {
         if (!want_job[i])
             continue;
-        job_result *r = runs[i];
+        job_result *r = sorted[i];
         int ok = 1;
         long rss = 0;
         for (int k = 0; k < repeat; k++) {
@@ -579,9 +582,40 @@ int main(int argc, char **argv)
         if (jobs[i].kind == JOB_SGEMM && res[i].ok)
             sgemm_gflops = 2.0 * SGEMM_N * (double)SGEMM_N * SGEMM_N / res[i].wall / 1e9;
     }
-    printf("\n%d cores, OMP_WAIT_POLICY=%s, %d run%s per job (median shown), load average "
-           "before: %s", omp_get_num_procs(), getenv("OMP_WAIT_POLICY"), repeat,
-           repeat > 1 ? "s" : "", load_before);
+    /* Ratios paired by round: a job against its floor measured in the same round, close
+     * in time, then the median over the rounds (the machine's speed drifts by 10-20%
+     * over minutes, which pairing cancels). */
+    for (int i = 0; i < N_JOBS; i++) {
+        if (!want_job[i] || !res[i].ok)
+            continue;
+        double ratio[MAX_REPEAT];
+        int n = 0;
+        for (int k = 0; k < repeat; k++) {
+            job_result one[N_JOBS];
+            for (int j = 0; j < N_JOBS; j++)
+                one[j] = runs[j][k];
+            double rate = 0;
+            int sg = find_job("4-sgemm");
+            if (sg >= 0 && want_job[sg] && one[sg].ok)
+                rate = 2.0 * SGEMM_N * (double)SGEMM_N * SGEMM_N / one[sg].wall / 1e9;
+            const char *what;
+            double fl = job_floor(i, one, rate, &what);
+            if (fl > 0) {
+                int a = n++;
+                ratio[a] = one[i].wall / fl;
+                for (; a > 0 && ratio[a] < ratio[a - 1]; a--) {
+                    double tmp = ratio[a];
+                    ratio[a] = ratio[a - 1];
+                    ratio[a - 1] = tmp;
+                }
+            }
+        }
+        res[i].ratio = n > 0 ? ratio[n / 2] : 0;
+    }
+    printf("\n%d cores, OMP_WAIT_POLICY=%s, %d run%s per job (median shown; ratio: median "
+           "over the rounds of time / floor in the same round), load average before: %s",
+           omp_get_num_procs(), getenv("OMP_WAIT_POLICY"), repeat, repeat > 1 ? "s" : "",
+           load_before);
     print_table(stdout, 0, res, sgemm_gflops);
     char tsv[600];
     snprintf(tsv, sizeof tsv, "%s/results.tsv", dir);
@@ -597,8 +631,18 @@ int main(int argc, char **argv)
             continue;
         int same = same_outputs(dir, jobs[a].name, jobs[b].name);
         failed |= !same;
-        printf("  %-8s speed-up %.2fx (%.2f s -> %.2f s), outputs %s\n", jobs[a].name,
-               res[b].wall / res[a].wall, res[b].wall, res[a].wall,
+        double up[MAX_REPEAT]; /* paired by round, like the ratios */
+        for (int k = 0; k < repeat; k++) {
+            int m = k;
+            up[m] = runs[b][k].wall / runs[a][k].wall;
+            for (; m > 0 && up[m] < up[m - 1]; m--) {
+                double tmp = up[m];
+                up[m] = up[m - 1];
+                up[m - 1] = tmp;
+            }
+        }
+        printf("  %-8s speed-up %.2fx (median over the rounds; medians %.2f s -> %.2f s), "
+               "outputs %s\n", jobs[a].name, up[repeat / 2], res[b].wall, res[a].wall,
                same ? "byte-identical" : "DIFFER");
     }
     int w1 = find_job("1-five");
