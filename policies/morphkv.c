@@ -369,7 +369,7 @@ static int evicts_now(const morphkv_state *st, const kv_cache_view *cache)
 /* Packs the slots of the n kept positions (ascending) to [0, n) in every stored row, so
  * that later selects pass over B + N slots, not P (after a prompt compression), and packs
  * the rows themselves to a stride of B + N: the stored rows then take a contiguous
- * window * group * (B + N) doubles (512 KiB for Llama's groups at B = 512), where the
+ * window * group * (B + N) floats (256 KiB for Llama's groups at B = 512), where the
  * stride of P left every second stretch of memory unused between them. */
 static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
                        const unsigned char *keep)

@@ -446,7 +446,7 @@ static void gen_usage(FILE *f)
 {
     kv_gen_params d;
     kv_gen_defaults(&d);
-    fprintf(f, "Usage: kvsim gen [OPTIONS] -o FILE\n"
+    fprintf(f, "usage: kvsim gen [OPTIONS] -o FILE\n"
                "Writes a seeded synthetic kvtrace v1 file (source = qk; with --attn, source = "
                "attn\nwith q and k kept) whose attention has sinks, locality, heavy hitters "
                "and periodic\nrecall of controllable strength. Strengths are logits in nats "
@@ -464,7 +464,7 @@ static void gen_usage(FILE *f)
             "storage) [default off]");
     fprintf(f, "  %-22s %s\n", "-o, --output FILE", "the trace to write (required)");
     fprintf(f, "  %-22s %s\n", "-h, --help", "this help");
-    fprintf(f, "\nExit status: 0 written, 1 runtime failure, 2 usage error.\n");
+    fprintf(f, "\nexit status: 0 written, 1 runtime failure, 2 usage error.\n");
 }
 
 /* Parses text into option o of p; 0, or -1 with a message on stderr. */

@@ -15,7 +15,7 @@
 
 static void info_usage(FILE *f)
 {
-    fprintf(f, "Usage: kvsim info FILE [--check] [--verbose]\n"
+    fprintf(f, "usage: kvsim info FILE [--check] [--verbose]\n"
                "Prints a kvtrace file's geometry, source, prefill and length, GQA groups, "
                "dtypes\nand storage, then \"valid\", or the first problem found.\n\n"
                "  -c, --check     also scan every value: NaN or Inf in q, k, v and attn,\n"
@@ -24,7 +24,7 @@ static void info_usage(FILE *f)
                "                  (reads the whole file)\n"
                "  -v, --verbose   every layer's datasets, and HDF5's own error stack\n"
                "  -h, --help      this help\n\n"
-               "Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.\n");
+               "exit status: 0 valid, 1 invalid or unreadable, 2 usage error.\n");
 }
 
 /* "kv 0 <- q 0-1, kv 1 <- q 2-3, ...": query head h uses KV head h / group. */
