@@ -63,7 +63,7 @@ const kv_policy_ops kv_policy_full = {
     .check = full_check,        /* budget >= 1 only (the budget is not used) */
     .create = full_create,
     .observe = full_observe,    /* ignores rows */
-    .ignores_rows = 1,       /* observe reads positions only */
+    .reads_row = kv_reads_no_row, /* observe reads positions only */
     .select = full_select,      /* keeps all of A_t */
     .meta_bytes = NULL,         /* no metadata */
     .destroy = full_destroy,

@@ -264,6 +264,13 @@ static void morphkv_observe(void *state, const kv_row *row)
     st->n_stored++;
 }
 
+/* Only stored rows are read (step 1): the last `window` prompt rows and every decode row. */
+static int morphkv_reads_row(const void *state, int t)
+{
+    const morphkv_state *st = state;
+    return t >= st->prefill - st->window;
+}
+
 /* 3-5 for one stored row: o^ = w * (1/d) per head (inv[h] = 1/d), combined over the
  * group into comb, then fused into score. Dense over slots [0, n_slots); each slot is
  * its own lane, so every clone rounds alike. */
@@ -451,6 +458,7 @@ const kv_policy_ops kv_policy_morphkv = {
     .check = morphkv_check,            /* B > window */
     .create = morphkv_create,
     .observe = morphkv_observe,        /* step 1 */
+    .reads_row = morphkv_reads_row, /* stored rows only */
     .select = morphkv_select,          /* steps 2-6 */
     .meta_bytes = morphkv_meta_bytes,  /* min(window, rows) * group_size * n * 4 */
     .destroy = morphkv_destroy,

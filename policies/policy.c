@@ -281,6 +281,13 @@ int kv_check_budget(int budget, char *err, size_t err_len)
     return 1;
 }
 
+int kv_reads_no_row(const void *state, int t)
+{
+    (void)state;
+    (void)t;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ GQA */
 
 void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head,

@@ -78,8 +78,9 @@ typedef struct {
  * One observed query row for a cache. pos[0..n) are the positions of A_t in ascending
  * order (pos[n-1] == t). w[h * n + i] is the attention of the group's h-th query head
  * (0 <= h < n_heads) on pos[i]: the full-cache row p_t during prefill, the renormalised
- * row o_t at decode steps (all zero where the head's recall was 0); NULL for a policy
- * that declares ignores_rows. Borrowed: valid only during the observe call.
+ * row o_t at decode steps (all zero where the head's recall was 0); NULL when the
+ * policy's reads_row said it would not read it. Borrowed: valid only during the observe
+ * call.
  */
 typedef struct {
     int t;
@@ -110,9 +111,6 @@ typedef struct kv_policy_ops {
     int bounded;               /* 1 if |S| <= B after every select with the default values
                                   (kv_tokens = B+1 per cache once P > B); 0 for full and
                                   snapkv. max_held refines it per parameter values. */
-    int ignores_rows;          /* 1 if observe reads only t, n and pos, never w: the engine
-                                  then skips converting and renormalising the row and
-                                  passes w = NULL (full, window, streamingllm, random) */
 
     /* Checks values (already range-checked against the table) together with a budget.
      * Returns 0 if the pair is valid, else 1 with a message naming the rule, e.g.
@@ -124,6 +122,12 @@ typedef struct kv_policy_ops {
 
     /* Records row t (see kv_row). O(n * n_heads) work. Cannot fail. */
     void (*observe)(void *state, const kv_row *row);
+
+    /* Whether the observe of row t will read the attention values w (1) or only t, n and
+     * pos (0): the engine then skips converting and renormalising the row (for a policy
+     * that ignores rows, the largest part of its step) and passes w = NULL. Called just
+     * before that observe. NULL: always 1. kv_reads_no_row returns 0. */
+    int (*reads_row)(const void *state, int t);
 
     /* Chooses the positions to keep: sets keep[i] to 1 or 0 for each cache->pos[i].
      * A bounded policy keeps at most cache->budget positions. One selection: the policy
@@ -221,6 +225,9 @@ typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
 /* The `gqa` parameter row every group-combining policy lists ("sum|max", default sum). */
 #define KV_PARAM_GQA { "gqa", KV_PARAM_CHOICE, "sum", 0, 0, "sum|max", \
         "combine the scores of the query heads sharing a KV head: sum or max (rule 3)" }
+
+/* A reads_row for policies whose observe never reads w (full, window, ...): 0. */
+int kv_reads_no_row(const void *state, int t);
 
 /* out[i] = sum or max over h < n_heads of per_head[h * stride + i], for i < n. */
 void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head,

@@ -113,7 +113,7 @@ const kv_policy_ops kv_policy_random = {
     .check = random_check,       /* budget >= 1 */
     .create = random_create,
     .observe = random_observe,   /* ignores rows */
-    .ignores_rows = 1,         /* observe reads positions only */
+    .reads_row = kv_reads_no_row, /* observe reads positions only */
     .select = random_select,     /* steps 1-2 */
     .meta_bytes = NULL,          /* no metadata */
     .destroy = random_destroy,

@@ -223,6 +223,14 @@ static void snapkv_observe(void *state, const kv_row *row)
     }
 }
 
+/* Rows are read to store them (recompress) and in the observation window (step 1). */
+static int snapkv_reads_row(const void *state, int t)
+{
+    const snapkv_state *st = state;
+    return st->decode == DECODE_RECOMPRESS ||
+           (t < st->prefill && t >= st->prefill - st->window && st->n_scored > 0);
+}
+
 /* 2. Pools one head's window attention s[0..l) into v[0..l). */
 static void pool_head(const double *s, int l, int kernel, int pooling, double *v)
 {
@@ -345,6 +353,7 @@ const kv_policy_ops kv_policy_snapkv = {
     .check = snapkv_check,        /* B >= window, kernel odd */
     .create = snapkv_create,
     .observe = snapkv_observe,    /* step 1 */
+    .reads_row = snapkv_reads_row, /* step 1 and recompress only */
     .select = snapkv_select,      /* steps 2-6 */
     .meta_bytes = snapkv_meta_bytes, /* 0, or min(window, rows) * group_size * n * 4 */
     .destroy = snapkv_destroy,

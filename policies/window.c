@@ -67,7 +67,7 @@ const kv_policy_ops kv_policy_window = {
     .check = window_check,      /* budget >= 1 */
     .create = window_create,
     .observe = window_observe,  /* ignores rows */
-    .ignores_rows = 1,         /* observe reads positions only */
+    .reads_row = kv_reads_no_row, /* observe reads positions only */
     .select = window_select,    /* steps 1-2 */
     .meta_bytes = NULL,         /* no metadata */
     .destroy = window_destroy,

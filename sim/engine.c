@@ -361,17 +361,21 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     int n = c->n;
     /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
     const int *pos = n == t + 1 ? NULL : c->pos;
+    /* the row is built only for a policy that will read it */
+    int reads = c->ops->reads_row == NULL || c->ops->reads_row(c->state, t);
     double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
     for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
         int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
         const float *p = b->rows + (size_t)i_row * b->ld;
         double *w = c->w + (size_t)hh * n;
-        int rows = !c->ops->ignores_rows;
-        double recall = rows ? gather_row(p, pos, n, w) : sum_row(p, pos, n);
-        if (is_prefill)
+        if (is_prefill) {                                 /* p itself, no recall */
+            if (reads)
+                gather_row(p, pos, n, w);
             continue;
+        }
+        double recall = reads ? gather_row(p, pos, n, w) : sum_row(p, pos, n);
         /* rule 6: a zero denominator gives an all-zero observed row */
-        if (rows)
+        if (reads)
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
         recall_sum += recall;
         head_sum[h] += recall;
@@ -383,7 +387,7 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
     }
     kv_row row = {
         .t = t, .n = n, .pos = c->pos, .n_heads = c->n_heads,
-        .w = c->ops->ignores_rows ? NULL : c->w, .is_prefill = is_prefill,
+        .w = reads ? c->w : NULL, .is_prefill = is_prefill,
     };
     if (!is_prefill) {
         int s = t - P;

@@ -672,7 +672,10 @@ static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const
         for (int i = 0; i < n; i++)
             hs.in[(size_t)t * T + pos[i]] = 1;
         memcpy(row_pos, pos, sizeof(int) * (size_t)n);
-        kv_row row = { .t = t, .n = n, .pos = row_pos, .n_heads = g, .w = w,
+        /* A policy that says it will not read row t gets none, as from the engine: were
+         * it to read w, this would crash or change its choices against the reference. */
+        int reads = ops->reads_row == NULL || ops->reads_row(st, t);
+        kv_row row = { .t = t, .n = n, .pos = row_pos, .n_heads = g, .w = reads ? w : NULL,
                        .is_prefill = t < P };
         ops->observe(st, &row);
         poison(w, g * n, row_pos, n);
