@@ -246,16 +246,20 @@ static void morphkv_observe(void *state, const kv_row *row)
     if (!store)
         return;
     int s = st->next;
+    int *slots = st->cand; /* scratch: the row's slots, looked up once for every head */
+    for (int i = 0; i < row->n; i++)
+        slots[i] = st->slot_of[row->pos[i]];
     for (int h = 0; h < st->group; h++) {
         const double *w = row->w + (size_t)h * row->n;
         float *dst = row_values(st, s, h);
         double *stored = st->view_score; /* scratch: the stored values of O, as doubles */
-        for (int i = 0; i < row->n; i++) {
+        for (int i = 0; i < n_o; i++) {
             float v = (float)w[i];
-            dst[st->slot_of[row->pos[i]]] = v;
-            if (i < n_o)
-                stored[i] = v;
+            dst[slots[i]] = v;
+            stored[i] = v;
         }
+        for (int i = n_o; i < row->n; i++)
+            dst[slots[i]] = (float)w[i];
         kv_exact_sum *d = &st->row_d[(size_t)s * st->group + h];
         memset(d, 0, sizeof *d);
         kv_exact_add_many(d, stored, n_o); /* d over the current O: A's first n_o entries */

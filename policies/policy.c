@@ -493,20 +493,10 @@ void kv_exact_sub(kv_exact_sum *s, double x)
 #define EXACT_N_BINS (1023 + 40 - EXACT_LOW_EXP + 1) /* up to 2^40 */
 #define EXACT_FOLD_EVERY 2048
 
-/* A double integer in [0, 2^52) as uint64, by its bits after adding 2^52 (vectorises
- * without AVX-512's conversions). */
-static inline uint64_t small_int_bits(double v)
-{
-    double u = v + 0x1p52;
-    uint64_t b;
-    memcpy(&b, &u, sizeof b);
-    return b - 0x4330000000000000ULL;
-}
-
 /* kv_exact_add_many for terms in [0, 1] (attention values), vectorised: floor(x * 2^149),
  * the term on the grid, is l1 * 2^100 + l2 * 2^50 + l3 with l1 = floor(x * 2^49) and l2, l3
- * the next 50 bits each, every step exact in double (scaling by powers of 2, floor, and
- * taking an integer part off). The three parts are summed as integers (each < 2^50, so
+ * the next 50 bits each, every step exact in double (scaling by powers of 2, truncation
+ * to an integer, and taking that integer part off). The three parts are summed as integers (each < 2^50, so
  * 4096 of them stay below 2^62) and added to the 192-bit sum. Returns 1 without touching
  * s when a term lies outside [0, 1]. */
 static KV_SIMD_CLONES int exact_add_unit(kv_exact_sum *s, const double *x, int n)
@@ -524,12 +514,15 @@ static KV_SIMD_CLONES int exact_add_unit(kv_exact_sum *s, const double *x, int n
         uint64_t s1 = 0, s2 = 0, s3 = 0;
         #pragma omp simd reduction(+:s1, s2, s3)
         for (int i = start; i < end; i++) {
-            double y = x[i] * 0x1p49, l1 = floor(y);
-            double r = (y - l1) * 0x1p50, l2 = floor(r);
-            double l3 = floor((r - l2) * 0x1p50);
-            s1 += small_int_bits(l1);
-            s2 += small_int_bits(l2);
-            s3 += small_int_bits(l3);
+            /* truncation is floor here (all >= 0); each difference is exact */
+            double y = x[i] * 0x1p49;
+            uint64_t l1 = (uint64_t)y;
+            double r = (y - (double)l1) * 0x1p50;
+            uint64_t l2 = (uint64_t)r;
+            uint64_t l3 = (uint64_t)((r - (double)l2) * 0x1p50);
+            s1 += l1;
+            s2 += l2;
+            s3 += l3;
         }
         exact_apply_units(s, s3, 0, 1);
         exact_apply_units(s, s2, 50, 1);
