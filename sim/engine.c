@@ -274,8 +274,10 @@ static double topk_hit(const kv_cache *c, const int *top, int k, int t)
         double v0 = p[IDX(i)], v1 = p[IDX(i + 1)], v2 = p[IDX(i + 2)], v3 = p[IDX(i + 3)]; \
         double v4 = p[IDX(i + 4)], v5 = p[IDX(i + 5)], v6 = p[IDX(i + 6)];              \
         double v7 = p[IDX(i + 7)];                                                     \
-        w[i] = v0, w[i + 1] = v1, w[i + 2] = v2, w[i + 3] = v3;                        \
-        w[i + 4] = v4, w[i + 5] = v5, w[i + 6] = v6, w[i + 7] = v7;                    \
+        if (w) {                                                                       \
+            w[i] = v0, w[i + 1] = v1, w[i + 2] = v2, w[i + 3] = v3;                    \
+            w[i + 4] = v4, w[i + 5] = v5, w[i + 6] = v6, w[i + 7] = v7;                \
+        }                                                                              \
         a0 += v0, a1 += v1, a2 += v2, a3 += v3, a4 += v4, a5 += v5, a6 += v6, a7 += v7; \
     } while (0)
 #define AT_POS(i) pos[i]
@@ -283,7 +285,8 @@ static double topk_hit(const kv_cache *c, const int *top, int k, int t)
 
 /*
  * w[i] = p[pos[i]] for i < n, as doubles (pos NULL: the positions 0..n-1, a plain
- * conversion), returning their sum. The sum is kept in 8 interleaved partial sums added in
+ * conversion), returning their sum (w NULL: only the sum, for a policy that will not
+ * read the row). The sum is kept in 8 interleaved partial sums added in
  * a fixed order, so it is the same for any thread count and instruction set, and the
  * additions are independent where one running sum would be a chain of dependent ones;
  * the partial sums are separate locals, so they stay in registers (as an array, GCC kept
@@ -302,35 +305,10 @@ static double gather_row(const float *p, const int *pos, int n, double *w)
     double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
     for (; i < n; i++) {
         double v = p[pos ? pos[i] : i];
-        w[i] = v;
+        if (w)
+            w[i] = v;
         acc[i & 7] += v;
     }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Eight lanes of sum_row: lane l's partial sum, nothing stored. */
-#define SUM8(IDX)                                                                      \
-    do {                                                                               \
-        a0 += p[IDX(i)], a1 += p[IDX(i + 1)], a2 += p[IDX(i + 2)], a3 += p[IDX(i + 3)]; \
-        a4 += p[IDX(i + 4)], a5 += p[IDX(i + 5)], a6 += p[IDX(i + 6)];                  \
-        a7 += p[IDX(i + 7)];                                                           \
-    } while (0)
-
-/* gather_row's sum without the row (a policy that ignores rows): the same partial sums
- * in the same order, so the same recall to the bit. */
-static double sum_row(const float *p, const int *pos, int n)
-{
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-    int i = 0;
-    if (!pos)
-        for (; i + 8 <= n; i += 8)
-            SUM8(AT_SELF);
-    else
-        for (; i + 8 <= n; i += 8)
-            SUM8(AT_POS);
-    double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
-    for (; i < n; i++)
-        acc[i & 7] += p[pos ? pos[i] : i];
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
@@ -373,7 +351,7 @@ static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
                 gather_row(p, pos, n, w);
             continue;
         }
-        double recall = reads ? gather_row(p, pos, n, w) : sum_row(p, pos, n);
+        double recall = gather_row(p, pos, n, reads ? w : NULL);
         /* rule 6: a zero denominator gives an all-zero observed row */
         if (reads)
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
