@@ -314,17 +314,6 @@ static KV_SIMD_CLONES void score_row(const morphkv_state *st, int row, int first
                 double l = log(v > LOGIT_FLOOR ? v : LOGIT_FLOOR); /* 4. floor 2^-149 */
                 comb[s] = h == 0 ? l : comb[s] + l;
             }
-        } else if (h == 0 && st->gqa == GQA_SUM && st->group >= 4) {
-            /* the common case (Llama's groups of 4 or 8): four heads per pass, added
-             * left to right as below, one store instead of four */
-            const float *restrict w1 = row_values(st, row, 1);
-            const float *restrict w2 = row_values(st, row, 2);
-            const float *restrict w3 = row_values(st, row, 3);
-            double c1 = inv[1], c2 = inv[2], c3 = inv[3];
-            #pragma omp simd
-            for (int s = 0; s < n_slots; s++)
-                comb[s] = ((w[s] * c + w1[s] * c1) + w2[s] * c2) + w3[s] * c3;
-            h = 3;
         } else if (h == 0) {
             #pragma omp simd
             for (int s = 0; s < n_slots; s++)
