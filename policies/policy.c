@@ -484,21 +484,22 @@ void kv_exact_sub(kv_exact_sum *s, double x)
     exact_apply(s, x, -1);
 }
 
-/* kv_exact_add_many: doubles with biased exponent >= EXACT_LOW_EXP lie on the grid
- * (shift = exponent - EXACT_LOW_EXP >= 0); their 53-bit mantissas are summed per exponent
- * in 64-bit bins (at most 2^11 per bin between folds, so no bin overflows), and the bins
- * are folded into the 192-bit sum at the end: the same integer as adding them one by one.
- * Four sets of bins take turns, so that runs of equal exponents do not wait on one another. */
+/* kv_exact_add_many, any terms: doubles with biased exponent >= EXACT_LOW_EXP lie on the
+ * grid (shift = exponent - EXACT_LOW_EXP >= 0); their 53-bit mantissas are summed per
+ * exponent in 64-bit bins, and the bins are folded into the 192-bit sum every
+ * EXACT_FOLD_EVERY terms: the same integer as adding them one by one. Four sets of bins
+ * take turns (at most 2^9 mantissas per bin between folds), so that runs of equal
+ * exponents do not wait on one another. */
 #define EXACT_LOW_EXP (1075 - EXACT_GRID)          /* 926: 2^-97 */
 #define EXACT_N_BINS (1023 + 40 - EXACT_LOW_EXP + 1) /* up to 2^40 */
 #define EXACT_FOLD_EVERY 2048
 
 /* kv_exact_add_many for terms in [0, 1] (attention values), vectorised: floor(x * 2^149),
- * the term on the grid, is l1 * 2^100 + l2 * 2^50 + l3 with l1 = floor(x * 2^49) and l2, l3
- * the next 50 bits each, every step exact in double (scaling by powers of 2, truncation
- * to an integer, and taking that integer part off). The three parts are summed as integers (each < 2^50, so
- * 4096 of them stay below 2^62) and added to the 192-bit sum. Returns 1 without touching
- * s when a term lies outside [0, 1]. */
+ * the term on the grid, is l1 * 2^100 + l2 * 2^50 + l3 with l1 = floor(x * 2^49) and l2,
+ * l3 the next 50 bits each, every step exact in double (scaling by powers of 2,
+ * truncation to an integer, and taking that integer part off). The three parts are
+ * summed as integers (each < 2^50, so 4096 of them stay below 2^62) and added to the
+ * 192-bit sum. Returns 1 without touching s when a term lies outside [0, 1]. */
 static KV_SIMD_CLONES int exact_add_unit(kv_exact_sum *s, const double *x, int n)
 {
     double lo = 0.0, hi = 0.0;
@@ -571,13 +572,9 @@ void kv_exact_add_many(kv_exact_sum *s, const double *x, int n)
                 acc_hi += acc_lo < part;
             }
         }
-        uint64_t add[3] = { (uint64_t)acc_lo, (uint64_t)(acc_lo >> 64), acc_hi }, carry = 0;
-        for (int i = 0; i < 3; i++) {
-            uint64_t r = s->limb[i] + add[i];
-            uint64_t c = r < add[i];
-            s->limb[i] = r + carry;
-            carry = c | (s->limb[i] < r);
-        }
+        exact_apply_units(s, (uint64_t)acc_lo, 0, 1);
+        exact_apply_units(s, (uint64_t)(acc_lo >> 64), 64, 1);
+        exact_apply_units(s, acc_hi, 128, 1);
     }
 }
 
@@ -590,9 +587,8 @@ double kv_exact_value(const kv_exact_sum *s)
     if (hi == 0)
         return 0.0;
     int c = __builtin_clzll(hi); /* normalise: the leading 1 to bit 63, refilled from lo */
-    if (c > 0) {
+    if (c > 0)
         hi = (hi << c) | (lo >> (64 - c));
-    }
     /* Keep 53 bits, truncated (monotone): value = (hi >> 11) * 2^(64k - c + 11) units. */
     return ldexp((double)(hi >> 11), 64 * k - c + 11 - EXACT_GRID);
 }
