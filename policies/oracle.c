@@ -112,30 +112,17 @@ static void oracle_attend(void *state, const kv_row *full, unsigned char *keep)
     assert(full->n_heads == st->group && full->n == t + 1 && t < st->n_tokens);
     /* 1. c from the full row; the B best past positions (positions = view indices). */
     group_sum(st, full);
-    for (int j = 0; j < t; j++) {
-        st->cand[j] = j;
-        st->score[j] = st->c[j];
-    }
-    kv_keep_top(st->score, full->pos, st->cand, t, st->budget, st->scratch, keep);
+    kv_keep_top_by_position(st->c, full->pos, t, st->budget, st->score, st->cand, st->scratch,
+                            keep);
 }
 
 static void oracle_select(void *state, const kv_cache_view *cache, unsigned char *keep)
 {
     oracle_state *st = state;
-    int n = cache->n, b = cache->budget;
-    assert(n <= st->n_tokens && b >= 1);
-    if (n <= b) {
-        for (int i = 0; i < n; i++)
-            keep[i] = 1;
-        return;
-    }
-    /* 2. The B best of A_t by the current step's c. */
-    for (int i = 0; i < n; i++) {
-        keep[i] = 0;
-        st->cand[i] = i;
-        st->score[i] = st->c[cache->pos[i]];
-    }
-    kv_keep_top(st->score, cache->pos, st->cand, n, b, st->scratch, keep);
+    assert(cache->n <= st->n_tokens && cache->budget >= 1);
+    /* 2. Within budget keep all, else the B best of A_t by the current step's c. */
+    kv_keep_top_by_position(st->c, cache->pos, cache->n, cache->budget, st->score, st->cand,
+                            st->scratch, keep);
 }
 
 const kv_policy_ops kv_policy_oracle = {

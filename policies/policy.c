@@ -407,6 +407,17 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
         keep[scratch[i]] = 1;
 }
 
+void kv_keep_top_by_position(const double *by_pos, const int *pos, int n, int k,
+                             double *score, int *cand, int *scratch, unsigned char *keep)
+{
+    for (int i = 0; i < n; i++) {
+        keep[i] = 0;
+        cand[i] = i;
+        score[i] = by_pos[pos[i]];
+    }
+    kv_keep_top(score, pos, cand, n, k, scratch, keep);
+}
+
 /* ---------------------------------------------------------- exact sums */
 
 #define EXACT_GRID 149 /* the sum counts units of 2^-149 */

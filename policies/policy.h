@@ -248,6 +248,13 @@ void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head
 void kv_keep_top(const double *score, const int *pos, const int *cand, int n_cand, int k,
                  int *scratch, unsigned char *keep);
 
+/* kv_keep_top over the whole view pos[0..n) when the scores are filed by position:
+ * candidate i scores by_pos[pos[i]]. Keeps all when n <= k. score, cand and scratch are
+ * the caller's buffers of at least n entries (overwritten); keep[0..n) is set to 0 or 1.
+ * Cannot fail. */
+void kv_keep_top_by_position(const double *by_pos, const int *pos, int n, int k,
+                             double *score, int *cand, int *scratch, unsigned char *keep);
+
 /*
  * An exact sum of non-negative doubles, for scores that are updated by adding and later
  * subtracting terms (normalisers over a changing set, sums over a sliding range of rows).

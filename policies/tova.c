@@ -114,21 +114,10 @@ static void tova_observe(void *state, const kv_row *row)
 static void tova_select(void *state, const kv_cache_view *cache, unsigned char *keep)
 {
     tova_state *st = state;
-    int n = cache->n, b = cache->budget;
-    assert(n <= st->n_tokens && b >= 1);
-    /* 2. Within budget: keep all. */
-    if (n <= b) {
-        for (int i = 0; i < n; i++)
-            keep[i] = 1;
-        return;
-    }
-    /* 3. The B best of A_t, t included among the candidates. */
-    for (int i = 0; i < n; i++) {
-        keep[i] = 0;
-        st->cand[i] = i;
-        st->score[i] = st->c[cache->pos[i]];
-    }
-    kv_keep_top(st->score, cache->pos, st->cand, n, b, st->scratch, keep);
+    assert(cache->n <= st->n_tokens && cache->budget >= 1);
+    /* 2-3. Within budget keep all, else the B best of A_t, t included among them. */
+    kv_keep_top_by_position(st->c, cache->pos, cache->n, cache->budget, st->score, st->cand,
+                            st->scratch, keep);
 }
 
 const kv_policy_ops kv_policy_tova = {
