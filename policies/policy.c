@@ -373,8 +373,6 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
             keep[cand[i]] = 1;
         return;
     }
-    for (int i = 0; i < n_cand; i++)
-        keep[cand[i]] = 0;
     int drop = n_cand - k;
     if (drop == 1) { /* a decode step's usual case: evict the single worst, one scan */
         int worst = cand[0];
@@ -403,6 +401,8 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
         return;
     }
     select_first(score, pos, scratch, n_cand, k, 0);
+    for (int i = 0; i < n_cand; i++)
+        keep[cand[i]] = 0;
     for (int i = 0; i < k; i++)
         keep[scratch[i]] = 1;
 }
