@@ -7,7 +7,6 @@
  * x nats against ~t keys of logit noise ~1, its mass is about n e^x / (n e^x + t e^0.5);
  * the baseline (pattern off) is about n / t.
  */
-#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +20,7 @@
 
 #include "sim/commands.h"
 #include "traces/gen.h"
+#include "tests/kv_test.h"
 #include "traces/trace.h"
 
 static char g_dir[64];
@@ -33,34 +33,6 @@ static const char *tmp_path(const char *name)
     char *p = buf[next++ % 8];
     snprintf(p, 256, "%s/%s", g_dir, name);
     return p;
-}
-
-static int run_quiet(const char *cmd)
-{
-    char *buf = malloc(strlen(cmd) + 32);
-    assert_non_null(buf);
-    sprintf(buf, "%s >/dev/null 2>&1", cmd);
-    int rc = system(buf);
-    free(buf);
-    return rc;
-}
-
-static int call_quiet(int (*fn)(int, char **), int argc, char **argv)
-{
-    fflush(stdout);
-    fflush(stderr);
-    int so = dup(1), se = dup(2), nul = open("/dev/null", O_WRONLY);
-    dup2(nul, 1);
-    dup2(nul, 2);
-    int rc = fn(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    dup2(so, 1);
-    dup2(se, 2);
-    close(so);
-    close(se);
-    close(nul);
-    return rc;
 }
 
 /* A small parameter set with every pattern off; tests switch one on. */
@@ -365,7 +337,7 @@ static void test_cmd_gen(void **state)
     /* the Makefile's run target */
     char *run[] = {"gen", "--seed", "1", "--layers", "2", "--heads", "8", "--kv-heads", "4",
                    "--head-dim", "32", "--tokens", "512", "--prefill", "128", "-o", out, NULL};
-    assert_int_equal(call_quiet(kv_cmd_gen, 17, run), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 17, run), 0);
     char err[512];
     kv_trace *tr = NULL;
     if (kv_trace_open(out, &tr, err, sizeof err) != 0)
@@ -392,16 +364,16 @@ static void test_cmd_gen(void **state)
     char *unwritable[] = {"gen", "--tokens", "64", "--prefill", "8", "-o", bad_dir, NULL};
     char *f16_attn[] = {"gen", "--tokens", "64", "--prefill", "8", "--f16", "--attn",
                         "--heads", "2", "--kv-heads", "1", "--layers", "1", "-o", out, NULL};
-    assert_int_equal(call_quiet(kv_cmd_gen, 2, help), 0);
-    assert_int_equal(call_quiet(kv_cmd_gen, 3, no_out), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 5, not_num), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 5, neg), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, gqa), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, p_gt_t), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 4, stray), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 4, unknown), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, unwritable), 1);
-    assert_int_equal(call_quiet(kv_cmd_gen, 15, f16_attn), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 2, help), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 3, no_out), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 5, not_num), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 5, neg), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, gqa), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, p_gt_t), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 4, stray), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 4, unknown), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, unwritable), 1);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 15, f16_attn), 0);
     if (kv_trace_open(out, &tr, err, sizeof err) != 0)
         fail_msg("%s", err);
     assert_int_equal(kv_trace_get_info(tr)->source, KV_SOURCE_ATTN);
@@ -413,7 +385,7 @@ static void test_cmd_gen(void **state)
                  "f = h5py.File('%s', 'r'); "
                  "assert f['layers/0/attn'].dtype == np.float16; "
                  "assert f['layers/0/q'].dtype == np.float16\"", out);
-        assert_int_equal(run_quiet(cmd), 0);
+        assert_int_equal(kv_test_run_quiet(cmd), 0);
     }
 }
 
@@ -425,7 +397,7 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_trace_gen_XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
-    g_have_h5py = run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
+    g_have_h5py = kv_test_run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
     return 0;
 }
 

@@ -18,12 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <fcntl.h>
 #include <cmocka.h>
 #include <hdf5.h>
 
 #include "sim/commands.h"
 #include "tests/h5_edit.h"
+#include "tests/kv_test.h"
 #include "traces/trace.h"
 
 #define FIXTURE "tests/data/h5py_f16.h5"
@@ -82,35 +82,6 @@ static float ref_half(double x)
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static int run_quiet(const char *cmd)
-{
-    char *buf = malloc(strlen(cmd) + 32);
-    assert_non_null(buf);
-    sprintf(buf, "%s >/dev/null 2>&1", cmd);
-    int rc = system(buf);
-    free(buf);
-    return rc;
-}
-
-/* Runs fn(argc, argv) with stdout and stderr sent to /dev/null; returns its status. */
-static int call_quiet(int (*fn)(int, char **), int argc, char **argv)
-{
-    fflush(stdout);
-    fflush(stderr);
-    int so = dup(1), se = dup(2), nul = open("/dev/null", O_WRONLY);
-    dup2(nul, 1);
-    dup2(nul, 2);
-    int rc = fn(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    dup2(so, 1);
-    dup2(se, 2);
-    close(so);
-    close(se);
-    close(nul);
-    return rc;
-}
 
 /* Deterministic values spanning many binades (subnormal halves to ~1e3), signs mixed. */
 static float test_value(uint64_t *state)
@@ -237,7 +208,7 @@ static void check_qk_roundtrip(int store_f16)
                  "assert d.dtype == np.float16, d.dtype; "
                  "assert np.array_equal(d[...].view(np.uint16), x.view(np.uint16))\"",
                  path, bin, H, T, D);
-        assert_int_equal(run_quiet(cmd), 0);
+        assert_int_equal(kv_test_run_quiet(cmd), 0);
     }
     for (int l = 0; l < L; l++) {
         free(q[l]);
@@ -513,7 +484,7 @@ static void test_h5py_fresh(void **state)
     fclose(f);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s", script, g_dir);
-    assert_int_equal(run_quiet(cmd), 0);
+    assert_int_equal(kv_test_run_quiet(cmd), 0);
     check_h5py_qk(tmp_path("h5py_f16.h5"), g_dir);
 
     char err[512];
@@ -706,14 +677,14 @@ static void test_cmd_info(void **state)
     char *two[] = {"info", (char *)good, (char *)bad, NULL};
     char *unknown[] = {"info", "--frobnicate", (char *)good, NULL};
     char *help[] = {"info", "--help", NULL};
-    assert_int_equal(call_quiet(kv_cmd_info, 2, ok_args), 0);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, ok_verbose), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, ok_args), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, ok_verbose), 0);
     kv_trace_set_verbose(0);
-    assert_int_equal(call_quiet(kv_cmd_info, 2, bad_args), 1);
-    assert_int_equal(call_quiet(kv_cmd_info, 1, none), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, two), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, unknown), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 2, help), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, bad_args), 1);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 1, none), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, two), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, unknown), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, help), 0);
 }
 
 /* ------------------------------------------------------------ main */
@@ -724,7 +695,7 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_trace_io_XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
-    g_have_h5py = run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
+    g_have_h5py = kv_test_run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
     return 0;
 }
 
