@@ -23,17 +23,7 @@
 #include "tests/kv_test.h"
 #include "traces/trace.h"
 
-static char g_dir[64];
 static int g_have_h5py;
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][256];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
 
 /* A small parameter set with every pattern off; tests switch one on. */
 static kv_gen_params quiet_params(void)
@@ -133,7 +123,7 @@ static void test_deterministic(void **state)
     p.period = 20;
     p.head_spread = 0.5;
     p.seed = 7;
-    const char *a = tmp_path("det_a.h5"), *b = tmp_path("det_b.h5"), *c = tmp_path("det_c.h5");
+    const char *a = kv_test_path("det_a.h5"), *b = kv_test_path("det_b.h5"), *c = kv_test_path("det_c.h5");
     write_gen(a, &p, 0, 1);
     write_gen(b, &p, 0, 1);
     p.seed = 8;
@@ -188,7 +178,7 @@ static void check_attn_rows(int f16)
     p.heavy_strength = 3;
     p.head_spread = 0.5;
     const int H = 4, T = 150, D = 16;
-    const char *path = tmp_path(f16 ? "rows16.h5" : "rows32.h5");
+    const char *path = kv_test_path(f16 ? "rows16.h5" : "rows32.h5");
     write_gen(path, &p, f16, 1);
     char err[512];
     kv_trace *tr = NULL;
@@ -288,7 +278,7 @@ static void test_structure(void **state)
     ps[4].locality = 6;
     ps[4].locality_span = 8;
     char cmd[2048];
-    const char *script = tmp_path("stats.py");
+    const char *script = kv_test_path("stats.py");
     FILE *f = fopen(script, "w");
     assert_non_null(f);
     fputs(stats_script, f);
@@ -297,8 +287,8 @@ static void test_structure(void **state)
     for (int i = 0; i < 5; i++) {
         char name[32];
         snprintf(name, sizeof name, "structure%d.h5", i);
-        write_gen(tmp_path(name), &ps[i], 0, 0);
-        at += snprintf(cmd + at, sizeof cmd - (size_t)at, " %s", tmp_path(name));
+        write_gen(kv_test_path(name), &ps[i], 0, 0);
+        at += snprintf(cmd + at, sizeof cmd - (size_t)at, " %s", kv_test_path(name));
     }
     FILE *py = popen(cmd, "r");
     assert_non_null(py);
@@ -333,7 +323,7 @@ static void test_cmd_gen(void **state)
 {
     (void)state;
     char out[256], bad_dir[] = "/nonexistent-kvsim-dir/x.h5";
-    snprintf(out, sizeof out, "%s", tmp_path("synthetic.h5"));
+    snprintf(out, sizeof out, "%s", kv_test_path("synthetic.h5"));
     /* the Makefile's run target */
     char *run[] = {"gen", "--seed", "1", "--layers", "2", "--heads", "8", "--kv-heads", "4",
                    "--head-dim", "32", "--tokens", "512", "--prefill", "128", "-o", out, NULL};
@@ -394,8 +384,7 @@ static void test_cmd_gen(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_trace_gen_XXXXXX");
-    if (!mkdtemp(g_dir))
+    if (kv_test_dir_make("kvsim_trace_gen") != 0)
         return -1;
     g_have_h5py = kv_test_run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
     return 0;
@@ -404,9 +393,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return kv_test_dir_remove() == 0 ? 0 : -1;
 }
 
 int main(void)
