@@ -1,7 +1,8 @@
 /*
  * kv_test.h - helpers shared by the test programs: policies configured from "k=v,k=v"
- * strings, a per-program temporary directory, and shell commands or in-process
- * subcommands run with their output discarded. Include after <cmocka.h>.
+ * strings, a per-program temporary directory, shell commands or in-process subcommands
+ * run with their output discarded, and the path of the real checkpoint. Include after
+ * <cmocka.h>.
  */
 #ifndef KV_TEST_H
 #define KV_TEST_H
@@ -116,6 +117,19 @@ __attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), i
     close(se);
     close(nul);
     return rc;
+}
+
+/* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
+ * the repository root (tests run from there). A missing checkpoint fails the test. */
+__attribute__((unused)) static const char *kv_test_model_path(void)
+{
+    const char *p = getenv("KVSIM_MODEL");
+    p = p && *p ? p : "../shared/models/stories260K.bin";
+    if (access(p, R_OK) != 0)
+        fail_msg("checkpoint %s not found: clone the repository beside shared/ (the "
+                 "checkpoint lives in ../shared/models) or set KVSIM_MODEL",
+                 p);
+    return p;
 }
 
 #endif
