@@ -76,6 +76,13 @@ __attribute__((unused)) static int kv_test_dir_remove(void)
     return system(cmd);
 }
 
+/* kv_test_dir_remove as a cmocka group teardown: 0, or -1 when the removal failed. */
+__attribute__((unused)) static int kv_test_dir_teardown(void **state)
+{
+    (void)state;
+    return kv_test_dir_remove() == 0 ? 0 : -1;
+}
+
 /* kv_test_dir/name; the last four results stay valid. */
 __attribute__((unused)) static char *kv_test_path(const char *name)
 {

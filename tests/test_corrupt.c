@@ -260,12 +260,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    return kv_test_dir_remove() == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,5 +269,5 @@ int main(void)
         cmocka_unit_test(test_binary_sample),
         cmocka_unit_test(test_fault_in_hdf5_contained),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

@@ -688,12 +688,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    return kv_test_dir_remove() == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -708,5 +702,5 @@ int main(void)
         cmocka_unit_test(test_writer_rejects),
         cmocka_unit_test(test_cmd_info),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

@@ -384,12 +384,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    return kv_test_dir_remove() == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -402,5 +396,5 @@ int main(void)
         cmocka_unit_test(test_hdf5_stack_only_verbose),
         cmocka_unit_test(test_previous_results_kept),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
