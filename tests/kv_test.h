@@ -1,10 +1,13 @@
 /*
- * kv_test.h - helpers shared by the engine and policy tests: policies configured from
- * "k=v,k=v" strings, and a per-program temporary directory. Include after <cmocka.h>.
+ * kv_test.h - helpers shared by the test programs: policies configured from "k=v,k=v"
+ * strings, a per-program temporary directory, shell commands or in-process subcommands
+ * run with their output discarded, and the path of the real checkpoint. Include after
+ * <cmocka.h>.
  */
 #ifndef KV_TEST_H
 #define KV_TEST_H
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +76,13 @@ __attribute__((unused)) static int kv_test_dir_remove(void)
     return system(cmd);
 }
 
+/* kv_test_dir_remove as a cmocka group teardown: 0, or -1 when the removal failed. */
+__attribute__((unused)) static int kv_test_dir_teardown(void **state)
+{
+    (void)state;
+    return kv_test_dir_remove() == 0 ? 0 : -1;
+}
+
 /* kv_test_dir/name; the last four results stay valid. */
 __attribute__((unused)) static char *kv_test_path(const char *name)
 {
@@ -81,6 +91,52 @@ __attribute__((unused)) static char *kv_test_path(const char *name)
     k = (k + 1) % 4;
     snprintf(buf[k], sizeof buf[k], "%s/%s", kv_test_dir, name);
     return buf[k];
+}
+
+/* Runs cmd through the shell with stdout and stderr sent to /dev/null; returns
+ * system()'s status. */
+__attribute__((unused)) static int kv_test_run_quiet(const char *cmd)
+{
+    char *buf = malloc(strlen(cmd) + 32);
+    assert_non_null(buf);
+    sprintf(buf, "%s >/dev/null 2>&1", cmd);
+    int rc = system(buf);
+    free(buf);
+    return rc;
+}
+
+/* Runs fn(argc, argv) (a `kvsim` subcommand, in process) with stdout and stderr sent to
+ * /dev/null; returns its status. */
+__attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), int argc,
+                                                      char **argv)
+{
+    fflush(stdout);
+    fflush(stderr);
+    int so = dup(1), se = dup(2), nul = open("/dev/null", O_WRONLY);
+    dup2(nul, 1);
+    dup2(nul, 2);
+    int rc = fn(argc, argv);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(so, 1);
+    dup2(se, 2);
+    close(so);
+    close(se);
+    close(nul);
+    return rc;
+}
+
+/* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
+ * the repository root (tests run from there). A missing checkpoint fails the test. */
+__attribute__((unused)) static const char *kv_test_model_path(void)
+{
+    const char *p = getenv("KVSIM_MODEL");
+    p = p && *p ? p : "../shared/models/stories260K.bin";
+    if (access(p, R_OK) != 0)
+        fail_msg("checkpoint %s not found: clone the repository beside shared/ (the "
+                 "checkpoint lives in ../shared/models) or set KVSIM_MODEL",
+                 p);
+    return p;
 }
 
 #endif

@@ -32,6 +32,7 @@
 
 #include "sim/commands.h"
 #include "sim/rows.h"
+#include "tests/kv_test.h"
 #include "traces/model.h"
 #include "traces/trace.h"
 
@@ -40,17 +41,6 @@
 #define N_HEADS 8
 #define N_KV 4
 #define HS 8
-
-static const char *model_path(void)
-{
-    const char *p = getenv("KVSIM_MODEL");
-    p = p && *p ? p : "../shared/models/stories260K.bin";
-    if (access(p, R_OK) != 0)
-        fail_msg("checkpoint %s not found: clone the repository beside shared/ (the "
-                 "checkpoint lives in ../shared/models) or set KVSIM_MODEL",
-                 p);
-    return p;
-}
 
 /* A fresh temporary path; the file is removed so capture creates it. */
 static void temp_path(char *buf, size_t len)
@@ -69,7 +59,7 @@ static int capture(const char *out, ...)
     int argc = 0;
     argv[argc++] = "capture";
     argv[argc++] = "--model";
-    argv[argc++] = (char *)model_path();
+    argv[argc++] = (char *)kv_test_model_path();
     if (out) {
         argv[argc++] = "-o";
         argv[argc++] = (char *)out;
@@ -189,7 +179,7 @@ static void check_sampled_in_nucleus(const trace_data *d, int n_fixed, double te
     kv_model *m = NULL;
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_load(model_path(), &m, err, sizeof err))
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
         fail_msg("%s", err);
     int T = d->info.n_tokens;
     assert_int_equal(kv_model_run_create(m, T, &r, err, sizeof err), 0);

@@ -16,22 +16,13 @@
 #include <sys/mount.h>
 
 #include "tests/kv_cli.h"
+#include "tests/kv_test.h"
 #include "traces/gen.h"
 #include "traces/trace.h"
 
-static char g_dir[64];
-static char g_trace[128];   /* small generated trace */
-static char g_long[128];    /* a trace whose run writes ~40 MB of results */
+static char g_trace[300];   /* small generated trace */
+static char g_long[300];    /* a trace whose run writes ~40 MB of results */
 static char g_long_budgets[512];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][256];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
 
 static void write_file(const char *path, const char *text)
 {
@@ -72,10 +63,10 @@ static void expect_usage_error(const bad_case *c)
     int n = 0;
     args[n++] = "run";
     if (c->ini) {
-        const char *ini = tmp_path("bad.ini");
+        const char *ini = kv_test_path("bad.ini");
         char text[2048];
         snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 64\noutput = %s\n%s",
-                 g_trace, tmp_path("out_bad"), c->ini);
+                 g_trace, kv_test_path("out_bad"), c->ini);
         write_file(ini, text);
         args[n++] = ini;
     }
@@ -89,16 +80,16 @@ static void expect_usage_error(const bad_case *c)
         || kv_cli_lines(r.err) != 1)
         fail_msg("%s: exit %d, stderr '%s'; expected 2 and '%s' / '%s' on one line", c->what,
                  rc, r.err, c->needle1, c->needle2 ? c->needle2 : "");
-    assert_int_equal(access(tmp_path("out_bad"), F_OK), -1);   /* nothing created */
+    assert_int_equal(access(kv_test_path("out_bad"), F_OK), -1);   /* nothing created */
 }
 
 static void test_config_errors(void **state)
 {
     (void)state;
-    char O[256], missing[256];   /* own copies: tmp_path's buffers rotate */
+    char O[300], missing[300];   /* own copies: kv_test_path's buffers rotate */
     const char *T = g_trace;
-    snprintf(O, sizeof O, "%s", tmp_path("out_bad"));
-    snprintf(missing, sizeof missing, "%s", tmp_path("no-such.ini"));
+    snprintf(O, sizeof O, "%s", kv_test_path("out_bad"));
+    snprintf(missing, sizeof missing, "%s", kv_test_path("no-such.ini"));
     const bad_case cases[] = {
         {"unknown policy", NULL, {"--trace", T, "-o", O, "--budgets", "64", "--policies",
          "morphvk", NULL}, "unknown policy 'morphvk'", "did you mean 'morphkv'"},
@@ -139,10 +130,10 @@ static void test_config_errors(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_usage_error(&cases[i]);
     /* a directory is not a readable experiment file either */
-    const char *args[] = {"run", g_dir, "-q", NULL};
+    const char *args[] = {"run", kv_test_dir, "-q", NULL};
     kv_cli_result r;
     assert_int_equal(kv_cli_run(args, NULL, &r), 2);
-    assert_non_null(strstr(r.err, g_dir));
+    assert_non_null(strstr(r.err, kv_test_dir));
 }
 
 /* ------------------------------------------------------------ output directory */
@@ -162,7 +153,7 @@ static int count_entries(const char *dir)
 static void test_output_dir(void **state)
 {
     (void)state;
-    const char *out = tmp_path("out_force");
+    const char *out = kv_test_path("out_force");
     const char *args[] = {"run", "--trace", g_trace, "--policies", "window,h2o", "--budgets",
                           "16", "-q", "--no-plot", "-o", out, NULL};
     kv_cli_result r;
@@ -175,7 +166,7 @@ static void test_output_dir(void **state)
                             "--budgets", "16", "-q", "--no-plot", "--force", "-o", out, NULL};
     assert_int_equal(kv_cli_run(forced, NULL, &r), 0);
     assert_int_equal(count_entries(out), 8);
-    const char *file = tmp_path("a_file");
+    const char *file = kv_test_path("a_file");
     write_file(file, "x");
     const char *onto_file[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
                                "16", "-q", "-o", file, NULL};
@@ -230,13 +221,12 @@ static double now_s(void)
  */
 static void interrupt_run(int sig, double delay_s)
 {
-    const char *dir = tmp_path("out_interrupt");
+    const char *dir = kv_test_path("out_interrupt");
     static char before[1 << 16];
     previous_results(dir, before, sizeof before);
     const char *args[] = {"run", "--trace", g_long, "--policies", "window,streamingllm",
                           "--budgets", g_long_budgets, "-q", "--force", "-o", dir, NULL};
-    char err_path[256];
-    snprintf(err_path, sizeof err_path, "%s/interrupt.err", g_dir);
+    const char *err_path = kv_test_path("interrupt.err");
     pid_t pid = kv_cli_start(args, NULL, err_path);
     assert_true(pid > 0);
     double start = now_s();
@@ -305,14 +295,14 @@ static void test_file_size_limit(void **state)
     (void)state;
     /* the previous results are ~20 KB; the long run's steps.tsv is megabytes */
     kv_cli_limits lim = { .fsize_bytes = 1 << 20 };
-    expect_write_failure(tmp_path("out_fsize"), &lim, "File too large");
+    expect_write_failure(kv_test_path("out_fsize"), &lim, "File too large");
 }
 
 /* A real full file system: a 2 MB tmpfs, where the machine lets root mount one. */
 static void test_full_tmpfs(void **state)
 {
     (void)state;
-    const char *mnt = tmp_path("tiny_fs");
+    const char *mnt = kv_test_path("tiny_fs");
     assert_int_equal(mkdir(mnt, 0700), 0);
     if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=2m") != 0) {
         rmdir(mnt);
@@ -328,11 +318,10 @@ static void test_full_tmpfs(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_cli_XXXXXX");
-    if (!mkdtemp(g_dir) || access(kv_cli_bin(), X_OK) != 0)
+    if (kv_test_dir_make("kvsim_cli") != 0 || access(kv_cli_bin(), X_OK) != 0)
         return -1;
-    snprintf(g_trace, sizeof g_trace, "%s/small.h5", g_dir);
-    snprintf(g_long, sizeof g_long, "%s/long.h5", g_dir);
+    snprintf(g_trace, sizeof g_trace, "%s", kv_test_path("small.h5"));
+    snprintf(g_long, sizeof g_long, "%s", kv_test_path("long.h5"));
     gen_trace(g_trace, 96, 24, 2, 1);
     /* 2 policies x 32 budgets x ~4000 steps: about a second of replay, then ~40 MB of
      * steps.tsv and retention.tsv, so a signal lands while the files are written */
@@ -347,11 +336,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "%s/tiny_fs", g_dir);
-    umount(cmd);   /* still mounted when its test failed part-way */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    umount(kv_test_path("tiny_fs"));   /* still mounted when its test failed part-way */
+    return kv_test_dir_remove() == 0 ? 0 : -1;
 }
 
 int main(void)

@@ -18,14 +18,14 @@
 #include <omp.h>
 
 #include "tests/kv_cli.h"
+#include "tests/kv_test.h"
 #include "policies/policy.h"
 #include "sim/engine.h"
 #include "traces/gen.h"
 #include "traces/trace.h"
 #include "traces/validate.h"
 
-static char g_dir[64];
-static char g_bad[128];
+static char g_bad[300];
 
 static unsigned char *read_all(const char *path, size_t *n)
 {
@@ -119,9 +119,9 @@ static int open_and_replay(const char *path)
 static int damage_file(const char *name, int with_attn, int f16, size_t flip_stride,
                        size_t cut_stride)
 {
-    char good[256], bad[256];
-    snprintf(good, sizeof good, "%s/%s", g_dir, name);
-    snprintf(bad, sizeof bad, "%s/damaged_%s", g_dir, name);
+    char damaged[32];   /* "damaged_" and a short name */
+    snprintf(damaged, sizeof damaged, "damaged_%s", name);
+    const char *good = kv_test_path(name), *bad = kv_test_path(damaged);
     gen(good, with_attn, f16);
     assert_int_equal(open_and_replay(good), 0);
     size_t n;
@@ -165,8 +165,7 @@ static void test_truncated_and_flipped_qk(void **state)
 static void test_garbage_files(void **state)
 {
     (void)state;
-    char path[256];
-    snprintf(path, sizeof path, "%s/garbage.h5", g_dir);
+    const char *path = kv_test_path("garbage.h5");
     write_bytes(path, NULL, 0);
     assert_int_equal(open_and_replay(path), 1);
     unsigned char buf[8192];
@@ -201,9 +200,7 @@ static void expect_binary_rejects(const char *path)
 static void test_binary_sample(void **state)
 {
     (void)state;
-    char good[256], bad[256];
-    snprintf(good, sizeof good, "%s/sample.h5", g_dir);
-    snprintf(bad, sizeof bad, "%s/sample_bad.h5", g_dir);
+    const char *good = kv_test_path("sample.h5"), *bad = kv_test_path("sample_bad.h5");
     gen(good, 1, 1);
     size_t n;
     unsigned char *buf = read_all(good, &n);
@@ -233,8 +230,7 @@ static void test_fault_in_hdf5_contained(void **state)
     size_t n;
     unsigned char *buf = read_all("tests/data/h5py_f16.h5", &n);
     assert_true(n > 2111);
-    char bad[256];
-    snprintf(bad, sizeof bad, "%s/fixture_flipped.h5", g_dir);
+    const char *bad = kv_test_path("fixture_flipped.h5");
     const size_t offsets[] = {2075, 2108};
     for (size_t i = 0; i < 2; i++) {
         size_t off = offsets[i];
@@ -254,23 +250,14 @@ static void test_fault_in_hdf5_contained(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_corrupt_XXXXXX");
-    if (!mkdtemp(g_dir) || access(kv_cli_bin(), X_OK) != 0)
+    if (kv_test_dir_make("kvsim_corrupt") != 0 || access(kv_cli_bin(), X_OK) != 0)
         return -1;
-    snprintf(g_bad, sizeof g_bad, "%s/out", g_dir);
+    snprintf(g_bad, sizeof g_bad, "%s", kv_test_path("out"));
     kv_trace_set_verbose(0);
     /* robustness, not parallelism: tiny replays with one thread avoid the OpenMP
      * start-up cost per region, ~100 ms a replay on 2 cores */
     omp_set_num_threads(1);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -282,5 +269,5 @@ int main(void)
         cmocka_unit_test(test_binary_sample),
         cmocka_unit_test(test_fault_in_hdf5_contained),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

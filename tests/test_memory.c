@@ -16,11 +16,12 @@
 #include <cmocka.h>
 
 #include "tests/kv_cli.h"
+#include "tests/kv_test.h"
 #include "traces/gen.h"
 
 enum { BIG_T = 32768 };
 
-static char g_dir[64], g_trace[128];
+static char g_trace[300];
 
 static int slow_tests_off(void)
 {
@@ -34,8 +35,7 @@ static void test_peak_memory(void **state)
     if (slow_tests_off())
         skip();
     assert_true((double)BIG_T * BIG_T * 4 >= 4e9);   /* the dense tensor it must not hold */
-    char out[160];
-    snprintf(out, sizeof out, "%s/out_peak", g_dir);
+    const char *out = kv_test_path("out_peak");
     const char *args[] = {"run", "--trace", g_trace, "--policies", "window,h2o", "--budgets",
                           "256", "--block", "256", "-q", "-o", out, NULL};
     kv_cli_result r;
@@ -60,8 +60,7 @@ static void test_out_of_memory(void **state)
         skip();   /* ASan reserves terabytes of address space: no RLIMIT_AS fits it */
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     setenv("OMP_NUM_THREADS", "1", 1);
-    char out[160];
-    snprintf(out, sizeof out, "%s/out_oom", g_dir);
+    const char *out = kv_test_path("out_oom");
     const char *args[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
                           "256", "--block", "4096", "-q", "-o", out, NULL};
     kv_cli_limits lim = { .as_bytes = (rlim_t)1 << 30 };
@@ -79,10 +78,9 @@ static void test_out_of_memory(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_memory_XXXXXX");
-    if (!mkdtemp(g_dir) || access(kv_cli_bin(), X_OK) != 0)
+    if (kv_test_dir_make("kvsim_memory") != 0 || access(kv_cli_bin(), X_OK) != 0)
         return -1;
-    snprintf(g_trace, sizeof g_trace, "%s/long.h5", g_dir);
+    snprintf(g_trace, sizeof g_trace, "%s", kv_test_path("long.h5"));
     kv_gen_params gp;
     kv_gen_defaults(&gp);
     gp.n_layers = 1;
@@ -100,19 +98,11 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_out_of_memory),
         cmocka_unit_test(test_peak_memory),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

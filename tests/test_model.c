@@ -24,21 +24,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tests/kv_test.h"
 #include "traces/model.h"
 
 #define MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
 #define MODEL_BYTES 1056540L
-
-static const char *model_path(void)
-{
-    const char *p = getenv("KVSIM_MODEL");
-    p = p && *p ? p : "../shared/models/stories260K.bin";
-    if (access(p, R_OK) != 0)
-        fail_msg("checkpoint %s not found: clone the repository beside shared/ (the "
-                 "checkpoint lives in ../shared/models) or set KVSIM_MODEL",
-                 p);
-    return p;
-}
 
 /* Reads the whole checkpoint into a malloc'd buffer. */
 static unsigned char *slurp(const char *path, long *n)
@@ -100,7 +90,7 @@ static void test_loads_real_checkpoint(void **state)
     (void)state;
     kv_model *m = NULL;
     char err[512] = "";
-    int rc = kv_model_load(model_path(), &m, err, sizeof err);
+    int rc = kv_model_load(kv_test_model_path(), &m, err, sizeof err);
     if (rc)
         fail_msg("%s", err);
     const kv_model_config *c = kv_model_get_config(m);
@@ -124,7 +114,7 @@ static void test_rejects_truncated_and_oversized(void **state)
 {
     (void)state;
     long n;
-    unsigned char *buf = slurp(model_path(), &n);
+    unsigned char *buf = slurp(kv_test_model_path(), &n);
     assert_int_equal(n, MODEL_BYTES);
     expect_refused(buf, 1000, 2, "file is 1000 bytes", "needs 1056540: truncated");
     expect_refused(buf, (size_t)n - 4, 2, "file is 1056536 bytes", "truncated");
@@ -149,7 +139,7 @@ static void test_rejects_random_bytes(void **state)
     /* The real header over random weights: the size matches, the weights are garbage
      * (one float in 256 has an all-ones exponent). */
     long n;
-    unsigned char *real = slurp(model_path(), &n);
+    unsigned char *real = slurp(kv_test_model_path(), &n);
     memcpy(buf, real, 28);
     expect_refused(buf, MODEL_BYTES, 2, "not a finite number", NULL);
     free(real);
@@ -160,7 +150,7 @@ static void test_rejects_inconsistent_header(void **state)
 {
     (void)state;
     long n;
-    unsigned char *buf = slurp(model_path(), &n);
+    unsigned char *buf = slurp(kv_test_model_path(), &n);
     put_le32(buf + 12, 3); /* n_heads 3: 64 % 3 != 0 */
     expect_refused(buf, (size_t)n, 2, "dim 64 is not a multiple of n_heads 3", NULL);
     put_le32(buf + 12, 8);
@@ -184,7 +174,7 @@ static void test_unshared_classifier_loads(void **state)
 {
     (void)state;
     long n;
-    unsigned char *real = slurp(model_path(), &n);
+    unsigned char *real = slurp(kv_test_model_path(), &n);
     size_t extra = 4 * 512 * 64, total = (size_t)n + extra;
     unsigned char *buf = malloc(total);
     assert_non_null(buf);
@@ -246,7 +236,7 @@ static void test_greedy_ids_pinned(void **state)
     static const int expect[9] = {1, 461, 461, 401, 401, 401, 461, 378, 455};
     kv_model *m = NULL;
     char err[512] = "";
-    if (kv_model_load(model_path(), &m, err, sizeof err))
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
         fail_msg("%s", err);
     int ids[9];
     kv_model_run *r = greedy(m, 8, ids);
@@ -288,7 +278,7 @@ static void test_matches_numpy_reference(void **state)
 {
     (void)state;
     enum { STEPS = 16 };
-    const char *path = model_path();
+    const char *path = kv_test_model_path();
     if (access("/usr/bin/python3", X_OK) != 0)
         fail_msg("/usr/bin/python3 missing: `make deps` installs python3-numpy");
     char cmd[1024];
@@ -342,7 +332,7 @@ static void test_step_rejects_bad_arguments(void **state)
     kv_model *m = NULL;
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_load(model_path(), &m, err, sizeof err))
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
         fail_msg("%s", err);
     assert_int_equal(kv_model_run_create(m, 0, &r, err, sizeof err), KV_EMODEL_ARG);
     assert_null(r);

@@ -3,13 +3,14 @@
  * decode = recompress, morphkv gqa = logit and evict_every, h2o normalize = count)
  * against kept sets worked out by hand on tiny traces, and the exact sums they use.
  *
- * The driver plays the engine's part of the contract in policy.h for one cache, optional
- * slots included: prescan of every full row before position 0; at each decode step
- * attend with the full row (its keep[] becomes S), then the query attends to A_t =
- * S u {t}; the observed row is p during prefill and o_t = p_t / recall over A_t at
- * decode (README rule 2); select at t = P-1 and every decode step. Traces are tables in
- * sixteenths, so every value, sum and tie below is exact in double precision. Each
- * expected set carries its derivation; "h0"/"h1" are the two query heads of the group.
+ * The driver of tests/kv_hand_replay.h plays the engine's part of the contract in
+ * policy.h for one cache, optional slots included: prescan of every full row before
+ * position 0; at each decode step attend with the full row (its keep[] becomes S), then
+ * the query attends to A_t = S u {t}; the observed row is p during prefill and
+ * o_t = p_t / recall over A_t at decode (README rule 2); select at t = P-1 and every
+ * decode step. Traces are tables in sixteenths, so every value, sum and tie below is
+ * exact in double precision. Each expected set carries its derivation; "h0"/"h1" are the
+ * two query heads of the group.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,127 +24,17 @@
 #include <string.h>
 
 #include "policies/policy.h"
-#include "tests/kv_test.h"
-
-#define MAX_T 32
-#define SET_LEN 256
-
-/* A table trace: v[(h * T + t) * T + j] sixteenths, j <= t; NULL v: uniform rows. */
-typedef struct {
-    int T;
-    const int *v;
-} table16;
-
-static double attn(const table16 *tb, int h, int t, int j)
-{
-    if (tb->v == NULL)
-        return 1.0 / (t + 1);
-    return tb->v[((size_t)h * tb->T + t) * tb->T + j] / 16.0;
-}
-
-/* What one replay produced. */
-typedef struct {
-    char kept[MAX_T][SET_LEN];     /* S after the select at t ("" if none ran) */
-    char attended[MAX_T][SET_LEN]; /* A_t the query attended to at decode steps */
-    double recall[MAX_T];          /* sum over the group's heads of recall at decode t */
-    size_t meta[MAX_T];            /* meta_bytes(|A_t|) at decode steps */
-} replay;
-
-static void format_set(const int *pos, const unsigned char *keep, int n, char *out)
-{
-    size_t used = 0;
-    out[0] = '\0';
-    for (int i = 0; i < n; i++)
-        if (keep == NULL || keep[i])
-            used += (size_t)snprintf(out + used, SET_LEN - used, "%s%d", used ? "," : "",
-                                     pos[i]);
-}
-
-/* The full rows p_t over 0..t of the group, as prescan and attend receive them. */
-static kv_row full_row(const table16 *tb, int g, int t, int *identity, double *w)
-{
-    for (int j = 0; j <= t; j++)
-        identity[j] = j;
-    for (int h = 0; h < g; h++)
-        for (int j = 0; j <= t; j++)
-            w[h * (t + 1) + j] = attn(tb, h, t, j);
-    kv_row row = { .t = t, .n = t + 1, .pos = identity, .n_heads = g, .w = w };
-    return row;
-}
+#include "tests/kv_hand_replay.h"
 
 /* Replays one cache of trace tb (T tokens, prompt P) under budget B with seed. */
 static void run_seeded(const char *name, const char *settings, int P, int B, int g,
-                       const table16 *tb, unsigned long seed, replay *out)
+                       const kv_hand_table16 *tb, unsigned long seed, kv_hand_replay *out)
 {
-    const kv_policy_ops *ops = kv_policy_find(name);
-    assert_non_null(ops);
-    int T = tb->T;
-    assert_true(T <= MAX_T && g <= 4);
-    kv_param_values values;
-    kv_test_apply_settings(ops, settings, &values);
-    char err[KV_ERRMSG] = "";
-    if (ops->check != NULL && ops->check(&values, B, err, sizeof err) != 0)
-        fail_msg("check rejected: %s", err);
-    kv_policy_ctx ctx = { .budget = B, .group_size = g, .n_tokens = T, .prefill_len = P,
-                          .seed = seed };
-    void *st = ops->create(&values, &ctx);
-    assert_non_null(st);
-    memset(out, 0, sizeof *out);
-    unsigned char cached[MAX_T] = { 0 }, keep[MAX_T];
-    int pos[MAX_T], identity[MAX_T];
-    double w[4 * MAX_T];
-    for (int t = 0; ops->prescan != NULL && t < T; t++) {
-        kv_row full = full_row(tb, g, t, identity, w);
-        full.is_prefill = t < P;
-        ops->prescan(st, &full);
-    }
-    for (int t = 0; t < T; t++) {
-        if (t >= P && ops->attend != NULL) {
-            kv_row full = full_row(tb, g, t, identity, w);
-            memset(keep, 0, sizeof keep);
-            ops->attend(st, &full, keep);
-            for (int j = 0; j < t; j++)
-                cached[j] = keep[j];
-        }
-        int n = 0;
-        cached[t] = 1;
-        for (int j = 0; j <= t; j++)
-            if (cached[j])
-                pos[n++] = j;
-        for (int h = 0; h < g; h++) {
-            double recall = 0.0;
-            for (int i = 0; i < n; i++)
-                recall += attn(tb, h, t, pos[i]);
-            for (int i = 0; i < n; i++) {
-                double p = attn(tb, h, t, pos[i]);
-                w[h * n + i] = t < P ? p : (recall > 0.0 ? p / recall : 0.0);
-            }
-            if (t >= P)
-                out->recall[t] += recall;
-        }
-        if (t >= P)
-            format_set(pos, NULL, n, out->attended[t]);
-        kv_row row = { .t = t, .n = n, .pos = pos, .n_heads = g, .w = w, .is_prefill = t < P };
-        ops->observe(st, &row);
-        if (t < P - 1)
-            continue;
-        if (t >= P)
-            out->meta[t] = ops->meta_bytes ? ops->meta_bytes(st, n) : 0;
-        kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
-                               .is_prefill_end = t == P - 1 };
-        memset(keep, 7, sizeof keep);
-        ops->select(st, &view, keep);
-        for (int i = 0; i < n; i++) {
-            assert_true(keep[i] == 0 || keep[i] == 1);
-            cached[pos[i]] = keep[i];
-        }
-        format_set(pos, keep, n, out->kept[t]);
-    }
-    ops->destroy(st);
+    kv_hand_run(name, settings, tb->T, P, B, g, seed, kv_hand_table_attn, tb, out);
 }
 
 static void run(const char *name, const char *settings, int P, int B, int g,
-                const table16 *tb, replay *out)
+                const kv_hand_table16 *tb, kv_hand_replay *out)
 {
     run_seeded(name, settings, P, B, g, tb, 1, out);
 }
@@ -171,8 +62,8 @@ static const int tova_rows[2 * 6 * 6] = {
 static void test_tova(void **state)
 {
     (void)state;
-    table16 tb = { 6, tova_rows };
-    replay r;
+    kv_hand_table16 tb = { 6, tova_rows };
+    kv_hand_replay r;
     run("tova", NULL, 4, 2, 2, &tb, &r);
     /* t=3: row 3 summed over the heads: [10, 6, 8, 8]: 0, then 2 and 3 tie at 8, the
      * more recent 3 stays. */
@@ -215,8 +106,8 @@ static void test_tova_check_and_scope(void **state)
 static void test_random(void **state)
 {
     (void)state;
-    table16 tb = { 12, NULL }; /* rows do not matter */
-    replay a, b, c;
+    kv_hand_table16 tb = { 12, NULL }; /* rows do not matter */
+    kv_hand_replay a, b, c;
     run_seeded("random", NULL, 9, 4, 1, &tb, 42, &a);
     run_seeded("random", NULL, 9, 4, 1, &tb, 42, &b);
     /* Reproducible: the same seed gives the same sets at every select. */
@@ -247,10 +138,10 @@ static void test_random(void **state)
 static void test_random_uniform(void **state)
 {
     (void)state;
-    table16 tb = { 10, NULL };
+    kv_hand_table16 tb = { 10, NULL };
     int count[8] = { 0 };
     for (unsigned long seed = 1; seed <= 4000; seed++) {
-        replay r;
+        kv_hand_replay r;
         run_seeded("random", NULL, 9, 4, 1, &tb, seed * 2654435761u, &r);
         for (char *save = NULL, *tok = strtok_r(r.kept[8], ",", &save); tok;
              tok = strtok_r(NULL, ",", &save)) {
@@ -287,8 +178,8 @@ static const int oracle_rows[2 * 6 * 6] = {
 static void test_oracle(void **state)
 {
     (void)state;
-    table16 tb = { 6, oracle_rows };
-    replay r;
+    kv_hand_table16 tb = { 6, oracle_rows };
+    kv_hand_replay r;
     run("oracle", NULL, 3, 1, 2, &tb, &r);
     /* t=2: row 2 summed over the heads [10, 14, 8] -> {1}. */
     assert_string_equal(r.kept[2], "1");
@@ -311,9 +202,9 @@ static void test_oracle(void **state)
 static void test_oracle_is_the_best_subset(void **state)
 {
     (void)state;
-    table16 tb = { 6, oracle_rows };
+    kv_hand_table16 tb = { 6, oracle_rows };
     for (int B = 1; B <= 2; B++) {
-        replay r;
+        kv_hand_replay r;
         run("oracle", NULL, 3, B, 2, &tb, &r);
         for (int t = 3; t < 6; t++) {
             double best = 0.0;
@@ -321,9 +212,9 @@ static void test_oracle_is_the_best_subset(void **state)
                 for (int b = B == 2 ? a + 1 : a; b < (B == 2 ? t : a + 1); b++) {
                     double s = 0.0;
                     for (int h = 0; h < 2; h++) {
-                        s += attn(&tb, h, t, a) + attn(&tb, h, t, t);
+                        s += kv_hand_table_attn(&tb, h, t, a) + kv_hand_table_attn(&tb, h, t, t);
                         if (b != a)
-                            s += attn(&tb, h, t, b);
+                            s += kv_hand_table_attn(&tb, h, t, b);
                     }
                     best = s > best ? s : best;
                 }
@@ -348,8 +239,8 @@ static const int look_rows[7 * 7] = {
 static void test_lookahead(void **state)
 {
     (void)state;
-    table16 tb = { 7, look_rows };
-    replay r;
+    kv_hand_table16 tb = { 7, look_rows };
+    kv_hand_replay r;
     /* horizon = all, B = 1. t=2 ranks by rows 3..6: 0: 2+12+1+1 = 16, 1: 12,
      * 2: 1+2 = 3 -> {0}. */
     run("lookahead", NULL, 3, 1, 1, &tb, &r);
@@ -400,8 +291,8 @@ static const int snap_rows[7 * 7] = {
 static void test_snapkv_recompress(void **state)
 {
     (void)state;
-    table16 tb = { 7, snap_rows };
-    replay r;
+    kv_hand_table16 tb = { 7, snap_rows };
+    kv_hand_replay r;
     run("snapkv", "window=1,kernel=1,decode=recompress", 3, 2, 1, &tb, &r);
     /* t=2: L = 2, s = row 2 on {0,1} = [4, 10] -> {1} + window {2}. */
     assert_string_equal(r.kept[2], "1,2");
@@ -436,8 +327,8 @@ static const int snap_gap_rows[9 * 9] = {
 static void test_snapkv_recompress_interval_pooling(void **state)
 {
     (void)state;
-    table16 tb = { 9, snap_gap_rows };
-    replay r;
+    kv_hand_table16 tb = { 9, snap_gap_rows };
+    kv_hand_replay r;
     run("snapkv", "window=1,kernel=3,decode=recompress,interval=2", 4, 3, 1, &tb, &r);
     /* t=3: L = 3, s = row 3 on {0,1,2} = [1, 8, 2], max-pooled [8, 8, 8]: a tie, the
      * two most recent {1,2}, plus {3}. */
@@ -484,8 +375,8 @@ static const int morph_logit_rows[2 * 5 * 5] = {
 static void test_morphkv_logit(void **state)
 {
     (void)state;
-    table16 tb = { 5, morph_logit_rows };
-    replay r;
+    kv_hand_table16 tb = { 5, morph_logit_rows };
+    kv_hand_replay r;
     /* W={3}, O={0,1,2}; row 3 over O sums to 12 in both heads: h0 o^ = [8,2,2]/12,
      * h1 [1,5,6]/12. sum: [9, 7, 8]/12 -> {0}. logit: log h0 + log h1, the products
      * [8, 10, 12]/144 -> {2}. max: [8, 5, 6]/12 -> {0}. */
@@ -517,8 +408,8 @@ static const int morph_floor_rows[2 * 5 * 5] = {
 static void test_morphkv_logit_floor(void **state)
 {
     (void)state;
-    table16 tb = { 5, morph_floor_rows };
-    replay r;
+    kv_hand_table16 tb = { 5, morph_floor_rows };
+    kv_hand_replay r;
     run("morphkv", "window=1,gqa=logit", 4, 3, 2, &tb, &r);
     assert_string_equal(r.kept[3], "0,2,3");
 }
@@ -526,8 +417,8 @@ static void test_morphkv_logit_floor(void **state)
 static void test_morphkv_evict_every(void **state)
 {
     (void)state;
-    table16 tb = { 12, NULL }; /* uniform rows: every score ties, recency decides */
-    replay r;
+    kv_hand_table16 tb = { 12, NULL }; /* uniform rows: every score ties, recency decides */
+    kv_hand_replay r;
     run("morphkv", "window=1,evict_every=3", 3, 2, 1, &tb, &r);
     /* t=2: O={0,1} tie -> {1} + W {2}. Decode steps 1, 2 keep all (S grows by one),
      * step 3 (t=5) cuts back to B = 2: W {5} + the most recent of O (4). */
@@ -563,8 +454,8 @@ static const int h2o_rows[6 * 6] = {
 static void test_h2o_normalize_count(void **state)
 {
     (void)state;
-    table16 tb = { 6, h2o_rows };
-    replay r;
+    kv_hand_table16 tb = { 6, h2o_rows };
+    kv_hand_replay r;
     /* t=3, B = 2, r = 1 keeps {3}. acc (sixteenths) 0: 16+8+4+2 = 30 over 4 rows,
      * 1: 8+2+0 = 10 over 3, 2: 10+6 = 16 over 2. none: 0 (30) -> {0,3}; count: means
      * 7.5, 3.33, 8 -> 2 -> {2,3}. */

@@ -1,7 +1,8 @@
 /*
  * test_policy_rules.c - every policy against kept sets worked out by hand on tiny traces.
  *
- * A small driver plays the engine's part of the contract in policy.h for one cache:
+ * The driver of tests/kv_hand_replay.h plays the engine's part of the contract in
+ * policy.h for one cache (the policies here have no prescan or attend slot):
  * prefill rows are p itself, decode rows are o_t = p_t / recall over A_t = S u {t}
  * (README rule 2), select runs at t = P-1 and every decode step, and S becomes the kept
  * part of A_t. Traces are tables of attention in sixteenths (so every value, sum and
@@ -20,99 +21,13 @@
 #include <string.h>
 
 #include "policies/policy.h"
-#include "tests/kv_test.h"
+#include "tests/kv_hand_replay.h"
 
-#define MAX_T 128
-#define SET_LEN 512
-
-/* Full-cache attention p_t^h[j] of a tiny trace. */
-typedef double (*attn_fn)(const void *data, int h, int t, int j);
-
-/* A table trace: v[(h * T + t) * T + j] sixteenths, j <= t. */
-typedef struct {
-    int T;
-    const int *v;
-} table16;
-
-static double table_attn(const void *data, int h, int t, int j)
-{
-    const table16 *tb = data;
-    return tb->v[((size_t)h * tb->T + t) * tb->T + j] / 16.0;
-}
-
-/* What one replay produced: the kept set after each select, and meta bytes. */
-typedef struct {
-    char kept[MAX_T][SET_LEN]; /* "0,2,3" after the select at t; "" if none ran */
-    size_t meta[MAX_T];        /* meta_bytes(|A_t|) at decode steps */
-} replay;
-
-/* Writes the positions of pos[] with keep[i] set, comma-separated. */
-static void format_set(const int *pos, const unsigned char *keep, int n, char *out)
-{
-    size_t used = 0;
-    out[0] = '\0';
-    for (int i = 0; i < n; i++)
-        if (keep[i])
-            used += (size_t)snprintf(out + used, SET_LEN - used, "%s%d", used ? "," : "",
-                                     pos[i]);
-}
-
-/* Parses "a=1,b=x" into values over ops's defaults, failing the test on error. */
-/* Replays one cache of a T-token trace with a P-token prompt under budget B. */
+/* Replays one cache of a T-token trace with a P-token prompt under budget B (seed 1). */
 static void run_policy(const char *name, const char *settings, int T, int P, int B, int g,
-                       attn_fn attn, const void *data, replay *out)
+                       kv_hand_attn_fn attn, const void *data, kv_hand_replay *out)
 {
-    const kv_policy_ops *ops = kv_policy_find(name);
-    assert_non_null(ops);
-    assert_true(T <= MAX_T);
-    kv_param_values values;
-    kv_test_apply_settings(ops, settings, &values);
-    char err[KV_ERRMSG] = "";
-    if (ops->check != NULL && ops->check(&values, B, err, sizeof err) != 0)
-        fail_msg("check rejected: %s", err);
-    kv_policy_ctx ctx = { .budget = B, .group_size = g, .n_tokens = T, .prefill_len = P,
-                          .layer = 0, .kv_head = 0, .seed = 1 };
-    void *st = ops->create(&values, &ctx);
-    assert_non_null(st);
-
-    memset(out, 0, sizeof *out);
-    unsigned char cached[MAX_T] = { 0 };
-    int pos[MAX_T];
-    unsigned char keep[MAX_T];
-    double w[4 * MAX_T];
-    for (int t = 0; t < T; t++) {
-        int n = 0;
-        cached[t] = 1; /* t enters; nothing is evicted before t = P-1 */
-        for (int j = 0; j <= t; j++)
-            if (cached[j])
-                pos[n++] = j;
-        for (int h = 0; h < g; h++) {
-            double recall = 0.0;
-            for (int i = 0; i < n; i++)
-                recall += attn(data, h, t, pos[i]);
-            for (int i = 0; i < n; i++) {
-                double p = attn(data, h, t, pos[i]);
-                w[h * n + i] = t < P ? p : (recall > 0.0 ? p / recall : 0.0);
-            }
-        }
-        kv_row row = { .t = t, .n = n, .pos = pos, .n_heads = g, .w = w,
-                       .is_prefill = t < P };
-        ops->observe(st, &row);
-        if (t < P - 1)
-            continue;
-        if (t >= P)
-            out->meta[t] = ops->meta_bytes ? ops->meta_bytes(st, n) : 0;
-        kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
-                               .is_prefill_end = t == P - 1 };
-        memset(keep, 7, sizeof keep);
-        ops->select(st, &view, keep);
-        for (int i = 0; i < n; i++) {
-            assert_true(keep[i] == 0 || keep[i] == 1);
-            cached[pos[i]] = keep[i];
-        }
-        format_set(pos, keep, n, out->kept[t]);
-    }
-    ops->destroy(st);
+    kv_hand_run(name, settings, T, P, B, g, 1, attn, data, out);
 }
 
 /* Self-attention only: p_t[j] = 1 if j == t. Any rows will do for position rules. */
@@ -128,7 +43,7 @@ static double self_attn(const void *data, int h, int t, int j)
 static void test_full_keeps_everything(void **state)
 {
     (void)state;
-    replay r;
+    kv_hand_replay r;
     run_policy("full", NULL, 6, 4, 2, 1, self_attn, NULL, &r);
     /* Never evicts: A_t = {0..t} at every step, whatever B. */
     assert_string_equal(r.kept[3], "0,1,2,3");
@@ -144,7 +59,7 @@ static void test_full_keeps_everything(void **state)
 static void test_window_keeps_most_recent(void **state)
 {
     (void)state;
-    replay r;
+    kv_hand_replay r;
     /* P = 5, B = 3: t=4 A={0..4} -> last 3 {2,3,4}; t=5 A={2,3,4,5} -> {3,4,5};
      * t=6 A={3,4,5,6} -> {4,5,6}. */
     run_policy("window", NULL, 7, 5, 3, 1, self_attn, NULL, &r);
@@ -165,7 +80,7 @@ static void test_window_keeps_most_recent(void **state)
 static void test_streamingllm_sinks_and_window(void **state)
 {
     (void)state;
-    replay r;
+    kv_hand_replay r;
     /* sinks = 1, B = 3, P = 5: t=4 A={0..4}: sink {0} + B-1 = 2 most recent {3,4};
      * t=5 A={0,3,4,5} -> {0,4,5}; t=6 A={0,4,5,6} -> {0,5,6}. */
     run_policy("streamingllm", "sinks=1", 7, 5, 3, 1, self_attn, NULL, &r);
@@ -216,9 +131,9 @@ static const int h2o_rows[2 * 6 * 6] = {
 static void test_h2o_gqa_sum(void **state)
 {
     (void)state;
-    table16 tb = { 6, h2o_rows };
-    replay r;
-    run_policy("h2o", NULL, 6, 4, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 6, h2o_rows };
+    kv_hand_replay r;
+    run_policy("h2o", NULL, 6, 4, 3, 2, kv_hand_table_attn, &tb, &r);
     /* Prefill end t=3 (in sixteenths): acc_h0 = {0:16+6+4+4=30, 1:10+6+4=20, 2:6+6=12,
      * 3:2}, acc_h1 = {0:16+14+10+8=48, 1:2, 2:12, 3:2}. B = 3, r = floor(0.5*3) = 1
      * keeps {3}; gqa sum: 0:78, 1:22, 2:24 -> best 2 = {0,2}. */
@@ -237,9 +152,9 @@ static void test_h2o_gqa_sum(void **state)
 static void test_h2o_gqa_max(void **state)
 {
     (void)state;
-    table16 tb = { 6, h2o_rows };
-    replay r;
-    run_policy("h2o", "gqa=max", 6, 4, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 6, h2o_rows };
+    kv_hand_replay r;
+    run_policy("h2o", "gqa=max", 6, 4, 3, 2, kv_hand_table_attn, &tb, &r);
     /* Same accumulators as above; gqa max: 0:max(30,48)=48, 1:max(20,2)=20,
      * 2:max(12,12)=12 -> {0,1} (sum chose {0,2}). */
     assert_string_equal(r.kept[3], "0,1,3");
@@ -265,12 +180,12 @@ static double uniform_attn(const void *data, int h, int t, int j)
 static void test_h2o_recent_floor_in_double(void **state)
 {
     (void)state;
-    replay r;
+    kv_hand_replay r;
     /* recent = 0.29, B = 100: 0.29 * 100 is 28.999999999999996 in double, so r = 28
      * (29 in exact decimal). P = 101: r keeps {73..100}; candidates {0..72} keep 72 by
      * acc, which decreases with j: 72 is evicted. (With r = 29, 71 would be.) */
     run_policy("h2o", "recent=0.29", 102, 101, 100, 1, uniform_attn, NULL, &r);
-    char expect[SET_LEN];
+    char expect[KV_HAND_SET_LEN];
     size_t used = 0;
     for (int j = 0; j <= 100; j++)
         if (j != 72)
@@ -319,9 +234,9 @@ static const int snap_rows[2 * 10 * 10] = {
 static void test_snapkv_max_pooling(void **state)
 {
     (void)state;
-    table16 tb = { 10, snap_rows };
-    replay r;
-    run_policy("snapkv", "window=2,kernel=3", 10, 8, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 10, snap_rows };
+    kv_hand_replay r;
+    run_policy("snapkv", "window=2,kernel=3", 10, 8, 3, 2, kv_hand_table_attn, &tb, &r);
     /* L = P - window = 6. s_h0[j<6] = p6 + p7 = [0, 9, 0, 1, 5, 6]; s_h1 = 0.
      * Max over |u| <= 1 in [0,6): [max(0,9), max(0,9,0), max(9,0,1), max(0,1,5),
      * max(1,5,6), max(5,6)] = [9, 9, 9, 5, 6, 6]; gqa sum adds h1's zeros.
@@ -336,9 +251,9 @@ static void test_snapkv_max_pooling(void **state)
 static void test_snapkv_avg_pooling(void **state)
 {
     (void)state;
-    table16 tb = { 10, snap_rows };
-    replay r;
-    run_policy("snapkv", "window=2,kernel=3,pooling=avg", 10, 8, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 10, snap_rows };
+    kv_hand_replay r;
+    run_policy("snapkv", "window=2,kernel=3,pooling=avg", 10, 8, 3, 2, kv_hand_table_attn, &tb, &r);
     /* Avg: clipped window sums / kernel 3: [(0+9)/3, (0+9+0)/3, (9+0+1)/3, (0+1+5)/3,
      * (1+5+6)/3, (5+6)/3] = [3, 3, 10/3, 2, 4, 11/3] -> 4 is the best (max chose 2). */
     assert_string_equal(r.kept[7], "4,6,7");
@@ -366,17 +281,17 @@ static void test_snapkv_gqa_pools_each_head_first(void **state)
 {
     (void)state;
     fill_snap_gqa_rows();
-    table16 tb = { 8, snap_gqa_rows };
-    replay r;
+    kv_hand_table16 tb = { 8, snap_gqa_rows };
+    kv_hand_replay r;
     /* L = 6, B - window = 1. s_h0 = [0,0,0,0,10,0] -> max-pooled [0,0,0,10,10,10];
      * s_h1 = [0,0,7,0,0,0] -> [0,7,7,7,0,0].
      * gqa sum: [0,7,7,17,10,10] -> 3. (Pooling the summed s [0,0,7,0,10,0] instead
      * would give [0,7,7,10,10,10] -> 5: the heads are pooled first, rule 3.) */
-    run_policy("snapkv", "window=1,kernel=3", 8, 7, 2, 2, table_attn, &tb, &r);
+    run_policy("snapkv", "window=1,kernel=3", 8, 7, 2, 2, kv_hand_table_attn, &tb, &r);
     assert_string_equal(r.kept[6], "3,6");
     assert_string_equal(r.kept[7], "3,6,7");
     /* gqa max: [0,7,7,10,10,10] -> 3, 4, 5 tie, the most recent 5 is kept. */
-    run_policy("snapkv", "window=1,kernel=3,gqa=max", 8, 7, 2, 2, table_attn, &tb, &r);
+    run_policy("snapkv", "window=1,kernel=3,gqa=max", 8, 7, 2, 2, kv_hand_table_attn, &tb, &r);
     assert_string_equal(r.kept[6], "5,6");
     assert_string_equal(r.kept[7], "5,6,7");
 }
@@ -384,7 +299,7 @@ static void test_snapkv_gqa_pools_each_head_first(void **state)
 static void test_snapkv_short_prompt_and_check(void **state)
 {
     (void)state;
-    replay r;
+    kv_hand_replay r;
     /* P = 4 <= B = 4: the prompt is kept whole, and nothing is evicted later. */
     run_policy("snapkv", "window=2,kernel=3", 6, 4, 4, 1, self_attn, NULL, &r);
     assert_string_equal(r.kept[3], "0,1,2,3");
@@ -428,9 +343,9 @@ static const int morph_rows[2 * 7 * 7] = {
 static void test_morphkv_fusion_sum(void **state)
 {
     (void)state;
-    table16 tb = { 7, morph_rows };
-    replay r;
-    run_policy("morphkv", "window=2", 7, 5, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 7, morph_rows };
+    kv_hand_replay r;
+    run_policy("morphkv", "window=2", 7, 5, 3, 2, kv_hand_table_attn, &tb, &r);
     /* t=4: A={0..4}, W={3,4}, O={0,1,2}; rows 3 and 4 (prefill, p itself).
      * Row 3 h0 on O: [3,0,5] / 8 = [3/8, 0, 5/8]; row 4: [2,2,0] / 4 = [1/2, 1/2, 0].
      * Sum fusion: 0: 7/8, 1: 1/2, 2: 5/8 -> keep 0 (B - window = 1). */
@@ -450,9 +365,9 @@ static void test_morphkv_fusion_sum(void **state)
 static void test_morphkv_fusion_max(void **state)
 {
     (void)state;
-    table16 tb = { 7, morph_rows };
-    replay r;
-    run_policy("morphkv", "window=2,fusion=max", 7, 5, 3, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 7, morph_rows };
+    kv_hand_replay r;
+    run_policy("morphkv", "window=2,fusion=max", 7, 5, 3, 2, kv_hand_table_attn, &tb, &r);
     /* t=4: max fusion of [3/8, 0, 5/8] and [1/2, 1/2, 0]: 0: 1/2, 1: 1/2, 2: 5/8 ->
      * keep 2 (sum fusion kept 0). */
     assert_string_equal(r.kept[4], "2,3,4");
@@ -484,9 +399,9 @@ static const int morph_gqa_rows[2 * 5 * 5] = {
 static void test_morphkv_gqa(void **state)
 {
     (void)state;
-    table16 tb = { 5, morph_gqa_rows };
-    replay r;
-    run_policy("morphkv", "window=1", 5, 4, 2, 2, table_attn, &tb, &r);
+    kv_hand_table16 tb = { 5, morph_gqa_rows };
+    kv_hand_replay r;
+    run_policy("morphkv", "window=1", 5, 4, 2, 2, kv_hand_table_attn, &tb, &r);
     /* t=3: W={3}, O={0,1,2}, row 3 only. h0: [0,5,3]/8, h1: [5,0,3]/8.
      * gqa sum: [5/8, 5/8, 6/8] -> keep 2. */
     assert_string_equal(r.kept[3], "2,3");
@@ -494,7 +409,7 @@ static void test_morphkv_gqa(void **state)
     assert_string_equal(r.kept[4], "3,4");
     /* 1 row * 2 heads * |A_4| = 3 * 4 bytes. */
     assert_int_equal(r.meta[4], 24);
-    run_policy("morphkv", "window=1,gqa=max", 5, 4, 2, 2, table_attn, &tb, &r);
+    run_policy("morphkv", "window=1,gqa=max", 5, 4, 2, 2, kv_hand_table_attn, &tb, &r);
     /* gqa max: [5/8, 5/8, 3/8] -> 0 and 1 tie, the more recent 1 is kept. */
     assert_string_equal(r.kept[3], "1,3");
     /* t=4: A={1,3,4}; O={1,3}: [2,4]/6 = [1/3, 2/3] -> keep 3. */

@@ -7,7 +7,6 @@
  * x nats against ~t keys of logit noise ~1, its mass is about n e^x / (n e^x + t e^0.5);
  * the baseline (pattern off) is about n / t.
  */
-#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,47 +20,10 @@
 
 #include "sim/commands.h"
 #include "traces/gen.h"
+#include "tests/kv_test.h"
 #include "traces/trace.h"
 
-static char g_dir[64];
 static int g_have_h5py;
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][256];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
-
-static int run_quiet(const char *cmd)
-{
-    char *buf = malloc(strlen(cmd) + 32);
-    assert_non_null(buf);
-    sprintf(buf, "%s >/dev/null 2>&1", cmd);
-    int rc = system(buf);
-    free(buf);
-    return rc;
-}
-
-static int call_quiet(int (*fn)(int, char **), int argc, char **argv)
-{
-    fflush(stdout);
-    fflush(stderr);
-    int so = dup(1), se = dup(2), nul = open("/dev/null", O_WRONLY);
-    dup2(nul, 1);
-    dup2(nul, 2);
-    int rc = fn(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    dup2(so, 1);
-    dup2(se, 2);
-    close(so);
-    close(se);
-    close(nul);
-    return rc;
-}
 
 /* A small parameter set with every pattern off; tests switch one on. */
 static kv_gen_params quiet_params(void)
@@ -161,7 +123,7 @@ static void test_deterministic(void **state)
     p.period = 20;
     p.head_spread = 0.5;
     p.seed = 7;
-    const char *a = tmp_path("det_a.h5"), *b = tmp_path("det_b.h5"), *c = tmp_path("det_c.h5");
+    const char *a = kv_test_path("det_a.h5"), *b = kv_test_path("det_b.h5"), *c = kv_test_path("det_c.h5");
     write_gen(a, &p, 0, 1);
     write_gen(b, &p, 0, 1);
     p.seed = 8;
@@ -216,7 +178,7 @@ static void check_attn_rows(int f16)
     p.heavy_strength = 3;
     p.head_spread = 0.5;
     const int H = 4, T = 150, D = 16;
-    const char *path = tmp_path(f16 ? "rows16.h5" : "rows32.h5");
+    const char *path = kv_test_path(f16 ? "rows16.h5" : "rows32.h5");
     write_gen(path, &p, f16, 1);
     char err[512];
     kv_trace *tr = NULL;
@@ -316,7 +278,7 @@ static void test_structure(void **state)
     ps[4].locality = 6;
     ps[4].locality_span = 8;
     char cmd[2048];
-    const char *script = tmp_path("stats.py");
+    const char *script = kv_test_path("stats.py");
     FILE *f = fopen(script, "w");
     assert_non_null(f);
     fputs(stats_script, f);
@@ -325,8 +287,8 @@ static void test_structure(void **state)
     for (int i = 0; i < 5; i++) {
         char name[32];
         snprintf(name, sizeof name, "structure%d.h5", i);
-        write_gen(tmp_path(name), &ps[i], 0, 0);
-        at += snprintf(cmd + at, sizeof cmd - (size_t)at, " %s", tmp_path(name));
+        write_gen(kv_test_path(name), &ps[i], 0, 0);
+        at += snprintf(cmd + at, sizeof cmd - (size_t)at, " %s", kv_test_path(name));
     }
     FILE *py = popen(cmd, "r");
     assert_non_null(py);
@@ -361,11 +323,11 @@ static void test_cmd_gen(void **state)
 {
     (void)state;
     char out[256], bad_dir[] = "/nonexistent-kvsim-dir/x.h5";
-    snprintf(out, sizeof out, "%s", tmp_path("synthetic.h5"));
+    snprintf(out, sizeof out, "%s", kv_test_path("synthetic.h5"));
     /* the Makefile's run target */
     char *run[] = {"gen", "--seed", "1", "--layers", "2", "--heads", "8", "--kv-heads", "4",
                    "--head-dim", "32", "--tokens", "512", "--prefill", "128", "-o", out, NULL};
-    assert_int_equal(call_quiet(kv_cmd_gen, 17, run), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 17, run), 0);
     char err[512];
     kv_trace *tr = NULL;
     if (kv_trace_open(out, &tr, err, sizeof err) != 0)
@@ -392,16 +354,16 @@ static void test_cmd_gen(void **state)
     char *unwritable[] = {"gen", "--tokens", "64", "--prefill", "8", "-o", bad_dir, NULL};
     char *f16_attn[] = {"gen", "--tokens", "64", "--prefill", "8", "--f16", "--attn",
                         "--heads", "2", "--kv-heads", "1", "--layers", "1", "-o", out, NULL};
-    assert_int_equal(call_quiet(kv_cmd_gen, 2, help), 0);
-    assert_int_equal(call_quiet(kv_cmd_gen, 3, no_out), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 5, not_num), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 5, neg), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, gqa), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, p_gt_t), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 4, stray), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 4, unknown), 2);
-    assert_int_equal(call_quiet(kv_cmd_gen, 7, unwritable), 1);
-    assert_int_equal(call_quiet(kv_cmd_gen, 15, f16_attn), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 2, help), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 3, no_out), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 5, not_num), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 5, neg), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, gqa), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, p_gt_t), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 4, stray), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 4, unknown), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 7, unwritable), 1);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_gen, 15, f16_attn), 0);
     if (kv_trace_open(out, &tr, err, sizeof err) != 0)
         fail_msg("%s", err);
     assert_int_equal(kv_trace_get_info(tr)->source, KV_SOURCE_ATTN);
@@ -413,7 +375,7 @@ static void test_cmd_gen(void **state)
                  "f = h5py.File('%s', 'r'); "
                  "assert f['layers/0/attn'].dtype == np.float16; "
                  "assert f['layers/0/q'].dtype == np.float16\"", out);
-        assert_int_equal(run_quiet(cmd), 0);
+        assert_int_equal(kv_test_run_quiet(cmd), 0);
     }
 }
 
@@ -422,19 +384,10 @@ static void test_cmd_gen(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_trace_gen_XXXXXX");
-    if (!mkdtemp(g_dir))
+    if (kv_test_dir_make("kvsim_trace_gen") != 0)
         return -1;
-    g_have_h5py = run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
+    g_have_h5py = kv_test_run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -447,5 +400,5 @@ int main(void)
         cmocka_unit_test(test_structure),
         cmocka_unit_test(test_cmd_gen),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

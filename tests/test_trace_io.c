@@ -18,27 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <fcntl.h>
 #include <cmocka.h>
 #include <hdf5.h>
 
 #include "sim/commands.h"
 #include "tests/h5_edit.h"
+#include "tests/kv_test.h"
 #include "traces/trace.h"
 
 #define FIXTURE "tests/data/h5py_f16.h5"
 
-static char g_dir[64];
 static int g_have_h5py;
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][256];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
 
 /* ------------------------------------------------------------ independent float16 */
 
@@ -82,35 +72,6 @@ static float ref_half(double x)
 }
 
 /* ------------------------------------------------------------ helpers */
-
-static int run_quiet(const char *cmd)
-{
-    char *buf = malloc(strlen(cmd) + 32);
-    assert_non_null(buf);
-    sprintf(buf, "%s >/dev/null 2>&1", cmd);
-    int rc = system(buf);
-    free(buf);
-    return rc;
-}
-
-/* Runs fn(argc, argv) with stdout and stderr sent to /dev/null; returns its status. */
-static int call_quiet(int (*fn)(int, char **), int argc, char **argv)
-{
-    fflush(stdout);
-    fflush(stderr);
-    int so = dup(1), se = dup(2), nul = open("/dev/null", O_WRONLY);
-    dup2(nul, 1);
-    dup2(nul, 2);
-    int rc = fn(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    dup2(so, 1);
-    dup2(se, 2);
-    close(so);
-    close(se);
-    close(nul);
-    return rc;
-}
 
 /* Deterministic values spanning many binades (subnormal halves to ~1e3), signs mixed. */
 static float test_value(uint64_t *state)
@@ -162,7 +123,7 @@ static void check_qk_roundtrip(int store_f16)
     const size_t nq = (size_t)H * T * D, nk = (size_t)G * T * D;
     kv_trace_info in = tiny_info(KV_SOURCE_QK, L, H, G, D, T, P);
     in.dtype_bytes = 1;
-    const char *path = tmp_path(store_f16 ? "qk16.h5" : "qk32.h5");
+    const char *path = kv_test_path(store_f16 ? "qk16.h5" : "qk32.h5");
     char err[512] = "";
     kv_trace_writer *w = NULL;
     assert_int_equal(kv_trace_create(path, &in, store_f16, &w, err, sizeof err), 0);
@@ -225,7 +186,7 @@ static void check_qk_roundtrip(int store_f16)
 
     if (store_f16 && g_have_h5py) {
         /* numpy's float16 rounding of the same float32 inputs, through h5py */
-        const char *bin = tmp_path("qk16_in.bin");
+        const char *bin = kv_test_path("qk16_in.bin");
         FILE *f = fopen(bin, "wb");
         assert_non_null(f);
         assert_int_equal(fwrite(q[0], sizeof(float), nq, f), nq);
@@ -237,7 +198,7 @@ static void check_qk_roundtrip(int store_f16)
                  "assert d.dtype == np.float16, d.dtype; "
                  "assert np.array_equal(d[...].view(np.uint16), x.view(np.uint16))\"",
                  path, bin, H, T, D);
-        assert_int_equal(run_quiet(cmd), 0);
+        assert_int_equal(kv_test_run_quiet(cmd), 0);
     }
     for (int l = 0; l < L; l++) {
         free(q[l]);
@@ -270,7 +231,7 @@ static void test_f16_special_values(void **state)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         assert_true(ref_half(special[i]) == want[i]);   /* the reference itself */
     kv_trace_info in = tiny_info(KV_SOURCE_QK, 1, 1, 1, 12, 1, 1);
-    const char *path = tmp_path("special.h5");
+    const char *path = kv_test_path("special.h5");
     char err[512];
     kv_trace_writer *w = NULL;
     assert_int_equal(kv_trace_create(path, &in, 1, &w, err, sizeof err), 0);
@@ -300,7 +261,7 @@ static void check_attn_blocks(int store_f16)
 {
     const int T = AT, H = AH;
     kv_trace_info in = tiny_info(KV_SOURCE_ATTN, 1, H, 1, 4, T, 100);
-    const char *path = tmp_path(store_f16 ? "attn16.h5" : "attn32.h5");
+    const char *path = kv_test_path(store_f16 ? "attn16.h5" : "attn32.h5");
     char err[512];
     kv_trace_writer *w = NULL;
     assert_int_equal(kv_trace_create(path, &in, store_f16, &w, err, sizeof err), 0);
@@ -506,19 +467,19 @@ static void test_h5py_fresh(void **state)
         fprintf(stderr, "no h5py for /usr/bin/python3: the committed fixture stands in\n");
         skip();
     }
-    const char *script = tmp_path("h5py_write.py");
+    const char *script = kv_test_path("h5py_write.py");
     FILE *f = fopen(script, "w");
     assert_non_null(f);
     fputs(h5py_script, f);
     fclose(f);
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s", script, g_dir);
-    assert_int_equal(run_quiet(cmd), 0);
-    check_h5py_qk(tmp_path("h5py_f16.h5"), g_dir);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s", script, kv_test_dir);
+    assert_int_equal(kv_test_run_quiet(cmd), 0);
+    check_h5py_qk(kv_test_path("h5py_f16.h5"), kv_test_dir);
 
     char err[512];
     kv_trace *tr = NULL;
-    if (kv_trace_open(tmp_path("h5py_attn.h5"), &tr, err, sizeof err) != 0)
+    if (kv_trace_open(kv_test_path("h5py_attn.h5"), &tr, err, sizeof err) != 0)
         fail_msg("%s", err);
     const kv_trace_info *in = kv_trace_get_info(tr);
     assert_string_equal(in->model, "fixed-length");
@@ -531,7 +492,7 @@ static void test_h5py_fresh(void **state)
     for (int l = 0; l < 2; l++) {
         assert_int_equal(kv_trace_read_attn(tr, l, 0, 3, 0, 37, out, err, sizeof err), 0);
         char bin[300];
-        snprintf(bin, sizeof bin, "%s/h5py_attn%d.bin", g_dir, l);
+        snprintf(bin, sizeof bin, "%s/h5py_attn%d.bin", kv_test_dir, l);
         check_bin(bin, out, 3 * 37 * 37);
     }
     kv_trace_close(tr);
@@ -542,7 +503,7 @@ static void test_h5py_fresh(void **state)
 /* A valid attn trace: 2 layers, 4 heads, 2 KV heads, head_dim 8, T = 20, P = 5. */
 static const char *write_valid_attn(const char *name)
 {
-    const char *path = tmp_path(name);
+    const char *path = kv_test_path(name);
     kv_trace_info in = tiny_info(KV_SOURCE_ATTN, 2, 4, 2, 8, 20, 5);
     char err[512];
     kv_trace_writer *w = NULL;
@@ -653,14 +614,14 @@ static void test_malformed(void **state)
     }
     expect_rejected(p, KV_ETRACE_FORMAT, "missing dataset /layers/0/q", "source = qk");
 
-    p = tmp_path("random.h5");
+    p = kv_test_path("random.h5");
     FILE *f = fopen(p, "wb");
     assert_non_null(f);
     for (int i = 0; i < 4096; i++)
         fputc((i * 131 + 7) & 0xff, f);
     fclose(f);
     expect_rejected(p, KV_ETRACE_IO, "not an HDF5 file", NULL);
-    expect_rejected(tmp_path("does_not_exist.h5"), KV_ETRACE_IO, "No such file", NULL);
+    expect_rejected(kv_test_path("does_not_exist.h5"), KV_ETRACE_IO, "No such file", NULL);
 }
 
 static void test_writer_rejects(void **state)
@@ -669,18 +630,18 @@ static void test_writer_rejects(void **state)
     char err[512];
     kv_trace_writer *w = (kv_trace_writer *)&err;
     kv_trace_info in = tiny_info(KV_SOURCE_QK, 1, 6, 4, 8, 10, 3);
-    assert_int_equal(kv_trace_create(tmp_path("w.h5"), &in, 0, &w, err, sizeof err),
+    assert_int_equal(kv_trace_create(kv_test_path("w.h5"), &in, 0, &w, err, sizeof err),
                      KV_ETRACE_ARG);
     assert_null(w);
     assert_non_null(strstr(err, "n_heads = 6 is not a multiple of n_kv_heads = 4"));
     in = tiny_info(KV_SOURCE_QK, 1, 4, 4, 8, 10, 11);
-    assert_int_equal(kv_trace_create(tmp_path("w.h5"), &in, 0, &w, err, sizeof err),
+    assert_int_equal(kv_trace_create(kv_test_path("w.h5"), &in, 0, &w, err, sizeof err),
                      KV_ETRACE_ARG);
     assert_non_null(strstr(err, "prefill_len = 11"));
     in = tiny_info(KV_SOURCE_QK, 1, 4, 4, 8, 10, 10);
     assert_int_equal(kv_trace_create("/nonexistent-dir/x.h5", &in, 0, &w, err, sizeof err),
                      KV_ETRACE_IO);
-    assert_int_equal(kv_trace_create(tmp_path("w.h5"), &in, 0, &w, err, sizeof err), 0);
+    assert_int_equal(kv_trace_create(kv_test_path("w.h5"), &in, 0, &w, err, sizeof err), 0);
     float x[4 * 10 * 8] = {0};
     assert_int_equal(kv_trace_write_attn_rows(w, 0, 0, 0, 1, x, err, sizeof err),
                      KV_ETRACE_ARG);   /* source is qk */
@@ -706,14 +667,14 @@ static void test_cmd_info(void **state)
     char *two[] = {"info", (char *)good, (char *)bad, NULL};
     char *unknown[] = {"info", "--frobnicate", (char *)good, NULL};
     char *help[] = {"info", "--help", NULL};
-    assert_int_equal(call_quiet(kv_cmd_info, 2, ok_args), 0);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, ok_verbose), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, ok_args), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, ok_verbose), 0);
     kv_trace_set_verbose(0);
-    assert_int_equal(call_quiet(kv_cmd_info, 2, bad_args), 1);
-    assert_int_equal(call_quiet(kv_cmd_info, 1, none), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, two), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 3, unknown), 2);
-    assert_int_equal(call_quiet(kv_cmd_info, 2, help), 0);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, bad_args), 1);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 1, none), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, two), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 3, unknown), 2);
+    assert_int_equal(kv_test_call_quiet(kv_cmd_info, 2, help), 0);
 }
 
 /* ------------------------------------------------------------ main */
@@ -721,19 +682,10 @@ static void test_cmd_info(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_trace_io_XXXXXX");
-    if (!mkdtemp(g_dir))
+    if (kv_test_dir_make("kvsim_trace_io") != 0)
         return -1;
-    g_have_h5py = run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
+    g_have_h5py = kv_test_run_quiet("/usr/bin/python3 -c 'import h5py, numpy'") == 0;
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -750,5 +702,5 @@ int main(void)
         cmocka_unit_test(test_writer_rejects),
         cmocka_unit_test(test_cmd_info),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

@@ -18,21 +18,11 @@
 
 #include "tests/h5_edit.h"
 #include "tests/kv_cli.h"
+#include "tests/kv_test.h"
 #include "traces/trace.h"
 #include "traces/validate.h"
 
 enum { L = 2, H = 4, G = 2, D = 4, T = 48, P = 8 };
-
-static char g_dir[64];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][256];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 256, "%s/%s", g_dir, name);
-    return p;
-}
 
 /* A planted value: layer, [h, t, j], and either a value to set or a factor for the row. */
 typedef struct {
@@ -176,12 +166,12 @@ static void test_attn_values(void **state)
          "expected 1 within 1e-3"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *path = tmp_path(cases[i].file);
+        const char *path = kv_test_path(cases[i].file);
         write_attn(path, &cases[i].pl, 1);
         char want[512];
         snprintf(want, sizeof want, "%s: %s", path, cases[i].want);
         expect_scan(path, want);
-        expect_cli_rejects(path, want, tmp_path("out_values"));
+        expect_cli_rejects(path, want, kv_test_path("out_values"));
     }
 }
 
@@ -194,14 +184,14 @@ static void test_attn_accepted(void **state)
         {0, 0, 30, 0, 0, 1.0009}, {0, 1, 30, 0, 0, 0.9991},
         {1, 2, 3, 10, NAN, 0}, {1, 2, 3, 11, -5.0f, 0}, {0, 3, 0, 47, INFINITY, 0},
     };
-    const char *path = tmp_path("accepted.h5");
+    const char *path = kv_test_path("accepted.h5");
     write_attn(path, ok, sizeof ok / sizeof ok[0]);
     expect_scan(path, NULL);
     kv_cli_result r;
     const char *info[] = {"info", "--check", path, NULL};
     assert_int_equal(kv_cli_run(info, NULL, &r), 0);
     const char *run[] = {"run", "--trace", path, "--policies", "window", "--budgets", "4",
-                         "-q", "-o", tmp_path("out_accepted"), NULL};
+                         "-q", "-o", kv_test_path("out_accepted"), NULL};
     if (kv_cli_run(run, NULL, &r) != 0)
         fail_msg("run failed: %s", r.err);
 }
@@ -224,17 +214,17 @@ static void test_qkv_values(void **state)
         {"v_nan.h5", "v", 0, 1, 7, 3, NAN, "/layers/0/v[1, 7, 3] is NaN, expected a finite number"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *path = tmp_path(cases[i].file);
+        const char *path = kv_test_path(cases[i].file);
         write_qk(path, cases[i].which, cases[i].layer, cases[i].h, cases[i].t, cases[i].d,
                  cases[i].bad);
         char want[512];
         snprintf(want, sizeof want, "%s: %s", path, cases[i].want);
         expect_scan(path, want);
-        expect_cli_rejects(path, want, tmp_path("out_qkv"));
+        expect_cli_rejects(path, want, kv_test_path("out_qkv"));
         /* a run stops before creating its output directory: checked before any replay */
-        assert_int_equal(access(tmp_path("out_qkv"), F_OK), -1);
+        assert_int_equal(access(kv_test_path("out_qkv"), F_OK), -1);
     }
-    const char *good = tmp_path("qk_good.h5");
+    const char *good = kv_test_path("qk_good.h5");
     write_qk(good, "", 0, 0, 0, 0, 0);
     expect_scan(good, NULL);
 }
@@ -245,7 +235,7 @@ static void test_read_checks(void **state)
 {
     (void)state;
     const plant pl = {1, 3, 17, 5, NAN, 0};
-    const char *path = tmp_path("read_checks.h5");
+    const char *path = kv_test_path("read_checks.h5");
     write_attn(path, &pl, 1);
     char err[512], want[512];
     kv_trace *tr = NULL;
@@ -305,7 +295,7 @@ static void test_structure_cli(void **state)
     };
     const char *p[sizeof cases / sizeof cases[0]];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        p[i] = strdup(tmp_path(cases[i].file));
+        p[i] = strdup(kv_test_path(cases[i].file));
         write_attn(p[i], NULL, 0);
     }
     delete_object(p[0], "n_heads", 1);
@@ -321,8 +311,8 @@ static void test_structure_cli(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char want[512];
         snprintf(want, sizeof want, "%s: %s", p[i], cases[i].want);
-        expect_cli_rejects(p[i], want, tmp_path("out_structure"));
-        assert_int_equal(access(tmp_path("out_structure"), F_OK), -1);
+        expect_cli_rejects(p[i], want, kv_test_path("out_structure"));
+        assert_int_equal(access(kv_test_path("out_structure"), F_OK), -1);
         free((void *)p[i]);
     }
 }
@@ -331,7 +321,7 @@ static void test_structure_cli(void **state)
 static void test_hdf5_stack_only_verbose(void **state)
 {
     (void)state;
-    const char *good = tmp_path("to_truncate.h5"), *bad = tmp_path("truncated.h5");
+    const char *good = kv_test_path("to_truncate.h5"), *bad = kv_test_path("truncated.h5");
     write_attn(good, NULL, 0);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "head -c 3000 '%s' > '%s'", good, bad);
@@ -346,11 +336,11 @@ static void test_hdf5_stack_only_verbose(void **state)
     assert_int_equal(kv_cli_run(verbose, NULL, &r), 1);
     assert_non_null(strstr(r.err, "HDF5-DIAG"));
     const char *run_verbose[] = {"run", "--verbose", "--trace", bad, "--policies", "window",
-                                 "--budgets", "4", "-o", tmp_path("out_v"), NULL};
+                                 "--budgets", "4", "-o", kv_test_path("out_v"), NULL};
     assert_int_equal(kv_cli_run(run_verbose, NULL, &r), 1);
     assert_non_null(strstr(r.err, "HDF5-DIAG"));
     const char *run_quiet[] = {"run", "--trace", bad, "--policies", "window", "--budgets", "4",
-                               "-o", tmp_path("out_v"), NULL};
+                               "-o", kv_test_path("out_v"), NULL};
     assert_int_equal(kv_cli_run(run_quiet, NULL, &r), 1);
     assert_int_equal(kv_cli_lines(r.err), 1);
 }
@@ -359,8 +349,8 @@ static void test_hdf5_stack_only_verbose(void **state)
 static void test_previous_results_kept(void **state)
 {
     (void)state;
-    const char *good = tmp_path("prev_good.h5"), *bad = tmp_path("prev_bad.h5");
-    const char *out = tmp_path("out_prev");
+    const char *good = kv_test_path("prev_good.h5"), *bad = kv_test_path("prev_bad.h5");
+    const char *out = kv_test_path("out_prev");
     write_attn(good, NULL, 0);
     const plant pl = {1, 0, 40, 2, NAN, 0};   /* layer 1: found after layer 0 replayed */
     write_attn(bad, &pl, 1);
@@ -384,8 +374,7 @@ static void test_previous_results_kept(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/kvsim_validate_XXXXXX");
-    if (!mkdtemp(g_dir))
+    if (kv_test_dir_make("kvsim_validate") != 0)
         return -1;
     if (access(kv_cli_bin(), X_OK) != 0) {
         fprintf(stderr, "%s is not built (make kvsim)\n", kv_cli_bin());
@@ -393,14 +382,6 @@ static int setup(void **state)
     }
     kv_trace_set_verbose(0);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -415,5 +396,5 @@ int main(void)
         cmocka_unit_test(test_hdf5_stack_only_verbose),
         cmocka_unit_test(test_previous_results_kept),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

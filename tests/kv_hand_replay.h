@@ -1,0 +1,153 @@
+/*
+ * kv_hand_replay.h - the hand driver of the policy tests that check kept sets worked out
+ * by hand (test_policy_rules.c, test_policy_more.c). It plays the engine's part of the
+ * contract in policy.h for one cache, optional slots included: prescan of every full row
+ * before position 0 (when the policy has one); at each decode step attend with the full
+ * row (when the policy has one: its keep[] becomes S), then the query attends to
+ * A_t = S u {t}; the observed row is p during prefill and o_t = p_t / recall over A_t at
+ * decode (README rule 2); select runs at t = P-1 and every decode step, and S becomes the
+ * kept part of A_t. Include after <cmocka.h>.
+ */
+#ifndef KV_HAND_REPLAY_H
+#define KV_HAND_REPLAY_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include "policies/policy.h"
+#include "tests/kv_test.h"
+
+#define KV_HAND_MAX_T 128     /* longest trace */
+#define KV_HAND_MAX_G 4       /* largest group */
+#define KV_HAND_SET_LEN 512   /* one set written out, "0,2,3" */
+
+/* Full-cache attention p_t^h[j] of a tiny trace. */
+typedef double (*kv_hand_attn_fn)(const void *data, int h, int t, int j);
+
+/* A table trace: v[(h * T + t) * T + j] sixteenths, j <= t; NULL v: uniform rows. */
+typedef struct {
+    int T;
+    const int *v;
+} kv_hand_table16;
+
+/* The kv_hand_attn_fn of a table trace (data: a kv_hand_table16). */
+__attribute__((unused)) static double kv_hand_table_attn(const void *data, int h, int t, int j)
+{
+    const kv_hand_table16 *tb = data;
+    if (tb->v == NULL)
+        return 1.0 / (t + 1);
+    return tb->v[((size_t)h * tb->T + t) * tb->T + j] / 16.0;
+}
+
+/* What one replay produced. */
+typedef struct {
+    /* S after the select at t ("" if none ran) */
+    char kept[KV_HAND_MAX_T][KV_HAND_SET_LEN];
+    /* A_t the query attended to at decode steps */
+    char attended[KV_HAND_MAX_T][KV_HAND_SET_LEN];
+    double recall[KV_HAND_MAX_T];  /* sum over the group's heads of recall at decode t */
+    size_t meta[KV_HAND_MAX_T];    /* meta_bytes(|A_t|) at decode steps */
+} kv_hand_replay;
+
+/* Writes the positions of pos[] with keep[i] set (every one when keep is NULL),
+ * comma-separated. */
+__attribute__((unused)) static void kv_hand_format_set(const int *pos, const unsigned char *keep,
+                                                       int n, char *out)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n; i++)
+        if (keep == NULL || keep[i])
+            used += (size_t)snprintf(out + used, KV_HAND_SET_LEN - used, "%s%d",
+                                     used ? "," : "", pos[i]);
+}
+
+/* The full rows p_t over 0..t of the group, as prescan and attend receive them. */
+__attribute__((unused)) static kv_row kv_hand_full_row(kv_hand_attn_fn attn, const void *data,
+                                                       int g, int t, int *identity, double *w)
+{
+    for (int j = 0; j <= t; j++)
+        identity[j] = j;
+    for (int h = 0; h < g; h++)
+        for (int j = 0; j <= t; j++)
+            w[h * (t + 1) + j] = attn(data, h, t, j);
+    kv_row row = { .t = t, .n = t + 1, .pos = identity, .n_heads = g, .w = w };
+    return row;
+}
+
+/* Replays one cache of policy `name` ("k=v,..." settings, NULL for the defaults) on a
+ * T-token trace with a P-token prompt, under budget B, for a group of g query heads, with
+ * seed; attn(data, h, t, j) gives the full-cache attention. */
+__attribute__((unused)) static void kv_hand_run(const char *name, const char *settings, int T,
+                                                int P, int B, int g, unsigned long seed,
+                                                kv_hand_attn_fn attn, const void *data,
+                                                kv_hand_replay *out)
+{
+    const kv_policy_ops *ops = kv_policy_find(name);
+    assert_non_null(ops);
+    assert_true(T <= KV_HAND_MAX_T && g <= KV_HAND_MAX_G);
+    kv_param_values values;
+    kv_test_apply_settings(ops, settings, &values);
+    char err[KV_ERRMSG] = "";
+    if (ops->check != NULL && ops->check(&values, B, err, sizeof err) != 0)
+        fail_msg("check rejected: %s", err);
+    kv_policy_ctx ctx = { .budget = B, .group_size = g, .n_tokens = T, .prefill_len = P,
+                          .layer = 0, .kv_head = 0, .seed = seed };
+    void *st = ops->create(&values, &ctx);
+    assert_non_null(st);
+    memset(out, 0, sizeof *out);
+    unsigned char cached[KV_HAND_MAX_T] = { 0 }, keep[KV_HAND_MAX_T];
+    int pos[KV_HAND_MAX_T], identity[KV_HAND_MAX_T];
+    double w[KV_HAND_MAX_G * KV_HAND_MAX_T];
+    for (int t = 0; ops->prescan != NULL && t < T; t++) {
+        kv_row full = kv_hand_full_row(attn, data, g, t, identity, w);
+        full.is_prefill = t < P;
+        ops->prescan(st, &full);
+    }
+    for (int t = 0; t < T; t++) {
+        if (t >= P && ops->attend != NULL) {
+            kv_row full = kv_hand_full_row(attn, data, g, t, identity, w);
+            memset(keep, 0, sizeof keep);
+            ops->attend(st, &full, keep);
+            for (int j = 0; j < t; j++)
+                cached[j] = keep[j];
+        }
+        int n = 0;
+        cached[t] = 1; /* t enters; nothing is evicted before t = P-1 */
+        for (int j = 0; j <= t; j++)
+            if (cached[j])
+                pos[n++] = j;
+        for (int h = 0; h < g; h++) {
+            double recall = 0.0;
+            for (int i = 0; i < n; i++)
+                recall += attn(data, h, t, pos[i]);
+            for (int i = 0; i < n; i++) {
+                double p = attn(data, h, t, pos[i]);
+                w[h * n + i] = t < P ? p : (recall > 0.0 ? p / recall : 0.0);
+            }
+            if (t >= P)
+                out->recall[t] += recall;
+        }
+        if (t >= P)
+            kv_hand_format_set(pos, NULL, n, out->attended[t]);
+        kv_row row = { .t = t, .n = n, .pos = pos, .n_heads = g, .w = w,
+                       .is_prefill = t < P };
+        ops->observe(st, &row);
+        if (t < P - 1)
+            continue;
+        if (t >= P)
+            out->meta[t] = ops->meta_bytes ? ops->meta_bytes(st, n) : 0;
+        kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
+                               .is_prefill_end = t == P - 1 };
+        memset(keep, 7, sizeof keep);
+        ops->select(st, &view, keep);
+        for (int i = 0; i < n; i++) {
+            assert_true(keep[i] == 0 || keep[i] == 1);
+            cached[pos[i]] = keep[i];
+        }
+        kv_hand_format_set(pos, keep, n, out->kept[t]);
+    }
+    ops->destroy(st);
+}
+
+#endif
