@@ -126,6 +126,9 @@ __attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), i
     return rc;
 }
 
+/* sha256 of that checkpoint (shared/models/README.md). */
+#define KV_TEST_MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
+
 /* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
  * the repository root (tests run from there). A missing checkpoint fails the test. */
 __attribute__((unused)) static const char *kv_test_model_path(void)

@@ -36,7 +36,6 @@
 #include "traces/model.h"
 #include "traces/trace.h"
 
-#define MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
 #define N_LAYERS 5
 #define N_HEADS 8
 #define N_KV 4
@@ -326,7 +325,7 @@ static void test_attributes_via_h5py(void **state)
         fail_msg("h5py could not read the attributes (is python3-h5py installed?)");
     assert_int_equal(pclose(p), 0);
     print_message("    h5py: %s", line);
-    assert_string_equal(line, MODEL_SHA256 " stories260K qk 1,9,10 7 0.8 0.5 8 32 2 "
+    assert_string_equal(line, KV_TEST_MODEL_SHA256 " stories260K qk 1,9,10 7 0.8 0.5 8 32 2 "
                               "[1, 9, 10] (4, 32, 8) float32\n");
     unlink(a);
 }

@@ -81,16 +81,6 @@ static int setup(void **state)
     return kv_test_dir_make("kvsim-test-engine");
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    return kv_test_dir_remove();
-}
-
-static char *tmp(const char *name)
-{
-    return kv_test_path(name);
-}
 
 /* ------------------------------------------------- hand-computed replays */
 
@@ -116,7 +106,7 @@ static char *tmp(const char *name)
 static void test_tiny_hand_computed(void **state)
 {
     (void)state;
-    const char *path = tmp("tiny.h5");
+    const char *path = kv_test_path("tiny.h5");
     write_tiny(path);
     policy_list pl = { .n = 0 };
     add(&pl, "window", "window", "");
@@ -229,7 +219,7 @@ static void seed_policies(policy_list *pl)
 static void test_accounting_invariants(void **state)
 {
     (void)state;
-    const char *path = tmp("gen.h5");
+    const char *path = kv_test_path("gen.h5");
     gen(path, 0, 3);
     policy_list pl;
     seed_policies(&pl);
@@ -261,7 +251,7 @@ static void test_accounting_invariants(void **state)
 static void test_attn_and_qk_agree(void **state)
 {
     (void)state;
-    const char *qk = tmp("qk.h5"), *attn = tmp("attn.h5");
+    const char *qk = kv_test_path("qk.h5"), *attn = kv_test_path("attn.h5");
     gen(qk, 0, 5);
     gen(attn, 1, 5);
     char err[512];
@@ -299,12 +289,12 @@ static char *slurp(const char *path, long *len)
 static void test_outputs_deterministic(void **state)
 {
     (void)state;
-    const char *path = tmp("det.h5");
+    const char *path = kv_test_path("det.h5");
     gen(path, 0, 9);
     policy_list pl;
     seed_policies(&pl);
     int budgets[] = { 16, 32 };
-    const char *dirs[2] = { tmp("out1"), tmp("out2") };
+    const char *dirs[2] = { kv_test_path("out1"), kv_test_path("out2") };
     for (int k = 0; k < 2; k++) {
         omp_set_num_threads(k + 1);
         kv_results *res = replay(path, &pl, budgets, 2);
@@ -345,7 +335,7 @@ static void test_outputs_deterministic(void **state)
 static void test_summary_oracle_column(void **state)
 {
     (void)state;
-    const char *path = tmp("oracle.h5");
+    const char *path = kv_test_path("oracle.h5");
     gen(path, 0, 4);
     policy_list pl = { .n = 0 };
     add(&pl, "window", "window", "");
@@ -361,7 +351,7 @@ static void test_summary_oracle_column(void **state)
     kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
                                  .trace_names = names };
     char err[512];
-    const char *dir = tmp("out_oracle");
+    const char *dir = kv_test_path("out_oracle");
     assert_int_equal(kv_output_prepare(dir, 0, err, sizeof err), 0);
     if (kv_output_write(dir, &er, err, sizeof err))
         fail_msg("%s", err);
@@ -443,5 +433,5 @@ int main(void)
         cmocka_unit_test(test_summary_oracle_column),
         cmocka_unit_test(test_duplicate_trace_names),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

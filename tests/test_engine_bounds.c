@@ -67,16 +67,6 @@ static int setup(void **state)
     return kv_test_dir_make("kvsim-test-bounds");
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    return kv_test_dir_remove();
-}
-
-static char *tmp(const char *name)
-{
-    return kv_test_path(name);
-}
 
 /* Writes a one-layer attn trace: rows[h][t][j], T tokens, P prompt, kv KV heads. */
 static void write_attn(const char *path, int n_heads, int n_kv, int T, int P,
@@ -132,7 +122,7 @@ static const float TINY[2][6][6] = {
 static void test_query_head_granularity(void **state)
 {
     (void)state;
-    const char *path = tmp("tiny.h5");
+    const char *path = kv_test_path("tiny.h5");
     write_attn(path, 2, 1, 6, 3, &TINY[0][0][0]);
     policy_list pl = { .n = 0 };
     add(&pl, "tova", "tova", "");
@@ -186,7 +176,7 @@ static const float SCOPE[2][5][5] = {
 static void test_tova_layer_scope(void **state)
 {
     (void)state;
-    const char *path = tmp("scope.h5");
+    const char *path = kv_test_path("scope.h5");
     write_attn(path, 2, 2, 5, 3, &SCOPE[0][0][0]);
     policy_list pl = { .n = 0 };
     add(&pl, "layer", "tova", "scope=layer");
@@ -346,7 +336,7 @@ static void test_oracle_is_a_ceiling(void **state)
     (void)state;
     int budgets[] = { 8, 16, 24 };
     for (int seed = 3; seed <= 4; seed++) {
-        const char *path = tmp("gen.h5");
+        const char *path = kv_test_path("gen.h5");
         gen(path, seed, seed == 4);
         /* KV-head caches: the oracle over each GQA group. */
         policy_list pl = { .n = 0 };
@@ -402,7 +392,7 @@ static void test_lookahead_beats_window(void **state)
         rows[t][t - 1] = .25f;
         rows[t][t] = .25f;
     }
-    const char *path = tmp("sink.h5");
+    const char *path = kv_test_path("sink.h5");
     write_attn(path, 1, 1, T, P, &rows[0][0]);
     policy_list pl = { .n = 0 };
     add(&pl, "window", "window", "");
@@ -477,7 +467,7 @@ static const kv_policy_ops plus_one_ops = {
 static void test_bound_enforced(void **state)
 {
     (void)state;
-    const char *path = tmp("tiny2.h5");
+    const char *path = kv_test_path("tiny2.h5");
     write_attn(path, 2, 1, 6, 3, &TINY[0][0][0]);
     kv_policy_conf pc[1];
     memset(pc, 0, sizeof pc);
@@ -508,7 +498,7 @@ static void test_bound_enforced(void **state)
 static void test_growth_patterns(void **state)
 {
     (void)state;
-    const char *path = tmp("grow.h5");
+    const char *path = kv_test_path("grow.h5");
     gen(path, 6, 0);
     policy_list pl = { .n = 0 };
     add(&pl, "morphkv-3", "morphkv", "window=4,evict_every=3");
@@ -535,7 +525,7 @@ static void test_growth_patterns(void **state)
 static void test_random_reproducible(void **state)
 {
     (void)state;
-    const char *path = tmp("rand.h5");
+    const char *path = kv_test_path("rand.h5");
     gen(path, 7, 0);
     policy_list pl = { .n = 0 };
     add(&pl, "random", "random", "");
@@ -568,5 +558,5 @@ int main(void)
         cmocka_unit_test(test_growth_patterns),
         cmocka_unit_test(test_random_reproducible),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

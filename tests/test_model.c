@@ -27,7 +27,6 @@
 #include "tests/kv_test.h"
 #include "traces/model.h"
 
-#define MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
 #define MODEL_BYTES 1056540L
 
 /* Reads the whole checkpoint into a malloc'd buffer. */
@@ -106,7 +105,7 @@ static void test_loads_real_checkpoint(void **state)
     assert_int_equal(c->head_size, 8);
     assert_int_equal(c->kv_dim, 32);
     /* The README's digest, also what `sha256sum stories260K.bin` prints. */
-    assert_string_equal(kv_model_sha256(m), MODEL_SHA256);
+    assert_string_equal(kv_model_sha256(m), KV_TEST_MODEL_SHA256);
     kv_model_free(m);
 }
 
