@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "tests/kv_test.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,7 +111,7 @@ static int find(const tsv *t, ...)
 
 /* ------------------------------------------------------------ the experiment */
 
-static char tmpdir[256], results[300];
+static char results[300];
 enum { T = 160, P = 48, LAYERS = 2, HEADS = 4, KV_HEADS = 2 };
 
 static void gen(const char *path, unsigned long seed)
@@ -132,27 +134,18 @@ static void gen(const char *path, unsigned long seed)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-analysis-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    assert_int_equal(kv_test_dir_make("kvsim-test-analysis"), 0);
     char a[300], b[300], traces[700];
-    snprintf(a, sizeof a, "%s/a.h5", tmpdir);
-    snprintf(b, sizeof b, "%s/b.h5", tmpdir);
+    snprintf(a, sizeof a, "%s/a.h5", kv_test_dir);
+    snprintf(b, sizeof b, "%s/b.h5", kv_test_dir);
     gen(a, 1);
     gen(b, 2);
     snprintf(traces, sizeof traces, "%s,%s", a, b);
-    snprintf(results, sizeof results, "%s/out", tmpdir);
+    snprintf(results, sizeof results, "%s/out", kv_test_dir);
     char *argv[] = { "run", "--trace", traces, "--policies", "full,window,h2o,snapkv,morphkv",
                      "--budgets", "24,0.75p", "--set", "snapkv.window=8", "--set",
                      "morphkv.window=8", "-o", results, "-q", "--no-plot", NULL };
     return kv_cmd_run((int)(sizeof argv / sizeof argv[0]) - 1, argv);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    return system(cmd);
 }
 
 static tsv *result(const char *name)
@@ -320,8 +313,8 @@ static void test_byte_budget_groups(void **state)
 {
     (void)state;
     char a[300], dir[300], alone[300];
-    snprintf(a, sizeof a, "%s/a.h5", tmpdir);
-    snprintf(dir, sizeof dir, "%s/bytes", tmpdir);
+    snprintf(a, sizeof a, "%s/a.h5", kv_test_dir);
+    snprintf(dir, sizeof dir, "%s/bytes", kv_test_dir);
     char *argv[] = { "run", "--trace", a, "--policies", "window,h2o,morphkv", "--budgets",
                      "6KiB", "--set", "morphkv.window=8", "-o", dir, "-q", "--no-plot", NULL };
     assert_int_equal(kv_cmd_run(13, argv), 0);
@@ -333,7 +326,7 @@ static void test_byte_budget_groups(void **state)
         int r = find(s, "policy", pols[p], NULL);
         assert_string_equal(get(s, r, "budget"), tokens[p]);
         assert_string_equal(get(s, r, "budget_spec"), "6KiB");
-        snprintf(alone, sizeof alone, "%s/alone-%s", tmpdir, pols[p]);
+        snprintf(alone, sizeof alone, "%s/alone-%s", kv_test_dir, pols[p]);
         char *one[] = { "run", "--trace", a, "--policies", (char *)pols[p], "--budgets",
                         (char *)tokens[p], "-o", alone, "-q", "--no-plot", "--set",
                         "morphkv.window=8", NULL };
@@ -374,7 +367,7 @@ static void test_plot_pngs(void **state)
     if (!kv_plot_available())
         skip();
     char out[400];
-    snprintf(out, sizeof out, "%s/figs", tmpdir);
+    snprintf(out, sizeof out, "%s/figs", kv_test_dir);
     char *argv[] = { "plot", results, "--budget", "0.75p", "-o", out, "-q", NULL };
     assert_int_equal(kv_cmd_plot(7, argv), 0);
     const char *names[] = { "recall_steps", "memory_steps", "recall_budget", "retention_map",
@@ -399,9 +392,9 @@ static void test_plot_pngs(void **state)
 static int run_script(const char *script, const char *dir, char *msg, size_t msg_len)
 {
     char cmd[1200], errfile[400];
-    snprintf(errfile, sizeof errfile, "%s/gnuplot.err", tmpdir);
+    snprintf(errfile, sizeof errfile, "%s/gnuplot.err", kv_test_dir);
     snprintf(cmd, sizeof cmd, "gnuplot -e \"dir='%s'; adir='analysis'; out='%s/x.png'\" "
-             "analysis/%s.gp 2> %s", dir, tmpdir, script, errfile);
+             "analysis/%s.gp 2> %s", dir, kv_test_dir, script, errfile);
     int status = system(cmd);
     FILE *f = fopen(errfile, "r");
     size_t n = f ? fread(msg, 1, msg_len - 1, f) : 0;
@@ -441,7 +434,7 @@ static void test_scripts_fail_loudly(void **state)
     if (!kv_plot_available())
         skip();
     char dir[400];
-    snprintf(dir, sizeof dir, "%s/broken", tmpdir);
+    snprintf(dir, sizeof dir, "%s/broken", kv_test_dir);
     broken_copy(dir, "steps.tsv", "recall");
     expect_loud("recall_steps", dir, "steps.tsv", "no column 'recall'");
     broken_copy(dir, "summary.tsv", "recall_ci_hi");
@@ -471,5 +464,5 @@ int main(void)
         cmocka_unit_test(test_plot_pngs),
         cmocka_unit_test(test_scripts_fail_loudly),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "tests/kv_test.h"
+
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,22 +126,11 @@ static const kv_policy_ops lookahead_ops = {
     .prescan = lookahead_prescan,
 };
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-threads-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    assert_int_equal(kv_test_dir_make("kvsim-test-threads"), 0);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    return system(cmd);
 }
 
 static void add(kv_policy_conf *pc, const char *label, const char *type, const char *k,
@@ -213,9 +204,9 @@ static void assert_same_file(const char *a, const char *b)
 static void check_trace(int with_attn, int block)
 {
     char path[300], d[4][300];
-    snprintf(path, sizeof path, "%s/t%d_%d.h5", tmpdir, with_attn, block);
+    snprintf(path, sizeof path, "%s/t%d_%d.h5", kv_test_dir, with_attn, block);
     for (int i = 0; i < 4; i++)
-        snprintf(d[i], sizeof d[i], "%s/out%d_%d_%d", tmpdir, i + 1, with_attn, block);
+        snprintf(d[i], sizeof d[i], "%s/out%d_%d_%d", kv_test_dir, i + 1, with_attn, block);
     kv_gen_params gp;
     kv_gen_defaults(&gp);
     gp.seed = 11;
@@ -275,8 +266,8 @@ static void test_blas_threads_restored(void **state)
     openblas_set_num_threads(2);
     int before = openblas_get_num_threads();
     char path[300], dir[300];
-    snprintf(path, sizeof path, "%s/t0_16.h5", tmpdir);
-    snprintf(dir, sizeof dir, "%s/out_blas", tmpdir);
+    snprintf(path, sizeof path, "%s/t0_16.h5", kv_test_dir);
+    snprintf(dir, sizeof dir, "%s/out_blas", kv_test_dir);
     replay_to(path, 2, 16, dir);
     assert_int_equal(openblas_get_num_threads(), before);
 }
@@ -289,5 +280,5 @@ int main(void)
         cmocka_unit_test(test_attn_one_vs_two_threads),
         cmocka_unit_test(test_blas_threads_restored),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "tests/kv_test.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,22 +189,11 @@ static void test_topk_ties_against_sort(void **state)
     free(row);
 }
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvsim-test-rows-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    assert_int_equal(kv_test_dir_make("kvsim-test-rows"), 0);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    return system(cmd);
 }
 
 static void gen_trace(const char *path, int f16, int with_attn)
@@ -227,7 +218,7 @@ static void test_read_rows_equals_read_qk(void **state)
     (void)state;
     for (int f16 = 0; f16 <= 1; f16++) {
         char path[300];
-        snprintf(path, sizeof path, "%s/slabs%d.h5", tmpdir, f16);
+        snprintf(path, sizeof path, "%s/slabs%d.h5", kv_test_dir, f16);
         gen_trace(path, f16, 0);
         char err[512];
         kv_trace *tr;
@@ -269,8 +260,8 @@ static void test_row_source_blocks(void **state)
 {
     (void)state;
     char qk[300], attn[300], err[512];
-    snprintf(qk, sizeof qk, "%s/src_qk.h5", tmpdir);
-    snprintf(attn, sizeof attn, "%s/src_attn.h5", tmpdir);
+    snprintf(qk, sizeof qk, "%s/src_qk.h5", kv_test_dir);
+    snprintf(attn, sizeof attn, "%s/src_attn.h5", kv_test_dir);
     gen_trace(qk, 0, 0);
     gen_trace(attn, 0, 1);
     kv_trace *tq, *ta;
@@ -333,5 +324,5 @@ int main(void)
         cmocka_unit_test(test_read_rows_equals_read_qk),
         cmocka_unit_test(test_row_source_blocks),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
