@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "sim/engine.h"
+#include "traces/gen.h"
 
 /* values = ops's defaults, then each "name=value" of settings (NULL or "" for none);
  * a bad setting fails the test with the parser's message. */
@@ -57,6 +58,27 @@ __attribute__((unused)) static void kv_test_policy(kv_policy_conf *pc, const cha
             used += (size_t)snprintf(own + used, sizeof own - used, "%s%s", used ? "," : "", kv);
     }
     kv_test_apply_settings(pc->ops, own, &pc->values);
+}
+
+/* A small generated trace for the engine tests: 2 layers, 4 query heads over 2 KV heads,
+ * head_dim 16, T = 96, P = 40, the generator's defaults otherwise (period: its recall
+ * period, 0 for off); attn rows too when with_attn. A failure fails the test. */
+__attribute__((unused)) static void kv_test_gen_small(const char *path, int seed,
+                                                      int with_attn, int period)
+{
+    kv_gen_params gp;
+    kv_gen_defaults(&gp);
+    gp.seed = (unsigned long)seed;
+    gp.n_layers = 2;
+    gp.n_heads = 4;
+    gp.n_kv_heads = 2;
+    gp.head_dim = 16;
+    gp.n_tokens = 96;
+    gp.prefill_len = 40;
+    gp.period = period;
+    char err[512];
+    if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
+        fail_msg("%s", err);
 }
 
 static char kv_test_dir[256];

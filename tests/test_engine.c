@@ -186,22 +186,6 @@ static void test_invalid_pair_rejected(void **state)
 
 /* --------------------------------------------- invariants, generated traces */
 
-static void gen(const char *path, int with_attn, int seed)
-{
-    kv_gen_params gp;
-    kv_gen_defaults(&gp);
-    gp.seed = (unsigned long)seed;
-    gp.n_layers = 2;
-    gp.n_heads = 4;
-    gp.n_kv_heads = 2;
-    gp.head_dim = 16;
-    gp.n_tokens = 96;
-    gp.prefill_len = 40;
-    char err[512];
-    if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
-        fail_msg("%s", err);
-}
-
 static void seed_policies(policy_list *pl)
 {
     pl->n = 0;
@@ -220,7 +204,7 @@ static void test_accounting_invariants(void **state)
 {
     (void)state;
     const char *path = kv_test_path("gen.h5");
-    gen(path, 0, 3);
+    kv_test_gen_small(path, 3, 0, 0);
     policy_list pl;
     seed_policies(&pl);
     int budgets[] = { 16, 24 };
@@ -252,8 +236,8 @@ static void test_attn_and_qk_agree(void **state)
 {
     (void)state;
     const char *qk = kv_test_path("qk.h5"), *attn = kv_test_path("attn.h5");
-    gen(qk, 0, 5);
-    gen(attn, 1, 5);
+    kv_test_gen_small(qk, 5, 0, 0);
+    kv_test_gen_small(attn, 5, 1, 0);
     char err[512];
     kv_trace *tr;
     assert_int_equal(kv_trace_open(attn, &tr, err, sizeof err), 0);
@@ -290,7 +274,7 @@ static void test_outputs_deterministic(void **state)
 {
     (void)state;
     const char *path = kv_test_path("det.h5");
-    gen(path, 0, 9);
+    kv_test_gen_small(path, 9, 0, 0);
     policy_list pl;
     seed_policies(&pl);
     int budgets[] = { 16, 32 };
@@ -336,7 +320,7 @@ static void test_summary_oracle_column(void **state)
 {
     (void)state;
     const char *path = kv_test_path("oracle.h5");
-    gen(path, 0, 4);
+    kv_test_gen_small(path, 4, 0, 0);
     policy_list pl = { .n = 0 };
     add(&pl, "window", "window", "");
     add(&pl, "oracle", "oracle", "");

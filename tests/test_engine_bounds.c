@@ -200,23 +200,6 @@ static void test_tova_layer_scope(void **state)
 
 /* ------------------------------------------------ the oracle is a ceiling */
 
-static void gen(const char *path, int seed, int with_attn)
-{
-    kv_gen_params gp;
-    kv_gen_defaults(&gp);
-    gp.seed = (unsigned long)seed;
-    gp.n_layers = 2;
-    gp.n_heads = 4;
-    gp.n_kv_heads = 2;
-    gp.head_dim = 16;
-    gp.n_tokens = 96;
-    gp.prefill_len = 40;
-    gp.period = 11;
-    char err[512];
-    if (kv_gen_write(path, &gp, 0, with_attn, err, sizeof err))
-        fail_msg("%s", err);
-}
-
 /* Every policy that holds at most B past tokens (all but full, snapkv decode = none,
  * and the rules that grow between evictions). */
 static void bounded_policies(policy_list *pl, const char *gran)
@@ -337,7 +320,7 @@ static void test_oracle_is_a_ceiling(void **state)
     int budgets[] = { 8, 16, 24 };
     for (int seed = 3; seed <= 4; seed++) {
         const char *path = kv_test_path("gen.h5");
-        gen(path, seed, seed == 4);
+        kv_test_gen_small(path, seed, seed == 4, 11);
         /* KV-head caches: the oracle over each GQA group. */
         policy_list pl = { .n = 0 };
         add(&pl, "oracle", "oracle", "");
@@ -499,7 +482,7 @@ static void test_growth_patterns(void **state)
 {
     (void)state;
     const char *path = kv_test_path("grow.h5");
-    gen(path, 6, 0);
+    kv_test_gen_small(path, 6, 0, 11);
     policy_list pl = { .n = 0 };
     add(&pl, "morphkv-3", "morphkv", "window=4,evict_every=3");
     add(&pl, "snapkv-4", "snapkv", "window=8,decode=recompress,interval=4");
@@ -526,7 +509,7 @@ static void test_random_reproducible(void **state)
 {
     (void)state;
     const char *path = kv_test_path("rand.h5");
-    gen(path, 7, 0);
+    kv_test_gen_small(path, 7, 0, 11);
     policy_list pl = { .n = 0 };
     add(&pl, "random", "random", "");
     add(&pl, "random-5", "random", "seed=5");
