@@ -2,11 +2,12 @@
  * policy.h - the one interface every KV-cache eviction policy implements.
  *
  * A policy instance manages one cache: one (layer, KV head) pair, whose query heads form
- * a GQA group of group_size heads. The engine (sim/engine.c) owns the cache itself (the
- * ascending list of cached positions), the rows, the metrics and the output; a policy
- * only keeps scores and chooses what to keep. The replay semantics the engine follows
- * are fixed (README, "Replay semantics"); for one cache and a trace of T tokens with a
- * prompt of P tokens the engine calls, in this order:
+ * a GQA group of group_size heads. The cache itself (the ascending list of cached
+ * positions) and its step are sim/cache.h's, driven by the replay engine (sim/engine.c,
+ * which also owns the rows, the metrics and the output) and by the byte-budget dry run;
+ * a policy only keeps scores and chooses what to keep. The replay semantics the cache
+ * follows are fixed (README, "Replay semantics"); for one cache and a trace of T tokens
+ * with a prompt of P tokens sim/cache.c calls, in this order:
  *
  *   st = ops->create(values, ctx)                     once, before position 0
  *   [ops->prescan(st, full_t) for t = 0 .. T-1]      optional slot: offline references

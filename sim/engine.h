@@ -80,6 +80,18 @@ typedef struct {
 } kv_results;
 
 /*
+ * How a run of policy pc lays out its caches in each layer of a trace of geometry in
+ * (the replay and the byte-budget dry run both read it from here): the number of caches,
+ * each covering n_heads / count query heads - 1 for a layer-scope policy, n_heads with
+ * kv_granularity = query_head, else n_kv_heads. Cannot fail.
+ */
+int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in);
+
+/* How many KV heads store each position a cache of pc holds: n_kv_heads for a
+ * layer-scope policy (one set shared by the layer), else 1. Cannot fail. */
+int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
+
+/*
  * Checks one (policy, budget) pair: budget >= 1 and the policy's own rule (ops->check).
  * Returns 0, or 2 with the rule in why ("budget 16 must exceed morphkv window 32").
  */
