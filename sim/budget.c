@@ -79,7 +79,7 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
  * token_weight and of the policy's metadata bytes. Returns 0, or 1 when out of memory.
  */
 static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget, int group,
-                   int token_weight, long long *peak_tokens, double *peak_meta)
+                   int token_weight, double *peak_tokens, double *peak_meta)
 {
     int T = in->n_tokens, P = in->prefill_len;
     int *identity = malloc((size_t)T * sizeof *identity);
@@ -121,14 +121,13 @@ int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int
     int per_layer = kv_caches_per_layer(pc, info);
     int group = info->n_heads / per_layer;
     int token_weight = kv_cache_token_weight(pc, info);
-    long long peak_tokens = 0;
-    double peak_meta = 0.0;
+    double peak_tokens = 0.0, peak_meta = 0.0;
     if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta)) {
         snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
         return 1;
     }
     long long caches = (long long)info->n_layers * per_layer;
-    *kv_bytes_peak = kv_tokens_to_bytes(info, peak_tokens * caches);
+    *kv_bytes_peak = kv_tokens_to_bytes(info, (long long)peak_tokens * caches);
     *meta_bytes_peak = peak_meta * (double)caches;
     return 0;
 }

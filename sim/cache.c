@@ -243,7 +243,7 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
         m->recall = recall_sum;
         m->topk1 = top1;
         m->topk8 = top8;
-        m->kv_tokens = (long long)n * c->token_weight;
+        m->kv_tokens = (double)n * c->token_weight;
         m->meta_bytes = c->ops->meta_bytes ? (double)c->ops->meta_bytes(c->state, n) : 0.0;
     }
 }

@@ -60,13 +60,19 @@ typedef struct {
     size_t top_stride;      /* ints between two heads' top keys */
 } kv_group_rows;
 
-/* One cache's metrics of one decode step, summed over its query heads. */
+/*
+ * One cache's metrics of one decode step, taken on A_t (what the query attended to,
+ * before the eviction), summed over its query heads. Every field is a double (counts are
+ * whole numbers, exact below 2^53), so sim/metrics.h's tables fold and print them by
+ * offset; a new metric is a field here, its computation in kv_cache_query, and rows in
+ * those tables.
+ */
 typedef struct {
     double recall;          /* sum over heads of recall_t^h */
     double topk1;           /* sum over heads of [the row's top key is in A_t] */
     double topk8;           /* sum over heads of the fraction of the row's top
                                min(8, t+1) keys in A_t */
-    long long kv_tokens;    /* |A_t| * token_weight */
+    double kv_tokens;       /* |A_t| * token_weight, tokens */
     double meta_bytes;      /* the policy's metadata, ops->meta_bytes(|A_t|), bytes */
 } kv_step_metrics;
 

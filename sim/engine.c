@@ -9,6 +9,7 @@
  */
 #include "sim/engine.h"
 #include "sim/cache.h"
+#include "sim/metrics.h"
 #include "sim/rows.h"
 
 #include <math.h>
@@ -182,19 +183,14 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         kv_run_result *run = &res->runs[r];
         run->policy = r / conf->n_budgets;
         run->budget = conf->budgets[r % conf->n_budgets];
-        run->step_recall = calloc((size_t)D, sizeof(double));
-        run->step_kv_tokens = calloc((size_t)D, sizeof(long long));
-        run->step_meta_bytes = calloc((size_t)D, sizeof(double));
+        run->steps = calloc((size_t)D, sizeof *run->steps);
         run->head_recall_mean = calloc((size_t)LH, sizeof(double));
         run->head_recall_min = malloc((size_t)LH * sizeof(double));
-        run->step_topk1 = calloc((size_t)D, sizeof(double));
-        run->step_topk8 = calloc((size_t)D, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
-        if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
-            !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
-            !run->step_topk8 || !run->lifetimes || !run->retained || !run->final_sets)
+        if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
+            !run->lifetimes || !run->retained || !run->final_sets)
             return -1;
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
@@ -208,13 +204,9 @@ void kv_results_free(kv_results *res)
         return;
     for (int r = 0; res->runs && r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        free(run->step_recall);
-        free(run->step_kv_tokens);
-        free(run->step_meta_bytes);
+        free(run->steps);
         free(run->head_recall_mean);
         free(run->head_recall_min);
-        free(run->step_topk1);
-        free(run->step_topk8);
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
@@ -247,14 +239,8 @@ static void reduce_layer(kv_results *res, const replay_cache *caches, int n_cach
         const replay_cache *rc = &caches[ci];
         const kv_cache *c = &rc->cache;
         kv_run_result *run = &res->runs[rc->run];
-        for (int s = 0; s < res->n_steps; s++) {
-            const kv_step_metrics *m = &rc->steps[s];
-            run->step_recall[s] += m->recall;
-            run->step_topk1[s] += m->topk1;
-            run->step_topk8[s] += m->topk8;
-            run->step_kv_tokens[s] += m->kv_tokens;
-            run->step_meta_bytes[s] += m->meta_bytes;
-        }
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_add(&run->steps[s], &rc->steps[s]);
         for (int s = 0; s <= res->n_steps; s++)
             run->lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
@@ -736,11 +722,8 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     double units = (double)in->n_layers * in->n_heads;
     for (int r = 0; r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        for (int s = 0; s < res->n_steps; s++) {
-            run->step_recall[s] /= units;
-            run->step_topk1[s] /= units;
-            run->step_topk8[s] /= units;
-        }
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_finish(&run->steps[s], units);
         for (int i = 0; i < in->n_layers * in->n_heads; i++)
             run->head_recall_mean[i] /= res->n_steps;
     }

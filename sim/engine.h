@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/cache.h"
 #include "traces/trace.h"
 
 #define KV_LABEL_LEN 64
@@ -49,14 +50,12 @@ typedef struct {
 typedef struct {
     int policy;                 /* index into kv_replay_conf.policies */
     int budget;                 /* tokens */
-    double *step_recall;        /* [D] mean recall over layers and query heads at t = P+s */
-    long long *step_kv_tokens;  /* [D] sum over all caches of |A_t| (tokens) */
-    double *step_meta_bytes;    /* [D] sum over all caches of policy metadata (bytes) */
+    kv_step_metrics *steps;     /* [D] the metrics of decode step t = P+s, folded over
+                                   every cache of the model as sim/metrics.h's table says:
+                                   recall and top-k hits are means over layers and query
+                                   heads, kv_tokens and meta_bytes sums */
     double *head_recall_mean;   /* [n_layers * n_heads] mean over decode steps */
     double *head_recall_min;    /* [n_layers * n_heads] */
-    double *step_topk1;         /* [D] mean over layers and query heads of the fraction of
-                                   the row's top-1 full-cache key that is in A_t */
-    double *step_topk8;         /* [D] likewise for the 8 highest keys (min(8, t+1)) */
     long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
                                    they were attended to (0: evicted at the prefill end) */
     int *retained;              /* [T] number of caches holding position j after the last
