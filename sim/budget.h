@@ -49,7 +49,8 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
  * order) on constant attention rows, one cache standing for all (every cache sees the
  * same counts), so it is exact for any policy whose memory depends on how many tokens it
  * holds and has seen, not on the attention values: all of the registered ones. Cost:
- * one cache's replay, O(T * B * group) plus the policy's own work. B must pass pc's check. Returns 0, or 1 when out of memory.
+ * one cache's replay, O(T * B * group) plus the policy's own work. B must pass pc's
+ * check. Returns 0, or 1 when out of memory.
  */
 int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
                         double *kv_bytes_peak, double *meta_bytes_peak, char *err,

@@ -332,9 +332,8 @@ int kv_cmd_policies(int argc, char **argv)
             print_param(&ops->params[p]);
         printf("\n");
     }
-    printf("every policy also takes:\n    %-12s default %-6s (kv_head|query_head)\n"
-           "                 kv_head: one cache per KV head shared by its query heads; "
-           "query_head: one per query head\n                 (KV repeated per head, memory "
-           "times the group size)\n", "kv_granularity", "kv_head");
+    printf("every policy also takes:\n");
+    for (int p = 0; p < kv_n_engine_params; p++)
+        print_param(&kv_engine_params[p]);
     return 0;
 }

@@ -44,6 +44,30 @@ typedef struct {
     int t0, nb;
 } kv_block;
 
+const kv_param_spec kv_engine_params[] = {
+    [KV_ENGINE_PARAM_GRANULARITY] = {
+        "kv_granularity", KV_PARAM_CHOICE, "kv_head", 0, 0, "kv_head|query_head",
+        "kv_head: one cache per KV head shared by its query heads; query_head: one per "
+        "query head (KV repeated per head, memory times the group size)" },
+};
+const int kv_n_engine_params = sizeof kv_engine_params / sizeof kv_engine_params[0];
+
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len)
+{
+    for (int i = 0; i < kv_n_engine_params; i++) {
+        if (strcmp(name, kv_engine_params[i].name) != 0)
+            continue;
+        double v;
+        if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
+            return 1;
+        if (i == KV_ENGINE_PARAM_GRANULARITY)
+            pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
+        return 0;
+    }
+    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
+}
+
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
 {
     why[0] = '\0';

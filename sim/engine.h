@@ -27,6 +27,17 @@
  * KV memory multiplied by the group size). */
 typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
 
+/*
+ * The parameters every policy takes that the engine applies, not the policy: one
+ * kv_param_spec table (policy.h) from which parsing, validation and `kvsim policies`'s
+ * help all come; [policy L] keys and --set L.P=V set them like the policy's own.
+ * Entry KV_ENGINE_PARAM_GRANULARITY is kv_granularity (a CHOICE whose index is the
+ * kv_granularity value).
+ */
+enum { KV_ENGINE_PARAM_GRANULARITY = 0 };
+extern const kv_param_spec kv_engine_params[];   /* kv_n_engine_params rows */
+extern const int kv_n_engine_params;
+
 /* One configured policy: a label (column `policy` in every output), its ops and values. */
 typedef struct {
     char label[KV_LABEL_LEN];
@@ -77,6 +88,14 @@ typedef struct {
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
 } kv_results;
+
+/*
+ * Sets parameter name of pc to text: an engine-level one (kv_engine_params) or one of the
+ * policy's own (kv_params_set). Returns 0, or 1 with a one-line message (unknown
+ * parameter with a suggestion, a value outside the range or the choices).
+ */
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len);
 
 /*
  * How a run of policy pc lays out its caches in each layer of a trace of geometry in

@@ -220,14 +220,15 @@ static void run_key(FILE *f, const out_ctx *c, int k, int r)
             run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
 }
 
-/* The run of an `oracle` policy at the same trace, resolved budget and granularity as
- * run r, or -1: the per-step ceiling that run r is set against (oracle_recall_mean). */
+/* The run of a per-step ceiling policy (ops->per_step_ceiling: oracle) at the same trace,
+ * resolved budget and granularity as run r, or -1: what run r is set against
+ * (oracle_recall_mean). */
 static int oracle_of(const out_ctx *c, int k, int r)
 {
     const kv_results *res = c->er->res[k];
     const kv_policy_conf *pol = c->er->conf->policies;
     for (int o = 0; o < c->n_runs; o++)
-        if (strcmp(pol[res->runs[o].policy].ops->name, "oracle") == 0 &&
+        if (pol[res->runs[o].policy].ops->per_step_ceiling &&
             res->runs[o].budget == res->runs[r].budget &&
             pol[res->runs[o].policy].granularity == pol[res->runs[r].policy].granularity)
             return o;
