@@ -2,7 +2,7 @@
  * kv_hand_replay.h - the hand driver of the policy tests that check kept sets worked out
  * by hand (test_policy_rules.c, test_policy_more.c). It plays the engine's part of the
  * contract in policy.h for one cache, optional slots included: prescan of every full row
- * before position 0 (when the policy has one); at each decode step attend with the full
+ * before position 0 (when the policy has one); at each decode step preselect with the full
  * row (when the policy has one: its keep[] becomes S), then the query attends to
  * A_t = S u {t}; the observed row is p during prefill and o_t = p_t / recall over A_t at
  * decode (README rule 2); select runs at t = P-1 and every decode step, and S becomes the
@@ -62,7 +62,7 @@ __attribute__((unused)) static void kv_hand_format_set(const int *pos, const uns
                                      used ? "," : "", pos[i]);
 }
 
-/* The full rows p_t over 0..t of the group, as prescan and attend receive them. */
+/* The full rows p_t over 0..t of the group, as prescan and preselect receive them. */
 __attribute__((unused)) static kv_row kv_hand_full_row(kv_hand_attn_fn attn, const void *data,
                                                        int g, int t, int *identity, double *w)
 {
@@ -105,10 +105,10 @@ __attribute__((unused)) static void kv_hand_run(const char *name, const char *se
         ops->prescan(st, &full);
     }
     for (int t = 0; t < T; t++) {
-        if (t >= P && ops->attend != NULL) {
+        if (t >= P && ops->preselect != NULL) {
             kv_row full = kv_hand_full_row(attn, data, g, t, identity, w);
             memset(keep, 0, sizeof keep);
-            ops->attend(st, &full, keep);
+            ops->preselect(st, &full, keep);
             for (int j = 0; j < t; j++)
                 cached[j] = keep[j];
         }

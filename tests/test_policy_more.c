@@ -5,7 +5,7 @@
  *
  * The driver of tests/kv_hand_replay.h plays the engine's part of the contract in
  * policy.h for one cache, optional slots included: prescan of every full row before
- * position 0; at each decode step attend with the full row (its keep[] becomes S), then
+ * position 0; at each decode step preselect with the full row (its keep[] becomes S), then
  * the query attends to A_t = S u {t}; the observed row is p during prefill and
  * o_t = p_t / recall over A_t at decode (README rule 2); select at t = P-1 and every
  * decode step. Traces are tables in sixteenths, so every value, sum and tie below is
@@ -183,7 +183,7 @@ static void test_oracle(void **state)
     run("oracle", NULL, 3, 1, 2, &tb, &r);
     /* t=2: row 2 summed over the heads [10, 14, 8] -> {1}. */
     assert_string_equal(r.kept[2], "1");
-    /* t=3: attend ranks the past by row 3's sums [16, 4, 6]: 0 is re-admitted, though
+    /* t=3: preselect ranks the past by row 3's sums [16, 4, 6]: 0 is re-admitted, though
      * the prompt compression evicted it. Recall h0 (10+2)/16 + h1 (6+4)/16 = 22/16. */
     assert_string_equal(r.attended[3], "0,3");
     assert_true(r.recall[3] == 22.0 / 16);
@@ -245,7 +245,7 @@ static void test_lookahead(void **state)
      * 2: 1+2 = 3 -> {0}. */
     run("lookahead", NULL, 3, 1, 1, &tb, &r);
     assert_string_equal(r.kept[2], "0");
-    /* attend leaves S alone: the query attends to S u {t}. */
+    /* preselect leaves S alone: the query attends to S u {t}. */
     assert_string_equal(r.attended[3], "0,3");
     /* t=3: rows 4..6: 0: 14, 3: 2 -> {0}; t=4: rows 5, 6: 0: 2, 4: 7 -> {4};
      * t=5: row 6: 4: 1, 5: 6 -> {5}; t=6: no future row, all 0: the more recent 6. */

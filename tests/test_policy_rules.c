@@ -2,7 +2,7 @@
  * test_policy_rules.c - every policy against kept sets worked out by hand on tiny traces.
  *
  * The driver of tests/kv_hand_replay.h plays the engine's part of the contract in
- * policy.h for one cache (the policies here have no prescan or attend slot):
+ * policy.h for one cache (the policies here have no prescan or preselect slot):
  * prefill rows are p itself, decode rows are o_t = p_t / recall over A_t = S u {t}
  * (README rule 2), select runs at t = P-1 and every decode step, and S becomes the kept
  * part of A_t. Traces are tables of attention in sixteenths (so every value, sum and
