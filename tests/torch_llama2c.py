@@ -24,6 +24,11 @@ the output [B, T, n_heads, head_dim]. Attention.forward below makes the same cal
 the function up by config.attn_implementation in ATTENTION_FUNCTIONS ("eager" is the
 model's own eager_attention_forward, as in transformers).
 
+As a script it is capture_hf.py on a llama2.c checkpoint (ids only, no tokenizer):
+
+    /usr/bin/python3 tests/torch_llama2c.py --model ../shared/models/stories15M.bin \
+        --prompt-ids 1,9038,2501 --max-new-tokens 253 --dtype bfloat16 -o t.h5
+
 dtypes: float32, bfloat16 and float16. Every matrix product runs in float32 and is rounded
 to the model's dtype once, as a GPU does with float32 accumulation (Debian's CPU torch has
 no float16 matmul); norms, rotary and SiLU run in float32 and are rounded back.
@@ -203,8 +208,8 @@ class Llama2cBackend:
     def token_texts(self, ids):
         return None
 
-    def register(self, name, fn):
-        ATTENTION_FUNCTIONS[name] = fn
+    def register(self, name, fn, mask="sdpa"):
+        ATTENTION_FUNCTIONS[name] = fn      # the mask is always the eager (additive) one
 
     def generate(self, ids, max_new, temperature, top_p, seed):
         """Greedy (the lowest id on a tie, as kvsim capture) or top-p sampling; a full
@@ -232,6 +237,17 @@ class Llama2cBackend:
         finally:
             self.model.config.attn_implementation = "eager"
 
-    def eager_attentions(self, ids):
-        with torch.no_grad():
-            return self.model(torch.tensor([ids]), output_attentions=True)[1]
+
+def main(argv=None):
+    """capture_hf.py's command on a llama2.c checkpoint (--model FILE, --prompt-ids only):
+    the path that runs without transformers."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "traces"))
+    import capture_hf
+    return capture_hf.main(argv, backend_factory=lambda a: Llama2cBackend(
+        a.model, getattr(torch, a.dtype)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
