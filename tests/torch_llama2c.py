@@ -141,7 +141,7 @@ class Llama2c(torch.nn.Module):
 
     def forward(self, ids, output_attentions=False, attention_mask=None):
         """ids [1, T] -> logits [1, T, vocab] float32 (and the per-layer weights)."""
-        w, cfg = self.w, self.config
+        w = self.w
         t = ids.shape[1]
         cos, sin = self.rope_tables(t)
         mask = self.causal_mask(t) if attention_mask is None else attention_mask

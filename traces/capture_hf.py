@@ -434,7 +434,9 @@ class HFBackend:
         self.config = self.model.config
         self.name, self.dtype, self.device = name, dtype, device
         self.revision = revision or getattr(self.config, "_commit_hash", None)
-        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        text = self.config
+        if hasattr(text, "get_text_config"):      # multimodal configs nest the LM's
+            text = text.get_text_config()
         self.text_config = text
         self.n_layers = int(text.num_hidden_layers)
         self._attention, self._mask = AttentionInterface, AttentionMaskInterface
@@ -487,8 +489,9 @@ class HFBackend:
     def forward(self, ids, attn_name):
         self._select(attn_name)
         try:
-            with torch.no_grad():
-                self.model(torch.tensor([ids], device=self.device), use_cache=False)
+            with torch.no_grad():   # logits of the last position only: T x vocab is large
+                self.model(torch.tensor([ids], device=self.device), use_cache=False,
+                           logits_to_keep=1)
         finally:
             self._select("sdpa")
 
