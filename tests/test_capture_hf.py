@@ -126,10 +126,13 @@ class LowPrecision(unittest.TestCase):
 
     def capture(self, dtype, name, extra=()):
         path = os.path.join(OUT, f"{name}.h5")
+        be = torch_llama2c.Llama2cBackend(M260K, dtype)
+        # token text as a tokenizer would give it (UTF-8), stored in /token_text
+        be.token_texts = lambda ids: [f"\u00e9{i}" for i in ids]
         rc, err = run_tool(M260K, ["--prompt-ids", "1,403,407", "--max-new-tokens", "61",
                                    "--temperature", "0", "--dtype", name.split("_")[0],
                                    "--attn", "--check", "64", "-o", path] + list(extra),
-                           dtype=dtype)
+                           backend=be)
         self.assertEqual(rc, 0, err)
         return path, err
 
@@ -141,6 +144,8 @@ class LowPrecision(unittest.TestCase):
             self.assertEqual(f.attrs["source"], "attn")
             self.assertEqual(int(f.attrs["dtype_bytes"]), 2)
             rows = f["layers/0/attn"][:].astype(np.float32)
+            tokens = f["tokens"][:]
+            self.assertEqual(f["token_text"][5].decode(), f"\u00e9{tokens[5]}")
             sums = np.tril(rows).sum(axis=2, dtype=np.float64)
         # the rows are bfloat16 values (float16 holds those >= 2^-14 exactly)
         normal = rows >= 2.0 ** -14
@@ -362,6 +367,10 @@ class Refusals(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("one of the arguments --prompt --prompt-file --prompt-ids is required",
                       err)
+        rc, err = run_tool(M260K, ["--prompt-file", os.path.join(OUT, "absent.txt"), "-o",
+                                   os.path.join(OUT, "x.h5")])
+        self.assertEqual(rc, 1)
+        self.assertIn("absent.txt: No such file or directory", err)
         rc, err = run_tool(M260K, ["--prompt", "Once", "-o", os.path.join(OUT, "x.h5")])
         self.assertEqual(rc, 1)
         self.assertIn("cannot encode the prompt: no tokenizer: use --prompt-ids", err)
