@@ -272,7 +272,8 @@ def check_causal_mask(mask, t_len, layer, refuse):
     j <= t. Checked in blocks of rows, so it never builds a T x T tensor of its own."""
     if mask is None:
         return
-    if not torch.is_tensor(mask) or mask.dim() != 4 or mask.shape[-2] != t_len:
+    if not torch.is_tensor(mask) or mask.dim() != 4 or mask.shape[-2] != t_len \
+            or mask.shape[-1] < t_len:
         refuse(f"layer {layer}: attention mask of type {type(mask).__name__}"
                f"{tuple(mask.shape) if torch.is_tensor(mask) else ''} is not a [B, H, T, T] "
                "tensor")
