@@ -1,7 +1,7 @@
 /*
  * lookahead.c - an offline reference: evict what the future will attend to least.
  *
- * Rule (issue 5, `lookahead`, horizon = all). Not a realisable policy: it reads future
+ * Rule (README "Policies", `lookahead`, horizon = all). Not a realisable policy: it reads future
  * rows. Let g_i[j] = sum over the group's query heads of the full-cache attention
  * p_i^h[j] (heads in order) and, for a select at step t,
  *      f_t[j] = sum over rows i = t+1 .. min(t + horizon, T-1) of g_i[j]
@@ -16,7 +16,7 @@
  * is a strong reference, not a proven optimum: a token's worth depends on which others
  * stay, and a greedy choice can lose to a different sequence of evictions.
  * Citation: Belady 1966, "A study of replacement algorithms for a virtual-storage
- * computer" (IBM Systems Journal), the MIN rule; issue 5 for its attention form.
+ * computer" (IBM Systems Journal), the MIN rule; its attention form is ours.
  *
  * How the future is known (the engine streams every full row to prescan before the
  * layer is replayed, and the full decode row to preselect before the query attends):

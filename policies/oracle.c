@@ -1,7 +1,7 @@
 /*
  * oracle.c - the per-step ceiling: attend to the B past positions that matter most now.
  *
- * Rule (issue 5, `oracle`; not a realisable policy: it reads the full-cache row before
+ * Rule (README "Policies", `oracle`; not a realisable policy: it reads the full-cache row before
  * the query attends and re-admits evicted tokens). For the group's query heads H:
  *   1. Attend, at each decode step t, with the full-cache rows p_t over 0..t:
  *      c[j] = sum over h in H of p_t^h[j]; S for step t = the B past positions j < t
@@ -27,7 +27,7 @@
  * kv_granularity = query_head runs compared with a kv_head oracle (run the oracle with
  * query_head too: it is then each head's own ceiling).
  * Citation: exact top-k attention, the upper reference of KV-cache and sparse-attention
- * studies; this file is its budgeted, per-KV-group form (issue 5).
+ * studies; this file is its budgeted, per-KV-group form (ours).
  *
  * Metadata: none reported (meta_bytes NULL): an offline ceiling, not a deployable cost.
  * State: c by position, [T] doubles; preselect is O(t * group), select O(n).

@@ -1,7 +1,7 @@
 /*
  * rows.c - full-cache attention rows, produced in blocks of queries (see rows.h).
  *
- * Where the time goes (issue 7): for qk traces the floor is the SGEMM of the logits,
+ * Where the time goes (BENCHMARKS.md): for qk traces the floor is the SGEMM of the logits,
  * T^2/2 * head_dim multiply-adds per query head. The query heads of a GQA group share
  * their keys, so a block of the group's queries is one SGEMM with M = group * block_rows rows
  * against the group's keys 0..t1-1 (the packed keys are reused by all of them), written

@@ -1,5 +1,5 @@
 /*
- * bench.c - `make bench`: the performance workloads of issue 7, timed against their floors.
+ * bench.c - `make bench`: the performance workloads, timed against their floors.
  *
  *   build/bench/bench [--repeat N] [DIR [JOB...]]
  *
@@ -73,7 +73,7 @@ typedef struct {
     int threads;           /* OpenMP threads; 0: all cores */
     const char *floor;     /* name of the job whose time is the floor; NULL: FLOPs at the
                               SGEMM rate (qk) or none */
-    const char *target;    /* issue 7's target for the ratio, for the table */
+    const char *target;    /* the target for the ratio (BENCHMARKS.md), for the table */
 } bench_job;
 
 #define FIVE "window,streamingllm,h2o,snapkv,morphkv"

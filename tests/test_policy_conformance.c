@@ -20,7 +20,7 @@
  *        row's buffers with NaN and -1 after observe);
  *      - two replays give the same kept sets (determinism).
  * 3. Oracles: for every registered rule but `random`, a naive reference written here
- *    from the README and issue 5 (dense history of every observed row and the full
+ *    from the README's rules (dense history of every observed row and the full
  *    trace, scores recomputed from scratch at every step, ranking by qsort) must choose
  *    exactly the same set at every step, and predict meta_bytes. It adds in the order
  *    the rule states (rows in time order, positions ascending, heads in order), so ties
@@ -28,6 +28,9 @@
  *    removing terms (morphkv's normalisers, lookahead's future sums), the reference
  *    sums afresh: the same sets show the incremental route is the rule. For `oracle`
  *    the set preselect chooses is checked too, and `lookahead`'s must keep S.
+ * 4. Rule tests: every registered policy has its own hand-worked rule tests,
+ *    tests/test_rules_<name>.c, with at least one test that replays it by name; a policy
+ *    registered without one fails here.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -845,11 +848,58 @@ static void test_replays(void **state)
         free(traces[k]);
 }
 
+/* ------------------------------------------------------------- 4. rule tests */
+
+/* The whole of file path as a NUL-terminated string (caller frees), or NULL. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *text = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
+            if (fread(text, 1, (size_t)n, f) != (size_t)n) {
+                free(text);
+                text = NULL;
+            } else {
+                text[n] = '\0';
+            }
+        }
+    }
+    fclose(f);
+    return text;
+}
+
+static void test_every_policy_has_rule_tests(void **state)
+{
+    (void)state;
+    /* the rule tests sit beside this file (the tests run from the repository root) */
+    const char *here = __FILE__, *slash = strrchr(here, '/');
+    int dir_len = slash ? (int)(slash - here) : 1;
+    const char *dir = slash ? here : ".";
+    for (int i = 0; kv_policy_registry[i] != NULL; i++) {
+        const char *name = kv_policy_registry[i]->name;
+        char path[512], by_name[96];
+        snprintf(path, sizeof path, "%.*s/test_rules_%s.c", dir_len, dir, name);
+        snprintf(by_name, sizeof by_name, "(\"%s\"", name);
+        char *text = read_text(path);
+        if (!text)
+            fail_msg("policy '%s' has no hand-worked rule tests: %s is missing", name, path);
+        int ok = strstr(text, "cmocka_unit_test(test_") != NULL && strstr(text, by_name);
+        free(text);
+        if (!ok)
+            fail_msg("%s: no cmocka test that runs policy '%s' by name", path, name);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tables),
         cmocka_unit_test(test_replays),
+        cmocka_unit_test(test_every_policy_has_rule_tests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
