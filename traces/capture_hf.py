@@ -545,8 +545,9 @@ def build_parser():
     p.add_argument("--float32", action="store_true",
                    help="store q, k, v (and rows) as float32 instead of float16")
     p.add_argument("--check", type=int, default=0, metavar="N",
-                   help="compare rows 0..N-1 recomputed from the stored q, k with the "
-                        "model's eager attention weights; exit 1 above the bound")
+                   help="after capturing, compare rows 0..N-1 with the model's own eager "
+                        "attention weights and the stored q, k with the model's; exit 1 "
+                        "beyond what rounding explains (the trace is kept)")
     p.add_argument("-o", "--output", required=True, help="trace to write (replaced)")
     return p
 
