@@ -10,6 +10,7 @@
 #include "sim/commands.h"
 #include "traces/trace_int.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 #define KV_INFO_GROUPS_SHOWN 8
 
@@ -215,13 +216,13 @@ int kv_cmd_info(int argc, char **argv)
             return 0;
         } else {
             fprintf(stderr, "Try 'kvsim info --help'.\n");
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (argc - optind != 1) {
         fprintf(stderr, "kvsim info: expected one FILE, got %d\nTry 'kvsim info --help'.\n",
                 argc - optind);
-        return 2;
+        return KV_EUSAGE;
     }
     kv_trace_set_verbose(verbose);
     char err[512];
@@ -229,7 +230,7 @@ int kv_cmd_info(int argc, char **argv)
     if (kv_trace_open(argv[optind], &tr, err, sizeof err) != 0) {
         fprintf(stderr, "kvsim info: %s\n", err);
         printf("status       invalid\n");
-        return 1;
+        return KV_ERUNTIME;
     }
     print_info(tr, verbose);
     fflush(stdout);
@@ -237,7 +238,7 @@ int kv_cmd_info(int argc, char **argv)
         fprintf(stderr, "kvsim info: %s\n", err);
         printf("status       invalid\n");
         kv_trace_close(tr);
-        return 1;
+        return KV_ERUNTIME;
     }
     printf("status       valid%s\n", check ? " (every value checked)" : "");
     kv_trace_close(tr);

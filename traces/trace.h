@@ -19,15 +19,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "traces/status.h"
+
 #define KV_TRACE_VERSION 1
 #define KV_TRACE_MODEL_LEN 256
 
+/* The trace library's codes, traces/status.h's by name. */
 enum {
-    KV_TRACE_OK = 0,
-    KV_ETRACE_IO = 1,      /* file missing, unreadable, not HDF5, truncated */
-    KV_ETRACE_FORMAT = 2,  /* valid HDF5 but not a valid kvtrace v1 file */
-    KV_ETRACE_NOMEM = 3,   /* an allocation failed */
-    KV_ETRACE_ARG = 4      /* a caller passed an argument outside the documented range */
+    KV_TRACE_OK = KV_OK,
+    KV_ETRACE_IO = KV_EIO,         /* file missing, unreadable, not HDF5, truncated */
+    KV_ETRACE_FORMAT = KV_EFORMAT, /* valid HDF5 but not a valid kvtrace v1 file */
+    KV_ETRACE_NOMEM = KV_ENOMEM,   /* an allocation failed */
+    KV_ETRACE_ARG = KV_EUSAGE      /* a caller passed an argument outside the documented
+                                      range */
 };
 
 typedef enum { KV_SOURCE_ATTN = 0, KV_SOURCE_QK = 1 } kv_source;
