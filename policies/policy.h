@@ -27,7 +27,9 @@
  * not second-guess it.
  *
  * Adding a policy: one file policies/NAME.c exporting one `const kv_policy_ops
- * kv_policy_NAME`, plus one line in policies/registry.c. Everything else is static.
+ * kv_policy_NAME`, plus one line in policies/registry.c. Everything else is static. Its
+ * hand-worked rule tests go in tests/test_rules_NAME.c (the conformance test requires
+ * the file); README "Contributing" lists the steps.
  */
 #ifndef KV_POLICY_H
 #define KV_POLICY_H

@@ -1,8 +1,8 @@
 /*
  * test_engine_bounds.c - cache layouts and references through the replay engine:
  * per-query-head caches (kv_granularity = query_head) and per-layer caches (tova scope =
- * layer) on hand traces; the oracle as a ceiling of every policy that holds at most B past tokens, on
- * generated traces; lookahead against window on a trace built so the answer is known;
+ * layer) on hand traces; the oracle as a ceiling of every policy that holds at most B past
+ * tokens, on generated traces; lookahead against window on a trace built so the answer is known;
  * the engine's bound check (max_held); the growth patterns of evict_every and
  * recompress intervals; reproducible random runs.
  */
