@@ -1,6 +1,6 @@
-# common.gp - loaded by every figure script after it has set paper_h1 and paper_h2 (the
-# figure's height in inches at one and at two columns, paper style): the terminal, the
-# fonts and the shared look. kvsim plot runs each figure as
+# common.gp - loaded first by every figure script: sizes, the font, and the panel grid.
+# The script then sets h_in for paper style (its height, from the grid it needs) and
+# loads terminal.gp. kvsim plot runs each figure as
 #     gnuplot vars.gp analysis/NAME.gp
 # in a private directory holding vars.gp (the variables below, written by kvsim) and the
 # figure's data files (analysis/README.md lists them); the figure goes to figure.FMT there.
@@ -8,59 +8,44 @@
 # vars.gp: adir (this directory), name, fmt (png, svg, pdf), style (screen, paper),
 #   columns (1, 2), req_w, req_h (a requested size: pixels for png, inches otherwise; 0:
 #   the style's default), smooth, raw, n_pol, pol[p] (policy labels), pol_pt[p], the
-#   linetypes 1..n_pol (one per policy: colour, dash, point) and n_pol + 1 (several
-#   policies at once), budget, n_used; then the figure's own variables.
+#   linetypes 1..n_pol (one per policy: colour, dash, point), n_pol + 1 (several policies
+#   of different types at once) and n_pol + 2 (an invisible sample), budget, n_used,
+#   label_chars (the longest label); then the figure's own variables.
 #
 # Names are shown as they are: every terminal is "noenhanced", so no character of a
 # trace or policy name is read as markup.
 
 paper = style eq "paper"
+# Sizes in inches. A screen PNG is 1200x800 pixels by default, taken as 9x6 in at 133 dpi.
 if (paper) {
     w_in = req_w > 0 ? req_w : (columns == 2 ? 7.0 : 3.4)
-    h_in = req_h > 0 ? req_h : (columns == 2 ? paper_h2 : paper_h1)
+    h_in = req_h > 0 ? req_h : 0       # 0: the figure sets it
     font_pt = 8.0
-    dpi = 200.0                 # png at print size
+    dpi = 200.0
 } else {
-    w_in = req_w > 0 && fmt ne "png" ? req_w : 9.0
-    h_in = req_h > 0 && fmt ne "png" ? req_h : 6.0
     dpi = fmt eq "png" ? 1200.0 / 9.0 : 72.0
-    w_px = req_w > 0 && fmt eq "png" ? req_w : 1200
-    h_px = req_h > 0 && fmt eq "png" ? req_h : 800
-    font_pt = fmt eq "png" ? 11.0 * sqrt(w_px / 1200.0) : 10.0 * sqrt(w_in / 9.0)
+    w_in = req_w > 0 ? (fmt eq "png" ? req_w / dpi : req_w) : 9.0
+    h_in = req_h > 0 ? (fmt eq "png" ? req_h / dpi : req_h) : 6.0
+    font_pt = 10.0 * (w_in / 9.0) ** 0.3
 }
 small_pt = font_pt * 0.85
-title_pt = font_pt * 1.25
-if (fmt eq "png") {
-    if (paper) {
-        # pngcairo sizes fonts and lines for 72 dots per inch: scale both up to dpi
-        w_px = int(w_in * dpi)
-        h_px = int(h_in * dpi)
-        scale = dpi / 72.0
-    } else {
-        scale = 1.0
-    }
-    set terminal pngcairo size w_px, h_px noenhanced font sprintf("DejaVu Sans,%.1f", \
-        font_pt * scale) linewidth scale
-} else {
-    scale = 1.0
-    if (fmt eq "svg") {
-        # one SVG unit per point, so font sizes read as points
-        set terminal svg size w_in * 72, h_in * 72 noenhanced font sprintf("DejaVu Sans,%.1f", \
-            font_pt) background "white"
-    } else {
-        set terminal pdfcairo size w_in, h_in noenhanced font sprintf("DejaVu Sans,%.1f", \
-            font_pt)
-    }
-}
-set output "figure." . fmt
-set encoding utf8
-small_font = sprintf(",%.1f", small_pt * scale)
-title_font = sprintf(",%.1f", title_pt * scale)
+title_pt = font_pt * 1.2
+em = font_pt / 72.0                    # the font's height, in inches
+fixed_h = paper && req_h == 0          # the figure chooses the height
 
-set grid lc rgb "#e0e0e0" lw 1
-set border lc rgb "#444444" lw 0.8
-set tics nomirror scale 0.6
-set key noautotitle
-# ytics and labels close to the axis in print
-if (paper) { set xtics offset 0, 0.3; set xlabel offset 0, 0.6; set ylabel offset 1.5, 0 }
-
+# The panel grid: g_nr rows and g_nc columns inside paddings g_l, g_r, g_t, g_b and gaps
+# g_gx, g_gy (inches, set by the script); grid_h(cell) is the height that gives cells
+# `cell` inches tall. terminal.gp computes the cells' size cw x ch; panel (r, c) then
+# spans px0(c)..px1(c), py0(r)..py1(r) in screen coordinates (panel.gp puts a plot there).
+grid_h(cell) = g_t + g_b + g_nr * cell + (g_nr - 1) * g_gy
+px0(c) = (g_l + (c - 1) * (cw + g_gx)) / w_in
+px1(c) = px0(c) + cw / w_in
+py1(r) = 1 - (g_t + (r - 1) * (ch + g_gy)) / h_in
+py0(r) = py1(r) - ch / h_in
+# a legend entry's width for labels of `chars` characters, in inches
+key_w(chars) = (chars * 0.55 + 3.2) * em
+# the legend outside the panels: key_cols columns, key_rows rows, key_h inches tall,
+# for n_keys entries of up to `chars` characters across width `room` inches
+key_layout(n_keys, room, chars) = (key_cols = floor(room / key_w(chars)), \
+    key_cols = key_cols < 1 ? 1 : (key_cols > n_keys ? n_keys : key_cols), \
+    key_rows = ceil(n_keys / real(key_cols)), key_h = key_rows * 1.2 * em + 0.4 * em)

@@ -4,31 +4,36 @@
 # mm_M.dat = step, metadata bytes (M = 1..n_meta) in meta_lt[M]; the legend's n_key rows
 # key_text[i] with linetype key_lt[i] and dash key_dt[i]; y_lo, y_hi (KiB); budget_bytes
 # (a byte budget, else 0).
-
-key_lines = n_key
-paper_h1 = 2.1 + ceil(key_lines / 2.0) * 0.28
-paper_h2 = 2.4 + ceil(key_lines / 4.0) * 0.28
 load adir . "/common.gp"
+
+# legend entries name up to three policies each
+key_chars = label_chars * 2.6 + 6
+g_nr = 1; g_nc = 1; g_gx = 0; g_gy = 0
+if (paper) {
+    g_l = 4.2 * em; g_r = 0.8 * em; g_t = 0.8 * em
+    dummy = key_layout(n_key, w_in - 0.1, key_chars)
+    g_b = 3.0 * em + key_h
+    if (fixed_h) { h_in = grid_h(columns == 2 ? 2.2 : 1.9) }
+} else {
+    g_l = 6.0 * em; g_r = key_w(key_chars) + 2 * em; g_t = 4.0 * em; g_b = 3.6 * em
+}
+load adir . "/terminal.gp"
 
 if (!paper) {
     set title "KV-cache bytes (solid) and metadata bytes (dashed) per decode step" \
         font title_font
 }
-set xlabel "decode step t"
-set ylabel "KiB, all layers and KV heads"
+set multiplot
+call adir . "/panel.gp" 1 1
+set xlabel "decode step t" offset 0, (paper ? 0.7 : 0.3)
+set ylabel "KiB, all caches" offset (paper ? 1.5 : 0), 0
 set logscale y 2
 set yrange [y_lo / 1.5 : y_hi * 1.5]
 set format y "%g"
 set autoscale xfix
-if (paper) {
-    set key outside bottom center horizontal maxcols (columns == 2 ? 4 : 2) samplen 2.5 \
-        spacing 1.0 width -2
-} else {
-    set key outside right top vertical spacing 1.2 box samplen 3
-}
 if (budget_bytes > 0) {
-    set arrow 1 from graph 0, first budget_bytes / 1024.0 to graph 1, first budget_bytes / 1024.0 \
-        nohead dt 3 lc rgb "#000000" lw 1
+    set arrow 1 from graph 0, first budget_bytes / 1024.0 to graph 1, \
+        first budget_bytes / 1024.0 nohead dt 3 lc rgb "#000000" lw 1
     set label 1 sprintf("budget %s", budget) at graph 0.02, first budget_bytes / 1024.0 \
         offset 0, 0.5 font small_font
 }
@@ -38,6 +43,9 @@ plot for [k = 1:n_kv] sprintf("ms_%d.dat", k) using 1:($2 / 1024) with lines \
      for [k = 1:n_kv] sprintf("ms_%d.dat", k) every mark::(5 * k) using 1:($2 / 1024) \
          with points lt kv_lt[k] ps 0.6 notitle, \
      for [m = 1:n_meta] sprintf("mm_%d.dat", m) using 1:($2 / 1024) with lines \
-         lt meta_lt[m] dt 2 notitle, \
-     for [i = 1:n_key] NaN with linespoints lt key_lt[i] dt key_dt[i] ps 0.6 \
-         pi (key_dt[i] == 2 ? -1 : 1) title key_text[i]
+         lt meta_lt[m] dt 2 notitle
+unset title
+call adir . "/key.gp"
+plot for [i = 1:n_key] NaN with linespoints lt key_lt[i] dt key_dt[i] ps 0.6 \
+    pi (key_dt[i] == 2 ? -1 : 1) title key_text[i]
+unset multiplot

@@ -2,10 +2,7 @@
 # bytes), one line per policy through its budgets, with 95% intervals.
 # Data (kvsim plot): rm_pP.dat = peak KiB, recall_mean, recall_ci_lo, recall_ci_hi,
 # sorted; x_lo, x_hi, y_lo.
-
-paper_h1 = 2.2 + ceil(n_pol / 3.0) * 0.15
-paper_h2 = 2.6 + ceil(n_pol / 6.0) * 0.15
 n_xt = 0
 load adir . "/common.gp"
-call adir . "/recall_against.gp" "rm" "peak memory: KV + metadata (KiB, log scale)" \
+call adir . "/recall_against.gp" "rm" "peak KV + metadata in KiB" \
     "Mean attention-mass recall against the memory it took"

@@ -463,7 +463,7 @@ static void moving_mean(const double *y, size_t n, int w, double *out)
 static int constant(const series *s)
 {
     for (size_t i = 1; i < s->n; i++)
-        if (fabs(s->y[i] - s->y[0]) > 1e-9)
+        if (fabs(s->y[i] - s->y[0]) > 1e-6)
             return 0;
     return 1;
 }
@@ -547,11 +547,15 @@ static void vars_common(const kv_plot_ctx *c, FILE *f, const char *scripts, cons
         fprintf(f, "set linetype %zu lc rgb '%s' lw 1.5 dt %d pt %d\n", p + 1, rgb, dt, pt);
     }
     /* linetype n_pol + 1: lines standing for several policies at once */
-    fprintf(f, "set linetype %zu lc rgb '#333333' lw 1.5 dt 1 pt 1\n", c->n_pol + 1);
+    fprintf(f, "set linetype %zu lc rgb '#777777' lw 1.5 dt 1 pt 6\n", c->n_pol + 1);
     /* linetype n_pol + 2: an invisible sample, for a legend row continuing the one above */
     fprintf(f, "set linetype %zu lc rgb '#ffffff' lw 0 dt 1 pt 0\n", c->n_pol + 2);
     gp_assign(f, "budget", c->budget);
     fprintf(f, "n_used = %zu\n", c->n_used);
+    size_t longest = 1;
+    for (size_t p = 0; p < c->n_pol; p++)
+        longest = strlen(c->pol[p]) > longest ? strlen(c->pol[p]) : longest;
+    fprintf(f, "label_chars = %zu\n", longest);
 }
 
 /* What the per-step figures show, for captions. */
