@@ -349,7 +349,7 @@ static int plot_results(const kv_experiment *ex, const run_options *o, char *err
                    "run kvsim plot %s)\n", ex->output);
         return 0;
     }
-    kv_plot_options po = { .quiet = o->quiet };
+    kv_plot_options po = { .quiet = o->quiet, .style = ex->style[0] ? ex->style : NULL };
     char where[KV_PATH_LEN + 64];
     if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
         return 1;

@@ -337,6 +337,11 @@ int kv_plot_open(kv_plot_ctx *c, const char *dir, const kv_plot_options *o, char
 
 void kv_plot_close(kv_plot_ctx *c)
 {
+    /* $KVSIM_PLOT_KEEP: keep the inputs gnuplot got, as that directory (for checking the
+     * numbers a figure shows, and for tests); the last figure's vars.gp is the one left */
+    const char *keep = getenv("KVSIM_PLOT_KEEP");
+    if (c->tmp[0] && keep && keep[0] && rename(c->tmp, keep) == 0)
+        c->tmp[0] = '\0';
     if (c->tmp[0]) {
         DIR *d = opendir(c->tmp);
         struct dirent *e;

@@ -351,6 +351,172 @@ static void test_plot_damaged_files(void **state)
     assert_non_null(strstr(r.err, "heads.tsv: the last line is incomplete"));
 }
 
+/* ------------------------------------------------------------ the numbers drawn */
+
+/* Column `col` of the rows of steps.tsv for (trace, policy), by step (index step - from),
+ * read here with strtok: an independent route from the plot's reader. */
+static int read_steps(const char *path, const char *trace, const char *policy, double *y,
+                      int from, int n)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[4096];
+    int got = 0;
+    static const char head[] = "trace\tpolicy\tbudget\tbudget_spec\tstep\trecall\t";
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_int_equal(strncmp(line, head, strlen(head)), 0);
+    while (fgets(line, sizeof line, f)) {
+        char *save, *t = strtok_r(line, "\t", &save), *p = strtok_r(NULL, "\t", &save);
+        strtok_r(NULL, "\t", &save);
+        strtok_r(NULL, "\t", &save);
+        int step = atoi(strtok_r(NULL, "\t", &save));
+        double r = atof(strtok_r(NULL, "\t", &save));
+        if (strcmp(t, trace) == 0 && strcmp(p, policy) == 0 && step >= from && step < from + n) {
+            y[step - from] = r;
+            got++;
+        }
+    }
+    fclose(f);
+    return got;
+}
+
+static char *kept_file(const char *keep, const char *name)
+{
+    static char path[800];
+    snprintf(path, sizeof path, "%s/%s", keep, name);
+    return path;
+}
+
+/* recall_steps' lines recomputed from steps.tsv: the mean of the two traces at each
+ * decode step, then the centred moving mean over 5 steps (3 at the ends: the first point
+ * averages steps P..P+2). The small traces have P = 40, T = 96: 56 decode steps. */
+static void test_plot_numbers(void **state)
+{
+    (void)state;
+    if (!kv_plot_available())
+        skip();
+    char a[400], b[400], ab[820], dir[400], keep[400];
+    snprintf(a, sizeof a, "%s/num_a.h5", kv_test_dir);
+    snprintf(b, sizeof b, "%s/num_b.h5", kv_test_dir);
+    snprintf(dir, sizeof dir, "%s/numbers", kv_test_dir);
+    snprintf(keep, sizeof keep, "%s/numbers/kept", kv_test_dir);
+    kv_test_gen_small(a, 5, 0, 0);
+    kv_test_gen_small(b, 6, 0, 0);
+    snprintf(ab, sizeof ab, "%s,%s", a, b);
+    kv_cli_result r;
+    const char *run[] = { "run", "--trace", ab, "--policies", "full,window,h2o",
+                          "--budgets", "16", "-o", dir, "-q", "--no-plot", NULL };
+    kvsim(run, 0, &r);
+    setenv("KVSIM_PLOT_KEEP", keep, 1);
+    const char *plot[] = { "plot", dir, "--smooth", "5", "-q", NULL };
+    kv_cli_run(plot, NULL, &r);
+    unsetenv("KVSIM_PLOT_KEEP");
+    assert_int_equal(r.code, 0);
+    enum { P = 40, N = 56 };
+    double ya[N], yb[N], mean[N];
+    char steps[500];
+    snprintf(steps, sizeof steps, "%s/steps.tsv", dir);
+    assert_int_equal(read_steps(steps, "num_a.h5", "window", ya, P, N), N);
+    assert_int_equal(read_steps(steps, "num_b.h5", "window", yb, P, N), N);
+    for (int i = 0; i < N; i++)
+        mean[i] = (ya[i] + yb[i]) / 2;
+    FILE *f = fopen(kept_file(keep, "rs_b1_p2.dat"), "r");   /* window: the 2nd policy */
+    assert_non_null(f);
+    for (int i = 0; i < N; i++) {
+        double step, raw, smooth;
+        assert_int_equal(fscanf(f, "%lf %lf %lf", &step, &raw, &smooth), 3);
+        int lo = i < 2 ? 0 : i - 2, hi = i + 2 >= N ? N - 1 : i + 2;
+        double sum = 0;
+        for (int j = lo; j <= hi; j++)
+            sum += mean[j];
+        assert_int_equal((int)step, P + i);
+        assert_float_equal(raw, mean[i], 1e-8);
+        assert_float_equal(smooth, sum / (hi - lo + 1), 1e-8);
+    }
+    double extra;
+    assert_int_equal(fscanf(f, "%lf", &extra), EOF);
+    fclose(f);
+    /* the caption states the smoothing, the traces and what is left out */
+    long len;
+    snprintf(steps, sizeof steps, "%s/figures/recall_steps.txt", dir);
+    char *cap = slurp(steps, &len);
+    assert_non_null(cap);
+    assert_non_null(strstr(cap, "centred moving mean over 5 decode steps"));
+    assert_non_null(strstr(cap, "the mean over 2 traces"));
+    assert_non_null(strstr(cap, "num_a.h5, num_b.h5"));
+    assert_non_null(strstr(cap, "full (recall constant at 1) is not drawn"));
+    free(cap);
+}
+
+/* A policy's colour follows its name, not its place in the run: Okabe and Ito's bluish
+ * green (#009E73) for h2o and orange (#E69F00) for window, in either order. */
+static void test_plot_colours(void **state)
+{
+    (void)state;
+    if (!kv_plot_available())
+        skip();
+    char t[400], dir[400], keep[500];
+    snprintf(t, sizeof t, "%s/col.h5", kv_test_dir);
+    snprintf(dir, sizeof dir, "%s/colours", kv_test_dir);
+    kv_test_gen_small(t, 7, 0, 0);
+    kv_cli_result r;
+    const char *run[] = { "run", "--trace", t, "--policies", "window,h2o", "--budgets", "16",
+                          "-o", dir, "-q", "--no-plot", NULL };
+    kvsim(run, 0, &r);
+    static const char *const orders[] = { "h2o,window", "window,h2o" };
+    for (int o = 0; o < 2; o++) {
+        snprintf(keep, sizeof keep, "%s/kept%d", dir, o);
+        setenv("KVSIM_PLOT_KEEP", keep, 1);
+        const char *plot[] = { "plot", dir, "--policies", orders[o], "-q", NULL };
+        kv_cli_run(plot, NULL, &r);
+        unsetenv("KVSIM_PLOT_KEEP");
+        assert_int_equal(r.code, 0);
+        long len;
+        char *vars = slurp(kept_file(keep, "vars.gp"), &len);
+        assert_non_null(vars);
+        assert_non_null(strstr(vars, o == 0 ? "set linetype 1 lc rgb '#009E73'"
+                                            : "set linetype 2 lc rgb '#009E73'"));
+        assert_non_null(strstr(vars, o == 0 ? "set linetype 2 lc rgb '#E69F00'"
+                                            : "set linetype 1 lc rgb '#E69F00'"));
+        free(vars);
+    }
+}
+
+/* `style = paper` in an experiment file: kvsim run draws 3.4 in wide figures (680
+ * pixels at 200 dpi); another style is refused before replaying. */
+static void test_run_paper_style(void **state)
+{
+    (void)state;
+    if (!kv_plot_available())
+        skip();
+    char t[400], dir[400], ini[1400], path[500];
+    snprintf(t, sizeof t, "%s/style.h5", kv_test_dir);
+    snprintf(dir, sizeof dir, "%s/style", kv_test_dir);
+    kv_test_gen_small(t, 8, 0, 0);
+    for (int bad = 0; bad < 2; bad++) {
+        snprintf(ini, sizeof ini, "[experiment]\ntrace = %s\nbudgets = 16\noutput = %s\n"
+                 "style = %s\n[policy window]\ntype = window\n", t, dir,
+                 bad ? "fancy" : "paper");
+        snprintf(path, sizeof path, "%s/style%d.ini", kv_test_dir, bad);
+        write_file(path, ini);
+        kv_cli_result r;
+        const char *args[] = { "run", path, "-q", NULL };
+        kvsim(args, bad ? 2 : 0, &r);
+        if (bad) {
+            assert_non_null(strstr(r.err, "style must be paper or screen, got 'fancy'"));
+            continue;
+        }
+        snprintf(path, sizeof path, "%s/figures/recall_budget.png", dir);
+        long len;
+        unsigned char *png = (unsigned char *)slurp(path, &len);
+        assert_non_null(png);
+        unsigned w = (unsigned)png[16] << 24 | (unsigned)png[17] << 16 |
+                     (unsigned)png[18] << 8 | png[19];
+        assert_int_equal(w, 680);
+        free(png);
+    }
+}
+
 /* ------------------------------------------------------------ no space */
 
 /* A plot that cannot write: exit 1, the message names `cause`, the figures there before
@@ -431,6 +597,9 @@ int main(void)
         cmocka_unit_test(test_plot_hostile_unknowns),
         cmocka_unit_test(test_plot_unknown_budget),
         cmocka_unit_test(test_plot_damaged_files),
+        cmocka_unit_test(test_plot_numbers),
+        cmocka_unit_test(test_plot_colours),
+        cmocka_unit_test(test_run_paper_style),
         cmocka_unit_test(test_plot_file_size_limit),
         cmocka_unit_test(test_plot_full_tmpfs),
     };
