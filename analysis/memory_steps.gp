@@ -10,7 +10,7 @@ load adir . "/common.gp"
 key_chars = label_chars * 2.6 + 6
 g_nr = 1; g_nc = 1; g_gx = 0; g_gy = 0
 if (paper) {
-    g_l = 4.2 * em; g_r = 0.8 * em; g_t = 0.8 * em
+    g_l = 4.6 * em; g_r = 0.8 * em; g_t = 0.8 * em
     dummy = key_layout(n_key, w_in - 0.1, key_chars)
     g_b = 3.0 * em + key_h
     if (fixed_h) { h_in = grid_h(columns == 2 ? 2.2 : 1.9) }
@@ -26,7 +26,8 @@ if (!paper) {
 set multiplot
 call adir . "/panel.gp" 1 1
 set xlabel "decode step t" offset 0, (paper ? 0.7 : 0.3)
-set ylabel "KiB, all caches" offset (paper ? 1.5 : 0), 0
+# the y label at the figure's left edge, clear of the tick labels
+set label 98 "KiB, all caches" at screen 0.8 * em / w_in, (py1(1) + py0(1)) / 2 rotate center
 set logscale y 2
 set yrange [y_lo / 1.5 : y_hi * 1.5]
 set format y "%g"
@@ -43,9 +44,11 @@ plot for [k = 1:n_kv] sprintf("ms_%d.dat", k) using 1:($2 / 1024) with lines \
      for [k = 1:n_kv] sprintf("ms_%d.dat", k) every mark::(5 * k) using 1:($2 / 1024) \
          with points lt kv_lt[k] ps 0.6 notitle, \
      for [m = 1:n_meta] sprintf("mm_%d.dat", m) using 1:($2 / 1024) with lines \
-         lt meta_lt[m] dt 2 notitle
+         lt meta_lt[m] dt 2 notitle, \
+     for [m = 1:n_meta] sprintf("mm_%d.dat", m) every mark::(5 * m + 20) \
+         using 1:($2 / 1024) with points lt meta_lt[m] ps 0.6 notitle
 unset title
 call adir . "/key.gp"
 plot for [i = 1:n_key] NaN with linespoints lt key_lt[i] dt key_dt[i] ps 0.6 \
-    pi (key_dt[i] == 2 ? -1 : 1) title key_text[i]
+    title key_text[i]
 unset multiplot

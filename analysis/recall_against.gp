@@ -4,7 +4,7 @@
 
 g_nr = 1; g_nc = 1; g_gx = 0; g_gy = 0
 if (paper) {
-    g_l = 3.6 * em; g_r = 0.8 * em; g_t = 0.8 * em
+    g_l = 4.4 * em; g_r = 0.8 * em; g_t = 0.8 * em
     dummy = key_layout(n_pol, w_in - 0.1, label_chars)
     g_b = 3.0 * em + key_h
     if (fixed_h) { h_in = grid_h(columns == 2 ? 2.4 : 2.0) }
@@ -17,7 +17,8 @@ if (!paper) { set title ARG3 font title_font }
 set multiplot
 call adir . "/panel.gp" 1 1
 set xlabel ARG2 . ", log scale" offset 0, (paper ? 0.7 : 0.3)
-set ylabel "mean recall" offset (paper ? 1.5 : 0), 0
+# the y label at the figure's left edge, clear of the tick labels
+set label 98 "mean recall" at screen 0.8 * em / w_in, (py1(1) + py0(1)) / 2 rotate center
 set logscale x 2
 set xrange [x_lo / 1.25 : x_hi * 1.25]
 set format x "%g"

@@ -24,8 +24,8 @@
  * A fixed look per policy NAME, the same in every figure of every run: the colour
  * family and point shape come from the policy's type (its `type` column), so a label of
  * a known type looks like its type; a label other than the type's own name is a variant
- * and gets a darker or lighter shade, a dash pattern and the open point of its shape,
- * chosen from a hash of the label. Colours: Okabe and Ito's palette (colour-blind safe);
+ * and gets a darker or lighter shade, a dash pattern and another point (the open one of
+ * its shape, or +, x, *), chosen from a hash of the label. Colours: Okabe and Ito's palette (colour-blind safe);
  * the references (full, oracle, lookahead) in black and greys. In greyscale the point
  * shapes and dashes keep the policies apart.
  */
@@ -78,7 +78,11 @@ static void policy_style(const kv_plot_ctx *c, size_t p, const char **rgb, int *
     static const int dashes[5] = { 1, 2, 4, 5, 3 };
     *rgb = ts->shade[variant == 0 ? 0 : 1 + (variant - 1) % 2];
     *dt = dashes[variant];
-    *pt = variant == 0 || ts->pt < 4 ? ts->pt : ts->pt - 1;
+    /* point: the type's filled shape, its open one, then +, x and * for variants 2-4, so
+     * no two labels of one type share colour, dash and point */
+    static const int variant_pt[5] = { 0, -1, 1, 2, 3 };
+    *pt = variant == 0 ? ts->pt : (variant == 1 ? (ts->pt >= 4 ? ts->pt - 1 : 6)
+                                                : variant_pt[variant]);
 }
 
 /* ------------------------------------------------------------ small helpers */
@@ -528,6 +532,21 @@ static void spec_words(const kv_plot_ctx *c, const char *spec, char *buf, size_t
     }
 }
 
+/* spec in words for a caption; a byte budget adds the tokens each policy got on the
+ * trace of the maps (a byte budget resolves per policy). */
+static void caption_words(const kv_plot_ctx *c, const char *spec, char *buf, size_t len)
+{
+    double v;
+    spec_words(c, spec, buf, len);
+    if (spec_kind(spec, &v) != KV_BUDGET_BYTES)
+        return;
+    size_t at = strlen(buf);
+    at += (size_t)snprintf(buf + at, at < len ? len - at : 0, ", that is B =");
+    for (size_t p = 0; p < c->n_pol && at < len; p++)
+        at += (size_t)snprintf(buf + at, len - at, "%s %s tokens for %s", p ? "," : "",
+                               spec_tokens(c, c->map_trace, c->pol[p], spec), c->pol[p]);
+}
+
 /* ------------------------------------------------------------ the variables file */
 
 static void vars_common(const kv_plot_ctx *c, FILE *f, const char *scripts, const char *name)
@@ -601,7 +620,7 @@ static int write_series(const kv_plot_ctx *c, const char *name, const series *s,
 static int fig_recall_steps(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
 {
     FILE *v = ff->vars;
-    char words[300], tw[2200];
+    char words[3000], tw[2200];
     double y_lo = 1;
     size_t n_b = c->n_specs, dropped = 0;
     const char *dropped_name = "";
@@ -657,7 +676,7 @@ static int fig_recall_steps(const kv_plot_ctx *c, fig_files *ff, char *err, size
         fprintf(ff->caption, "%s (recall constant at 1) is not drawn. ", dropped_name);
     fprintf(ff->caption, "Budgets: ");
     for (size_t b = 0; b < n_b; b++) {
-        spec_words(c, c->specs[b], words, sizeof words);
+        caption_words(c, c->specs[b], words, sizeof words);
         fprintf(ff->caption, "%s%s", b ? "; " : "", words);
     }
     fprintf(ff->caption, ".\n");
@@ -777,8 +796,8 @@ static int fig_memory_steps(const kv_plot_ctx *c, fig_files *ff, char *err, size
         fprintf(v, "n_key = %zu\n", n_key);
         fprintf(v, "n_meta = %zu\ny_lo = %.9g\ny_hi = %.9g\nbudget_bytes = %.9g\n", shown_meta,
                 isfinite(lo) ? lo / 1024 : 0.5, hi > 0 ? hi / 1024 : 1, is_bytes ? bytes : 0);
-        char words[300], tw[2200];
-        spec_words(c, c->budget, words, sizeof words);
+        char words[3000], tw[2200];
+        caption_words(c, c->budget, words, sizeof words);
         traces_words(c, tw, sizeof tw);
         fprintf(ff->caption, "KV-cache bytes (solid) and policy metadata bytes (dashed) "
                 "summed over all layers and KV heads at each decode step, %s; data: %s. "
@@ -1040,8 +1059,8 @@ static int fig_retention_map(const kv_plot_ctx *c, fig_files *ff, char *err, siz
         return 1;
     fprintf(ff->vars, "P = %.0f\nT = %.0f\nn_layers = %.0f\nn_kv = %.0f\n",
             isfinite(p_lo) ? p_lo : 0, t_hi + 1, max[1] + 1, max[2] + 1);
-    char words[300];
-    spec_words(c, c->budget, words, sizeof words);
+    char words[3000];
+    caption_words(c, c->budget, words, sizeof words);
     fprintf(ff->caption, "Which positions each cache still holds at the end of trace %s "
             "(dark: held), one row per (layer, KV head), layers from the bottom, one panel "
             "per policy, %s. The dashed line marks the end of the prompt (P = %.0f).%s\n",
@@ -1071,8 +1090,8 @@ static int fig_head_recall(const kv_plot_ctx *c, fig_files *ff, char *err, size_
     double c_lo = isfinite(min[2]) ? floor(min[2] * 10) / 10.0 : 0;
     fprintf(ff->vars, "n_heads = %.0f\nn_layers = %.0f\nc_lo = %.3f\n", max[0] + 1,
             max[1] + 1, c_lo >= 1 ? 0.9 : c_lo);
-    char words[300];
-    spec_words(c, c->budget, words, sizeof words);
+    char words[3000];
+    caption_words(c, c->budget, words, sizeof words);
     fprintf(ff->caption, "Mean attention-mass recall over the decode steps of every (layer, "
             "query head) of trace %s, one heatmap per policy on one colour scale, %s.%s\n",
             c->map_trace, words, n < c->n_pol ? " full is not shown: its recall is 1 "
