@@ -254,6 +254,29 @@ static void summary_row(FILE *f, const double *values)
         }
 }
 
+void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
+{
+    kv_params_format(pc->ops, &pc->values, only_changed, buf, len);
+    const kv_param_spec *g = &kv_engine_params[KV_ENGINE_PARAM_GRANULARITY];
+    if (only_changed && pc->granularity == KV_GRAN_KV_HEAD)
+        return;
+    /* the granularity's word: the CHOICE's words are '|'-separated, indexed by value */
+    const char *w = g->choices;
+    for (int i = 0; i < (int)pc->granularity && strchr(w, '|'); i++)
+        w = strchr(w, '|') + 1;
+    size_t at = strlen(buf);
+    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%.*s", at ? "," : "", g->name,
+             (int)strcspn(w, "|"), w);
+}
+
+/* The params column: the label's parameters that differ from their defaults, or "-". */
+static void params_cell(FILE *f, const kv_policy_conf *pc)
+{
+    char buf[512];
+    kv_output_params(pc, 1, buf, sizeof buf);
+    fprintf(f, "\t%s", buf[0] ? buf : "-");
+}
+
 /* The trace = "all" row of run r: every column the mean over traces, except the interval
  * columns (Student-t over the traces' recall_mean) and ci_units (the traces). x: [n]. */
 static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
@@ -296,9 +319,11 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
         fprintf(f, col->all_format, v);
     }
     if (have_oracle)
-        fprintf(f, "\t%.9g\n", oracle);
+        fprintf(f, "\t%.9g", oracle);
     else
-        fprintf(f, "\tNA\n");
+        fprintf(f, "\tNA");
+    params_cell(f, pc);
+    fputc('\n', f);
 }
 
 /* The header of the columns file shows, each preceded by a tab. */
@@ -314,7 +339,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     const kv_experiment_results *er = c->er;
     fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec");
     column_headers(f, KV_FILE_SUMMARY);
-    fprintf(f, "\toracle_recall_mean\n");
+    fprintf(f, "\toracle_recall_mean\tparams\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -324,6 +349,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
             summary_row(f, summary(c, k, r));
             oracle_cell(f, c, k, r);
+            params_cell(f, pc);
             fputc('\n', f);
         }
     if (er->n_traces < 2)

@@ -341,6 +341,24 @@ static void test_byte_budget_groups(void **state)
     tsv_free(s);
 }
 
+/* params: the label's non-default parameters, from the run's --set (snapkv and morphkv
+ * default to window 32, so window=8 is their only change), "-" for the others, in the
+ * per-trace and the "all" rows alike. */
+static void test_params_column(void **state)
+{
+    (void)state;
+    tsv *s = result("summary.tsv");
+    static const char *const pols[] = { "full", "window", "h2o", "snapkv", "morphkv" };
+    static const char *const want[] = { "-", "-", "-", "window=8", "window=8" };
+    for (int p = 0; p < 5; p++) {
+        assert_string_equal(get(s, find(s, "policy", pols[p], "trace", "a.h5", NULL),
+                                "params"), want[p]);
+        assert_string_equal(get(s, find(s, "policy", pols[p], "trace", "all", NULL),
+                                "params"), want[p]);
+    }
+    tsv_free(s);
+}
+
 /* ------------------------------------------------------------ figures */
 
 /* Width and height from a PNG's IHDR chunk (bytes 16..23, big-endian). */
@@ -409,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_retention_map),
         cmocka_unit_test(test_recall_hist),
         cmocka_unit_test(test_byte_budget_groups),
+        cmocka_unit_test(test_params_column),
         cmocka_unit_test(test_plot_pngs),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
