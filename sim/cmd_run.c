@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/experiment.h"
 #include "sim/output.h"
+#include "sim/manifest.h"
 #include "sim/plot.h"
 #include "traces/validate.h"
 
@@ -241,6 +242,14 @@ int kv_cmd_run(int argc, char **argv)
     static kv_experiment ex;   /* static: its trace list is large for the stack */
     kv_experiment_init(&ex);
     run_options o = { .seed = -1 };
+    /* the command line as typed, for the manifest (getopt_long reorders argv; argv[0]
+     * is "run") */
+    enum { MAX_CMD_ARGS = 256 };
+    char *cmdline[MAX_CMD_ARGS + 1];
+    int n_cmd = 0;
+    cmdline[n_cmd++] = "kvsim";
+    for (int i = 0; i < argc && n_cmd < MAX_CMD_ARGS; i++)
+        cmdline[n_cmd++] = argv[i];
     int rc = parse_run_args(argc, argv, &o, err, sizeof err);
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);
@@ -279,12 +288,14 @@ int kv_cmd_run(int argc, char **argv)
         rc = kv_experiment_replay(&ex, tokens, &eo, res, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
+    if (rc == 0 && kv_manifest_write(ex.output, &ex, tokens, n_cmd, cmdline, err, sizeof err))
+        rc = 1;
     if (rc == 0 && !o.quiet) {
         if (kv_output_table(stdout, &er, err, sizeof err))
             rc = 1;
         else
             printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex.output);
+                   "lifetimes, recall_hist .tsv; manifest.json)\n", ex.output);
     }
     if (rc == 0)
         rc = plot_results(&ex, &o, err, sizeof err);

@@ -359,6 +359,36 @@ static void test_params_column(void **state)
     tsv_free(s);
 }
 
+/* manifest.json, read by Python's json module (so it must be valid JSON), its facts
+ * checked against independent sources: the sha256 of each trace file by hashlib, the
+ * geometry the traces were generated with (gen() above), the --set values and the
+ * defaults of `kvsim policies` (morphkv: fusion sum, evict_every 1), 0.75p of P = 48 is
+ * 36 tokens, and the command line in the order typed. */
+static void test_manifest(void **state)
+{
+    (void)state;
+    char cmd[2400];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 -c '\n"
+             "import json, hashlib, sys\n"
+             "d = json.load(open(sys.argv[1] + \"/manifest.json\"))\n"
+             "assert d[\"command\"][:5] == [\"kvsim\", \"run\", \"--trace\", sys.argv[2], \"--policies\"], d[\"command\"]\n"
+             "assert d[\"experiment\"][\"budgets\"] == [\"24\", \"0.75p\"]\n"
+             "pols = {p[\"label\"]: p for p in d[\"experiment\"][\"policies\"]}\n"
+             "m = pols[\"morphkv\"][\"params\"]\n"
+             "assert m[\"window\"] == \"8\" and m[\"fusion\"] == \"sum\" and m[\"evict_every\"] == \"1\", m\n"
+             "assert m[\"kv_granularity\"] == \"kv_head\"\n"
+             "assert [t[\"name\"] for t in d[\"traces\"]] == [\"a.h5\", \"b.h5\"]\n"
+             "for t in d[\"traces\"]:\n"
+             "    assert t[\"sha256\"] == hashlib.sha256(open(t[\"path\"], \"rb\").read()).hexdigest()\n"
+             "    g = (t[\"layers\"], t[\"heads\"], t[\"kv_heads\"], t[\"head_dim\"], t[\"tokens\"], t[\"prompt\"])\n"
+             "    assert g == (%d, %d, %d, 16, %d, %d), g\n"
+             "    assert t[\"budgets\"][\"window\"] == [24, 36], t[\"budgets\"]\n"
+             "' '%s' '%s/a.h5,%s/b.h5'", LAYERS, HEADS, KV_HEADS, T, P, results, kv_test_dir,
+             kv_test_dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ------------------------------------------------------------ figures */
 
 /* Width and height from a PNG's IHDR chunk (bytes 16..23, big-endian). */
@@ -428,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_recall_hist),
         cmocka_unit_test(test_byte_budget_groups),
         cmocka_unit_test(test_params_column),
+        cmocka_unit_test(test_manifest),
         cmocka_unit_test(test_plot_pngs),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
