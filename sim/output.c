@@ -669,50 +669,76 @@ static void format_bytes(double bytes, char *buf, size_t len)
         snprintf(buf, len, "%.0f B", bytes);
 }
 
+/*
+ * The console table: per policy and budget the mean recall and the peak KV bytes + the
+ * peak metadata bytes (the largest over traces), in fixed-width columns. A policy whose
+ * cache the budget does not bound (kv_policy_max_held < 0: full, snapkv) is marked '*',
+ * so a growing or metadata-heavy policy cannot read as the cheap winner.
+ */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
     const kv_replay_conf *conf = er->conf;
-    int width = 8;
+    int width = 8, any_growing = 0;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
     if (er->n_traces > 1)
-        fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
-    fprintf(f, "%-*s", width, "policy");
+        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n",
+                er->n_traces);
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
+    int i_meta = kv_summary_column("meta_bytes_peak");
     double *values = malloc((size_t)kv_n_output_columns * sizeof *values);
     if (!values) {
         snprintf(err, err_len, "out of memory printing the table");
         return 1;
     }
+    width += 2;   /* room for the mark */
+    /* a cell: recall (6), two spaces, KV (10), " + ", metadata (10) = 31 */
+    fprintf(f, "%-*s", width, "policy");
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[64], buf[32];
-        snprintf(head, sizeof head, "B=%s recall / peak KV", spec_text(&c, b, buf, sizeof buf));
-        fprintf(f, "  %24s", head);
+        snprintf(head, sizeof head, "B=%s", spec_text(&c, b, buf, sizeof buf));
+        fprintf(f, b + 1 < conf->n_budgets ? "  %-31s" : "  %s", head);
     }
+    fprintf(f, "\n%-*s", width, "");
+    for (int b = 0; b < conf->n_budgets; b++)
+        fprintf(f, "  %-6s  %10s + %10s", "recall", "peak KV", "metadata");
     fputc('\n', f);
     for (int p = 0; p < conf->n_policies; p++) {
-        fprintf(f, "%-*s", width, conf->policies[p].label);
+        const kv_policy_conf *pc = &conf->policies[p];
+        int grows = 0;
+        for (int k = 0; k < er->n_traces; k++)
+            for (int b = 0; b < conf->n_budgets; b++)
+                grows |= kv_policy_max_held(pc->ops, &pc->values,
+                                            er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
+        any_growing |= grows;
+        char label[KV_LABEL_LEN + 4];
+        snprintf(label, sizeof label, "%s%s", pc->label, grows ? " *" : "");
+        fprintf(f, "%-*s", width, label);
         for (int b = 0; b < conf->n_budgets; b++) {
-            double recall = 0.0, peak = 0.0;
+            double recall = 0.0, peak = 0.0, meta = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
-                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
-                                     err_len)) {
+                int r = p * conf->n_budgets + b;
+                if (kv_run_summarise(er->res[k], r, values, err, err_len)) {
                     free(values);
                     return 1;
                 }
                 recall += values[i_recall] / er->n_traces;
                 peak = values[i_peak] > peak ? values[i_peak] : peak;
+                meta = values[i_meta] > meta ? values[i_meta] : meta;
             }
-            char bytes[32], cell[64];
-            format_bytes(peak, bytes, sizeof bytes);
-            snprintf(cell, sizeof cell, "%.4f / %s", recall, bytes);
-            fprintf(f, "  %24s", cell);
+            char kv[32], md[32];
+            format_bytes(peak, kv, sizeof kv);
+            format_bytes(meta, md, sizeof md);
+            fprintf(f, "  %6.4f  %10s + %10s", recall, kv, md);
         }
         fputc('\n', f);
     }
+    if (any_growing)
+        fprintf(f, "* the budget does not bound this policy's cache: it grows with the "
+                "sequence\n");
     free(values);
     return 0;
 }

@@ -389,6 +389,49 @@ static void test_manifest(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The printed table: growing policies (full, snapkv: the budget does not bound them)
+ * marked '*', h2o not; every row as long as the header and the " + " of each budget at
+ * the same column in every row; h2o's metadata as summary.tsv's meta_bytes_peak says
+ * (whole bytes under 1 KiB, else KiB to one decimal). */
+static void test_printed_table(void **state)
+{
+    (void)state;
+    char cmd[1200], dir[400], line[600], rows[8][600];
+    snprintf(dir, sizeof dir, "%s/table", kv_test_dir);
+    snprintf(cmd, sizeof cmd, "%s run --trace %s/a.h5 --policies full,h2o,snapkv --budgets 24 "
+             "--set snapkv.window=8 -o %s --no-plot", getenv("KVSIM_BIN") ? getenv("KVSIM_BIN")
+             : "./kvsim", kv_test_dir, dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    int n = 0;
+    while (fgets(line, sizeof line, p) && n < 8)
+        if (n > 0 || strncmp(line, "policy", 6) == 0)
+            snprintf(rows[n++], sizeof rows[0], "%s", line);
+    assert_int_equal(pclose(p), 0);
+    assert_true(n >= 6);   /* two header lines, three policies, the footnote */
+    assert_int_equal(strncmp(rows[2], "full *", 6), 0);
+    assert_int_equal(strncmp(rows[3], "h2o ", 4), 0);
+    assert_null(strchr(rows[3], '*'));
+    assert_int_equal(strncmp(rows[4], "snapkv *", 8), 0);
+    assert_non_null(strstr(rows[5], "does not bound"));
+    size_t plus = strstr(rows[1], " + ") - rows[1];
+    for (int r = 1; r < 5; r++) {
+        assert_int_equal(strlen(rows[r]), strlen(rows[1]));
+        assert_int_equal(strstr(rows[r], " + ") - rows[r], (long)plus);
+    }
+    snprintf(line, sizeof line, "%s/summary.tsv", dir);
+    tsv *s = tsv_read(line);
+    char want[64], bytes[32];
+    double meta = num(s, find(s, "policy", "h2o", NULL), "meta_bytes_peak");
+    if (meta < 1024)
+        snprintf(bytes, sizeof bytes, "%.0f B", meta);
+    else
+        snprintf(bytes, sizeof bytes, "%.1f KiB", meta / 1024);
+    snprintf(want, sizeof want, "+ %10s\n", bytes);
+    assert_non_null(strstr(rows[3], want));
+    tsv_free(s);
+}
+
 /* ------------------------------------------------------------ figures */
 
 /* Width and height from a PNG's IHDR chunk (bytes 16..23, big-endian). */
@@ -459,6 +502,7 @@ int main(void)
         cmocka_unit_test(test_byte_budget_groups),
         cmocka_unit_test(test_params_column),
         cmocka_unit_test(test_manifest),
+        cmocka_unit_test(test_printed_table),
         cmocka_unit_test(test_plot_pngs),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
