@@ -273,8 +273,10 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
     /* 1. read the results and resolve every choice against them: nothing written yet */
     kv_plot_ctx c;
     rc = kv_plot_open(&c, dir, o, err, err_len);
-    if (rc)
+    if (rc) {
+        kv_plot_close(&c);
         return rc;
+    }
     const char *gnuplot = gnuplot_path();
     char scripts[KV_PLOT_PATH];
     if (!gnuplot) {
