@@ -12,6 +12,7 @@
 #include "sim/commands.h"
 #include "sim/plot.h"
 #include "sim/plot_data.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -147,7 +148,7 @@ static int contains(const char *hay, size_t n, const char *needle, size_t len)
 {
     for (size_t i = 0; i + len <= n; i++)
         if (memcmp(hay + i, needle, len) == 0)
-            return 1;
+            return KV_ERUNTIME;
     return 0;
 }
 
@@ -195,20 +196,20 @@ static int render_one(kv_plot_ctx *c, const char *gnuplot, const char *scripts, 
         gnuplot_message(c->tmp, msg, sizeof msg);
         snprintf(err, err_len, "figure %s: gnuplot %s (%s.gp): %s", figures[fig],
                  status < 0 ? "could not run" : "failed", figures[fig], msg);
-        return 1;
+        return KV_ERUNTIME;
     }
     long size;
     if (!figure_complete(out, c->format, &size)) {
         snprintf(err, err_len, "figure %s: gnuplot's %s is incomplete (%ld bytes)%s",
                  figures[fig], c->format, size, kv_plot_disk_full(c->tmp) ?
                  ": no space left on device (ENOSPC)" : "");
-        return 1;
+        return KV_ERUNTIME;
     }
     char done[KV_PLOT_PATH + 64];
     snprintf(done, sizeof done, "%s/%s.%s", c->tmp, figures[fig], c->format);
     if (rename(out, done) != 0) {
         snprintf(err, err_len, "%s: %s", done, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     return 0;
 }
@@ -225,7 +226,7 @@ static int publish(const kv_plot_ctx *c, const char *where, char *err, size_t er
             if (rename(from, to) != 0) {
                 snprintf(err, err_len, "%s: cannot put the figure in place: %s", to,
                          strerror(errno));
-                return 1;
+                return KV_ERUNTIME;
             }
         }
     }
@@ -237,15 +238,15 @@ static int check_options(const kv_plot_options *o, char *err, size_t err_len)
     const char *format = o->format ? o->format : "png";
     if (strcmp(format, "png") && strcmp(format, "svg") && strcmp(format, "pdf")) {
         snprintf(err, err_len, "--format must be png, svg or pdf, got '%s'", format);
-        return 2;
+        return KV_EUSAGE;
     }
     if (o->style && strcmp(o->style, "paper") && strcmp(o->style, "screen")) {
         snprintf(err, err_len, "--style must be paper or screen, got '%s'", o->style);
-        return 2;
+        return KV_EUSAGE;
     }
     if (o->columns < 0 || o->columns > 2) {
         snprintf(err, err_len, "--columns must be 1 or 2, got %d", o->columns);
-        return 2;
+        return KV_EUSAGE;
     }
     int px = strcmp(format, "png") == 0;
     double lo = px ? 300 : 1.5, hi = px ? 4000 : 20;
@@ -254,12 +255,12 @@ static int check_options(const kv_plot_options *o, char *err, size_t err_len)
         snprintf(err, err_len, "--size must be WIDTHxHEIGHT with each in %s (%s), got "
                  "%gx%g", px ? "300..4000" : "1.5..20", px ? "pixels for png" :
                  "inches for pdf and svg; or append cm", o->width, o->height);
-        return 2;
+        return KV_EUSAGE;
     }
     if (o->smooth < 0 || o->smooth > 1001 || (o->smooth > 1 && o->smooth % 2 == 0)) {
         snprintf(err, err_len, "--smooth must be an odd number of steps in 1..1001 (1: "
                  "none), got %d", o->smooth);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -281,11 +282,11 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
     char scripts[KV_PLOT_PATH];
     if (!gnuplot) {
         snprintf(err, err_len, "gnuplot is not installed (apt-get install gnuplot-nox)");
-        rc = 1;
+        rc = KV_ERUNTIME;
     } else if (find_scripts(scripts, sizeof scripts)) {
         snprintf(err, err_len, "cannot find the gnuplot scripts (analysis/common.gp) next to "
                  "kvsim or in the working directory; set KVSIM_ANALYSIS");
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     /* 2. the figure directory and a private directory inside it (same file system, so
      *    the finished figures are renamed, never copied) */
@@ -297,7 +298,7 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
         if (mkdir(where, 0777) != 0 && errno != EEXIST) {
             snprintf(err, err_len, "%s: cannot create the figure directory: %s", where,
                      strerror(errno));
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     }
     if (!rc) {
@@ -306,7 +307,7 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
             snprintf(err, err_len, "%s: cannot create a private directory there: %s%s",
                      where, strerror(errno), errno == ENOSPC ? " (ENOSPC)" : "");
             c.tmp[0] = '\0';
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     }
     /* 3. every figure into the private directory; 4. all of them into place */
@@ -410,7 +411,7 @@ int kv_cmd_plot(int argc, char **argv)
             if (end == optarg || *end || v < 1 || v > 100000) {
                 fprintf(stderr, "kvsim plot: --%s takes a whole number, got '%s'\n",
                         c == OPT_SMOOTH ? "smooth" : "columns", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             if (c == OPT_SMOOTH)
                 o.smooth = (int)v;
@@ -422,7 +423,7 @@ int kv_cmd_plot(int argc, char **argv)
             if (parse_size(optarg, &o.width, &o.height)) {
                 fprintf(stderr, "kvsim plot: --size must be WIDTHxHEIGHT (pixels for png, "
                         "inches for pdf and svg, or WxHcm), got '%s'\n", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case 'o': o.out_dir = optarg; break;
@@ -431,18 +432,18 @@ int kv_cmd_plot(int argc, char **argv)
         default:
             fprintf(stderr, "kvsim plot: unknown option or missing value in '%s' (see kvsim "
                     "plot --help)\n", argv[optind - 1]);
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (optind != argc - 1) {
         fprintf(stderr, "kvsim plot: expected one result directory (see kvsim plot --help)\n");
-        return 2;
+        return KV_EUSAGE;
     }
     char err[1024], where[KV_PLOT_PATH];
     int rc = kv_plot_render(argv[optind], &o, where, sizeof where, err, sizeof err);
     if (rc) {
         fprintf(stderr, "kvsim plot: %s\n", err);
-        return rc;
+        return kv_exit_status(rc);
     }
     if (!o.quiet)
         printf("figures: %s/ (%s; captions NAME.txt)\n", where, KV_PLOT_FIGURE_LIST);

@@ -6,6 +6,7 @@
 #include "sim/experiment.h"
 #include "sim/output.h"
 #include "sim/signals.h"
+#include "traces/status.h"
 #include "traces/trace.h"
 
 #include <errno.h>
@@ -42,7 +43,7 @@ static int file_sha256(const char *path, char *hex, char *err, size_t err_len)
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot read for its sha256: %s", path, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char *buf = malloc(1 << 20), digest[EVP_MAX_MD_SIZE];
@@ -57,7 +58,7 @@ static int file_sha256(const char *path, char *hex, char *err, size_t err_len)
     EVP_MD_CTX_free(md);
     if (rc) {
         snprintf(err, err_len, "%s: cannot compute its sha256", path);
-        return 1;
+        return KV_ERUNTIME;
     }
     for (unsigned int i = 0; i < n_digest; i++)
         sprintf(hex + 2 * i, "%02x", digest[i]);
@@ -145,10 +146,10 @@ static int write_trace(FILE *f, const kv_experiment *ex, const int *tokens, int 
 {
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     if (file_sha256(ex->traces[k], hex, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     kv_trace *tr;
     if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     const kv_trace_info *in = kv_trace_get_info(tr);
     fprintf(f, "    {\"path\": ");
     json_string(f, ex->traces[k]);
@@ -183,13 +184,13 @@ int kv_manifest_write(const char *dir, const kv_experiment *ex, const int *token
     snprintf(tmp, sizeof tmp, "%s/manifest.json.tmp.%ld", dir, (long)getpid());
     if (kv_tmp_register(tmp) != 0) {
         snprintf(err, err_len, "%s: path too long", tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     FILE *f = fopen(tmp, "w");
     if (!f) {
         snprintf(err, err_len, "%s: cannot write: %s", tmp, strerror(errno));
         kv_tmp_unregister(tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     write_head(f, argc, argv);
     write_experiment(f, ex);
@@ -207,11 +208,11 @@ int kv_manifest_write(const char *dir, const kv_experiment *ex, const int *token
         e = e ? e : errno;
         snprintf(err, err_len, "%s: write failed: %s%s", tmp, e ? strerror(e) : "I/O error",
                  e == ENOSPC ? " (ENOSPC)" : "");
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (!rc && rename(tmp, path) != 0) {
         snprintf(err, err_len, "%s: cannot rename into place: %s", path, strerror(errno));
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (rc)
         unlink(tmp);

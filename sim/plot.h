@@ -59,11 +59,12 @@ int kv_plot_available(void);
  * analysis directory: the first of $KVSIM_ANALYSIS, DIR_OF_EXECUTABLE/analysis and
  * ./analysis that holds them. where (where_len bytes) receives the figure directory.
  *
- * Returns 0; 2 for a usage error found before anything is written (unknown format or
- * style, a size out of range, a trace, budget or policy the results do not have); 1 for
- * a runtime failure (gnuplot missing, a result file missing, damaged or lacking a
- * column, a full disk, gnuplot failing): err holds one line naming the file, column or
- * figure, and the previous figures in out_dir are kept unchanged.
+ * Returns 0 (KV_OK); KV_EUSAGE for a usage error found before anything is written
+ * (unknown format or style, a size out of range, a trace, budget or policy the results
+ * do not have); another code of traces/status.h for a failure (gnuplot missing, a result
+ * file missing, damaged or lacking a column (KV_EIO, KV_EFORMAT), a full disk, gnuplot
+ * failing, out of memory): err holds one line naming the file, column or figure, and the
+ * previous figures in out_dir are kept unchanged.
  */
 int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_t where_len,
                    char *err, size_t err_len);

@@ -7,6 +7,7 @@
  */
 #include "sim/plot_data.h"
 #include "sim/budget.h"
+#include "traces/status.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -145,14 +146,14 @@ static int data_close(FILE *f, const char *path, char *err, size_t err_len)
         e = ENOSPC;
     snprintf(err, err_len, "%s: write failed: %s%s", path, e ? strerror(e) : "I/O error",
              e == ENOSPC ? " (ENOSPC)" : "");
-    return 1;
+    return KV_ERUNTIME;
 }
 
 static int in_list(const char *const *list, size_t n, const char *s)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(list[i], s) == 0)
-            return 1;
+            return KV_ERUNTIME;
     return 0;
 }
 
@@ -165,7 +166,7 @@ static int distinct(const kv_tsv *t, int col, int fcol, const char *fval, const 
     *out = malloc((t->n_rows + 1) * sizeof **out);
     *n = 0;
     if (!*out)
-        return 1;
+        return KV_ERUNTIME;
     for (size_t r = 0; r < t->n_rows; r++) {
         if (fcol >= 0 && strcmp(kv_tsv_cell(t, r, fcol), fval) != 0)
             continue;
@@ -192,9 +193,8 @@ static int read_table(const kv_plot_ctx *c, const char *file, const char *cols, 
 {
     char path[KV_PLOT_PATH + 64];
     snprintf(path, sizeof path, "%s/%s", c->dir, file);
-    if (kv_tsv_read(path, t, err, err_len))
-        return 1;
-    return kv_tsv_need(t, cols, err, err_len);
+    int rc = kv_tsv_read(path, t, err, err_len);
+    return rc ? rc : kv_tsv_need(t, cols, err, err_len);
 }
 
 #define SUMMARY_COLS "trace policy type budget budget_spec recall_mean recall_ci_lo " \
@@ -208,12 +208,12 @@ static int resolve_policies(kv_plot_ctx *c, char *err, size_t err_len)
     const char **all;
     size_t n_all;
     if (distinct(s, c_pol, c_trace, c->map_trace, &all, &n_all))
-        return 1;
+        return KV_ERUNTIME;
     c->pol = malloc((n_all + 1) * sizeof *c->pol);
     c->pol_type = malloc((n_all + 1) * sizeof *c->pol_type);
     if (!c->pol || !c->pol_type) {
         free(all);
-        return 1;
+        return KV_ERUNTIME;
     }
     c->n_pol = 0;
     if (!c->o->policies) {
@@ -223,7 +223,7 @@ static int resolve_policies(kv_plot_ctx *c, char *err, size_t err_len)
         char *list = strdup(c->o->policies);
         if (!list) {
             free(all);
-            return 1;
+            return KV_ERUNTIME;
         }
         int rc = 0;
         for (char *save = NULL, *p = strtok_r(list, ",", &save); p && !rc;
@@ -236,7 +236,7 @@ static int resolve_policies(kv_plot_ctx *c, char *err, size_t err_len)
                 join(have, sizeof have, all, n_all);
                 snprintf(err, err_len, "--policies: no policy '%s' in %s/summary.tsv (has: "
                          "%s)", p, c->dir, have);
-                rc = 2;
+                rc = KV_EUSAGE;
             } else if (!in_list(c->pol, c->n_pol, all[i])) {
                 c->pol[c->n_pol++] = all[i];
             }
@@ -244,7 +244,7 @@ static int resolve_policies(kv_plot_ctx *c, char *err, size_t err_len)
         free(list);
         if (!rc && c->n_pol == 0) {
             snprintf(err, err_len, "--policies: no policy named");
-            rc = 2;
+            rc = KV_EUSAGE;
         }
         if (rc) {
             free(all);
@@ -270,11 +270,11 @@ static int resolve(kv_plot_ctx *c, char *err, size_t err_len)
     const char **all;
     size_t n_all;
     if (distinct(s, c_trace, -1, NULL, &all, &n_all))
-        return 1;
+        return KV_ERUNTIME;
     c->traces = malloc((n_all + 1) * sizeof *c->traces);
     if (!c->traces) {
         free(all);
-        return 1;
+        return KV_ERUNTIME;
     }
     for (size_t i = 0; i < n_all; i++)
         if (strcmp(all[i], "all") != 0)
@@ -283,7 +283,7 @@ static int resolve(kv_plot_ctx *c, char *err, size_t err_len)
     if (c->n_traces == 0) {
         free(all);
         snprintf(err, err_len, "%s/summary.tsv: no rows", c->dir);
-        return 1;
+        return KV_ERUNTIME;
     }
     const char *t = c->o->trace;
     if (t && !in_list(all, n_all, t)) {
@@ -292,7 +292,7 @@ static int resolve(kv_plot_ctx *c, char *err, size_t err_len)
         snprintf(err, err_len, "--trace: no trace '%s' in %s/summary.tsv (has: %s)", t,
                  c->dir, have);
         free(all);
-        return 2;
+        return KV_EUSAGE;
     }
     free(all);
     int one = t && strcmp(t, "all") != 0;
@@ -301,14 +301,14 @@ static int resolve(kv_plot_ctx *c, char *err, size_t err_len)
     c->map_trace = one ? t : c->traces[0];
     c->shown = one ? t : (has_all ? "all" : c->traces[0]);
     if (distinct(s, c_spec, c_trace, c->map_trace, &c->specs, &c->n_specs))
-        return 1;
+        return KV_ERUNTIME;
     c->budget = c->o->budget ? c->o->budget : c->specs[0];
     if (!in_list(c->specs, c->n_specs, c->budget)) {
         char have[600];
         join(have, sizeof have, c->specs, c->n_specs);
         snprintf(err, err_len, "--budget: no budget_spec '%s' in %s/summary.tsv (has: %s)",
                  c->budget, c->dir, have);
-        return 2;
+        return KV_EUSAGE;
     }
     return resolve_policies(c, err, err_len);
 }
@@ -323,9 +323,9 @@ int kv_plot_open(kv_plot_ctx *c, const char *dir, const kv_plot_options *o, char
     c->style = o->style ? o->style : "screen";
     c->smooth = o->smooth ? o->smooth : KV_PLOT_SMOOTH_DEFAULT;
     if (read_table(c, "summary.tsv", SUMMARY_COLS, &c->summary, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     int rc = resolve(c, err, err_len);
-    if (rc == 1 && !err[0])
+    if (rc != KV_EUSAGE && !err[0])
         snprintf(err, err_len, "out of memory reading %s", dir);
     if (rc)
         return rc;
@@ -335,7 +335,7 @@ int kv_plot_open(kv_plot_ctx *c, const char *dir, const kv_plot_options *o, char
                    &c->heads, err, err_len) ||
         read_table(c, "retention_map.tsv", "trace policy budget_spec layer kv_head position "
                    "held", &c->map, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     return 0;
 }
 
@@ -389,7 +389,7 @@ static void series_free(series *s)
 static int oom(char *err, size_t err_len)
 {
     snprintf(err, err_len, "out of memory preparing a figure");
-    return 1;
+    return KV_ENOMEM;
 }
 
 /* 1 when row r of steps.tsv belongs to (policy, spec) and one of the used traces. */
@@ -416,10 +416,10 @@ static int step_series(const kv_plot_ctx *c, const char *policy, const char *spe
         if (!step_row(c, r, cols, policy, spec))
             continue;
         if (kv_tsv_number(t, r, cols[3], &v, err, err_len))
-            return 1;
+            return KV_ERUNTIME;
         if (v < 0 || v > 1e9 || v != floor(v)) {
             snprintf(err, err_len, "%s line %zu: step %g is not a position", t->path, r + 2, v);
-            return 1;
+            return KV_ERUNTIME;
         }
         max_step = v > max_step ? v : max_step;
     }
@@ -474,7 +474,7 @@ static int constant(const series *s)
     for (size_t i = 1; i < s->n; i++)
         if (fabs(s->y[i] - s->y[0]) > 1e-6)
             return 0;
-    return 1;
+    return KV_ERUNTIME;
 }
 
 static int same_series(const series *a, const series *b)
@@ -484,7 +484,7 @@ static int same_series(const series *a, const series *b)
     for (size_t i = 0; i < a->n; i++)
         if (a->x[i] != b->x[i] || a->y[i] != b->y[i])
             return 0;
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* The `budget` (tokens) column of summary for (trace, policy, spec), or "?". */
@@ -607,7 +607,7 @@ static int write_series(const kv_plot_ctx *c, const char *name, const series *s,
     char path[KV_PLOT_PATH + 64];
     FILE *f = data_open(c, name, path, sizeof path, err, err_len);
     if (!f)
-        return 1;
+        return KV_ERUNTIME;
     for (size_t i = 0; i < s->n; i++) {
         if (smoothed)
             fprintf(f, "%.9g\t%.9g\t%.9g\n", s->x[i], s->y[i], smoothed[i]);
@@ -633,7 +633,7 @@ static int fig_recall_steps(const kv_plot_ctx *c, fig_files *ff, char *err, size
         for (size_t p = 0; p < c->n_pol; p++) {
             series s;
             if (step_series(c, c->pol[p], c->specs[b], "recall", &s, err, err_len))
-                return 1;
+                return KV_ERUNTIME;
             double *sm = malloc((s.n + 1) * sizeof *sm);
             if (!sm) {
                 series_free(&s);
@@ -657,7 +657,7 @@ static int fig_recall_steps(const kv_plot_ctx *c, fig_files *ff, char *err, size
             free(sm);
             series_free(&s);
             if (rc)
-                return 1;
+                return KV_ERUNTIME;
             fprintf(v, "keep[%zu] = %d\n", b * c->n_pol + p + 1, keep);
         }
     }
@@ -849,16 +849,16 @@ static int summary_points(const kv_plot_ctx *c, const char *policy, const char *
         if (kv_tsv_number(s, r, cm, &q->mean, err, err_len) ||
             kv_tsv_number(s, r, cl, &q->lo, err, err_len) ||
             kv_tsv_number(s, r, ch, &q->hi, err, err_len))
-            return 1;
+            return KV_ERUNTIME;
         if (strcmp(x, "tokens") == 0) {
             if (kv_tsv_number(s, r, cb, &q->x, err, err_len))
-                return 1;
+                return KV_ERUNTIME;
         } else if (strcmp(x, "spec_bytes") == 0) {
             spec_kind(kv_tsv_cell(s, r, cs), &q->x);
         } else {
             if (kv_tsv_number(s, r, ck, &kvb, err, err_len) ||
                 kv_tsv_number(s, r, cmeta, &mb, err, err_len))
-                return 1;
+                return KV_ERUNTIME;
             q->x = kvb + mb;
         }
         (*n)++;
@@ -873,7 +873,7 @@ static int write_points(const kv_plot_ctx *c, const char *name, const budget_poi
     char path[KV_PLOT_PATH + 64];
     FILE *f = data_open(c, name, path, sizeof path, err, err_len);
     if (!f)
-        return 1;
+        return KV_ERUNTIME;
     for (size_t i = 0; i < n; i++)
         fprintf(f, "%.9g\t%.9g\t%.9g\t%.9g\n", pts[i].x * x_scale, pts[i].mean, pts[i].lo,
                 pts[i].hi);
@@ -917,7 +917,7 @@ static int recall_against(const kv_plot_ctx *c, fig_files *ff, const char *x,
         if (summary_points(c, c->pol[p], x, pts, &n, err, err_len) ||
             write_points(c, name, pts, n, x_scale, err, err_len)) {
             free(pts);
-            return 1;
+            return KV_ERUNTIME;
         }
         for (size_t i = 0; i < n; i++) {
             y_lo = pts[i].lo < y_lo ? pts[i].lo : y_lo;
@@ -942,7 +942,7 @@ static int fig_recall_budget(const kv_plot_ctx *c, fig_files *ff, char *err, siz
     double lo, hi;
     if (recall_against(c, ff, bytes ? "spec_bytes" : "tokens", "rb", bytes ? 1.0 / 1024 : 1,
                        &lo, &hi, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     FILE *f = ff->vars;
     fprintf(f, "x_bytes = %d\nn_xt = %zu\narray xt_val[%zu]\narray xt_lab[%zu]\n", bytes,
             c->n_specs, c->n_specs, c->n_specs);
@@ -969,7 +969,7 @@ static int fig_recall_bytes(const kv_plot_ctx *c, fig_files *ff, char *err, size
 {
     double lo, hi;
     if (recall_against(c, ff, "peak_bytes", "rm", 1.0 / 1024, &lo, &hi, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     char iw[600];
     interval_words(c, iw, sizeof iw);
     fprintf(ff->caption, "Mean attention-mass recall over the decode steps against the "
@@ -1006,7 +1006,7 @@ static int write_rows(const kv_plot_ctx *c, const kv_tsv *t, const char *name,
     char path[KV_PLOT_PATH + 64];
     FILE *f = data_open(c, name, path, sizeof path, err, err_len);
     if (!f)
-        return 1;
+        return KV_ERUNTIME;
     int rc = 0;
     for (size_t r = 0; r < t->n_rows && !rc; r++) {
         if (strcmp(kv_tsv_cell(t, r, cp), policy) || strcmp(kv_tsv_cell(t, r, cs), c->budget) ||
@@ -1023,7 +1023,7 @@ static int write_rows(const kv_plot_ctx *c, const kv_tsv *t, const char *name,
     }
     if (rc) {
         fclose(f);
-        return 1;
+        return KV_ERUNTIME;
     }
     return data_close(f, path, err, err_len);
 }
@@ -1056,7 +1056,7 @@ static int fig_retention_map(const kv_plot_ctx *c, fig_files *ff, char *err, siz
     }
     free(panel_pol);
     if (rc)
-        return 1;
+        return KV_ERUNTIME;
     fprintf(ff->vars, "P = %.0f\nT = %.0f\nn_layers = %.0f\nn_kv = %.0f\n",
             isfinite(p_lo) ? p_lo : 0, t_hi + 1, max[1] + 1, max[2] + 1);
     char words[3000];
@@ -1086,7 +1086,7 @@ static int fig_head_recall(const kv_plot_ctx *c, fig_files *ff, char *err, size_
     }
     free(panel_pol);
     if (rc)
-        return 1;
+        return KV_ERUNTIME;
     double c_lo = isfinite(min[2]) ? floor(min[2] * 10) / 10.0 : 0;
     fprintf(ff->vars, "n_heads = %.0f\nn_layers = %.0f\nc_lo = %.3f\n", max[0] + 1,
             max[1] + 1, c_lo >= 1 ? 0.9 : c_lo);
@@ -1115,21 +1115,21 @@ int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char 
     snprintf(cap, sizeof cap, "%s.txt", name);
     ff.vars = data_open(c, "vars.gp", ff.vars_path, sizeof ff.vars_path, err, err_len);
     if (!ff.vars)
-        return 1;
+        return KV_ERUNTIME;
     ff.caption = data_open(c, cap, ff.caption_path, sizeof ff.caption_path, err, err_len);
     if (!ff.caption) {
         fclose(ff.vars);
-        return 1;
+        return KV_ERUNTIME;
     }
     vars_common(c, ff.vars, scripts, name);
-    int rc = 1;
+    int rc = KV_ERUNTIME;
     for (size_t i = 0; i < sizeof preparers / sizeof preparers[0]; i++)
         if (strcmp(preparers[i].name, name) == 0)
             rc = preparers[i].prepare(c, &ff, err, err_len);
     if (rc) {
         fclose(ff.vars);
         fclose(ff.caption);
-        return 1;
+        return KV_ERUNTIME;
     }
     int bad = data_close(ff.vars, ff.vars_path, err, err_len);
     bad |= data_close(ff.caption, ff.caption_path, err, err_len);

@@ -2,6 +2,7 @@
  * tsv_read.c - a kvsim result file read whole into memory (see tsv_read.h).
  */
 #include "sim/tsv_read.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <math.h>
@@ -9,13 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The whole file, NUL-terminated, in *text; 0, or 1 with err set. */
+/* The whole file, NUL-terminated, in *text; 0, or KV_EIO / KV_ENOMEM with err set. */
 static int slurp(const char *path, char **text, size_t *len, char *err, size_t err_len)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
-        return 1;
+        return KV_EIO;
     }
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
@@ -36,12 +37,12 @@ static int slurp(const char *path, char **text, size_t *len, char *err, size_t e
     fclose(f);
     if (!buf) {
         snprintf(err, err_len, "%s: out of memory reading it", path);
-        return 1;
+        return KV_ENOMEM;
     }
     if (failed) {
         free(buf);
         snprintf(err, err_len, "%s: read error", path);
-        return 1;
+        return KV_EIO;
     }
     buf[n] = '\0';
     *text = buf;
@@ -70,17 +71,18 @@ int kv_tsv_read(const char *path, kv_tsv *t, char *err, size_t err_len)
     memset(t, 0, sizeof *t);
     snprintf(t->path, sizeof t->path, "%s", path);
     size_t len;
-    if (slurp(path, &t->text, &len, err, err_len))
-        return 1;
+    int rc = slurp(path, &t->text, &len, err, err_len);
+    if (rc)
+        return rc;
     if (len == 0 || t->text[0] == '\n') {
         snprintf(err, err_len, "%s: empty (no header row)", path);
         kv_tsv_free(t);
-        return 1;
+        return KV_EFORMAT;
     }
     if (strlen(t->text) != len) {
         snprintf(err, err_len, "%s: holds a NUL byte: not a kvsim result file", path);
         kv_tsv_free(t);
-        return 1;
+        return KV_EFORMAT;
     }
     /* lines: the header, then rows; a final newline ends the last */
     size_t n_lines = 0;
@@ -89,7 +91,7 @@ int kv_tsv_read(const char *path, kv_tsv *t, char *err, size_t err_len)
     if (t->text[len - 1] != '\n') {
         snprintf(err, err_len, "%s: the last line is incomplete (a truncated file?)", path);
         kv_tsv_free(t);
-        return 1;
+        return KV_EFORMAT;
     }
     char *line = t->text, *nl = strchr(line, '\n');
     *nl = '\0';
@@ -101,7 +103,7 @@ int kv_tsv_read(const char *path, kv_tsv *t, char *err, size_t err_len)
     if (!t->header || !t->cells) {
         snprintf(err, err_len, "%s: out of memory reading it", path);
         kv_tsv_free(t);
-        return 1;
+        return KV_ENOMEM;
     }
     t->n_cols = split_tabs(line, t->header, n_cols);
     for (size_t r = 0; r + 1 < n_lines; r++) {
@@ -113,7 +115,7 @@ int kv_tsv_read(const char *path, kv_tsv *t, char *err, size_t err_len)
             snprintf(err, err_len, "%s line %zu: %zu fields where the header has %zu (a "
                      "damaged file?)", path, r + 2, got, n_cols);
             kv_tsv_free(t);
-            return 1;
+            return KV_EFORMAT;
         }
         t->n_rows = r + 1;
     }
@@ -150,7 +152,7 @@ int kv_tsv_need(const kv_tsv *t, const char *cols, char *err, size_t err_len)
             at += (size_t)snprintf(err + at, err_len - at, " %s", t->header[i]);
         if (at < err_len)
             snprintf(err + at, err_len - at, ")");
-        return 1;
+        return KV_EFORMAT;
     }
     return 0;
 }
@@ -165,7 +167,7 @@ int kv_tsv_number(const kv_tsv *t, size_t row, int col, double *v, char *err,
     if (end == s || *end != '\0' || !isfinite(*v)) {
         snprintf(err, err_len, "%s line %zu: column '%s' holds '%.40s', not a finite number",
                  t->path, row + 2, t->header[col], s);
-        return 1;
+        return KV_EFORMAT;
     }
     return 0;
 }

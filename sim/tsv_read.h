@@ -23,8 +23,9 @@ typedef struct {
     size_t n_rows;        /* data rows (the header not counted) */
 } kv_tsv;
 
-/* Reads path into t (owned by t until kv_tsv_free). Returns 0; 1 with err set (t is then
- * empty and kv_tsv_free is still safe). */
+/* Reads path into t (owned by t until kv_tsv_free). Returns 0; KV_EIO (missing or
+ * unreadable), KV_EFORMAT (empty, truncated, ragged, a NUL byte) or KV_ENOMEM with err
+ * set (traces/status.h); t is then empty and kv_tsv_free is still safe. */
 int kv_tsv_read(const char *path, kv_tsv *t, char *err, size_t err_len);
 
 /* Frees what kv_tsv_read allocated; t may be zeroed or failed. Cannot fail. */
@@ -33,8 +34,8 @@ void kv_tsv_free(kv_tsv *t);
 /* The index of column name, or -1. */
 int kv_tsv_col(const kv_tsv *t, const char *name);
 
-/* 0 when t has every column of the space-separated list cols; 1 with err set naming the
- * file, the first missing column and the columns it has. */
+/* 0 when t has every column of the space-separated list cols; KV_EFORMAT with err set
+ * naming the file, the first missing column and the columns it has. */
 int kv_tsv_need(const kv_tsv *t, const char *cols, char *err, size_t err_len);
 
 /* The cell of data row `row` (0-based) and column col (from kv_tsv_col; borrowed). */
@@ -43,8 +44,8 @@ static inline const char *kv_tsv_cell(const kv_tsv *t, size_t row, int col)
     return t->cells[row * t->n_cols + (size_t)col];
 }
 
-/* Parses the cell as a finite number into *v. Returns 0; 1 with err naming the file, the
- * line and the column when it is not one. */
+/* Parses the cell as a finite number into *v. Returns 0; KV_EFORMAT with err naming the
+ * file, the line and the column when it is not one. */
 int kv_tsv_number(const kv_tsv *t, size_t row, int col, double *v, char *err,
                   size_t err_len);
 
