@@ -968,7 +968,7 @@ static int fig_recall_budget(const kv_plot_ctx *c, fig_files *ff, char *err, siz
 static int fig_recall_bytes(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
 {
     double lo, hi;
-    if (recall_against(c, ff, "peak_bytes", "rm", 1.0 / 1024, &lo, &hi, err, err_len))
+    if (recall_against(c, ff, "peak_bytes", "rx", 1.0 / 1024, &lo, &hi, err, err_len))
         return KV_ERUNTIME;
     char iw[600];
     interval_words(c, iw, sizeof iw);
