@@ -20,7 +20,7 @@ paper = style eq "paper"
 if (paper) {
     w_in = req_w > 0 ? req_w : (columns == 2 ? 7.0 : 3.4)
     h_in = req_h > 0 ? req_h : 0       # 0: the figure sets it
-    font_pt = 8.0
+    font_pt = 8.5
     dpi = 200.0
 } else {
     dpi = fmt eq "png" ? 1200.0 / 9.0 : 72.0
@@ -28,7 +28,8 @@ if (paper) {
     h_in = req_h > 0 ? (fmt eq "png" ? req_h / dpi : req_h) : 6.0
     font_pt = 10.0 * (w_in / 9.0) ** 0.3
 }
-small_pt = font_pt * 0.85
+# print text stays at 8 pt or more, panel headings and tick labels included
+small_pt = paper ? 8.0 : font_pt * 0.85
 title_pt = font_pt * 1.2
 em = font_pt / 72.0                    # the font's height, in inches
 fixed_h = paper && req_h == 0          # the figure chooses the height
@@ -43,9 +44,9 @@ px1(c) = px0(c) + cw / w_in
 py1(r) = 1 - (g_t + (r - 1) * (ch + g_gy)) / h_in
 py0(r) = py1(r) - ch / h_in
 # a legend entry's width for labels of `chars` characters, in inches
-key_w(chars) = (chars * 0.55 + 3.2) * em
+key_w(chars) = (chars * 0.52 + 2.8) * em
 # the legend outside the panels: key_cols columns, key_rows rows, key_h inches tall,
 # for n_keys entries of up to `chars` characters across width `room` inches
 key_layout(n_keys, room, chars) = (key_cols = floor(room / key_w(chars)), \
     key_cols = key_cols < 1 ? 1 : (key_cols > n_keys ? n_keys : key_cols), \
-    key_rows = ceil(n_keys / real(key_cols)), key_h = key_rows * 1.2 * em + 0.4 * em)
+    key_rows = ceil(n_keys / real(key_cols)), key_h = key_rows * 1.3 * em + 0.6 * em)

@@ -33,7 +33,9 @@ set colorbox user origin screen px1(g_nc) + 1.2 * em / w_in, py0(g_nr) \
 unset grid
 set xrange [-0.5 : n_heads - 0.5]
 set yrange [-0.5 : n_layers - 0.5]
-step_h = n_heads > 8 ? ceil(n_heads / 8.0) : 1
+# a head label every step_h heads while the digits fit the panel's width
+step_h = ceil(n_heads * small_pt * 1.2 / (cw * 72))
+step_h = step_h < 1 ? 1 : step_h
 step_l = ceil(n_layers * small_pt * 1.4 / (ch * 72))
 set xtics step_h scale 0 font small_font offset 0, (paper ? 0.4 : 0)
 step_l = step_l < 1 ? 1 : step_l

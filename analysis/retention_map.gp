@@ -32,8 +32,11 @@ unset grid
 set xrange [-0.5 : T - 0.5]
 set yrange [-0.5 : n_rows_y - 0.5]
 # ticks: about four positions per panel; a layer label per layer while they fit
+# (as many labels as fit the panel's width, each about 2.6 font sizes wide)
+max_labels = floor(cw * 72 / (small_pt * 2.6))
+max_labels = max_labels < 2 ? 2 : max_labels
 x_step = 10 ** floor(log10(T / 4.0))
-x_step = T / x_step > 8 ? x_step * (T / x_step > 16 ? 5 : 2) : x_step
+while (floor((T - 1) / x_step) + 1 > max_labels) { x_step = x_step * 2 }
 set xtics x_step font small_font offset 0, (paper ? 0.4 : 0)
 layer_step = ceil(n_layers * small_pt * 1.4 / (ch * 72))
 layer_step = layer_step < 1 ? 1 : layer_step
