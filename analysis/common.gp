@@ -26,10 +26,10 @@ if (paper) {
     dpi = fmt eq "png" ? 1200.0 / 9.0 : 72.0
     w_in = req_w > 0 ? (fmt eq "png" ? req_w / dpi : req_w) : 9.0
     h_in = req_h > 0 ? (fmt eq "png" ? req_h / dpi : req_h) : 6.0
-    font_pt = 10.0 * (w_in / 9.0) ** 0.3
+    font_pt = 11.0 * (w_in / 9.0) ** 0.3
 }
 # print text stays at 8 pt or more, panel headings and tick labels included
-small_pt = paper ? 8.0 : font_pt * 0.85
+small_pt = paper ? 8.0 : font_pt * 0.9
 title_pt = font_pt * 1.2
 em = font_pt / 72.0                    # the font's height, in inches
 fixed_h = paper && req_h == 0          # the figure chooses the height

@@ -1,10 +1,10 @@
 # key.gp - makes the next plot of a multiplot the legend alone, outside the panels: a
-# strip key_h inches tall under them (paper) or a column right of them (screen). The
+# strip key_h inches tall under them (paper, or key_below = 1) or a column right of them. The
 # caller then plots one NaN per entry, with its title.
 unset title; unset xlabel; unset ylabel; unset border; unset tics; unset grid
 unset label; unset arrow; unset logscale
 set xrange [0:1]; set yrange [0:1]
-if (paper) {
+if (paper || (exists("key_below") && key_below)) {
     set lmargin at screen 0.01; set rmargin at screen 0.99
     set tmargin at screen key_h / h_in; set bmargin at screen 0.0
     set key inside center top vertical maxrows key_rows Left reverse samplen 1.8 \

@@ -9,19 +9,21 @@ load adir . "/common.gp"
 # legend entries name up to three policies each
 key_chars = label_chars * 2.6 + 6
 g_nr = 1; g_nc = 1; g_gx = 0; g_gy = 0
+# the legend below the plot in both styles: its entries are long
+key_below = 1
+dummy = key_layout(n_key, w_in - 0.1, key_chars)
 if (paper) {
     g_l = 4.6 * em; g_r = 0.8 * em; g_t = 0.8 * em
-    dummy = key_layout(n_key, w_in - 0.1, key_chars)
     g_b = 3.0 * em + key_h
     if (fixed_h) { h_in = grid_h(columns == 2 ? 2.2 : 1.9) }
 } else {
-    g_l = 6.0 * em; g_r = key_w(key_chars) + 2 * em; g_t = 4.0 * em; g_b = 3.6 * em
+    g_l = 6.0 * em; g_r = 2.0 * em; g_t = 4.0 * em; g_b = 3.6 * em + key_h
 }
 load adir . "/terminal.gp"
 
 if (!paper) {
-    set title "KV-cache bytes (solid) and metadata bytes (dashed) per decode step" \
-        font title_font
+    set label 99 "KV-cache bytes (solid) and metadata bytes (dashed) per decode step" \
+        at screen 0.5, 1 - 1.8 * em / h_in center font title_font
 }
 set multiplot
 call adir . "/panel.gp" 1 1

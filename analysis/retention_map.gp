@@ -20,8 +20,8 @@ load adir . "/terminal.gp"
 
 set multiplot
 if (!paper) {
-    set label 99 sprintf("Positions still cached at the end of the trace (dark), per layer " \
-        . "and KV head; dashed: end of the prompt (P = %d)", P) \
+    set label 99 sprintf("Positions cached at the end of the trace (dark); dashed line: " \
+        . "end of the prompt (P = %d)", P) \
         at screen 0.5, 1 - 1.8 * em / h_in center font title_font
 }
 set label 98 "layer" at screen 0.6 * em / w_in, (py1(1) + py0(g_nr)) / 2 rotate center
