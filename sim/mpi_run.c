@@ -43,6 +43,7 @@
 #include "traces/validate.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,7 +854,12 @@ int main(int argc, char **argv)
         for (int to = 1; to < n_ranks; to++)
             send_unit(&stop, to);
     } else {
-        /* other ranks print nothing: rank 0 reports for the job */
+        /* other ranks print nothing: rank 0 reports for the job. They hold no result
+         * file, so when mpirun ends the job (an interrupt, or rank 0's failure) they
+         * stop without a word (the fault handlers for damaged traces stay). */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
         if (!freopen("/dev/null", "w", stdout))
             fclose(stdout);
         kv_experiment ex;
@@ -864,6 +870,7 @@ int main(int argc, char **argv)
         worker_loop(&ex);
         kv_experiment_free(&ex);
     }
+    MPI_Barrier(MPI_COMM_WORLD);   /* every rank done before rank 0's status ends the job */
     MPI_Finalize();
     return status;
 }
