@@ -18,6 +18,8 @@ static const struct {
     { "info", kv_cmd_info, "describe a trace and check that it is valid" },
     { "gen", kv_cmd_gen, "write a seeded synthetic trace" },
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },
+    { "project", kv_cmd_project,
+      "charge each policy's memory per decode step at named model geometries" },
     { "policies", kv_cmd_policies, "list the eviction policies and their parameters" },
     { NULL, NULL, NULL },
 };

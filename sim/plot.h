@@ -8,6 +8,8 @@
  *   recall_bytes    mean recall against peak memory (KV + metadata bytes)
  *   retention_map   positions still cached at the end, per (layer, KV head), per policy
  *   head_recall     mean recall per (layer, query head), a heatmap per policy
+ *   memory_models   (with DIR/projection.tsv of `kvsim project`) KV + metadata bytes
+ *                   against decode length at named model geometries, per policy
  *
  * No name ever reaches a shell or gnuplot's command parser: kvsim reads the TSV files
  * itself, writes the numbers a figure needs into plain data files of fixed names in a
@@ -27,6 +29,9 @@
 #define KV_PLOT_FIGURE_LIST \
     "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall"
 #define KV_PLOT_N_FIGURES 6
+/* Figures drawn only when the directory holds their input: memory_models, from the
+ * projection.tsv of `kvsim project` (sim/cmd_project.c). */
+#define KV_PLOT_N_OPTIONAL 1
 
 typedef struct {
     const char *format;   /* "png" (pngcairo; NULL means png), "svg" or "pdf" */
