@@ -5,6 +5,7 @@
  * trace's own geometry against the real replay of that trace (an independent route: the
  * engine's per-step sums over every cache).
  */
+#define _DEFAULT_SOURCE   /* wait4 in kv_cli.h */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,9 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_cli.h"
+#include "kv_test.h"
 #include "sim/budget.h"
 #include "sim/engine.h"
 #include "sim/geometry.h"
+#include "sim/plot.h"
 
 #define REAL_TRACE "traces/data/stories260K_T512_P128_seed1.h5"
 
@@ -191,6 +195,124 @@ static void test_projection_matches_replay(void **state)
     kv_trace_close(tr);
 }
 
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf)
+        buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* `kvsim project` on the real trace: its peak rows worked out by hand (Qwen2.5-7B, B =
+ * 64: window holds 65 tokens in each of 28 * 4 caches at 512 bytes per token and cache,
+ * 3,727,360 bytes; h2o per query head 65 tokens in 28 * 28 caches, 26,091,520 bytes, plus
+ * one float32 score per token and cache, 65 * 4 * 784 = 203,840), one row per decode step
+ * and policy, and the usage errors. */
+static void test_project_command(void **state)
+{
+    (void)state;
+    char ini[512], out[512];
+    snprintf(out, sizeof out, "%s", kv_test_path("proj"));
+    snprintf(ini, sizeof ini, "%s", kv_test_path("proj.ini"));
+    FILE *f = fopen(ini, "w");
+    assert_non_null(f);
+    fprintf(f, "[experiment]\ntrace = " REAL_TRACE "\nbudgets = 64\noutput = %s\n"
+            "[policy window]\ntype = window\n"
+            "[policy h2o-qh]\ntype = h2o\nkv_granularity = query_head\n", out);
+    fclose(f);
+    const char *args[] = { "project", ini, "--geometry", "qwen2.5-7b",
+                           "--no-plot", "-q", NULL };
+    kv_cli_result r;
+    if (kv_cli_run(args, NULL, &r) != 0)
+        fail_msg("kvsim project: exit %d: %s", r.code, r.err);
+    char path[600];
+    snprintf(path, sizeof path, "%s/projection_peaks.tsv", out);
+    char *peaks = slurp(path);
+    assert_non_null(peaks);
+    assert_non_null(strstr(peaks, "\nstories260K_T512_P128_seed1.h5\twindow\t64\t64\twindow\t"
+                                  "kv_head\tqwen2.5-7b\t3727360\t0\t3727360\n"));
+    assert_non_null(strstr(peaks, "\nstories260K_T512_P128_seed1.h5\th2o-qh\t64\t64\th2o\t"
+                                  "query_head\tqwen2.5-7b\t26091520\t203840\t26295360\n"));
+    free(peaks);
+    snprintf(path, sizeof path, "%s/projection.tsv", out);
+    char *steps = slurp(path);
+    assert_non_null(steps);
+    int lines = kv_cli_lines(steps);
+    assert_int_equal(lines, 1 + 2 * 384);
+    /* the last decode step of window: step 511, 384 tokens decoded */
+    assert_non_null(strstr(steps, "\twindow\tkv_head\tqwen2.5-7b\t511\t384\t3727360\t0\n"));
+    free(steps);
+
+    const char *bad_model[] = { "project", ini, "--geometry", "gpt-2", NULL };
+    assert_int_equal(kv_cli_run(bad_model, NULL, &r), 2);
+    assert_non_null(strstr(r.err, "unknown model geometry 'gpt-2'"));
+    const char *no_file[] = { "project", NULL };
+    assert_int_equal(kv_cli_run(no_file, NULL, &r), 2);
+    /* a budget the policy's rule refuses: exit 2 naming the parameter, no files left */
+    f = fopen(ini, "w");
+    assert_non_null(f);
+    fprintf(f, "[experiment]\ntrace = " REAL_TRACE "\nbudgets = 16\noutput = %s/refused\n"
+            "[policy morphkv]\ntype = morphkv\n", out);
+    fclose(f);
+    const char *refused[] = { "project", ini, "--no-plot", "-q", NULL };
+    assert_int_equal(kv_cli_run(refused, NULL, &r), 2);
+    assert_non_null(strstr(r.err, "morphkv.window"));
+    snprintf(path, sizeof path, "%s/refused/projection.tsv", out);
+    assert_int_equal(access(path, F_OK), -1);
+}
+
+/* kvsim plot draws memory_models (and its caption) exactly when the results hold
+ * projection.tsv, after the six fixed figures. */
+static void test_memory_models_figure(void **state)
+{
+    (void)state;
+    if (!kv_plot_available())
+        skip();
+    char ini[512], out[512], path[700];
+    snprintf(out, sizeof out, "%s", kv_test_path("fig"));
+    snprintf(ini, sizeof ini, "%s", kv_test_path("fig.ini"));
+    FILE *f = fopen(ini, "w");
+    assert_non_null(f);
+    fprintf(f, "[experiment]\ntrace = " REAL_TRACE "\nbudgets = 64\noutput = %s\n"
+            "[policy morphkv]\ntype = morphkv\n"
+            "[policy h2o-qh]\ntype = h2o\nkv_granularity = query_head\n", out);
+    fclose(f);
+    kv_cli_result r;
+    const char *run[] = { "run", ini, "-q", NULL };
+    if (kv_cli_run(run, NULL, &r) != 0)
+        fail_msg("kvsim run: exit %d: %s", r.code, r.err);
+    snprintf(path, sizeof path, "%s/figures/memory_models.png", out);
+    assert_int_equal(access(path, F_OK), -1);          /* no projection: no figure */
+    const char *project[] = { "project", ini, "-q", NULL };
+    if (kv_cli_run(project, NULL, &r) != 0)
+        fail_msg("kvsim project: exit %d: %s", r.code, r.err);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/figures/memory_models.txt", out);
+    char *caption = slurp(path);
+    assert_non_null(caption);
+    assert_non_null(strstr(caption, "llama-3.1-8b, mistral-7b-v0.2, qwen2.5-7b"));
+    free(caption);
+    snprintf(path, sizeof path, "%s/figures/head_recall.png", out);
+    assert_int_equal(access(path, F_OK), 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return kv_test_dir_make("kvsim-test-geometry");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +321,8 @@ int main(void)
         cmocka_unit_test(test_morphkv_by_hand),
         cmocka_unit_test(test_growing_by_hand),
         cmocka_unit_test(test_projection_matches_replay),
+        cmocka_unit_test(test_project_command),
+        cmocka_unit_test(test_memory_models_figure),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
