@@ -106,11 +106,12 @@ traces: kvsim
 	done
 
 # The README's copies of the default experiment's figures (analysis/figures/, 900x600),
-# reduced to 128 colours by ImageMagick's convert when it is installed (to stay small).
+# reduced to 128 colours by ImageMagick's convert when it is installed (to stay small),
+# without its time stamps, so the copies change only when a figure does.
 figures: run
 	./kvsim plot results/default --size 900x600 -o analysis/figures
 	@if command -v convert >/dev/null 2>&1; then \
-	  for f in analysis/figures/*.png; do convert $$f -colors 128 PNG8:$$f; done; fi
+	  for f in analysis/figures/*.png; do convert $$f -strip -colors 128 PNG8:$$f; done; fi
 	@ls -l analysis/figures/*.png
 
 clean:
