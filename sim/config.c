@@ -2,6 +2,7 @@
  * config.c - experiments from INI files (libinih) and command-line options.
  */
 #include "sim/config.h"
+#include "traces/trace.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -325,6 +326,11 @@ static int apply_policy_items(ini_state *s)
 int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_len)
 {
     ini_state s = { .path = path, .ex = ex, .err = err, .err_len = err_len };
+    char why[KV_PATH_LEN + 64];
+    if (kv_check_regular_file(path, why, sizeof why) != 0) {   /* a FIFO would block */
+        snprintf(err, err_len, "%s (the experiment file)", why);
+        return 2;
+    }
     FILE *f = fopen(path, "r");
     struct stat st;
     if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {

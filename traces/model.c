@@ -24,6 +24,7 @@
 #endif
 
 #include "traces/model.h"
+#include "traces/trace.h"
 
 #include <errno.h>
 #include <math.h>
@@ -262,6 +263,8 @@ static int map_tensors(kv_model *m, const char *path, char *err, size_t err_len)
 int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
 {
     *out = NULL;
+    if (kv_check_regular_file(path, err, err_len) != 0)   /* a FIFO would block fopen */
+        return KV_EMODEL_IO;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot open the checkpoint: %s", path, strerror(errno));
