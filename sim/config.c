@@ -327,12 +327,13 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
 {
     ini_state s = { .path = path, .ex = ex, .err = err, .err_len = err_len };
     char why[KV_PATH_LEN + 64];
-    if (kv_check_regular_file(path, why, sizeof why) != 0) {   /* a FIFO would block */
+    struct stat st;
+    /* a FIFO would block fopen; a missing file is reported by fopen below */
+    if (stat(path, &st) == 0 && kv_check_regular_file(path, why, sizeof why) != 0) {
         snprintf(err, err_len, "%s (the experiment file)", why);
         return 2;
     }
     FILE *f = fopen(path, "r");
-    struct stat st;
     if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
         fclose(f);   /* a directory opens, but reads as an empty file */
         f = NULL;

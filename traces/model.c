@@ -263,14 +263,15 @@ static int map_tensors(kv_model *m, const char *path, char *err, size_t err_len)
 int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
 {
     *out = NULL;
-    if (kv_check_regular_file(path, err, err_len) != 0)   /* a FIFO would block fopen */
+    struct stat st;
+    /* a FIFO would block fopen; a missing file is reported by fopen below */
+    if (stat(path, &st) == 0 && kv_check_regular_file(path, err, err_len) != 0)
         return KV_EMODEL_IO;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot open the checkpoint: %s", path, strerror(errno));
         return KV_EMODEL_IO;
     }
-    struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, err_len, "%s: not a regular file", path);
         fclose(f);
