@@ -174,13 +174,17 @@ KV_SIMD_CLONES void kv_row_topk(const float *p, int t, int k, int *top)
  * top k keys (kv_row_topk's order) are found in the last pass, span by span while each
  * span is in L1, rather than by another pass over the row.
  */
-static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
+static KV_SIMD_CLONES int softmax_row(float *x, int t, int t1, int *top, int k)
 {
     int n = t + 1;
-    float max = x[0];
-    #pragma omp simd reduction(max:max)
-    for (int j = 0; j < n; j++)
+    float max = x[0], nonfinite = 0.0f;   /* x * 0 is NaN exactly when x is Inf or NaN */
+    #pragma omp simd reduction(max:max) reduction(+:nonfinite)
+    for (int j = 0; j < n; j++) {
         max = x[j] > max ? x[j] : max;
+        nonfinite += x[j] * 0.0f;
+    }
+    if (nonfinite != 0.0f)
+        return -1;   /* an overflowing logit: the row would be NaN */
     double sum = 0.0;
     #pragma omp simd reduction(+:sum)
     for (int j = 0; j < n; j++) {
@@ -203,9 +207,10 @@ static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
         topk_scan(x, 0, hi, k, top, &n_top);
     for (int j = n; j < t1; j++)
         x[j] = 0.0f;
+    return 0;
 }
 
-void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+int kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
                      int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
 {
     int nb = t1 - t0;
@@ -216,9 +221,11 @@ void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, doub
     for (int i = 0; i < n_q; i++)
         for (int t = t0; t < t1; t++) {
             size_t row = (size_t)i * nb + (size_t)(t - t0);
-            softmax_row(out + row * ld, t, t1, top && t >= t_top ? top + row * n_top : NULL,
-                        n_top);
+            if (softmax_row(out + row * ld, t, t1, top && t >= t_top ? top + row * n_top
+                            : NULL, n_top) != 0)
+                return (int)row;
         }
+    return -1;
 }
 
 /* ------------------------------------------------------------ the row source */
@@ -331,10 +338,16 @@ int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, 
         memcpy(qs + (size_t)i * nb * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
                (size_t)nb * hd * sizeof(float));
     size_t first = (size_t)h0 * nb;   /* the group's first row in out and top */
-    kv_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
-                    in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
-                    top ? top + first * n_top : NULL, n_top, t_top);
-    return 0;
+    int bad = kv_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
+                              in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
+                              top ? top + first * n_top : NULL, n_top, t_top);
+    if (bad < 0)
+        return 0;
+    /* kv_check_logits (traces/validate.h) reports these before a run starts */
+    snprintf(err, err_len, "%s: /layers/%d row [%d, %d]: the logits softmax_scale * q.k are "
+             "not finite in float32", kv_trace_path(r->tr), r->layer, h0 + bad / nb,
+             t0 + bad % nb);
+    return KV_ETRACE_FORMAT;
 }
 
 kv_rows *kv_rows_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)

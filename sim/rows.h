@@ -31,9 +31,11 @@
  * One SGEMM (n_q*(t1-t0) x head_dim times head_dim x t1) and a fused softmax per row.
  * When top is not NULL, the n_top best keys of each row t >= t_top (as kv_row_topk) go to
  * top[(i * (t1 - t0) + t - t0) * n_top ...]; found inside the softmax's last pass.
- * Cannot fail.
+ * Returns -1, or the index i * (t1 - t0) + t - t0 of the first row (in that order) with a
+ * logit that is not finite (Inf or NaN: q.k overflowed float32); that row and the later
+ * ones are then not computed.
  */
-void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+int kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
                      int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top);
 
 /*
@@ -109,7 +111,8 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1);
  * When top is not NULL, the n_top best keys (kv_row_topk) of each row t >= t_top go to
  * top[(h * nb + (t - t0)) * n_top ...] (n_heads * block * n_top ints, the caller's).
  * Different tasks may run at the same time on the same out and top. Returns 0, or a
- * KV_ETRACE_* code with err set (attn read failure).
+ * KV_ETRACE_* code with err set (attn read failure; KV_ETRACE_FORMAT for a row whose
+ * logits are not finite).
  */
 int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
                  char *err, size_t err_len);

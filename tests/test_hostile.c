@@ -18,6 +18,7 @@
 
 #include "tests/kv_cli.h"
 #include "tests/kv_test.h"
+#include "sim/rows.h"
 
 static char g_trace[300];   /* small generated qk trace */
 
@@ -194,13 +195,98 @@ static void test_fifo_inputs(void **state)
     assert_int_equal(access(cap, F_OK), -1);
 }
 
+/* ------------------------------------------------------------ overflowing logits */
+
+/* Copies the small generated trace to name and runs an h5py edit on it (python text
+ * working on the open file `f`). */
+static const char *edited_trace(const char *name, const char *edit)
+{
+    static char path[300];
+    snprintf(path, sizeof path, "%s", kv_test_path(name));
+    char script[2048];
+    snprintf(script, sizeof script,
+             "import h5py, numpy as np, shutil\n"
+             "shutil.copy('%s', '%s')\n"
+             "f = h5py.File('%s', 'r+')\n%s\nf.close()\n", g_trace, path, path, edit);
+    python(script);
+    return path;
+}
+
+/* info --check and run (policies whose assertions and top-k metric met NaN rows) each
+ * give one line naming the first bad row, exit 1, and write no result file. */
+static void expect_bad_logits(const char *trace, const char *needle)
+{
+    char out[300];
+    snprintf(out, sizeof out, "%s", kv_test_path("out_logits"));
+    const char *check[] = {"info", "--check", trace, NULL};
+    kv_cli_result r;
+    int rc = run_bounded(check, NULL, 30, &r);
+    expect_one_line("info --check", rc, &r, 1, needle);
+    const char *run[] = {"run", "--trace", trace, "--policies", "h2o,morphkv,lookahead,tova",
+                         "--budgets", "40", "--set", "morphkv.window=8", "-q", "-o", out,
+                         NULL};
+    rc = run_bounded(run, NULL, 30, &r);
+    expect_one_line("run", rc, &r, 1, needle);
+    assert_int_equal(access(out, F_OK), -1);
+}
+
+/* A scale that float32 (the replay's SGEMM) cannot hold: every logit is Inf. */
+static void test_softmax_scale_overflow(void **state)
+{
+    (void)state;
+    const char *t = edited_trace("scale.h5", "f.attrs['softmax_scale'] = np.float64(1e300)");
+    expect_bad_logits(t, "softmax_scale = 1e+300");
+}
+
+/* Finite q and k whose products overflow: query head 3 of layer 1 from row 30 on, and
+ * every key of its KV head 1, times 1e20, so |q.k| ~ 1e40 > FLT_MAX first at row [3, 30]
+ * (rows before 30 stay near 1e20: finite). */
+static void test_qk_overflow(void **state)
+{
+    (void)state;
+    const char *t = edited_trace("qk_big.h5",
+                                 "q = f['layers/1/q'][...]; q[3, 30:, :] *= 1e20\n"
+                                 "k = f['layers/1/k'][...]; k[1, :, :] *= 1e20\n"
+                                 "f['layers/1/q'][...] = q; f['layers/1/k'][...] = k");
+    expect_bad_logits(t, "/layers/1 row [3, 30]: logit");
+}
+
+/* The replay's own guard, behind the check above: the first row with an overflowing
+ * logit is reported, not turned into NaN probabilities. q row 2 of head 1 overflows
+ * against the keys (3e38 * 2 > FLT_MAX), rows before it are finite. */
+static void test_rows_guard(void **state)
+{
+    (void)state;
+    enum { NQ = 2, T = 6, HD = 2 };
+    float q[NQ * T * HD], k[T * HD], out[NQ * T * T];
+    for (int i = 0; i < NQ * T * HD; i++)
+        q[i] = 0.5f;
+    for (int i = 0; i < T * HD; i++)
+        k[i] = 1.0f;
+    q[(1 * T + 2) * HD] = 3e38f;
+    q[(1 * T + 2) * HD + 1] = 3e38f;
+    assert_int_equal(kv_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), 1 * T + 2);
+    q[(1 * T + 2) * HD] = q[(1 * T + 2) * HD + 1] = 0.5f;
+    assert_int_equal(kv_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), -1);
+    assert_float_equal(out[(1 * T + 2) * T + 0], 1.0 / 3, 1e-6);   /* 3 equal logits */
+}
+
 static int setup(void **state)
 {
     (void)state;
     if (kv_test_dir_make("kvsim_hostile") != 0 || access(kv_cli_bin(), X_OK) != 0)
         return -1;
     snprintf(g_trace, sizeof g_trace, "%s", kv_test_path("small.h5"));
-    return 0;
+    kv_gen_params gp;
+    kv_gen_defaults(&gp);
+    gp.n_layers = 2;
+    gp.n_heads = 4;
+    gp.n_kv_heads = 2;
+    gp.head_dim = 8;
+    gp.n_tokens = 96;
+    gp.prefill_len = 24;
+    char err[512];
+    return kv_gen_write(g_trace, &gp, 0, 0, err, sizeof err) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -209,6 +295,9 @@ int main(void)
         cmocka_unit_test(test_damaged_string_length),
         cmocka_unit_test(test_oversized_chunks),
         cmocka_unit_test(test_fifo_inputs),
+        cmocka_unit_test(test_softmax_scale_overflow),
+        cmocka_unit_test(test_qk_overflow),
+        cmocka_unit_test(test_rows_guard),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

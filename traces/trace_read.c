@@ -19,6 +19,7 @@
  * whose row blocks are not aligned with the chunks do not decompress a chunk twice.
  */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -413,9 +414,11 @@ static int check_info(kv_trace *tr, char *err, size_t len)
                              in->prefill_len, in->n_tokens);
     if (isnan(in->softmax_scale))
         in->softmax_scale = 1.0 / sqrt((double)in->head_dim);
-    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0)
+    /* the replay scales the logits in float32: a larger scale is Inf there */
+    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0 || in->softmax_scale > FLT_MAX)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute softmax_scale "
-                             "= %g, expected a finite number > 0", tr->path, in->softmax_scale);
+                             "= %g, expected a finite number > 0 and at most %.3g (float32)",
+                             tr->path, in->softmax_scale, (double)FLT_MAX);
     return 0;
 }
 
