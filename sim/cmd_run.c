@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "sim/plot.h"
+#include "sim/publish.h"
 #include "traces/validate.h"
 
 #include <getopt.h>
@@ -327,35 +328,42 @@ static int replay_all(const kv_experiment *ex, const int *tokens, const run_opti
     return 0;
 }
 
-/* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
- * a runtime failure (1); the result files are already in place. */
-static int plot_results(const kv_experiment *ex, const run_options *o, char *err,
+/* The figures of the new set, rendered into its staging directory when gnuplot is there
+ * and --no-plot was not given. A failure to render fails the run: the set is published
+ * complete or not at all. */
+static int plot_results(const kv_result_set *rs, const run_options *o, char *err,
                         size_t err_len)
 {
-    char figures[KV_PATH_LEN + 16];
-    struct stat st;
-    snprintf(figures, sizeof figures, "%s/figures", ex->output);
-    int stale = stat(figures, &st) == 0 && S_ISDIR(st.st_mode);
-    if (o->no_plot || !kv_plot_available()) {
-        if (stale)   /* --force over an earlier run: its figures no longer match */
-            fprintf(stderr, "kvsim run: note: %s/ holds figures of an earlier run; `kvsim "
-                    "plot %s` renders them for these results\n", figures, ex->output);
-    }
-    if (o->no_plot)
+    if (o->no_plot || !kv_plot_available())
         return 0;
-    if (!kv_plot_available()) {
-        if (!o->quiet)
-            printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
-                   "run kvsim plot %s)\n", ex->output);
-        return 0;
-    }
-    kv_plot_options po = { .quiet = o->quiet };
+    kv_plot_options po = { .quiet = 1 };
     char where[KV_PATH_LEN + 64];
-    if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
-        return 1;
-    if (!o->quiet)
-        printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
-    return 0;
+    if (kv_plot_render(rs->staging, &po, where, sizeof where, err, err_len) == 0)
+        return 0;
+    size_t n = strlen(err);
+    snprintf(err + n, err_len - n, "; no result replaced (--no-plot publishes the results "
+             "without figures)");
+    return 1;
+}
+
+/* What the run wrote, on stdout once it is published. */
+static void report_results(const kv_experiment *ex, const kv_experiment_results *er,
+                           const run_options *o)
+{
+    char err[256];
+    if (o->quiet)
+        return;
+    if (kv_output_table(stdout, er, err, sizeof err))
+        fprintf(stderr, "kvsim run: %s (the result files are complete)\n", err);
+    printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+           "lifetimes, recall_hist .tsv)\n", ex->output);
+    if (o->no_plot)
+        return;
+    if (kv_plot_available())
+        printf("figures: %s/figures/ (%s)\n", ex->output, KV_PLOT_FIGURE_LIST);
+    else
+        printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
+               "run kvsim plot %s)\n", ex->output);
 }
 
 int kv_cmd_run(int argc, char **argv)
@@ -393,21 +401,23 @@ int kv_cmd_run(int argc, char **argv)
     for (int k = 0; rc == 0 && k < ex.n_traces; k++)
         if (kv_trace_precheck(ex.traces[k], err, sizeof err))
             rc = 1;
+    /* the output directory, locked; the new set is built beside it and switched in
+     * whole (sim/publish.h) */
+    static kv_result_set rs;
+    rs.dir_fd = rs.staging_fd = -1;
     if (rc == 0)
-        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
+        rc = kv_result_set_begin(&rs, ex.output, o.force, err, sizeof err);
     if (rc == 0)
         rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
-    if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
+    if (rc == 0 && kv_output_write(rs.staging, &er, err, sizeof err))
         rc = 1;
-    if (rc == 0 && !o.quiet) {
-        if (kv_output_table(stdout, &er, err, sizeof err))
-            rc = 1;
-        else
-            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex.output);
-    }
     if (rc == 0)
-        rc = plot_results(&ex, &o, err, sizeof err);
+        rc = plot_results(&rs, &o, err, sizeof err);
+    if (rc == 0)
+        rc = kv_result_set_publish(&rs, err, sizeof err);
+    kv_result_set_end(&rs);
+    if (rc == 0)
+        report_results(&ex, &er, &o);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
     for (int k = 0; k < ex.n_traces; k++)

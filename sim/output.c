@@ -490,6 +490,14 @@ static const struct {
     { "recall_hist.tsv", write_recall_hist },
 };
 
+int kv_output_is_result_file(const char *name)
+{
+    for (size_t i = 0; i < sizeof result_files / sizeof result_files[0]; i++)
+        if (strcmp(name, result_files[i].name) == 0)
+            return 1;
+    return 0;
+}
+
 /* The summary of every run of every trace; NULL when out of memory (err set). */
 static kv_run_summary *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
                                      size_t err_len)

@@ -80,6 +80,9 @@ typedef struct {
 int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len);
 
+/* 1 when name is one of the result files listed at the top of this file. */
+int kv_output_is_result_file(const char *name);
+
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
  * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of
  * memory. */
