@@ -8,12 +8,13 @@
  * Files are built by `kvsim gen`, by h5py (which writes no checksums, so damage is not
  * caught by HDF5 itself) or by the HDF5 C API, never by the code under test alone.
  */
-#define _DEFAULT_SOURCE   /* wait4 in kv_cli.h */
+#define _GNU_SOURCE   /* wait4 in kv_cli.h, memmem */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <dirent.h>
 #include <hdf5.h>
 
 #include "tests/kv_cli.h"
@@ -140,14 +141,15 @@ static void test_damaged_string_length(void **state)
 }
 
 /* A chunk shape larger than the dataset (legal for an extendible dataset): a read would
- * decompress a 1 GiB chunk of a 1 MB file. Refused before any read. */
+ * decompress the whole chunk (16 MiB here; 1 GiB of a 2 MB file was seen). Refused
+ * before any read. */
 static void test_oversized_chunks(void **state)
 {
     (void)state;
     python(H5PY_TRACE
            "T = 64\n"
            "a = np.tril(np.ones((2, T, T), np.float32)); a /= a.sum(-1, keepdims=True)\n"
-           "trace('chunk_big.h5', T=T, attn=a, chunks=(2, T, 1 << 19),\n"
+           "trace('chunk_big.h5', T=T, attn=a, chunks=(2, T, 1 << 15),\n"
            "      maxshape=(None, None, None))\n"
            "trace('chunk_ok.h5', T=T, attn=a, chunks=(1, 32, 32))\n");
     kv_cli_limits lim = { .as_bytes = (rlim_t)768 << 20 };
@@ -156,7 +158,7 @@ static void test_oversized_chunks(void **state)
     assert_int_equal(run_bounded(ok, &lim, 30, &r), 0);
     const char *args[] = {"info", "--check", kv_test_path("chunk_big.h5"), NULL};
     int rc = run_bounded(args, &lim, 30, &r);
-    expect_one_line("oversized chunks", rc, &r, 1, "/layers/0/attn has chunks [2, 64, 524288]");
+    expect_one_line("oversized chunks", rc, &r, 1, "/layers/0/attn has chunks [2, 64, 32768]");
 }
 
 /* ------------------------------------------------------------ not regular files */
@@ -271,6 +273,257 @@ static void test_rows_guard(void **state)
     assert_float_equal(out[(1 * T + 2) * T + 0], 1.0 / 3, 1e-6);   /* 3 equal logits */
 }
 
+/* ------------------------------------------------------------ result sets */
+
+static char g_long[300];          /* a trace whose run takes about a second */
+static const char *const long_budgets = "8,16,24,32,40,48,56,64,72,80,88,96";
+
+/* Appends "name\n<bytes>" of every entry of dir (sorted; figures/ descended into) to a
+ * growing buffer: the result set byte for byte. */
+static void snapshot_into(const char *dir, const char *prefix, char **buf, size_t *len)
+{
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    assert_true(n >= 0);
+    for (int i = 0; i < n; i++) {
+        const char *e = names[i]->d_name;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", dir, e);
+        struct stat st;
+        if (strcmp(e, ".") && strcmp(e, "..") && lstat(path, &st) == 0) {
+            char head[400];
+            int hl = snprintf(head, sizeof head, "%s%s\n", prefix, e);
+            *buf = realloc(*buf, *len + (size_t)hl + (size_t)st.st_size + 1);
+            assert_non_null(*buf);
+            memcpy(*buf + *len, head, (size_t)hl);
+            *len += (size_t)hl;
+            if (S_ISDIR(st.st_mode)) {
+                char sub[400];
+                snprintf(sub, sizeof sub, "%s%s/", prefix, e);
+                snapshot_into(path, sub, buf, len);
+            } else {
+                FILE *f = fopen(path, "rb");
+                assert_non_null(f);
+                *len += fread(*buf + *len, 1, (size_t)st.st_size, f);
+                fclose(f);
+            }
+        }
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* 1 when the len bytes at buf (figures: binary) contain s. */
+static int contains(const char *buf, size_t len, const char *s)
+{
+    return memmem(buf, len, s, strlen(s)) != NULL;
+}
+
+static char *snapshot(const char *dir, size_t *len)
+{
+    char *buf = NULL;
+    *len = 0;
+    snapshot_into(dir, "", &buf, len);
+    return buf;
+}
+
+/* Number of entries of dir whose name contains part (dir unreadable: 0). */
+static int count_named(const char *dir, const char *part)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d)
+        return 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strstr(e->d_name, part) != NULL;
+    closedir(d);
+    return n;
+}
+
+/* The staging directory of a run into kv_test_dir/NAME, or "" when there is none. */
+static const char *staging_of(const char *name)
+{
+    static char path[600];
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, ".%s.kvsim.tmp.", name);
+    path[0] = '\0';
+    DIR *d = opendir(kv_test_dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));)
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            snprintf(path, sizeof path, "%s/%s", kv_test_dir, e->d_name);
+    closedir(d);
+    return path;
+}
+
+/* Where a run is when the test interrupts it. */
+enum stage { IN_REPLAY, WRITING_TSV, RENDERING };
+
+/* 1 once the run into NAME has reached stage: its staging directory exists (replay),
+ * holds a result temporary or file (writing), or a figure (rendering). */
+static int reached(const char *name, enum stage at)
+{
+    const char *st = staging_of(name);
+    if (!*st)
+        return 0;
+    if (at == IN_REPLAY)
+        return 1;
+    char figs[700];
+    snprintf(figs, sizeof figs, "%s/figures", st);
+    return at == WRITING_TSV ? count_named(st, ".tsv") > 0 : count_named(figs, ".png") > 0;
+}
+
+/* Runs kvsim run into kv_test_dir/NAME (policies, --force) to completion. */
+static void run_into(const char *name, const char *trace, const char *policies,
+                     const char *budgets, int plot)
+{
+    char out[300];
+    snprintf(out, sizeof out, "%s", kv_test_path(name));
+    const char *args[] = {"run", "--trace", trace, "--policies", policies, "--budgets", budgets,
+                          "-q", "--force", "-o", out, plot ? NULL : "--no-plot", NULL};
+    kv_cli_result r;
+    int rc = run_bounded(args, NULL, 60, &r);
+    if (rc != 0)
+        fail_msg("run into %s: exit %d, %s", name, rc, r.err);
+}
+
+/*
+ * The old set (TSVs and figures of a small run) is in DIR; a long run with --force is
+ * sent sig once it reaches stage `at`. Then DIR must hold the old set byte for byte.
+ * Returns 1 when sig left the staging directory beside DIR (SIGKILL), else checks that
+ * no temporary stayed and returns 0.
+ */
+static int interrupt_once(const char *name, enum stage at, int sig, const char *old,
+                          size_t old_len)
+{
+    char out[300];
+    snprintf(out, sizeof out, "%s", kv_test_path(name));
+    const char *args[] = {"run", "--trace", g_long, "--policies", "window,streamingllm,h2o",
+                          "--budgets", long_budgets, "-q", "--force", "-o", out, NULL};
+    const char *err_path = kv_test_path("interrupt.err");
+    pid_t pid = kv_cli_start(args, NULL, err_path);
+    assert_true(pid > 0);
+    double start = now_s();
+    while (!reached(name, at) && now_s() - start < 60) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    kill(pid, sig);
+    kv_cli_result r;
+    kv_cli_wait(pid, err_path, &r);
+    if (sig == SIGKILL)
+        assert_true(!r.exited && r.code == SIGKILL);
+    else if (!r.exited || r.code != 128 + sig || !strstr(r.err, "no result file replaced"))
+        fail_msg("stage %d, signal %d: exited %d code %d, stderr '%s' (the run finished "
+                 "first?)", at, sig, r.exited, r.code, r.err);
+    size_t now_len;
+    char *now = snapshot(out, &now_len);
+    assert_int_equal(now_len, old_len);
+    assert_memory_equal(now, old, old_len);
+    free(now);
+    if (sig == SIGKILL)
+        return 1;
+    assert_int_equal(count_named(kv_test_dir, ".tmp."), 0);
+    return 0;
+}
+
+/* interrupt_once with SIGTERM-like sig, then SIGKILL, at stage `at`; then the next run
+ * into DIR removes what the kill left and publishes its own whole set. */
+static void interrupt_at(enum stage at, int sig)
+{
+    const char *name = "out_set";
+    char out[300];
+    snprintf(out, sizeof out, "%s", kv_test_path(name));
+    run_into(name, g_trace, "window,h2o", "16", 1);
+    size_t old_len;
+    char *old = snapshot(out, &old_len);
+    assert_true(old_len > 1000 && contains(old, old_len, "figures/recall_steps.png\n"));
+    interrupt_once(name, at, sig, old, old_len);
+    assert_int_equal(interrupt_once(name, at, SIGKILL, old, old_len), 1);
+    free(old);
+    assert_int_equal(count_named(kv_test_dir, ".out_set.kvsim.tmp."), 1);
+    run_into(name, g_trace, "window", "8", 0);
+    assert_int_equal(count_named(kv_test_dir, ".tmp."), 0);
+    char *set = snapshot(out, &old_len);
+    assert_false(contains(set, old_len, "figures"));   /* the new set, whole: no old figures */
+    assert_true(contains(set, old_len, "summary.tsv\n"));
+    free(set);
+}
+
+static void test_interrupt_in_replay(void **state)
+{
+    (void)state;
+    interrupt_at(IN_REPLAY, SIGTERM);
+}
+
+static void test_interrupt_writing_tsv(void **state)
+{
+    (void)state;
+    interrupt_at(WRITING_TSV, SIGINT);
+}
+
+static void test_interrupt_rendering(void **state)
+{
+    (void)state;
+    interrupt_at(RENDERING, SIGTERM);
+}
+
+/* ------------------------------------------------------------ one run per directory */
+
+/* A second run into a directory a run is writing is refused at once (exit 2, one line)
+ * and touches nothing; the first completes with its own set. */
+static void test_concurrent_runs(void **state)
+{
+    (void)state;
+    char out[300];
+    snprintf(out, sizeof out, "%s", kv_test_path("out_two"));
+    const char *first[] = {"run", "--trace", g_long, "--policies", "window", "--budgets",
+                           long_budgets, "-q", "--no-plot", "-o", out, NULL};
+    const char *second[] = {"run", "--trace", g_trace, "--policies", "h2o", "--budgets", "16",
+                            "-q", "--no-plot", "--force", "-o", out, NULL};
+    const char *err_path = kv_test_path("first.err");
+    pid_t pid = kv_cli_start(first, NULL, err_path);
+    assert_true(pid > 0);
+    double start = now_s();
+    while (!reached("out_two", IN_REPLAY) && now_s() - start < 60) {
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    kv_cli_result r;
+    int rc = run_bounded(second, NULL, 30, &r);
+    expect_one_line("second run", rc, &r, 2, "another kvsim run is writing into");
+    kv_cli_wait(pid, err_path, &r);
+    assert_true(r.exited && r.code == 0);
+    size_t len;
+    char *set = snapshot(out, &len);
+    assert_false(contains(set, len, "\th2o\t"));   /* nothing of the second run */
+    assert_true(contains(set, len, "\twindow\t"));
+    free(set);
+    /* started together, many times: one set, never a mix of the two */
+    for (int trial = 0; trial < 6; trial++) {
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/race%d", kv_test_dir, trial);
+        const char *a[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
+                           "16", "-q", "--no-plot", "--force", "-o", dir, NULL};
+        const char *b[] = {"run", "--trace", g_trace, "--policies", "h2o", "--budgets",
+                           "16", "-q", "--no-plot", "--force", "-o", dir, NULL};
+        char ea[300], eb[300];
+        snprintf(ea, sizeof ea, "%s", kv_test_path("a.err"));
+        snprintf(eb, sizeof eb, "%s", kv_test_path("b.err"));
+        pid_t pa = kv_cli_start(a, NULL, ea), pb = kv_cli_start(b, NULL, eb);
+        kv_cli_result ra, rb;
+        kv_cli_wait(pa, ea, &ra);
+        kv_cli_wait(pb, eb, &rb);
+        assert_true(ra.exited && rb.exited);
+        assert_true((ra.code == 0 || ra.code == 2) && (rb.code == 0 || rb.code == 2));
+        assert_true(ra.code == 0 || rb.code == 0);
+        set = snapshot(dir, &len);
+        int has_a = contains(set, len, "\twindow\t"), has_b = contains(set, len, "\th2o\t");
+        assert_true(has_a != has_b);
+        free(set);
+    }
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -286,7 +539,15 @@ static int setup(void **state)
     gp.n_tokens = 96;
     gp.prefill_len = 24;
     char err[512];
-    return kv_gen_write(g_trace, &gp, 0, 0, err, sizeof err) == 0 ? 0 : -1;
+    if (kv_gen_write(g_trace, &gp, 0, 0, err, sizeof err) != 0)
+        return -1;
+    snprintf(g_long, sizeof g_long, "%s", kv_test_path("long.h5"));
+    gp.n_layers = 1;
+    gp.n_heads = 2;
+    gp.n_kv_heads = 1;
+    gp.n_tokens = 3000;
+    gp.prefill_len = 64;
+    return kv_gen_write(g_long, &gp, 0, 0, err, sizeof err) == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -298,6 +559,10 @@ int main(void)
         cmocka_unit_test(test_softmax_scale_overflow),
         cmocka_unit_test(test_qk_overflow),
         cmocka_unit_test(test_rows_guard),
+        cmocka_unit_test(test_interrupt_in_replay),
+        cmocka_unit_test(test_interrupt_writing_tsv),
+        cmocka_unit_test(test_interrupt_rendering),
+        cmocka_unit_test(test_concurrent_runs),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
