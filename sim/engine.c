@@ -898,6 +898,8 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
                  "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
         return 1;
     }
+    if (in->source == KV_SOURCE_QK && kv_blas_prepare(err, err_len))
+        return 1;
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
     kv_cache *caches = NULL;

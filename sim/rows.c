@@ -16,6 +16,7 @@
 #include "sim/simd.h"
 
 #include <gsl/gsl_cblas.h>
+#include <omp.h>
 #include <sys/mman.h>
 #include <math.h>
 #include <stdint.h>
@@ -41,6 +42,52 @@ void kv_blas_threads_restore(int previous)
 {
     if (previous > 1 && openblas_set_num_threads)
         openblas_set_num_threads(previous);
+}
+
+/*
+ * OpenBLAS's work buffer: each thread that calls a BLAS routine gets one on its first
+ * call and keeps it. OpenBLAS retries a failed buffer allocation forever, so under a
+ * memory limit a replay that ran out of memory hung instead of failing.
+ */
+#define KV_BLAS_BUFFER_BYTES (((size_t)128 << 20) + ((size_t)1 << 20))
+
+int kv_blas_prepare(char *err, size_t err_len)
+{
+    static int prepared;
+    if (prepared)
+        return 0;
+    int n = omp_get_max_threads();
+    void *probe = malloc((size_t)n * KV_BLAS_BUFFER_BYTES);   /* address space only */
+    if (!probe) {
+        snprintf(err, err_len, "out of memory: the BLAS needs %zu MiB of work buffers for "
+                 "%d threads (raise the memory limit or lower OMP_NUM_THREADS)",
+                 (size_t)n * (KV_BLAS_BUFFER_BYTES >> 20), n);
+        return 1;
+    }
+    free(probe);
+    int blas = kv_blas_single_begin();
+    /* one product per thread, above OpenBLAS's small-matrix path, which uses no buffer */
+    enum { N = 96 };
+    #pragma omp parallel num_threads(n)
+    {
+        static const float a[N * N], b[N * N];
+        float *c = malloc(N * N * sizeof *c);
+        if (c)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1.0f, a, N, b, N,
+                        0.0f, c, N);
+        free(c);
+    }
+    kv_blas_threads_restore(blas);
+    prepared = 1;
+    return 0;
+}
+
+int kv_blas_can_shut_down(void)
+{
+    int n = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+    void *probe = malloc((size_t)(n > 1 ? n : 1) * KV_BLAS_BUFFER_BYTES);
+    free(probe);
+    return probe != NULL;
 }
 
 /* ------------------------------------------------------------ memory */

@@ -55,6 +55,22 @@ int kv_blas_single_begin(void);
 void kv_blas_threads_restore(int previous);
 
 /*
+ * Makes every OpenMP thread's BLAS work buffer exist before the replay allocates its own
+ * memory, so that running out of memory later fails in kvsim's allocations (a message,
+ * exit 1) and never inside OpenBLAS, which retries a failed buffer allocation forever.
+ * Checks first that the buffers fit (omp_get_max_threads() * ~129 MiB of address
+ * space). Once per process; returns 0, or 1 with err set when they do not fit.
+ */
+int kv_blas_prepare(char *err, size_t err_len);
+
+/*
+ * 0 when the memory left (under a limit such as ulimit -v) cannot hold OpenBLAS's work
+ * buffers: its library destructor then waits forever for its own threads, which retry
+ * allocating them, so main leaves with _exit after flushing. 1 otherwise. Cannot fail.
+ */
+int kv_blas_can_shut_down(void);
+
+/*
  * Allocates bytes for a large buffer (rows, queries, keys): 2 MiB aligned and marked for
  * transparent huge pages when it spans at least two, so a replay takes ~500x fewer page
  * faults and the SGEMM writing rows T floats apart misses the TLB less. Free with free().

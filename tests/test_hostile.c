@@ -524,6 +524,60 @@ static void test_concurrent_runs(void **state)
     }
 }
 
+/* ------------------------------------------------------------ memory and threads */
+
+/* Under an address-space limit too small for OpenBLAS's work buffers, a replay hung (a
+ * BLAS thread retrying its allocation forever, at exit or inside the first product), and
+ * so did every command at exit. Now: the message, exit 1 (0 for `policies`), promptly. */
+static void test_memory_limit(void **state)
+{
+    (void)state;
+    if (getenv("KVSIM_SANITIZED"))   /* ASan reserves terabytes of address space */
+        skip();
+    const rlim_t limits[] = {(rlim_t)100 << 20, (rlim_t)160 << 20, (rlim_t)300 << 20};
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        kv_cli_limits lim = { .as_bytes = limits[i] };
+        char out[300];
+        snprintf(out, sizeof out, "%s", kv_test_path("out_oom"));
+        const char *run[] = {"run", "--trace", g_long, "--policies", "window,h2o", "--budgets",
+                             "64", "-q", "--no-plot", "--force", "-o", out, NULL};
+        kv_cli_result r;
+        int rc = run_bounded(run, &lim, 30, &r);
+        char what[64];
+        snprintf(what, sizeof what, "run under a %lu MiB limit", (unsigned long)(limits[i] >> 20));
+        expect_one_line(what, rc, &r, 1, "out of memory");
+        const char *policies[] = {"policies", NULL};
+        assert_int_equal(run_bounded(policies, &lim, 30, &r), 0);
+    }
+}
+
+/* OMP_NUM_THREADS=100000 crashed inside libgomp; kvsim caps what it asks for (4 per
+ * core), says so, and gives the same results as with one thread. */
+static void test_thread_cap(void **state)
+{
+    (void)state;
+    char out1[300], outn[300];
+    snprintf(out1, sizeof out1, "%s", kv_test_path("out_threads1"));
+    snprintf(outn, sizeof outn, "%s", kv_test_path("out_threadsN"));
+    const char *a1[] = {"run", "--trace", g_trace, "--policies", "window,h2o", "--budgets", "16",
+                        "-q", "--no-plot", "--force", "-o", out1, NULL};
+    const char *an[] = {"run", "--trace", g_trace, "--policies", "window,h2o", "--budgets", "16",
+                        "-q", "--no-plot", "--force", "-o", outn, NULL};
+    kv_cli_result r;
+    setenv("OMP_NUM_THREADS", "1", 1);
+    assert_int_equal(run_bounded(a1, NULL, 30, &r), 0);
+    setenv("OMP_NUM_THREADS", "100000", 1);
+    int rc = run_bounded(an, NULL, 30, &r);
+    unsetenv("OMP_NUM_THREADS");
+    expect_one_line("OMP_NUM_THREADS=100000", rc, &r, 0, "100000 threads asked for");
+    size_t l1, ln;
+    char *s1 = snapshot(out1, &l1), *sn = snapshot(outn, &ln);
+    assert_int_equal(l1, ln);
+    assert_memory_equal(s1, sn, l1);
+    free(s1);
+    free(sn);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -563,6 +617,8 @@ int main(void)
         cmocka_unit_test(test_interrupt_writing_tsv),
         cmocka_unit_test(test_interrupt_rendering),
         cmocka_unit_test(test_concurrent_runs),
+        cmocka_unit_test(test_memory_limit),
+        cmocka_unit_test(test_thread_cap),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
