@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,4 +273,89 @@ void kv_result_set_end(kv_result_set *rs)
     if (rs->dir_fd >= 0)
         close(rs->dir_fd);
     rs->staging_fd = rs->dir_fd = -1;
+}
+
+/* ------------------------------------------------------------ single output files */
+
+/* Removes .NAME.tmp.PID files beside target whose process no longer runs. */
+static void remove_dead_temporaries(const char *parent, const char *name)
+{
+    char prefix[NAME_MAX + 16], path[KV_PATH_LEN + NAME_MAX + 2];
+    snprintf(prefix, sizeof prefix, ".%s.tmp.", name);
+    DIR *d = opendir(parent);
+    if (!d)
+        return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        char *end;
+        long pid = strtol(e->d_name + strlen(prefix), &end, 10);
+        if (*end || pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) {
+            snprintf(path, sizeof path, "%s/%s", parent, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
+}
+
+int kv_out_file_begin(kv_out_file *f, const char *target, char *err, size_t err_len)
+{
+    memset(f, 0, sizeof *f);
+    struct stat st;
+    if (stat(target, &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, err_len, "%s: exists and is not a regular file", target);
+        return 1;
+    }
+    if (snprintf(f->target, sizeof f->target, "%s", target) >= (int)sizeof f->target) {
+        snprintf(err, err_len, "%s: path too long", target);
+        return 1;
+    }
+    const char *slash = strrchr(target, '/');
+    const char *name = slash ? slash + 1 : target;
+    int dir_len = slash ? (int)(slash - target) + 1 : 0;   /* with its trailing '/' */
+    char parent[KV_PATH_LEN];
+    snprintf(parent, sizeof parent, "%.*s", dir_len ? dir_len : 1, dir_len ? target : ".");
+    snprintf(f->tmp, sizeof f->tmp, "%.*s.%s.tmp.%ld", dir_len, target, name, (long)getpid());
+    remove_dead_temporaries(parent, name);
+    if (kv_tmp_register(f->tmp) != 0) {
+        snprintf(err, err_len, "%s: too many temporary files", f->tmp);
+        f->tmp[0] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+int kv_out_file_commit(kv_out_file *f, char *err, size_t err_len)
+{
+    int fd = open(f->tmp, O_RDONLY | O_CLOEXEC);
+    int rc = fd < 0 || fsync(fd) != 0 ? -1 : 0;
+    if (fd >= 0)
+        close(fd);
+    kv_signals_hold(1);
+    if (rc == 0)
+        rc = rename(f->tmp, f->target);
+    if (rc != 0) {
+        snprintf(err, err_len, "%s: cannot put the new file in place: %s", f->target,
+                 strerror(errno));
+        unlink(f->tmp);
+    }
+    kv_tmp_unregister(f->tmp);
+    kv_signals_hold(0);
+    f->tmp[0] = '\0';
+    return rc ? 1 : 0;
+}
+
+void kv_out_file_abort(kv_out_file *f, char *msg, size_t msg_len)
+{
+    if (!f->tmp[0])
+        return;
+    char *at = msg ? strstr(msg, f->tmp) : NULL;
+    if (at) {
+        char rest[1024];
+        snprintf(rest, sizeof rest, "%s", at + strlen(f->tmp));
+        snprintf(at, msg_len - (size_t)(at - msg), "%s%s", f->target, rest);
+    }
+    unlink(f->tmp);
+    kv_tmp_unregister(f->tmp);
+    f->tmp[0] = '\0';
 }

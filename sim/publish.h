@@ -60,4 +60,29 @@ void kv_result_set_end(kv_result_set *rs);
  * of sim/output.h or figures/. */
 int kv_result_set_is_result(const char *name);
 
+/*
+ * One output file (a trace from `kvsim gen` or `kvsim capture`) written in full before it
+ * replaces anything: the writer writes tmp, PARENT/.NAME.tmp.PID beside the target (same
+ * file system, so the rename is atomic), and kv_out_file_commit fsyncs it and renames it
+ * over the target. An interrupt removes tmp (sim/signals.h), so an existing target is
+ * never destroyed; what a SIGKILL leaves is removed by the next begin on the same target
+ * once its process is gone.
+ */
+typedef struct {
+    char target[KV_PATH_LEN];
+    char tmp[KV_PATH_LEN + 32];
+} kv_out_file;
+
+/* Prepares f for target (borrowed). Returns 0, or 1 with err set (target is a directory
+ * or not a regular file, the path is too long, too many temporaries). */
+int kv_out_file_begin(kv_out_file *f, const char *target, char *err, size_t err_len);
+
+/* Puts the complete tmp in place of the target. Returns 0, or 1 with err set (tmp then
+ * removed, the target untouched). */
+int kv_out_file_commit(kv_out_file *f, char *err, size_t err_len);
+
+/* Removes tmp (a failed write) and, when msg (msg_len bytes, may be NULL) names tmp, makes
+ * it name the target instead. Cannot fail. */
+void kv_out_file_abort(kv_out_file *f, char *msg, size_t msg_len);
+
 #endif

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <dirent.h>
@@ -524,6 +525,129 @@ static void test_concurrent_runs(void **state)
     }
 }
 
+/* ------------------------------------------------------------ traces written whole */
+
+/* The whole content of path (fails the test when unreadable). */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    *len = (size_t)ftell(f);
+    rewind(f);
+    char *buf = malloc(*len + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, *len, f), *len);
+    fclose(f);
+    return buf;
+}
+
+/*
+ * keep.h5 (a complete trace) is the target of a longer `gen` or `capture` (args, with
+ * "-o" keep.h5 among them), killed with each signal once its temporary beside keep.h5
+ * exists. keep.h5 must stay byte for byte; a SIGTERM/SIGINT removes the temporary, what
+ * SIGKILL left is removed by the next write to keep.h5, which then replaces it.
+ */
+static void interrupt_writer(const char *const *args, const char *keep,
+                             const char *const *again)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", g_trace, keep);
+    assert_int_equal(system(cmd), 0);
+    size_t old_len;
+    char *old = read_file(keep, &old_len);
+    const int sigs[] = {SIGTERM, SIGINT, SIGKILL};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) {
+        const char *err_path = kv_test_path("writer.err");
+        pid_t pid = kv_cli_start(args, NULL, err_path);
+        assert_true(pid > 0);
+        double start = now_s();
+        while (count_named(kv_test_dir, ".keep.h5.tmp.") == 0 && now_s() - start < 30) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+        kill(pid, sigs[i]);
+        kv_cli_result r;
+        kv_cli_wait(pid, err_path, &r);
+        if (sigs[i] != SIGKILL && (!r.exited || r.code != 128 + sigs[i]))
+            fail_msg("%s, signal %d: exited %d code %d, stderr '%s' (finished first?)",
+                     args[0], sigs[i], r.exited, r.code, r.err);
+        size_t now_len;
+        char *now = read_file(keep, &now_len);
+        assert_int_equal(now_len, old_len);
+        assert_memory_equal(now, old, old_len);
+        free(now);
+        assert_int_equal(count_named(kv_test_dir, ".keep.h5.tmp."), sigs[i] == SIGKILL);
+    }
+    free(old);
+    kv_cli_result r;
+    assert_int_equal(run_bounded(again, NULL, 60, &r), 0);
+    assert_int_equal(count_named(kv_test_dir, ".keep.h5.tmp."), 0);
+    char *now = read_file(keep, &old_len);
+    assert_true(old_len > 0 && memcmp(now, "\x89HDF", 4) == 0);   /* replaced, complete */
+    free(now);
+}
+
+static void test_interrupted_gen(void **state)
+{
+    (void)state;
+    char keep[300];
+    snprintf(keep, sizeof keep, "%s", kv_test_path("keep.h5"));
+    const char *big[] = {"gen", "--layers", "2", "--tokens", "1500", "--prefill", "64",
+                         "-o", keep, NULL};
+    const char *small[] = {"gen", "--seed", "7", "--layers", "1", "--tokens", "64",
+                           "--prefill", "8", "-o", keep, NULL};
+    interrupt_writer(big, keep, small);
+}
+
+static void test_interrupted_capture(void **state)
+{
+    (void)state;
+    char keep[300], model[300];
+    snprintf(keep, sizeof keep, "%s", kv_test_path("keep.h5"));
+    snprintf(model, sizeof model, "%s", kv_test_model_path());
+    const char *big[] = {"capture", "--model", model, "--tokens", "512", "--prefill", "8",
+                         "-o", keep, NULL};
+    const char *small[] = {"capture", "--model", model, "--tokens", "16", "--prefill", "4",
+                           "-o", keep, NULL};
+    interrupt_writer(big, keep, small);
+}
+
+/* Weights scaled by 1e15: q and k reach ~1e30, so the first attention logit, q.k ~ 1e60,
+ * overflows at layer 0, position 0 and the residual stream turns NaN there. capture wrote
+ * NaN and exited 0; now one line naming the layer and position, exit 1, and the existing
+ * target stays as it was. */
+static void test_capture_overflow(void **state)
+{
+    (void)state;
+    char script[PATH_MAX + 512], real[PATH_MAX], keep[300], model[300];
+    snprintf(model, sizeof model, "%s", kv_test_path("scaled.bin"));
+    snprintf(script, sizeof script,
+             "import numpy as np\n"
+             "b = open('%s', 'rb').read()\n"
+             "w = np.frombuffer(b[28:], dtype=np.float32) * np.float32(1e15)\n"
+             "open('scaled.bin', 'wb').write(b[:28] + w.astype(np.float32).tobytes())\n",
+             realpath(kv_test_model_path(), real));   /* the script runs in kv_test_dir */
+    python(script);
+    snprintf(keep, sizeof keep, "%s", kv_test_path("keep_cap.h5"));
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", g_trace, keep);
+    assert_int_equal(system(cmd), 0);
+    size_t old_len, now_len;
+    char *old = read_file(keep, &old_len);
+    const char *args[] = {"capture", "--model", model, "--tokens", "32", "--prefill", "8",
+                          "-o", keep, NULL};
+    kv_cli_result r;
+    int rc = run_bounded(args, NULL, 30, &r);
+    expect_one_line("capture, weights x 1e15", rc, &r, 1, "layer 0, position 0: Inf or NaN");
+    char *now = read_file(keep, &now_len);
+    assert_int_equal(now_len, old_len);
+    assert_memory_equal(now, old, old_len);
+    free(now);
+    free(old);
+    assert_int_equal(count_named(kv_test_dir, ".tmp."), 0);
+}
+
 /* ------------------------------------------------------------ memory and threads */
 
 /* Under an address-space limit too small for OpenBLAS's work buffers, a replay hung (a
@@ -617,6 +741,9 @@ int main(void)
         cmocka_unit_test(test_interrupt_writing_tsv),
         cmocka_unit_test(test_interrupt_rendering),
         cmocka_unit_test(test_concurrent_runs),
+        cmocka_unit_test(test_interrupted_gen),
+        cmocka_unit_test(test_interrupted_capture),
+        cmocka_unit_test(test_capture_overflow),
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_thread_cap),
     };
