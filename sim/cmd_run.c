@@ -92,7 +92,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 
 typedef struct {
     int force, quiet, block, no_plot;
-    long seed;           /* -1: keep the experiment's */
+    const char *seed;    /* NULL: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
     const char *sets[64];
     int n_sets;
@@ -133,13 +133,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
-        case OPT_SEED:
-            o->seed = strtol(optarg, &end, 10);
-            if (*end || end == optarg || o->seed < 0) {
-                snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
-                return 2;
-            }
-            break;
+        case OPT_SEED: o->seed = optarg; break;   /* checked by kv_experiment_set_seed */
         case OPT_BLOCK:
             o->block = (int)strtol(optarg, &end, 10);
             if (*end || o->block < 1 || o->block > 4096) {
@@ -185,8 +179,11 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
     for (int i = 0; i < o->n_sets; i++)
         if (apply_set(ex, o->sets[i], err, err_len))
             return 2;
-    if (o->seed >= 0)
-        ex->seed = (unsigned long)o->seed;
+    if (o->seed && kv_experiment_set_seed(ex, o->seed, err, err_len)) {
+        size_t n = strlen(err);
+        snprintf(err + n, err_len - n, " (--seed)");
+        return 2;
+    }
     return 0;
 }
 
@@ -248,7 +245,7 @@ int kv_cmd_run(int argc, char **argv)
     char err[1024] = "";
     static kv_experiment ex;   /* static: its trace list is large for the stack */
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1 };
+    run_options o = { .seed = NULL };
     int rc = parse_run_args(argc, argv, &o, err, sizeof err);
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);

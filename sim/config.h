@@ -63,11 +63,19 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
 
 /* Replaces the trace list by the comma-separated paths in text. Returns 0, or 2 (empty
- * item, more than KV_MAX_TRACES, a path too long). */
+ * item, more than KV_MAX_TRACES, a path too long, a file name with a tab or a line
+ * break, which the TSV trace column could not hold). */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 /* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse; at most 64) into
  * ex->budgets, replacing earlier ones. Returns 0, or 2 naming the bad item. */
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
+
+/* The seed range, the same for `seed =` in [experiment] and for --seed. */
+#define KV_SEED_MAX 18446744073709551615ull
+
+/* Parses text (decimal digits only, 0..KV_SEED_MAX) into ex->seed. Returns 0, or 2 with
+ * err saying the range. */
+int kv_experiment_set_seed(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 #endif

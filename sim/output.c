@@ -398,7 +398,8 @@ static void compare_row(FILE *f, const out_ctx *c, const char *trace, int rp, in
             budget_a, budget_b, d->mean, d->lo, d->hi, units);
 }
 
-/* Every pair of policies at every budget: the paired difference a - b of recall over
+/* Every pair of policies at every budget (or, beyond KV_COMPARE_ALL_PAIRS_MAX policies,
+ * the first against each other one): the paired difference a - b of recall over
  * (layer, query head, step), bootstrapped over (layer, query head) units; then, with
  * several traces, the mean of the traces' differences with a Student-t interval. */
 static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
@@ -415,8 +416,10 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
             break;
+        /* beyond KV_COMPARE_ALL_PAIRS_MAX policies, each against the first only */
+        int first_only = np > KV_COMPARE_ALL_PAIRS_MAX;
         for (int b = 0; b < nb; b++)
-            for (int p = 0; p < np; p++)
+            for (int p = 0; p < (first_only ? 1 : np); p++)
                 for (int q = p + 1; q < np; q++) {
                     int rp = p * nb + b, rq = q * nb + b;
                     kv_interval d;

@@ -702,6 +702,150 @@ static void test_thread_cap(void **state)
     free(sn);
 }
 
+/* ------------------------------------------------------------ smaller things */
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Runs `kvsim run INI` (the experiment's trace is the small one) and expects exit want
+ * and one line holding needle. */
+static void expect_ini(const char *what, const char *body, int want, const char *needle)
+{
+    char ini[300], text[4096];
+    snprintf(ini, sizeof ini, "%s", kv_test_path("case.ini"));
+    snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 16\noutput = %s\n%s",
+             g_trace, kv_test_path("out_ini"), body);
+    write_text(ini, text);
+    const char *args[] = {"run", ini, "-q", "--no-plot", "--force", NULL};
+    kv_cli_result r;
+    int rc = run_bounded(args, NULL, 30, &r);
+    expect_one_line(what, rc, &r, want, needle);
+}
+
+/* What the INI parser used to drop or misreport, and a trace given as the experiment. */
+static void test_experiment_file_errors(void **state)
+{
+    (void)state;
+    expect_ini("empty policy section", "[policy h2o]\n[policy w]\ntype = window\n", 2,
+               "[policy h2o] is empty");
+    expect_ini("unclosed section", "[policy h]\ntype = h2o\n[policy w\ntype = window\n", 2,
+               "line 7: section header '[policy w' has no closing ']'");
+    expect_ini("seed beyond 64 bits", "seed = 18446744073709551616\n[policy w]\ntype = window\n",
+               2, "seed must be a whole number in 0..18446744073709551615");
+    const char *as_ini[] = {"run", g_trace, NULL};
+    kv_cli_result r;
+    int rc = run_bounded(as_ini, NULL, 30, &r);
+    expect_one_line("trace as experiment file", rc, &r, 2, "is an HDF5 file, not an experiment "
+                    "file: give a trace with --trace");
+    const char *cli_seed[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
+                              "16", "--seed", "18446744073709551616", "-o",
+                              kv_test_path("out_seed"), NULL};
+    rc = run_bounded(cli_seed, NULL, 30, &r);
+    expect_one_line("--seed beyond 64 bits", rc, &r, 2,
+                    "seed must be a whole number in 0..18446744073709551615");
+}
+
+/* One seed rule: 2^63 on the command line and in the file give the same random sets
+ * (the command line used to clamp it to 2^63 - 1). */
+static void test_seed_one_rule(void **state)
+{
+    (void)state;
+    char ini[300], text[1024], out_ini[300], out_cli[300];
+    snprintf(out_ini, sizeof out_ini, "%s", kv_test_path("out_seed_ini"));
+    snprintf(out_cli, sizeof out_cli, "%s", kv_test_path("out_seed_cli"));
+    snprintf(ini, sizeof ini, "%s", kv_test_path("seed.ini"));
+    snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 16\noutput = %s\n"
+             "seed = 9223372036854775808\n[policy random]\ntype = random\n", g_trace, out_ini);
+    write_text(ini, text);
+    const char *a[] = {"run", ini, "-q", "--no-plot", NULL};
+    const char *b[] = {"run", "--trace", g_trace, "--policies", "random", "--budgets", "16",
+                       "--seed", "9223372036854775808", "-q", "--no-plot", "-o", out_cli, NULL};
+    const char *c[] = {"run", "--trace", g_trace, "--policies", "random", "--budgets", "16",
+                       "--seed", "9223372036854775807", "-q", "--no-plot", "--force", "-o",
+                       out_ini, NULL};
+    kv_cli_result r;
+    assert_int_equal(run_bounded(a, NULL, 30, &r), 0);
+    assert_int_equal(run_bounded(b, NULL, 30, &r), 0);
+    size_t la, lb;
+    char *sa = snapshot(out_ini, &la), *sb = snapshot(out_cli, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(sa, sb, la);
+    free(sa);
+    assert_int_equal(run_bounded(c, NULL, 30, &r), 0);   /* 2^63 - 1 is another seed */
+    sa = snapshot(out_ini, &la);
+    assert_false(la == lb && memcmp(sa, sb, la) == 0);
+    free(sa);
+    free(sb);
+}
+
+/* A trace file name with a tab or a line break would break the trace column. */
+static void test_trace_name_tab(void **state)
+{
+    (void)state;
+    char odd[300], cmd[700];
+    snprintf(odd, sizeof odd, "%s", kv_test_path("odd\tname.h5"));
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", g_trace, odd);
+    assert_int_equal(system(cmd), 0);
+    const char *args[] = {"run", "--trace", odd, "--policies", "window", "--budgets", "16",
+                          "-o", kv_test_path("out_tab"), NULL};
+    kv_cli_result r;
+    int rc = run_bounded(args, NULL, 30, &r);
+    expect_one_line("tab in a trace name", rc, &r, 2, "'odd\\tname.h5' contains a tab");
+}
+
+/* h5py's lzf filter, absent from Debian's HDF5: named, not "damaged". The data compresses
+ * (ones), so chunks are stored filtered. */
+static void test_lzf_named(void **state)
+{
+    (void)state;
+    python("import h5py, numpy as np\n"
+           "f = h5py.File('lzf.h5', 'w')\n"
+           "for k, v in dict(kvtrace_version=1, n_layers=1, n_heads=2, n_kv_heads=1,\n"
+           "                 head_dim=8, n_tokens=64, prefill_len=16).items():\n"
+           "    f.attrs[k] = np.int64(v)\n"
+           "f.attrs['model'] = 'm'; f.attrs['source'] = 'qk'\n"
+           "f.create_dataset('layers/0/q', data=np.ones((2, 64, 8), np.float32), compression='lzf')\n"
+           "f.create_dataset('layers/0/k', data=np.ones((1, 64, 8), np.float32), compression='lzf')\n"
+           "f.close()\n");
+    const char *args[] = {"info", "--check", kv_test_path("lzf.h5"), NULL};
+    kv_cli_result r;
+    int rc = run_bounded(args, NULL, 30, &r);
+    expect_one_line("lzf", rc, &r, 1, "needs the lzf filter");
+}
+
+/* compare.tsv: all pairs up to 64 policies; beyond, the first against each other one
+ * (all pairs of 70 would be 2,415 rows per budget; 1,000 policies took over 30 s). */
+static void test_compare_bounded(void **state)
+{
+    (void)state;
+    char ini[300], out[300];
+    snprintf(ini, sizeof ini, "%s", kv_test_path("many.ini"));
+    snprintf(out, sizeof out, "%s", kv_test_path("out_many"));
+    static char text[1 << 14];
+    size_t at = (size_t)snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 16\n"
+                                 "output = %s\n", g_trace, out);
+    for (int i = 0; i < 70; i++)
+        at += (size_t)snprintf(text + at, sizeof text - at, "[policy w%d]\ntype = window\n", i);
+    write_text(ini, text);
+    const char *args[] = {"run", ini, "-q", "--no-plot", NULL};
+    kv_cli_result r;
+    assert_int_equal(run_bounded(args, NULL, 60, &r), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/compare.tsv", out);
+    size_t len;
+    char *tsv = read_file(path, &len);
+    int lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += tsv[i] == '\n';
+    free(tsv);
+    assert_int_equal(lines, 1 + 69);   /* header, then w0 against w1..w69 */
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -746,6 +890,11 @@ int main(void)
         cmocka_unit_test(test_capture_overflow),
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_thread_cap),
+        cmocka_unit_test(test_experiment_file_errors),
+        cmocka_unit_test(test_seed_one_rule),
+        cmocka_unit_test(test_trace_name_tab),
+        cmocka_unit_test(test_lzf_named),
+        cmocka_unit_test(test_compare_bounded),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }

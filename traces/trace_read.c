@@ -471,6 +471,40 @@ static void format_dims(char *buf, size_t size, int rank, const long long *dims)
  */
 #define KV_CHUNK_MAX_BYTES ((long long)64 << 20)
 
+/*
+ * Why a read of dataset dpath failed, for the message: a compression filter this HDF5
+ * does not have (h5py's lzf, say) fails every read as if the file were damaged, so it is
+ * named. Asked only after a read failed, when HDF5 has tried to load the filter as a
+ * plugin (a missing optional filter does not fail reads of chunks stored unfiltered).
+ */
+static const char *read_failure_reason(const kv_trace *tr, const char *dpath)
+{
+    static __thread char why[160];
+    snprintf(why, sizeof why, "damaged file?");
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    hid_t dcpl = d >= 0 ? H5Dget_create_plist(d) : H5I_INVALID_HID;
+    int n = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < n; i++) {
+        unsigned flags, conf;
+        size_t n_values = 0;
+        char name[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL,
+                                         sizeof name, name, &conf);
+        if (id < 0 || H5Zfilter_avail(id) > 0)
+            continue;
+        const char *known = id == 32000 ? "lzf" : id == 32001 ? "blosc" : id == 32004 ? "lz4"
+                            : id == 32015 ? "zstd" : name[0] ? name : "unknown";
+        snprintf(why, sizeof why, "needs the %s filter (HDF5 filter %d), which this HDF5 "
+                 "lacks: rewrite it with gzip, e.g. h5repack -f GZIP=4", known, (int)id);
+        break;
+    }
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (d >= 0)
+        H5Dclose(d);
+    return why;
+}
+
 static int check_chunks(const kv_trace *tr, hid_t d, const char *dpath, int rank,
                         const long long *dims, size_t elem, char *err, size_t len)
 {
@@ -887,10 +921,13 @@ static int read_attn_block(kv_trace *tr, const struct open_attn *oa, int layer, 
         H5Sclose(mspace);
     if (oa->is_half && mtype >= 0)
         H5Tclose(mtype);
-    if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read /layers/%d/attn rows "
-                             "%d..%d of heads %d..%d (damaged file?)", tr->path, layer, t0,
-                             t1 - 1, h0, h1 - 1);
+    if (!ok) {
+        char dpath[KV_PATH_MAX];
+        snprintf(dpath, sizeof dpath, "/layers/%d/attn", layer);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s rows %d..%d of heads "
+                             "%d..%d (%s)", tr->path, dpath, t0, t1 - 1, h0, h1 - 1,
+                             read_failure_reason(tr, dpath));
+    }
     if (oa->is_half)
         widen_halves(out, (size_t)(mdims[0] * mdims[1] * mdims[2]));
     float *row = out;
@@ -948,8 +985,8 @@ static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
     if (d >= 0)
         H5Dclose(d);
     if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (damaged file?)",
-                             tr->path, dpath);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (%s)",
+                             tr->path, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 
@@ -1036,7 +1073,7 @@ static int read_row_slab(kv_trace *tr, const char *dpath, int t0, int t1, float 
                              tr->path, dpath);
     if (!read_ok)
         return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read rows %d..%d of %s "
-                             "(damaged file?)", tr->path, t0, t1 - 1, dpath);
+                             "(%s)", tr->path, t0, t1 - 1, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 
