@@ -4,6 +4,7 @@
 #include "sim/commands.h"
 #include "sim/rows.h"
 #include "sim/signals.h"
+#include "traces/status.h"
 
 #include <omp.h>
 #include <stdio.h>
@@ -64,7 +65,7 @@ static int dispatch(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return KV_EUSAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
@@ -76,7 +77,7 @@ static int dispatch(int argc, char **argv)
             return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "kvsim: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
-    return 2;
+    return KV_EUSAGE;
 }
 
 int main(int argc, char **argv)
