@@ -45,7 +45,7 @@ static void run_usage(FILE *f)
 "                          of type L) to V, e.g. --set morphkv.window=8; repeatable\n"
 "  -o, --output DIR        output directory (created; must be empty unless --force)\n"
 "  -f, --force             overwrite result files in a non-empty output directory\n"
-"      --seed N            base seed for randomised policies (default 1)\n"
+"      --seed N            base seed for randomised policies, 0..2^64-1 (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
