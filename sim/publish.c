@@ -22,7 +22,9 @@
 
 int kv_result_set_is_result(const char *name)
 {
-    return strcmp(name, "figures") == 0 || kv_output_is_result_file(name);
+    /* .NAME.tmp.PID: a result temporary an older kvsim, killed, left inside */
+    int leftover = name[0] == '.' && strstr(name, ".tmp.") != NULL;
+    return strcmp(name, "figures") == 0 || kv_output_is_result_file(name) || leftover;
 }
 
 /* mkdir -p */

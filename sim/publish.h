@@ -57,7 +57,7 @@ int kv_result_set_publish(kv_result_set *rs, char *err, size_t err_len);
 void kv_result_set_end(kv_result_set *rs);
 
 /* 1 when name (an entry of an output directory) is one kvsim writes there: a result file
- * of sim/output.h or figures/. */
+ * of sim/output.h, figures/, or a result temporary (.NAME.tmp.PID) a killed run left. */
 int kv_result_set_is_result(const char *name);
 
 /*
