@@ -2,9 +2,10 @@
  * signals.h - what happens when a run is interrupted or the process faults, so that an
  * interrupted run never leaves a half-written result file behind.
  *
- * Result files are written to temporaries (sim/output.c) that are registered here while
- * they exist; an interrupting signal removes them before the process exits, so the output
- * directory keeps either its previous results or the complete new ones.
+ * A run's new result set is built in a staging directory (sim/publish.h) and a trace from
+ * gen or capture in a temporary file; both are registered here while they exist, and an
+ * interrupting signal removes them before the process exits, so the output keeps either
+ * its previous content or the complete new one.
  */
 #ifndef KV_SIGNALS_H
 #define KV_SIGNALS_H
