@@ -505,7 +505,7 @@ static void format_dims(char *buf, size_t size, int rank, const long long *dims)
  */
 static const char *read_failure_reason(const kv_trace *tr, const char *dpath)
 {
-    static __thread char why[160];
+    static __thread char why[256];
     snprintf(why, sizeof why, "damaged file?");
     hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
     hid_t dcpl = d >= 0 ? H5Dget_create_plist(d) : H5I_INVALID_HID;
@@ -520,7 +520,7 @@ static const char *read_failure_reason(const kv_trace *tr, const char *dpath)
             continue;
         const char *known = id == 32000 ? "lzf" : id == 32001 ? "blosc" : id == 32004 ? "lz4"
                             : id == 32015 ? "zstd" : name[0] ? name : "unknown";
-        snprintf(why, sizeof why, "needs the %s filter (HDF5 filter %d), which this HDF5 "
+        snprintf(why, sizeof why, "needs the %.40s filter (HDF5 filter %d), which this HDF5 "
                  "lacks: rewrite it with gzip, e.g. h5repack -f GZIP=4", known, (int)id);
         break;
     }
