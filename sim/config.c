@@ -306,9 +306,14 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
     } else if (strcmp(key, "seed") == 0) {
         if (kv_experiment_set_seed(ex, value, why, sizeof why))
             return fail(s, "[experiment] %s%s%s", why, "", "");
+    } else if (strcmp(key, "style") == 0) {
+        if (strcmp(value, "paper") != 0 && strcmp(value, "screen") != 0)
+            return fail(s, "[experiment] style must be paper or screen, got '%s'%s%s",
+                        value, "", "");
+        snprintf(ex->style, sizeof ex->style, "%s", value);
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed)%s%s", key, "", "");
+                    "seed, style)%s%s", key, "", "");
     return 1;
 }
 

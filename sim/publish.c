@@ -24,7 +24,8 @@ int kv_result_set_is_result(const char *name)
 {
     /* .NAME.tmp.PID: a result temporary an older kvsim, killed, left inside */
     int leftover = name[0] == '.' && strstr(name, ".tmp.") != NULL;
-    return strcmp(name, "figures") == 0 || kv_output_is_result_file(name) || leftover;
+    return strcmp(name, "figures") == 0 || strcmp(name, "manifest.json") == 0
+           || kv_output_is_result_file(name) || leftover;
 }
 
 /* mkdir -p */

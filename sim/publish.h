@@ -7,8 +7,9 @@
  *      (flock on the directory; a second run is refused), checks that it is empty or
  *      (--force) holds only kvsim results, removes what an earlier killed run left beside
  *      it, and makes the staging directory PARENT/.NAME.kvsim.tmp.PID, locked too;
- *   2. the caller writes the whole new set into rs->staging: TSVs (kv_output_write) and
- *      figures (kv_plot_render into rs->staging/figures);
+ *   2. the caller writes the whole new set into rs->staging: TSVs (kv_output_write),
+ *      manifest.json (kv_manifest_write) and figures (kv_plot_render into
+ *      rs->staging/figures);
  *   3. kv_result_set_publish: fsyncs the staging directory and exchanges it with DIR in
  *      one rename (renameat2 RENAME_EXCHANGE, Linux 3.15+, ext4/xfs/btrfs/tmpfs), then
  *      removes the old set, now at the staging path.
@@ -57,7 +58,8 @@ int kv_result_set_publish(kv_result_set *rs, char *err, size_t err_len);
 void kv_result_set_end(kv_result_set *rs);
 
 /* 1 when name (an entry of an output directory) is one kvsim writes there: a result file
- * of sim/output.h, figures/, or a result temporary (.NAME.tmp.PID) a killed run left. */
+ * of sim/output.h, manifest.json, figures/, or a result temporary (.NAME.tmp.PID) a
+ * killed run left. */
 int kv_result_set_is_result(const char *name);
 
 /*

@@ -275,9 +275,9 @@ static void test_rows_guard(void **state)
         k[i] = 1.0f;
     q[(1 * T + 2) * HD] = 3e38f;
     q[(1 * T + 2) * HD + 1] = 3e38f;
-    assert_int_equal(kv_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), 1 * T + 2);
+    assert_int_equal(kv_attn_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), 1 * T + 2);
     q[(1 * T + 2) * HD] = q[(1 * T + 2) * HD + 1] = 0.5f;
-    assert_int_equal(kv_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), -1);
+    assert_int_equal(kv_attn_rows_from_qk(q, NQ, k, HD, 1.0, 0, T, out, T, NULL, 0, 0), -1);
     assert_float_equal(out[(1 * T + 2) * T + 0], 1.0 / 3, 1e-6);   /* 3 equal logits */
 }
 
@@ -288,7 +288,8 @@ static const char *const long_budgets = "8,16,24,32,40,48,56,64,72,80,88,96";
 
 /* Appends "name\n<bytes>" of every entry of dir (sorted; figures/ descended into) to a
  * growing buffer: the result set byte for byte. */
-static void snapshot_into(const char *dir, const char *prefix, char **buf, size_t *len)
+static void snapshot_into(const char *dir, const char *prefix, const char *suffix, char **buf,
+                          size_t *len)
 {
     struct dirent **names;
     int n = scandir(dir, &names, NULL, alphasort);
@@ -298,7 +299,9 @@ static void snapshot_into(const char *dir, const char *prefix, char **buf, size_
         char path[600];
         snprintf(path, sizeof path, "%s/%s", dir, e);
         struct stat st;
-        if (strcmp(e, ".") && strcmp(e, "..") && lstat(path, &st) == 0) {
+        size_t el = strlen(e), sl = suffix ? strlen(suffix) : 0;
+        int wanted = !suffix || (el > sl && strcmp(e + el - sl, suffix) == 0);
+        if (strcmp(e, ".") && strcmp(e, "..") && wanted && lstat(path, &st) == 0) {
             char head[400];
             int hl = snprintf(head, sizeof head, "%s%s\n", prefix, e);
             *buf = realloc(*buf, *len + (size_t)hl + (size_t)st.st_size + 1);
@@ -308,7 +311,7 @@ static void snapshot_into(const char *dir, const char *prefix, char **buf, size_
             if (S_ISDIR(st.st_mode)) {
                 char sub[400];
                 snprintf(sub, sizeof sub, "%s%s/", prefix, e);
-                snapshot_into(path, sub, buf, len);
+                snapshot_into(path, sub, suffix, buf, len);
             } else {
                 FILE *f = fopen(path, "rb");
                 assert_non_null(f);
@@ -331,7 +334,16 @@ static char *snapshot(const char *dir, size_t *len)
 {
     char *buf = NULL;
     *len = 0;
-    snapshot_into(dir, "", &buf, len);
+    snapshot_into(dir, "", NULL, &buf, len);
+    return buf;
+}
+
+/* The TSV files of dir only (manifest.json records the command line, which differs). */
+static char *snapshot_tsv(const char *dir, size_t *len)
+{
+    char *buf = NULL;
+    *len = 0;
+    snapshot_into(dir, "", ".tsv", &buf, len);
     return buf;
 }
 
@@ -368,7 +380,8 @@ static const char *staging_of(const char *name)
 enum stage { IN_REPLAY, WRITING_TSV, RENDERING };
 
 /* 1 once the run into NAME has reached stage: its staging directory exists (replay),
- * holds a result temporary or file (writing), or a figure (rendering). */
+ * holds a result temporary or file (writing), or its figures/ directory, where the
+ * figures are being rendered (rendering). */
 static int reached(const char *name, enum stage at)
 {
     const char *st = staging_of(name);
@@ -378,7 +391,12 @@ static int reached(const char *name, enum stage at)
         return 1;
     char figs[700];
     snprintf(figs, sizeof figs, "%s/figures", st);
-    return at == WRITING_TSV ? count_named(st, ".tsv") > 0 : count_named(figs, ".png") > 0;
+    if (at == WRITING_TSV)
+        return count_named(st, ".tsv") > 0;
+    DIR *d = opendir(figs);
+    if (d)
+        closedir(d);
+    return d != NULL;
 }
 
 /* Runs kvsim run into kv_test_dir/NAME (policies, --force) to completion. */
@@ -726,7 +744,7 @@ static void test_thread_cap(void **state)
     unsetenv("OMP_NUM_THREADS");
     expect_one_line("OMP_NUM_THREADS=100000", rc, &r, 0, "100000 threads asked for");
     size_t l1, ln;
-    char *s1 = snapshot(out1, &l1), *sn = snapshot(outn, &ln);
+    char *s1 = snapshot_tsv(out1, &l1), *sn = snapshot_tsv(outn, &ln);
     assert_int_equal(l1, ln);
     assert_memory_equal(s1, sn, l1);
     free(s1);
@@ -803,12 +821,12 @@ static void test_seed_one_rule(void **state)
     assert_int_equal(run_bounded(a, NULL, 30, &r), 0);
     assert_int_equal(run_bounded(b, NULL, 30, &r), 0);
     size_t la, lb;
-    char *sa = snapshot(out_ini, &la), *sb = snapshot(out_cli, &lb);
+    char *sa = snapshot_tsv(out_ini, &la), *sb = snapshot_tsv(out_cli, &lb);
     assert_int_equal(la, lb);
     assert_memory_equal(sa, sb, la);
     free(sa);
     assert_int_equal(run_bounded(c, NULL, 30, &r), 0);   /* 2^63 - 1 is another seed */
-    sa = snapshot(out_ini, &la);
+    sa = snapshot_tsv(out_ini, &la);
     assert_false(la == lb && memcmp(sa, sb, la) == 0);
     free(sa);
     free(sb);
