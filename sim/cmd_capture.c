@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "sim/commands.h"
+#include "sim/publish.h"
 #include "traces/capture.h"
 #include "traces/status.h"
 
@@ -226,7 +227,18 @@ int kv_cmd_capture(int argc, char **argv)
     a.o.prompt = a.prompt;
     char err[KV_CAPTURE_ERR_LEN];
     double start = now_s();
-    rc = kv_capture(&a.o, err, sizeof err);
+    kv_out_file out;   /* written beside the target, renamed over it when complete */
+    const char *target = a.o.out_path;
+    rc = kv_out_file_begin(&out, target, err, sizeof err);
+    if (rc == 0) {
+        a.o.out_path = out.tmp;
+        rc = kv_capture(&a.o, err, sizeof err);
+        a.o.out_path = target;
+        if (rc)
+            kv_out_file_abort(&out, err, sizeof err);
+        else if (kv_out_file_commit(&out, err, sizeof err))
+            rc = KV_EIO;
+    }
     free(a.prompt);
     if (rc) {
         fprintf(stderr, "capture: %s\n", err);

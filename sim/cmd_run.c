@@ -9,6 +9,7 @@
 #include "sim/output.h"
 #include "sim/manifest.h"
 #include "sim/plot.h"
+#include "sim/publish.h"
 #include "traces/validate.h"
 #include "traces/status.h"
 
@@ -47,7 +48,7 @@ static void run_usage(FILE *f)
 "                          of type L) to V, e.g. --set morphkv.window=8; repeatable\n"
 "  -o, --output DIR        output directory (created; must be empty unless --force)\n"
 "  -f, --force             overwrite result files in a non-empty output directory\n"
-"      --seed N            base seed for randomised policies (default 1)\n"
+"      --seed N            base seed for randomised policies, 0..2^64-1 (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
@@ -96,7 +97,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 
 typedef struct {
     int force, quiet, block, no_plot;
-    long seed;           /* -1: keep the experiment's */
+    const char *seed;    /* NULL: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
@@ -134,13 +135,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
-        case OPT_SEED:
-            o->seed = strtol(optarg, &end, 10);
-            if (*end || end == optarg || o->seed < 0) {
-                snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
-                return KV_EUSAGE;
-            }
-            break;
+        case OPT_SEED: o->seed = optarg; break;   /* checked by kv_experiment_set_seed */
         case OPT_BLOCK:
             o->block = (int)strtol(optarg, &end, 10);
             if (*end || o->block < 1 || o->block > 4096) {
@@ -183,8 +178,10 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
     for (int i = 0; rc == 0 && i < o->n_sets; i++)
         rc = apply_set(ex, o->sets[i], err, err_len);
-    if (rc == 0 && o->seed >= 0)
-        ex->seed = (unsigned long)o->seed;
+    if (rc == 0 && o->seed && (rc = kv_experiment_set_seed(ex, o->seed, err, err_len))) {
+        size_t n = strlen(err);
+        snprintf(err + n, err_len - n, " (--seed)");
+    }
     return rc;
 }
 
@@ -203,35 +200,42 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
     return KV_EUSAGE;
 }
 
-/* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
- * a runtime failure (1); the result files are already in place. */
-static int plot_results(const kv_experiment *ex, const run_options *o, char *err,
-                        size_t err_len)
+/* The figures of the new set, rendered into its staging directory when gnuplot is there
+ * and --no-plot was not given. A failure to render fails the run: the set is published
+ * complete or not at all. */
+static int plot_results(const kv_experiment *ex, const kv_result_set *rs,
+                        const run_options *o, char *err, size_t err_len)
 {
-    char figures[KV_PATH_LEN + 16];
-    struct stat st;
-    snprintf(figures, sizeof figures, "%s/figures", ex->output);
-    int stale = stat(figures, &st) == 0 && S_ISDIR(st.st_mode);
-    if (o->no_plot || !kv_plot_available()) {
-        if (stale)   /* --force over an earlier run: its figures no longer match */
-            fprintf(stderr, "kvsim run: note: %s/ holds figures of an earlier run; `kvsim "
-                    "plot %s` renders them for these results\n", figures, ex->output);
-    }
-    if (o->no_plot)
+    if (o->no_plot || !kv_plot_available())
         return 0;
-    if (!kv_plot_available()) {
-        if (!o->quiet)
-            printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
-                   "run kvsim plot %s)\n", ex->output);
-        return 0;
-    }
-    kv_plot_options po = { .quiet = o->quiet, .style = ex->style[0] ? ex->style : NULL };
+    kv_plot_options po = { .quiet = 1, .style = ex->style[0] ? ex->style : NULL };
     char where[KV_PATH_LEN + 64];
-    if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
-        return KV_ERUNTIME;
-    if (!o->quiet)
-        printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
-    return 0;
+    if (kv_plot_render(rs->staging, &po, where, sizeof where, err, err_len) == 0)
+        return 0;
+    size_t n = strlen(err);
+    snprintf(err + n, err_len - n, "; no result replaced (--no-plot publishes the results "
+             "without figures)");
+    return KV_ERUNTIME;
+}
+
+/* What the run wrote, on stdout once it is published. */
+static void report_results(const kv_experiment *ex, const kv_experiment_results *er,
+                           const run_options *o)
+{
+    char err[256];
+    if (o->quiet)
+        return;
+    if (kv_output_table(stdout, er, err, sizeof err))
+        fprintf(stderr, "kvsim run: %s (the result files are complete)\n", err);
+    printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+           "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
+    if (o->no_plot)
+        return;
+    if (kv_plot_available())
+        printf("figures: %s/figures/ (%s)\n", ex->output, KV_PLOT_FIGURE_LIST);
+    else
+        printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
+               "run kvsim plot %s)\n", ex->output);
 }
 
 /* What a run allocates once the experiment is known. */
@@ -313,24 +317,26 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
                                  .trace_names = b->names, .budget_specs = b->specs };
     if (rc == 0)
         rc = d->precheck(d->ctx, ex, err, err_len);
+    /* the output directory, locked; the new set (TSVs, manifest, figures) is built beside
+     * it and switched in whole (sim/publish.h) */
+    static kv_result_set rs;
+    rs.dir_fd = rs.staging_fd = -1;
     if (rc == 0)
-        rc = kv_output_prepare(ex->output, o->force, err, err_len);
+        rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
     if (rc == 0)
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
-    if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
+    if (rc == 0 && kv_output_write(rs.staging, &er, err, err_len))
         rc = KV_ERUNTIME;
-    if (rc == 0 && kv_manifest_write(ex->output, ex, b->tokens, o->n_typed, o->typed, err,
+    if (rc == 0 && kv_manifest_write(rs.staging, ex, b->tokens, o->n_typed, o->typed, err,
                                      err_len))
         rc = KV_ERUNTIME;
-    if (rc == 0 && !o->quiet) {
-        if (kv_output_table(stdout, &er, err, err_len))
-            rc = KV_ERUNTIME;
-        else
-            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
-    }
     if (rc == 0)
-        rc = plot_results(ex, o, err, err_len);
+        rc = plot_results(ex, &rs, o, err, err_len);
+    if (rc == 0)
+        rc = kv_result_set_publish(&rs, err, err_len);
+    kv_result_set_end(&rs);
+    if (rc == 0)
+        report_results(ex, &er, o);
     return rc;
 }
 
@@ -342,7 +348,7 @@ int kv_cmd_run(int argc, char **argv)
 int kv_run_load_experiment(int argc, char **argv, kv_experiment *ex, char *err,
                            size_t err_len)
 {
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = NULL, .sets = malloc((size_t)argc * sizeof *o.sets) };
     int rc = o.sets ? parse_run_args(argc, argv, &o, err, err_len) : KV_ENOMEM;
     if (!o.sets)
         snprintf(err, err_len, "out of memory");
@@ -359,7 +365,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
+    run_options o = { .seed = NULL, .sets = malloc((size_t)argc * sizeof *o.sets),
                       .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
     if (o.typed) {

@@ -68,12 +68,20 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
 
 /* Replaces the trace list by the comma-separated paths in text. Returns 0, or KV_EUSAGE
- * (empty item, a path too long, two with one file name) or KV_ENOMEM. */
+ * (empty item, a path too long, two with one file name, a file name with a tab or a line
+ * break, which the TSV trace column could not hold) or KV_ENOMEM. */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 /* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse) into
  * ex->budgets, replacing earlier ones. Returns 0, KV_EUSAGE naming the bad item, or
  * KV_ENOMEM. */
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
+
+/* The seed range, the same for `seed =` in [experiment] and for --seed. */
+#define KV_SEED_MAX 18446744073709551615ull
+
+/* Parses text (decimal digits only, 0..KV_SEED_MAX) into ex->seed. Returns 0, or 2 with
+ * err saying the range. */
+int kv_experiment_set_seed(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 #endif

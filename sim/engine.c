@@ -826,6 +826,8 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
                  first + count - 1, in->n_layers);
         return KV_ERUNTIME;
     }
+    if (in->source == KV_SOURCE_QK && kv_blas_prepare(err, err_len))
+        return 1;
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0;
     for (int p = 0; p < conf->n_policies; p++)

@@ -425,7 +425,8 @@ static void compare_row(FILE *f, const out_ctx *c, const char *trace, int rp, in
             budget_a, budget_b, d->mean, d->lo, d->hi, units);
 }
 
-/* Every pair of policies at every budget: the paired difference a - b of recall over
+/* Every pair of policies at every budget (or, beyond KV_COMPARE_ALL_PAIRS_MAX policies,
+ * the first against each other one): the paired difference a - b of recall over
  * (layer, query head, step), bootstrapped over (layer, query head) units; then, with
  * several traces, the mean of the traces' differences with a Student-t interval. */
 static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
@@ -442,8 +443,10 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
             break;
+        /* beyond KV_COMPARE_ALL_PAIRS_MAX policies, each against the first only */
+        int first_only = np > KV_COMPARE_ALL_PAIRS_MAX;
         for (int b = 0; b < n_budgets; b++)
-            for (int p = 0; p < np; p++)
+            for (int p = 0; p < (first_only ? 1 : np); p++)
                 for (int q = p + 1; q < np; q++) {
                     int rp = p * n_budgets + b, rq = q * n_budgets + b;
                     kv_interval d;
@@ -583,6 +586,14 @@ static const struct {
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
 };
+
+int kv_output_is_result_file(const char *name)
+{
+    for (size_t i = 0; i < sizeof result_files / sizeof result_files[0]; i++)
+        if (strcmp(name, result_files[i].name) == 0)
+            return 1;
+    return 0;
+}
 
 /* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err
  * set). */

@@ -6,7 +6,10 @@
  *   steps.tsv      one row per (trace, policy, budget, decode step)
  *   heads.tsv      one row per (trace, policy, budget, layer, query head)
  *   compare.tsv    one row per (trace, budget, pair of policies): mean paired difference
- *                  of recall with its 95% bootstrap interval (and trace = "all" rows)
+ *                  of recall with its 95% bootstrap interval (and trace = "all" rows);
+ *                  with more than KV_COMPARE_ALL_PAIRS_MAX policies only the pairs of the
+ *                  first policy with each other one (all pairs grow quadratically: 1,000
+ *                  policies took over 30 s of bootstrap per budget)
  *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
  *                  it at the end
  *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
@@ -29,6 +32,7 @@
 #include "sim/stats.h"
 
 #define KV_OUTPUT_SEED 1        /* seed of every bootstrap (gsl_rng mt19937) */
+#define KV_COMPARE_ALL_PAIRS_MAX 64   /* compare.tsv: all pairs up to this many policies */
 #define KV_RECALL_BINS 20       /* recall_hist.tsv: bins of width 0.05 over [0, 1] */
 
 /*
@@ -79,6 +83,9 @@ typedef struct {
  */
 int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len);
+
+/* 1 when name is one of the result files listed at the top of this file. */
+int kv_output_is_result_file(const char *name);
 
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
  * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of

@@ -16,6 +16,7 @@
 #include "sim/simd.h"
 
 #include <gsl/gsl_cblas.h>
+#include <omp.h>
 #include <sys/mman.h>
 #include <math.h>
 #include <stdint.h>
@@ -41,6 +42,52 @@ void kv_blas_threads_restore(int previous)
 {
     if (previous > 1 && openblas_set_num_threads)
         openblas_set_num_threads(previous);
+}
+
+/*
+ * OpenBLAS's work buffer: each thread that calls a BLAS routine gets one on its first
+ * call and keeps it. OpenBLAS retries a failed buffer allocation forever, so under a
+ * memory limit a replay that ran out of memory hung instead of failing.
+ */
+#define KV_BLAS_BUFFER_BYTES (((size_t)128 << 20) + ((size_t)1 << 20))
+
+int kv_blas_prepare(char *err, size_t err_len)
+{
+    static int prepared;
+    if (prepared)
+        return 0;
+    int n = omp_get_max_threads();
+    void *probe = malloc((size_t)n * KV_BLAS_BUFFER_BYTES);   /* address space only */
+    if (!probe) {
+        snprintf(err, err_len, "out of memory: the BLAS needs %zu MiB of work buffers for "
+                 "%d threads (raise the memory limit or lower OMP_NUM_THREADS)",
+                 (size_t)n * (KV_BLAS_BUFFER_BYTES >> 20), n);
+        return 1;
+    }
+    free(probe);
+    int blas = kv_blas_single_begin();
+    /* one product per thread, above OpenBLAS's small-matrix path, which uses no buffer */
+    enum { N = 96 };
+    #pragma omp parallel num_threads(n)
+    {
+        static const float a[N * N], b[N * N];
+        float *c = malloc(N * N * sizeof *c);
+        if (c)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, N, 1.0f, a, N, b, N,
+                        0.0f, c, N);
+        free(c);
+    }
+    kv_blas_threads_restore(blas);
+    prepared = 1;
+    return 0;
+}
+
+int kv_blas_can_shut_down(void)
+{
+    int n = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+    void *probe = malloc((size_t)(n > 1 ? n : 1) * KV_BLAS_BUFFER_BYTES);
+    free(probe);
+    return probe != NULL;
 }
 
 /* ------------------------------------------------------------ memory */
@@ -174,13 +221,17 @@ KV_SIMD_CLONES void kv_row_topk(const float *p, int t, int k, int *top)
  * top k keys (kv_row_topk's order) are found in the last pass, span by span while each
  * span is in L1, rather than by another pass over the row.
  */
-static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
+static KV_SIMD_CLONES int softmax_row(float *x, int t, int t1, int *top, int k)
 {
     int n = t + 1;
-    float max = x[0];
-    #pragma omp simd reduction(max:max)
-    for (int j = 0; j < n; j++)
+    float max = x[0], nonfinite = 0.0f;   /* x * 0 is NaN exactly when x is Inf or NaN */
+    #pragma omp simd reduction(max:max) reduction(+:nonfinite)
+    for (int j = 0; j < n; j++) {
         max = x[j] > max ? x[j] : max;
+        nonfinite += x[j] * 0.0f;
+    }
+    if (nonfinite != 0.0f)
+        return -1;   /* an overflowing logit: the row would be NaN */
     double sum = 0.0;
     #pragma omp simd reduction(+:sum)
     for (int j = 0; j < n; j++) {
@@ -203,10 +254,12 @@ static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
         topk_scan(x, 0, hi, k, top, &n_top);
     for (int j = n; j < t1; j++)
         x[j] = 0.0f;
+    return 0;
 }
 
-void kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
-                     int t0, int t1, float *out, size_t row_stride, int *top, int n_top, int t_top)
+int kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                         int t0, int t1, float *out, size_t row_stride, int *top, int n_top,
+                         int t_top)
 {
     int block_rows = t1 - t0;
     /* out[(i * block_rows + t - t0) * row_stride + j] = scale * q_t . k_j for j < t1: one
@@ -216,9 +269,11 @@ void kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim,
     for (int i = 0; i < n_q; i++)
         for (int t = t0; t < t1; t++) {
             size_t row = (size_t)i * block_rows + (size_t)(t - t0);
-            softmax_row(out + row * row_stride, t, t1, top && t >= t_top ? top + row * n_top : NULL,
-                        n_top);
+            if (softmax_row(out + row * row_stride, t, t1, top && t >= t_top
+                            ? top + row * n_top : NULL, n_top) != 0)
+                return (int)row;
         }
+    return -1;
 }
 
 /* ------------------------------------------------------------ the row producer */
@@ -332,10 +387,17 @@ int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top,
                r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
                (size_t)block_rows * hd * sizeof(float));
     size_t first = (size_t)h0 * block_rows;   /* the group's first row in out and top */
-    kv_attn_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
-                    in->softmax_scale, t0, t1, out + first * r->row_stride, r->row_stride,
-                    top ? top + first * n_top : NULL, n_top, t_top);
-    return 0;
+    int bad = kv_attn_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head,
+                                   in->head_dim, in->softmax_scale, t0, t1,
+                                   out + first * r->row_stride, r->row_stride,
+                                   top ? top + first * n_top : NULL, n_top, t_top);
+    if (bad < 0)
+        return 0;
+    /* kv_check_logits (traces/validate.h) reports these before a run starts */
+    snprintf(err, err_len, "%s: /layers/%d row [%d, %d]: the logits softmax_scale * q.k are "
+             "not finite in float32", kv_trace_path(r->tr), r->layer, h0 + bad / block_rows,
+             t0 + bad % block_rows);
+    return KV_ETRACE_FORMAT;
 }
 
 kv_row_producer *kv_producer_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)

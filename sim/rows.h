@@ -31,10 +31,13 @@
  * One SGEMM (n_q*(t1-t0) x head_dim times head_dim x t1) and a fused softmax per row.
  * When top is not NULL, the n_top best keys of each row t >= t_top (as kv_row_topk) go to
  * top[(i * (t1 - t0) + t - t0) * n_top ...]; found inside the softmax's last pass.
- * Cannot fail.
+ * Returns -1, or the index i * (t1 - t0) + t - t0 of the first row (in that order) with a
+ * logit that is not finite (Inf or NaN: q.k overflowed float32); that row and the later
+ * ones are then not computed.
  */
-void kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
-                     int t0, int t1, float *out, size_t row_stride, int *top, int n_top, int t_top);
+int kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                         int t0, int t1, float *out, size_t row_stride, int *top, int n_top,
+                         int t_top);
 
 /*
  * The k highest entries of one row p[0..t], best first, into top[0..min(k, t+1));
@@ -51,6 +54,22 @@ void kv_row_topk(const float *p, int t, int k, int *top);
  */
 int kv_blas_single_begin(void);
 void kv_blas_threads_restore(int previous);
+
+/*
+ * Makes every OpenMP thread's BLAS work buffer exist before the replay allocates its own
+ * memory, so that running out of memory later fails in kvsim's allocations (a message,
+ * exit 1) and never inside OpenBLAS, which retries a failed buffer allocation forever.
+ * Checks first that the buffers fit (omp_get_max_threads() * ~129 MiB of address
+ * space). Once per process; returns 0, or 1 with err set when they do not fit.
+ */
+int kv_blas_prepare(char *err, size_t err_len);
+
+/*
+ * 0 when the memory left (under a limit such as ulimit -v) cannot hold OpenBLAS's work
+ * buffers: its library destructor then waits forever for its own threads, which retry
+ * allocating them, so main leaves with _exit after flushing. 1 otherwise. Cannot fail.
+ */
+int kv_blas_can_shut_down(void);
 
 /*
  * Allocates bytes for a large buffer (rows, queries, keys): 2 MiB aligned and marked for
@@ -111,7 +130,8 @@ void kv_producer_task_heads(const kv_row_producer *r, int task, int *h0, int *h1
  * When top is not NULL, the n_top best keys (kv_row_topk) of each row t >= t_top go to
  * top[(h * block_rows + (t - t0)) * n_top ...] (n_heads * block * n_top ints, the caller's).
  * Different tasks may run at the same time on the same out and top. Returns 0, or a
- * KV_ETRACE_* code with err set (attn read failure).
+ * KV_ETRACE_* code with err set (attn read failure; KV_ETRACE_FORMAT for a row whose
+ * logits are not finite).
  */
 int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top, int n_top,
                      int t_top, char *err, size_t err_len);

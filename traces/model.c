@@ -24,6 +24,7 @@
 #endif
 
 #include "traces/model.h"
+#include "traces/trace.h"
 
 #include <errno.h>
 #include <math.h>
@@ -262,12 +263,15 @@ static int map_tensors(kv_model *m, const char *path, char *err, size_t err_len)
 int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
 {
     *out = NULL;
+    struct stat st;
+    /* a FIFO would block fopen; a missing file is reported by fopen below */
+    if (stat(path, &st) == 0 && kv_check_regular_file(path, err, err_len) != 0)
+        return KV_EMODEL_IO;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot open the checkpoint: %s", path, strerror(errno));
         return KV_EMODEL_IO;
     }
-    struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, err_len, "%s: not a regular file", path);
         fclose(f);
@@ -522,6 +526,41 @@ static void feed_forward(kv_model_run *r, int l)
         r->x[i] += r->xb[i];
 }
 
+/* 1 when x[0..n) are all finite (one multiply-add per value: cheap next to a matvec). */
+static int all_finite(const float *x, int n)
+{
+    float z = 0.0f;   /* x * 0 is NaN exactly when x is Inf or NaN */
+    for (int i = 0; i < n; i++)
+        z += x[i] * 0.0f;
+    return z == 0.0f;
+}
+
+/* The first of a layer's values at pos that is not finite, named for the message, or
+ * NULL when all are finite. */
+static const char *nonfinite_in_layer(const kv_model_run *r)
+{
+    const kv_model_config *c = &r->m->cfg;
+    if (!all_finite(r->q, c->dim))
+        return "the queries";
+    if (!all_finite(r->k, c->kv_dim))
+        return "the keys";
+    if (!all_finite(r->v, c->kv_dim))
+        return "the values";
+    if (!all_finite(r->x, c->dim))
+        return "the residual stream";
+    return NULL;
+}
+
+static int numeric_fail(char *err, size_t err_len, int layer, int pos, const char *what)
+{
+    char where[48] = "";
+    if (layer >= 0)
+        snprintf(where, sizeof where, "layer %d, ", layer);
+    snprintf(err, err_len, "model step: %sposition %d: Inf or NaN in %s (do the checkpoint's "
+             "weights overflow float32?)", where, pos, what);
+    return KV_EMODEL_NUMERIC;
+}
+
 int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len)
 {
     const kv_model *m = r->m;
@@ -557,10 +596,15 @@ int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len
             r->x[i] += r->xb[i];
         /* 2e. */
         feed_forward(r, l);
+        const char *bad = nonfinite_in_layer(r);
+        if (bad)
+            return numeric_fail(err, err_len, l, pos, bad);
     }
     /* 3. */
     rmsnorm(r->x, r->x, m->w[W_FINAL_NORM], c->dim);
     matvec(r->logits, m->w[W_CLS], r->x, c->vocab_size, c->dim);
+    if (!all_finite(r->logits, c->vocab_size))
+        return numeric_fail(err, err_len, -1, pos, "the next-token logits");
     r->n_done++;
     return KV_MODEL_OK;
 }

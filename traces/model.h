@@ -31,8 +31,10 @@ enum {
     KV_EMODEL_IO = KV_EIO,         /* file missing or unreadable */
     KV_EMODEL_FORMAT = KV_EFORMAT, /* header, size or weights do not form a valid checkpoint */
     KV_EMODEL_NOMEM = KV_ENOMEM,   /* an allocation failed */
-    KV_EMODEL_ARG = KV_EUSAGE      /* a caller passed an argument outside the documented
+    KV_EMODEL_ARG = KV_EUSAGE,     /* a caller passed an argument outside the documented
                                       range */
+    KV_EMODEL_NUMERIC = KV_EFORMAT /* the forward pass produced Inf or NaN (weights
+                                      overflow float32) */
 };
 
 /* The header fields of a checkpoint, and the sizes derived from them. */
@@ -93,7 +95,11 @@ int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out,
  * tokens run so far (positions are consecutive from 0 and pos < n_pos). Afterwards:
  * kv_model_logits holds the next-token logits, kv_model_attn the attention rows of this
  * position, and the records hold q/k/v for position pos. Returns 0, or KV_EMODEL_ARG with
- * err set when token or pos is out of range (nothing is changed then).
+ * err set when token or pos is out of range (nothing is changed then). The values are
+ * checked as they are computed: q, k and v and the residual stream after every layer, and
+ * the logits; the first that is not finite stops the step with KV_EMODEL_NUMERIC and
+ * "layer L, position P: Inf or NaN in the keys (...)" (a damaged or badly scaled
+ * checkpoint: nothing finite could be recorded from there on).
  */
 int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len);
 

@@ -133,6 +133,15 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
 /* Closes the file and frees tr. NULL is ignored. Cannot fail. */
 void kv_trace_close(kv_trace *tr);
 
+/*
+ * Checks that path names a regular file (following symlinks) before anything opens it: a
+ * FIFO, a device or a socket would block the open or the read, possibly forever, and a
+ * directory is never an input. Used for traces, checkpoints and experiment files. Returns
+ * 0, or -1 with a one-line message in err ("PATH: is a FIFO, expected a regular file", or
+ * the stat error). Cannot block.
+ */
+int kv_check_regular_file(const char *path, char *err, size_t err_len);
+
 /* ---------------------------------------------------------------- writer */
 
 typedef struct kv_trace_writer kv_trace_writer;

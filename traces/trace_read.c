@@ -19,6 +19,7 @@
  * whose row blocks are not aligned with the chunks do not decompress a chunk twice.
  */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "traces/trace_int.h"
@@ -216,6 +218,82 @@ static int read_real_attr(const kv_trace *tr, const char *name, int required, do
     return rc;
 }
 
+/*
+ * Bounded reads: a damaged length field must not make the reader allocate what it
+ * claims. HDF5 sizes its buffer for a variable-length string by the length stored in the
+ * attribute (4 bytes that checksums do not cover in files without them), so 8 damaged
+ * bytes in a 50 KB file made it allocate and copy gigabytes. The stored length is read
+ * first, through a conversion that only looks at it, and anything longer than
+ * KV_STRING_MAX_BYTES is refused.
+ */
+#define KV_STRING_MAX_BYTES 4096
+#define VLEN_LENGTH_TAG "kvsim: stored length of a variable-length string"
+
+/* HDF5 soft conversion from a variable-length string, in its on-disk form (a 32-bit
+ * little-endian length, then the global heap id), to a uint32 holding that length. Only
+ * ever chosen for the opaque type tagged VLEN_LENGTH_TAG. */
+static herr_t vlen_length_conv(hid_t src, hid_t dst, H5T_cdata_t *cdata, size_t nelmts,
+                               size_t buf_stride, size_t bkg_stride, void *buf, void *bkg,
+                               hid_t dxpl)
+{
+    (void)bkg_stride, (void)bkg, (void)dxpl;
+    if (cdata->command == H5T_CONV_INIT) {
+        char *tag = H5Tget_class(dst) == H5T_OPAQUE ? H5Tget_tag(dst) : NULL;
+        int ours = tag && strcmp(tag, VLEN_LENGTH_TAG) == 0 && H5Tis_variable_str(src) > 0;
+        if (tag)
+            H5free_memory(tag);
+        return ours ? 0 : -1;
+    }
+    if (cdata->command != H5T_CONV_CONV)
+        return 0;
+    size_t src_size = H5Tget_size(src), stride = buf_stride ? buf_stride : src_size;
+    unsigned char *p = buf;
+    /* in place, front to back: each 4-byte result lands at or before its source */
+    for (size_t i = 0; i < nelmts; i++) {
+        const unsigned char *s = p + i * stride;
+        uint32_t n = (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16
+                     | (uint32_t)s[3] << 24;
+        memcpy(p + i * (buf_stride ? buf_stride : sizeof n), &n, sizeof n);
+    }
+    return 0;
+}
+
+/* The opaque type the conversion above converts to (registered once); -1 on failure. */
+static hid_t vlen_length_type(void)
+{
+    static hid_t type = H5I_INVALID_HID;
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&once);
+    if (type < 0) {
+        hid_t t = H5Tcreate(H5T_OPAQUE, sizeof(uint32_t));
+        hid_t vstr = H5Tcopy(H5T_C_S1);
+        if (t >= 0 && vstr >= 0 && H5Tset_tag(t, VLEN_LENGTH_TAG) >= 0
+            && H5Tset_size(vstr, H5T_VARIABLE) >= 0
+            && H5Tregister(H5T_PERS_SOFT, "kvsim_vlen_length", vstr, t,
+                           vlen_length_conv) >= 0)
+            type = t;
+        else if (t >= 0)
+            H5Tclose(t);
+        if (vstr >= 0)
+            H5Tclose(vstr);
+    }
+    pthread_mutex_unlock(&once);
+    return type;
+}
+
+/* The stored length in bytes of a string attribute of file type ftype, without reading
+ * the string; -1 when it cannot be read. */
+static long long stored_string_length(hid_t attr, hid_t ftype)
+{
+    if (H5Tis_variable_str(ftype) <= 0)
+        return (long long)H5Tget_size(ftype);
+    hid_t t = vlen_length_type();
+    uint32_t n = 0;
+    if (t < 0 || H5Aread(attr, t, &n) < 0)
+        return -1;
+    return n;
+}
+
 /* Reads the string of an open attribute, variable-length (h5py's str) or fixed-length. */
 static int read_string_value(hid_t attr, hid_t ftype, char *buf, size_t size)
 {
@@ -251,6 +329,11 @@ static int read_string_attr(const kv_trace *tr, const char *name, char *buf, siz
         return rc;
     rc = check_attr_class(tr, attr, name, H5T_STRING, "a string", err, len);
     hid_t ftype = rc ? -1 : H5Aget_type(attr);
+    long long stored = rc || ftype < 0 ? -1 : stored_string_length(attr, ftype);
+    if (!rc && stored > KV_STRING_MAX_BYTES)
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s claims %lld "
+                           "bytes, expected a string of at most %d (damaged file?)",
+                           tr->path, name, stored, KV_STRING_MAX_BYTES);
     if (!rc && (ftype < 0 || read_string_value(attr, ftype, buf, size) != 0))
         rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
                            tr->path, name);
@@ -357,9 +440,11 @@ static int check_info(kv_trace *tr, char *err, size_t len)
                              in->prefill_len, in->n_tokens);
     if (isnan(in->softmax_scale))
         in->softmax_scale = 1.0 / sqrt((double)in->head_dim);
-    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0)
+    /* the replay scales the logits in float32: a larger scale is Inf there */
+    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0 || in->softmax_scale > FLT_MAX)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute softmax_scale "
-                             "= %g, expected a finite number > 0", tr->path, in->softmax_scale);
+                             "= %g, expected a finite number > 0 and at most %.3g (float32)",
+                             tr->path, in->softmax_scale, (double)FLT_MAX);
     return 0;
 }
 
@@ -402,6 +487,89 @@ static void format_dims(char *buf, size_t size, int rank, const long long *dims)
         at += (size_t)snprintf(buf + at, size - at, "%s%lld", i ? ", " : "", dims[i]);
     if (at < size)
         snprintf(buf + at, size - at, "]");
+}
+
+/*
+ * Bounded reads: HDF5 decompresses a whole chunk to read any part of it, so a chunk
+ * shape is checked before any read trusts it. Each chunk dimension must lie within the
+ * dataset's (then a chunk is never larger than the data) and a chunk must hold at most
+ * KV_CHUNK_MAX_BYTES: a 2 MB file declaring a 1 GiB chunk made a read take 1 GiB.
+ */
+#define KV_CHUNK_MAX_BYTES ((long long)64 << 20)
+
+/*
+ * Why a read of dataset dpath failed, for the message: a compression filter this HDF5
+ * does not have (h5py's lzf, say) fails every read as if the file were damaged, so it is
+ * named. Asked only after a read failed, when HDF5 has tried to load the filter as a
+ * plugin (a missing optional filter does not fail reads of chunks stored unfiltered).
+ */
+static const char *read_failure_reason(const kv_trace *tr, const char *dpath)
+{
+    static __thread char why[256];
+    snprintf(why, sizeof why, "damaged file?");
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    hid_t dcpl = d >= 0 ? H5Dget_create_plist(d) : H5I_INVALID_HID;
+    int n = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < n; i++) {
+        unsigned flags, conf;
+        size_t n_values = 0;
+        char name[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL,
+                                         sizeof name, name, &conf);
+        if (id < 0 || H5Zfilter_avail(id) > 0)
+            continue;
+        const char *known = id == 32000 ? "lzf" : id == 32001 ? "blosc" : id == 32004 ? "lz4"
+                            : id == 32015 ? "zstd" : name[0] ? name : "unknown";
+        snprintf(why, sizeof why, "needs the %.40s filter (HDF5 filter %d), which this HDF5 "
+                 "lacks: rewrite it with gzip, e.g. h5repack -f GZIP=4", known, (int)id);
+        break;
+    }
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (d >= 0)
+        H5Dclose(d);
+    return why;
+}
+
+static int check_chunks(const kv_trace *tr, hid_t d, const char *dpath, int rank,
+                        const long long *dims, size_t elem, char *err, size_t len)
+{
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (dcpl < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read the layout of %s",
+                             tr->path, dpath);
+    hsize_t chunk[H5S_MAX_RANK];
+    int chunked = H5Pget_layout(dcpl) == H5D_CHUNKED;
+    int got = chunked ? H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk) : 0;
+    H5Pclose(dcpl);
+    if (!chunked)
+        return 0;
+    if (got != rank)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks of rank %d, "
+                             "expected %d (damaged file?)", tr->path, dpath, got, rank);
+    long long c[H5S_MAX_RANK], bytes = (long long)elem;
+    int inside = 1;
+    for (int i = 0; i < rank; i++) {
+        c[i] = (long long)chunk[i];
+        inside &= c[i] >= 1 && c[i] <= dims[i];
+    }
+    if (!inside) {
+        char cs[96], ds[96];
+        format_dims(cs, sizeof cs, rank, c);
+        format_dims(ds, sizeof ds, rank, dims);
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks %s, expected "
+                             "each dimension within its shape %s", tr->path, dpath, cs, ds);
+    }
+    for (int i = 0; i < rank && bytes <= KV_CHUNK_MAX_BYTES; i++)
+        bytes *= c[i];    /* at most 2^26 * 2^31: no overflow */
+    if (bytes > KV_CHUNK_MAX_BYTES) {
+        char cs[96];
+        format_dims(cs, sizeof cs, rank, c);
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks %s of more than "
+                             "%lld MiB each, expected at most that", tr->path, dpath, cs,
+                             KV_CHUNK_MAX_BYTES >> 20);
+    }
+    return 0;
 }
 
 /*
@@ -450,7 +618,9 @@ static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, in
         format_dims(ws, sizeof ws, rank, want);
         rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has shape %s, expected %s %s",
                            tr->path, dpath, gs, ws, names);
+        goto out;
     }
+    rc = check_chunks(tr, d, dpath, rank, got, size, err, len);
 out:
     if (type >= 0)
         H5Tclose(type);
@@ -540,6 +710,20 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
 
 /* ------------------------------------------------------------ open / close */
 
+int kv_check_regular_file(const char *path, char *err, size_t err_len)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return kv_trace_fail(err, err_len, -1, "%s: %s", path, strerror(errno));
+    if (S_ISREG(st.st_mode))
+        return 0;
+    /* a FIFO or a device would block the open or the read, possibly forever */
+    const char *what = S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                       : S_ISSOCK(st.st_mode) ? "a socket" : "not a plain file";
+    return kv_trace_fail(err, err_len, -1, "%s: is %s, expected a regular file", path, what);
+}
+
 static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len);
 
 int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len)
@@ -557,6 +741,8 @@ int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len)
 /* kv_trace_open, with g_reading set by the caller. */
 static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len)
 {
+    if (kv_check_regular_file(path, err, err_len) != 0)
+        return KV_ETRACE_IO;
     if (access(path, R_OK) != 0)
         return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: %s", path, strerror(errno));
     if (H5Fis_hdf5(path) <= 0)
@@ -761,10 +947,13 @@ static int read_attn_block(kv_trace *tr, const struct open_attn *oa, int layer, 
         H5Sclose(mspace);
     if (oa->is_half && mtype >= 0)
         H5Tclose(mtype);
-    if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read /layers/%d/attn rows "
-                             "%d..%d of heads %d..%d (damaged file?)", tr->path, layer, t0,
-                             t1 - 1, h0, h1 - 1);
+    if (!ok) {
+        char dpath[KV_PATH_MAX];
+        snprintf(dpath, sizeof dpath, "/layers/%d/attn", layer);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s rows %d..%d of heads "
+                             "%d..%d (%s)", tr->path, dpath, t0, t1 - 1, h0, h1 - 1,
+                             read_failure_reason(tr, dpath));
+    }
     if (oa->is_half)
         widen_halves(out, (size_t)(mdims[0] * mdims[1] * mdims[2]));
     float *row = out;
@@ -822,8 +1011,8 @@ static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
     if (d >= 0)
         H5Dclose(d);
     if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (damaged file?)",
-                             tr->path, dpath);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (%s)",
+                             tr->path, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 
@@ -910,7 +1099,7 @@ static int read_row_slab(kv_trace *tr, const char *dpath, int t0, int t1, float 
                              tr->path, dpath);
     if (!read_ok)
         return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read rows %d..%d of %s "
-                             "(damaged file?)", tr->path, t0, t1 - 1, dpath);
+                             "(%s)", tr->path, t0, t1 - 1, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 

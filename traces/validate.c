@@ -7,6 +7,7 @@
  */
 #include "traces/validate.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +97,50 @@ int kv_check_finite(const char *path, const char *dpath, const int dims[3], cons
     return 0;
 }
 
+/* The largest Euclidean norm of the n rows of length d at x, in double. */
+static double max_row_norm(const float *x, size_t n, int d)
+{
+    double best = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int e = 0; e < d; e++)
+            s += (double)x[i * d + e] * x[i * d + e];
+        best = s > best ? s : best;
+    }
+    return sqrt(best);
+}
+
+int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const float *q,
+                    const float *k, char *err, size_t err_len)
+{
+    int T = in->n_tokens, D = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    /* the replay multiplies by the scale as a float (the SGEMM's alpha) */
+    double scale = (double)(float)in->softmax_scale;
+    /* Cauchy-Schwarz: |scale q.k| <= scale |q| |k|, so most traces need no pass */
+    double bound = scale * max_row_norm(q, (size_t)in->n_heads * T, D)
+                   * max_row_norm(k, (size_t)in->n_kv_heads * T, D);
+    if (bound <= FLT_MAX)
+        return 0;
+    for (int h = 0; h < in->n_heads; h++)
+        for (int t = 0; t < T; t++) {
+            const float *qt = q + ((size_t)h * T + t) * D;
+            const float *kg = k + (size_t)(h / group) * T * D;
+            for (int j = 0; j <= t; j++) {
+                double dot = 0.0;
+                for (int e = 0; e < D; e++)
+                    dot += (double)qt[e] * kg[(size_t)j * D + e];
+                double logit = scale * dot;
+                if (!(fabs(logit) <= FLT_MAX))
+                    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d row "
+                                         "[%d, %d]: logit softmax_scale * q.k = %.3g for key "
+                                         "%d is not finite in float32, expected |logit| <= "
+                                         "%.3g (q or k too large?)", path, layer, h, t,
+                                         logit, j, (double)FLT_MAX);
+            }
+        }
+    return 0;
+}
+
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -138,6 +183,9 @@ static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err
             return rc;
         snprintf(dpath, sizeof dpath, "/layers/%d/k", layer);
         if ((rc = kv_check_finite(path, dpath, kdims, k, err, len)) != 0)
+            return rc;
+        if (in->source == KV_SOURCE_QK
+            && (rc = kv_check_logits(path, layer, in, q, k, err, len)) != 0)
             return rc;
     }
     rc = kv_trace_read_v(tr, layer, k, err, len);

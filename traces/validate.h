@@ -59,7 +59,8 @@ const char *kv_attn_precision_name(kv_attn_precision prec);
 
 /* What kv_trace_check_values scans (bits). */
 enum {
-    KV_CHECK_QKV = 1,   /* q, k and v of every layer that has them: finite */
+    KV_CHECK_QKV = 1,   /* q, k and v of every layer that has them: finite; for
+                           source = qk also the logits (kv_check_logits) */
     KV_CHECK_ATTN = 2,  /* attn rows: finite, >= 0, each row sums to 1 within tolerance */
     KV_CHECK_ALL = 3
 };
@@ -81,6 +82,19 @@ int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int
  */
 int kv_check_finite(const char *path, const char *dpath, const int dims[3], const float *x,
                     char *err, size_t err_len);
+
+/*
+ * Checks that every logit softmax_scale * q_t.k_j (j <= t) of a layer of a qk trace is
+ * finite in float32, as the replay computes it (an SGEMM with the scale rounded to float):
+ * a logit that overflows gives Inf and then NaN probabilities. q and k are the layer as
+ * kv_trace_read_qk returns them (borrowed, finite). Computed in double; a Cauchy-Schwarz
+ * bound (scale * max |q_t| * max |k_j| <= FLT_MAX) settles most layers in one O(T)
+ * pass, and only a layer that fails the bound is scanned row by row (O(T^2 * head_dim)),
+ * stopping at the first bad row in [head, t] order. Returns 0, or KV_ETRACE_FORMAT with
+ * "PATH: /layers/L row [h, t]: logit ... for key j is not finite in float32, ...".
+ */
+int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const float *q,
+                    const float *k, char *err, size_t err_len);
 
 /*
  * Scans an open trace's values as what asks (KV_CHECK_* bits), layer by layer, in
