@@ -16,7 +16,9 @@
 #include "sim/simd.h"
 
 #include <gsl/gsl_cblas.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 #include <sys/mman.h>
 #include <math.h>
 #include <stdint.h>
@@ -56,7 +58,10 @@ int kv_blas_prepare(char *err, size_t err_len)
     static int prepared;
     if (prepared)
         return 0;
-    int n = omp_get_max_threads();
+    int n = 1;
+#ifdef _OPENMP
+    n = omp_get_max_threads();
+#endif
     void *probe = malloc((size_t)n * KV_BLAS_BUFFER_BYTES);   /* address space only */
     if (!probe) {
         snprintf(err, err_len, "out of memory: the BLAS needs %zu MiB of work buffers for "
