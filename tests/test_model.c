@@ -325,6 +325,49 @@ static void test_matches_numpy_reference(void **state)
     kv_model_free(m);
 }
 
+/* A prefill of n positions gives the bits of n single steps: every record, the logits
+ * and the last position's attention rows. 37 positions cross a 32-position chunk and
+ * leave remainders of the four-position tiles; hidden_dim 172 leaves a partial panel. */
+static void test_prefill_equals_steps(void **state)
+{
+    (void)state;
+    enum { N = 37 };
+    kv_model *m = NULL;
+    kv_model_run *a = NULL, *b = NULL;
+    char err[512] = "";
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
+        fail_msg("%s", err);
+    const kv_model_config *c = kv_model_get_config(m);
+    int tokens[N];
+    for (int i = 0; i < N; i++)
+        tokens[i] = i == 0 ? 1 : (i * 37 + 11) % c->vocab_size;
+    assert_int_equal(kv_model_run_create(m, N + 1, &a, err, sizeof err), 0);
+    assert_int_equal(kv_model_run_create(m, N + 1, &b, err, sizeof err), 0);
+    assert_int_equal(kv_model_prefill(a, tokens, N, 0, err, sizeof err), 0);
+    for (int t = 0; t < N; t++)
+        assert_int_equal(kv_model_step(b, tokens[t], t, err, sizeof err), 0);
+    size_t np = N + 1;
+    for (int l = 0; l < c->n_layers; l++) {
+        assert_memory_equal(kv_model_q(a, l), kv_model_q(b, l), np * c->dim * sizeof(float));
+        assert_memory_equal(kv_model_k(a, l), kv_model_k(b, l), np * c->kv_dim * sizeof(float));
+        assert_memory_equal(kv_model_v(a, l), kv_model_v(b, l), np * c->kv_dim * sizeof(float));
+        for (int h = 0; h < c->n_heads; h++)
+            assert_memory_equal(kv_model_attn(a, l, h), kv_model_attn(b, l, h),
+                                N * sizeof(float));
+    }
+    assert_memory_equal(kv_model_logits(a), kv_model_logits(b),
+                        (size_t)c->vocab_size * sizeof(float));
+    /* the next step continues either run alike; a wrong position is refused */
+    assert_int_equal(kv_model_prefill(a, tokens, 1, N - 1, err, sizeof err), KV_EMODEL_ARG);
+    assert_int_equal(kv_model_step(a, 5, N, err, sizeof err), 0);
+    assert_int_equal(kv_model_step(b, 5, N, err, sizeof err), 0);
+    assert_memory_equal(kv_model_logits(a), kv_model_logits(b),
+                        (size_t)c->vocab_size * sizeof(float));
+    kv_model_run_free(a);
+    kv_model_run_free(b);
+    kv_model_free(m);
+}
+
 static void test_step_rejects_bad_arguments(void **state)
 {
     (void)state;
@@ -360,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_greedy_ids_pinned),
         cmocka_unit_test(test_matches_numpy_reference),
+        cmocka_unit_test(test_prefill_equals_steps),
         cmocka_unit_test(test_step_rejects_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include <gsl/gsl_rng.h>
-#include <gsl/gsl_sort.h>
 
 #include "traces/model.h"
 #include "traces/trace.h"
@@ -82,6 +81,7 @@ static void print_help(FILE *f)
 "                         most likely token, the lowest id on a tie\n"
 "  --top-p Y              nucleus sampling: draw among the most likely tokens whose\n"
 "                         probabilities first reach a total >= Y (default %.1f; 0 < Y <= 1,\n"
+"                         equal probabilities ordered by lower id;\n"
 "                         1 = the whole distribution; unused when greedy)\n"
 "  --seed S               seed of the sampler, GSL mt19937 (default %lu; 0..4294967295)\n"
 "  --prompt-ids LIST      comma-separated token ids that follow BOS, each 0..vocab_size-1\n"
@@ -274,9 +274,14 @@ static int check_against_model(const capture_opts *o, const kv_model_config *c)
 /* ------------------------------------------------------------ step 3: sampling */
 
 typedef struct {
+    int id;
+    double p;
+} id_prob;
+
+typedef struct {
     gsl_rng *rng;
     double *probs;  /* [vocab] */
-    size_t *order;  /* [vocab], ascending probability */
+    id_prob *cand;  /* [vocab], nucleus candidates, most likely first */
     int n_vocab;
 } sampler;
 
@@ -289,10 +294,35 @@ static int argmax(const float *logits, int n)
     return best;
 }
 
+/* qsort order of the candidates: higher probability first, the lower id on a tie (a
+ * total order, so the nucleus does not depend on the sort algorithm). */
+static int by_prob_desc(const void *a, const void *b)
+{
+    const id_prob *x = a, *y = b;
+    if (x->p != y->p)
+        return x->p > y->p ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Sorts the ids whose probability is at least cutoff into s->cand, most likely first;
+ * returns how many. */
+static int sort_candidates(sampler *s, double cutoff)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_vocab; i++)
+        if (s->probs[i] >= cutoff)
+            s->cand[n++] = (id_prob){.id = i, .p = s->probs[i]};
+    qsort(s->cand, (size_t)n, sizeof *s->cand, by_prob_desc);
+    return n;
+}
+
 /*
  * Temperature + top-p: p = softmax(logits / temperature) in double; the nucleus is the
- * shortest run of most likely tokens (GSL heapsort order) whose mass reaches top_p; one
- * uniform draw picks within the nucleus in proportion to p.
+ * shortest run of most likely tokens (descending p, the lower id first on a tie) whose
+ * mass reaches top_p; one uniform draw picks within the nucleus in proportion to p.
+ * Only tokens with p >= (1 - top_p) / (n - 1) are sorted: the others together hold less
+ * than 1 - top_p, so the nucleus is complete before them (the whole vocabulary is sorted
+ * when rounding leaves the candidates just short).
  */
 static int sample_next(sampler *s, const float *logits, double temperature, double top_p)
 {
@@ -306,26 +336,31 @@ static int sample_next(sampler *s, const float *logits, double temperature, doub
     }
     for (int i = 0; i < n; i++)
         s->probs[i] /= sum;
-    gsl_sort_index(s->order, s->probs, 1, (size_t)n);
+    double cutoff = n > 1 ? (1.0 - top_p) / (double)(n - 1) : 0.0;
+    int n_cand = sort_candidates(s, cutoff);
     double mass = 0.0;
     int n_nucleus = 0;
-    while (n_nucleus < n && mass < top_p)
-        mass += s->probs[s->order[n - 1 - n_nucleus++]];
+    while (n_nucleus < n_cand && mass < top_p)
+        mass += s->cand[n_nucleus++].p;
+    if (mass < top_p && n_cand < n) {
+        n_cand = sort_candidates(s, 0.0);
+        for (; n_nucleus < n_cand && mass < top_p; n_nucleus++)
+            mass += s->cand[n_nucleus].p;
+    }
     double u = gsl_rng_uniform(s->rng) * mass, acc = 0.0;
     for (int r = 0; r < n_nucleus; r++) {
-        size_t id = s->order[n - 1 - r];
-        acc += s->probs[id];
+        acc += s->cand[r].p;
         if (u < acc)
-            return (int)id;
+            return s->cand[r].id;
     }
-    return (int)s->order[n - n_nucleus]; /* u rounded onto the total: the last member */
+    return s->cand[n_nucleus - 1].id; /* u rounded onto the total: the last member */
 }
 
 static void sampler_free(sampler *s)
 {
     gsl_rng_free(s->rng);
     free(s->probs);
-    free(s->order);
+    free(s->cand);
 }
 
 static int sampler_init(sampler *s, int n_vocab, unsigned long seed)
@@ -333,8 +368,8 @@ static int sampler_init(sampler *s, int n_vocab, unsigned long seed)
     s->n_vocab = n_vocab;
     s->rng = gsl_rng_alloc(gsl_rng_mt19937);
     s->probs = malloc((size_t)n_vocab * sizeof(double));
-    s->order = malloc((size_t)n_vocab * sizeof(size_t));
-    if (!s->rng || !s->probs || !s->order)
+    s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
+    if (!s->rng || !s->probs || !s->cand)
         return -1; /* the caller frees what was allocated */
     gsl_rng_set(s->rng, seed);
     return 0;
@@ -438,7 +473,17 @@ static int generate(capture_state *st)
     st->tokens[0] = BOS_ID;
     for (int i = 0; i < o->n_prompt; i++)
         st->tokens[1 + i] = o->prompt[i];
-    for (int t = 0; t < T; t++) {
+    /* The given positions (BOS and prompt ids, all but the last) go through the weights
+     * together; bit-identical to stepping them one by one (model.h). --attn steps every
+     * position, since it stores each position's rows. */
+    int t = 0;
+    int n_given = o->with_attn ? 0 : (1 + o->n_prompt < T ? 1 + o->n_prompt : T) - 1;
+    if (n_given > 0) {
+        if (kv_model_prefill(st->run, st->tokens, n_given, 0, st->err, sizeof st->err))
+            return 1;
+        t = n_given;
+    }
+    for (; t < T; t++) {
         if (kv_model_step(st->run, st->tokens[t], t, st->err, sizeof st->err))
             return 1;
         if (o->with_attn && buffer_attn(st, t))
