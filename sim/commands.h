@@ -10,8 +10,8 @@
 int kv_cmd_run(int argc, char **argv);      /* sim/cmd_run.c */
 int kv_cmd_policies(int argc, char **argv); /* sim/cmd_run.c */
 int kv_cmd_plot(int argc, char **argv);     /* sim/cmd_plot.c */
-int kv_cmd_info(int argc, char **argv);     /* traces/info.c */
-int kv_cmd_gen(int argc, char **argv);      /* traces/gen.c */
-int kv_cmd_capture(int argc, char **argv);  /* traces/capture.c */
+int kv_cmd_info(int argc, char **argv);     /* sim/cmd_info.c */
+int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
+int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
 
 #endif

@@ -1,26 +1,22 @@
 /*
- * capture.c - `kvsim capture`: run a trained checkpoint and record its attention.
+ * capture.c - run a trained checkpoint and record its attention as a trace (capture.h).
  *
  * Steps (the code carries the same labels):
- *   1. parse and check the options; load the checkpoint (traces/model.h) and check the
- *      options against it (trained context, vocabulary, prompt length);
+ *   1. load the checkpoint (traces/model.h) and check the options against it (trained
+ *      context, vocabulary, prompt length);
  *   2. create the trace (kvtrace v1, traces/trace.h) so an unwritable path fails early;
  *   3. for t = 0..T-1: token t is BOS (t = 0), a prompt id, or the sample drawn from the
  *      logits of step t-1 (greedy at temperature 0, else temperature + top-p from a
- *      seeded GSL mt19937); run the forward pass; with --attn, buffer the softmax rows
+ *      seeded GSL mt19937); run the forward pass; with_attn: buffer the softmax rows
  *      of the step and write them a block of positions at a time;
  *   4. write /tokens, every layer's q, k and v, and the provenance attributes; close.
  *
- * Everything the datasets hold follows from the arguments and the checkpoint bytes: the
+ * Everything the datasets hold follows from the options and the checkpoint bytes: the
  * forward pass is bit-reproducible (model.h) and the sampler is seeded, so the same
- * arguments give identical datasets.
+ * options give identical datasets. The command line is sim/cmd_capture.c.
  */
-#include "sim/commands.h"
-
-#include <errno.h>
-#include <getopt.h>
-#include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,245 +25,58 @@
 
 #include <gsl/gsl_rng.h>
 
+#include "traces/capture.h"
 #include "traces/model.h"
 #include "traces/trace.h"
 
-#define BOS_ID 1
-#define DEFAULT_TOKENS 512
-#define DEFAULT_PREFILL 128
-#define DEFAULT_TEMPERATURE 1.0
-#define DEFAULT_TOP_P 0.9
-#define DEFAULT_SEED 1UL
 #define ATTN_BLOCK 128 /* rows buffered per write: the writer's (1, 128, 128) tile height */
-#define ERR_LEN 512
 
-typedef struct {
-    const char *model_path;
-    const char *out_path;
-    int n_tokens;          /* T, positions */
-    int prefill_len;       /* P, positions */
-    double temperature;    /* 0 = greedy */
-    double top_p;          /* nucleus mass, (0, 1] */
-    unsigned long seed;    /* mt19937 seed, 32 bits */
-    int *prompt;           /* ids after BOS, owned */
-    int n_prompt;
-    int with_attn;         /* --attn */
-    int allow_extrapolation;
-} capture_opts;
-
-static void print_help(FILE *f)
+void kv_capture_defaults(kv_capture_opts *o)
 {
-    fprintf(f,
-"usage: kvsim capture --model FILE -o TRACE.h5 [options]\n"
-"\n"
-"Runs a llama2.c-layout checkpoint (float32 forward pass) from BOS and records its\n"
-"attention as a kvtrace v1 file (source qk): per layer the post-rotary queries\n"
-"/layers/<l>/q [n_heads, T, head_dim], keys /layers/<l>/k [n_kv_heads, T, head_dim] and\n"
-"values /layers/<l>/v, stored as float32, plus /tokens and the sampling settings and the\n"
-"checkpoint's sha256 as root attributes.\n"
-"\n"
-"Positions 0..T-1 hold BOS (id 1), then the --prompt-ids, then the model's own tokens.\n"
-"The first P positions (--prefill) are the prompt that the replay treats as prefill; BOS\n"
-"plus the prompt ids must fit in them, and where they are fewer than P the model's own\n"
-"samples fill the rest of the prompt region (with no prompt ids, position 0 is BOS and\n"
-"positions 1..P-1 are generated).\n"
-"\n"
-"options:\n"
-"  --model FILE           checkpoint to run (required), e.g. ../shared/models/stories260K.bin\n"
-"  -o, --output FILE      trace to write (required; an existing file is replaced)\n"
-"  --tokens T             positions to record, BOS included (default %d; 2..seq_len)\n"
-"  --prefill P            prompt length in positions, BOS included (default %d; 1..T-1)\n"
-"  --temperature X        sampling temperature, >= 0 (default %.1f); 0 = greedy: the\n"
-"                         most likely token, the lowest id on a tie\n"
-"  --top-p Y              nucleus sampling: draw among the most likely tokens whose\n"
-"                         probabilities first reach a total >= Y (default %.1f; 0 < Y <= 1,\n"
-"                         equal probabilities ordered by lower id;\n"
-"                         1 = the whole distribution; unused when greedy)\n"
-"  --seed S               seed of the sampler, GSL mt19937 (default %lu; 0..4294967295)\n"
-"  --prompt-ids LIST      comma-separated token ids that follow BOS, each 0..vocab_size-1\n"
-"                         (default: none); a list that starts with 1 is taken to begin\n"
-"                         with BOS itself\n"
-"  --attn                 also store the softmax rows computed in the forward pass as\n"
-"                         /layers/<l>/attn [n_heads, T, T] float32 and set source = attn\n"
-"                         (q, k, v are still stored); 4 * n_layers * n_heads * T^2 bytes\n"
-"                         before compression (42 MB at T = 512 for stories260K; the empty\n"
-"                         upper triangle compresses away)\n"
-"  --allow-extrapolation  allow T beyond the checkpoint's trained context (seq_len);\n"
-"                         rotary positions extrapolate and quality degrades\n"
-"  -h, --help             this help\n"
-"\n"
-"Same arguments give identical datasets. Progress goes to stderr for captures longer\n"
-"than a second. Exit status: 0 ok, 1 runtime failure, 2 usage error.\n",
-            DEFAULT_TOKENS, DEFAULT_PREFILL, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, DEFAULT_SEED);
-}
-
-/* ------------------------------------------------------------ step 1: options */
-
-/* Parses a whole decimal integer in [lo, hi]; 0 on success. */
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_real(const char *s, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !isfinite(v))
-        return -1;
-    *out = v;
-    return 0;
-}
-
-/* Parses "1,23,45" into o->prompt (ids after BOS; a leading BOS is dropped). Range
- * against the vocabulary is checked once the model is loaded. */
-static int parse_prompt(const char *s, capture_opts *o)
-{
-    int n = 1;
-    for (const char *c = s; *c; c++)
-        n += *c == ',';
-    o->prompt = malloc((size_t)n * sizeof(int));
-    if (!o->prompt) {
-        fprintf(stderr, "capture: out of memory for %d prompt ids\n", n);
-        return 1;
-    }
-    o->n_prompt = 0;
-    const char *p = s;
-    for (int i = 0; i < n; i++) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char buf[32];
-        long v;
-        if (len == 0 || len >= sizeof buf) {
-            fprintf(stderr, "capture: --prompt-ids: entry %d of '%s' is not a token id\n",
-                    i + 1, s);
-            return 2;
-        }
-        memcpy(buf, p, len);
-        buf[len] = '\0';
-        if (parse_long(buf, 0, INT_MAX, &v) != 0) {
-            fprintf(stderr, "capture: --prompt-ids: '%s' is not a token id (a whole "
-                            "number >= 0)\n", buf);
-            return 2;
-        }
-        if (!(i == 0 && v == BOS_ID))
-            o->prompt[o->n_prompt++] = (int)v;
-        p = comma ? comma + 1 : p + len;
-    }
-    return 0;
-}
-
-enum { OPT_MODEL = 256, OPT_TOKENS, OPT_PREFILL, OPT_TEMP, OPT_TOP_P, OPT_SEED,
-       OPT_PROMPT, OPT_ATTN, OPT_EXTRAP };
-
-static int usage_error(const char *msg, const char *value)
-{
-    fprintf(stderr, "capture: %s%s%s\n(see kvsim capture --help)\n", msg,
-            value ? ": " : "", value ? value : "");
-    return 2;
-}
-
-/* Returns 0 to run, 2 on a usage error, -1 when --help was printed. */
-static int parse_args(int argc, char **argv, capture_opts *o)
-{
-    static const struct option longopts[] = {
-        {"model", required_argument, NULL, OPT_MODEL},
-        {"output", required_argument, NULL, 'o'},
-        {"tokens", required_argument, NULL, OPT_TOKENS},
-        {"prefill", required_argument, NULL, OPT_PREFILL},
-        {"temperature", required_argument, NULL, OPT_TEMP},
-        {"top-p", required_argument, NULL, OPT_TOP_P},
-        {"seed", required_argument, NULL, OPT_SEED},
-        {"prompt-ids", required_argument, NULL, OPT_PROMPT},
-        {"attn", no_argument, NULL, OPT_ATTN},
-        {"allow-extrapolation", no_argument, NULL, OPT_EXTRAP},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    *o = (kv_capture_opts){
+        .n_tokens = KV_CAPTURE_DEFAULT_TOKENS,
+        .prefill_len = KV_CAPTURE_DEFAULT_PREFILL,
+        .temperature = KV_CAPTURE_DEFAULT_TEMPERATURE,
+        .top_p = KV_CAPTURE_DEFAULT_TOP_P,
+        .seed = KV_CAPTURE_DEFAULT_SEED,
     };
-    long v;
-    int c, rc;
-    optind = 0; /* full getopt re-initialisation: main() or a test may call us again */
-    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case OPT_MODEL: o->model_path = optarg; break;
-        case 'o': o->out_path = optarg; break;
-        case OPT_TOKENS:
-            if (parse_long(optarg, 2, INT_MAX, &v))
-                return usage_error("--tokens needs a whole number of positions >= 2", optarg);
-            o->n_tokens = (int)v;
-            break;
-        case OPT_PREFILL:
-            if (parse_long(optarg, 1, INT_MAX, &v))
-                return usage_error("--prefill needs a whole number of positions >= 1", optarg);
-            o->prefill_len = (int)v;
-            break;
-        case OPT_TEMP:
-            if (parse_real(optarg, &o->temperature) || o->temperature < 0)
-                return usage_error("--temperature needs a number >= 0", optarg);
-            break;
-        case OPT_TOP_P:
-            if (parse_real(optarg, &o->top_p) || !(o->top_p > 0 && o->top_p <= 1))
-                return usage_error("--top-p needs a number in (0, 1]", optarg);
-            break;
-        case OPT_SEED:
-            if (parse_long(optarg, 0, 4294967295L, &v))
-                return usage_error("--seed needs a whole number in 0..4294967295", optarg);
-            o->seed = (unsigned long)v;
-            break;
-        case OPT_PROMPT:
-            free(o->prompt);
-            o->prompt = NULL;
-            if ((rc = parse_prompt(optarg, o)) != 0)
-                return rc == 1 ? 2 : rc;
-            break;
-        case OPT_ATTN: o->with_attn = 1; break;
-        case OPT_EXTRAP: o->allow_extrapolation = 1; break;
-        case 'h': print_help(stdout); return -1;
-        default: return usage_error("unknown option or missing value", NULL);
-        }
-    }
-    if (optind < argc)
-        return usage_error("unexpected argument", argv[optind]);
-    if (!o->model_path)
-        return usage_error("--model FILE is required", NULL);
-    if (!o->out_path)
-        return usage_error("-o TRACE.h5 is required", NULL);
-    return 0;
 }
 
-/* Checks the options that depend on the checkpoint; 0 or 2 (usage error). */
-static int check_against_model(const capture_opts *o, const kv_model_config *c)
+/* Writes printf-style fmt into err and returns code. */
+static int capture_fail(char *err, size_t err_len, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int capture_fail(char *err, size_t err_len, int code, const char *fmt, ...)
 {
-    if (o->n_tokens > c->seq_len && !o->allow_extrapolation) {
-        fprintf(stderr, "capture: --tokens %d exceeds the checkpoint's trained context "
-                        "(seq_len %d); pass --allow-extrapolation to run past it\n",
-                o->n_tokens, c->seq_len);
-        return 2;
-    }
-    if (o->prefill_len >= o->n_tokens) {
-        fprintf(stderr, "capture: --prefill %d must be below --tokens %d (a trace needs at "
-                        "least one decode position)\n", o->prefill_len, o->n_tokens);
-        return 2;
-    }
-    if (1 + o->n_prompt > o->prefill_len) {
-        fprintf(stderr, "capture: BOS plus %d prompt ids is %d positions, more than "
-                        "--prefill %d\n", o->n_prompt, 1 + o->n_prompt, o->prefill_len);
-        return 2;
-    }
-    for (int i = 0; i < o->n_prompt; i++) {
-        if (o->prompt[i] >= c->vocab_size) {
-            fprintf(stderr, "capture: --prompt-ids: id %d is outside the vocabulary "
-                            "0..%d\n", o->prompt[i], c->vocab_size - 1);
-            return 2;
-        }
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    if (err && err_len)
+        vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* ------------------------------------------------------------ step 1: the options */
+
+int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *err,
+                     size_t err_len)
+{
+    if (o->n_tokens > c->seq_len && !o->allow_extrapolation)
+        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--tokens %d exceeds the "
+                            "checkpoint's trained context (seq_len %d); pass "
+                            "--allow-extrapolation to run past it", o->n_tokens, c->seq_len);
+    if (o->prefill_len >= o->n_tokens)
+        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prefill %d must be below "
+                            "--tokens %d (a trace needs at least one decode position)",
+                            o->prefill_len, o->n_tokens);
+    if (1 + o->n_prompt > o->prefill_len)
+        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "BOS plus %d prompt ids is %d "
+                            "positions, more than --prefill %d", o->n_prompt, 1 + o->n_prompt,
+                            o->prefill_len);
+    for (int i = 0; i < o->n_prompt; i++)
+        if (o->prompt[i] >= c->vocab_size)
+            return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prompt-ids: id %d is "
+                                "outside the vocabulary 0..%d", o->prompt[i],
+                                c->vocab_size - 1);
     return 0;
 }
 
@@ -378,7 +187,7 @@ static int sampler_init(sampler *s, int n_vocab, unsigned long seed)
 /* ------------------------------------------------------------ steps 2-4: the capture */
 
 typedef struct {
-    const capture_opts *o;
+    const kv_capture_opts *o;
     const kv_model *model;
     const kv_model_config *cfg;
     kv_model_run *run;
@@ -387,7 +196,8 @@ typedef struct {
     int32_t *tokens;  /* [T] */
     float *attn_blk;  /* --attn: [n_layers][n_heads][ATTN_BLOCK][T] */
     double t_start;   /* seconds, monotonic */
-    char err[ERR_LEN];
+    int created;      /* the trace file exists: remove it on failure */
+    char err[KV_CAPTURE_ERR_LEN];
 } capture_state;
 
 static double now_s(void)
@@ -411,7 +221,7 @@ static void model_name(const char *path, char *out, size_t len)
 /* Step 2. */
 static int create_trace(capture_state *st)
 {
-    const capture_opts *o = st->o;
+    const kv_capture_opts *o = st->o;
     const kv_model_config *c = st->cfg;
     kv_trace_info info;
     memset(&info, 0, sizeof info);
@@ -460,6 +270,8 @@ static void report_progress(const capture_state *st, int t)
     int T = st->o->n_tokens;
     if ((t + 1) % 64 != 0 && t + 1 != T)
         return;
+    if (!st->o->progress)
+        return;
     double dt = now_s() - st->t_start;
     if (dt > 1.0)
         fprintf(stderr, "capture: %d/%d positions (%.1f s)\n", t + 1, T, dt);
@@ -468,9 +280,9 @@ static void report_progress(const capture_state *st, int t)
 /* Step 3. */
 static int generate(capture_state *st)
 {
-    const capture_opts *o = st->o;
+    const kv_capture_opts *o = st->o;
     int T = o->n_tokens;
-    st->tokens[0] = BOS_ID;
+    st->tokens[0] = KV_CAPTURE_BOS_ID;
     for (int i = 0; i < o->n_prompt; i++)
         st->tokens[1 + i] = o->prompt[i];
     /* The given positions (BOS and prompt ids, all but the last) go through the weights
@@ -497,13 +309,13 @@ static int generate(capture_state *st)
 }
 
 /* Step 4: the prompt ids as given, BOS included, e.g. "1,23,45". */
-static int prompt_string(const capture_opts *o, char **out)
+static int prompt_string(const kv_capture_opts *o, char **out)
 {
     size_t len = 16 + 12 * (size_t)o->n_prompt;
     char *s = malloc(len);
     if (!s)
         return -1;
-    size_t n = (size_t)snprintf(s, len, "%d", BOS_ID);
+    size_t n = (size_t)snprintf(s, len, "%d", KV_CAPTURE_BOS_ID);
     for (int i = 0; i < o->n_prompt; i++)
         n += (size_t)snprintf(s + n, len - n, ",%d", o->prompt[i]);
     *out = s;
@@ -513,7 +325,7 @@ static int prompt_string(const capture_opts *o, char **out)
 /* Step 4. */
 static int write_results(capture_state *st)
 {
-    const capture_opts *o = st->o;
+    const kv_capture_opts *o = st->o;
     const kv_model_config *c = st->cfg;
     char *err = st->err, name[KV_TRACE_MODEL_LEN];
     size_t el = sizeof st->err;
@@ -561,64 +373,54 @@ static int alloc_state(capture_state *st)
     return 0;
 }
 
-static int capture(const capture_opts *o, const kv_model *model)
+/* Steps 2-4 on a loaded, checked model; a KV_ECAPTURE_* code with st->err set. */
+static int capture_run(capture_state *st)
 {
+    if (alloc_state(st))
+        return KV_ECAPTURE_NOMEM;
+    if (create_trace(st))
+        return KV_ECAPTURE_WRITE;
+    st->created = 1;
+    int rc = generate(st) || write_results(st);
+    char ferr[KV_CAPTURE_ERR_LEN] = "";
+    int frc = kv_trace_finish(st->w, ferr, sizeof ferr);
+    st->w = NULL;
+    if (!rc && frc) {
+        snprintf(st->err, sizeof st->err, "%s", ferr);
+        rc = 1;
+    }
+    return rc ? KV_ECAPTURE_WRITE : 0;
+}
+
+int kv_capture(const kv_capture_opts *o, char *err, size_t err_len)
+{
+    /* 1. */
+    kv_model *model = NULL;
+    char merr[KV_CAPTURE_ERR_LEN];
+    if (kv_model_load(o->model_path, &model, merr, sizeof merr))
+        return capture_fail(err, err_len, KV_ECAPTURE_MODEL, "%s", merr);
+    int rc = kv_capture_check(o, kv_model_get_config(model), err, err_len);
+    if (rc) {
+        kv_model_free(model);
+        return rc;
+    }
+    /* 2-4. */
     capture_state st;
     memset(&st, 0, sizeof st);
     st.o = o;
     st.model = model;
     st.cfg = kv_model_get_config(model);
     st.t_start = now_s();
-    int rc = alloc_state(&st) || create_trace(&st) || generate(&st) || write_results(&st);
-    char ferr[ERR_LEN] = "";
-    int frc = kv_trace_finish(st.w, ferr, sizeof ferr);
-    if (!rc && frc) {
-        snprintf(st.err, sizeof st.err, "%s", ferr);
-        rc = 1;
-    }
+    rc = capture_run(&st);
     if (rc) {
-        fprintf(stderr, "capture: %s\n", st.err);
-        if (st.w)
+        capture_fail(err, err_len, rc, "%s", st.err);
+        if (st.created)
             unlink(o->out_path); /* no half-written trace left behind */
-    } else {
-        fprintf(stderr, "capture: wrote %s: %d positions (prompt %d), %s, %.2f s\n",
-                o->out_path, o->n_tokens, o->prefill_len, o->with_attn ? "qk + attn" : "qk",
-                now_s() - st.t_start);
     }
     kv_model_run_free(st.run);
     free(st.tokens);
     free(st.attn_blk);
     sampler_free(&st.smp);
-    return rc ? 1 : 0;
-}
-
-int kv_cmd_capture(int argc, char **argv)
-{
-    capture_opts o = {
-        .n_tokens = DEFAULT_TOKENS,
-        .prefill_len = DEFAULT_PREFILL,
-        .temperature = DEFAULT_TEMPERATURE,
-        .top_p = DEFAULT_TOP_P,
-        .seed = DEFAULT_SEED,
-    };
-    /* 1. */
-    int rc = parse_args(argc, argv, &o);
-    if (rc != 0) {
-        free(o.prompt);
-        return rc < 0 ? 0 : rc;
-    }
-    kv_model *model = NULL;
-    char err[ERR_LEN];
-    if (kv_model_load(o.model_path, &model, err, sizeof err)) {
-        fprintf(stderr, "capture: %s\n", err);
-        free(o.prompt);
-        return 1;
-    }
-    rc = check_against_model(&o, kv_model_get_config(model));
-    /* 2-4. */
-    if (rc == 0)
-        rc = capture(&o, model);
     kv_model_free(model);
-    free(o.prompt);
     return rc;
 }

@@ -1,10 +1,10 @@
 /*
- * gen.c - the synthetic trace generator and `kvsim gen` (construction in gen.h).
+ * gen.c - the synthetic trace generator (construction in gen.h).
  *
- * One table (gen_opts) describes every parameter: its option name, type, range, unit and
- * help. Parsing, range checks, --help and the gen_* provenance attributes all come from it.
+ * One table (kv_gen_options) describes every parameter: its option name, type, range,
+ * unit and help. Range checks and the gen_* provenance attributes come from it here;
+ * `kvsim gen` (sim/cmd_gen.c) builds its parsing and --help from the same table.
  */
-#include <getopt.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +17,6 @@
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_rng.h>
 
-#include "sim/commands.h"
 #include "traces/gen.h"
 #include "traces/trace_int.h"
 
@@ -37,74 +36,70 @@ void kv_gen_defaults(kv_gen_params *p)
 
 /* ------------------------------------------------------------ parameter table */
 
-enum opt_type { OPT_SEED, OPT_INT, OPT_REAL };
-
-static const struct gen_opt {
-    const char *name;    /* option, without the leading "--" */
-    enum opt_type type;
-    size_t offset;       /* field in kv_gen_params */
-    double min, max;
-    const char *unit;
-    const char *help;
-} gen_opts[] = {
+const kv_gen_option kv_gen_options[] = {
 #define F(field) offsetof(kv_gen_params, field)
-    {"seed", OPT_SEED, F(seed), 0, 4294967295.0, "", "random seed (mt19937)"},
-    {"layers", OPT_INT, F(n_layers), 1, 4096, "", "layers"},
-    {"heads", OPT_INT, F(n_heads), 1, 4096, "", "query heads per layer"},
-    {"kv-heads", OPT_INT, F(n_kv_heads), 1, 4096, "", "KV heads per layer (divides --heads)"},
-    {"head-dim", OPT_INT, F(head_dim), 4, KV_GEN_MAX_DIM, "elements",
+    {"seed", KV_GEN_OPT_SEED, F(seed), 0, 4294967295.0, "", "random seed (mt19937)"},
+    {"layers", KV_GEN_OPT_INT, F(n_layers), 1, 4096, "", "layers"},
+    {"heads", KV_GEN_OPT_INT, F(n_heads), 1, 4096, "", "query heads per layer"},
+    {"kv-heads", KV_GEN_OPT_INT, F(n_kv_heads), 1, 4096, "",
+     "KV heads per layer (divides --heads)"},
+    {"head-dim", KV_GEN_OPT_INT, F(head_dim), 4, KV_GEN_MAX_DIM, "elements",
      "elements per query/key vector"},
-    {"tokens", OPT_INT, F(n_tokens), 1, KV_GEN_MAX_TOKENS, "tokens", "trace length T"},
-    {"prefill", OPT_INT, F(prefill_len), 1, KV_GEN_MAX_TOKENS, "tokens",
+    {"tokens", KV_GEN_OPT_INT, F(n_tokens), 1, KV_GEN_MAX_TOKENS, "tokens", "trace length T"},
+    {"prefill", KV_GEN_OPT_INT, F(prefill_len), 1, KV_GEN_MAX_TOKENS, "tokens",
      "prompt length P, 1..T"},
-    {"sinks", OPT_INT, F(n_sinks), 0, KV_GEN_MAX_TOKENS, "tokens",
+    {"sinks", KV_GEN_OPT_INT, F(n_sinks), 0, KV_GEN_MAX_TOKENS, "tokens",
      "attention sinks: positions 0..N-1"},
-    {"sink-strength", OPT_REAL, F(sink_strength), 0, 100, "nats",
+    {"sink-strength", KV_GEN_OPT_REAL, F(sink_strength), 0, 100, "nats",
      "logit every query adds on a sink"},
-    {"locality", OPT_REAL, F(locality), 0, 100, "nats",
+    {"locality", KV_GEN_OPT_REAL, F(locality), 0, 100, "nats",
      "recency logit on the query's own position"},
-    {"locality-span", OPT_INT, F(locality_span), 1, KV_GEN_MAX_TOKENS, "tokens",
+    {"locality-span", KV_GEN_OPT_INT, F(locality_span), 1, KV_GEN_MAX_TOKENS, "tokens",
      "distance over which locality falls by 1/e"},
-    {"heavy-hitters", OPT_INT, F(n_heavy_hitters), 0, KV_GEN_MAX_TOKENS, "tokens",
+    {"heavy-hitters", KV_GEN_OPT_INT, F(n_heavy_hitters), 0, KV_GEN_MAX_TOKENS, "tokens",
      "heavy hitters per (layer, KV head)"},
-    {"heavy-strength", OPT_REAL, F(heavy_strength), 0, 100, "nats",
+    {"heavy-strength", KV_GEN_OPT_REAL, F(heavy_strength), 0, 100, "nats",
      "mean logit on a heavy hitter"},
-    {"period", OPT_INT, F(period), 0, KV_GEN_MAX_TOKENS, "tokens",
+    {"period", KV_GEN_OPT_INT, F(period), 0, KV_GEN_MAX_TOKENS, "tokens",
      "query t recalls key t-N (0: off)"},
-    {"period-strength", OPT_REAL, F(period_strength), 0, 100, "nats",
+    {"period-strength", KV_GEN_OPT_REAL, F(period_strength), 0, 100, "nats",
      "logit of that recall"},
-    {"noise", OPT_REAL, F(noise), 0, 100, "nats", "std of each pair's random logit"},
-    {"head-spread", OPT_REAL, F(head_spread), 0, 5, "",
+    {"noise", KV_GEN_OPT_REAL, F(noise), 0, 100, "nats", "std of each pair's random logit"},
+    {"head-spread", KV_GEN_OPT_REAL, F(head_spread), 0, 5, "",
      "log-std of per-query-head pattern weights"},
 #undef F
 };
-#define N_GEN_OPTS (sizeof gen_opts / sizeof gen_opts[0])
+const size_t kv_gen_n_options = sizeof kv_gen_options / sizeof kv_gen_options[0];
 
-static double opt_get(const kv_gen_params *p, const struct gen_opt *o)
+double kv_gen_option_get(const kv_gen_params *p, const kv_gen_option *o)
 {
     const char *f = (const char *)p + o->offset;
     switch (o->type) {
-    case OPT_SEED: return (double)*(const unsigned long *)(const void *)f;
-    case OPT_INT: return *(const int *)(const void *)f;
+    case KV_GEN_OPT_SEED: return (double)*(const unsigned long *)(const void *)f;
+    case KV_GEN_OPT_INT: return *(const int *)(const void *)f;
     default: return *(const double *)(const void *)f;
     }
 }
 
-static void opt_format(const kv_gen_params *p, const struct gen_opt *o, char *buf, size_t len)
+void kv_gen_option_set(kv_gen_params *p, const kv_gen_option *o, double v)
 {
-    if (o->type == OPT_REAL)
-        snprintf(buf, len, "%g", opt_get(p, o));
+    char *f = (char *)p + o->offset;
+    if (o->type == KV_GEN_OPT_SEED)
+        *(unsigned long *)(void *)f = (unsigned long)v;
+    else if (o->type == KV_GEN_OPT_INT)
+        *(int *)(void *)f = (int)v;
     else
-        snprintf(buf, len, "%.0f", opt_get(p, o));
+        *(double *)(void *)f = v;
 }
 
 int kv_gen_check(const kv_gen_params *p, char *err, size_t err_len)
 {
-    for (size_t i = 0; i < N_GEN_OPTS; i++) {
-        double v = opt_get(p, &gen_opts[i]);
-        if (!(v >= gen_opts[i].min && v <= gen_opts[i].max))
+    for (size_t i = 0; i < kv_gen_n_options; i++) {
+        const kv_gen_option *o = &kv_gen_options[i];
+        double v = kv_gen_option_get(p, o);
+        if (!(v >= o->min && v <= o->max))
             return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "--%s = %g is outside %g..%g",
-                                 gen_opts[i].name, v, gen_opts[i].min, gen_opts[i].max);
+                                 o->name, v, o->min, o->max);
     }
     if (p->n_heads % p->n_kv_heads != 0)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "--heads = %d is not a multiple of "
@@ -322,15 +317,15 @@ static double now_s(void)
 static int write_provenance(kv_trace_writer *w, const kv_gen_params *p, char *err, size_t len)
 {
     int rc = 0;
-    for (size_t i = 0; !rc && i < N_GEN_OPTS; i++) {
+    for (size_t i = 0; !rc && i < kv_gen_n_options; i++) {
         char name[64];
-        snprintf(name, sizeof name, "gen_%s", gen_opts[i].name);
+        snprintf(name, sizeof name, "gen_%s", kv_gen_options[i].name);
         for (char *c = name; *c; c++)
             *c = *c == '-' ? '_' : *c;
-        double v = opt_get(p, &gen_opts[i]);
-        rc = gen_opts[i].type == OPT_REAL ? kv_trace_write_attr_double(w, name, v, err, len)
-                                          : kv_trace_write_attr_int(w, name, (long long)v,
-                                                                    err, len);
+        double v = kv_gen_option_get(p, &kv_gen_options[i]);
+        rc = kv_gen_options[i].type == KV_GEN_OPT_REAL
+                 ? kv_trace_write_attr_double(w, name, v, err, len)
+                 : kv_trace_write_attr_int(w, name, (long long)v, err, len);
     }
     return rc;
 }
@@ -438,118 +433,4 @@ int kv_gen_write(const char *path, const kv_gen_params *p, int store_f16, int wi
     free(k);
     free(heavy);
     return rc;
-}
-
-/* ------------------------------------------------------------ kvsim gen */
-
-static void gen_usage(FILE *f)
-{
-    kv_gen_params d;
-    kv_gen_defaults(&d);
-    fprintf(f, "usage: kvsim gen [OPTIONS] -o FILE\n"
-               "Writes a seeded synthetic kvtrace v1 file (source = qk; with --attn, source = "
-               "attn\nwith q and k kept) whose attention has sinks, locality, heavy hitters "
-               "and periodic\nrecall of controllable strength. Strengths are logits in nats "
-               "(x nats = e^x weight).\n\n");
-    for (size_t i = 0; i < N_GEN_OPTS; i++) {
-        char arg[40], def[32];
-        snprintf(arg, sizeof arg, "--%s %s", gen_opts[i].name,
-                 gen_opts[i].type == OPT_REAL ? "X" : "N");
-        opt_format(&d, &gen_opts[i], def, sizeof def);
-        fprintf(f, "  %-22s %s [default %s%s%s]\n", arg, gen_opts[i].help, def,
-                *gen_opts[i].unit ? " " : "", gen_opts[i].unit);
-    }
-    fprintf(f, "  %-22s %s\n", "--f16", "store float16, not float32 [default off]");
-    fprintf(f, "  %-22s %s\n", "--attn", "also store the exact rows, source = attn (T^2 "
-            "storage) [default off]");
-    fprintf(f, "  %-22s %s\n", "-o, --output FILE", "the trace to write (required)");
-    fprintf(f, "  %-22s %s\n", "-h, --help", "this help");
-    fprintf(f, "\nexit status: 0 written, 1 runtime failure, 2 usage error.\n");
-}
-
-/* Parses text into option o of p; 0, or -1 with a message on stderr. */
-static int opt_parse(kv_gen_params *p, const struct gen_opt *o, const char *text)
-{
-    char *end = NULL;
-    double v = 0;
-    if (o->type == OPT_REAL)
-        v = strtod(text, &end);
-    else if (text[0] == '-' || text[0] == '+')
-        end = (char *)text;   /* signs are not digits: reject */
-    else
-        v = (double)strtoull(text, &end, 10);
-    if (end == text || *end != '\0' || !(v >= o->min && v <= o->max)) {
-        fprintf(stderr, "kvsim gen: --%s expects %s in %g..%g, got '%s'\n", o->name,
-                o->type == OPT_REAL ? "a number" : "a whole number", o->min, o->max, text);
-        return -1;
-    }
-    char *f = (char *)p + o->offset;
-    if (o->type == OPT_SEED)
-        *(unsigned long *)(void *)f = (unsigned long)v;
-    else if (o->type == OPT_INT)
-        *(int *)(void *)f = (int)v;
-    else
-        *(double *)(void *)f = v;
-    return 0;
-}
-
-enum { OPT_F16 = 1000, OPT_ATTN, OPT_TABLE };
-
-int kv_cmd_gen(int argc, char **argv)
-{
-    kv_gen_params p;
-    kv_gen_defaults(&p);
-    p.progress = 1;
-    int store_f16 = 0, with_attn = 0;
-    const char *out = NULL;
-    struct option longopts[N_GEN_OPTS + 5];
-    for (size_t i = 0; i < N_GEN_OPTS; i++)
-        longopts[i] = (struct option){gen_opts[i].name, required_argument, NULL,
-                                      OPT_TABLE + (int)i};
-    longopts[N_GEN_OPTS] = (struct option){"f16", no_argument, NULL, OPT_F16};
-    longopts[N_GEN_OPTS + 1] = (struct option){"attn", no_argument, NULL, OPT_ATTN};
-    longopts[N_GEN_OPTS + 2] = (struct option){"output", required_argument, NULL, 'o'};
-    longopts[N_GEN_OPTS + 3] = (struct option){"help", no_argument, NULL, 'h'};
-    longopts[N_GEN_OPTS + 4] = (struct option){NULL, 0, NULL, 0};
-    optind = 0;   /* glibc: full re-initialisation, argv[0] is the subcommand */
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
-        if (c == 'h') {
-            gen_usage(stdout);
-            return 0;
-        } else if (c == 'o') {
-            out = optarg;
-        } else if (c == OPT_F16) {
-            store_f16 = 1;
-        } else if (c == OPT_ATTN) {
-            with_attn = 1;
-        } else if (c >= OPT_TABLE && c < OPT_TABLE + (int)N_GEN_OPTS) {
-            if (opt_parse(&p, &gen_opts[c - OPT_TABLE], optarg) != 0)
-                return 2;
-        } else {
-            fprintf(stderr, "Try 'kvsim gen --help'.\n");
-            return 2;
-        }
-    }
-    char err[512];
-    if (optind < argc || !out) {
-        fprintf(stderr, "kvsim gen: %s%s\nTry 'kvsim gen --help'.\n",
-                optind < argc ? "unexpected argument " : "missing -o FILE",
-                optind < argc ? argv[optind] : "");
-        return 2;
-    }
-    if (kv_gen_check(&p, err, sizeof err) != 0) {
-        fprintf(stderr, "kvsim gen: %s\n", err);
-        return 2;
-    }
-    double start = now_s();
-    if (kv_gen_write(out, &p, store_f16, with_attn, err, sizeof err) != 0) {
-        fprintf(stderr, "kvsim gen: %s\n", err);
-        return 1;
-    }
-    fprintf(stderr, "kvsim gen: wrote %s (source %s, %d layers, %d/%d heads, T = %d, P = %d, "
-            "%s) in %.1f s\n", out, with_attn ? "attn" : "qk", p.n_layers, p.n_heads,
-            p.n_kv_heads, p.n_tokens, p.prefill_len, store_f16 ? "float16" : "float32",
-            now_s() - start);
-    return 0;
 }

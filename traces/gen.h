@@ -1,5 +1,5 @@
 /*
- * gen.h - seeded synthetic kvtrace generator (`kvsim gen`).
+ * gen.h - seeded synthetic kvtrace generator (the library behind `kvsim gen`, sim/cmd_gen.c).
  *
  * Writes a qk trace (optionally with the exact attn rows too) whose attention has the
  * structure eviction policies care about, each part with its own strength in nats (added
@@ -49,6 +49,34 @@ typedef struct {
     double head_spread;      /* log-std of per-head weights, default 0.5 (0: identical) */
     int progress;            /* 1: per-layer progress on stderr once a run passes 1 s */
 } kv_gen_params;
+
+/* The kind of one parameter's field in kv_gen_params. */
+typedef enum { KV_GEN_OPT_SEED, KV_GEN_OPT_INT, KV_GEN_OPT_REAL } kv_gen_option_type;
+
+/*
+ * One parameter of kv_gen_params, as `kvsim gen` spells it: the table below is the one
+ * place that names, types, ranges and explains the parameters. kv_gen_check validates
+ * against it, kv_gen_write records every entry as a root attribute gen_<name> (dashes as
+ * underscores), and sim/cmd_gen.c builds its options and --help from it.
+ */
+typedef struct {
+    const char *name;        /* option, without the leading "--" */
+    kv_gen_option_type type; /* SEED: unsigned long, INT: int, REAL: double */
+    size_t offset;           /* the field in kv_gen_params */
+    double min, max;         /* valid range, inclusive */
+    const char *unit;        /* "tokens", "nats", ... or "" */
+    const char *help;        /* one line */
+} kv_gen_option;
+
+extern const kv_gen_option kv_gen_options[];   /* kv_gen_n_options entries */
+extern const size_t kv_gen_n_options;
+
+/* The value of option o in p, as a double (exact for every field's range). Cannot fail. */
+double kv_gen_option_get(const kv_gen_params *p, const kv_gen_option *o);
+
+/* Stores v into option o of p, converted to the field's type; v must lie in o's range
+ * (the caller checks). Cannot fail. */
+void kv_gen_option_set(kv_gen_params *p, const kv_gen_option *o, double v);
 
 /* Fills p with the defaults above. Cannot fail. */
 void kv_gen_defaults(kv_gen_params *p);

@@ -1,6 +1,7 @@
 /*
- * trace_int.h - helpers shared by the trace reader, writer, `kvsim info` and the
- * generator. Internal to traces/: nothing outside traces/ (and its tests) includes it.
+ * trace_int.h - helpers shared by the trace reader, writer and the generator, and the
+ * HDF5 handles `kvsim info` (sim/cmd_info.c) reports storage from. Internal to the trace
+ * library: nothing else outside traces/ (but its tests) includes it.
  */
 #ifndef KV_TRACE_INT_H
 #define KV_TRACE_INT_H

@@ -1,5 +1,5 @@
 /*
- * info.c - `kvsim info FILE`: what a trace holds (geometry, source, P and T, GQA groups,
+ * cmd_info.c - `kvsim info FILE`: what a trace holds (geometry, source, P and T, GQA groups,
  * dtypes, storage) and whether it is a valid kvtrace v1 file. With --check it also scans
  * every value (traces/validate.h): what `kvsim run` would otherwise stop on mid-replay.
  */

@@ -1,0 +1,74 @@
+/*
+ * capture.h - record a real trace: run a llama2.c-layout checkpoint (traces/model.h) from
+ * BOS and write its attention as a kvtrace v1 file (traces/trace.h). The library behind
+ * `kvsim capture` (sim/cmd_capture.c), and what a model-driven experiment can call.
+ *
+ * The trace (source qk, or attn with q/k/v kept when with_attn is set): per layer the
+ * post-rotary queries /layers/<l>/q [n_heads, T, head_dim], keys /layers/<l>/k
+ * [n_kv_heads, T, head_dim] and values /layers/<l>/v, float32, plus /tokens and the
+ * sampling settings and the checkpoint's sha256 as root attributes.
+ *
+ * Positions 0..T-1 hold BOS (id KV_CAPTURE_BOS_ID), then the prompt ids, then the model's
+ * own tokens; the first prefill_len positions are the prompt the replay treats as prefill.
+ * The same options and checkpoint bytes give identical datasets.
+ */
+#ifndef KV_CAPTURE_H
+#define KV_CAPTURE_H
+
+#include <stddef.h>
+
+#include "traces/model.h"
+
+#define KV_CAPTURE_BOS_ID 1
+#define KV_CAPTURE_DEFAULT_TOKENS 512
+#define KV_CAPTURE_DEFAULT_PREFILL 128
+#define KV_CAPTURE_DEFAULT_TEMPERATURE 1.0
+#define KV_CAPTURE_DEFAULT_TOP_P 0.9
+#define KV_CAPTURE_DEFAULT_SEED 1UL
+#define KV_CAPTURE_ERR_LEN 512 /* a message buffer long enough for every message */
+
+enum {
+    KV_CAPTURE_OK = 0,
+    KV_ECAPTURE_ARG = 1,   /* the options do not fit the checkpoint (a usage error) */
+    KV_ECAPTURE_MODEL = 2, /* the checkpoint is missing, unreadable or invalid */
+    KV_ECAPTURE_WRITE = 3, /* the trace could not be created or written */
+    KV_ECAPTURE_NOMEM = 4  /* an allocation failed */
+};
+
+typedef struct {
+    const char *model_path; /* checkpoint to run (required) */
+    const char *out_path;   /* trace to write (required; an existing file is replaced) */
+    int n_tokens;           /* T, positions recorded, BOS included; 2..seq_len */
+    int prefill_len;        /* P, prompt positions, BOS included; 1..T-1 */
+    double temperature;     /* >= 0; 0 = greedy (the lowest id on a tie) */
+    double top_p;           /* nucleus mass, (0, 1] */
+    unsigned long seed;     /* sampler seed (GSL mt19937), 0..4294967295 */
+    const int *prompt;      /* token ids after BOS, borrowed; NULL when n_prompt is 0 */
+    int n_prompt;
+    int with_attn;          /* 1: also store the softmax rows, source = attn */
+    int allow_extrapolation; /* 1: T may exceed the checkpoint's trained context */
+    int progress;           /* 1: progress lines on stderr once a capture passes 1 s */
+} kv_capture_opts;
+
+/* Fills o with the defaults above (no paths, no prompt, no progress). Cannot fail. */
+void kv_capture_defaults(kv_capture_opts *o);
+
+/*
+ * Checks the options that depend on the checkpoint c: T within its trained context
+ * (unless allow_extrapolation), P < T, BOS plus the prompt within P, every prompt id in
+ * the vocabulary. Returns 0, or KV_ECAPTURE_ARG with a one-line message naming the
+ * `kvsim capture` option in err.
+ */
+int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *err,
+                     size_t err_len);
+
+/*
+ * Loads o->model_path, checks o against it (kv_capture_check), runs the forward pass for
+ * positions 0..T-1 sampling from the logits, and writes the trace to o->out_path. Memory:
+ * the model, its run (kv_model_run_create) and, with_attn, n_layers * n_heads * 128 * T
+ * floats of row buffer. Returns 0, or a KV_ECAPTURE_* code with a one-line message in err;
+ * on failure no partial trace is left at out_path.
+ */
+int kv_capture(const kv_capture_opts *o, char *err, size_t err_len);
+
+#endif
