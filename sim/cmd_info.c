@@ -5,10 +5,12 @@
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sim/commands.h"
 #include "traces/trace_int.h"
+#include "traces/trace_text.h"
 #include "traces/validate.h"
 
 #define KV_INFO_GROUPS_SHOWN 8
@@ -142,11 +144,52 @@ static void print_storage(const kv_trace *tr, int verbose)
     }
     if (in->has_tokens)
         total += describe(file, "/tokens");
+    if (kv_trace_has_token_text(tr))
+        total += describe(file, "/token_text");
     printf("storage      %.2f MiB of datasets over %d layer%s\n", (double)total / 1048576.0,
            in->n_layers, in->n_layers > 1 ? "s" : "");
 }
 
-static void print_info(const kv_trace *tr, int verbose)
+/* Prints text with every line after the first indented under the value column. */
+static void print_indented(const char *label, const char *text)
+{
+    printf("%-12s ", label);
+    for (const char *c = text; *c; c++) {
+        putchar(*c);
+        if (*c == '\n' && c[1])
+            printf("%13s", "");
+    }
+    printf("\n");
+}
+
+/* The tokenizer, and the prompt and generated text, of a trace captured with one. */
+static void print_text(kv_trace *tr)
+{
+    char tok[256], sha[80], err[512];
+    if (!kv_trace_has_token_text(tr))
+        return;
+    kv_trace_read_attr_string(tr, "tokenizer", tok, sizeof tok);
+    kv_trace_read_attr_string(tr, "tokenizer_sha256", sha, sizeof sha);
+    printf("tokenizer    %s (sha256 %s), token texts in /token_text\n", tok[0] ? tok : "?",
+           sha[0] ? sha : "?");
+    kv_trace_tokens tk;
+    if (kv_trace_tokens_read(tr, &tk, err, sizeof err)) {
+        printf("text         unreadable: %s\n", err);
+        return;
+    }
+    int P = kv_trace_get_info(tr)->prefill_len;
+    char *prompt = kv_trace_tokens_render(&tk, 0, P, 1);
+    char *gen = kv_trace_tokens_render(&tk, P, tk.n_tokens, P == 0);
+    if (prompt && gen) {
+        print_indented("prompt", prompt);
+        print_indented("generated", gen);
+    }
+    free(prompt);
+    free(gen);
+    kv_trace_tokens_free(&tk);
+}
+
+static void print_info(kv_trace *tr, int verbose)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     printf("file         %s\n", kv_trace_path(tr));
@@ -164,6 +207,7 @@ static void print_info(const kv_trace *tr, int verbose)
     printf("softmax      scale %.9g\n", in->softmax_scale);
     printf("dtype_bytes  %d (bytes per K or V element modelled)\n", in->dtype_bytes);
     print_groups(in);
+    print_text(tr);
     print_storage(tr, verbose);
 }
 

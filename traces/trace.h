@@ -117,7 +117,7 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 
 /* 1 when the trace has /token_text (captured with a tokenizer), else 0. Cannot fail. */
-int kv_trace_has_token_text(kv_trace *tr);
+int kv_trace_has_token_text(const kv_trace *tr);
 
 /*
  * Reads /token_text, the display text of each of the T positions' tokens (FORMAT.md), into

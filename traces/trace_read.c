@@ -927,7 +927,7 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     return rc;
 }
 
-int kv_trace_has_token_text(kv_trace *tr)
+int kv_trace_has_token_text(const kv_trace *tr)
 {
     kv_trace_quiet();
     return tr && H5Lexists(tr->file, "/token_text", H5P_DEFAULT) > 0;
