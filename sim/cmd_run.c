@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "sim/plot.h"
+#include "traces/trace_text.h"
 #include "traces/validate.h"
 
 #include <getopt.h>
@@ -312,6 +313,50 @@ fail:
     return 1;
 }
 
+/* The token column of retention.tsv for the trace at path: each position's text
+ * TSV-escaped (a trace captured with a tokenizer), "#id" (token ids only), or NULL (no
+ * /tokens). One allocation: free(*cells) releases it. */
+static int token_cells(const char *path, char ***cells, char *err, size_t err_len)
+{
+    *cells = NULL;
+    kv_trace *tr = NULL;
+    if (kv_trace_open(path, &tr, err, err_len))
+        return 1;
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int rc = 0, T = in->n_tokens;
+    kv_trace_tokens tk = {0};
+    int has_text = kv_trace_has_token_text(tr);
+    if (has_text)
+        rc = kv_trace_tokens_read(tr, &tk, err, err_len);
+    int32_t *ids = NULL;
+    if (!rc && !has_text && in->has_tokens) {
+        ids = malloc((size_t)T * sizeof *ids);
+        rc = !ids ? (snprintf(err, err_len, "out of memory"), 1)
+                  : kv_trace_read_tokens(tr, ids, err, err_len) != 0;
+    }
+    /* a cell: an escaped text is at most twice its bytes */
+    enum { CELL = 2 * 64 + 16 };
+    if (!rc && (has_text || ids)) {
+        char **out = malloc((size_t)T * (sizeof(char *) + CELL));
+        if (!out) {
+            snprintf(err, err_len, "out of memory");
+            rc = 1;
+        }
+        for (int t = 0; !rc && t < T; t++) {
+            out[t] = (char *)(out + T) + (size_t)t * CELL;
+            if (has_text)
+                kv_tsv_escape(tk.texts[t], out[t], CELL);
+            else
+                snprintf(out[t], CELL, "#%d", (int)ids[t]);
+        }
+        *cells = out;
+    }
+    kv_trace_tokens_free(&tk);
+    free(ids);
+    kv_trace_close(tr);
+    return rc;
+}
+
 /* Replays every trace of ex; res[] and names[] get one entry per trace. */
 static int replay_all(const kv_experiment *ex, const int *tokens, const run_options *o,
                       kv_results **res, const char **names, char *err, size_t err_len)
@@ -386,15 +431,19 @@ int kv_cmd_run(int argc, char **argv)
                             .n_budgets = ex.n_budgets };
     kv_results *res[KV_MAX_TRACES] = { 0 };
     const char *names[KV_MAX_TRACES] = { 0 };
+    char **cells[KV_MAX_TRACES] = { 0 };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
                                  .res = (const kv_results *const *)res, .trace_names = names,
-                                 .budget_specs = specs };
+                                 .budget_specs = specs,
+                                 .tokens = (const char *const *const *)cells };
     /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
     for (int k = 0; rc == 0 && k < ex.n_traces; k++)
         if (kv_trace_precheck(ex.traces[k], err, sizeof err))
             rc = 1;
     if (rc == 0)
         rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
+    for (int k = 0; rc == 0 && k < ex.n_traces; k++)
+        rc = token_cells(ex.traces[k], &cells[k], err, sizeof err);
     if (rc == 0)
         rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
@@ -410,8 +459,10 @@ int kv_cmd_run(int argc, char **argv)
         rc = plot_results(&ex, &o, err, sizeof err);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
-    for (int k = 0; k < ex.n_traces; k++)
+    for (int k = 0; k < ex.n_traces; k++) {
         kv_results_free(res[k]);
+        free(cells[k]);
+    }
     free(tokens);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : rc;

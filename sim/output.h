@@ -8,7 +8,7 @@
  *   compare.tsv    one row per (trace, budget, pair of policies): mean paired difference
  *                  of recall with its 95% bootstrap interval (and trace = "all" rows)
  *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
- *                  it at the end
+ *                  it at the end, and the position's token (TSV-escaped text, or #id)
  *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
  *                  KV head still holds at the end (positions it dropped are not listed)
  *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the
@@ -69,6 +69,9 @@ typedef struct {
     const char *const *trace_names;  /* [n_traces] the `trace` column: file name of each */
     const char *const *budget_specs; /* [conf->n_budgets] the `budget_spec` column, or NULL:
                                         conf->budgets written as numbers */
+    const char *const *const *tokens; /* [n_traces] the `token` column of retention.tsv:
+                                        [T] cells each (already TSV-escaped), or NULL (an
+                                        empty cell), or tokens NULL for none at all */
 } kv_experiment_results;
 
 /*

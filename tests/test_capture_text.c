@@ -27,6 +27,7 @@
 #include "sim/commands.h"
 #include "tests/kv_test.h"
 #include "traces/trace.h"
+#include "traces/trace_text.h"
 
 #define TOKENIZER_SHA256 "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361"
 
@@ -209,6 +210,33 @@ static void test_bos_continues_or_stops(void **state)
     assert_non_null(strstr(text, "\n\n")); /* the second story after the BOS */
 }
 
+/* retention.tsv's token column: per position, the /token_text h5py reads, TSV-escaped;
+ * the escaping itself on a text with every escaped character, worked out by hand. */
+static void test_retention_token_column(void **state)
+{
+    (void)state;
+    const char *trace = kv_test_path("ret.h5"), *dir = kv_test_path("ret");
+    assert_int_equal(capture15(trace, "--prompt", "A cat\nsat.", "--tokens", "40", NULL), 0);
+    char *argv[] = {"run", "--trace", (char *)trace, "--policies", "window,h2o", "--budgets",
+                    "12", "-o", (char *)dir, "--no-plot", "-q", "--force", NULL};
+    assert_int_equal(kv_test_call_quiet(kv_cmd_run, 12, argv), 0);
+    char script[2048];
+    snprintf(script, sizeof script,
+             "/usr/bin/python3 - <<'EOF'\n"
+             "import csv, h5py\n"
+             "texts = h5py.File('%s', 'r')['token_text'].asstr()[:]\n"
+             "rows = list(csv.DictReader(open('%s/retention.tsv'), delimiter='\\t', quoting=csv.QUOTE_NONE))\n"
+             "assert len(rows) == 2 * 40, len(rows)\n"
+             "for r in rows: assert r['token'] == texts[int(r['position'])], r\n"
+             "print('ok')\n"
+             "EOF",
+             trace, dir);
+    assert_int_equal(system(script), 0);
+    char out[64];
+    kv_tsv_escape("a\tb\nc\\d\re", out, sizeof out);
+    assert_string_equal(out, "a\\tb\\nc\\\\d\\re");
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -229,6 +257,7 @@ int main(void)
         cmocka_unit_test(test_prompt_ids_match_python),
         cmocka_unit_test(test_token_text_via_h5py),
         cmocka_unit_test(test_bos_continues_or_stops),
+        cmocka_unit_test(test_retention_token_column),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
