@@ -79,26 +79,12 @@ run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
 	./kvsim run configs/synthetic.ini --force
 
-# Real traces (issue 3): recapture traces/data/ from the checkpoint beside the clone and
-# check with h5diff that every dataset and attribute equals the committed file's.
-MODEL ?= $(KVSIM_MODELS)/stories260K.bin
-REAL_SEEDS := 1 2
+# Real traces: recapture traces/data/ (stories260K and stories15M) from the checkpoints
+# `make models` installs and check with h5diff that every dataset and attribute equals
+# the committed file's (traces/recapture.sh; traces/data/README.md gives the provenance).
 .PHONY: traces run-synthetic
 traces: kvsim models
-	@mkdir -p $(BUILD)/traces
-	@for s in $(REAL_SEEDS); do \
-	  name=stories260K_T512_P128_seed$$s.h5; \
-	  ./kvsim capture --model $(MODEL) --tokens 512 --prefill 128 --temperature 1.0 \
-	    --top-p 0.9 --seed $$s -o $(BUILD)/traces/$$name || exit 1; \
-	  if [ ! -f traces/data/$$name ]; then \
-	    cp $(BUILD)/traces/$$name traces/data/$$name && echo "traces: wrote traces/data/$$name"; \
-	  elif h5diff traces/data/$$name $(BUILD)/traces/$$name >/dev/null; then \
-	    echo "traces: traces/data/$$name reproduced (h5diff: every dataset and attribute equal)"; \
-	  else \
-	    h5diff -r traces/data/$$name $(BUILD)/traces/$$name | tail -n 20; \
-	    echo "traces: traces/data/$$name differs from $(BUILD)/traces/$$name"; exit 1; \
-	  fi; \
-	done
+	@sh traces/recapture.sh ./kvsim $(KVSIM_MODELS)
 
 # The README's copies of the default experiment's figures (analysis/figures/, 900x600),
 # reduced to 128 colours by ImageMagick's convert when it is installed (to stay small).

@@ -4,6 +4,7 @@
 #include "sim/config.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,33 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
     return 0;
 }
 
+/* Replaces the pattern in ex->traces[*n] by the files it matches (glob(3), sorted by
+ * name); none is an error naming the pattern. */
+static int add_matches(kv_experiment *ex, int *n, char *err, size_t err_len)
+{
+    char pattern[KV_PATH_LEN];
+    snprintf(pattern, sizeof pattern, "%s", ex->traces[*n]);
+    glob_t g;
+    int rc = glob(pattern, 0, NULL, &g);
+    if (rc != 0) {
+        snprintf(err, err_len, "no trace matches '%s'", pattern);
+        if (rc != GLOB_NOMATCH)
+            globfree(&g);
+        return 2;
+    }
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        if (*n == KV_MAX_TRACES || strlen(g.gl_pathv[i]) >= KV_PATH_LEN) {
+            snprintf(err, err_len, "at most %d traces of at most %d characters each",
+                     KV_MAX_TRACES, KV_PATH_LEN - 1);
+            globfree(&g);
+            return 2;
+        }
+        snprintf(ex->traces[(*n)++], KV_PATH_LEN, "%s", g.gl_pathv[i]);
+    }
+    globfree(&g);
+    return 0;
+}
+
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
     int n = 0;
@@ -126,7 +154,14 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
             return 2;
         }
         memcpy(ex->traces[n], p, trimmed);
-        ex->traces[n++][trimmed] = '\0';
+        ex->traces[n][trimmed] = '\0';
+        if (strpbrk(ex->traces[n], "*?[")) {
+            int rc = add_matches(ex, &n, err, err_len);
+            if (rc)
+                return rc;
+        } else {
+            n++;
+        }
         p += len;
         if (*p == ',')
             p++;

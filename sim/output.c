@@ -575,16 +575,23 @@ static void format_bytes(double bytes, char *buf, size_t len)
         snprintf(buf, len, "%.0f B", bytes);
 }
 
-int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+/* The console table for the traces k with model[k] equal to model (all when NULL). */
+static int output_table_of(FILE *f, const kv_experiment_results *er, const char *model,
+                           char *err, size_t err_len)
 {
     const kv_replay_conf *conf = er->conf;
-    int width = 8;
+    int width = 8, n = 0;
+    for (int k = 0; k < er->n_traces; k++)
+        n += !model || strcmp(er->res[k]->info.model, model) == 0;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
-    if (er->n_traces > 1)
-        fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
+    if (model)
+        fprintf(f, "%s: mean recall over %d trace%s / largest peak KV bytes\n", model, n,
+                n > 1 ? "s" : "");
+    else if (n > 1)
+        fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", n);
     fprintf(f, "%-*s", width, "policy");
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     for (int b = 0; b < conf->n_budgets; b++) {
@@ -598,10 +605,12 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         for (int b = 0; b < conf->n_budgets; b++) {
             double recall = 0.0, peak = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
+                if (model && strcmp(er->res[k]->info.model, model) != 0)
+                    continue;
                 kv_run_summary s;
                 if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, &s, err, err_len))
                     return 1;
-                recall += s.recall_mean / er->n_traces;
+                recall += s.recall_mean / n;
                 peak = s.kv_bytes_peak > peak ? s.kv_bytes_peak : peak;
             }
             char bytes[32], cell[64];
@@ -610,6 +619,29 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
             fprintf(f, "  %24s", cell);
         }
         fputc('\n', f);
+    }
+    return 0;
+}
+
+/* One table when every trace comes from one model; else one per model, in the order the
+ * models first appear among the traces (mean recall is not pooled across models). */
+int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+{
+    int single = 1;
+    for (int k = 1; k < er->n_traces; k++)
+        single &= strcmp(er->res[k]->info.model, er->res[0]->info.model) == 0;
+    if (single)
+        return output_table_of(f, er, NULL, err, err_len);
+    for (int k = 0; k < er->n_traces; k++) {
+        int seen = 0;
+        for (int j = 0; j < k; j++)
+            seen |= strcmp(er->res[j]->info.model, er->res[k]->info.model) == 0;
+        if (seen)
+            continue;
+        if (k > 0)
+            fputc('\n', f);
+        if (output_table_of(f, er, er->res[k]->info.model, err, err_len))
+            return 1;
     }
     return 0;
 }

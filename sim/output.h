@@ -84,8 +84,9 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len);
 
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
- * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of
- * memory. */
+ * (largest over traces) to f, budgets headed by their spec; with traces of several models
+ * (kv_trace_info.model), one table per model in the order the models first appear.
+ * Returns 0, or 1 when out of memory. */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
 
 #endif
