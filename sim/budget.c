@@ -2,6 +2,7 @@
  * budget.c - budget specs: parsing, footprint dry runs, resolution to tokens (budget.h).
  */
 #include "sim/budget.h"
+#include "sim/cache.h"
 
 #include <errno.h>
 #include <math.h>
@@ -72,118 +73,61 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
 
 /* ------------------------------------------------------------ dry run */
 
-/* The caches of one policy in one layer, as the engine lays them out (engine.c,
- * caches_per_layer): one per layer for a layer-scope policy, else one per query head
- * or per KV head by kv_granularity. */
-static int caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
+/*
+ * One cache through the replay's own step (sim/cache.h) on constant rows - every head
+ * puts the same weight on every key - recording the peaks over decode steps of |A_t| *
+ * token_weight and of the policy's metadata bytes. Returns 0, or 1 when out of memory.
+ */
+static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget, int group,
+                   int token_weight, double *peak_tokens, double *peak_meta)
 {
-    if (pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER)
+    int T = in->n_tokens, P = in->prefill_len;
+    int *identity = malloc((size_t)T * sizeof *identity);
+    float *ones = malloc((size_t)T * sizeof *ones);
+    kv_policy_ctx ctx = { .budget = budget, .group_size = group, .n_tokens = T,
+                          .prefill_len = P, .seed = 1 };
+    kv_cache c;
+    if (!identity || !ones ||
+        kv_cache_init(&c, pc->ops, &pc->values, &ctx, token_weight, identity)) {
+        free(identity);
+        free(ones);
         return 1;
-    return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
-}
-
-typedef struct {
-    int *pos, *identity;
-    double *w;
-    unsigned char *keep;
-} dry_buffers;
-
-static void dry_free(dry_buffers *b)
-{
-    free(b->pos);
-    free(b->identity);
-    free(b->w);
-    free(b->keep);
-}
-
-/* Uniform rows: each of the group's heads puts 1/n on each of n positions. */
-static void uniform(double *w, int group, int n)
-{
-    for (int i = 0; i < group * n; i++)
-        w[i] = 1.0 / n;
-}
-
-/* One cache through the engine's steps (engine.c, cache_step): prescan, then per t the
- * oracle's attend, append t, record the decode-step footprint, observe, select. */
-static void dry_cache(const kv_policy_ops *ops, void *st, const kv_trace_info *in,
-                      int group, int budget, dry_buffers *b, long long *peak_n,
-                      double *peak_meta)
-{
-    int T = in->n_tokens, P = in->prefill_len, n = 0;
-    for (int t = 0; ops->prescan && t < T; t++) {
-        uniform(b->w, group, t + 1);
-        kv_row full = { .t = t, .n = t + 1, .pos = b->identity, .n_heads = group,
-                        .w = b->w, .is_prefill = t < P };
-        ops->prescan(st, &full);
     }
+    for (int j = 0; j < T; j++) {
+        identity[j] = j;
+        ones[j] = 1.0f;
+    }
+    kv_group_rows rows = { .p = ones, .head_stride = 0, .top = NULL, .top_stride = 0 };
+    for (int t = 0; kv_cache_prescans(&c) && t < T; t++)
+        kv_cache_prescan(&c, t, &rows);
     for (int t = 0; t < T; t++) {
-        if (t >= P && ops->attend) {
-            uniform(b->w, group, t + 1);
-            kv_row full = { .t = t, .n = t + 1, .pos = b->identity, .n_heads = group,
-                            .w = b->w, .is_prefill = 0 };
-            memset(b->keep, 0, (size_t)t + 1);
-            ops->attend(st, &full, b->keep);
-            n = 0;
-            for (int j = 0; j < t; j++)
-                if (b->keep[j])
-                    b->pos[n++] = j;
-        }
-        b->pos[n++] = t;
+        kv_step_metrics m;
+        kv_cache_step(&c, t, &rows, &m);
         if (t >= P) {
-            double meta = ops->meta_bytes ? (double)ops->meta_bytes(st, n) : 0.0;
-            *peak_n = n > *peak_n ? n : *peak_n;
-            *peak_meta = meta > *peak_meta ? meta : *peak_meta;
+            *peak_tokens = m.kv_tokens > *peak_tokens ? m.kv_tokens : *peak_tokens;
+            *peak_meta = m.meta_bytes > *peak_meta ? m.meta_bytes : *peak_meta;
         }
-        uniform(b->w, group, n);
-        kv_row row = { .t = t, .n = n, .pos = b->pos, .n_heads = group, .w = b->w,
-                       .is_prefill = t < P };
-        ops->observe(st, &row);
-        if (t < P - 1)
-            continue;
-        kv_cache_view view = { .t = t, .n = n, .pos = b->pos, .budget = budget,
-                               .is_prefill_end = t == P - 1 };
-        memset(b->keep, 0, (size_t)n);
-        ops->select(st, &view, b->keep);
-        int m = 0;
-        for (int i = 0; i < n; i++)
-            if (b->keep[i])
-                b->pos[m++] = b->pos[i];
-        n = m;
     }
+    kv_cache_free(&c);
+    free(identity);
+    free(ones);
+    return 0;
 }
 
 int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
                         double *kv_bytes_peak, double *meta_bytes_peak, char *err,
                         size_t err_len)
 {
-    int T = info->n_tokens, per_layer = caches_per_layer(pc, info);
+    int per_layer = kv_caches_per_layer(pc, info);
     int group = info->n_heads / per_layer;
-    int token_weight = per_layer == 1 ? info->n_kv_heads : 1;   /* as engine.c */
-    dry_buffers b = {
-        .pos = malloc((size_t)T * sizeof *b.pos),
-        .identity = malloc((size_t)T * sizeof *b.identity),
-        .w = malloc((size_t)group * T * sizeof *b.w),
-        .keep = malloc((size_t)T),
-    };
-    kv_policy_ctx ctx = { .budget = budget, .group_size = group, .n_tokens = T,
-                          .prefill_len = info->prefill_len, .seed = 1 };
-    void *st = NULL;
-    if (b.pos && b.identity && b.w && b.keep)
-        st = pc->ops->create(&pc->values, &ctx);
-    if (!st) {
-        dry_free(&b);
+    int token_weight = kv_cache_token_weight(pc, info);
+    double peak_tokens = 0.0, peak_meta = 0.0;
+    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta)) {
         snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
         return 1;
     }
-    for (int j = 0; j < T; j++)
-        b.identity[j] = j;
-    long long peak_n = 0;
-    double peak_meta = 0.0;
-    dry_cache(pc->ops, st, info, group, budget, &b, &peak_n, &peak_meta);
-    pc->ops->destroy(st);
-    dry_free(&b);
     long long caches = (long long)info->n_layers * per_layer;
-    *kv_bytes_peak = kv_tokens_to_bytes(info, peak_n * token_weight * caches);
+    *kv_bytes_peak = kv_tokens_to_bytes(info, (long long)peak_tokens * caches);
     *meta_bytes_peak = peak_meta * (double)caches;
     return 0;
 }

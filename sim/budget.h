@@ -44,12 +44,13 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
 /*
  * The memory a run of policy pc at budget B (tokens) would reach on a trace of geometry
  * info: *kv_bytes_peak and *meta_bytes_peak, in bytes, summed over all the model's caches
- * as summary.tsv reports them. Computed by a dry run of the policy's own create / observe /
- * select / meta_bytes on one cache with uniform attention rows (the engine's step order,
- * one cache standing for all: every cache sees the same counts), so it is exact for any
- * policy whose memory depends on how many tokens it holds and has seen, not on the
- * attention values: all of the registered ones. Cost: one cache's replay, O(T * B * group)
- * plus the policy's own work. B must pass pc's check. Returns 0, or 1 when out of memory.
+ * as summary.tsv reports them. Computed by a dry run of one cache through the replay's
+ * own step (sim/cache.h: the policy's create / observe / select / meta_bytes in the same
+ * order) on constant attention rows, one cache standing for all (every cache sees the
+ * same counts), so it is exact for any policy whose memory depends on how many tokens it
+ * holds and has seen, not on the attention values: all of the registered ones. Cost:
+ * one cache's replay, O(T * B * group) plus the policy's own work. B must pass pc's
+ * check. Returns 0, or 1 when out of memory.
  */
 int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
                         double *kv_bytes_peak, double *meta_bytes_peak, char *err,

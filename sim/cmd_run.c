@@ -5,6 +5,7 @@
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "sim/experiment.h"
 #include "sim/output.h"
 #include "sim/plot.h"
 #include "traces/trace_text.h"
@@ -204,115 +205,6 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
     return 2;
 }
 
-/* The `trace` column of a trace: its file name without directory. */
-static const char *trace_name(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
-/* Budgets in tokens of every (trace, policy, budget spec):
- * tokens[(k * n_policies + p) * n_budgets + b]. Reads each trace's header only. Returns
- * 0, 1 (a trace cannot be opened) or 2 (a spec does not resolve for a policy). */
-static int resolve_budgets(const kv_experiment *ex, int *tokens, char *err, size_t err_len)
-{
-    for (int k = 0; k < ex->n_traces; k++) {
-        kv_trace *tr = NULL;
-        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-            return 1;
-        kv_trace_info info = *kv_trace_get_info(tr);
-        kv_trace_close(tr);
-        for (int p = 0; p < ex->n_policies; p++)
-            for (int b = 0; b < ex->n_budgets; b++) {
-                char why[768];
-                int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
-                int rc = kv_budget_resolve(&ex->budgets[b], &ex->policies[p], &info, t, why,
-                                           sizeof why);
-                if (rc) {
-                    snprintf(err, err_len, "%s: %s", trace_name(ex->traces[k]), why);
-                    return rc;
-                }
-            }
-    }
-    return 0;
-}
-
-/* Moves the runs of part (policies idx[0..n) of the experiment, at the same budgets)
- * into merged, where policy idx[i]'s runs sit at idx[i] * n_budgets + b; frees part. */
-static void merge_runs(kv_results *merged, kv_results *part, const int *idx, int n,
-                       int n_budgets)
-{
-    merged->info = part->info;
-    merged->n_steps = part->n_steps;
-    for (int i = 0; i < n; i++)
-        for (int b = 0; b < n_budgets; b++) {
-            kv_run_result *dst = &merged->runs[idx[i] * n_budgets + b];
-            *dst = part->runs[i * n_budgets + b];
-            dst->policy = idx[i];
-        }
-    part->n_runs = 0;          /* the arrays now belong to merged */
-    kv_results_free(part);
-}
-
-/*
- * Replays trace k. Policies whose budgets resolved to the same tokens share one replay
- * (one pass over the rows); byte budgets can differ between policies, so there may be
- * several. *out gets every run, policy-major, as kv_experiment_results expects.
- */
-static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
-                        const run_options *o, kv_results **out, char *err, size_t err_len)
-{
-    int np = ex->n_policies, nb = ex->n_budgets;
-    const int *tok = tokens + (size_t)k * np * nb;
-    kv_results *merged = calloc(1, sizeof *merged);
-    int *idx = malloc((size_t)np * sizeof *idx), *done = calloc((size_t)np, sizeof *done);
-    kv_policy_conf *group = malloc((size_t)np * sizeof *group);
-    kv_trace *tr = NULL;
-    if (merged)
-        merged->runs = calloc((size_t)np * nb, sizeof *merged->runs);
-    if (!merged || !merged->runs || !idx || !done || !group) {
-        snprintf(err, err_len, "out of memory");
-        goto fail;
-    }
-    merged->n_runs = np * nb;
-    if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-        goto fail;
-    kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
-    for (int p = 0; p < np; p++) {
-        if (done[p])
-            continue;
-        int n = 0;
-        for (int q = p; q < np; q++)
-            if (!done[q] && memcmp(tok + q * nb, tok + p * nb, (size_t)nb * sizeof *tok) == 0) {
-                done[q] = 1;
-                group[n] = ex->policies[q];
-                idx[n++] = q;
-            }
-        kv_replay_conf conf = {
-            .policies = group, .n_policies = n, .budgets = tok + p * nb, .n_budgets = nb,
-            .block = o->block, .progress = !o->quiet, .seed = ex->seed,
-        };
-        kv_results *part = NULL;
-        int rc = kv_replay(tr, &conf, &part, err, err_len);
-        if (rc) {
-            kv_trace_close(tr);
-            kv_results_free(merged);
-            free(idx), free(done), free(group);
-            return rc;
-        }
-        merge_runs(merged, part, idx, n, nb);
-    }
-    kv_trace_close(tr);
-    free(idx), free(done), free(group);
-    *out = merged;
-    return 0;
-fail:
-    kv_trace_close(tr);
-    kv_results_free(merged);
-    free(idx), free(done), free(group);
-    return 1;
-}
-
 /* The token column of retention.tsv for the trace at path: each position's text
  * TSV-escaped (a trace captured with a tokenizer), "#id" (token ids only), or NULL (no
  * /tokens). One allocation: free(*cells) releases it. */
@@ -355,21 +247,6 @@ static int token_cells(const char *path, char ***cells, char *err, size_t err_le
     free(ids);
     kv_trace_close(tr);
     return rc;
-}
-
-/* Replays every trace of ex; res[] and names[] get one entry per trace. */
-static int replay_all(const kv_experiment *ex, const int *tokens, const run_options *o,
-                      kv_results **res, const char **names, char *err, size_t err_len)
-{
-    for (int k = 0; k < ex->n_traces; k++) {
-        names[k] = trace_name(ex->traces[k]);
-        if (!o->quiet && ex->n_traces > 1)
-            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
-        int rc = replay_trace(ex, k, tokens, o, &res[k], err, err_len);
-        if (rc)
-            return rc;
-    }
-    return 0;
 }
 
 /* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
@@ -424,7 +301,7 @@ int kv_cmd_run(int argc, char **argv)
         }
     }
     if (rc == 0)
-        rc = resolve_budgets(&ex, tokens, err, sizeof err);
+        rc = kv_experiment_resolve_budgets(&ex, tokens, err, sizeof err);
     for (int b = 0; b < ex.n_budgets && b < 64; b++)
         specs[b] = ex.budgets[b].text;
     kv_replay_conf conf = { .policies = ex.policies, .n_policies = ex.n_policies,
@@ -444,8 +321,11 @@ int kv_cmd_run(int argc, char **argv)
         rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
     for (int k = 0; rc == 0 && k < ex.n_traces; k++)
         rc = token_cells(ex.traces[k], &cells[k], err, sizeof err);
+    for (int k = 0; k < ex.n_traces; k++)
+        names[k] = kv_trace_display_name(ex.traces[k]);
+    kv_experiment_opts eo = { .block = o.block, .progress = !o.quiet };
     if (rc == 0)
-        rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
+        rc = kv_experiment_replay(&ex, tokens, &eo, res, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
     if (rc == 0 && !o.quiet) {
@@ -503,9 +383,8 @@ int kv_cmd_policies(int argc, char **argv)
             print_param(&ops->params[p]);
         printf("\n");
     }
-    printf("every policy also takes:\n    %-12s default %-6s (kv_head|query_head)\n"
-           "                 kv_head: one cache per KV head shared by its query heads; "
-           "query_head: one per query head\n                 (KV repeated per head, memory "
-           "times the group size)\n", "kv_granularity", "kv_head");
+    printf("every policy also takes:\n");
+    for (int p = 0; p < kv_n_engine_params; p++)
+        print_param(&kv_engine_params[p]);
     return 0;
 }

@@ -34,24 +34,6 @@ static kv_policy_conf *find_label(kv_experiment *ex, const char *label)
     return NULL;
 }
 
-/* Sets one parameter of pc: the engine-level kv_granularity, or one of the policy's own. */
-static int set_param(kv_policy_conf *pc, const char *name, const char *text, char *err,
-                     size_t err_len)
-{
-    if (strcmp(name, "kv_granularity") != 0)
-        return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
-    if (strcmp(text, "kv_head") == 0)
-        pc->granularity = KV_GRAN_KV_HEAD;
-    else if (strcmp(text, "query_head") == 0)
-        pc->granularity = KV_GRAN_QUERY_HEAD;
-    else {
-        snprintf(err, err_len, "kv_granularity must be one of kv_head|query_head, got '%s'",
-                 text);
-        return 1;
-    }
-    return 0;
-}
-
 int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *type,
                              char *err, size_t err_len)
 {
@@ -89,14 +71,14 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
 {
     kv_policy_conf *pc = find_label(ex, target);
     if (pc)
-        return set_param(pc, param, text, err, err_len) ? 2 : 0;
+        return kv_policy_conf_set(pc, param, text, err, err_len) ? 2 : 0;
     int matched = 0;
     for (int i = 0; i < ex->n_policies; i++) {
         pc = &ex->policies[i];
         if (strcmp(pc->ops->name, target) != 0)
             continue;
         matched++;
-        if (set_param(pc, param, text, err, err_len))
+        if (kv_policy_conf_set(pc, param, text, err, err_len))
             return 2;
     }
     if (!matched) {
@@ -351,7 +333,7 @@ static int apply_policy_items(ini_state *s)
                         it->section, "", "");
         if (strcmp(it->key, "type") == 0)
             continue;
-        if (set_param(pc, it->key, it->value, why, sizeof why))
+        if (kv_policy_conf_set(pc, it->key, it->value, why, sizeof why))
             return fail(s, "[policy %s] %s", it->section, why, "");
     }
     return 1;

@@ -1,18 +1,15 @@
 /*
  * engine.c - the replay engine (see engine.h and the README's "Replay semantics").
  *
- * One cache = one (run, layer, KV head). Per query position t the engine
- *   1. appends t to the cache: A_t = S u {t};
- *   2. prefill (t < P): hands the policy the full-cache rows p_t of the group's heads;
- *      decode (t >= P): computes recall_t^h = sum_{j in A_t} p_t^h[j] for each head and
- *      hands the policy o_t^h = p_t^h / recall_t^h over A_t (zeros when recall is 0);
- *   3. at t = P-1 and every decode step asks the policy which of A_t to keep, and
- *      compacts the cache to them.
- * Metrics (recall, kv tokens, metadata bytes) are taken at decode steps, on A_t, before
- * the eviction: that is what the query attended to.
+ * One cache = one (run, layer, KV head), stepped by sim/cache.h (which holds the replay
+ * rules: A_t, recall, o_t, the policy's observe and select, the step's metrics). The
+ * engine schedules: it produces the rows block by block (sim/rows.h), steps every cache
+ * of a layer through them in position order as OpenMP tasks, and folds each cache's
+ * metrics into its run in a fixed order after the layer.
  */
 #include "sim/engine.h"
-#include "sim/simd.h"
+#include "sim/cache.h"
+#include "sim/metrics.h"
 #include "sim/rows.h"
 
 #include <math.h>
@@ -27,32 +24,16 @@
 #include <time.h>
 
 #define DEFAULT_BLOCK 64
-#define TOPK 8   /* top-k recall is reported for k = 1 and k = TOPK */
 
+#define TOPK KV_CACHE_TOPK
+
+/* One cache of the replay, and what the engine keeps beside it. */
 typedef struct {
-    const kv_policy_ops *ops;
-    void *state;
-    int run;              /* index into kv_results.runs */
-    int head_lo;          /* first query head of the group */
-    int n_heads;          /* query heads in the group */
-    int token_weight;     /* KV heads that store each cached position (layer scope) */
-    int budget;
-    int max_held;         /* most past tokens after a select or attend, -1: no bound */
-    int n;                /* |S| (|A_t| while a step runs) */
-    int *pos;             /* [T] cached positions, ascending */
-    unsigned char *in_set;/* [T] 1 for cached positions */
-    int *entered;         /* [T] position at which each cached position (re-)entered */
-    double *w;            /* [n_heads * T] row handed to the policy */
-    unsigned char *keep;  /* [T] */
-    /* per decode step s, reduced into the run after the layer */
-    double *recall_sum;   /* [D] sum over the group's heads of recall */
-    double *topk1_sum;    /* [D] sum over the group's heads of top-1 recall */
-    double *topk8_sum;    /* [D] sum over the group's heads of top-8 recall */
-    long long *tokens;    /* [D] |A_t| * token_weight */
-    double *meta;         /* [D] bytes */
-    long long *lifetimes; /* [D + 1] */
-    int failed;           /* 1 when a policy kept more than max_held */
-} kv_cache;
+    kv_cache cache;
+    int run;                 /* index into kv_results.runs */
+    int head_lo;             /* first query head of the group */
+    kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
+} replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
@@ -60,9 +41,32 @@ typedef struct {
     const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
     size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
-    const int *identity;  /* [T] 0, 1, ..., T-1 */
     int t0, nb;
 } kv_block;
+
+const kv_param_spec kv_engine_params[] = {
+    [KV_ENGINE_PARAM_GRANULARITY] = {
+        "kv_granularity", KV_PARAM_CHOICE, "kv_head", 0, 0, "kv_head|query_head",
+        "kv_head: one cache per KV head shared by its query heads; query_head: one per "
+        "query head (KV repeated per head, memory times the group size)" },
+};
+const int kv_n_engine_params = sizeof kv_engine_params / sizeof kv_engine_params[0];
+
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len)
+{
+    for (int i = 0; i < kv_n_engine_params; i++) {
+        if (strcmp(name, kv_engine_params[i].name) != 0)
+            continue;
+        double v;
+        if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
+            return 1;
+        if (i == KV_ENGINE_PARAM_GRANULARITY)
+            pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
+        return 0;
+    }
+    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
+}
 
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
 {
@@ -106,22 +110,11 @@ static unsigned long cache_seed(unsigned long base, int run, int layer, int cach
     return (unsigned long)x;
 }
 
-static void cache_free(kv_cache *c)
+static void replay_cache_free(replay_cache *rc)
 {
-    if (c->ops && c->state)
-        c->ops->destroy(c->state);
-    free(c->pos);
-    free(c->in_set);
-    free(c->entered);
-    free(c->w);
-    free(c->keep);
-    free(c->recall_sum);
-    free(c->topk1_sum);
-    free(c->topk8_sum);
-    free(c->tokens);
-    free(c->meta);
-    free(c->lifetimes);
-    memset(c, 0, sizeof *c);
+    kv_cache_free(&rc->cache);
+    free(rc->steps);
+    memset(rc, 0, sizeof *rc);
 }
 
 static int layer_scope(const kv_policy_conf *pc)
@@ -129,255 +122,71 @@ static int layer_scope(const kv_policy_conf *pc)
     return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
 }
 
-/* The caches of one run in one layer; each covers n_heads / count query heads. */
-static int caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
+int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
     if (layer_scope(pc))
         return 1;
     return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
 }
 
-static int cache_init(kv_cache *c, const kv_policy_conf *pc, int run, int budget,
-                      const kv_trace_info *in, int layer, int index, int n_caches,
-                      unsigned long seed)
+int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in)
+{
+    return layer_scope(pc) ? in->n_kv_heads : 1;
+}
+
+static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run, int budget,
+                             const kv_trace_info *in, int layer, int index, int n_caches,
+                             unsigned long seed, const int *identity)
 {
     int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
     int group = in->n_heads / n_caches;
-    memset(c, 0, sizeof *c);
-    c->ops = pc->ops;
-    c->run = run;
-    c->head_lo = index * group;
-    c->n_heads = group;
-    c->token_weight = layer_scope(pc) ? in->n_kv_heads : 1;   /* every KV head stores S */
-    c->budget = budget;
-    c->max_held = kv_policy_max_held(pc->ops, &pc->values, budget);
-    c->pos = malloc((size_t)T * sizeof *c->pos);
-    c->in_set = calloc((size_t)T, 1);
-    c->entered = malloc((size_t)T * sizeof *c->entered);
-    c->w = malloc((size_t)group * T * sizeof *c->w);
-    c->keep = malloc((size_t)T);
-    c->recall_sum = calloc((size_t)D, sizeof *c->recall_sum);
-    c->topk1_sum = calloc((size_t)D, sizeof *c->topk1_sum);
-    c->topk8_sum = calloc((size_t)D, sizeof *c->topk8_sum);
-    c->tokens = calloc((size_t)D, sizeof *c->tokens);
-    c->meta = calloc((size_t)D, sizeof *c->meta);
-    c->lifetimes = calloc((size_t)D + 1, sizeof *c->lifetimes);
+    memset(rc, 0, sizeof *rc);
+    rc->run = run;
+    rc->head_lo = index * group;
+    rc->steps = calloc((size_t)D, sizeof *rc->steps);
     kv_policy_ctx ctx = {
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
     };
-    if (c->pos && c->in_set && c->entered && c->w && c->keep && c->recall_sum && c->topk1_sum &&
-        c->topk8_sum && c->tokens && c->meta && c->lifetimes)
-        c->state = pc->ops->create(&pc->values, &ctx);
-    if (!c->state) {
-        cache_free(c);
+    if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
+                                    kv_cache_token_weight(pc, in), identity)) {
+        free(rc->steps);
+        rc->steps = NULL;
         return -1;
     }
     return 0;
 }
 
-/* Decode steps a position was attended to, if its last was step t (0 if none). */
-static int lifetime(const kv_cache *c, int j, int t, int P)
+/* The rows of cache rc's group at position t of block b. */
+static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
-    int first = c->entered[j] > P ? c->entered[j] : P;
-    return t >= first ? t - first + 1 : 0;
-}
-
-/* Replaces the cache by the kept entries of pos[0..n) (keep[i] set), in order, and
- * records the lifetime of every dropped position; decode_t is the step that last
- * attended (-1 at the prefill end). */
-static void cache_compact(kv_cache *c, const int *pos, int n, const unsigned char *keep,
-                          int decode_t, int P)
-{
-    /* Runs of kept entries move down whole (memchr finds the next drop): a decode step
-     * usually drops one position, so this is one search and one move, not a loop over n. */
-    int m = 0, i = 0;
-    while (i < n) {
-        const unsigned char *z = memchr(keep + i, 0, (size_t)(n - i));
-        int end = z ? (int)(z - keep) : n;
-        if (pos + i != c->pos + m)
-            memmove(c->pos + m, pos + i, (size_t)(end - i) * sizeof *pos);
-        m += end - i;
-        if (end == n)
-            break;
-        int j = pos[end];
-        c->in_set[j] = 0;
-        c->lifetimes[decode_t >= 0 ? lifetime(c, j, decode_t, P) : 0]++;
-        i = end + 1;
-    }
-    c->n = m;
-}
-
-/* Step 3: apply the policy's choice. */
-static void cache_select(kv_cache *c, int t, int P)
-{
-    int is_prefill_end = t == P - 1;
-    kv_cache_view view = {
-        .t = t, .n = c->n, .pos = c->pos, .budget = c->budget,
-        .is_prefill_end = is_prefill_end,
+    size_t i_row = (size_t)rc->head_lo * b->nb + (size_t)(t - b->t0);
+    kv_group_rows g = {
+        .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
+        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->nb * TOPK,
     };
-    memset(c->keep, 0, (size_t)c->n);
-    c->ops->select(c->state, &view, c->keep);
-    cache_compact(c, c->pos, c->n, c->keep, is_prefill_end ? -1 : t, P);
-    if (c->max_held >= 0 && c->n > c->max_held)
-        c->failed = 1;
-}
-
-/* The group's full-cache rows over 0..t, as handed to attend and prescan. */
-static kv_row full_row(kv_cache *c, const kv_block *b, int t)
-{
-    for (int hh = 0; hh < c->n_heads; hh++) {
-        const float *p = b->rows + ((size_t)(c->head_lo + hh) * b->nb + (size_t)(t - b->t0)) * b->ld;
-        double *w = c->w + (size_t)hh * (t + 1);
-        for (int j = 0; j <= t; j++)
-            w[j] = p[j];
-    }
-    kv_row row = { .t = t, .n = t + 1, .pos = b->identity, .n_heads = c->n_heads,
-                   .w = c->w, .is_prefill = t < b->in->prefill_len };
-    return row;
-}
-
-/* Oracle-style policies choose S from the full row before the query attends. */
-static void cache_attend(kv_cache *c, const kv_block *b, int t)
-{
-    kv_row full = full_row(c, b, t);
-    memset(c->keep, 0, (size_t)t + 1);
-    c->ops->attend(c->state, &full, c->keep);
-    c->keep[t] = 0;                   /* t is appended by the step itself */
-    for (int i = 0; i < c->n; i++)    /* positions not re-chosen leave the cache */
-        if (!c->keep[c->pos[i]])
-            c->lifetimes[lifetime(c, c->pos[i], t - 1, b->in->prefill_len)]++;
-    c->n = 0;
-    for (int j = 0; j < t; j++) {
-        if (c->keep[j] && !c->in_set[j])
-            c->entered[j] = t;        /* re-admitted */
-        c->in_set[j] = c->keep[j];
-        if (c->keep[j])
-            c->pos[c->n++] = j;
-    }
-    if (c->max_held >= 0 && c->n > c->max_held)
-        c->failed = 1;
-}
-
-/* Fraction of the first k of a row's top keys (fewer when t+1 < k) that are cached. */
-static double topk_hit(const kv_cache *c, const int *top, int k, int t)
-{
-    int n = k < t + 1 ? k : t + 1, hit = 0;
-    for (int i = 0; i < n; i++)
-        hit += c->in_set[top[i]];
-    return (double)hit / n;
-}
-
-/* Eight lanes of gather_row: w[i..i+8) = p[idx(i)...] and lane l's partial sum. */
-#define GATHER8(IDX)                                                                   \
-    do {                                                                               \
-        double v0 = p[IDX(i)], v1 = p[IDX(i + 1)], v2 = p[IDX(i + 2)], v3 = p[IDX(i + 3)]; \
-        double v4 = p[IDX(i + 4)], v5 = p[IDX(i + 5)], v6 = p[IDX(i + 6)];              \
-        double v7 = p[IDX(i + 7)];                                                     \
-        if (w) {                                                                       \
-            w[i] = v0, w[i + 1] = v1, w[i + 2] = v2, w[i + 3] = v3;                    \
-            w[i + 4] = v4, w[i + 5] = v5, w[i + 6] = v6, w[i + 7] = v7;                \
-        }                                                                              \
-        a0 += v0, a1 += v1, a2 += v2, a3 += v3, a4 += v4, a5 += v5, a6 += v6, a7 += v7; \
-    } while (0)
-#define AT_POS(i) pos[i]
-#define AT_SELF(i) (i)
-
-/*
- * w[i] = p[pos[i]] for i < n, as doubles (pos NULL: the positions 0..n-1, a plain
- * conversion), returning their sum (w NULL: only the sum, for a policy that will not
- * read the row). The sum is kept in 8 interleaved partial sums added in
- * a fixed order, so it is the same for any thread count and instruction set, and the
- * additions are independent where one running sum would be a chain of dependent ones;
- * the partial sums are separate locals, so they stay in registers (as an array, GCC kept
- * them in memory: 2.6x slower).
- */
-static double gather_row(const float *p, const int *pos, int n, double *w)
-{
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-    int i = 0;
-    if (!pos)
-        for (; i + 8 <= n; i += 8)
-            GATHER8(AT_SELF);
-    else
-        for (; i + 8 <= n; i += 8)
-            GATHER8(AT_POS);
-    double acc[8] = { a0, a1, a2, a3, a4, a5, a6, a7 };
-    for (; i < n; i++) {
-        double v = p[pos ? pos[i] : i];
-        if (w)
-            w[i] = v;
-        acc[i & 7] += v;
-    }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* w[0..n) *= inv (rule 2's renormalisation), vectorised; one product per lane, so every
- * clone gives the same bits. */
-static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
-{
-    #pragma omp simd
-    for (int i = 0; i < n; i++)
-        w[i] *= inv;
+    return g;
 }
 
 /*
- * Steps 1-3 for query position t. head_sum/head_min: [n_heads] sums and minima of this
- * layer's heads for this run.
+ * Steps rc's cache through position t (cache.h) and adds each head's recall to the
+ * layer's per-head sums and minima of this run (head_sum/head_min: [n_heads]).
  */
-static void cache_step(kv_cache *c, const kv_block *b, int t, double *head_sum,
-                       double *head_min)
+static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                        double *head_min)
 {
-    const kv_trace_info *in = b->in;
-    int P = in->prefill_len;
-    int is_prefill = t < P;
-    if (!is_prefill && c->ops->attend)
-        cache_attend(c, b, t);
-    c->pos[c->n++] = t;                                   /* step 1 */
-    c->in_set[t] = 1;
-    c->entered[t] = t;
-    int n = c->n;
-    /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
-    const int *pos = n == t + 1 ? NULL : c->pos;
-    /* the row is built only for a policy that will read it */
-    int reads = c->ops->reads_row == NULL || c->ops->reads_row(c->state, t);
-    double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
-    for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
-        int h = c->head_lo + hh, i_row = h * b->nb + (t - b->t0);
-        const float *p = b->rows + (size_t)i_row * b->ld;
-        double *w = c->w + (size_t)hh * n;
-        if (is_prefill) {                                 /* p itself, no recall */
-            if (reads)
-                gather_row(p, pos, n, w);
-            continue;
-        }
-        double recall = gather_row(p, pos, n, reads ? w : NULL);
-        /* rule 6: a zero denominator gives an all-zero observed row */
-        if (reads)
-            scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
-        recall_sum += recall;
+    kv_cache *c = &rc->cache;
+    int P = b->in->prefill_len;
+    kv_group_rows rows = group_rows(rc, b, t);
+    kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
+    for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
+        int h = rc->head_lo + hh;
+        double recall = c->head_recall[hh];
         head_sum[h] += recall;
         if (recall < head_min[h])
             head_min[h] = recall;
-        const int *top = b->topk + (size_t)i_row * TOPK;
-        top1 += topk_hit(c, top, 1, t);
-        top8 += topk_hit(c, top, TOPK, t);
     }
-    kv_row row = {
-        .t = t, .n = n, .pos = c->pos, .n_heads = c->n_heads,
-        .w = reads ? c->w : NULL, .is_prefill = is_prefill,
-    };
-    if (!is_prefill) {
-        int s = t - P;
-        c->recall_sum[s] = recall_sum;
-        c->topk1_sum[s] = top1;
-        c->topk8_sum[s] = top8;
-        c->tokens[s] = (long long)n * c->token_weight;
-        c->meta[s] = c->ops->meta_bytes ? (double)c->ops->meta_bytes(c->state, n) : 0.0;
-    }
-    c->ops->observe(c->state, &row);
-    if (t >= P - 1)                                       /* step 3 */
-        cache_select(c, t, P);
+    kv_cache_update(c, t);
 }
 
 static double now_seconds(void)
@@ -398,19 +207,14 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         kv_run_result *run = &res->runs[r];
         run->policy = r / conf->n_budgets;
         run->budget = conf->budgets[r % conf->n_budgets];
-        run->step_recall = calloc((size_t)D, sizeof(double));
-        run->step_kv_tokens = calloc((size_t)D, sizeof(long long));
-        run->step_meta_bytes = calloc((size_t)D, sizeof(double));
+        run->steps = calloc((size_t)D, sizeof *run->steps);
         run->head_recall_mean = calloc((size_t)LH, sizeof(double));
         run->head_recall_min = malloc((size_t)LH * sizeof(double));
-        run->step_topk1 = calloc((size_t)D, sizeof(double));
-        run->step_topk8 = calloc((size_t)D, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
-        if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
-            !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
-            !run->step_topk8 || !run->lifetimes || !run->retained || !run->final_sets)
+        if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
+            !run->lifetimes || !run->retained || !run->final_sets)
             return -1;
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
@@ -424,13 +228,9 @@ void kv_results_free(kv_results *res)
         return;
     for (int r = 0; res->runs && r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        free(run->step_recall);
-        free(run->step_kv_tokens);
-        free(run->step_meta_bytes);
+        free(run->steps);
         free(run->head_recall_mean);
         free(run->head_recall_min);
-        free(run->step_topk1);
-        free(run->step_topk8);
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
@@ -442,11 +242,12 @@ void kv_results_free(kv_results *res)
 /* The final cached set of cache c, per KV head of layer `layer` (final_sets in
  * engine.h): each of c's query heads counts once for the KV head it belongs to. */
 static void record_final_set(kv_run_result *run, const kv_trace_info *in, int layer,
-                             const kv_cache *c)
+                             const replay_cache *rc)
 {
+    const kv_cache *c = &rc->cache;
     int group = in->n_heads / in->n_kv_heads, T = in->n_tokens;
     for (int hh = 0; hh < c->n_heads; hh++) {
-        int g = (c->head_lo + hh) / group;
+        int g = (rc->head_lo + hh) / group;
         int *row = run->final_sets + ((size_t)layer * in->n_kv_heads + g) * T;
         for (int i = 0; i < c->n; i++)
             row[c->pos[i]]++;
@@ -455,24 +256,21 @@ static void record_final_set(kv_run_result *run, const kv_trace_info *in, int la
 
 /* Folds one layer's caches into their runs, in a fixed order (run, then cache), so the
  * sums do not depend on the number of threads. */
-static void reduce_layer(kv_results *res, const kv_cache *caches, int n_caches, int layer)
+static void reduce_layer(kv_results *res, const replay_cache *caches, int n_caches,
+                         int layer)
 {
     for (int ci = 0; ci < n_caches; ci++) {
-        const kv_cache *c = &caches[ci];
-        kv_run_result *run = &res->runs[c->run];
-        for (int s = 0; s < res->n_steps; s++) {
-            run->step_recall[s] += c->recall_sum[s];
-            run->step_topk1[s] += c->topk1_sum[s];
-            run->step_topk8[s] += c->topk8_sum[s];
-            run->step_kv_tokens[s] += c->tokens[s];
-            run->step_meta_bytes[s] += c->meta[s];
-        }
+        const replay_cache *rc = &caches[ci];
+        const kv_cache *c = &rc->cache;
+        kv_run_result *run = &res->runs[rc->run];
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_add(&run->steps[s], &rc->steps[s]);
         for (int s = 0; s <= res->n_steps; s++)
             run->lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
             run->retained[c->pos[i]] += c->token_weight;
         run->n_cache_units += c->token_weight;
-        record_final_set(run, &res->info, layer, c);
+        record_final_set(run, &res->info, layer, rc);
     }
 }
 
@@ -501,15 +299,16 @@ static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
 
 /* Creates the caches of every run for one layer. Returns their number, or -1. */
 static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int layer,
-                        kv_cache *caches)
+                        const int *identity, replay_cache *caches)
 {
     int n = 0;
     for (int r = 0; r < res->n_runs; r++) {
         const kv_policy_conf *pc = &conf->policies[res->runs[r].policy];
-        int per_layer = caches_per_layer(pc, &res->info);
+        int per_layer = kv_caches_per_layer(pc, &res->info);
         for (int i = 0; i < per_layer; i++, n++)
-            if (cache_init(&caches[n], pc, r, res->runs[r].budget, &res->info, layer, i,
-                           per_layer, cache_seed(conf->seed, r, layer, i)) != 0)
+            if (replay_cache_init(&caches[n], pc, r, res->runs[r].budget, &res->info, layer,
+                                  i, per_layer, cache_seed(conf->seed, r, layer, i),
+                                  identity) != 0)
                 return -1;
     }
     return n;
@@ -526,7 +325,6 @@ typedef struct {
     kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
-    const int *identity;   /* [T] 0, 1, ..., T-1 */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
 } kv_stream;
@@ -580,22 +378,23 @@ static void load_piece(kv_rows *rows, int layer, int piece, kv_failure *f)
 }
 
 /* Runs one cache through the block: replay steps, or the prescan of lookahead policies. */
-static void consume(kv_cache *c, const kv_block *b, int mode, kv_results *res, int layer)
+static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *res,
+                    int layer)
 {
     if (mode == CONSUME_PRESCAN) {
-        if (c->ops->prescan)
+        if (kv_cache_prescans(&rc->cache))
             for (int t = b->t0; t < b->t0 + b->nb; t++) {
-                kv_row full = full_row(c, b, t);
-                c->ops->prescan(c->state, &full);
+                kv_group_rows rows = group_rows(rc, b, t);
+                kv_cache_prescan(&rc->cache, t, &rows);
             }
         return;
     }
     int H = b->in->n_heads;
-    kv_run_result *run = &res->runs[c->run];
+    kv_run_result *run = &res->runs[rc->run];
     double *hs = run->head_recall_mean + (size_t)layer * H;
     double *hm = run->head_recall_min + (size_t)layer * H;
     for (int t = b->t0; t < b->t0 + b->nb; t++)
-        cache_step(c, b, t, hs, hm);
+        replay_step(rc, b, t, hs, hm);
 }
 
 /*
@@ -614,7 +413,7 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
 {
     int T = in->n_tokens;
     kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
-                   .topk = s->topk[slot], .identity = s->identity, .t0 = t0,
+                   .topk = s->topk[slot], .t0 = t0,
                    .nb = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -623,7 +422,7 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
  * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
  * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
  * out of memory. */
-static int *cache_tasks(const kv_rows *rows, const kv_cache *caches, int n_caches,
+static int *cache_tasks(const kv_rows *rows, const replay_cache *caches, int n_caches,
                         int **members_out, int **first_out)
 {
     int n_tasks = kv_rows_n_tasks(rows);
@@ -641,7 +440,8 @@ static int *cache_tasks(const kv_rows *rows, const kv_cache *caches, int n_cache
         for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
             int h0, h1;
             kv_rows_task_heads(rows, g, &h0, &h1);
-            if (caches[ci].head_lo >= h0 && caches[ci].head_lo + caches[ci].n_heads <= h1)
+            if (caches[ci].head_lo >= h0 &&
+                caches[ci].head_lo + caches[ci].cache.n_heads <= h1)
                 task_of[ci] = g;
         }
     }
@@ -663,7 +463,7 @@ typedef struct {
     kv_stream *s;
     const kv_trace_info *in;
     int layer, next_layer, mode, fuse;
-    kv_cache *caches;
+    replay_cache *caches;
     kv_results *res;
     progress *pg;
     kv_failure *f;
@@ -720,7 +520,7 @@ static void consume_task(const kv_layer_work *w, int k, int ci)
  * Returns 0, or 1 with err set.
  */
 static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
-                        kv_cache *caches, int n_caches, int mode, kv_results *res,
+                        replay_cache *caches, int n_caches, int mode, kv_results *res,
                         progress *pg, char *err, size_t err_len)
 {
     int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
@@ -817,17 +617,18 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
 static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *res, int layer,
-                        kv_cache *caches, progress *pg, char *err, size_t err_len)
+                        replay_cache *caches, const int *identity, progress *pg,
+                        char *err, size_t err_len)
 {
     const kv_trace_info *in = &res->info;
-    int n_caches = layer_caches(conf, res, layer, caches);
+    int n_caches = layer_caches(conf, res, layer, identity, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return 1;
     }
     int any_prescan = 0;
     for (int ci = 0; ci < n_caches; ci++)
-        any_prescan |= caches[ci].ops->prescan != NULL;
+        any_prescan |= kv_cache_prescans(&caches[ci].cache);
     int next = layer + 1 < in->n_layers ? layer + 1 : -1;
     int rc = any_prescan ? stream_layer(s, in, layer, -1, caches, n_caches, CONSUME_PRESCAN,
                                         res, pg, err, err_len) : 0;
@@ -835,11 +636,11 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
         rc = stream_layer(s, in, layer, next, caches, n_caches, CONSUME_STEP, res, pg, err,
                           err_len);
     for (int ci = 0; rc == 0 && ci < n_caches; ci++)
-        if (caches[ci].failed) {
+        if (caches[ci].cache.failed) {
             const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
             snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
-                     "at budget %d in layer %d", pc->label, caches[ci].max_held,
-                     caches[ci].budget, layer);
+                     "at budget %d in layer %d", pc->label, caches[ci].cache.max_held,
+                     caches[ci].cache.budget, layer);
             rc = 1;
         }
     if (rc == 0)
@@ -849,13 +650,11 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, const int *identity,
-                       char *err, size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     memset(s, 0, sizeof *s);
     s->block = block;
-    s->identity = identity;
     s->cur = kv_rows_new(tr, block, err, err_len);
     if (!s->cur)
         return 1;
@@ -900,7 +699,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     }
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
-    kv_cache *caches = NULL;
+    replay_cache *caches = NULL;
     int *identity = NULL;
     if (!res)
         goto nomem;
@@ -910,7 +709,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         goto nomem;
     int n_caches = 0;
     for (int p = 0; p < conf->n_policies; p++)
-        n_caches += caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
+        n_caches += kv_caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
     caches = calloc((size_t)n_caches, sizeof *caches);
     identity = malloc((size_t)in->n_tokens * sizeof *identity);
     if (!caches || !identity)
@@ -922,11 +721,11 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
                     .tty = isatty(STDERR_FILENO) };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, identity, err, err_len);
+    rc = stream_open(&stream, tr, block, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
-        rc = replay_layer(&stream, conf, res, l, caches, &pg, err, err_len);
+        rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)
-            cache_free(&caches[ci]);
+            replay_cache_free(&caches[ci]);
         kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
         stream.cur = stream.next;
         stream.next = done;
@@ -947,11 +746,8 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     double units = (double)in->n_layers * in->n_heads;
     for (int r = 0; r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        for (int s = 0; s < res->n_steps; s++) {
-            run->step_recall[s] /= units;
-            run->step_topk1[s] /= units;
-            run->step_topk8[s] /= units;
-        }
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_finish(&run->steps[s], units);
         for (int i = 0; i < in->n_layers * in->n_heads; i++)
             run->head_recall_mean[i] /= res->n_steps;
     }

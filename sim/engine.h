@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/cache.h"
 #include "traces/trace.h"
 
 #define KV_LABEL_LEN 64
@@ -25,6 +26,17 @@
  * (the KV repeated per query head, as the MorphKV paper's baselines ran; group size 1,
  * KV memory multiplied by the group size). */
 typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
+
+/*
+ * The parameters every policy takes that the engine applies, not the policy: one
+ * kv_param_spec table (policy.h) from which parsing, validation and `kvsim policies`'s
+ * help all come; [policy L] keys and --set L.P=V set them like the policy's own.
+ * Entry KV_ENGINE_PARAM_GRANULARITY is kv_granularity (a CHOICE whose index is the
+ * kv_granularity value).
+ */
+enum { KV_ENGINE_PARAM_GRANULARITY = 0 };
+extern const kv_param_spec kv_engine_params[];   /* kv_n_engine_params rows */
+extern const int kv_n_engine_params;
 
 /* One configured policy: a label (column `policy` in every output), its ops and values. */
 typedef struct {
@@ -49,14 +61,12 @@ typedef struct {
 typedef struct {
     int policy;                 /* index into kv_replay_conf.policies */
     int budget;                 /* tokens */
-    double *step_recall;        /* [D] mean recall over layers and query heads at t = P+s */
-    long long *step_kv_tokens;  /* [D] sum over all caches of |A_t| (tokens) */
-    double *step_meta_bytes;    /* [D] sum over all caches of policy metadata (bytes) */
+    kv_step_metrics *steps;     /* [D] the metrics of decode step t = P+s, folded over
+                                   every cache of the model as sim/metrics.h's table says:
+                                   recall and top-k hits are means over layers and query
+                                   heads, kv_tokens and meta_bytes sums */
     double *head_recall_mean;   /* [n_layers * n_heads] mean over decode steps */
     double *head_recall_min;    /* [n_layers * n_heads] */
-    double *step_topk1;         /* [D] mean over layers and query heads of the fraction of
-                                   the row's top-1 full-cache key that is in A_t */
-    double *step_topk8;         /* [D] likewise for the 8 highest keys (min(8, t+1)) */
     long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
                                    they were attended to (0: evicted at the prefill end) */
     int *retained;              /* [T] number of caches holding position j after the last
@@ -78,6 +88,26 @@ typedef struct {
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
 } kv_results;
+
+/*
+ * Sets parameter name of pc to text: an engine-level one (kv_engine_params) or one of the
+ * policy's own (kv_params_set). Returns 0, or 1 with a one-line message (unknown
+ * parameter with a suggestion, a value outside the range or the choices).
+ */
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len);
+
+/*
+ * How a run of policy pc lays out its caches in each layer of a trace of geometry in
+ * (the replay and the byte-budget dry run both read it from here): the number of caches,
+ * each covering n_heads / count query heads - 1 for a layer-scope policy, n_heads with
+ * kv_granularity = query_head, else n_kv_heads. Cannot fail.
+ */
+int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in);
+
+/* How many KV heads store each position a cache of pc holds: n_kv_heads for a
+ * layer-scope policy (one set shared by the layer), else 1. Cannot fail. */
+int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
 
 /*
  * Checks one (policy, budget) pair: budget >= 1 and the policy's own rule (ops->check).

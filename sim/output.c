@@ -14,42 +14,71 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err, size_t err_len)
+/* Column col's value at one decode step, in the column's unit. */
+static double column_value(const kv_output_column *col, const kv_step_metrics *m,
+                           const kv_trace_info *in)
+{
+    double v = kv_metric_get(m, col->offset);
+    return col->unit == KV_UNIT_KV_BYTES ? kv_tokens_to_bytes(in, (long long)v) : v;
+}
+
+/* The reduction of x[0..D) (sorted: a sorted copy of it) for one summary column; the
+ * interval columns read ci. */
+static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int D,
+                           const kv_interval *ci, int units)
+{
+    double v = 0.0;
+    switch (red) {
+    case KV_RED_MEAN:
+    case KV_RED_CI_MEAN:
+        return gsl_stats_mean(x, 1, (size_t)D);
+    case KV_RED_AVERAGE:
+        for (int i = 0; i < D; i++)
+            v += x[i];
+        return v / D;
+    case KV_RED_PEAK:
+        for (int i = 0; i < D; i++)
+            v = x[i] > v ? x[i] : v;
+        return v;
+    case KV_RED_MIN: return sorted[0];
+    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
+    case KV_RED_CI_LO: return ci->lo;
+    case KV_RED_CI_HI: return ci->hi;
+    case KV_RED_CI_UNITS: return units;
+    default: return v;
+    }
+}
+
+int kv_run_summarise(const kv_results *res, int r, double *values, char *err, size_t err_len)
 {
     const kv_run_result *run = &res->runs[r];
     int D = res->n_steps;
-    double *sorted = malloc((size_t)D * sizeof *sorted);
-    if (!sorted) {
+    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
+     * are resampled (stats.h) */
+    int units = res->info.n_layers * res->info.n_heads;
+    kv_interval ci;
+    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
+                             KV_CI_LEVEL, KV_OUTPUT_SEED, &ci, err, err_len))
+        return 1;
+    double *x = malloc((size_t)D * sizeof *x), *sorted = malloc((size_t)D * sizeof *sorted);
+    if (!x || !sorted) {
+        free(x);
+        free(sorted);
         snprintf(err, err_len, "out of memory summarising the results");
         return 1;
     }
-    memcpy(sorted, run->step_recall, (size_t)D * sizeof *sorted);
-    gsl_sort(sorted, 1, (size_t)D);
-    memset(s, 0, sizeof *s);
-    s->recall_mean = gsl_stats_mean(run->step_recall, 1, (size_t)D);
-    s->recall_p05 = gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
-    s->recall_min = sorted[0];
-    free(sorted);
-    s->topk1_recall = gsl_stats_mean(run->step_topk1, 1, (size_t)D);
-    s->topk8_recall = gsl_stats_mean(run->step_topk8, 1, (size_t)D);
-    double bytes_sum = 0.0;
-    for (int i = 0; i < D; i++) {
-        if (run->step_kv_tokens[i] > s->kv_tokens_peak)
-            s->kv_tokens_peak = run->step_kv_tokens[i];
-        if (run->step_meta_bytes[i] > s->meta_bytes_peak)
-            s->meta_bytes_peak = run->step_meta_bytes[i];
-        bytes_sum += kv_tokens_to_bytes(&res->info, run->step_kv_tokens[i]);
+    for (int i = 0; i < kv_n_output_columns; i++) {
+        const kv_output_column *col = &kv_output_columns[i];
+        if (col->file != KV_FILE_SUMMARY)
+            continue;
+        for (int s = 0; s < D; s++)
+            x[s] = column_value(col, &run->steps[s], &res->info);
+        memcpy(sorted, x, (size_t)D * sizeof *sorted);
+        gsl_sort(sorted, 1, (size_t)D);
+        values[i] = reduce_steps(col->reduction, x, sorted, D, &ci, units);
     }
-    s->kv_bytes_peak = kv_tokens_to_bytes(&res->info, s->kv_tokens_peak);
-    s->kv_bytes_mean = bytes_sum / D;
-    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
-     * are resampled (stats.h) */
-    s->ci_units = res->info.n_layers * res->info.n_heads;
-    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)s->ci_units,
-                             KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
-                             &s->recall_ci, err, err_len))
-        return 1;
-    s->recall_ci.mean = s->recall_mean;
+    free(x);
+    free(sorted);
     return 0;
 }
 
@@ -159,13 +188,19 @@ static int discard_all(out_file *o, size_t n)
 }
 
 /* What every writer reads: the experiment and the summary of every run of every trace
- * (sums[k * n_runs + r]). */
+ * (summary(c, k, r)[i] for summary column i). */
 typedef struct {
     const kv_experiment_results *er;
-    const kv_run_summary *sums;
+    const double *sums;  /* [n_traces * n_runs * kv_n_output_columns] */
     int n_runs;          /* per trace: n_policies * n_budgets */
     int n_budgets;
 } out_ctx;
+
+/* The summary values of run r of trace k, indexed by kv_output_columns. */
+static const double *summary(const out_ctx *c, int k, int r)
+{
+    return c->sums + ((size_t)k * c->n_runs + r) * kv_n_output_columns;
+}
 
 /* The budget_spec column of budget b. */
 static const char *spec_text(const out_ctx *c, int b, char *buf, size_t len)
@@ -185,14 +220,15 @@ static void run_key(FILE *f, const out_ctx *c, int k, int r)
             run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
 }
 
-/* The run of an `oracle` policy at the same trace, resolved budget and granularity as
- * run r, or -1: the per-step ceiling that run r is set against (oracle_recall_mean). */
+/* The run of a per-step ceiling policy (ops->per_step_ceiling: oracle) at the same trace,
+ * resolved budget and granularity as run r, or -1: what run r is set against
+ * (oracle_recall_mean). */
 static int oracle_of(const out_ctx *c, int k, int r)
 {
     const kv_results *res = c->er->res[k];
     const kv_policy_conf *pol = c->er->conf->policies;
     for (int o = 0; o < c->n_runs; o++)
-        if (strcmp(pol[res->runs[o].policy].ops->name, "oracle") == 0 &&
+        if (pol[res->runs[o].policy].ops->per_step_ceiling &&
             res->runs[o].budget == res->runs[r].budget &&
             pol[res->runs[o].policy].granularity == pol[res->runs[r].policy].granularity)
             return o;
@@ -206,64 +242,79 @@ static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
     if (o < 0)
         fprintf(f, "\tNA");
     else
-        fprintf(f, "\t%.9g", c->sums[k * c->n_runs + o].recall_mean);
+        fprintf(f, "\t%.9g", summary(c, k, o)[kv_summary_column("recall_mean")]);
 }
 
-static void summary_row(FILE *f, const kv_run_summary *s)
+static void summary_row(FILE *f, const double *values)
 {
-    fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d",
-            s->recall_mean, s->recall_ci.lo, s->recall_ci.hi, s->recall_p05, s->recall_min,
-            s->kv_tokens_peak, s->kv_bytes_peak, s->kv_bytes_mean, s->meta_bytes_peak,
-            s->topk1_recall, s->topk8_recall, s->ci_units);
+    for (int i = 0; i < kv_n_output_columns; i++)
+        if (kv_output_columns[i].file == KV_FILE_SUMMARY) {
+            fputc('\t', f);
+            fprintf(f, kv_output_columns[i].format, values[i]);
+        }
 }
 
-/* The trace = "all" row of run r: every column the mean over traces, except the
- * interval (Student-t over the traces' recall_mean) and ci_units (the traces). */
+/* The trace = "all" row of run r: every column the mean over traces, except the interval
+ * columns (Student-t over the traces' recall_mean) and ci_units (the traces). x: [n]. */
 static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
 {
     int n = c->er->n_traces;
     const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
-    double budget = 0, p05 = 0, min = 0, tokens = 0, peak = 0, mean = 0, meta = 0, k1 = 0,
-           k8 = 0, oracle = 0;
-    int have_oracle = 1;
+    double budget = 0, oracle = 0;
+    int have_oracle = 1, ci_col = kv_summary_column("recall_mean");
     for (int k = 0; k < n; k++) {
         int o = oracle_of(c, k, r);
         if (o < 0)
             have_oracle = 0;
         else
-            oracle += c->sums[k * c->n_runs + o].recall_mean / n;
-        const kv_run_summary *s = &c->sums[k * c->n_runs + r];
-        x[k] = s->recall_mean;
+            oracle += summary(c, k, o)[ci_col] / n;
+        x[k] = summary(c, k, r)[ci_col];
         budget += (double)c->er->res[k]->runs[r].budget / n;
-        p05 += s->recall_p05 / n;
-        min += s->recall_min / n;
-        tokens += (double)s->kv_tokens_peak / n;
-        peak += s->kv_bytes_peak / n;
-        mean += s->kv_bytes_mean / n;
-        meta += s->meta_bytes_peak / n;
-        k1 += s->topk1_recall / n;
-        k8 += s->topk8_recall / n;
     }
     kv_interval ci;
     kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
     char buf[32];
-    fprintf(f, "all\t%s\t%s\t%.9g\t%s\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.1f\t%.1f\t%.1f\t"
-            "%.9g\t%.9g\t%d", pc->label, pc->ops->name, budget,
-            spec_text(c, r % c->n_budgets, buf, sizeof buf), ci.mean, ci.lo, ci.hi, p05, min,
-            tokens, peak, mean, meta, k1, k8, n);
+    fprintf(f, "all\t%s\t%s\t%.9g\t%s", pc->label, pc->ops->name, budget,
+            spec_text(c, r % c->n_budgets, buf, sizeof buf));
+    for (int i = 0; i < kv_n_output_columns; i++) {
+        const kv_output_column *col = &kv_output_columns[i];
+        if (col->file != KV_FILE_SUMMARY)
+            continue;
+        double v = 0;
+        if (col->reduction == KV_RED_CI_MEAN)
+            v = ci.mean;
+        else if (col->reduction == KV_RED_CI_LO)
+            v = ci.lo;
+        else if (col->reduction == KV_RED_CI_HI)
+            v = ci.hi;
+        else if (col->reduction == KV_RED_CI_UNITS)
+            v = n;
+        else
+            for (int k = 0; k < n; k++)
+                v += summary(c, k, r)[i] / n;
+        fputc('\t', f);
+        fprintf(f, col->all_format, v);
+    }
     if (have_oracle)
         fprintf(f, "\t%.9g\n", oracle);
     else
         fprintf(f, "\tNA\n");
 }
 
+/* The header of the columns file shows, each preceded by a tab. */
+static void column_headers(FILE *f, kv_result_file file)
+{
+    for (int i = 0; i < kv_n_output_columns; i++)
+        if (kv_output_columns[i].file == file)
+            fprintf(f, "\t%s", kv_output_columns[i].name);
+}
+
 static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     const kv_experiment_results *er = c->er;
-    fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec\trecall_mean\trecall_ci_lo\t"
-               "recall_ci_hi\trecall_p05\trecall_min\tkv_tokens_peak\tkv_bytes_peak\t"
-               "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\t"
-               "oracle_recall_mean\n");
+    fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec");
+    column_headers(f, KV_FILE_SUMMARY);
+    fprintf(f, "\toracle_recall_mean\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -271,7 +322,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
             char buf[32];
             fprintf(f, "%s\t%s\t%s\t%d\t%s", er->trace_names[k], pc->label, pc->ops->name,
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
-            summary_row(f, &c->sums[k * c->n_runs + r]);
+            summary_row(f, summary(c, k, r));
             oracle_cell(f, c, k, r);
             fputc('\n', f);
         }
@@ -291,18 +342,24 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep\trecall\tkv_tokens\tkv_bytes\t"
-               "meta_bytes\ttopk1_recall\ttopk8_recall\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep");
+    column_headers(f, KV_FILE_STEPS);
+    fputc('\n', f);
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
             for (int s = 0; s < res->n_steps; s++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n",
-                        res->info.prefill_len + s, run->step_recall[s], run->step_kv_tokens[s],
-                        kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
-                        run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
+                fprintf(f, "\t%d", res->info.prefill_len + s);
+                for (int i = 0; i < kv_n_output_columns; i++) {
+                    const kv_output_column *col = &kv_output_columns[i];
+                    if (col->file != KV_FILE_STEPS)
+                        continue;
+                    fputc('\t', f);
+                    fprintf(f, col->format, column_value(col, &run->steps[s], &res->info));
+                }
+                fputc('\n', f);
             }
         }
     }
@@ -379,8 +436,8 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     }
                     double ba = 0, bb = 0;
                     for (int t = 0; t < nt; t++) {
-                        x[t] = c->sums[t * c->n_runs + rp].recall_mean -
-                               c->sums[t * c->n_runs + rq].recall_mean;
+                        x[t] = summary(c, t, rp)[kv_summary_column("recall_mean")] -
+                               summary(c, t, rq)[kv_summary_column("recall_mean")];
                         ba += (double)er->res[t]->runs[rp].budget / nt;
                         bb += (double)er->res[t]->runs[rq].budget / nt;
                     }
@@ -462,10 +519,19 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
     long long counts[KV_RECALL_BINS];
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
+        double *recall = malloc((size_t)res->n_steps * sizeof *recall);
+        if (!recall) {
+            snprintf(err, err_len, "out of memory writing recall_hist.tsv");
+            return 1;
+        }
         for (int r = 0; r < c->n_runs; r++) {
-            if (kv_histogram(res->runs[r].step_recall, (size_t)res->n_steps, 0.0, 1.0,
-                             KV_RECALL_BINS, counts, err, err_len))
+            for (int s = 0; s < res->n_steps; s++)
+                recall[s] = res->runs[r].steps[s].recall;
+            if (kv_histogram(recall, (size_t)res->n_steps, 0.0, 1.0, KV_RECALL_BINS, counts,
+                             err, err_len)) {
+                free(recall);
                 return 1;
+            }
             for (int i = 0; i < KV_RECALL_BINS; i++) {
                 run_key(f, c, k, r);
                 fprintf(f, "\t%.9g\t%.9g\t%lld\t%.9g\n", (double)i / KV_RECALL_BINS,
@@ -473,6 +539,7 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
                         (double)counts[i] / res->n_steps);
             }
         }
+        free(recall);
     }
     return 0;
 }
@@ -492,18 +559,21 @@ static const struct {
     { "recall_hist.tsv", write_recall_hist },
 };
 
-/* The summary of every run of every trace; NULL when out of memory (err set). */
-static kv_run_summary *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
-                                     size_t err_len)
+/* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err
+ * set). */
+static double *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
+                             size_t err_len)
 {
-    kv_run_summary *sums = malloc((size_t)er->n_traces * n_runs * sizeof *sums);
+    size_t n_cols = (size_t)kv_n_output_columns;
+    double *sums = calloc((size_t)er->n_traces * n_runs * n_cols, sizeof *sums);
     if (!sums) {
         snprintf(err, err_len, "out of memory summarising the results");
         return NULL;
     }
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < n_runs; r++)
-            if (kv_run_summarise(er->res[k], r, &sums[k * n_runs + r], err, err_len)) {
+            if (kv_run_summarise(er->res[k], r, sums + ((size_t)k * n_runs + r) * n_cols, err,
+                                 err_len)) {
                 free(sums);
                 return NULL;
             }
@@ -526,7 +596,7 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                      er->trace_names[k], er->res[k]->n_runs, c.n_runs);
             return 1;
         }
-    kv_run_summary *sums = summarise_all(er, c.n_runs, err, err_len);
+    double *sums = summarise_all(er, c.n_runs, err, err_len);
     if (!sums)
         return 1;
     c.sums = sums;
@@ -594,6 +664,12 @@ static int output_table_of(FILE *f, const kv_experiment_results *er, const char 
         fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", n);
     fprintf(f, "%-*s", width, "policy");
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
+    int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
+    double *values = malloc((size_t)kv_n_output_columns * sizeof *values);
+    if (!values) {
+        snprintf(err, err_len, "out of memory printing the table");
+        return 1;
+    }
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[64], buf[32];
         snprintf(head, sizeof head, "B=%s recall / peak KV", spec_text(&c, b, buf, sizeof buf));
@@ -607,11 +683,13 @@ static int output_table_of(FILE *f, const kv_experiment_results *er, const char 
             for (int k = 0; k < er->n_traces; k++) {
                 if (model && strcmp(er->res[k]->info.model, model) != 0)
                     continue;
-                kv_run_summary s;
-                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, &s, err, err_len))
+                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
+                                     err_len)) {
+                    free(values);
                     return 1;
-                recall += s.recall_mean / n;
-                peak = s.kv_bytes_peak > peak ? s.kv_bytes_peak : peak;
+                }
+                recall += values[i_recall] / n;
+                peak = values[i_peak] > peak ? values[i_peak] : peak;
             }
             char bytes[32], cell[64];
             format_bytes(peak, bytes, sizeof bytes);
@@ -620,6 +698,7 @@ static int output_table_of(FILE *f, const kv_experiment_results *er, const char 
         }
         fputc('\n', f);
     }
+    free(values);
     return 0;
 }
 
