@@ -102,7 +102,7 @@ clean:
 # build/bench/ and kept; every job runs BENCH_REPEAT times (round robin) and the median
 # run is reported with the range; results in build/bench/results.tsv.
 BENCH_REPEAT ?= 3
-bench: $(BUILD)/bench/bench
+bench: models $(BUILD)/bench/bench
 	$(BUILD)/bench/bench --repeat $(BENCH_REPEAT) $(BUILD)/bench
 
 $(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)
