@@ -1,5 +1,5 @@
 /*
- * cmd_plot.c - `kvsim plot DIR`: the five figures of a result directory (see plot.h).
+ * cmd_plot.c - `kvsim plot DIR`: the six figures of a result directory (see plot.h).
  *
  * kvsim only locates the scripts and runs gnuplot, one process per figure, with the
  * directory, the output file and the choices passed as gnuplot variables; everything a
@@ -22,6 +22,7 @@
 
 static const char *const figures[] = {
     "recall_steps", "memory_steps", "recall_budget", "retention_map", "head_recall",
+    "retention_text",
 };
 
 /* The gnuplot to run: $KVSIM_GNUPLOT, or "gnuplot" when found on $PATH; NULL if none. */
@@ -197,13 +198,15 @@ static void plot_usage(FILE *f)
     fprintf(f,
 "usage: kvsim plot DIR [options]\n"
 "\n"
-"Renders the five figures of a result directory (what kvsim run wrote) with gnuplot and\n"
+"Renders the six figures of a result directory (what kvsim run wrote) with gnuplot and\n"
 "the scripts in analysis/, which read the TSV files by column name:\n"
 "  recall_steps   recall per decode step, one line per policy, a panel per budget\n"
 "  memory_steps   KV-cache bytes per decode step, metadata bytes dashed (one budget)\n"
 "  recall_budget  mean recall against budget, 95%% confidence intervals\n"
 "  retention_map  positions cached at the end, per (layer, KV head) (one budget)\n"
 "  head_recall    mean recall per (layer, query head), a heatmap per policy (one budget)\n"
+"  retention_text the trace's text, each token shaded by the share of caches holding it\n"
+"                 at the end, a panel per policy (one budget; token ids without text)\n"
 "\n"
 "options:\n"
 "      --format F     png (pngcairo, 1200x800; default), svg or pdf\n"
