@@ -371,8 +371,8 @@ static void test_plot_pngs(void **state)
     char *argv[] = { "plot", results, "--budget", "0.75p", "-o", out, "-q", NULL };
     assert_int_equal(kv_cmd_plot(7, argv), 0);
     const char *names[] = { "recall_steps", "memory_steps", "recall_budget", "retention_map",
-                            "head_recall" };
-    for (int i = 0; i < 5; i++) {
+                            "head_recall", "retention_text" };
+    for (int i = 0; i < 6; i++) {
         char path[500];
         snprintf(path, sizeof path, "%s/%s.png", out, names[i]);
         unsigned w, h;
@@ -445,6 +445,8 @@ static void test_scripts_fail_loudly(void **state)
     expect_loud("retention_map", dir, "retention_map.tsv", "no column 'kv_head'");
     broken_copy(dir, "heads.tsv", NULL);
     expect_loud("head_recall", dir, "heads.tsv", "missing or empty");
+    broken_copy(dir, "retention.tsv", "token");
+    expect_loud("retention_text", dir, "retention.tsv", "no column 'token'");
     /* and kvsim plot turns it into exit status 1 (its first figure fails) */
     broken_copy(dir, "steps.tsv", "step");
     char *argv[] = { "plot", dir, "-q", NULL };
