@@ -62,23 +62,23 @@ int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *e
                      size_t err_len)
 {
     if (o->n_tokens > c->seq_len && !o->allow_extrapolation)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--tokens %d exceeds the "
+        return capture_fail(err, err_len, KV_EUSAGE, "--tokens %d exceeds the "
                             "checkpoint's trained context (seq_len %d); pass "
                             "--allow-extrapolation to run past it", o->n_tokens, c->seq_len);
     if (o->stop_at_bos && o->with_attn)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--stop-at-bos and --attn cannot "
+        return capture_fail(err, err_len, KV_EUSAGE, "--stop-at-bos and --attn cannot "
                             "be combined (the rows are written before the length is known)");
     if (o->prefill_len >= o->n_tokens)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prefill %d must be below "
+        return capture_fail(err, err_len, KV_EUSAGE, "--prefill %d must be below "
                             "--tokens %d (a trace needs at least one decode position)",
                             o->prefill_len, o->n_tokens);
     if (1 + o->n_prompt > o->prefill_len)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "BOS plus %d prompt ids is %d "
+        return capture_fail(err, err_len, KV_EUSAGE, "BOS plus %d prompt ids is %d "
                             "positions, more than --prefill %d", o->n_prompt, 1 + o->n_prompt,
                             o->prefill_len);
     for (int i = 0; i < o->n_prompt; i++)
         if (o->prompt[i] >= c->vocab_size)
-            return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prompt-ids: id %d is "
+            return capture_fail(err, err_len, KV_EUSAGE, "--prompt-ids: id %d is "
                                 "outside the vocabulary 0..%d", o->prompt[i],
                                 c->vocab_size - 1);
     return 0;
@@ -466,21 +466,21 @@ static int alloc_state(capture_state *st)
     return 0;
 }
 
-/* Steps 2-4 on a loaded, checked model; a KV_ECAPTURE_* code with st->err set. */
+/* Steps 2-4 on a loaded, checked model; 0, KV_ENOMEM or KV_EIO with st->err set. */
 static int capture_run(capture_state *st)
 {
     if (alloc_state(st))
-        return KV_ECAPTURE_NOMEM;
+        return KV_ENOMEM;
     /* the trace is created first, so an unwritable path fails early, unless its length
      * is known only once generation stops */
     int late = st->o->stop_at_bos;
     if (!late && create_trace(st))
-        return KV_ECAPTURE_WRITE;
+        return KV_EIO;
     st->created = !late;
     int rc = generate(st);
     if (!rc && late) {
         if (create_trace(st))
-            return KV_ECAPTURE_WRITE;
+            return KV_EIO;
         st->created = 1;
     }
     rc = rc || write_results(st);
@@ -491,7 +491,7 @@ static int capture_run(capture_state *st)
         snprintf(st->err, sizeof st->err, "%s", ferr);
         rc = 1;
     }
-    return rc ? KV_ECAPTURE_WRITE : 0;
+    return rc ? KV_EIO : 0;
 }
 
 /* Step 1, text: loads the tokenizer into *tok (its vocabulary must be the checkpoint's)
@@ -501,20 +501,21 @@ static int load_text(const kv_capture_opts *o, const kv_model_config *c, kv_toke
 {
     char terr[KV_CAPTURE_ERR_LEN];
     if (o->prompt_text && !o->tokenizer_path)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prompt needs --tokenizer FILE");
+        return capture_fail(err, err_len, KV_EUSAGE, "--prompt needs --tokenizer FILE");
     if (!o->tokenizer_path)
         return 0;
-    if (kv_tokenizer_load(o->tokenizer_path, tok, terr, sizeof terr))
-        return capture_fail(err, err_len, KV_ECAPTURE_MODEL, "%s", terr);
+    int rc = kv_tokenizer_load(o->tokenizer_path, tok, terr, sizeof terr);
+    if (rc)
+        return capture_fail(err, err_len, rc, "%s", terr);
     if (kv_tokenizer_vocab_size(*tok) != c->vocab_size)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--tokenizer %s has %d tokens, the "
+        return capture_fail(err, err_len, KV_EUSAGE, "--tokenizer %s has %d tokens, the "
                             "checkpoint's vocabulary %d: not this model's tokenizer",
                             o->tokenizer_path, kv_tokenizer_vocab_size(*tok), c->vocab_size);
     if (o->prompt_text) {
         int n = 0;
         if (kv_tokenizer_encode(*tok, o->prompt_text, strlen(o->prompt_text), ids, &n, terr,
                                 sizeof terr))
-            return capture_fail(err, err_len, KV_ECAPTURE_NOMEM, "%s", terr);
+            return capture_fail(err, err_len, KV_ENOMEM, "%s", terr);
         eff->prompt = *ids;
         eff->n_prompt = n;
     }
@@ -528,10 +529,11 @@ int kv_capture(const kv_capture_opts *o, kv_capture_result *res, char *err, size
     kv_tokenizer *tok = NULL;
     int *ids = NULL;
     char merr[KV_CAPTURE_ERR_LEN];
-    if (kv_model_load(o->model_path, &model, merr, sizeof merr))
-        return capture_fail(err, err_len, KV_ECAPTURE_MODEL, "%s", merr);
+    int rc = kv_model_load(o->model_path, &model, merr, sizeof merr);
+    if (rc)
+        return capture_fail(err, err_len, rc, "%s", merr);
     kv_capture_opts eff = *o;
-    int rc = load_text(o, kv_model_get_config(model), &tok, &ids, &eff, err, err_len);
+    rc = load_text(o, kv_model_get_config(model), &tok, &ids, &eff, err, err_len);
     if (!rc && eff.prefill_len == 0)
         eff.prefill_len = 1 + eff.n_prompt;
     if (!rc)

@@ -29,18 +29,21 @@
 
 #include <stddef.h>
 
+#include "traces/status.h"
+
 #define KV_TOKENIZER_SHA256_HEX 65 /* 64 hex digits and a NUL */
 #define KV_TOKEN_BOS 1
 #define KV_TOKEN_EOS 2
 #define KV_TOKEN_BYTE0 3            /* id of the byte-fallback token of byte 0x00 */
 #define KV_TOKEN_TEXT_MAX 64        /* bytes of kv_tokenizer_token_text's output, NUL included */
 
+/* The codes of traces/status.h under the tokenizer's names. */
 enum {
-    KV_TOKENIZER_OK = 0,
-    KV_ETOKENIZER_IO = 1,     /* file missing or unreadable */
-    KV_ETOKENIZER_FORMAT = 2, /* not a llama2.c tokenizer file */
-    KV_ETOKENIZER_NOMEM = 3,  /* an allocation failed */
-    KV_ETOKENIZER_ARG = 4     /* a token id outside the vocabulary */
+    KV_TOKENIZER_OK = KV_OK,
+    KV_ETOKENIZER_IO = KV_EIO,         /* file missing or unreadable */
+    KV_ETOKENIZER_FORMAT = KV_EFORMAT, /* not a llama2.c tokenizer file */
+    KV_ETOKENIZER_NOMEM = KV_ENOMEM,   /* an allocation failed */
+    KV_ETOKENIZER_ARG = KV_EUSAGE      /* a token id outside the vocabulary */
 };
 
 typedef struct kv_tokenizer kv_tokenizer;
