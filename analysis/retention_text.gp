@@ -93,7 +93,7 @@ do for [pass = 1:2] {
 }
 char_font = sprintf("DejaVu Sans Mono,%.2f", char_pt)
 
-set multiplot layout n_shown, 1 margins 0.02, 0.98, 0.03, 0.9 spacing 0, 0.05 \
+set multiplot layout n_shown, 1 margins 0.02, 0.98, 0.03, 1 - 88.0 / height spacing 0, 0.05 \
     title sprintf("What each policy kept: share of (layer, KV head) caches still holding " \
                   . "each token at the end\n%s, trace %s; prompt (P = %d) in grey%s", \
                   budget_label(budget), trace_rows, P, \
