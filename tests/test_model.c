@@ -286,7 +286,8 @@ static kv_model_run *greedy_from(const kv_model *m, const int *prompt, int n_pro
     if (kv_model_run_create(m, n, &r, err, sizeof err))
         fail_msg("%s", err);
     ids[0] = 1;
-    memcpy(ids + 1, prompt, (size_t)n_prompt * sizeof *ids);
+    if (n_prompt > 0)
+        memcpy(ids + 1, prompt, (size_t)n_prompt * sizeof *ids);
     if (n_prompt > 0 && kv_model_prefill(r, ids, n_prompt, 0, err, sizeof err))
         fail_msg("%s", err);
     for (int t = n_prompt; t < n; t++) {

@@ -238,7 +238,8 @@ static void check_prompts(const char *path, const char *ref_path)
         int *with_bos = malloc(sizeof(int) * (size_t)(n + 1));
         assert_non_null(with_bos);
         with_bos[0] = KV_TOKEN_BOS;
-        memcpy(with_bos + 1, ids, sizeof(int) * (size_t)n);
+        if (n > 0)
+            memcpy(with_bos + 1, ids, sizeof(int) * (size_t)n);
         assert_int_equal(kv_tokenizer_decode(t, with_bos, n + 1, &text, err, sizeof err), 0);
         assert_string_equal(text, prompts[p]);
         print_message("    %d ids: %s\n", n, prompts[p]);

@@ -398,7 +398,8 @@ static int write_text(capture_state *st)
     }
     if (!rc) {
         prompt[0] = KV_CAPTURE_BOS_ID;
-        memcpy(prompt + 1, o->prompt, (size_t)o->n_prompt * sizeof *prompt);
+        if (o->n_prompt > 0)
+            memcpy(prompt + 1, o->prompt, (size_t)o->n_prompt * sizeof *prompt);
         rc = kv_tokenizer_decode(st->tok, prompt, 1 + o->n_prompt, &prompt_text, err, el) != 0;
     }
     const char *b = strrchr(o->tokenizer_path, '/');
