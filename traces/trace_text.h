@@ -3,11 +3,14 @@
  * paragraph (for `kvsim text`, `kvsim info` and the retention_text figure), and the
  * TSV escaping of a token's text (retention.tsv's token column).
  *
- * Rendering, from /tokens and /token_text (FORMAT.md): a byte-fallback token (ids 3..258)
- * gives its byte (id - 3), so the bytes of a character split over several tokens join
- * again; BOS (id 1) or EOS (id 2) at position 0 gives nothing, later a paragraph break
- * ("\n\n"); any other token gives its text; the first token at the start or after a
- * break loses one leading space (the tokenizer's dummy prefix).
+ * Rendering, from /tokens and /token_text (FORMAT.md): a byte-fallback token as kvsim
+ * capture writes it (id 3..258 with the text "<0xNN>" of byte id - 3, or that byte) gives
+ * its byte, so the bytes of a character split over several tokens join again; BOS (id 1,
+ * "<s>") or EOS (id 2, "</s>") at position 0 gives nothing, later a paragraph break
+ * ("\n\n"); any other
+ * token gives its text; the first token at the start or after a break loses one leading
+ * space (the tokenizer's dummy prefix); bytes that are not UTF-8 become U+FFFD, so the
+ * result is always valid UTF-8.
  */
 #ifndef KV_TRACE_TEXT_H
 #define KV_TRACE_TEXT_H
