@@ -10,6 +10,7 @@
 #include "sim/manifest.h"
 #include "sim/plot.h"
 #include "sim/publish.h"
+#include "traces/trace_text.h"
 #include "traces/validate.h"
 #include "traces/status.h"
 
@@ -238,12 +239,57 @@ static void report_results(const kv_experiment *ex, const kv_experiment_results 
                "run kvsim plot %s)\n", ex->output);
 }
 
+/* The token column of retention.tsv for the trace at path: each position's text
+ * TSV-escaped (a trace captured with a tokenizer), "#id" (token ids only), or NULL (no
+ * /tokens). One allocation: free(*cells) releases it. */
+static int token_cells(const char *path, char ***cells, char *err, size_t err_len)
+{
+    *cells = NULL;
+    kv_trace *tr = NULL;
+    if (kv_trace_open(path, &tr, err, err_len))
+        return 1;
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int rc = 0, T = in->n_tokens;
+    kv_trace_tokens tk = {0};
+    int has_text = kv_trace_has_token_text(tr);
+    if (has_text)
+        rc = kv_trace_tokens_read(tr, &tk, err, err_len);
+    int32_t *ids = NULL;
+    if (!rc && !has_text && in->has_tokens) {
+        ids = malloc((size_t)T * sizeof *ids);
+        rc = !ids ? (snprintf(err, err_len, "out of memory"), KV_ENOMEM)
+                  : kv_trace_read_tokens(tr, ids, err, err_len);
+    }
+    /* a cell: an escaped text is at most twice its bytes */
+    enum { CELL = 2 * 64 + 16 };
+    if (!rc && (has_text || ids)) {
+        char **out = malloc((size_t)T * (sizeof(char *) + CELL));
+        if (!out) {
+            snprintf(err, err_len, "out of memory");
+            rc = KV_ENOMEM;
+        }
+        for (int t = 0; !rc && t < T; t++) {
+            out[t] = (char *)(out + T) + (size_t)t * CELL;
+            if (has_text)
+                kv_tsv_escape(tk.texts[t], out[t], CELL);
+            else
+                snprintf(out[t], CELL, "#%d", (int)ids[t]);
+        }
+        *cells = out;
+    }
+    kv_trace_tokens_free(&tk);
+    free(ids);
+    kv_trace_close(tr);
+    return rc;
+}
+
 /* What a run allocates once the experiment is known. */
 typedef struct {
     int *tokens;          /* [n_traces * n_policies * n_budgets] resolved budgets */
     kv_results **res;     /* [n_traces] */
     const char **names;   /* [n_traces] the `trace` column */
     const char **specs;   /* [n_budgets] the `budget_spec` column */
+    char ***cells;        /* [n_traces] retention.tsv's token column (token_cells) */
 } run_buffers;
 
 static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, size_t err_len)
@@ -253,7 +299,8 @@ static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, siz
     b->res = calloc(nt, sizeof *b->res);
     b->names = malloc(nt * sizeof *b->names);
     b->specs = malloc((size_t)ex->n_budgets * sizeof *b->specs);
-    if (!b->tokens || !b->res || !b->names || !b->specs) {
+    b->cells = calloc(nt, sizeof *b->cells);
+    if (!b->tokens || !b->res || !b->names || !b->specs || !b->cells) {
         snprintf(err, err_len, "out of memory");
         return KV_ENOMEM;
     }
@@ -268,6 +315,9 @@ static void buffers_free(run_buffers *b, int n_traces)
 {
     for (int k = 0; b->res && k < n_traces; k++)
         kv_results_free(b->res[k]);
+    for (int k = 0; b->cells && k < n_traces; k++)
+        free(b->cells[k]);
+    free(b->cells);
     free(b->tokens);
     free(b->res);
     free(b->names);
@@ -314,7 +364,8 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
                             .n_budgets = ex->n_budgets };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex->n_traces,
                                  .res = (const kv_results *const *)b->res,
-                                 .trace_names = b->names, .budget_specs = b->specs };
+                                 .trace_names = b->names, .budget_specs = b->specs,
+                                 .tokens = (const char *const *const *)b->cells };
     if (rc == 0)
         rc = d->precheck(d->ctx, ex, err, err_len);
     /* the output directory, locked; the new set (TSVs, manifest, figures) is built beside
@@ -323,6 +374,8 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     rs.dir_fd = rs.staging_fd = -1;
     if (rc == 0)
         rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
+    for (int k = 0; rc == 0 && k < ex->n_traces; k++)
+        rc = token_cells(ex->traces[k], &b->cells[k], err, err_len);
     if (rc == 0)
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
     if (rc == 0 && kv_output_write(rs.staging, &er, err, err_len))

@@ -13,6 +13,7 @@ int kv_cmd_plot(int argc, char **argv);     /* sim/cmd_plot.c */
 int kv_cmd_info(int argc, char **argv);     /* sim/cmd_info.c */
 int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
 int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
+int kv_cmd_text(int argc, char **argv);     /* sim/cmd_text.c */
 
 /*
  * `kvsim run` with its resolve, check and replay steps done by driver (NULL: in this

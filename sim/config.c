@@ -6,6 +6,7 @@
 #include "traces/trace.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,57 @@ static int untabular_file_name(char **paths, int n, char *err, size_t err_len)
     return 0;
 }
 
+/* Replaces every item of paths[0..*n) with * ? or [ by the files it matches (glob(3),
+ * sorted by name); *paths may be reallocated. A pattern that matches nothing is an error
+ * naming it. */
+static int expand_patterns(char ***paths, int *n, char *err, size_t err_len)
+{
+    int cap = *n, m = 0, rc = 0;
+    char **out = calloc((size_t)cap, sizeof *out);
+    if (!out) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    for (int i = 0; i < *n && !rc; i++) {
+        glob_t g = {0};
+        int many = strpbrk((*paths)[i], "*?[") != NULL;
+        int grc = many ? glob((*paths)[i], 0, NULL, &g) : 0;
+        size_t k = many ? g.gl_pathc : 1;
+        if (grc != 0) {
+            snprintf(err, err_len, "no trace matches '%s'", (*paths)[i]);
+            rc = KV_EUSAGE;
+        } else if (m + (int)k > cap) {
+            int grown_cap = 2 * (m + (int)k);
+            char **grown = realloc(out, (size_t)grown_cap * sizeof *out);
+            if (!grown) {
+                snprintf(err, err_len, "out of memory");
+                rc = KV_ENOMEM;
+            } else {
+                out = grown;
+                cap = grown_cap;
+            }
+        }
+        for (size_t j = 0; !rc && j < k; j++) {
+            const char *path = many ? g.gl_pathv[j] : (*paths)[i];
+            if (strlen(path) >= KV_PATH_LEN) {
+                snprintf(err, err_len, "trace paths have at most %d characters", KV_PATH_LEN - 1);
+                rc = KV_EUSAGE;
+            } else if (!(out[m] = strdup(path))) {
+                snprintf(err, err_len, "out of memory");
+                rc = KV_ENOMEM;
+            } else {
+                m++;
+            }
+        }
+        if (many && grc != GLOB_NOMATCH)
+            globfree(&g);
+    }
+    free_paths(*paths, *n);
+    *paths = out;
+    *n = m;
+    return rc;
+}
+
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
     char **paths = calloc((size_t)count_items(text), sizeof *paths);
@@ -188,6 +240,8 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
         snprintf(err, err_len, "no trace path given");
         rc = KV_EUSAGE;
     }
+    if (!rc)
+        rc = expand_patterns(&paths, &n, err, err_len);
     if (!rc && same_file_name(paths, n, err, err_len))
         rc = KV_EUSAGE;
     if (!rc && untabular_file_name(paths, n, err, err_len))

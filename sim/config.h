@@ -6,7 +6,8 @@
  *
  *   [experiment]
  *   trace   = traces/data/a.h5, traces/data/b.h5  ; one or more, comma-separated,
- *                                  ; relative to the working directory
+ *                                  ; relative to the working directory; an item with
+ *                                  ; * ? or [ is a pattern (glob(3)): its files by name
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
@@ -67,9 +68,10 @@ int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *t
 int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
 
-/* Replaces the trace list by the comma-separated paths in text. Returns 0, or KV_EUSAGE
- * (empty item, a path too long, two with one file name, a file name with a tab or a line
- * break, which the TSV trace column could not hold) or KV_ENOMEM. */
+/* Replaces the trace list by the comma-separated paths in text; an item with * ? or [ is
+ * replaced by the files it matches, sorted by name. Returns 0, or KV_EUSAGE (empty item,
+ * a pattern that matches nothing, a path too long, two with one file name, a file name
+ * with a tab or a line break, which the TSV trace column could not hold) or KV_ENOMEM. */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 /* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse) into

@@ -21,6 +21,7 @@ static const struct {
     { "info", kv_cmd_info, "describe a trace and check that it is valid" },
     { "gen", kv_cmd_gen, "write a seeded synthetic trace" },
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },
+    { "text", kv_cmd_text, "print the text of a trace captured with a tokenizer" },
     { "policies", kv_cmd_policies, "list the eviction policies and their parameters" },
     { NULL, NULL, NULL },
 };

@@ -482,14 +482,16 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_retention(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\ttoken\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
+        const char *const *tok = c->er->tokens ? c->er->tokens[k] : NULL;
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
             for (int j = 0; j < res->info.n_tokens; j++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\n", j, (double)run->retained[j] / run->n_cache_units);
+                fprintf(f, "\t%d\t%.9g\t%s\n", j, (double)run->retained[j] / run->n_cache_units,
+                        tok ? tok[j] : "");
             }
         }
     }
@@ -693,22 +695,28 @@ static void format_bytes(double bytes, char *buf, size_t len)
 }
 
 /*
- * The console table: per policy and budget the mean recall and the peak KV bytes + the
- * peak metadata bytes (the largest over traces), in fixed-width columns. A policy whose
- * cache the budget does not bound (kv_policy_max_held < 0: full, snapkv) is marked '*',
- * so a growing or metadata-heavy policy cannot read as the cheap winner.
+ * The console table of the traces k whose model is `model` (all when NULL): per policy and
+ * budget the mean recall and the peak KV bytes + the peak metadata bytes (the largest
+ * over those traces), in fixed-width columns. A policy whose cache the budget does not
+ * bound (kv_policy_max_held < 0: full, snapkv) is marked '*', so a growing or
+ * metadata-heavy policy cannot read as the cheap winner.
  */
-int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+static int output_table_of(FILE *f, const kv_experiment_results *er, const char *model,
+                           char *err, size_t err_len)
 {
     const kv_replay_conf *conf = er->conf;
-    int width = 8, any_growing = 0;
+    int width = 8, any_growing = 0, n = 0;
+    for (int k = 0; k < er->n_traces; k++)
+        n += !model || strcmp(er->res[k]->info.model, model) == 0;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
-    if (er->n_traces > 1)
-        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n",
-                er->n_traces);
+    if (model)
+        fprintf(f, "%s: mean recall over %d trace%s; largest peak KV + metadata bytes\n",
+                model, n, n > 1 ? "s" : "");
+    else if (n > 1)
+        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n", n);
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
     int i_meta = kv_summary_column("meta_bytes_peak");
@@ -734,8 +742,9 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         int grows = 0;
         for (int k = 0; k < er->n_traces; k++)
             for (int b = 0; b < conf->n_budgets; b++)
-                grows |= kv_policy_max_held(pc->ops, &pc->values,
-                                            er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
+                if (!model || strcmp(er->res[k]->info.model, model) == 0)
+                    grows |= kv_policy_max_held(pc->ops, &pc->values,
+                                                er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
         any_growing |= grows;
         char label[KV_LABEL_LEN + 4];
         snprintf(label, sizeof label, "%s%s", pc->label, grows ? " *" : "");
@@ -743,12 +752,14 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         for (int b = 0; b < conf->n_budgets; b++) {
             double recall = 0.0, peak = 0.0, meta = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
+                if (model && strcmp(er->res[k]->info.model, model) != 0)
+                    continue;
                 int r = p * conf->n_budgets + b;
                 if (kv_run_summarise(er->res[k], r, values, err, err_len)) {
                     free(values);
                     return KV_ERUNTIME;
                 }
-                recall += values[i_recall] / er->n_traces;
+                recall += values[i_recall] / n;
                 peak = values[i_peak] > peak ? values[i_peak] : peak;
                 meta = values[i_meta] > meta ? values[i_meta] : meta;
             }
@@ -763,5 +774,29 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         fprintf(f, "* the budget does not bound this policy's cache: it grows with the "
                 "sequence\n");
     free(values);
+    return 0;
+}
+
+/* One table when every trace comes from one model; else one per model, in the order the
+ * models first appear among the traces (mean recall is not pooled across models). */
+int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+{
+    int single = 1;
+    for (int k = 1; k < er->n_traces; k++)
+        single &= strcmp(er->res[k]->info.model, er->res[0]->info.model) == 0;
+    if (single)
+        return output_table_of(f, er, NULL, err, err_len);
+    for (int k = 0; k < er->n_traces; k++) {
+        int seen = 0;
+        for (int j = 0; j < k; j++)
+            seen |= strcmp(er->res[j]->info.model, er->res[k]->info.model) == 0;
+        if (seen)
+            continue;
+        if (k > 0)
+            fputc('\n', f);
+        int rc = output_table_of(f, er, er->res[k]->info.model, err, err_len);
+        if (rc)
+            return rc;
+    }
     return 0;
 }

@@ -11,7 +11,7 @@
  *                  first policy with each other one (all pairs grow quadratically: 1,000
  *                  policies took over 30 s of bootstrap per budget)
  *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
- *                  it at the end
+ *                  it at the end, and the position's token (TSV-escaped text, or #id)
  *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
  *                  KV head still holds at the end (positions it dropped are not listed)
  *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the
@@ -73,6 +73,9 @@ typedef struct {
     const char *const *trace_names;  /* [n_traces] the `trace` column: file name of each */
     const char *const *budget_specs; /* [conf->n_budgets] the `budget_spec` column, or NULL:
                                         conf->budgets written as numbers */
+    const char *const *const *tokens; /* [n_traces] the `token` column of retention.tsv:
+                                        [T] cells each (already TSV-escaped), or NULL (an
+                                        empty cell), or tokens NULL for none at all */
 } kv_experiment_results;
 
 /*
@@ -88,8 +91,9 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
 int kv_output_is_result_file(const char *name);
 
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
- * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of
- * memory. */
+ * (largest over traces) to f, budgets headed by their spec; with traces of several models
+ * (kv_trace_info.model), one table per model in the order the models first appear.
+ * Returns 0, or 1 when out of memory. */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
 
 #endif

@@ -22,6 +22,14 @@
  *        3-long  morphkv and h2o at B = 2048                            floor: FLOPs at the SGEMM rate
  *        3-rows  the rows alone: the recompute at T = 32768 against 1-rows' rate (T^2 growth)
  *   4  4-sgemm   cblas_sgemm, 4096^3, all cores: the arithmetic ceiling
+ *   5  capture (`kvsim capture`'s library, one thread) from the checkpoints `make models`
+ *      installs ($KVSIM_MODELS, default models/), temperature 1.0, top-p 0.9, seed 1:
+ *        5-cap15M   stories15M, T = 256, prompt 64 positions (BOS + 63 ids), target < 1.5 s
+ *        5-blas15M  the same 256 positions' matrix-vector products through OpenBLAS's
+ *                   cblas_sgemv, one at a time, one thread: the floor of 5-cap15M, what a
+ *                   forward pass at the BLAS's matrix-vector rate would at least take
+ *        5-cap260K  stories260K, T = 512, prompt 128 positions (BOS + 127 ids)
+ *      the rows/s column holds positions (tokens) per second for these.
  *
  * and the OpenMP check: 1-full and 1-five again with one thread, the speed-up, and whether
  * every output file (summary, steps, heads, retention, lifetimes) is byte-identical.
@@ -44,6 +52,7 @@
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "sim/rows.h"
+#include "traces/capture.h"
 #include "traces/gen.h"
 #include "traces/trace.h"
 
@@ -62,7 +71,7 @@ static const bench_trace traces[] = {
     { "w3_qk_L1_H8-2_T32768_D64.h5", 1, 8, 2, 64, 32768, 4096, 0, 3 },
 };
 
-enum job_kind { JOB_REPLAY, JOB_ROWS, JOB_SGEMM };
+enum job_kind { JOB_REPLAY, JOB_ROWS, JOB_SGEMM, JOB_CAPTURE, JOB_SGEMV };
 
 typedef struct {
     const char *name;
@@ -73,24 +82,34 @@ typedef struct {
     int threads;           /* OpenMP threads; 0: all cores */
     const char *floor;     /* name of the job whose time is the floor; NULL: FLOPs at the
                               SGEMM rate (qk) or none */
-    const char *target;    /* the target for the ratio (BENCHMARKS.md), for the table */
+    const char *target;    /* the target for the ratio or time, for the table */
+    const char *model;     /* capture, sgemv: checkpoint file name in the models directory */
+    int positions;         /* capture, sgemv: T */
+    int prompt;            /* capture: positions given (BOS + prompt ids) */
 } bench_job;
 
 #define FIVE "window,streamingllm,h2o,snapkv,morphkv"
 
 static const bench_job jobs[] = {
-    { "4-sgemm", JOB_SGEMM, -1, NULL, 0, 0, NULL, "ceiling" },
-    { "1-five", JOB_REPLAY, 0, FIVE, 512, 0, "1-full", "<= 1.5" },
-    { "1-full", JOB_REPLAY, 0, "full", 512, 0, NULL, "<= 2.0" },
-    { "1-rows", JOB_ROWS, 0, NULL, 0, 0, NULL, "" },
-    { "1-four", JOB_REPLAY, 0, "window,streamingllm,h2o,snapkv", 512, 0, "1-full", "" },
-    { "1-morph", JOB_REPLAY, 0, "morphkv", 512, 0, "1-full", "" },
-    { "2-five", JOB_REPLAY, 1, FIVE, 512, 0, "2-read", "<= 1.5" },
-    { "2-read", JOB_ROWS, 1, NULL, 0, 0, NULL, "floor" },
-    { "3-long", JOB_REPLAY, 2, "morphkv,h2o", 2048, 0, NULL, "" },
-    { "3-rows", JOB_ROWS, 2, NULL, 0, 0, NULL, "~1-rows" },
-    { "1-full-1t", JOB_REPLAY, 0, "full", 512, 1, NULL, "" },
-    { "1-five-1t", JOB_REPLAY, 0, FIVE, 512, 1, "1-full-1t", "" },
+    { "4-sgemm", JOB_SGEMM, -1, NULL, 0, 0, NULL, "ceiling", NULL, 0, 0 },
+    { "1-five", JOB_REPLAY, 0, FIVE, 512, 0, "1-full", "<= 1.5", NULL, 0, 0 },
+    { "1-full", JOB_REPLAY, 0, "full", 512, 0, NULL, "<= 2.0", NULL, 0, 0 },
+    { "1-rows", JOB_ROWS, 0, NULL, 0, 0, NULL, "", NULL, 0, 0 },
+    { "1-four", JOB_REPLAY, 0, "window,streamingllm,h2o,snapkv", 512, 0, "1-full", "", NULL, 0, 0 },
+    { "1-morph", JOB_REPLAY, 0, "morphkv", 512, 0, "1-full", "", NULL, 0, 0 },
+    { "2-five", JOB_REPLAY, 1, FIVE, 512, 0, "2-read", "<= 1.5", NULL, 0, 0 },
+    { "2-read", JOB_ROWS, 1, NULL, 0, 0, NULL, "floor", NULL, 0, 0 },
+    { "3-long", JOB_REPLAY, 2, "morphkv,h2o", 2048, 0, NULL, "", NULL, 0, 0 },
+    { "3-rows", JOB_ROWS, 2, NULL, 0, 0, NULL, "~1-rows", NULL, 0, 0 },
+    { "1-full-1t", JOB_REPLAY, 0, "full", 512, 1, NULL, "", NULL, 0, 0 },
+    { "1-five-1t", JOB_REPLAY, 0, FIVE, 512, 1, "1-full-1t", "", NULL, 0, 0 },
+    { .name = "5-cap15M", .kind = JOB_CAPTURE, .trace = -1, .threads = 1,
+      .floor = "5-blas15M", .target = "< 1.5 s", .model = "stories15M.bin", .positions = 256,
+      .prompt = 64 },
+    { .name = "5-blas15M", .kind = JOB_SGEMV, .trace = -1, .threads = 1, .target = "floor",
+      .model = "stories15M.bin", .positions = 256 },
+    { .name = "5-cap260K", .kind = JOB_CAPTURE, .trace = -1, .threads = 1, .target = "",
+      .model = "stories260K.bin", .positions = 512, .prompt = 128 },
 };
 #define N_JOBS ((int)(sizeof jobs / sizeof jobs[0]))
 
@@ -290,6 +309,91 @@ static int child_sgemm(void)
     return 0;
 }
 
+static const char *models_dir(void)
+{
+    const char *d = getenv("KVSIM_MODELS");
+    return d && *d ? d : "models";
+}
+
+/* Job 5: one capture through the library, as `kvsim capture` runs it. */
+static int child_capture(const char *dir, const bench_job *j)
+{
+    char model[1024], out[1024], err[KV_CAPTURE_ERR_LEN];
+    snprintf(model, sizeof model, "%s/%s", models_dir(), j->model);
+    snprintf(out, sizeof out, "%s/capture_%s.h5", dir, j->name);
+    int prompt[1024];
+    for (int i = 0; i < j->prompt - 1; i++)
+        prompt[i] = 100 + i; /* ordinary tokens of both vocabularies */
+    kv_capture_opts o;
+    kv_capture_defaults(&o);
+    o.model_path = model;
+    o.out_path = out;
+    o.n_tokens = j->positions;
+    o.prefill_len = j->prompt;
+    o.prompt = prompt;
+    o.n_prompt = j->prompt - 1;
+    double w0 = wall_now(), c0 = cpu_now();
+    if (kv_capture(&o, NULL, err, sizeof err)) {
+        fprintf(stderr, "bench: %s\n", err);
+        return 1;
+    }
+    printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
+    return 0;
+}
+
+/* Job 5's floor: for each of the positions, cblas_sgemv over every weight matrix of the
+ * checkpoint's shape (per layer wq, wk, wv, wo, w1, w3, w2; then the classifier), on
+ * matrices of the checkpoint's size filled with small values. */
+void openblas_set_num_threads(int n); /* OpenBLAS's own; not in GSL's cblas header */
+
+static int child_sgemv(const bench_job *j)
+{
+    openblas_set_num_threads(1);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", models_dir(), j->model);
+    FILE *f = fopen(path, "rb");
+    int hdr[7];
+    if (!f || fread(hdr, sizeof(int), 7, f) != 7) {
+        fprintf(stderr, "bench: cannot read the header of %s\n", path);
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    int dim = hdr[0], hidden = hdr[1], layers = hdr[2], heads = hdr[3], kv = hdr[4];
+    int vocab = hdr[5] < 0 ? -hdr[5] : hdr[5], kvd = dim / heads * kv;
+    int shape[7][2] = {{dim, dim}, {kvd, dim}, {kvd, dim}, {dim, dim},
+                       {hidden, dim}, {hidden, dim}, {dim, hidden}};
+    size_t per_layer = 0, biggest = (size_t)vocab * dim;
+    for (int m = 0; m < 7; m++)
+        per_layer += (size_t)shape[m][0] * shape[m][1];
+    size_t total = per_layer * layers + biggest;
+    float *w = malloc(total * sizeof *w), *x = calloc((size_t)(hidden > vocab ? hidden : vocab) + dim, sizeof *x);
+    float *y = calloc((size_t)(hidden > vocab ? hidden : vocab) + dim, sizeof *y);
+    if (!w || !x || !y) {
+        fprintf(stderr, "bench: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < total; i++)
+        w[i] = (float)(i % 13) * 0.01f - 0.06f;
+    for (int i = 0; i < dim + hidden; i++)
+        x[i] = 0.01f * (float)(i % 7);
+    double w0 = wall_now(), c0 = cpu_now();
+    for (int t = 0; t < j->positions; t++) {
+        const float *p = w;
+        for (int l = 0; l < layers; l++)
+            for (int m = 0; m < 7; m++) {
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, shape[m][0], shape[m][1], 1.0f, p,
+                            shape[m][1], x, 1, 0.0f, y, 1);
+                p += (size_t)shape[m][0] * shape[m][1];
+            }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, vocab, dim, 1.0f, p, dim, x, 1, 0.0f, y, 1);
+    }
+    printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
+    free(w), free(x), free(y);
+    return 0;
+}
+
 static int child_main(const char *dir, const char *what)
 {
     if (strncmp(what, "gen:", 4) == 0)
@@ -302,6 +406,10 @@ static int child_main(const char *dir, const char *what)
         omp_set_num_threads(j->threads);
     if (j->kind == JOB_SGEMM)
         return child_sgemm();
+    if (j->kind == JOB_CAPTURE)
+        return child_capture(dir, j);
+    if (j->kind == JOB_SGEMV)
+        return child_sgemv(j);
     char path[512], err[512];
     trace_path(dir, j->trace, path, sizeof path);
     kv_trace *tr;
@@ -458,6 +566,8 @@ static void print_table(FILE *f, int tsv, const job_result *res, double sgemm_gf
         double rows = 0, gflops = 0;
         if (j->kind == JOB_SGEMM) {
             gflops = sgemm_gflops;
+        } else if (j->kind == JOB_CAPTURE || j->kind == JOB_SGEMV) {
+            rows = j->positions / res[i].wall; /* positions per second */
         } else {
             const bench_trace *bt = &traces[j->trace];
             rows = (double)bt->n_layers * bt->n_heads * bt->n_tokens / res[i].wall;

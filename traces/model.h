@@ -6,15 +6,18 @@
  * seq_len), then float32 weights. A negative vocab_size means the output classifier is
  * stored after the weights instead of being shared with the token embedding.
  *
- * The forward pass runs one token at a time in float32 (pre-norm residual blocks,
- * RMSNorm eps 1e-5, rotary position embedding, grouped-query attention, SiLU-gated FFN)
- * and records, per layer, the post-rotary queries and keys and the values of every
- * position, which is what `kvsim capture` stores in a trace.
+ * The forward pass runs in float32 (pre-norm residual blocks, RMSNorm eps 1e-5, rotary
+ * position embedding, grouped-query attention, SiLU-gated FFN), one position at a time
+ * (kv_model_step) or a run of prompt positions together (kv_model_prefill), and records,
+ * per layer, the post-rotary queries and keys and the values of every position, which is
+ * what `kvsim capture` stores in a trace.
  *
- * Determinism: the matrix-vector products are plain loops in a fixed summation order and
- * the transcendental functions are evaluated in double then rounded, so the same
- * checkpoint and tokens give bit-identical results on any IEEE-754 machine whose C
- * compiler does not contract a*b+c into FMA (this file asks it not to).
+ * Determinism: every output of a matrix product is summed in input order with separate
+ * multiplies and adds (SIMD lanes hold different outputs, never parts of one sum), and the
+ * transcendental functions are evaluated in double then rounded, so the same checkpoint
+ * and tokens give bit-identical results on any IEEE-754 machine whose C compiler does not
+ * contract a*b+c into FMA (model.c asks it not to), and a prefill of n positions gives
+ * the same bits as n steps.
  */
 #ifndef KV_MODEL_H
 #define KV_MODEL_H
@@ -83,7 +86,8 @@ typedef struct kv_model_run kv_model_run;
  * Prepares a generation of up to n_pos positions (n_pos >= 1; it may exceed the trained
  * seq_len: rotary embedding extrapolates, the caller decides whether that is wanted).
  * Memory: n_layers * n_pos * (dim + 2 * kv_dim) floats of records, n_layers * n_heads *
- * n_pos floats of attention rows, and O(vocab_size + hidden_dim + dim) of scratch.
+ * n_pos floats of attention rows, and O(vocab_size + 32 * (hidden_dim + dim)) of scratch
+ * (up to 32 positions go through the weights together).
  * m is borrowed and must outlive the run. Returns 0, or KV_EMODEL_NOMEM / KV_EMODEL_ARG
  * (n_pos < 1) with err set; *out is NULL on failure.
  */
@@ -102,6 +106,17 @@ int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out,
  * checkpoint: nothing finite could be recorded from there on).
  */
 int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len);
+
+/*
+ * Runs tokens[0..n-1] at positions pos..pos+n-1 (pos must be the number of positions run
+ * so far, pos + n <= n_pos), passing them through each weight matrix together: the fast
+ * path for a prompt. Results are bit-identical to n calls of kv_model_step; afterwards
+ * kv_model_logits and kv_model_attn hold those of the last position (pos + n - 1).
+ * Returns 0, or KV_EMODEL_ARG with err set when a token, n or pos is out of range
+ * (nothing is changed then).
+ */
+int kv_model_prefill(kv_model_run *r, const int *tokens, int n, int pos, char *err,
+                     size_t err_len);
 
 /* The next-token logits of the last step: vocab_size floats, borrowed, overwritten by
  * the next step. Cannot fail. */

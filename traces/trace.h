@@ -130,6 +130,24 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 
+/* 1 when the trace has /token_text (captured with a tokenizer), else 0. Cannot fail. */
+int kv_trace_has_token_text(const kv_trace *tr);
+
+/*
+ * Reads /token_text, the display text of each of the T positions' tokens (FORMAT.md), into
+ * *texts: an array of T NUL-terminated UTF-8 strings in one allocation, owned by the caller
+ * (free(*texts) releases everything). KV_ETRACE_FORMAT when the trace has none or the
+ * dataset is not [T] fixed-length strings; KV_ETRACE_NOMEM, KV_ETRACE_IO otherwise.
+ */
+int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_len);
+
+/*
+ * Reads the root string attribute name into buf (NUL-terminated, truncated to len - 1
+ * bytes). Returns 0, or 1 when the trace has no such string attribute (buf then ""). Cannot
+ * fail otherwise.
+ */
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t len);
+
 /* Closes the file and frees tr. NULL is ignored. Cannot fail. */
 void kv_trace_close(kv_trace *tr);
 
@@ -175,6 +193,14 @@ int kv_trace_write_qk(kv_trace_writer *w, int layer, const float *q, const float
                       const float *v, char *err, size_t err_len);
 
 /* Adds an extra root attribute (provenance: sampling settings, checkpoint hash...). */
+/*
+ * Writes /token_text: texts[0..T-1], each token's display text (UTF-8, NUL-terminated), as
+ * a [T] dataset of fixed-length UTF-8 strings (the longest text's bytes plus one; fixed
+ * length for the same reason as the string attributes). Returns 0 or a KV_ETRACE_* code.
+ */
+int kv_trace_write_token_text(kv_trace_writer *w, const char *const *texts, char *err,
+                              size_t err_len);
+
 int kv_trace_write_attr_string(kv_trace_writer *w, const char *name, const char *value,
                                char *err, size_t err_len);
 int kv_trace_write_attr_double(kv_trace_writer *w, const char *name, double value,

@@ -1142,6 +1142,159 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     return rc;
 }
 
+int kv_trace_has_token_text(const kv_trace *tr)
+{
+    kv_trace_quiet();
+    return tr && H5Lexists(tr->file, "/token_text", H5P_DEFAULT) > 0;
+}
+
+/* Longest fixed-length token text accepted, bytes: far above any vocabulary's, low enough
+ * that a damaged header cannot ask for a huge buffer. */
+#define TOKEN_TEXT_MAX_WIDTH 4096
+
+/* The T fixed-length strings of width bytes of dataset d, as kv_trace_read_token_text
+ * returns them; NULL on failure. */
+static char **read_fixed_strings(hid_t d, hid_t ftype, size_t T, size_t width)
+{
+    char **out = malloc(T * sizeof(char *) + T * (width + 1));
+    if (!out)
+        return NULL;
+    char *raw = (char *)(out + T);
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    int ok = mtype >= 0 && H5Tset_size(mtype, width + 1) >= 0
+             && H5Tset_strpad(mtype, H5T_STR_NULLTERM) >= 0
+             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0
+             && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw) >= 0;
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    for (size_t t = 0; ok && t < T; t++) {
+        out[t] = raw + t * (width + 1);
+        out[t][width] = '\0';
+    }
+    if (!ok) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The T variable-length strings of dataset d (what h5py writes for a list of str), each
+ * cut at TOKEN_TEXT_MAX_WIDTH bytes, copied into one allocation; NULL on failure. */
+static char **read_vlen_strings(hid_t d, hid_t ftype, hid_t space, size_t T)
+{
+    char **vl = calloc(T, sizeof *vl), **out = NULL;
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    int ok = vl && mtype >= 0 && H5Tset_size(mtype, H5T_VARIABLE) >= 0
+             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0
+             && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, vl) >= 0;
+    size_t bytes = 0;
+    for (size_t t = 0; ok && t < T; t++)
+        bytes += (vl[t] ? strnlen(vl[t], TOKEN_TEXT_MAX_WIDTH) : 0) + 1;
+    if (ok && (out = malloc(T * sizeof(char *) + bytes))) {
+        char *w = (char *)(out + T);
+        for (size_t t = 0; t < T; t++) {
+            size_t n = vl[t] ? strnlen(vl[t], TOKEN_TEXT_MAX_WIDTH) : 0;
+            memcpy(w, vl[t] ? vl[t] : "", n);
+            w[n] = '\0';
+            out[t] = w;
+            w += n + 1;
+        }
+    }
+    if (ok)
+        H5Dvlen_reclaim(mtype, space, H5P_DEFAULT, vl);
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    free(vl);
+    return out;
+}
+
+int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    *texts = NULL;
+    if (!kv_trace_has_token_text(tr))
+        return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no "
+                             "/token_text (captured without a tokenizer)", tr ? tr->path : "");
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = 0;
+    hid_t d = H5Dopen2(tr->file, "/token_text", H5P_DEFAULT);
+    hid_t ftype = d >= 0 ? H5Dget_type(d) : H5I_INVALID_HID;
+    hid_t space = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    size_t T = (size_t)tr->info.n_tokens, width = ftype >= 0 ? H5Tget_size(ftype) : 0;
+    int vlen = ftype >= 0 && H5Tis_variable_str(ftype) > 0;
+    hsize_t dims[2] = {0, 0};
+    int ok_shape = ftype >= 0 && H5Tget_class(ftype) == H5T_STRING
+                   && (vlen || (width >= 1 && width <= TOKEN_TEXT_MAX_WIDTH)) && space >= 0
+                   && H5Sget_simple_extent_ndims(space) == 1
+                   && H5Sget_simple_extent_dims(space, dims, NULL) == 1 && dims[0] == T;
+    char **out = NULL;
+    if (!ok_shape)
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /token_text is not [%zu] "
+                           "strings", tr->path, T);
+    else if (!(out = vlen ? read_vlen_strings(d, ftype, space, T)
+                          : read_fixed_strings(d, ftype, T, width)))
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot read /token_text "
+                           "(damaged file, or out of memory)", tr->path);
+    if (space >= 0)
+        H5Sclose(space);
+    if (ftype >= 0)
+        H5Tclose(ftype);
+    if (d >= 0)
+        H5Dclose(d);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    *texts = out;
+    return rc;
+}
+
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t len)
+{
+    kv_trace_quiet();
+    if (len)
+        buf[0] = '\0';
+    if (!tr || !name || len == 0 || H5Aexists(tr->file, name) <= 0)
+        return 1;
+    pthread_mutex_lock(&tr->lock);
+    hid_t a = H5Aopen(tr->file, name, H5P_DEFAULT);
+    hid_t ftype = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
+    hid_t space = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
+    int ok = ftype >= 0 && space >= 0 && H5Tget_class(ftype) == H5T_STRING
+             && H5Sget_simple_extent_npoints(space) == 1;
+    if (ok && H5Tis_variable_str(ftype) > 0) {
+        /* h5py's str attributes: variable-length */
+        char *v = NULL;
+        hid_t mtype = H5Tcopy(H5T_C_S1);
+        ok = mtype >= 0 && H5Tset_size(mtype, H5T_VARIABLE) >= 0
+             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0 && H5Aread(a, mtype, &v) >= 0;
+        if (ok) {
+            snprintf(buf, len, "%s", v ? v : "");
+            H5Dvlen_reclaim(mtype, space, H5P_DEFAULT, &v);
+        }
+        if (mtype >= 0)
+            H5Tclose(mtype);
+    } else if (ok) {
+        size_t width = H5Tget_size(ftype);
+        ok = width >= 1 && width <= (1u << 20);
+        char *tmp = ok ? calloc(1, width + 1) : NULL;
+        hid_t mtype = tmp ? H5Tcopy(ftype) : H5I_INVALID_HID;
+        ok = mtype >= 0 && H5Aread(a, mtype, tmp) >= 0;
+        if (ok)
+            snprintf(buf, len, "%s", tmp);
+        if (mtype >= 0)
+            H5Tclose(mtype);
+        free(tmp);
+    }
+    if (space >= 0)
+        H5Sclose(space);
+    if (ftype >= 0)
+        H5Tclose(ftype);
+    if (a >= 0)
+        H5Aclose(a);
+    pthread_mutex_unlock(&tr->lock);
+    return ok ? 0 : 1;
+}
+
 int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len)
 {
     kv_trace_quiet();

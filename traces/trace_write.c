@@ -529,6 +529,44 @@ int kv_trace_write_tokens(kv_trace_writer *w, const int32_t *tokens, char *err, 
                                   "(already written?)", w->path);
 }
 
+int kv_trace_write_token_text(kv_trace_writer *w, const char *const *texts, char *err,
+                              size_t err_len)
+{
+    kv_trace_quiet();
+    if (!w || !texts)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_write_token_text: NULL "
+                             "argument");
+    size_t T = (size_t)w->info.n_tokens, width = 1;
+    for (size_t t = 0; t < T; t++)
+        width = strlen(texts[t]) + 1 > width ? strlen(texts[t]) + 1 : width;
+    char *buf = calloc(T, width);
+    if (!buf)
+        return kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory for /token_text",
+                             w->path);
+    for (size_t t = 0; t < T; t++)
+        memcpy(buf + t * width, texts[t], strlen(texts[t]));
+    hsize_t dims = (hsize_t)T;
+    hid_t type = H5Tcopy(H5T_C_S1);
+    int ok = type >= 0 && H5Tset_size(type, width) >= 0 && H5Tset_cset(type, H5T_CSET_UTF8) >= 0
+             && H5Tset_strpad(type, H5T_STR_NULLTERM) >= 0;
+    hid_t space = ok ? H5Screate_simple(1, &dims, NULL) : H5I_INVALID_HID;
+    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
+    hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
+              : H5Dcreate2(w->file, "/token_text", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ok = d >= 0 && H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
+    if (d >= 0)
+        ok &= H5Dclose(d) >= 0;
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (type >= 0)
+        H5Tclose(type);
+    free(buf);
+    return ok ? 0 : kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot write /token_text "
+                                  "(already written?)", w->path);
+}
+
 int kv_trace_finish(kv_trace_writer *w, char *err, size_t err_len)
 {
     if (!w)
