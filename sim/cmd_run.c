@@ -2,6 +2,7 @@
  * cmd_run.c - `kvsim run` (replay an experiment) and `kvsim policies` (list policies).
  */
 #include "sim/budget.h"
+#include "sim/closedloop.h"
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
@@ -44,6 +45,9 @@ static void run_usage(FILE *f)
 "  -f, --force             overwrite result files in a non-empty output directory\n"
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
+"  -m, --model FILE        also run every trace closed-loop with this checkpoint (the\n"
+"                          one the trace was captured from): the model attends through\n"
+"                          each policy's caches; adds kl, nll, top1 and ppl columns\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
@@ -91,7 +95,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 typedef struct {
     int force, quiet, block, no_plot;
     long seed;           /* -1: keep the experiment's */
-    const char *policies, *budgets, *trace, *output, *config;
+    const char *policies, *budgets, *trace, *output, *config, *model;
     const char *sets[64];
     int n_sets;
 } run_options;
@@ -107,6 +111,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
+        { "model", required_argument, 0, 'm' },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -114,7 +119,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqvh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:m:fqvh", longopts, NULL)) != -1) {
         switch (c) {
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
@@ -127,6 +132,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
             o->sets[o->n_sets++] = optarg;
             break;
         case 'o': o->output = optarg; break;
+        case 'm': o->model = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
@@ -180,6 +186,8 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         return 2;
     if (o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
+    if (o->model)
+        snprintf(ex->model, sizeof ex->model, "%s", o->model);
     for (int i = 0; i < o->n_sets; i++)
         if (apply_set(ex, o->sets[i], err, err_len))
             return 2;
@@ -259,7 +267,8 @@ static void merge_runs(kv_results *merged, kv_results *part, const int *idx, int
  * several. *out gets every run, policy-major, as kv_experiment_results expects.
  */
 static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
-                        const run_options *o, kv_results **out, char *err, size_t err_len)
+                        const run_options *o, const kv_model *model, kv_results **out,
+                        char *err, size_t err_len)
 {
     int np = ex->n_policies, nb = ex->n_budgets;
     const int *tok = tokens + (size_t)k * np * nb;
@@ -301,6 +310,16 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
         }
         merge_runs(merged, part, idx, n, nb);
     }
+    if (model) {
+        int rc = kv_closed_loop(tr, model, ex->policies, merged, ex->seed, !o->quiet, err,
+                                err_len);
+        if (rc) {
+            kv_trace_close(tr);
+            kv_results_free(merged);
+            free(idx), free(done), free(group);
+            return rc;
+        }
+    }
     kv_trace_close(tr);
     free(idx), free(done), free(group);
     *out = merged;
@@ -314,13 +333,33 @@ fail:
 
 /* Replays every trace of ex; res[] and names[] get one entry per trace. */
 static int replay_all(const kv_experiment *ex, const int *tokens, const run_options *o,
-                      kv_results **res, const char **names, char *err, size_t err_len)
+                      const kv_model *model, kv_results **res, const char **names, char *err,
+                      size_t err_len)
 {
     for (int k = 0; k < ex->n_traces; k++) {
         names[k] = trace_name(ex->traces[k]);
         if (!o->quiet && ex->n_traces > 1)
             fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
-        int rc = replay_trace(ex, k, tokens, o, &res[k], err, err_len);
+        int rc = replay_trace(ex, k, tokens, o, model, &res[k], err, err_len);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Loads the closed loop's checkpoint and checks every trace was captured from it, before
+ * any replay. Returns 0, 1 (unreadable checkpoint or trace) or 2 (a trace from another
+ * checkpoint, without tokens, of another geometry). */
+static int load_model(const kv_experiment *ex, kv_model **out, char *err, size_t err_len)
+{
+    if (kv_model_load(ex->model, out, err, err_len))
+        return 1;
+    for (int k = 0; k < ex->n_traces; k++) {
+        kv_trace *tr = NULL;
+        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+            return 1;
+        int rc = kv_closed_loop_check(tr, *out, ex->model, err, err_len);
+        kv_trace_close(tr);
         if (rc)
             return rc;
     }
@@ -393,10 +432,13 @@ int kv_cmd_run(int argc, char **argv)
     for (int k = 0; rc == 0 && k < ex.n_traces; k++)
         if (kv_trace_precheck(ex.traces[k], err, sizeof err))
             rc = 1;
+    kv_model *model = NULL;
+    if (rc == 0 && ex.model[0])
+        rc = load_model(&ex, &model, err, sizeof err);
     if (rc == 0)
         rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
     if (rc == 0)
-        rc = replay_all(&ex, tokens, &o, res, names, err, sizeof err);
+        rc = replay_all(&ex, tokens, &o, model, res, names, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
     if (rc == 0 && !o.quiet) {
@@ -413,6 +455,7 @@ int kv_cmd_run(int argc, char **argv)
     for (int k = 0; k < ex.n_traces; k++)
         kv_results_free(res[k]);
     free(tokens);
+    kv_model_free(model);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : rc;
 }

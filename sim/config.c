@@ -234,6 +234,8 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
     }
     else if (strcmp(key, "output") == 0)
         snprintf(ex->output, sizeof ex->output, "%s", value);
+    else if (strcmp(key, "model") == 0)
+        snprintf(ex->model, sizeof ex->model, "%s", value);
     else if (strcmp(key, "budgets") == 0) {
         if (kv_experiment_set_budgets(ex, value, why, sizeof why))
             return fail(s, "[experiment] budgets: %s%s%s", why, "", "");
@@ -247,7 +249,7 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
         ex->seed = v;
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed)%s%s", key, "", "");
+                    "seed, model)%s%s", key, "", "");
     return 1;
 }
 

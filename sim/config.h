@@ -10,6 +10,8 @@
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
+ *   model   = ../shared/models/stories260K.bin  ; optional: also run every trace
+ *                                  ; closed-loop with this checkpoint (sim/closedloop.h)
  *
  *   [policy morphkv-max]           ; the label used in every output file
  *   type   = morphkv               ; a registered policy (kvsim policies)
@@ -30,6 +32,7 @@ typedef struct {
     char traces[KV_MAX_TRACES][KV_PATH_LEN];  /* replayed one after the other */
     int n_traces;
     char output[KV_PATH_LEN];
+    char model[KV_PATH_LEN];    /* checkpoint for the closed loop; "" for none */
     kv_budget_spec *budgets;    /* owned; resolved to tokens per trace and policy */
     int n_budgets;
     kv_policy_conf *policies;   /* owned */

@@ -32,6 +32,7 @@ typedef struct {
     int run;                 /* index into kv_results.runs */
     int head_lo;             /* first query head of the group */
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
+    double *out_err;         /* [D] sum over the group's heads of out_err; NULL without v */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
@@ -40,6 +41,9 @@ typedef struct {
     const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
     size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
+    const float *o_full;  /* [n_heads * nb * head_dim] full-cache outputs (kv_rows_outputs),
+                             NULL when the trace has no v */
+    const float *v;       /* the layer's values (kv_rows_v) */
     int t0, nb;
 } kv_block;
 
@@ -89,6 +93,7 @@ static void replay_cache_free(replay_cache *rc)
 {
     kv_cache_free(&rc->cache);
     free(rc->steps);
+    free(rc->out_err);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -123,13 +128,44 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
     };
-    if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
-                                    kv_cache_token_weight(pc, in), identity)) {
+    if (in->has_v)
+        rc->out_err = calloc((size_t)D, sizeof *rc->out_err);
+    if (!rc->steps || (in->has_v && !rc->out_err) ||
+        kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx, kv_cache_token_weight(pc, in),
+                      identity)) {
         free(rc->steps);
+        free(rc->out_err);
         rc->steps = NULL;
+        rc->out_err = NULL;
         return -1;
     }
     return 0;
+}
+
+/*
+ * out_err of one query head at a decode step: o_cache = sum over A_t (pos[0..n)) of
+ * p[j] v_j / recall (the renormalised row of rule 2, summed in double), against o_full
+ * (kv_rows_outputs); |o_cache - o_full| / |o_full|, 0 when both are 0. hd <= 1024.
+ */
+static double output_error(const float *p, const int *pos, int n, double recall,
+                           const float *v, int hd, const float *o_full)
+{
+    double o[1024] = { 0 }, diff = 0.0, norm = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *vj = v + (size_t)pos[i] * hd;
+        double w = p[pos[i]];
+        for (int d = 0; d < hd; d++)
+            o[d] += w * vj[d];
+    }
+    double inv = recall > 0.0 ? 1.0 / recall : 0.0;   /* rule 6: an all-zero row */
+    for (int d = 0; d < hd; d++) {
+        double e = o[d] * inv - o_full[d];
+        diff += e * e;
+        norm += (double)o_full[d] * o_full[d];
+    }
+    if (norm == 0.0)
+        return diff == 0.0 ? 0.0 : INFINITY;
+    return sqrt(diff / norm);
 }
 
 /* The rows of cache rc's group at position t of block b. */
@@ -148,10 +184,11 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
  * layer's per-head sums and minima of this run (head_sum/head_min: [n_heads]).
  */
 static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
-                        double *head_min)
+                        double *head_min, double *head_err)
 {
     kv_cache *c = &rc->cache;
-    int P = b->in->prefill_len;
+    const kv_trace_info *in = b->in;
+    int P = in->prefill_len, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
     kv_group_rows rows = group_rows(rc, b, t);
     kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
     for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
@@ -160,6 +197,14 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
         head_sum[h] += recall;
         if (recall < head_min[h])
             head_min[h] = recall;
+        if (!b->o_full)
+            continue;
+        size_t row = (size_t)h * b->nb + (size_t)(t - b->t0);
+        double e = output_error(b->rows + row * b->ld, c->pos, c->n, recall,
+                                b->v + (size_t)(h / group) * in->n_tokens * hd, hd,
+                                b->o_full + row * hd);
+        rc->out_err[t - P] += e;
+        head_err[h] += e;
     }
     kv_cache_update(c, t);
 }
@@ -192,6 +237,12 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
+        if (in->has_v) {
+            run->step_out_err = calloc((size_t)D, sizeof(double));
+            run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
+            if (!run->step_out_err || !run->head_out_err_mean)
+                return -1;
+        }
         if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
             !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
             !run->step_topk8 || !run->lifetimes || !run->retained || !run->final_sets)
@@ -218,7 +269,14 @@ void kv_results_free(kv_results *res)
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
+        free(run->step_out_err);
+        free(run->head_out_err_mean);
+        free(run->step_kl);
+        free(run->step_nll);
+        free(run->step_top1);
+        free(run->step_recall_closed);
     }
+    free(res->step_nll_full);
     free(res->runs);
     free(res);
 }
@@ -254,6 +312,8 @@ static void reduce_layer(kv_results *res, const replay_cache *caches, int n_cach
             run->step_topk8[s] += m->topk8;
             run->step_kv_tokens[s] += m->kv_tokens;
             run->step_meta_bytes[s] += m->meta_bytes;
+            if (rc->out_err)
+                run->step_out_err[s] += rc->out_err[s];
         }
         for (int s = 0; s <= res->n_steps; s++)
             run->lifetimes[s] += c->lifetimes[s];
@@ -315,6 +375,8 @@ typedef struct {
     kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    float *o_full[2];      /* [n_heads * block * head_dim] full-cache outputs, when the
+                              trace has v (NULL otherwise) */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
 } kv_stream;
@@ -353,8 +415,11 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
 {
     char why[512];
     if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) == 0)
+                     in->prefill_len, why, sizeof why) == 0) {
+        if (s->o_full[slot] && want_topk)   /* replay steps, not the prescan */
+            kv_rows_outputs(s->cur, t0, task, s->buf[slot], s->o_full[slot]);
         return 0;
+    }
     record_failure(f, why);
     return 1;
 }
@@ -383,8 +448,9 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
     kv_run_result *run = &res->runs[rc->run];
     double *hs = run->head_recall_mean + (size_t)layer * H;
     double *hm = run->head_recall_min + (size_t)layer * H;
+    double *he = run->head_out_err_mean ? run->head_out_err_mean + (size_t)layer * H : NULL;
     for (int t = b->t0; t < b->t0 + b->nb; t++)
-        replay_step(rc, b, t, hs, hm);
+        replay_step(rc, b, t, hs, hm, he);
 }
 
 /*
@@ -403,7 +469,8 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
 {
     int T = in->n_tokens;
     kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
-                   .topk = s->topk[slot], .t0 = t0,
+                   .topk = s->topk[slot], .o_full = s->o_full[slot],
+                   .v = kv_rows_v(s->cur), .t0 = t0,
                    .nb = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -654,7 +721,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
         s->topk[i] = malloc(rows * TOPK * sizeof(int));
-        if (!s->buf[i] || !s->topk[i]) {
+        if (in->has_v)
+            s->o_full[i] = malloc(rows * (size_t)in->head_dim * sizeof(float));
+        if (!s->buf[i] || !s->topk[i] || (in->has_v && !s->o_full[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return 1;
@@ -671,6 +740,7 @@ static void stream_close(kv_stream *s)
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
+        free(s->o_full[i]);
     }
 }
 
@@ -743,6 +813,10 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         }
         for (int i = 0; i < in->n_layers * in->n_heads; i++)
             run->head_recall_mean[i] /= res->n_steps;
+        for (int s = 0; run->step_out_err && s < res->n_steps; s++)
+            run->step_out_err[s] /= units;
+        for (int i = 0; run->head_out_err_mean && i < in->n_layers * in->n_heads; i++)
+            run->head_out_err_mean[i] /= res->n_steps;
     }
     *out = res;
     return 0;

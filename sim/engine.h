@@ -70,6 +70,20 @@ typedef struct {
                                    the last step: the group size or 0 with one cache per
                                    KV head (the default), a share with kv_granularity =
                                    query_head. For retention_map.tsv. */
+    /* Output error (open loop, traces with v; NULL otherwise): out_err_t^h =
+     * |o_cache - o_full| / |o_full| (0 when both are 0), o_full = sum_{j<=t} p_t^h[j] v_j,
+     * o_cache = sum_{j in A_t} o_t^h[j] v_j. */
+    double *step_out_err;       /* [D] mean over layers and query heads */
+    double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps */
+    /* Closed loop (sim/closedloop.h; NULL unless a run was given a model). Entry s is the
+     * decode step t = P+s; the last (t = T-1) predicts no token and holds NaN in kl, nll
+     * and top1. */
+    double *step_kl;            /* [D] KL(full || policy) of the next-token distributions,
+                                   nats */
+    double *step_nll;           /* [D] -log probability of token t+1 under the policy */
+    double *step_top1;          /* [D] 1 when both distributions' most likely token agree */
+    double *step_recall_closed; /* [D] mean over layers and query heads of the mass of this
+                                   run's own full-cache row on A_t */
 } kv_run_result;
 
 typedef struct {
@@ -77,6 +91,8 @@ typedef struct {
     int n_steps;                /* D = T - P */
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
+    double *step_nll_full;      /* [D] closed loop: -log probability of token t+1 under the
+                                   full cache (NaN at t = T-1); NULL without a model */
 } kv_results;
 
 /*

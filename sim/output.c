@@ -9,10 +9,57 @@
 #include <errno.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* The mean of x over the steps whose value is not NaN (the closed loop's last step). */
+static double mean_defined(const double *x, int n, int *count)
+{
+    double sum = 0.0;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(x[i]))
+            sum += x[i], m++;
+    if (count)
+        *count = m;
+    return m ? sum / m : NAN;
+}
+
+/* The output-error and closed-loop columns of a summary: NaN when the run has none. */
+static int summarise_model_metrics(const kv_results *res, const kv_run_result *run,
+                                   kv_run_summary *s, char *err, size_t err_len)
+{
+    int D = res->n_steps, units = res->info.n_layers * res->info.n_heads;
+    s->out_err_mean = s->kl_mean = s->ppl = s->ppl_full = s->top1_agree = NAN;
+    s->recall_closed = NAN;
+    s->out_err_ci.lo = s->out_err_ci.hi = s->kl_ci.lo = s->kl_ci.hi = NAN;
+    if (run->step_out_err) {
+        s->out_err_mean = gsl_stats_mean(run->step_out_err, 1, (size_t)D);
+        if (kv_bootstrap_mean_ci(run->head_out_err_mean, (size_t)units,
+                                 KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
+                                 &s->out_err_ci, err, err_len))
+            return 1;
+        s->out_err_ci.mean = s->out_err_mean;
+    }
+    if (!run->step_kl)
+        return 0;
+    int n = 0;   /* steps t <= T-2: the last entry is NaN */
+    s->kl_mean = mean_defined(run->step_kl, D, &n);
+    s->kl_block = (int)kv_block_length((size_t)n);
+    if (kv_block_bootstrap_mean_ci(run->step_kl, (size_t)n, (size_t)s->kl_block,
+                                   KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
+                                   &s->kl_ci, err, err_len))
+        return 1;
+    s->ppl = exp(mean_defined(run->step_nll, D, NULL));
+    s->ppl_full = exp(mean_defined(res->step_nll_full, D, NULL));
+    s->top1_agree = mean_defined(run->step_top1, D, NULL);
+    s->recall_closed = gsl_stats_mean(run->step_recall_closed, 1, (size_t)D);
+    return 0;
+}
 
 int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err, size_t err_len)
 {
@@ -50,7 +97,7 @@ int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err,
                              &s->recall_ci, err, err_len))
         return 1;
     s->recall_ci.mean = s->recall_mean;
-    return 0;
+    return summarise_model_metrics(res, run, s, err, err_len);
 }
 
 static int mkdir_parents(const char *dir)
@@ -209,6 +256,34 @@ static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
         fprintf(f, "\t%.9g", c->sums[k * c->n_runs + o].recall_mean);
 }
 
+/* A number, or NA when it is NaN (a metric the run does not have). */
+static void cell(FILE *f, double x)
+{
+    if (isnan(x))
+        fprintf(f, "\tNA");
+    else
+        fprintf(f, "\t%.9g", x);
+}
+
+/* The output-error and closed-loop columns of summary.tsv (after oracle_recall_mean). */
+static void model_cells(FILE *f, const kv_run_summary *s)
+{
+    cell(f, s->out_err_mean);
+    cell(f, s->out_err_ci.lo);
+    cell(f, s->out_err_ci.hi);
+    cell(f, s->kl_mean);
+    cell(f, s->kl_ci.lo);
+    cell(f, s->kl_ci.hi);
+    if (isnan(s->kl_mean) || s->kl_block < 1)
+        fprintf(f, "\tNA");
+    else
+        fprintf(f, "\t%d", s->kl_block);
+    cell(f, s->ppl);
+    cell(f, s->ppl_full);
+    cell(f, s->top1_agree);
+    cell(f, s->recall_closed);
+}
+
 static void summary_row(FILE *f, const kv_run_summary *s)
 {
     fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d",
@@ -252,9 +327,31 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
             spec_text(c, r % c->n_budgets, buf, sizeof buf), ci.mean, ci.lo, ci.hi, p05, min,
             tokens, peak, mean, meta, k1, k8, n);
     if (have_oracle)
-        fprintf(f, "\t%.9g\n", oracle);
+        fprintf(f, "\t%.9g", oracle);
     else
-        fprintf(f, "\tNA\n");
+        fprintf(f, "\tNA");
+    /* the model columns: means over traces, intervals Student-t across them */
+    static const size_t averaged[] = {
+        offsetof(kv_run_summary, out_err_mean), offsetof(kv_run_summary, kl_mean),
+        offsetof(kv_run_summary, ppl), offsetof(kv_run_summary, ppl_full),
+        offsetof(kv_run_summary, top1_agree), offsetof(kv_run_summary, recall_closed),
+    };
+    kv_run_summary all;
+    for (size_t i = 0; i < sizeof averaged / sizeof averaged[0]; i++) {
+        double sum = 0.0;
+        for (int k = 0; k < n; k++)
+            sum += *(const double *)((const char *)&c->sums[k * c->n_runs + r] + averaged[i]);
+        *(double *)((char *)&all + averaged[i]) = sum / n;
+    }
+    for (int k = 0; k < n; k++)
+        x[k] = c->sums[k * c->n_runs + r].out_err_mean;
+    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &all.out_err_ci);
+    for (int k = 0; k < n; k++)
+        x[k] = c->sums[k * c->n_runs + r].kl_mean;
+    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &all.kl_ci);
+    all.kl_block = 0;   /* NA: the interval is across traces */
+    model_cells(f, &all);
+    fputc('\n', f);
 }
 
 static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
@@ -263,7 +360,8 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec\trecall_mean\trecall_ci_lo\t"
                "recall_ci_hi\trecall_p05\trecall_min\tkv_tokens_peak\tkv_bytes_peak\t"
                "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\t"
-               "oracle_recall_mean\n");
+               "oracle_recall_mean\tout_err_mean\tout_err_ci_lo\tout_err_ci_hi\tkl_mean\t"
+               "kl_ci_lo\tkl_ci_hi\tkl_block\tppl\tppl_full\ttop1_agree\trecall_closed\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -273,6 +371,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
             summary_row(f, &c->sums[k * c->n_runs + r]);
             oracle_cell(f, c, k, r);
+            model_cells(f, &c->sums[k * c->n_runs + r]);
             fputc('\n', f);
         }
     if (er->n_traces < 2)
@@ -292,17 +391,25 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
     fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep\trecall\tkv_tokens\tkv_bytes\t"
-               "meta_bytes\ttopk1_recall\ttopk8_recall\n");
+               "meta_bytes\ttopk1_recall\ttopk8_recall\tout_err\tkl\tnll\tnll_full\ttop1\t"
+               "recall_closed\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
             for (int s = 0; s < res->n_steps; s++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g\n",
+                fprintf(f, "\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g",
                         res->info.prefill_len + s, run->step_recall[s], run->step_kv_tokens[s],
                         kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
                         run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
+                cell(f, run->step_out_err ? run->step_out_err[s] : NAN);
+                cell(f, run->step_kl ? run->step_kl[s] : NAN);
+                cell(f, run->step_nll ? run->step_nll[s] : NAN);
+                cell(f, res->step_nll_full ? res->step_nll_full[s] : NAN);
+                cell(f, run->step_top1 ? run->step_top1[s] : NAN);
+                cell(f, run->step_recall_closed ? run->step_recall_closed[s] : NAN);
+                fputc('\n', f);
             }
         }
     }
@@ -312,7 +419,8 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\t"
+               "out_err\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
@@ -321,8 +429,10 @@ static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
                 for (int h = 0; h < res->info.n_heads; h++) {
                     int i = l * res->info.n_heads + h;
                     run_key(f, c, k, r);
-                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g\n", l, h, run->head_recall_mean[i],
+                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g", l, h, run->head_recall_mean[i],
                             run->head_recall_min[i]);
+                    cell(f, run->head_out_err_mean ? run->head_out_err_mean[i] : NAN);
+                    fputc('\n', f);
                 }
         }
     }

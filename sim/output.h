@@ -42,6 +42,19 @@ typedef struct {
     long long kv_tokens_peak;
     double kv_bytes_peak, kv_bytes_mean, meta_bytes_peak;
     double topk1_recall, topk8_recall;   /* means over decode steps */
+    /* open-loop output error (NaN without v): mean over decode steps, layers and query
+     * heads, with the bootstrap interval over (layer, query head) units like recall */
+    double out_err_mean;
+    kv_interval out_err_ci;
+    /* closed loop (NaN without a model), over decode steps t <= T-2: kl_mean with a
+     * moving-block bootstrap interval over steps (block kl_block steps, stats.h); ppl =
+     * exp(mean nll) under the policy, ppl_full under the full cache; top1_agree the share
+     * of steps whose most likely tokens agree; recall_closed the mean closed-loop recall
+     * over every decode step */
+    double kl_mean;
+    kv_interval kl_ci;
+    int kl_block;
+    double ppl, ppl_full, top1_agree, recall_closed;
 } kv_run_summary;
 
 /* Fills s for run r of res. Returns 0, or 1 when out of memory (err set). */

@@ -114,6 +114,21 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1);
 int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
                  char *err, size_t err_len);
 
+/* The loaded layer's values, v[(g * T + j) * head_dim + d] for KV head g (whatever the
+ * source, when the trace has v), or NULL when the trace has none. Borrowed, valid until
+ * the next load. Cannot fail. */
+const float *kv_rows_v(const kv_rows *r);
+
+/*
+ * The full-cache attention outputs of task `task`'s rows of the block at t0 (out as
+ * kv_rows_fill produced it): o_full[(h * nb + t - t0) * head_dim + d] = sum over j <= t
+ * of p_t^h[j] v_j[d] for the task's heads h, with v_j the value of h's KV head; one SGEMM
+ * per GQA group (rows x values, the size of the recompute's product divided by T /
+ * head_dim). The trace must have v (kv_rows_v not NULL) and every piece the block needs
+ * must be loaded. o_full holds n_heads * block * head_dim floats, the caller's. Cannot fail.
+ */
+void kv_rows_outputs(const kv_rows *r, int t0, int task, const float *out, float *o_full);
+
 /*
  * Convenience: opens a row source and loads layer (every piece). NULL with err set on
  * failure.

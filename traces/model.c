@@ -590,3 +590,309 @@ const float *kv_model_v(const kv_model_run *r, int layer)
     const kv_model_config *c = &r->m->cfg;
     return r->rec_v + (size_t)layer * (size_t)r->n_pos * (size_t)c->kv_dim;
 }
+
+/* ------------------------------------------------ many sequences, one position */
+
+typedef float kv_v8f __attribute__((vector_size(8 * sizeof(float))));
+
+/* Columns of the batch products are processed 8 at a time (one vector of sequences). */
+#define BATCH_LANES 8
+
+struct kv_model_batch {
+    const kv_model *m;
+    int n;         /* sequences */
+    float *x;      /* residual streams [n][dim] */
+    float *xb;     /* normed input / branch output [n][dim] */
+    float *heads;  /* attention outputs [n][dim], the caller's to fill */
+    float *q;      /* [n][dim] */
+    float *k, *v;  /* [n][kv_dim] */
+    float *hb, *hb2;   /* FFN gate and up [n][hidden_dim] */
+    float *in_t;   /* the input of a product, transposed: [n_in][n rounded up to 8] */
+    float *rope;   /* cos, sin per pair at the current position [head_size] */
+    float *logits; /* [n][vocab_size] */
+};
+
+void kv_model_batch_free(kv_model_batch *b)
+{
+    if (!b)
+        return;
+    float *bufs[] = {b->x, b->xb, b->heads, b->q, b->k, b->v, b->hb, b->hb2, b->in_t,
+                     b->rope, b->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(b);
+}
+
+int kv_model_batch_create(const kv_model *m, int n, kv_model_batch **out, char *err,
+                          size_t err_len)
+{
+    *out = NULL;
+    if (n < 1) {
+        snprintf(err, err_len, "model batch: %d sequences requested, need at least 1", n);
+        return KV_EMODEL_ARG;
+    }
+    const kv_model_config *c = &m->cfg;
+    kv_model_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, err_len, "model batch: out of memory");
+        return KV_EMODEL_NOMEM;
+    }
+    size_t ns = (size_t)n, d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    size_t hd = (size_t)c->hidden_dim, widest = hd > d ? hd : d;
+    size_t lanes = (ns + BATCH_LANES - 1) / BATCH_LANES * BATCH_LANES;
+    b->m = m;
+    b->n = n;
+    b->x = calloc(ns * d, sizeof(float));
+    b->xb = calloc(ns * d, sizeof(float));
+    b->heads = calloc(ns * d, sizeof(float));
+    b->q = calloc(ns * d, sizeof(float));
+    b->k = calloc(ns * kvd, sizeof(float));
+    b->v = calloc(ns * kvd, sizeof(float));
+    b->hb = calloc(ns * hd, sizeof(float));
+    b->hb2 = calloc(ns * hd, sizeof(float));
+    b->in_t = calloc(lanes * widest, sizeof(float));
+    b->rope = calloc((size_t)c->head_size, sizeof(float));
+    b->logits = calloc(ns * (size_t)c->vocab_size, sizeof(float));
+    if (!b->x || !b->xb || !b->heads || !b->q || !b->k || !b->v || !b->hb || !b->hb2 ||
+        !b->in_t || !b->rope || !b->logits) {
+        kv_model_batch_free(b);
+        snprintf(err, err_len, "model batch: out of memory for %d sequences", n);
+        return KV_EMODEL_NOMEM;
+    }
+    *out = b;
+    return KV_MODEL_OK;
+}
+
+
+/*
+ * y[s * n_out + i] = sum over j = 0..n_in-1, in order, of w[i * n_in + j] * x[s * n_in + j]
+ * for the batch's n sequences: one pass over the weights for all of them. The input is
+ * transposed first (sequences padded with zeros to a multiple of 8), so that one vector
+ * holds 8 sequences' inputs at j: four weight rows times that vector update four vectors
+ * of accumulators held in registers. Each lane is one output's own sum, added in input
+ * order with a separate multiply and add (no FMA: C11 mode for GCC, the pragma for
+ * clang), so every output equals matvec's plain loop bit for bit, whatever n, the
+ * sequence's column or the instruction set.
+ */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
+__attribute__((target_clones("avx", "default")))
+#endif
+static void batch_matmul(kv_model_batch *b, float *y, const float *w, const float *x,
+                         int n_out, int n_in)
+{
+    size_t ns = (size_t)b->n, ni = (size_t)n_in, no = (size_t)n_out;
+    size_t lanes = (ns + BATCH_LANES - 1) / BATCH_LANES * BATCH_LANES;
+    float *xt = b->in_t;
+    for (size_t j = 0; j < ni; j++)
+        for (size_t s = 0; s < lanes; s++)
+            xt[j * lanes + s] = s < ns ? x[s * ni + j] : 0.0f;
+    for (size_t c0 = 0; c0 < lanes; c0 += BATCH_LANES) {
+        size_t i = 0, n_lanes = ns - c0 < BATCH_LANES ? ns - c0 : BATCH_LANES;
+        for (; i < no; i += 4) {
+            size_t rows = no - i < 4 ? no - i : 4;
+            const float *w0 = w + i * ni;
+            const float *w1 = rows > 1 ? w0 + ni : w0, *w2 = rows > 2 ? w0 + 2 * ni : w0;
+            const float *w3 = rows > 3 ? w0 + 3 * ni : w0;
+            kv_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (size_t j = 0; j < ni; j++) {
+                kv_v8f xj;
+                memcpy(&xj, xt + j * lanes + c0, sizeof xj);
+                a0 = a0 + ((kv_v8f){0} + w0[j]) * xj;
+                a1 = a1 + ((kv_v8f){0} + w1[j]) * xj;
+                a2 = a2 + ((kv_v8f){0} + w2[j]) * xj;
+                a3 = a3 + ((kv_v8f){0} + w3[j]) * xj;
+            }
+            kv_v8f acc[4] = {a0, a1, a2, a3};
+            for (size_t r = 0; r < rows; r++)
+                for (size_t s = 0; s < n_lanes; s++)
+                    y[(c0 + s) * no + i + r] = acc[r][s];
+        }
+    }
+}
+
+void kv_model_batch_embed(kv_model_batch *b, int token, int pos)
+{
+    const kv_model *m = b->m;
+    size_t d = (size_t)m->cfg.dim;
+    for (int s = 0; s < b->n; s++)
+        memcpy(b->x + (size_t)s * d, m->w[W_EMB] + (size_t)token * d, d * sizeof(float));
+    rope_angles(b->rope, m->cfg.head_size, pos);
+}
+
+void kv_model_batch_qkv(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
+    batch_matmul(b, b->q, m->w[W_WQ] + (size_t)l * d * d, b->xb, c->dim, c->dim);
+    batch_matmul(b, b->k, m->w[W_WK] + (size_t)l * kvd * d, b->xb, c->kv_dim, c->dim);
+    batch_matmul(b, b->v, m->w[W_WV] + (size_t)l * kvd * d, b->xb, c->kv_dim, c->dim);
+    for (int s = 0; s < b->n; s++) {
+        rope_apply(b->q + (size_t)s * d, c->dim, b->rope, c->head_size);
+        rope_apply(b->k + (size_t)s * kvd, c->kv_dim, b->rope, c->head_size);
+    }
+}
+
+const float *kv_model_batch_q(const kv_model_batch *b, int s)
+{
+    return b->q + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+const float *kv_model_batch_k(const kv_model_batch *b, int s)
+{
+    return b->k + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+const float *kv_model_batch_v(const kv_model_batch *b, int s)
+{
+    return b->v + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+float *kv_model_batch_heads(kv_model_batch *b, int s)
+{
+    return b->heads + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+void kv_model_batch_mix(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim, all = (size_t)b->n * d;
+    /* 2d. */
+    batch_matmul(b, b->xb, m->w[W_WO] + (size_t)l * d * d, b->heads, c->dim, c->dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+    /* 2e, as feed_forward does for one sequence. */
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
+    batch_matmul(b, b->hb, m->w[W_W1] + (size_t)l * hd * d, b->xb, c->hidden_dim, c->dim);
+    batch_matmul(b, b->hb2, m->w[W_W3] + (size_t)l * hd * d, b->xb, c->hidden_dim, c->dim);
+    for (size_t i = 0; i < (size_t)b->n * hd; i++) {
+        float a = b->hb[i];
+        float silu = (float)((double)a / (1.0 + exp(-(double)a)));
+        b->hb[i] = silu * b->hb2[i];
+    }
+    batch_matmul(b, b->xb, m->w[W_W2] + (size_t)l * d * hd, b->hb, c->dim, c->hidden_dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+}
+
+const float *kv_model_batch_logits(kv_model_batch *b)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->x + (size_t)s * d, b->x + (size_t)s * d, m->w[W_FINAL_NORM], c->dim);
+    batch_matmul(b, b->logits, m->w[W_CLS], b->x, c->vocab_size, c->dim);
+    return b->logits;
+}
+
+/* x[i] = (q . k_pos[i]) * scale for i < n (pos NULL: key i), each dot product a float sum
+ * over d in order, as the forward pass's attention. Keys run in the inner loop (each its
+ * own sum), so the loop vectorises across keys without changing any sum's order. */
+static void attn_scores(const float *restrict q, const float *restrict k, int head_size,
+                        const int *pos, int n, float *restrict x)
+{
+    size_t hs = (size_t)head_size;
+    float scale = (float)(1.0 / sqrt((double)head_size));
+    for (int i = 0; i < n; i++)
+        x[i] = 0.0f;
+    if (!pos) {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)i * hs];
+        }
+    } else {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)pos[i] * hs];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        x[i] = x[i] * scale;
+}
+
+/* The largest of x[pos[i]] (pos NULL: x[i]) for i < n. */
+static float attn_max(const float *x, const int *pos, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        float xi = x[pos ? pos[i] : i];
+        mx = xi > mx ? xi : mx;
+    }
+    return mx;
+}
+
+/* e[i] = exp(x[pos[i]] - mx) in double rounded to float; returns their sum in double,
+ * added in order. */
+static double attn_exps(const float *x, const int *pos, int n, float mx, float *e)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        e[i] = (float)exp((double)(x[pos ? pos[i] : i] - mx));
+        sum += e[i];
+    }
+    return sum;
+}
+
+/* row[i] = e[i] / sum rounded to float; out = sum over i, in order, of row[i] * v_pos[i]. */
+static void attn_weigh(const float *e, double sum, const float *v, int head_size,
+                       const int *pos, int n, float *row, float *out)
+{
+    size_t hs = (size_t)head_size;
+    for (int i = 0; i < n; i++)
+        row[i] = (float)(e[i] / sum);
+    for (size_t d = 0; d < hs; d++)
+        out[d] = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *vj = v + (size_t)(pos ? pos[i] : i) * hs;
+        for (size_t d = 0; d < hs; d++)
+            out[d] += row[i] * vj[d];
+    }
+}
+
+void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
+                     const int *pos, int n, float *row, float *out)
+{
+    attn_scores(q, k, head_size, pos, n, row);
+    float mx = attn_max(row, NULL, n);
+    double sum = attn_exps(row, NULL, n, mx, row);
+    attn_weigh(row, sum, v, head_size, pos, n, row, out);
+}
+
+void kv_model_attend_full(const float *q, const float *k, int head_size, int n_all,
+                          float *work, float *full)
+{
+    float *x = work, *e = work + n_all;
+    attn_scores(q, k, head_size, NULL, n_all, x);
+    float mx = attn_max(x, NULL, n_all);
+    double sum = attn_exps(x, NULL, n_all, mx, e);
+    for (int j = 0; j < n_all; j++)
+        full[j] = (float)(e[j] / sum);
+}
+
+void kv_model_attend_among(const float *work, int n_all, const float *v, int head_size,
+                           const int *pos, int n, float *row, float *out)
+{
+    const float *x = work, *e = work + n_all;
+    float mx = attn_max(x, NULL, n_all), mx_sub = attn_max(x, pos, n);
+    double sum = 0.0;
+    if (mx_sub == mx) {   /* the same exponentials: reuse them */
+        for (int i = 0; i < n; i++) {
+            row[i] = e[pos[i]];
+            sum += row[i];
+        }
+    } else {
+        sum = attn_exps(x, pos, n, mx_sub, row);
+    }
+    attn_weigh(row, sum, v, head_size, pos, n, row, out);
+}

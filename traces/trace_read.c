@@ -497,7 +497,6 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         tr->has_qk &= present[1] && present[2];
         in->has_v &= present[3];
     }
-    in->has_v &= in->source == KV_SOURCE_QK;
     ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
     in->has_tokens = ex > 0;
     if (!in->has_tokens)
@@ -895,15 +894,18 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
     if (!tr || !out)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_rows: NULL "
                              "argument");
-    if (!tr->has_qk)
-        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
-                             "datasets (source = attn)", tr->path);
+    if (which == KV_TENSOR_V ? !tr->info.has_v : !tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no %s",
+                             tr->path, which == KV_TENSOR_V ? "v datasets"
+                                                            : "q and k datasets (source = attn)");
     if (layer < 0 || layer >= tr->info.n_layers || t0 < 0 || t0 >= t1
-        || t1 > tr->info.n_tokens || (which != KV_TENSOR_Q && which != KV_TENSOR_K))
+        || t1 > tr->info.n_tokens
+        || (which != KV_TENSOR_Q && which != KV_TENSOR_K && which != KV_TENSOR_V))
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: read of rows [%d, %d) of "
                              "layer %d is outside the trace", tr->path, t0, t1, layer);
     char dpath[KV_PATH_MAX];
-    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, which == KV_TENSOR_Q ? "q" : "k");
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer,
+             which == KV_TENSOR_Q ? "q" : which == KV_TENSOR_K ? "k" : "v");
     pthread_mutex_lock(&tr->lock);
     int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
     pthread_mutex_unlock(&tr->lock);
@@ -923,6 +925,19 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     g_reading = tr->path;
     int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
     g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t size,
+                              char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !name || !buf || size == 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_attr_string: "
+                             "NULL argument");
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_string_attr(tr, name, buf, size, err, err_len);
     pthread_mutex_unlock(&tr->lock);
     return rc;
 }
