@@ -16,6 +16,7 @@
 #include "sim/closedloop.h"
 #include "sim/cache.h"
 
+#include <errno.h>
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -51,6 +52,8 @@ typedef struct {
     double *recall_sum;   /* [n_runs * D] sum over layers and heads of recall_closed */
     double *logp_full;    /* [vocab] log-probabilities of sequence 0 at the current step */
     int failed_cache;     /* first cache that kept more than its bound, or -1 */
+    unsigned char *sets;  /* with a dump: [n_runs][L][H][set_bytes], the step's A_t */
+    size_t set_bytes;     /* ceil(T / 8) */
 } cl_state;
 
 /* Key (which = 0) or value (1) vectors of KV head g in layer l of sequence s: position j
@@ -140,6 +143,7 @@ static void state_free(cl_state *st)
     free(st->scratch);
     free(st->recall_sum);
     free(st->logp_full);
+    free(st->sets);
 }
 
 /* Creates every run's caches, run-major then layer, as the replay lays them out. */
@@ -253,6 +257,18 @@ static void prefill(cl_state *st, const kv_model_run *run, float *rows, float *o
         }
 }
 
+/* The dump's bitmaps of A_t for every query head of cache cc (run r, layer l). */
+static void record_sets(cl_state *st, int r, int l, const cl_cache *cc)
+{
+    for (int hh = 0; hh < cc->cache.n_heads; hh++) {
+        unsigned char *bits = st->sets +
+            (((size_t)r * st->L + l) * st->H + (size_t)(cc->head_lo + hh)) * st->set_bytes;
+        memset(bits, 0, st->set_bytes);
+        for (int i = 0; i < cc->cache.n; i++)
+            bits[cc->cache.pos[i] / 8] |= (unsigned char)(1u << (cc->cache.pos[i] % 8));
+    }
+}
+
 /* Step 2 for sequence s in layer l at decode position t: store its key and value, then
  * attend: sequence 0 over every position, a run's heads over their cache's A_t. */
 static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t)
@@ -292,6 +308,8 @@ static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t
         kv_group_rows rows = { .p = full, .head_stride = T };
         kv_step_metrics m;
         kv_cache_query(c, t, &rows, &m);
+        if (st->sets)
+            record_sets(st, r, l, cc);
         st->recall_sum[(size_t)r * st->D + (size_t)(t - st->P)] += m.recall;
         for (int hh = 0; hh < c->n_heads; hh++) {   /* the softmax over A_t only */
             int h = cc->head_lo + hh, g = h / st->group;
@@ -388,7 +406,7 @@ static void free_outputs(kv_results *res)
 }
 
 /* Steps 2-3 for every decode position. */
-static void decode(cl_state *st, kv_model_batch *b, int progress)
+static int decode(cl_state *st, kv_model_batch *b, int progress, FILE *dump)
 {
     double start = now_seconds();
     int shown = 0;
@@ -404,6 +422,9 @@ static void decode(cl_state *st, kv_model_batch *b, int progress)
         const float *logits = kv_model_batch_logits(b);
         if (t <= st->T - 2)
             step_metrics(st, logits, t);
+        size_t n_sets = (size_t)(st->n_seq - 1) * st->L * st->H * st->set_bytes;
+        if (dump && fwrite(st->sets, 1, n_sets, dump) != n_sets)
+            return -1;
         if (progress && now_seconds() - start > 1.0) {
             fprintf(stderr, "\rkvsim: closed loop, %d runs: position %d/%d", st->n_seq - 1,
                     t + 1, st->T);
@@ -413,10 +434,28 @@ static void decode(cl_state *st, kv_model_batch *b, int progress)
     if (shown)
         fprintf(stderr, "\rkvsim: closed loop, %d runs: %d positions in %.1f s%20s\n",
                 st->n_seq - 1, st->T, now_seconds() - start, "");
+    return 0;
+}
+
+/* Opens the dump of A_t and writes its header; NULL with err set on failure. */
+static FILE *open_dump(const cl_state *st, const kv_policy_conf *policies, const char *path,
+                       char *err, size_t err_len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        snprintf(err, err_len, "%s: cannot write the closed loop's sets: %s", path,
+                 strerror(errno));
+        return NULL;
+    }
+    fprintf(f, "KVSETS1\n%d %d %d %d %d\n", st->T, st->P, st->res->n_runs, st->L, st->H);
+    for (int r = 0; r < st->res->n_runs; r++)
+        fprintf(f, "%s\t%d\n", policies[st->res->runs[r].policy].label,
+                st->res->runs[r].budget);
+    return f;
 }
 
 int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *policies,
-                   kv_results *res, unsigned long seed, int progress, char *err,
+                   kv_results *res, const kv_closed_loop_opts *opts, char *err,
                    size_t err_len)
 {
     const kv_trace_info *in = &res->info;
@@ -450,7 +489,18 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
         st.identity[t] = t;
     }
     free(tok32);
-    if (rc == 0 && create_caches(&st, policies, seed)) {
+    st.set_bytes = ((size_t)st.T + 7) / 8;
+    FILE *dump = NULL;
+    if (rc == 0 && opts->dump_sets) {
+        st.sets = malloc((size_t)res->n_runs * st.L * st.H * st.set_bytes);
+        if (!st.sets) {
+            snprintf(err, err_len, "out of memory for the closed loop's sets");
+            rc = 1;
+        } else if (!(dump = open_dump(&st, policies, opts->dump_sets, err, err_len))) {
+            rc = 1;
+        }
+    }
+    if (rc == 0 && create_caches(&st, policies, opts->seed)) {
         snprintf(err, err_len, "out of memory creating the closed loop's caches");
         rc = 1;
     }
@@ -460,7 +510,16 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
         rc = 1;
     if (rc == 0) {
         prefill(&st, run, st.scratch, st.scratch + (size_t)st.H * st.T);
-        decode(&st, b, progress);
+        if (decode(&st, b, opts->progress, dump) != 0) {
+            snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
+                     opts->dump_sets, strerror(errno));
+            rc = 1;
+        }
+    }
+    if (dump && fclose(dump) != 0 && rc == 0) {
+        snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
+                 opts->dump_sets, strerror(errno));
+        rc = 1;
     }
     if (rc == 0 && st.failed_cache >= 0) {
         const cl_cache *cc = &st.caches[st.failed_cache];

@@ -57,19 +57,30 @@
 int kv_closed_loop_check(kv_trace *tr, const kv_model *m, const char *model_path, char *err,
                          size_t err_len);
 
+/* How a closed loop runs. */
+typedef struct {
+    unsigned long seed;     /* base of the per-cache seeds (randomised policies) */
+    int progress;           /* 1: report on stderr when it takes over a second */
+    const char *dump_sets;  /* NULL, or a file to write every decode step's A_t into, for
+                               independent checks (tests/ref_closedloop.py reads it):
+                               "KVSETS1\n", a line "T P n_runs n_layers n_heads", one line
+                               "label<TAB>budget" per run, then for t = P..T-1, run,
+                               layer, query head: ceil(T / 8) bytes, bit j % 8 of byte
+                               j / 8 set when j is in the A_t that head attended over */
+} kv_closed_loop_opts;
+
 /*
  * Runs every run of res (runs[r].policy indexes policies, runs[r].budget its budget in
  * tokens) closed-loop on tr with m, after kv_closed_loop_check passed, and fills the
  * closed-loop members of res and of each run (engine.h: step_kl, step_nll, step_top1,
- * step_recall_closed; res->step_nll_full). seed: base of the per-cache seeds (randomised
- * policies). progress: report on stderr when it takes over a second. Memory: the keys and
+ * step_recall_closed; res->step_nll_full). Memory: the keys and
  * values of every run, (n_runs + 1) * n_layers * 2 * kv_dim * T floats, plus one cache per
  * run, layer and group as in the replay. Returns 0, or 1 (out of memory, a trace read
- * failure, a policy that kept more than its bound) with err set; the members are then
+ * failure, a policy that kept more than its bound, the dump not writable) with err set; the members are then
  * left NULL.
  */
 int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *policies,
-                   kv_results *res, unsigned long seed, int progress, char *err,
+                   kv_results *res, const kv_closed_loop_opts *opts, char *err,
                    size_t err_len);
 
 #endif

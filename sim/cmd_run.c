@@ -48,6 +48,8 @@ static void run_usage(FILE *f)
 "  -m, --model FILE        also run every trace closed-loop with this checkpoint (the\n"
 "                          one the trace was captured from): the model attends through\n"
 "                          each policy's caches; adds kl, nll, top1 and ppl columns\n"
+"      --dump-sets DIR     with --model: write every closed-loop step's A_t to\n"
+"                          DIR/TRACE.sets (for tests/ref_closedloop.py's check)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
@@ -95,7 +97,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 typedef struct {
     int force, quiet, block, no_plot;
     long seed;           /* -1: keep the experiment's */
-    const char *policies, *budgets, *trace, *output, *config, *model;
+    const char *policies, *budgets, *trace, *output, *config, *model, *dump_sets;
     const char *sets[64];
     int n_sets;
 } run_options;
@@ -103,7 +105,7 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_DUMP_SETS };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -112,6 +114,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
         { "model", required_argument, 0, 'm' },
+        { "dump-sets", required_argument, 0, OPT_DUMP_SETS },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -133,6 +136,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
             break;
         case 'o': o->output = optarg; break;
         case 'm': o->model = optarg; break;
+        case OPT_DUMP_SETS: o->dump_sets = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
@@ -311,8 +315,12 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
         merge_runs(merged, part, idx, n, nb);
     }
     if (model) {
-        int rc = kv_closed_loop(tr, model, ex->policies, merged, ex->seed, !o->quiet, err,
-                                err_len);
+        char dump[KV_PATH_LEN + 300];
+        if (o->dump_sets)
+            snprintf(dump, sizeof dump, "%s/%s.sets", o->dump_sets, trace_name(ex->traces[k]));
+        kv_closed_loop_opts co = { .seed = ex->seed, .progress = !o->quiet,
+                                   .dump_sets = o->dump_sets ? dump : NULL };
+        int rc = kv_closed_loop(tr, model, ex->policies, merged, &co, err, err_len);
         if (rc) {
             kv_trace_close(tr);
             kv_results_free(merged);
