@@ -171,8 +171,7 @@ const kv_policy_ops kv_policy_h2o = {
     .name = "h2o",
     .summary = "heavy hitters: r = floor(recent*B) recent tokens + top accumulated attention",
     .citation = "Zhang et al. 2023, H2O: Heavy-Hitter Oracle, Sec. 4, Algorithm 1",
-    .params = h2o_params,
-    .n_params = 3,
+    KV_PARAM_TABLE(h2o_params),
     .bounded = 1,                  /* keeps exactly min(|A_t|, B) */
     .check = h2o_check,            /* budget >= 1 */
     .create = h2o_create,

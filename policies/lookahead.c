@@ -249,8 +249,7 @@ const kv_policy_ops kv_policy_lookahead = {
     .name = "lookahead",
     .summary = "offline reference: evict what the next `horizon` rows attend to least (Belady-style)",
     .citation = "Belady 1966 (MIN) carried over to attention mass: an offline reference, not a bound",
-    .params = lookahead_params,
-    .n_params = 1,
+    KV_PARAM_TABLE(lookahead_params),
     .bounded = 1,                   /* keeps exactly min(|A_t|, B) */
     .check = lookahead_check,       /* budget >= 1 */
     .create = lookahead_create,

@@ -445,8 +445,7 @@ const kv_policy_ops kv_policy_morphkv = {
     .name = "morphkv",
     .summary = "recent window + older tokens ranked by the window's normalised attention",
     .citation = "Ghadia et al. 2025, arXiv 2503.00979 (MorphKV), Algorithm 1",
-    .params = morphkv_params,
-    .n_params = 4,
+    KV_PARAM_TABLE(morphkv_params),
     .bounded = 1,                      /* keeps exactly min(|A|, B) (evict_every = 1) */
     .check = morphkv_check,            /* B > window */
     .create = morphkv_create,

@@ -129,9 +129,8 @@ const kv_policy_ops kv_policy_oracle = {
     .name = "oracle",
     .summary = "per-step ceiling: attend to the B past tokens of highest full-cache attention (offline)",
     .citation = "exact top-k attention (the usual upper reference), budgeted per KV group",
-    .params = NULL,               /* no parameters */
-    .n_params = 0,
     .bounded = 1,                 /* |S| <= B after attend and after select */
+    .per_step_ceiling = 1,        /* oracle_recall_mean sets every run against it */
     .check = oracle_check,        /* budget >= 1 */
     .create = oracle_create,
     .observe = oracle_observe,    /* step 2's row at the prompt end */

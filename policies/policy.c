@@ -116,8 +116,8 @@ static int parse_real(const char *text, double *out)
 }
 
 /* Parses text as the value of spec into *out; 0, or 1 with the message of policy.h. */
-static int parse_value(const kv_param_spec *spec, const char *text, double *out, char *err,
-                       size_t err_len)
+int kv_param_parse(const kv_param_spec *spec, const char *text, double *out, char *err,
+                   size_t err_len)
 {
     double v = 0;
     switch (spec->type) {
@@ -164,7 +164,7 @@ void kv_params_defaults(const kv_policy_ops *ops, kv_param_values *values)
     for (int i = 0; i < ops->n_params && i < KV_MAX_PARAMS; i++) {
         double v = 0;
         /* Tables are checked by the conformance test; a bad default stays 0. */
-        if (parse_value(&ops->params[i], ops->params[i].default_text, &v, NULL, 0) == 0)
+        if (kv_param_parse(&ops->params[i], ops->params[i].default_text, &v, NULL, 0) == 0)
             values->v[i] = v;
     }
 }
@@ -223,7 +223,7 @@ int kv_params_set(const kv_policy_ops *ops, kv_param_values *values, const char 
     if (text == NULL)
         text = "";
     double v;
-    if (parse_value(&ops->params[i], text, &v, err, err_len) != 0)
+    if (kv_param_parse(&ops->params[i], text, &v, err, err_len) != 0)
         return 1;
     values->v[i] = v;
     return 0;
@@ -286,6 +286,27 @@ int kv_reads_no_row(const void *state, int t)
     (void)state;
     (void)t;
     return 0;
+}
+
+/* The token a stateless policy's instances share: any non-NULL address will do. */
+static char stateless_token;
+
+void *kv_stateless_create(const kv_param_values *values, const kv_policy_ctx *ctx)
+{
+    (void)values;
+    (void)ctx;
+    return &stateless_token;
+}
+
+void kv_stateless_destroy(void *state)
+{
+    (void)state;
+}
+
+void kv_observe_nothing(void *state, const kv_row *row)
+{
+    (void)state;
+    (void)row;
 }
 
 /* ------------------------------------------------------------------ GQA */

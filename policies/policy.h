@@ -108,10 +108,14 @@ typedef struct kv_policy_ops {
     const char *summary;       /* one line for `kvsim policies` */
     const char *citation;      /* paper and rule, one line */
     const kv_param_spec *params;
-    int n_params;
+    int n_params;              /* entries of params: set both with KV_PARAM_TABLE(table) */
     int bounded;               /* 1 if |S| <= B after every select with the default values
                                   (kv_tokens = B+1 per cache once P > B); 0 for full and
                                   snapkv. max_held refines it per parameter values. */
+    int per_step_ceiling;      /* 1 for a per-step ceiling reference (oracle): summary.tsv
+                                  sets each run's recall beside the recall of this policy's
+                                  run at the same budget and kv_granularity
+                                  (oracle_recall_mean). 0 for every realisable policy. */
 
     /* Checks values (already range-checked against the table) together with a budget.
      * Returns 0 if the pair is valid, else 1 with a message naming the rule, e.g.
@@ -172,6 +176,11 @@ typedef struct kv_policy_ops {
 
 enum { KV_SCOPE_KV_HEAD = 0, KV_SCOPE_LAYER = 1 };
 
+/* In an ops table: .params and .n_params from one static const kv_param_spec array, so
+ * the count cannot drift from the table. */
+#define KV_PARAM_TABLE(table) .params = (table), \
+                              .n_params = (int)(sizeof(table) / sizeof((table)[0]))
+
 /* ----------------------------------------------------------- registry */
 
 /* The NULL-terminated table of every policy, in the order `kvsim policies` lists them. */
@@ -198,6 +207,11 @@ void kv_params_defaults(const kv_policy_ops *ops, kv_param_values *values);
 
 /* Index of parameter name in ops's table, or -1. */
 int kv_params_index(const kv_policy_ops *ops, const char *name);
+
+/* Parses text as a value of spec (its type, range and choices) into *out. Returns 0, or
+ * 1 with "window must be an integer in [1, 1000000], got '0'" in err. */
+int kv_param_parse(const kv_param_spec *spec, const char *text, double *out, char *err,
+                   size_t err_len);
 
 /* Parses text as parameter `name` of ops into values. Returns 0, or 1 with a message
  * ("unknown parameter 'windw' for morphkv (did you mean 'window'?)", "window must be an
@@ -229,6 +243,13 @@ typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
 
 /* A reads_row for policies whose observe never reads w (full, window, ...): 0. */
 int kv_reads_no_row(const void *state, int t);
+
+/* For a policy that keeps no state (full, window): a create that allocates nothing and
+ * returns a non-NULL token (it cannot fail), the destroy that matches it, and an observe
+ * that records nothing (pair it with reads_row = kv_reads_no_row). */
+void *kv_stateless_create(const kv_param_values *values, const kv_policy_ctx *ctx);
+void kv_stateless_destroy(void *state);
+void kv_observe_nothing(void *state, const kv_row *row);
 
 /* out[i] = sum or max over h < n_heads of per_head[h * stride + i], for i < n. */
 void kv_gqa_combine(kv_gqa_mode mode, int n_heads, int n, const double *per_head,

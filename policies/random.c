@@ -107,8 +107,7 @@ const kv_policy_ops kv_policy_random = {
     .name = "random",
     .summary = "keep the current token and a uniformly random B-1 of the others (seeded)",
     .citation = "random eviction, the usual lower baseline of KV-cache eviction studies",
-    .params = random_params,
-    .n_params = 1,
+    KV_PARAM_TABLE(random_params),
     .bounded = 1,                /* keeps exactly min(|A_t|, B) */
     .check = random_check,       /* budget >= 1 */
     .create = random_create,

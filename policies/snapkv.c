@@ -346,8 +346,7 @@ const kv_policy_ops kv_policy_snapkv = {
     .name = "snapkv",
     .summary = "compress the prompt once by its last window's pooled attention; no decode eviction",
     .citation = "Li et al. 2024, SnapKV: LLM Knows What You are Looking for Before Generation, Sec. 4",
-    .params = snapkv_params,
-    .n_params = 6,
+    KV_PARAM_TABLE(snapkv_params),
     .bounded = 0,                 /* default decode = none: S grows by one token per
                                      decode step (step 5); see max_held */
     .check = snapkv_check,        /* B >= window, kernel odd */

@@ -85,8 +85,7 @@ const kv_policy_ops kv_policy_streamingllm = {
     .name = "streamingllm",
     .summary = "attention sinks + sliding window: keep the first sinks and the B-sinks most recent",
     .citation = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks, Sec. 3.2",
-    .params = streamingllm_params,
-    .n_params = 1,
+    KV_PARAM_TABLE(streamingllm_params),
     .bounded = 1,                     /* keeps exactly min(|A_t|, B) */
     .check = streamingllm_check,      /* B > sinks */
     .create = streamingllm_create,

@@ -124,8 +124,7 @@ const kv_policy_ops kv_policy_tova = {
     .name = "tova",
     .summary = "keep the B tokens the current query attends to most (the current one may go)",
     .citation = "Oren et al. 2024, Transformers are Multi-State RNNs (TOVA), Sec. 4",
-    .params = tova_params,
-    .n_params = 2,
+    KV_PARAM_TABLE(tova_params),
     .bounded = 1,                 /* keeps exactly min(|A_t|, B) */
     .check = tova_check,          /* budget >= 1; scope=layer needs gqa=sum */
     .create = tova_create,

@@ -35,7 +35,7 @@ typedef struct {
 } kv_budget_spec;
 
 /*
- * Parses one spec ("64", "0.25p", "64KiB", "1.5MiB", "4096B"). Returns 0, or 2 with a
+ * Parses one spec ("64", "0.25p", "64KiB", "1.5MiB", "4096B"). Returns 0, or KV_EUSAGE with a
  * message naming the text and the accepted forms (not a number, zero or negative, unknown
  * suffix, text of KV_BUDGET_TEXT_LEN characters or more, tokens above 10^8).
  */
@@ -48,8 +48,9 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
  * own step (sim/cache.h: the policy's create / observe / select / meta_bytes in the same
  * order) on constant attention rows, one cache standing for all (every cache sees the
  * same counts), so it is exact for any policy whose memory depends on how many tokens it
- * holds and has seen, not on the attention values: all of the registered ones. Cost: one cache's replay, O(T * B * group)
- * plus the policy's own work. B must pass pc's check. Returns 0, or 1 when out of memory.
+ * holds and has seen, not on the attention values: all of the registered ones. Cost:
+ * one cache's replay, O(T * B * group) plus the policy's own work. B must pass pc's
+ * check. Returns 0, or 1 when out of memory.
  */
 int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
                         double *kv_bytes_peak, double *meta_bytes_peak, char *err,

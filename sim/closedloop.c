@@ -15,6 +15,7 @@
  */
 #include "sim/closedloop.h"
 #include "sim/cache.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <math.h>
@@ -94,13 +95,13 @@ int kv_closed_loop_check(kv_trace *tr, const kv_model *m, const char *model_path
         snprintf(err, err_len, "%s has no checkpoint_sha256 attribute (it was not captured "
                  "from a checkpoint), so it cannot be run closed-loop with %s", path,
                  model_path);
-        return 2;
+        return KV_EUSAGE;
     }
     if (strcmp(sha, kv_model_sha256(m)) != 0) {
         snprintf(err, err_len, "%s was captured from checkpoint sha256 %s, but %s has sha256 "
                  "%s: pass the checkpoint the trace was captured from", path, sha, model_path,
                  kv_model_sha256(m));
-        return 2;
+        return KV_EUSAGE;
     }
     if (in->n_layers != c->n_layers || in->n_heads != c->n_heads ||
         in->n_kv_heads != c->n_kv_heads || in->head_dim != c->head_size) {
@@ -108,24 +109,24 @@ int kv_closed_loop_check(kv_trace *tr, const kv_model *m, const char *model_path
                  "%d/%d heads of size %d", path, in->n_layers, in->n_heads, in->n_kv_heads,
                  in->head_dim, model_path, c->n_layers, c->n_heads, c->n_kv_heads,
                  c->head_size);
-        return 2;
+        return KV_EUSAGE;
     }
     if (!in->has_tokens) {
         snprintf(err, err_len, "%s has no /tokens: the closed loop needs the token ids to run "
                  "%s on", path, model_path);
-        return 2;
+        return KV_EUSAGE;
     }
     int32_t *tok = malloc((size_t)in->n_tokens * sizeof *tok);
     if (!tok) {
         snprintf(err, err_len, "out of memory reading the tokens of %s", path);
-        return 1;
+        return KV_ERUNTIME;
     }
-    int rc = kv_trace_read_tokens(tr, tok, err, err_len) ? 1 : 0;
+    int rc = kv_trace_read_tokens(tr, tok, err, err_len) ? KV_ERUNTIME : 0;
     for (int t = 0; rc == 0 && t < in->n_tokens; t++)
         if (tok[t] < 0 || tok[t] >= c->vocab_size) {
             snprintf(err, err_len, "%s: /tokens[%d] = %d is outside the vocabulary 0..%d of %s",
                      path, t, (int)tok[t], c->vocab_size - 1, model_path);
-            rc = 2;
+            rc = KV_EUSAGE;
         }
     free(tok);
     return rc;
@@ -353,7 +354,7 @@ static void step_metrics(cl_state *st, const float *logits, int t)
     double mx0, lse0 = log_normaliser(logits, V, &mx0);
     for (int v = 0; v < V; v++)
         st->logp_full[v] = ((double)logits[v] - mx0) - lse0;
-    st->res->step_nll_full[d] = -st->logp_full[next];
+    double nll_full = -st->logp_full[next];
     int top_full = argmax(logits, V);
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < st->res->n_runs; r++) {
@@ -363,46 +364,22 @@ static void step_metrics(cl_state *st, const float *logits, int t)
             double lp = ((double)x[v] - mx) - lse, lpf = st->logp_full[v];
             kl += exp(lpf) * (lpf - lp);
         }
-        kv_run_result *run = &st->res->runs[r];
-        run->step_kl[d] = kl;
-        run->step_nll[d] = -(((double)x[next] - mx) - lse);
-        run->step_top1[d] = argmax(x, V) == top_full;
+        kv_step_metrics *m = &st->res->runs[r].steps[d];
+        m->kl = kl;
+        m->nll = -(((double)x[next] - mx) - lse);
+        m->nll_full = nll_full;
+        m->top1 = argmax(x, V) == top_full;
     }
 }
 
-static int alloc_outputs(kv_results *res)
+/* Sets the closed loop's fields of every run's steps to NaN (no value), as before. */
+static void clear_outputs(kv_results *res)
 {
-    size_t D = (size_t)res->n_steps;
-    res->step_nll_full = malloc(D * sizeof(double));
-    if (!res->step_nll_full)
-        return -1;
-    for (int r = 0; r < res->n_runs; r++) {
-        kv_run_result *run = &res->runs[r];
-        run->step_kl = malloc(D * sizeof(double));
-        run->step_nll = malloc(D * sizeof(double));
-        run->step_top1 = malloc(D * sizeof(double));
-        run->step_recall_closed = malloc(D * sizeof(double));
-        if (!run->step_kl || !run->step_nll || !run->step_top1 || !run->step_recall_closed)
-            return -1;
-        /* the last step predicts no token */
-        run->step_kl[D - 1] = run->step_nll[D - 1] = run->step_top1[D - 1] = NAN;
-    }
-    res->step_nll_full[D - 1] = NAN;
-    return 0;
-}
-
-static void free_outputs(kv_results *res)
-{
-    free(res->step_nll_full);
-    res->step_nll_full = NULL;
-    for (int r = 0; r < res->n_runs; r++) {
-        kv_run_result *run = &res->runs[r];
-        free(run->step_kl);
-        free(run->step_nll);
-        free(run->step_top1);
-        free(run->step_recall_closed);
-        run->step_kl = run->step_nll = run->step_top1 = run->step_recall_closed = NULL;
-    }
+    for (int r = 0; r < res->n_runs; r++)
+        for (int d = 0; d < res->n_steps; d++) {
+            kv_step_metrics *m = &res->runs[r].steps[d];
+            m->kl = m->nll = m->nll_full = m->top1 = m->recall_closed = NAN;
+        }
 }
 
 /* Steps 2-3 for every decode position. */
@@ -478,12 +455,12 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
     st.logp_full = malloc((size_t)c->vocab_size * sizeof *st.logp_full);
     int rc = 0;
     if (!tok32 || !st.tokens || !st.identity || !st.kv || !st.scratch || !st.recall_sum ||
-        !st.logp_full || alloc_outputs(res)) {
+        !st.logp_full) {
         snprintf(err, err_len, "out of memory for the closed loop of %d runs", res->n_runs);
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (rc == 0 && kv_trace_read_tokens(tr, tok32, err, err_len))
-        rc = 1;
+        rc = KV_ERUNTIME;
     for (int t = 0; rc == 0 && t < st.T; t++) {
         st.tokens[t] = tok32[t];
         st.identity[t] = t;
@@ -495,31 +472,31 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
         st.sets = malloc((size_t)res->n_runs * st.L * st.H * st.set_bytes);
         if (!st.sets) {
             snprintf(err, err_len, "out of memory for the closed loop's sets");
-            rc = 1;
+            rc = KV_ERUNTIME;
         } else if (!(dump = open_dump(&st, policies, opts->dump_sets, err, err_len))) {
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     }
     if (rc == 0 && create_caches(&st, policies, opts->seed)) {
         snprintf(err, err_len, "out of memory creating the closed loop's caches");
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (rc == 0 && kv_model_batch_create(m, st.n_seq, &b, err, err_len))
-        rc = 1;
+        rc = KV_ERUNTIME;
     if (rc == 0 && !(run = full_pass(&st, err, err_len)))
-        rc = 1;
+        rc = KV_ERUNTIME;
     if (rc == 0) {
         prefill(&st, run, st.scratch, st.scratch + (size_t)st.H * st.T);
         if (decode(&st, b, opts->progress, dump) != 0) {
             snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
                      opts->dump_sets, strerror(errno));
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     }
     if (dump && fclose(dump) != 0 && rc == 0) {
         snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
                  opts->dump_sets, strerror(errno));
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (rc == 0 && st.failed_cache >= 0) {
         const cl_cache *cc = &st.caches[st.failed_cache];
@@ -527,15 +504,15 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
                  "budget %d in layer %d (closed loop)",
                  policies[res->runs[cc->run].policy].label, cc->cache.max_held,
                  cc->cache.budget, cc->layer);
-        rc = 1;
+        rc = KV_ERUNTIME;
     }
     if (rc == 0) {
         double units = (double)st.L * st.H;
         for (int r = 0; r < res->n_runs; r++)
             for (int d = 0; d < st.D; d++)
-                res->runs[r].step_recall_closed[d] = st.recall_sum[(size_t)r * st.D + d] / units;
+                res->runs[r].steps[d].recall_closed = st.recall_sum[(size_t)r * st.D + d] / units;
     } else {
-        free_outputs(res);
+        clear_outputs(res);
     }
     kv_model_run_free(run);
     kv_model_batch_free(b);

@@ -6,9 +6,11 @@
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "sim/experiment.h"
 #include "sim/output.h"
 #include "sim/plot.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -67,7 +69,7 @@ static int apply_set(kv_experiment *ex, const char *arg, char *err, size_t err_l
     if (!dot || !eq || eq < dot || dot == buf || eq == dot + 1) {
         snprintf(err, err_len, "--set '%s': expected LABEL.PARAM=VALUE, e.g. "
                  "morphkv.window=8", arg);
-        return 2;
+        return KV_EUSAGE;
     }
     *dot = '\0';
     *eq = '\0';
@@ -83,13 +85,14 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
          tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
             tok++;
-        if (kv_experiment_add_policy(ex, tok, tok, err, err_len))
-            return 2;
+        int rc = kv_experiment_add_policy(ex, tok, tok, err, err_len);
+        if (rc)
+            return rc;
         n++;
     }
     if (n == 0) {
         snprintf(err, err_len, "--policies: no policy named");
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -98,7 +101,7 @@ typedef struct {
     int force, quiet, block, no_plot;
     long seed;           /* -1: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config, *model, *dump_sets;
-    const char *sets[64];
+    const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
 } run_options;
 
@@ -127,13 +130,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
         case 'b': o->budgets = optarg; break;
-        case 's':
-            if (o->n_sets == 64) {
-                snprintf(err, err_len, "at most 64 --set options");
-                return 2;
-            }
-            o->sets[o->n_sets++] = optarg;
-            break;
+        case 's': o->sets[o->n_sets++] = optarg; break;
         case 'o': o->output = optarg; break;
         case 'm': o->model = optarg; break;
         case OPT_DUMP_SETS: o->dump_sets = optarg; break;
@@ -145,21 +142,21 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
             o->seed = strtol(optarg, &end, 10);
             if (*end || end == optarg || o->seed < 0) {
                 snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case OPT_BLOCK:
             o->block = (int)strtol(optarg, &end, 10);
             if (*end || o->block < 1 || o->block > 4096) {
                 snprintf(err, err_len, "--block must be in 1..4096, got '%s'", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case 'h': run_usage(stdout); return -1;
         default:
             snprintf(err, err_len, "unknown option or missing value in '%s' (see kvsim run "
                      "--help)", argv[optind - 1]);
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (optind < argc)
@@ -167,7 +164,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
     if (optind < argc) {
         snprintf(err, err_len, "unexpected argument '%s' (one experiment file at most)",
                  argv[optind]);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -175,29 +172,26 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
 /* The experiment: the config file first, then the options over it. */
 static int build_experiment(const run_options *o, kv_experiment *ex, char *err, size_t err_len)
 {
-    if (o->config && kv_config_load(o->config, ex, err, err_len))
-        return 2;
-    if (o->policies) {            /* --policies replaces the file's policies */
+    int rc = o->config ? kv_config_load(o->config, ex, err, err_len) : 0;
+    if (rc == 0 && o->policies) {   /* --policies replaces the file's policies */
         free(ex->policies);
         ex->policies = NULL;
         ex->n_policies = 0;
-        if (add_policy_list(ex, o->policies, err, err_len))
-            return 2;
+        rc = add_policy_list(ex, o->policies, err, err_len);
     }
-    if (o->budgets && kv_experiment_set_budgets(ex, o->budgets, err, err_len))
-        return 2;
-    if (o->trace && kv_experiment_set_traces(ex, o->trace, err, err_len))
-        return 2;
-    if (o->output)
+    if (rc == 0 && o->budgets)
+        rc = kv_experiment_set_budgets(ex, o->budgets, err, err_len);
+    if (rc == 0 && o->trace)
+        rc = kv_experiment_set_traces(ex, o->trace, err, err_len);
+    if (rc == 0 && o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
-    if (o->model)
+    if (rc == 0 && o->model)
         snprintf(ex->model, sizeof ex->model, "%s", o->model);
-    for (int i = 0; i < o->n_sets; i++)
-        if (apply_set(ex, o->sets[i], err, err_len))
-            return 2;
-    if (o->seed >= 0)
+    for (int i = 0; rc == 0 && i < o->n_sets; i++)
+        rc = apply_set(ex, o->sets[i], err, err_len);
+    if (rc == 0 && o->seed >= 0)
         ex->seed = (unsigned long)o->seed;
-    return 0;
+    return rc;
 }
 
 static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
@@ -212,166 +206,7 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
         snprintf(err, err_len, "no output directory given (-o DIR or output = ...)");
     else
         return 0;
-    return 2;
-}
-
-/* The `trace` column of a trace: its file name without directory. */
-static const char *trace_name(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
-/* Budgets in tokens of every (trace, policy, budget spec):
- * tokens[(k * n_policies + p) * n_budgets + b]. Reads each trace's header only. Returns
- * 0, 1 (a trace cannot be opened) or 2 (a spec does not resolve for a policy). */
-static int resolve_budgets(const kv_experiment *ex, int *tokens, char *err, size_t err_len)
-{
-    for (int k = 0; k < ex->n_traces; k++) {
-        kv_trace *tr = NULL;
-        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-            return 1;
-        kv_trace_info info = *kv_trace_get_info(tr);
-        kv_trace_close(tr);
-        for (int p = 0; p < ex->n_policies; p++)
-            for (int b = 0; b < ex->n_budgets; b++) {
-                char why[768];
-                int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
-                int rc = kv_budget_resolve(&ex->budgets[b], &ex->policies[p], &info, t, why,
-                                           sizeof why);
-                if (rc) {
-                    snprintf(err, err_len, "%s: %s", trace_name(ex->traces[k]), why);
-                    return rc;
-                }
-            }
-    }
-    return 0;
-}
-
-/* Moves the runs of part (policies idx[0..n) of the experiment, at the same budgets)
- * into merged, where policy idx[i]'s runs sit at idx[i] * n_budgets + b; frees part. */
-static void merge_runs(kv_results *merged, kv_results *part, const int *idx, int n,
-                       int n_budgets)
-{
-    merged->info = part->info;
-    merged->n_steps = part->n_steps;
-    for (int i = 0; i < n; i++)
-        for (int b = 0; b < n_budgets; b++) {
-            kv_run_result *dst = &merged->runs[idx[i] * n_budgets + b];
-            *dst = part->runs[i * n_budgets + b];
-            dst->policy = idx[i];
-        }
-    part->n_runs = 0;          /* the arrays now belong to merged */
-    kv_results_free(part);
-}
-
-/*
- * Replays trace k. Policies whose budgets resolved to the same tokens share one replay
- * (one pass over the rows); byte budgets can differ between policies, so there may be
- * several. *out gets every run, policy-major, as kv_experiment_results expects.
- */
-static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
-                        const run_options *o, const kv_model *model, kv_results **out,
-                        char *err, size_t err_len)
-{
-    int np = ex->n_policies, nb = ex->n_budgets;
-    const int *tok = tokens + (size_t)k * np * nb;
-    kv_results *merged = calloc(1, sizeof *merged);
-    int *idx = malloc((size_t)np * sizeof *idx), *done = calloc((size_t)np, sizeof *done);
-    kv_policy_conf *group = malloc((size_t)np * sizeof *group);
-    kv_trace *tr = NULL;
-    if (merged)
-        merged->runs = calloc((size_t)np * nb, sizeof *merged->runs);
-    if (!merged || !merged->runs || !idx || !done || !group) {
-        snprintf(err, err_len, "out of memory");
-        goto fail;
-    }
-    merged->n_runs = np * nb;
-    if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-        goto fail;
-    kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
-    for (int p = 0; p < np; p++) {
-        if (done[p])
-            continue;
-        int n = 0;
-        for (int q = p; q < np; q++)
-            if (!done[q] && memcmp(tok + q * nb, tok + p * nb, (size_t)nb * sizeof *tok) == 0) {
-                done[q] = 1;
-                group[n] = ex->policies[q];
-                idx[n++] = q;
-            }
-        kv_replay_conf conf = {
-            .policies = group, .n_policies = n, .budgets = tok + p * nb, .n_budgets = nb,
-            .block = o->block, .progress = !o->quiet, .seed = ex->seed,
-        };
-        kv_results *part = NULL;
-        int rc = kv_replay(tr, &conf, &part, err, err_len);
-        if (rc) {
-            kv_trace_close(tr);
-            kv_results_free(merged);
-            free(idx), free(done), free(group);
-            return rc;
-        }
-        merge_runs(merged, part, idx, n, nb);
-    }
-    if (model) {
-        char dump[KV_PATH_LEN + 300];
-        if (o->dump_sets)
-            snprintf(dump, sizeof dump, "%s/%s.sets", o->dump_sets, trace_name(ex->traces[k]));
-        kv_closed_loop_opts co = { .seed = ex->seed, .progress = !o->quiet,
-                                   .dump_sets = o->dump_sets ? dump : NULL };
-        int rc = kv_closed_loop(tr, model, ex->policies, merged, &co, err, err_len);
-        if (rc) {
-            kv_trace_close(tr);
-            kv_results_free(merged);
-            free(idx), free(done), free(group);
-            return rc;
-        }
-    }
-    kv_trace_close(tr);
-    free(idx), free(done), free(group);
-    *out = merged;
-    return 0;
-fail:
-    kv_trace_close(tr);
-    kv_results_free(merged);
-    free(idx), free(done), free(group);
-    return 1;
-}
-
-/* Replays every trace of ex; res[] and names[] get one entry per trace. */
-static int replay_all(const kv_experiment *ex, const int *tokens, const run_options *o,
-                      const kv_model *model, kv_results **res, const char **names, char *err,
-                      size_t err_len)
-{
-    for (int k = 0; k < ex->n_traces; k++) {
-        names[k] = trace_name(ex->traces[k]);
-        if (!o->quiet && ex->n_traces > 1)
-            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
-        int rc = replay_trace(ex, k, tokens, o, model, &res[k], err, err_len);
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
-
-/* Loads the closed loop's checkpoint and checks every trace was captured from it, before
- * any replay. Returns 0, 1 (unreadable checkpoint or trace) or 2 (a trace from another
- * checkpoint, without tokens, of another geometry). */
-static int load_model(const kv_experiment *ex, kv_model **out, char *err, size_t err_len)
-{
-    if (kv_model_load(ex->model, out, err, err_len))
-        return 1;
-    for (int k = 0; k < ex->n_traces; k++) {
-        kv_trace *tr = NULL;
-        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-            return 1;
-        int rc = kv_closed_loop_check(tr, *out, ex->model, err, err_len);
-        kv_trace_close(tr);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return KV_EUSAGE;
 }
 
 /* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
@@ -399,73 +234,133 @@ static int plot_results(const kv_experiment *ex, const run_options *o, char *err
     kv_plot_options po = { .quiet = o->quiet };
     char where[KV_PATH_LEN + 64];
     if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     if (!o->quiet)
         printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
     return 0;
 }
 
+/* What a run allocates once the experiment is known. */
+typedef struct {
+    int *tokens;          /* [n_traces * n_policies * n_budgets] resolved budgets */
+    kv_results **res;     /* [n_traces] */
+    const char **names;   /* [n_traces] the `trace` column */
+    const char **specs;   /* [n_budgets] the `budget_spec` column */
+} run_buffers;
+
+static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, size_t err_len)
+{
+    size_t nt = (size_t)ex->n_traces;
+    b->tokens = malloc(nt * ex->n_policies * ex->n_budgets * sizeof *b->tokens);
+    b->res = calloc(nt, sizeof *b->res);
+    b->names = malloc(nt * sizeof *b->names);
+    b->specs = malloc((size_t)ex->n_budgets * sizeof *b->specs);
+    if (!b->tokens || !b->res || !b->names || !b->specs) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    for (int k = 0; k < ex->n_traces; k++)
+        b->names[k] = kv_trace_display_name(ex->traces[k]);
+    for (int i = 0; i < ex->n_budgets; i++)
+        b->specs[i] = ex->budgets[i].text;
+    return 0;
+}
+
+static void buffers_free(run_buffers *b, int n_traces)
+{
+    for (int k = 0; b->res && k < n_traces; k++)
+        kv_results_free(b->res[k]);
+    free(b->tokens);
+    free(b->res);
+    free(b->names);
+    free(b->specs);
+}
+
+/* Resolves, checks, replays, writes and shows an experiment that is complete. */
+/* Loads the closed loop's checkpoint and checks every trace was captured from it, before
+ * any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or KV_EUSAGE (a
+ * trace from another checkpoint, without tokens, of another geometry). */
+static int load_model(const kv_experiment *ex, kv_model **out, char *err, size_t err_len)
+{
+    if (kv_model_load(ex->model, out, err, err_len))
+        return KV_ERUNTIME;
+    for (int k = 0; k < ex->n_traces; k++) {
+        kv_trace *tr = NULL;
+        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+            return KV_ERUNTIME;
+        int rc = kv_closed_loop_check(tr, *out, ex->model, err, err_len);
+        kv_trace_close(tr);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
+                          char *err, size_t err_len)
+{
+    int rc = kv_experiment_resolve_budgets(ex, b->tokens, err, err_len);
+    kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
+                            .n_budgets = ex->n_budgets };
+    kv_experiment_results er = { .conf = &conf, .n_traces = ex->n_traces,
+                                 .res = (const kv_results *const *)b->res,
+                                 .trace_names = b->names, .budget_specs = b->specs };
+    /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
+    for (int k = 0; rc == 0 && k < ex->n_traces; k++)
+        if (kv_trace_precheck(ex->traces[k], err, err_len))
+            rc = KV_ERUNTIME;
+    kv_model *model = NULL;
+    if (rc == 0 && ex->model[0])
+        rc = load_model(ex, &model, err, err_len);
+    if (rc == 0 && o->dump_sets && !model) {
+        snprintf(err, err_len, "--dump-sets needs --model (or model = in [experiment])");
+        rc = KV_EUSAGE;
+    }
+    if (rc == 0)
+        rc = kv_output_prepare(ex->output, o->force, err, err_len);
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .model = model,
+                              .dump_sets = o->dump_sets };
+    if (rc == 0)
+        rc = kv_experiment_replay(ex, b->tokens, &eo, b->res, err, err_len);
+    kv_model_free(model);
+    if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
+        rc = KV_ERUNTIME;
+    if (rc == 0 && !o->quiet) {
+        if (kv_output_table(stdout, &er, err, err_len))
+            rc = KV_ERUNTIME;
+        else
+            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+                   "lifetimes, recall_hist .tsv)\n", ex->output);
+    }
+    if (rc == 0)
+        rc = plot_results(ex, o, err, err_len);
+    return rc;
+}
+
 int kv_cmd_run(int argc, char **argv)
 {
     char err[1024] = "";
-    static kv_experiment ex;   /* static: its trace list is large for the stack */
+    kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1 };
-    int rc = parse_run_args(argc, argv, &o, err, sizeof err);
+    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_buffers b = { 0 };
+    int rc = o.sets ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
+    if (!o.sets)
+        snprintf(err, sizeof err, "out of memory");
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);
     if (rc == 0)
         rc = check_complete(&ex, err, sizeof err);
-    int *tokens = NULL;
-    const char *specs[64];
-    if (rc == 0) {
-        tokens = malloc((size_t)ex.n_traces * ex.n_policies * ex.n_budgets * sizeof *tokens);
-        if (!tokens) {
-            snprintf(err, sizeof err, "out of memory");
-            rc = 1;
-        }
-    }
     if (rc == 0)
-        rc = resolve_budgets(&ex, tokens, err, sizeof err);
-    for (int b = 0; b < ex.n_budgets && b < 64; b++)
-        specs[b] = ex.budgets[b].text;
-    kv_replay_conf conf = { .policies = ex.policies, .n_policies = ex.n_policies,
-                            .n_budgets = ex.n_budgets };
-    kv_results *res[KV_MAX_TRACES] = { 0 };
-    const char *names[KV_MAX_TRACES] = { 0 };
-    kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
-                                 .res = (const kv_results *const *)res, .trace_names = names,
-                                 .budget_specs = specs };
-    /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
-    for (int k = 0; rc == 0 && k < ex.n_traces; k++)
-        if (kv_trace_precheck(ex.traces[k], err, sizeof err))
-            rc = 1;
-    kv_model *model = NULL;
-    if (rc == 0 && ex.model[0])
-        rc = load_model(&ex, &model, err, sizeof err);
+        rc = buffers_alloc(&b, &ex, err, sizeof err);
     if (rc == 0)
-        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
-    if (rc == 0)
-        rc = replay_all(&ex, tokens, &o, model, res, names, err, sizeof err);
-    if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
-        rc = 1;
-    if (rc == 0 && !o.quiet) {
-        if (kv_output_table(stdout, &er, err, sizeof err))
-            rc = 1;
-        else
-            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex.output);
-    }
-    if (rc == 0)
-        rc = plot_results(&ex, &o, err, sizeof err);
+        rc = run_experiment(&ex, &o, &b, err, sizeof err);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
-    for (int k = 0; k < ex.n_traces; k++)
-        kv_results_free(res[k]);
-    free(tokens);
-    kv_model_free(model);
+    buffers_free(&b, ex.n_traces);
+    free(o.sets);
     kv_experiment_free(&ex);
-    return rc < 0 ? 0 : rc;
+    return rc < 0 ? 0 : kv_exit_status(rc);
 }
 
 /* ----------------------------------------------------------- policies */
@@ -492,7 +387,7 @@ int kv_cmd_policies(int argc, char **argv)
     }
     if (argc > 1) {
         fprintf(stderr, "kvsim policies: unexpected argument '%s'\n", argv[1]);
-        return 2;
+        return KV_EUSAGE;
     }
     for (int i = 0; kv_policy_registry[i]; i++) {
         const kv_policy_ops *ops = kv_policy_registry[i];
@@ -503,9 +398,8 @@ int kv_cmd_policies(int argc, char **argv)
             print_param(&ops->params[p]);
         printf("\n");
     }
-    printf("every policy also takes:\n    %-12s default %-6s (kv_head|query_head)\n"
-           "                 kv_head: one cache per KV head shared by its query heads; "
-           "query_head: one per query head\n                 (KV repeated per head, memory "
-           "times the group size)\n", "kv_granularity", "kv_head");
+    printf("every policy also takes:\n");
+    for (int p = 0; p < kv_n_engine_params; p++)
+        print_param(&kv_engine_params[p]);
     return 0;
 }

@@ -9,7 +9,9 @@
  */
 #include "sim/engine.h"
 #include "sim/cache.h"
+#include "sim/metrics.h"
 #include "sim/rows.h"
+#include "traces/status.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -32,7 +34,6 @@ typedef struct {
     int run;                 /* index into kv_results.runs */
     int head_lo;             /* first query head of the group */
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
-    double *out_err;         /* [D] sum over the group's heads of out_err; NULL without v */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
@@ -47,6 +48,30 @@ typedef struct {
     int t0, nb;
 } kv_block;
 
+const kv_param_spec kv_engine_params[] = {
+    [KV_ENGINE_PARAM_GRANULARITY] = {
+        "kv_granularity", KV_PARAM_CHOICE, "kv_head", 0, 0, "kv_head|query_head",
+        "kv_head: one cache per KV head shared by its query heads; query_head: one per "
+        "query head (KV repeated per head, memory times the group size)" },
+};
+const int kv_n_engine_params = sizeof kv_engine_params / sizeof kv_engine_params[0];
+
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len)
+{
+    for (int i = 0; i < kv_n_engine_params; i++) {
+        if (strcmp(name, kv_engine_params[i].name) != 0)
+            continue;
+        double v;
+        if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
+            return KV_EUSAGE;
+        if (i == KV_ENGINE_PARAM_GRANULARITY)
+            pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
+        return 0;
+    }
+    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len) ? KV_EUSAGE : 0;
+}
+
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
 {
     why[0] = '\0';
@@ -54,7 +79,7 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
         snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
     else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
         snprintf(why, why_len, "rejected by %s", pc->ops->name);
-    return why[0] ? 2 : 0;
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
@@ -66,7 +91,7 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
             if (kv_policy_pair_check(pc, conf->budgets[b], why, sizeof why)) {
                 snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
                          conf->budgets[b], why);
-                return 2;
+                return KV_EUSAGE;
             }
         }
     }
@@ -93,7 +118,6 @@ static void replay_cache_free(replay_cache *rc)
 {
     kv_cache_free(&rc->cache);
     free(rc->steps);
-    free(rc->out_err);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -105,7 +129,7 @@ static int layer_scope(const kv_policy_conf *pc)
 int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
     if (layer_scope(pc))
-        return 1;
+        return KV_ERUNTIME;
     return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
 }
 
@@ -128,53 +152,30 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
     };
-    if (in->has_v)
-        rc->out_err = calloc((size_t)D, sizeof *rc->out_err);
-    if (!rc->steps || (in->has_v && !rc->out_err) ||
-        kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx, kv_cache_token_weight(pc, in),
-                      identity)) {
+    if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
+                                    kv_cache_token_weight(pc, in), identity)) {
         free(rc->steps);
-        free(rc->out_err);
         rc->steps = NULL;
-        rc->out_err = NULL;
         return -1;
     }
     return 0;
-}
-
-/*
- * out_err of one query head at a decode step: o_cache = sum over A_t (pos[0..n)) of
- * p[j] v_j / recall (the renormalised row of rule 2, summed in double), against o_full
- * (kv_rows_outputs); |o_cache - o_full| / |o_full|, 0 when both are 0. hd <= 1024.
- */
-static double output_error(const float *p, const int *pos, int n, double recall,
-                           const float *v, int hd, const float *o_full)
-{
-    double o[1024] = { 0 }, diff = 0.0, norm = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float *vj = v + (size_t)pos[i] * hd;
-        double w = p[pos[i]];
-        for (int d = 0; d < hd; d++)
-            o[d] += w * vj[d];
-    }
-    double inv = recall > 0.0 ? 1.0 / recall : 0.0;   /* rule 6: an all-zero row */
-    for (int d = 0; d < hd; d++) {
-        double e = o[d] * inv - o_full[d];
-        diff += e * e;
-        norm += (double)o_full[d] * o_full[d];
-    }
-    if (norm == 0.0)
-        return diff == 0.0 ? 0.0 : INFINITY;
-    return sqrt(diff / norm);
 }
 
 /* The rows of cache rc's group at position t of block b. */
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
     size_t i_row = (size_t)rc->head_lo * b->nb + (size_t)(t - b->t0);
+    const kv_trace_info *in = b->in;
+    int group = in->n_heads / in->n_kv_heads;
+    size_t per_kv = (size_t)in->n_tokens * in->head_dim;
     kv_group_rows g = {
         .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
         .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->nb * TOPK,
+        .o_full = b->o_full ? b->o_full + i_row * in->head_dim : NULL,
+        .o_stride = (size_t)b->nb * in->head_dim,
+        .v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL,
+        .v_stride = per_kv, .head_lo = rc->head_lo, .heads_per_v = group,
+        .head_dim = in->head_dim,
     };
     return g;
 }
@@ -187,8 +188,7 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
                         double *head_min, double *head_err)
 {
     kv_cache *c = &rc->cache;
-    const kv_trace_info *in = b->in;
-    int P = in->prefill_len, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    int P = b->in->prefill_len;
     kv_group_rows rows = group_rows(rc, b, t);
     kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
     for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
@@ -197,14 +197,7 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
         head_sum[h] += recall;
         if (recall < head_min[h])
             head_min[h] = recall;
-        if (!b->o_full)
-            continue;
-        size_t row = (size_t)h * b->nb + (size_t)(t - b->t0);
-        double e = output_error(b->rows + row * b->ld, c->pos, c->n, recall,
-                                b->v + (size_t)(h / group) * in->n_tokens * hd, hd,
-                                b->o_full + row * hd);
-        rc->out_err[t - P] += e;
-        head_err[h] += e;
+        head_err[h] += c->head_out_err[hh];
     }
     kv_cache_update(c, t);
 }
@@ -227,26 +220,20 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         kv_run_result *run = &res->runs[r];
         run->policy = r / conf->n_budgets;
         run->budget = conf->budgets[r % conf->n_budgets];
-        run->step_recall = calloc((size_t)D, sizeof(double));
-        run->step_kv_tokens = calloc((size_t)D, sizeof(long long));
-        run->step_meta_bytes = calloc((size_t)D, sizeof(double));
+        run->steps = calloc((size_t)D, sizeof *run->steps);
         run->head_recall_mean = calloc((size_t)LH, sizeof(double));
         run->head_recall_min = malloc((size_t)LH * sizeof(double));
-        run->step_topk1 = calloc((size_t)D, sizeof(double));
-        run->step_topk8 = calloc((size_t)D, sizeof(double));
+        run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
-        if (in->has_v) {
-            run->step_out_err = calloc((size_t)D, sizeof(double));
-            run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
-            if (!run->step_out_err || !run->head_out_err_mean)
-                return -1;
-        }
-        if (!run->step_recall || !run->step_kv_tokens || !run->step_meta_bytes ||
-            !run->head_recall_mean || !run->head_recall_min || !run->step_topk1 ||
-            !run->step_topk8 || !run->lifetimes || !run->retained || !run->final_sets)
+        if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
+            !run->head_out_err_mean || !run->lifetimes || !run->retained || !run->final_sets)
             return -1;
+        for (int s = 0; s < D; s++) {   /* the closed loop's, until it runs */
+            kv_step_metrics *m = &run->steps[s];
+            m->kl = m->nll = m->nll_full = m->top1 = m->recall_closed = NAN;
+        }
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
     }
@@ -259,24 +246,14 @@ void kv_results_free(kv_results *res)
         return;
     for (int r = 0; res->runs && r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        free(run->step_recall);
-        free(run->step_kv_tokens);
-        free(run->step_meta_bytes);
+        free(run->steps);
         free(run->head_recall_mean);
         free(run->head_recall_min);
-        free(run->step_topk1);
-        free(run->step_topk8);
+        free(run->head_out_err_mean);
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
-        free(run->step_out_err);
-        free(run->head_out_err_mean);
-        free(run->step_kl);
-        free(run->step_nll);
-        free(run->step_top1);
-        free(run->step_recall_closed);
     }
-    free(res->step_nll_full);
     free(res->runs);
     free(res);
 }
@@ -305,16 +282,8 @@ static void reduce_layer(kv_results *res, const replay_cache *caches, int n_cach
         const replay_cache *rc = &caches[ci];
         const kv_cache *c = &rc->cache;
         kv_run_result *run = &res->runs[rc->run];
-        for (int s = 0; s < res->n_steps; s++) {
-            const kv_step_metrics *m = &rc->steps[s];
-            run->step_recall[s] += m->recall;
-            run->step_topk1[s] += m->topk1;
-            run->step_topk8[s] += m->topk8;
-            run->step_kv_tokens[s] += m->kv_tokens;
-            run->step_meta_bytes[s] += m->meta_bytes;
-            if (rc->out_err)
-                run->step_out_err[s] += rc->out_err[s];
-        }
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_add(&run->steps[s], &rc->steps[s]);
         for (int s = 0; s <= res->n_steps; s++)
             run->lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
@@ -421,7 +390,7 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
         return 0;
     }
     record_failure(f, why);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* Loads piece `piece` of layer into rows (the current or the next layer's source). */
@@ -448,7 +417,7 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
     kv_run_result *run = &res->runs[rc->run];
     double *hs = run->head_recall_mean + (size_t)layer * H;
     double *hm = run->head_recall_min + (size_t)layer * H;
-    double *he = run->head_out_err_mean ? run->head_out_err_mean + (size_t)layer * H : NULL;
+    double *he = run->head_out_err_mean + (size_t)layer * H;
     for (int t = b->t0; t < b->t0 + b->nb; t++)
         replay_step(rc, b, t, hs, hm, he);
 }
@@ -599,7 +568,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         free(first);
         free(dep);
         snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
     kv_failure f = { .err = err, .err_len = err_len };
@@ -669,7 +638,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     free(members);
     free(first);
     free(dep);
-    return f.failed ? 1 : 0;
+    return f.failed ? KV_ERUNTIME : 0;
 }
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
@@ -681,7 +650,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
     int n_caches = layer_caches(conf, res, layer, identity, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     int any_prescan = 0;
     for (int ci = 0; ci < n_caches; ci++)
@@ -698,7 +667,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
             snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
                      "at budget %d in layer %d", pc->label, caches[ci].cache.max_held,
                      caches[ci].cache.budget, layer);
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     if (rc == 0)
         reduce_layer(res, caches, n_caches, layer);
@@ -714,9 +683,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     s->block = block;
     s->cur = kv_rows_new(tr, block, err, err_len);
     if (!s->cur)
-        return 1;
+        return KV_ERUNTIME;
     if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
-        return 1;
+        return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
@@ -726,7 +695,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
         if (!s->buf[i] || !s->topk[i] || (in->has_v && !s->o_full[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
-            return 1;
+            return KV_ERUNTIME;
         }
     }
     s->cur_loaded = 0;   /* the first layer loads inside its task graph */
@@ -755,7 +724,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     if (in->prefill_len >= in->n_tokens) {
         snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
                  "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
-        return 1;
+        return KV_ERUNTIME;
     }
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
@@ -806,17 +775,12 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     double units = (double)in->n_layers * in->n_heads;
     for (int r = 0; r < res->n_runs; r++) {
         kv_run_result *run = &res->runs[r];
-        for (int s = 0; s < res->n_steps; s++) {
-            run->step_recall[s] /= units;
-            run->step_topk1[s] /= units;
-            run->step_topk8[s] /= units;
-        }
-        for (int i = 0; i < in->n_layers * in->n_heads; i++)
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_finish(&run->steps[s], units);
+        for (int i = 0; i < in->n_layers * in->n_heads; i++) {
             run->head_recall_mean[i] /= res->n_steps;
-        for (int s = 0; run->step_out_err && s < res->n_steps; s++)
-            run->step_out_err[s] /= units;
-        for (int i = 0; run->head_out_err_mean && i < in->n_layers * in->n_heads; i++)
-            run->head_out_err_mean[i] /= res->n_steps;
+            run->head_out_err_mean[i] /= res->n_steps;   /* NaN without v */
+        }
     }
     *out = res;
     return 0;
@@ -825,5 +789,5 @@ nomem:
     free(caches);
     free(identity);
     kv_results_free(res);
-    return 1;
+    return KV_ERUNTIME;
 }

@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/cache.h"
 #include "traces/trace.h"
 
 #define KV_LABEL_LEN 64
@@ -25,6 +26,17 @@
  * (the KV repeated per query head, as the MorphKV paper's baselines ran; group size 1,
  * KV memory multiplied by the group size). */
 typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
+
+/*
+ * The parameters every policy takes that the engine applies, not the policy: one
+ * kv_param_spec table (policy.h) from which parsing, validation and `kvsim policies`'s
+ * help all come; [policy L] keys and --set L.P=V set them like the policy's own.
+ * Entry KV_ENGINE_PARAM_GRANULARITY is kv_granularity (a CHOICE whose index is the
+ * kv_granularity value).
+ */
+enum { KV_ENGINE_PARAM_GRANULARITY = 0 };
+extern const kv_param_spec kv_engine_params[];   /* kv_n_engine_params rows */
+extern const int kv_n_engine_params;
 
 /* One configured policy: a label (column `policy` in every output), its ops and values. */
 typedef struct {
@@ -49,14 +61,12 @@ typedef struct {
 typedef struct {
     int policy;                 /* index into kv_replay_conf.policies */
     int budget;                 /* tokens */
-    double *step_recall;        /* [D] mean recall over layers and query heads at t = P+s */
-    long long *step_kv_tokens;  /* [D] sum over all caches of |A_t| (tokens) */
-    double *step_meta_bytes;    /* [D] sum over all caches of policy metadata (bytes) */
+    kv_step_metrics *steps;     /* [D] the metrics of decode step t = P+s, folded over
+                                   every cache of the model as sim/metrics.h's table says:
+                                   recall and top-k hits are means over layers and query
+                                   heads, kv_tokens and meta_bytes sums */
     double *head_recall_mean;   /* [n_layers * n_heads] mean over decode steps */
     double *head_recall_min;    /* [n_layers * n_heads] */
-    double *step_topk1;         /* [D] mean over layers and query heads of the fraction of
-                                   the row's top-1 full-cache key that is in A_t */
-    double *step_topk8;         /* [D] likewise for the 8 highest keys (min(8, t+1)) */
     long long *lifetimes;       /* [D + 1] evicted tokens by the number of decode steps
                                    they were attended to (0: evicted at the prefill end) */
     int *retained;              /* [T] number of caches holding position j after the last
@@ -70,20 +80,8 @@ typedef struct {
                                    the last step: the group size or 0 with one cache per
                                    KV head (the default), a share with kv_granularity =
                                    query_head. For retention_map.tsv. */
-    /* Output error (open loop, traces with v; NULL otherwise): out_err_t^h =
-     * |o_cache - o_full| / |o_full| (0 when both are 0), o_full = sum_{j<=t} p_t^h[j] v_j,
-     * o_cache = sum_{j in A_t} o_t^h[j] v_j. */
-    double *step_out_err;       /* [D] mean over layers and query heads */
-    double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps */
-    /* Closed loop (sim/closedloop.h; NULL unless a run was given a model). Entry s is the
-     * decode step t = P+s; the last (t = T-1) predicts no token and holds NaN in kl, nll
-     * and top1. */
-    double *step_kl;            /* [D] KL(full || policy) of the next-token distributions,
-                                   nats */
-    double *step_nll;           /* [D] -log probability of token t+1 under the policy */
-    double *step_top1;          /* [D] 1 when both distributions' most likely token agree */
-    double *step_recall_closed; /* [D] mean over layers and query heads of the mass of this
-                                   run's own full-cache row on A_t */
+    double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps of out_err
+                                   (cache.h), NaN when the trace has no v */
 } kv_run_result;
 
 typedef struct {
@@ -91,9 +89,15 @@ typedef struct {
     int n_steps;                /* D = T - P */
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
-    double *step_nll_full;      /* [D] closed loop: -log probability of token t+1 under the
-                                   full cache (NaN at t = T-1); NULL without a model */
 } kv_results;
+
+/*
+ * Sets parameter name of pc to text: an engine-level one (kv_engine_params) or one of the
+ * policy's own (kv_params_set). Returns 0, or KV_EUSAGE with a one-line message (unknown
+ * parameter with a suggestion, a value outside the range or the choices).
+ */
+int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
+                       size_t err_len);
 
 /*
  * How a run of policy pc lays out its caches in each layer of a trace of geometry in
@@ -109,13 +113,13 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
 
 /*
  * Checks one (policy, budget) pair: budget >= 1 and the policy's own rule (ops->check).
- * Returns 0, or 2 with the rule in why ("budget 16 must exceed morphkv window 32").
+ * Returns 0, or KV_EUSAGE with the rule in why ("budget 16 must exceed morphkv window 32").
  */
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len);
 
 /*
  * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
- * rule (ops->check). Returns 0, or 2 with "policy 'morphkv-sum' at budget 16: budget 16
+ * rule (ops->check). Returns 0, or KV_EUSAGE with "policy 'morphkv-sum' at budget 16: budget 16
  * must exceed window 32" in err (the first invalid pair).
  */
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);

@@ -4,6 +4,7 @@
 #include "sim/output.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
+#include "traces/status.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,88 +17,133 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The mean of x over the steps whose value is not NaN (the closed loop's last step). */
-static double mean_defined(const double *x, int n, int *count)
+/* Column col's value at one decode step, in the column's unit. */
+static double column_value(const kv_output_column *col, const kv_step_metrics *m,
+                           const kv_trace_info *in)
 {
-    double sum = 0.0;
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (!isnan(x[i]))
-            sum += x[i], m++;
-    if (count)
-        *count = m;
-    return m ? sum / m : NAN;
+    double v = kv_metric_get(m, col->offset);
+    return col->unit == KV_UNIT_KV_BYTES ? kv_tokens_to_bytes(in, (long long)v) : v;
 }
 
-/* The output-error and closed-loop columns of a summary: NaN when the run has none. */
-static int summarise_model_metrics(const kv_results *res, const kv_run_result *run,
-                                   kv_run_summary *s, char *err, size_t err_len)
+/* The per-(layer, query head) means over decode steps the engine keeps for the field at
+ * offset (the unit bootstrap's units), or NULL for a field without them. */
+static const double *head_means(const kv_run_result *run, size_t offset)
 {
-    int D = res->n_steps, units = res->info.n_layers * res->info.n_heads;
-    s->out_err_mean = s->kl_mean = s->ppl = s->ppl_full = s->top1_agree = NAN;
-    s->recall_closed = NAN;
-    s->out_err_ci.lo = s->out_err_ci.hi = s->kl_ci.lo = s->kl_ci.hi = NAN;
-    if (run->step_out_err) {
-        s->out_err_mean = gsl_stats_mean(run->step_out_err, 1, (size_t)D);
-        if (kv_bootstrap_mean_ci(run->head_out_err_mean, (size_t)units,
-                                 KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
-                                 &s->out_err_ci, err, err_len))
-            return 1;
-        s->out_err_ci.mean = s->out_err_mean;
+    if (offset == offsetof(kv_step_metrics, recall))
+        return run->head_recall_mean;
+    if (offset == offsetof(kv_step_metrics, out_err))
+        return run->head_out_err_mean;
+    return NULL;
+}
+
+/* The reduction of x[0..n) (the column's defined steps; sorted: a sorted copy) for one
+ * summary column; the interval columns read ci, the block ones block_ci and block. */
+static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int n,
+                           const kv_interval *ci, int units, const kv_interval *block_ci,
+                           int block)
+{
+    double v = 0.0;
+    if (n == 0 && red != KV_RED_CI_UNITS)
+        return NAN;
+    switch (red) {
+    case KV_RED_MEAN:
+        return gsl_stats_mean(x, 1, (size_t)n);
+    case KV_RED_CI_MEAN:
+        return ci->mean;
+    case KV_RED_EXP_MEAN:
+        return exp(gsl_stats_mean(x, 1, (size_t)n));
+    case KV_RED_AVERAGE:
+        for (int i = 0; i < n; i++)
+            v += x[i];
+        return v / n;
+    case KV_RED_PEAK:
+        for (int i = 0; i < n; i++)
+            v = x[i] > v ? x[i] : v;
+        return v;
+    case KV_RED_MIN: return sorted[0];
+    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)n, 0.05);
+    case KV_RED_CI_LO: return ci->lo;
+    case KV_RED_CI_HI: return ci->hi;
+    case KV_RED_CI_UNITS: return units;
+    case KV_RED_BLOCK_CI_LO: return block_ci->lo;
+    case KV_RED_BLOCK_CI_HI: return block_ci->hi;
+    case KV_RED_BLOCK_LEN: return block;
+    default: return v;
     }
-    if (!run->step_kl)
-        return 0;
-    int n = 0;   /* steps t <= T-2: the last entry is NaN */
-    s->kl_mean = mean_defined(run->step_kl, D, &n);
-    s->kl_block = (int)kv_block_length((size_t)n);
-    if (kv_block_bootstrap_mean_ci(run->step_kl, (size_t)n, (size_t)s->kl_block,
-                                   KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
-                                   &s->kl_ci, err, err_len))
-        return 1;
-    s->ppl = exp(mean_defined(run->step_nll, D, NULL));
-    s->ppl_full = exp(mean_defined(res->step_nll_full, D, NULL));
-    s->top1_agree = mean_defined(run->step_top1, D, NULL);
-    s->recall_closed = gsl_stats_mean(run->step_recall_closed, 1, (size_t)D);
+}
+
+/* The interval of column col's mean: over (layer, query head) units when the engine keeps
+ * the field's per-head means, else a moving-block bootstrap over the n defined steps x.
+ * *block gets that bootstrap's block length. Returns 0, or KV_ERUNTIME (err set). */
+static int column_interval(const kv_run_result *run, const kv_output_column *col,
+                           const double *x, int n, int units, kv_interval *ci,
+                           kv_interval *block_ci, int *block, char *err, size_t err_len)
+{
+    const double *heads = head_means(run, col->offset);
+    ci->mean = ci->lo = ci->hi = NAN;
+    *block_ci = *ci;
+    *block = (int)kv_block_length((size_t)n);
+    if (heads && kv_bootstrap_mean_ci(heads, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
+                                      KV_CI_LEVEL, KV_OUTPUT_SEED, ci, err, err_len))
+        return KV_ERUNTIME;
+    if (heads && n > 0)   /* every unit has every step: the mean over units is the mean */
+        ci->mean = gsl_stats_mean(x, 1, (size_t)n);
+    if (!heads && n > 0) {
+        if (kv_block_bootstrap_mean_ci(x, (size_t)n, (size_t)*block, KV_BOOTSTRAP_RESAMPLES,
+                                       KV_CI_LEVEL, KV_OUTPUT_SEED, block_ci, err, err_len))
+            return KV_ERUNTIME;
+        ci->mean = block_ci->mean;
+    }
     return 0;
 }
 
-int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err, size_t err_len)
+int kv_run_summarise(const kv_results *res, int r, double *values, char *err, size_t err_len)
 {
     const kv_run_result *run = &res->runs[r];
     int D = res->n_steps;
-    double *sorted = malloc((size_t)D * sizeof *sorted);
-    if (!sorted) {
+    /* units, not steps, are resampled for per-head metrics (stats.h) */
+    int units = res->info.n_layers * res->info.n_heads;
+    double *x = malloc((size_t)D * sizeof *x), *sorted = malloc((size_t)D * sizeof *sorted);
+    if (!x || !sorted) {
+        free(x);
+        free(sorted);
         snprintf(err, err_len, "out of memory summarising the results");
-        return 1;
+        return KV_ERUNTIME;
     }
-    memcpy(sorted, run->step_recall, (size_t)D * sizeof *sorted);
-    gsl_sort(sorted, 1, (size_t)D);
-    memset(s, 0, sizeof *s);
-    s->recall_mean = gsl_stats_mean(run->step_recall, 1, (size_t)D);
-    s->recall_p05 = gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
-    s->recall_min = sorted[0];
+    int rc = 0;
+    for (int i = 0; i < kv_n_output_columns && rc == 0; i++) {
+        const kv_output_column *col = &kv_output_columns[i];
+        if (col->file != KV_FILE_SUMMARY)
+            continue;
+        int n = 0;
+        for (int s = 0; s < D; s++) {
+            double v = column_value(col, &run->steps[s], &res->info);
+            if (!isnan(v))
+                x[n++] = v;
+        }
+        memcpy(sorted, x, (size_t)n * sizeof *sorted);
+        gsl_sort(sorted, 1, (size_t)n);
+        kv_interval ci = { NAN, NAN, NAN }, block_ci = ci;
+        int block = 0;
+        kv_reduction red = col->reduction;
+        if (red == KV_RED_CI_MEAN || red == KV_RED_CI_LO || red == KV_RED_CI_HI ||
+            red == KV_RED_BLOCK_CI_LO || red == KV_RED_BLOCK_CI_HI || red == KV_RED_BLOCK_LEN)
+            rc = column_interval(run, col, x, n, units, &ci, &block_ci, &block, err, err_len);
+        values[i] = reduce_steps(col->reduction, x, sorted, n, &ci, units, &block_ci, block);
+    }
+    free(x);
     free(sorted);
-    s->topk1_recall = gsl_stats_mean(run->step_topk1, 1, (size_t)D);
-    s->topk8_recall = gsl_stats_mean(run->step_topk8, 1, (size_t)D);
-    double bytes_sum = 0.0;
-    for (int i = 0; i < D; i++) {
-        if (run->step_kv_tokens[i] > s->kv_tokens_peak)
-            s->kv_tokens_peak = run->step_kv_tokens[i];
-        if (run->step_meta_bytes[i] > s->meta_bytes_peak)
-            s->meta_bytes_peak = run->step_meta_bytes[i];
-        bytes_sum += kv_tokens_to_bytes(&res->info, run->step_kv_tokens[i]);
-    }
-    s->kv_bytes_peak = kv_tokens_to_bytes(&res->info, s->kv_tokens_peak);
-    s->kv_bytes_mean = bytes_sum / D;
-    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
-     * are resampled (stats.h) */
-    s->ci_units = res->info.n_layers * res->info.n_heads;
-    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)s->ci_units,
-                             KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL, KV_OUTPUT_SEED,
-                             &s->recall_ci, err, err_len))
-        return 1;
-    s->recall_ci.mean = s->recall_mean;
-    return summarise_model_metrics(res, run, s, err, err_len);
+    return rc;
+}
+
+/* Writes a tab and v in format, or NA when v is NaN (a metric the run does not have). */
+static void value_cell(FILE *f, const char *format, double v)
+{
+    fputc('\t', f);
+    if (isnan(v))
+        fputs("NA", f);
+    else
+        fprintf(f, format, v);
 }
 
 static int mkdir_parents(const char *dir)
@@ -125,16 +171,16 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
     struct stat st;
     if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
         snprintf(err, err_len, "%s: exists and is not a directory", dir);
-        return 1;
+        return KV_ERUNTIME;
     }
     if (mkdir_parents(dir) != 0) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     DIR *d = opendir(dir);
     if (!d) {
         snprintf(err, err_len, "%s: cannot read the output directory: %s", dir, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     int n_files = 0;
     for (struct dirent *e; (e = readdir(d));)
@@ -144,7 +190,7 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
     if (n_files && !force) {
         snprintf(err, err_len, "%s: output directory is not empty (%d entries); use --force "
                  "to overwrite its result files", dir, n_files);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -162,13 +208,13 @@ static int out_open(out_file *o, const char *dir, const char *name, char *err, s
     /* registered before it exists, so an interrupt removes it (sim/signals.h) */
     if (kv_tmp_register(o->tmp) != 0) {
         snprintf(err, err_len, "%s: too many temporary files", o->tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     o->f = fopen(o->tmp, "w");
     if (!o->f) {
         snprintf(err, err_len, "%s: cannot write: %s", o->tmp, strerror(errno));
         kv_tmp_unregister(o->tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     return 0;
 }
@@ -194,7 +240,7 @@ static int out_finish(out_file *o, char *err, size_t err_len)
         return 0;
     snprintf(err, err_len, "%s: writing failed: %s", o->final, strerror(e));
     out_discard(o);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* Removes the first n (finished) temporaries of a failed write; returns 1. */
@@ -202,17 +248,23 @@ static int discard_all(out_file *o, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         out_discard(&o[i]);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* What every writer reads: the experiment and the summary of every run of every trace
- * (sums[k * n_runs + r]). */
+ * (summary(c, k, r)[i] for summary column i). */
 typedef struct {
     const kv_experiment_results *er;
-    const kv_run_summary *sums;
+    const double *sums;  /* [n_traces * n_runs * kv_n_output_columns] */
     int n_runs;          /* per trace: n_policies * n_budgets */
     int n_budgets;
 } out_ctx;
+
+/* The summary values of run r of trace k, indexed by kv_output_columns. */
+static const double *summary(const out_ctx *c, int k, int r)
+{
+    return c->sums + ((size_t)k * c->n_runs + r) * kv_n_output_columns;
+}
 
 /* The budget_spec column of budget b. */
 static const char *spec_text(const out_ctx *c, int b, char *buf, size_t len)
@@ -232,14 +284,15 @@ static void run_key(FILE *f, const out_ctx *c, int k, int r)
             run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
 }
 
-/* The run of an `oracle` policy at the same trace, resolved budget and granularity as
- * run r, or -1: the per-step ceiling that run r is set against (oracle_recall_mean). */
+/* The run of a per-step ceiling policy (ops->per_step_ceiling: oracle) at the same trace,
+ * resolved budget and granularity as run r, or -1: what run r is set against
+ * (oracle_recall_mean). */
 static int oracle_of(const out_ctx *c, int k, int r)
 {
     const kv_results *res = c->er->res[k];
     const kv_policy_conf *pol = c->er->conf->policies;
     for (int o = 0; o < c->n_runs; o++)
-        if (strcmp(pol[res->runs[o].policy].ops->name, "oracle") == 0 &&
+        if (pol[res->runs[o].policy].ops->per_step_ceiling &&
             res->runs[o].budget == res->runs[r].budget &&
             pol[res->runs[o].policy].granularity == pol[res->runs[r].policy].granularity)
             return o;
@@ -253,115 +306,80 @@ static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
     if (o < 0)
         fprintf(f, "\tNA");
     else
-        fprintf(f, "\t%.9g", c->sums[k * c->n_runs + o].recall_mean);
+        fprintf(f, "\t%.9g", summary(c, k, o)[kv_summary_column("recall_mean")]);
 }
 
-/* A number, or NA when it is NaN (a metric the run does not have). */
-static void cell(FILE *f, double x)
+static void summary_row(FILE *f, const double *values)
 {
-    if (isnan(x))
-        fprintf(f, "\tNA");
-    else
-        fprintf(f, "\t%.9g", x);
+    for (int i = 0; i < kv_n_output_columns; i++)
+        if (kv_output_columns[i].file == KV_FILE_SUMMARY)
+            value_cell(f, kv_output_columns[i].format, values[i]);
 }
 
-/* The output-error and closed-loop columns of summary.tsv (after oracle_recall_mean). */
-static void model_cells(FILE *f, const kv_run_summary *s)
-{
-    cell(f, s->out_err_mean);
-    cell(f, s->out_err_ci.lo);
-    cell(f, s->out_err_ci.hi);
-    cell(f, s->kl_mean);
-    cell(f, s->kl_ci.lo);
-    cell(f, s->kl_ci.hi);
-    if (isnan(s->kl_mean) || s->kl_block < 1)
-        fprintf(f, "\tNA");
-    else
-        fprintf(f, "\t%d", s->kl_block);
-    cell(f, s->ppl);
-    cell(f, s->ppl_full);
-    cell(f, s->top1_agree);
-    cell(f, s->recall_closed);
-}
-
-static void summary_row(FILE *f, const kv_run_summary *s)
-{
-    fprintf(f, "\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%lld\t%.0f\t%.1f\t%.0f\t%.9g\t%.9g\t%d",
-            s->recall_mean, s->recall_ci.lo, s->recall_ci.hi, s->recall_p05, s->recall_min,
-            s->kv_tokens_peak, s->kv_bytes_peak, s->kv_bytes_mean, s->meta_bytes_peak,
-            s->topk1_recall, s->topk8_recall, s->ci_units);
-}
-
-/* The trace = "all" row of run r: every column the mean over traces, except the
- * interval (Student-t over the traces' recall_mean) and ci_units (the traces). */
+/* The trace = "all" row of run r: every column the mean over traces, except the interval
+ * columns (Student-t over the traces' recall_mean) and ci_units (the traces). x: [n]. */
 static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
 {
     int n = c->er->n_traces;
     const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
-    double budget = 0, p05 = 0, min = 0, tokens = 0, peak = 0, mean = 0, meta = 0, k1 = 0,
-           k8 = 0, oracle = 0;
-    int have_oracle = 1;
+    double budget = 0, oracle = 0;
+    int have_oracle = 1, recall_col = kv_summary_column("recall_mean");
     for (int k = 0; k < n; k++) {
         int o = oracle_of(c, k, r);
         if (o < 0)
             have_oracle = 0;
         else
-            oracle += c->sums[k * c->n_runs + o].recall_mean / n;
-        const kv_run_summary *s = &c->sums[k * c->n_runs + r];
-        x[k] = s->recall_mean;
+            oracle += summary(c, k, o)[recall_col] / n;
         budget += (double)c->er->res[k]->runs[r].budget / n;
-        p05 += s->recall_p05 / n;
-        min += s->recall_min / n;
-        tokens += (double)s->kv_tokens_peak / n;
-        peak += s->kv_bytes_peak / n;
-        mean += s->kv_bytes_mean / n;
-        meta += s->meta_bytes_peak / n;
-        k1 += s->topk1_recall / n;
-        k8 += s->topk8_recall / n;
     }
-    kv_interval ci;
-    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
     char buf[32];
-    fprintf(f, "all\t%s\t%s\t%.9g\t%s\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.9g\t%.1f\t%.1f\t%.1f\t"
-            "%.9g\t%.9g\t%d", pc->label, pc->ops->name, budget,
-            spec_text(c, r % c->n_budgets, buf, sizeof buf), ci.mean, ci.lo, ci.hi, p05, min,
-            tokens, peak, mean, meta, k1, k8, n);
-    if (have_oracle)
-        fprintf(f, "\t%.9g", oracle);
-    else
-        fprintf(f, "\tNA");
-    /* the model columns: means over traces, intervals Student-t across them */
-    static const size_t averaged[] = {
-        offsetof(kv_run_summary, out_err_mean), offsetof(kv_run_summary, kl_mean),
-        offsetof(kv_run_summary, ppl), offsetof(kv_run_summary, ppl_full),
-        offsetof(kv_run_summary, top1_agree), offsetof(kv_run_summary, recall_closed),
-    };
-    kv_run_summary all;
-    for (size_t i = 0; i < sizeof averaged / sizeof averaged[0]; i++) {
-        double sum = 0.0;
-        for (int k = 0; k < n; k++)
-            sum += *(const double *)((const char *)&c->sums[k * c->n_runs + r] + averaged[i]);
-        *(double *)((char *)&all + averaged[i]) = sum / n;
+    fprintf(f, "all\t%s\t%s\t%.9g\t%s", pc->label, pc->ops->name, budget,
+            spec_text(c, r % c->n_budgets, buf, sizeof buf));
+    for (int i = 0; i < kv_n_output_columns; i++) {
+        const kv_output_column *col = &kv_output_columns[i];
+        if (col->file != KV_FILE_SUMMARY)
+            continue;
+        /* the interval columns: Student-t over the traces' means of the same field */
+        int mean_col = kv_summary_column_of(col->offset, KV_RED_CI_MEAN);
+        kv_interval ci = { NAN, NAN, NAN };
+        if (mean_col >= 0) {
+            for (int k = 0; k < n; k++)
+                x[k] = summary(c, k, r)[mean_col];
+            kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
+        }
+        double v = 0;
+        switch (col->reduction) {
+        case KV_RED_CI_MEAN: v = ci.mean; break;
+        case KV_RED_CI_LO: case KV_RED_BLOCK_CI_LO: v = ci.lo; break;
+        case KV_RED_CI_HI: case KV_RED_BLOCK_CI_HI: v = ci.hi; break;
+        case KV_RED_CI_UNITS: v = n; break;
+        case KV_RED_BLOCK_LEN: v = NAN; break;
+        default:
+            for (int k = 0; k < n; k++)
+                v += summary(c, k, r)[i] / n;
+        }
+        value_cell(f, col->all_format, v);
     }
-    for (int k = 0; k < n; k++)
-        x[k] = c->sums[k * c->n_runs + r].out_err_mean;
-    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &all.out_err_ci);
-    for (int k = 0; k < n; k++)
-        x[k] = c->sums[k * c->n_runs + r].kl_mean;
-    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &all.kl_ci);
-    all.kl_block = 0;   /* NA: the interval is across traces */
-    model_cells(f, &all);
-    fputc('\n', f);
+    if (have_oracle)
+        fprintf(f, "\t%.9g\n", oracle);
+    else
+        fprintf(f, "\tNA\n");
+}
+
+/* The header of the columns file shows, each preceded by a tab. */
+static void column_headers(FILE *f, kv_result_file file)
+{
+    for (int i = 0; i < kv_n_output_columns; i++)
+        if (kv_output_columns[i].file == file)
+            fprintf(f, "\t%s", kv_output_columns[i].name);
 }
 
 static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     const kv_experiment_results *er = c->er;
-    fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec\trecall_mean\trecall_ci_lo\t"
-               "recall_ci_hi\trecall_p05\trecall_min\tkv_tokens_peak\tkv_bytes_peak\t"
-               "kv_bytes_mean\tmeta_bytes_peak\ttopk1_recall\ttopk8_recall\tci_units\t"
-               "oracle_recall_mean\tout_err_mean\tout_err_ci_lo\tout_err_ci_hi\tkl_mean\t"
-               "kl_ci_lo\tkl_ci_hi\tkl_block\tppl\tppl_full\ttop1_agree\trecall_closed\n");
+    fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec");
+    column_headers(f, KV_FILE_SUMMARY);
+    fprintf(f, "\toracle_recall_mean\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -369,9 +387,8 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
             char buf[32];
             fprintf(f, "%s\t%s\t%s\t%d\t%s", er->trace_names[k], pc->label, pc->ops->name,
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
-            summary_row(f, &c->sums[k * c->n_runs + r]);
+            summary_row(f, summary(c, k, r));
             oracle_cell(f, c, k, r);
-            model_cells(f, &c->sums[k * c->n_runs + r]);
             fputc('\n', f);
         }
     if (er->n_traces < 2)
@@ -379,7 +396,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     double *x = malloc((size_t)er->n_traces * sizeof *x);
     if (!x) {
         snprintf(err, err_len, "out of memory writing summary.tsv");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int r = 0; r < c->n_runs; r++)
         summary_all_row(f, c, r, x);
@@ -390,25 +407,22 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep\trecall\tkv_tokens\tkv_bytes\t"
-               "meta_bytes\ttopk1_recall\ttopk8_recall\tout_err\tkl\tnll\tnll_full\ttop1\t"
-               "recall_closed\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tstep");
+    column_headers(f, KV_FILE_STEPS);
+    fputc('\n', f);
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
             for (int s = 0; s < res->n_steps; s++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\t%lld\t%.0f\t%.0f\t%.9g\t%.9g",
-                        res->info.prefill_len + s, run->step_recall[s], run->step_kv_tokens[s],
-                        kv_tokens_to_bytes(&res->info, run->step_kv_tokens[s]),
-                        run->step_meta_bytes[s], run->step_topk1[s], run->step_topk8[s]);
-                cell(f, run->step_out_err ? run->step_out_err[s] : NAN);
-                cell(f, run->step_kl ? run->step_kl[s] : NAN);
-                cell(f, run->step_nll ? run->step_nll[s] : NAN);
-                cell(f, res->step_nll_full ? res->step_nll_full[s] : NAN);
-                cell(f, run->step_top1 ? run->step_top1[s] : NAN);
-                cell(f, run->step_recall_closed ? run->step_recall_closed[s] : NAN);
+                fprintf(f, "\t%d", res->info.prefill_len + s);
+                for (int i = 0; i < kv_n_output_columns; i++) {
+                    const kv_output_column *col = &kv_output_columns[i];
+                    if (col->file != KV_FILE_STEPS)
+                        continue;
+                    value_cell(f, col->format, column_value(col, &run->steps[s], &res->info));
+                }
                 fputc('\n', f);
             }
         }
@@ -431,7 +445,7 @@ static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     run_key(f, c, k, r);
                     fprintf(f, "\t%d\t%d\t%.9g\t%.9g", l, h, run->head_recall_mean[i],
                             run->head_recall_min[i]);
-                    cell(f, run->head_out_err_mean ? run->head_out_err_mean[i] : NAN);
+                    value_cell(f, "%.9g", run->head_out_err_mean[i]);
                     fputc('\n', f);
                 }
         }
@@ -463,7 +477,7 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     double *x = malloc((size_t)nt * sizeof *x);
     if (!x) {
         snprintf(err, err_len, "out of memory writing compare.tsv");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
@@ -481,7 +495,7 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
                                               KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL,
                                               KV_OUTPUT_SEED, &d, err, err_len)) {
                             free(x);
-                            return 1;
+                            return KV_ERUNTIME;
                         }
                         compare_row(f, c, er->trace_names[k], rp, rq, res->runs[rp].budget,
                                     res->runs[rq].budget, &d, units);
@@ -489,8 +503,8 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     }
                     double ba = 0, bb = 0;
                     for (int t = 0; t < nt; t++) {
-                        x[t] = c->sums[t * c->n_runs + rp].recall_mean -
-                               c->sums[t * c->n_runs + rq].recall_mean;
+                        x[t] = summary(c, t, rp)[kv_summary_column("recall_mean")] -
+                               summary(c, t, rq)[kv_summary_column("recall_mean")];
                         ba += (double)er->res[t]->runs[rp].budget / nt;
                         bb += (double)er->res[t]->runs[rq].budget / nt;
                     }
@@ -570,10 +584,19 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
     long long counts[KV_RECALL_BINS];
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
+        double *recall = malloc((size_t)res->n_steps * sizeof *recall);
+        if (!recall) {
+            snprintf(err, err_len, "out of memory writing recall_hist.tsv");
+            return KV_ERUNTIME;
+        }
         for (int r = 0; r < c->n_runs; r++) {
-            if (kv_histogram(res->runs[r].step_recall, (size_t)res->n_steps, 0.0, 1.0,
-                             KV_RECALL_BINS, counts, err, err_len))
-                return 1;
+            for (int s = 0; s < res->n_steps; s++)
+                recall[s] = res->runs[r].steps[s].recall;
+            if (kv_histogram(recall, (size_t)res->n_steps, 0.0, 1.0, KV_RECALL_BINS, counts,
+                             err, err_len)) {
+                free(recall);
+                return KV_ERUNTIME;
+            }
             for (int i = 0; i < KV_RECALL_BINS; i++) {
                 run_key(f, c, k, r);
                 fprintf(f, "\t%.9g\t%.9g\t%lld\t%.9g\n", (double)i / KV_RECALL_BINS,
@@ -581,6 +604,7 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
                         (double)counts[i] / res->n_steps);
             }
         }
+        free(recall);
     }
     return 0;
 }
@@ -600,18 +624,21 @@ static const struct {
     { "recall_hist.tsv", write_recall_hist },
 };
 
-/* The summary of every run of every trace; NULL when out of memory (err set). */
-static kv_run_summary *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
-                                     size_t err_len)
+/* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err
+ * set). */
+static double *summarise_all(const kv_experiment_results *er, int n_runs, char *err,
+                             size_t err_len)
 {
-    kv_run_summary *sums = malloc((size_t)er->n_traces * n_runs * sizeof *sums);
+    size_t n_cols = (size_t)kv_n_output_columns;
+    double *sums = calloc((size_t)er->n_traces * n_runs * n_cols, sizeof *sums);
     if (!sums) {
         snprintf(err, err_len, "out of memory summarising the results");
         return NULL;
     }
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < n_runs; r++)
-            if (kv_run_summarise(er->res[k], r, &sums[k * n_runs + r], err, err_len)) {
+            if (kv_run_summarise(er->res[k], r, sums + ((size_t)k * n_runs + r) * n_cols, err,
+                                 err_len)) {
                 free(sums);
                 return NULL;
             }
@@ -632,44 +659,55 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
         if (er->res[k]->n_runs != c.n_runs) {
             snprintf(err, err_len, "internal error: trace %s has %d runs, expected %d",
                      er->trace_names[k], er->res[k]->n_runs, c.n_runs);
-            return 1;
+            return KV_ERUNTIME;
         }
-    kv_run_summary *sums = summarise_all(er, c.n_runs, err, err_len);
+    double *sums = summarise_all(er, c.n_runs, err, err_len);
     if (!sums)
-        return 1;
+        return KV_ERUNTIME;
     c.sums = sums;
     enum { N_FILES = sizeof result_files / sizeof result_files[0] };
-    static out_file o[N_FILES];   /* static: two paths each, large for the stack */
+    out_file *o = calloc(N_FILES, sizeof *o);   /* two paths each: large for the stack */
+    if (!o) {
+        free(sums);
+        snprintf(err, err_len, "out of memory writing the result files");
+        return KV_ENOMEM;
+    }
     size_t n = 0;
     int rc = 0;
     errno = 0;
     for (; n < N_FILES && !rc; n++) {
         if (out_open(&o[n], dir, result_files[n].name, err, err_len)) {
             free(sums);
-            return discard_all(o, n);
+            rc = discard_all(o, n);
+            free(o);
+            return rc;
         }
         rc = result_files[n].write(o[n].f, &c, err, err_len);
         if (rc) {
             fclose(o[n].f);
             out_discard(&o[n]);
         } else if (out_finish(&o[n], err, err_len))
-            rc = 1;
+            rc = KV_ERUNTIME;
     }
     free(sums);
-    if (rc)
-        return discard_all(o, n - 1);
+    if (rc) {
+        rc = discard_all(o, n - 1);
+        free(o);
+        return rc;
+    }
     kv_signals_hold(1);
     for (size_t i = 0; i < N_FILES; i++) {
         if (!rc && rename(o[i].tmp, o[i].final) != 0) {
             snprintf(err, err_len, "%s: cannot rename into place: %s", o[i].final,
                      strerror(errno));
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
         if (rc)
             unlink(o[i].tmp);
         kv_tmp_unregister(o[i].tmp);
     }
     kv_signals_hold(0);
+    free(o);
     return rc;
 }
 
@@ -695,6 +733,12 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
     fprintf(f, "%-*s", width, "policy");
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
+    int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
+    double *values = malloc((size_t)kv_n_output_columns * sizeof *values);
+    if (!values) {
+        snprintf(err, err_len, "out of memory printing the table");
+        return KV_ERUNTIME;
+    }
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[64], buf[32];
         snprintf(head, sizeof head, "B=%s recall / peak KV", spec_text(&c, b, buf, sizeof buf));
@@ -706,11 +750,13 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         for (int b = 0; b < conf->n_budgets; b++) {
             double recall = 0.0, peak = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
-                kv_run_summary s;
-                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, &s, err, err_len))
-                    return 1;
-                recall += s.recall_mean / er->n_traces;
-                peak = s.kv_bytes_peak > peak ? s.kv_bytes_peak : peak;
+                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
+                                     err_len)) {
+                    free(values);
+                    return KV_ERUNTIME;
+                }
+                recall += values[i_recall] / er->n_traces;
+                peak = values[i_peak] > peak ? values[i_peak] : peak;
             }
             char bytes[32], cell[64];
             format_bytes(peak, bytes, sizeof bytes);
@@ -719,5 +765,6 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         }
         fputc('\n', f);
     }
+    free(values);
     return 0;
 }

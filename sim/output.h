@@ -25,40 +25,22 @@
 
 #include <stdio.h>
 #include "sim/engine.h"
+#include "sim/metrics.h"
 #include "sim/stats.h"
 
 #define KV_OUTPUT_SEED 1        /* seed of every bootstrap (gsl_rng mt19937) */
 #define KV_RECALL_BINS 20       /* recall_hist.tsv: bins of width 0.05 over [0, 1] */
 
-/* The summary of one run. recall_* are over decode steps (per-step means over layers and
- * query heads); quantiles by linear interpolation between closest ranks
- * (gsl_stats_quantile_from_sorted_data). recall_ci: the 95% percentile-bootstrap interval
- * of recall_mean over (layer, query head) units (stats.h says why units), 1000
- * resamples seeded with KV_OUTPUT_SEED. Bytes are KV bytes (kv_tokens_to_bytes). */
-typedef struct {
-    double recall_mean, recall_p05, recall_min;
-    kv_interval recall_ci;
-    int ci_units;                         /* units the interval is over: layers * heads */
-    long long kv_tokens_peak;
-    double kv_bytes_peak, kv_bytes_mean, meta_bytes_peak;
-    double topk1_recall, topk8_recall;   /* means over decode steps */
-    /* open-loop output error (NaN without v): mean over decode steps, layers and query
-     * heads, with the bootstrap interval over (layer, query head) units like recall */
-    double out_err_mean;
-    kv_interval out_err_ci;
-    /* closed loop (NaN without a model), over decode steps t <= T-2: kl_mean with a
-     * moving-block bootstrap interval over steps (block kl_block steps, stats.h); ppl =
-     * exp(mean nll) under the policy, ppl_full under the full cache; top1_agree the share
-     * of steps whose most likely tokens agree; recall_closed the mean closed-loop recall
-     * over every decode step */
-    double kl_mean;
-    kv_interval kl_ci;
-    int kl_block;
-    double ppl, ppl_full, top1_agree, recall_closed;
-} kv_run_summary;
-
-/* Fills s for run r of res. Returns 0, or 1 when out of memory (err set). */
-int kv_run_summarise(const kv_results *res, int r, kv_run_summary *s, char *err, size_t err_len);
+/*
+ * The summary.tsv values of run r of res: values[i] for every summary column i of
+ * kv_output_columns (sim/metrics.h; the other entries are not touched), each the column's
+ * reduction over the decode steps of its metric. The recall interval is the 95%
+ * percentile-bootstrap interval of recall_mean over (layer, query head) units (stats.h
+ * says why units), KV_BOOTSTRAP_RESAMPLES resamples seeded with KV_OUTPUT_SEED.
+ * values: [kv_n_output_columns]. Returns 0, or 1 when out of memory (err set).
+ */
+int kv_run_summarise(const kv_results *res, int r, double *values, char *err,
+                     size_t err_len);
 
 /*
  * Makes sure dir exists (created with its parents) and is empty of result files. A

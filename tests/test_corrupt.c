@@ -107,7 +107,7 @@ static int open_and_replay(const char *path)
     }
     for (int r = 0; r < res->n_runs; r++)
         for (int s = 0; s < res->n_steps; s++) {
-            double x = res->runs[r].step_recall[s];
+            double x = res->runs[r].steps[s].recall;
             if (!isfinite(x) || x < 0 || x > 1 + 1e-3)
                 fail_msg("%s: replayed with recall %g at step %d", path, x, s);
         }

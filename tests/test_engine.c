@@ -132,10 +132,10 @@ static void test_tiny_hand_computed(void **state)
                 for (int h = 0; h < 2; h++)
                     for (int j = 0; j <= 3 + s; j++)
                         expect += ROWS[h][3 + s][j] / 2.0;
-            if (fabs(res->runs[p].step_recall[s] - expect) > 1e-6)
+            if (fabs(res->runs[p].steps[s].recall - expect) > 1e-6)
                 fail_msg("%s step %d: recall %.9f, expected %.9f", pl.pc[p].label, 3 + s,
-                         res->runs[p].step_recall[s], expect);
-            assert_int_equal(res->runs[p].step_kv_tokens[s], want_tokens[p][s]);
+                         res->runs[p].steps[s].recall, expect);
+            assert_int_equal(res->runs[p].steps[s].kv_tokens, want_tokens[p][s]);
         }
     }
     /* window's per-head means and minima: h0 .6 each step; h1 .9, .5, .5 */
@@ -144,20 +144,21 @@ static void test_tiny_hand_computed(void **state)
     assert_true(fabs(res->runs[0].head_recall_min[1] - .5) < 1e-6);
     /* summary: mean (.75+.55+.55)/3, min .55, p05 between .55 and .55; bytes 3*2*4*2 */
     char err[256];
-    kv_run_summary sum;
-    assert_int_equal(kv_run_summarise(res, 0, &sum, err, sizeof err), 0);
-    assert_true(fabs(sum.recall_mean - 1.85 / 3) < 1e-6);
-    assert_true(fabs(sum.recall_min - .55) < 1e-6);
-    assert_true(fabs(sum.recall_p05 - .55) < 1e-6);
-    assert_int_equal((long long)sum.kv_bytes_peak, 48);
+    double sum[64];
+    assert_true(kv_n_output_columns <= 64);
+    assert_int_equal(kv_run_summarise(res, 0, sum, err, sizeof err), 0);
+    assert_true(fabs(sum[kv_summary_column("recall_mean")] - 1.85 / 3) < 1e-6);
+    assert_true(fabs(sum[kv_summary_column("recall_min")] - .55) < 1e-6);
+    assert_true(fabs(sum[kv_summary_column("recall_p05")] - .55) < 1e-6);
+    assert_int_equal((long long)sum[kv_summary_column("kv_bytes_peak")], 48);
     /* top-k recall of window (rows from ROWS): t=3 A={1,2,3}: h0's top key 0 is out,
      * h1's top key 1 is in -> .5; all 4 keys, 3 cached -> .75. t=4 A={2,3,4}: h0 ties
      * .3 at 0 and 4, the recent 4 ranks first and is in; h1's top 1 is out -> .5; 3 of 5
      * -> .6. t=5 A={3,4,5}: h0 top 5 in, h1 top 1 out -> .5; 3 of 6 -> .5. */
     const double top1[3] = { .5, .5, .5 }, top8[3] = { .75, .6, .5 };
     for (int s = 0; s < 3; s++) {
-        assert_true(fabs(res->runs[0].step_topk1[s] - top1[s]) < 1e-12);
-        assert_true(fabs(res->runs[0].step_topk8[s] - top8[s]) < 1e-12);
+        assert_true(fabs(res->runs[0].steps[s].topk1 - top1[s]) < 1e-12);
+        assert_true(fabs(res->runs[0].steps[s].topk8 - top8[s]) < 1e-12);
     }
     /* lifetimes of window: 0 evicted at the prefill end (0 decode steps); 1 at t=3 (1
      * step: 3); 2 at t=4 (steps 3,4); 3 at t=5 (steps 3,4,5) */
@@ -217,15 +218,15 @@ static void test_accounting_invariants(void **state)
             long long t = 40 + s, want;
             if (strcmp(name, "full") == 0) {
                 want = caches * (t + 1);
-                assert_true(fabs(run->step_recall[s] - 1.0) < 1e-5);
+                assert_true(fabs(run->steps[s].recall - 1.0) < 1e-5);
             } else if (strcmp(name, "snapkv") == 0)
                 want = caches * (run->budget + 1 + s);
             else
                 want = caches * (run->budget + 1);
-            if (run->step_kv_tokens[s] != want)
+            if (run->steps[s].kv_tokens != want)
                 fail_msg("%s B=%d step %lld: kv_tokens %lld, expected %lld",
-                         pl.pc[run->policy].label, run->budget, t, run->step_kv_tokens[s], want);
-            assert_true(run->step_recall[s] > 0 && run->step_recall[s] <= 1 + 1e-5);
+                         pl.pc[run->policy].label, run->budget, t, run->steps[s].kv_tokens, want);
+            assert_true(run->steps[s].recall > 0 && run->steps[s].recall <= 1 + 1e-5);
         }
     }
     kv_results_free(res);
@@ -249,8 +250,8 @@ static void test_attn_and_qk_agree(void **state)
     kv_results *a = replay(qk, &pl, &budget, 1), *b = replay(attn, &pl, &budget, 1);
     for (int r = 0; r < a->n_runs; r++)
         for (int s = 0; s < a->n_steps; s++) {
-            assert_true(fabs(a->runs[r].step_recall[s] - b->runs[r].step_recall[s]) < 1e-5);
-            assert_int_equal(a->runs[r].step_kv_tokens[s], b->runs[r].step_kv_tokens[s]);
+            assert_true(fabs(a->runs[r].steps[s].recall - b->runs[r].steps[s].recall) < 1e-5);
+            assert_int_equal(a->runs[r].steps[s].kv_tokens, b->runs[r].steps[s].kv_tokens);
         }
     kv_results_free(a);
     kv_results_free(b);

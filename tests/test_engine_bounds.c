@@ -91,9 +91,9 @@ static void expect_recall(const kv_results *res, int run, const double *want, in
                           const char *what)
 {
     for (int s = 0; s < n; s++)
-        if (fabs(res->runs[run].step_recall[s] - want[s]) > 1e-6)
+        if (fabs(res->runs[run].steps[s].recall - want[s]) > 1e-6)
             fail_msg("%s step %d: recall %.9f, expected %.9f", what, s,
-                     res->runs[run].step_recall[s], want[s]);
+                     res->runs[run].steps[s].recall, want[s]);
 }
 
 /* --------------------------------------------- kv_granularity = query_head */
@@ -134,9 +134,9 @@ static void test_query_head_granularity(void **state)
     expect_recall(res, 0, kv_head, 3, "tova kv_head");
     expect_recall(res, 1, query_head, 3, "tova query_head");
     for (int s = 0; s < 3; s++) {
-        assert_int_equal(res->runs[0].step_kv_tokens[s], 2);
-        assert_int_equal(res->runs[1].step_kv_tokens[s], 4); /* times the group size */
-        assert_int_equal(res->runs[2].step_kv_tokens[s], 4);
+        assert_int_equal(res->runs[0].steps[s].kv_tokens, 2);
+        assert_int_equal(res->runs[1].steps[s].kv_tokens, 4); /* times the group size */
+        assert_int_equal(res->runs[2].steps[s].kv_tokens, 4);
     }
     /* Per-head means: h0 (.7+.6+.5)/3, h1 (.8+.7+.5)/3. */
     assert_true(fabs(res->runs[1].head_recall_mean[0] - 1.8 / 3) < 1e-6);
@@ -148,7 +148,8 @@ static void test_query_head_granularity(void **state)
     assert_int_equal(res->runs[1].retained[1], 1);
     /* window-qh: both caches keep {t-1}: the same sets, twice the memory; kv_bytes
      * = 4 tokens * 2 * head_dim 4 * 2 bytes. */
-    assert_true(fabs(kv_tokens_to_bytes(&res->info, res->runs[2].step_kv_tokens[0]) - 64) < 1e-9);
+    long long tokens = (long long)res->runs[2].steps[0].kv_tokens;
+    assert_true(fabs(kv_tokens_to_bytes(&res->info, tokens) - 64) < 1e-9);
     kv_results_free(res);
 }
 
@@ -187,8 +188,8 @@ static void test_tova_layer_scope(void **state)
     expect_recall(res, 0, layer, 2, "tova layer");
     expect_recall(res, 1, kv_head, 2, "tova kv_head");
     for (int s = 0; s < 2; s++) {
-        assert_int_equal(res->runs[0].step_kv_tokens[s], 4);
-        assert_int_equal(res->runs[1].step_kv_tokens[s], 4);
+        assert_int_equal(res->runs[0].steps[s].kv_tokens, 4);
+        assert_int_equal(res->runs[1].steps[s].kv_tokens, 4);
     }
     /* Retention: the last select (t=4, A={1,4}: o h0 [2/3,1/3], h1 [1/2,1/2] -> 1: 7/6,
      * 4: 5/6) keeps {1}, one set that counts for both KV heads. */
@@ -240,11 +241,11 @@ static void check_ceiling(const kv_results *res, const policy_list *pl, int n_bu
         for (int p = 1; p < pl->n; p++) {
             const kv_run_result *run = &res->runs[p * n_budgets + b];
             for (int s = 0; s < res->n_steps; s++) {
-                if (run->step_recall[s] > oracle->step_recall[s] + 1e-12)
+                if (run->steps[s].recall > oracle->steps[s].recall + 1e-12)
                     fail_msg("%s at B=%d, step %d: recall %.15f above the oracle's %.15f",
                              pl->pc[run->policy].label, run->budget, s,
-                             run->step_recall[s], oracle->step_recall[s]);
-                strictly |= run->step_recall[s] < oracle->step_recall[s] - 1e-3;
+                             run->steps[s].recall, oracle->steps[s].recall);
+                strictly |= run->steps[s].recall < oracle->steps[s].recall - 1e-3;
             }
         }
     }
@@ -332,13 +333,13 @@ static void test_oracle_is_a_ceiling(void **state)
             double want[128];
             oracle_reference(path, budgets[b], want);
             for (int s = 0; s < res->n_steps; s++)
-                if (fabs(res->runs[b].step_recall[s] - want[s]) > 1e-12)
+                if (fabs(res->runs[b].steps[s].recall - want[s]) > 1e-12)
                     fail_msg("oracle B=%d step %d: recall %.15f, reference %.15f", budgets[b],
-                             s, res->runs[b].step_recall[s], want[s]);
+                             s, res->runs[b].steps[s].recall, want[s]);
         }
         /* The oracle holds B + 1 per cache like any bounded policy. */
         for (int s = 0; s < res->n_steps; s++)
-            assert_int_equal(res->runs[0].step_kv_tokens[s], 2 * 2 * (8 + 1));
+            assert_int_equal(res->runs[0].steps[s].kv_tokens, 2 * 2 * (8 + 1));
         kv_results_free(res);
         /* Per-query-head caches: the oracle is then each head's own ceiling. */
         pl.n = 0;
@@ -385,10 +386,10 @@ static void test_lookahead_beats_window(void **state)
     int budget = 2;
     kv_results *res = replay(path, &pl, &budget, 1, 1);
     for (int s = 0; s < res->n_steps; s++) {
-        assert_true(res->runs[0].step_recall[s] == 0.5);
-        assert_true(res->runs[1].step_recall[s] == 1.0);
-        assert_true(res->runs[2].step_recall[s] == 1.0);
-        assert_true(res->runs[3].step_recall[s] == 1.0);
+        assert_true(res->runs[0].steps[s].recall == 0.5);
+        assert_true(res->runs[1].steps[s].recall == 1.0);
+        assert_true(res->runs[2].steps[s].recall == 1.0);
+        assert_true(res->runs[3].steps[s].recall == 1.0);
     }
     /* At the last select no row is left to attend to anything: every score is 0 and
      * the tie keeps the two most recent, {T-2, T-1}; 0 goes only then. */
@@ -469,7 +470,7 @@ static void test_bound_enforced(void **state)
     budget = 1;
     assert_int_equal(replay_rc(path, pc, 1, &budget, 1, 1, &res, err, sizeof err), 0);
     for (int s = 0; s < res->n_steps; s++)
-        assert_int_equal(res->runs[0].step_kv_tokens[s], 3);
+        assert_int_equal(res->runs[0].steps[s].kv_tokens, 3);
     kv_results_free(res);
 }
 
@@ -490,15 +491,15 @@ static void test_growth_patterns(void **state)
     int budget = 16;
     kv_results *res = replay(path, &pl, &budget, 1, 1);
     for (int s = 0; s < res->n_steps; s++) {
-        assert_int_equal(res->runs[0].step_kv_tokens[s], 4 * (16 + 1 + s % 3));
-        assert_int_equal(res->runs[1].step_kv_tokens[s], 4 * (16 + 1 + s % 4));
-        assert_int_equal(res->runs[2].step_kv_tokens[s], 4 * (16 + 1));
+        assert_int_equal(res->runs[0].steps[s].kv_tokens, 4 * (16 + 1 + s % 3));
+        assert_int_equal(res->runs[1].steps[s].kv_tokens, 4 * (16 + 1 + s % 4));
+        assert_int_equal(res->runs[2].steps[s].kv_tokens, 4 * (16 + 1));
     }
     /* At each eviction step the evicting rule has seen more rows than every-step MorphKV
      * but ranks the same way; the two differ somewhere in recall. */
     int differ = 0;
     for (int s = 0; s < res->n_steps; s++)
-        differ |= res->runs[0].step_recall[s] != res->runs[2].step_recall[s];
+        differ |= res->runs[0].steps[s].recall != res->runs[2].steps[s].recall;
     assert_true(differ);
     kv_results_free(res);
 }
@@ -518,11 +519,11 @@ static void test_random_reproducible(void **state)
     kv_results *c = replay(path, &pl, &budget, 1, 8);
     int param_differs = 0, seed_differs = 0;
     for (int s = 0; s < a->n_steps; s++) {
-        assert_true(a->runs[0].step_recall[s] == b->runs[0].step_recall[s]);
-        assert_true(a->runs[1].step_recall[s] == b->runs[1].step_recall[s]);
-        param_differs |= a->runs[0].step_recall[s] != a->runs[1].step_recall[s];
-        seed_differs |= a->runs[0].step_recall[s] != c->runs[0].step_recall[s];
-        assert_int_equal(a->runs[0].step_kv_tokens[s], 4 * 13);
+        assert_true(a->runs[0].steps[s].recall == b->runs[0].steps[s].recall);
+        assert_true(a->runs[1].steps[s].recall == b->runs[1].steps[s].recall);
+        param_differs |= a->runs[0].steps[s].recall != a->runs[1].steps[s].recall;
+        seed_differs |= a->runs[0].steps[s].recall != c->runs[0].steps[s].recall;
+        assert_int_equal(a->runs[0].steps[s].kv_tokens, 4 * 13);
     }
     assert_true(param_differs && seed_differs);
     kv_results_free(a);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "policies/policy.h"
+#include "sim/engine.h"
 
 /* kv_params_set must fail with exactly `expect` and leave values unchanged. */
 static void expect_error(const char *policy, const char *name, const char *text,
@@ -185,6 +186,34 @@ static void test_registry_lookup(void **state)
     assert_int_equal(kv_edit_distance("window", "window"), 0);
 }
 
+/* kv_granularity comes from the engine's table, the rest from the policy's own. */
+static void test_engine_level_params(void **state)
+{
+    (void)state;
+    kv_policy_conf pc = { .ops = kv_policy_find("h2o"), .granularity = KV_GRAN_KV_HEAD };
+    kv_params_defaults(pc.ops, &pc.values);
+    char err[KV_ERRMSG] = "";
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "query_head", err, sizeof err),
+                     0);
+    assert_int_equal(pc.granularity, KV_GRAN_QUERY_HEAD);
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "kv_head", err, sizeof err), 0);
+    assert_int_equal(pc.granularity, KV_GRAN_KV_HEAD);
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "layer", err, sizeof err),
+                     KV_EUSAGE);
+    assert_non_null(strstr(err, "kv_head|query_head"));
+    assert_int_equal(pc.granularity, KV_GRAN_KV_HEAD);
+    assert_int_equal(kv_policy_conf_set(&pc, "recent", "0.25", err, sizeof err), 0);
+    assert_true(pc.values.v[kv_params_index(pc.ops, "recent")] == 0.25);
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularty", "kv_head", err, sizeof err),
+                     KV_EUSAGE);
+    /* every engine-level default parses */
+    for (int i = 0; i < kv_n_engine_params; i++) {
+        double v;
+        assert_int_equal(kv_param_parse(&kv_engine_params[i], kv_engine_params[i].default_text,
+                                        &v, err, sizeof err), 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_defaults_and_format),
         cmocka_unit_test(test_int_with_word),
         cmocka_unit_test(test_registry_lookup),
+        cmocka_unit_test(test_engine_level_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
