@@ -1,5 +1,5 @@
 /*
- * cmd_plot.c - `kvsim plot DIR`: the five figures of a result directory (see plot.h).
+ * cmd_plot.c - `kvsim plot DIR`: the six figures of a result directory (see plot.h).
  *
  * kvsim only locates the scripts and runs gnuplot, one process per figure, with the
  * directory, the output file and the choices passed as gnuplot variables; everything a
@@ -22,7 +22,7 @@
 #define PATH_LEN 4096
 
 static const char *const figures[] = {
-    "recall_steps", "memory_steps", "recall_budget", "retention_map", "head_recall",
+    "recall_steps", "memory_steps", "recall_budget", "retention_map", "head_recall", "predict",
 };
 
 /* The gnuplot to run: $KVSIM_GNUPLOT, or "gnuplot" when found on $PATH; NULL if none. */
@@ -198,7 +198,7 @@ static void plot_usage(FILE *f)
     fprintf(f,
 "usage: kvsim plot DIR [options]\n"
 "\n"
-"Renders the five figures of a result directory (what kvsim run wrote) with gnuplot and\n"
+"Renders the six figures of a result directory (what kvsim run wrote) with gnuplot and\n"
 "the scripts in analysis/, which read the TSV files by column name:\n"
 "  recall_steps   recall per decode step, one line per policy, a panel per budget\n"
 "  memory_steps   KV-cache bytes per decode step, metadata bytes dashed (one budget)\n"

@@ -2,6 +2,7 @@
  * output.c - TSV result files and the console table (see output.h).
  */
 #include "sim/output.h"
+#include "sim/predict.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
 #include "traces/status.h"
@@ -609,6 +610,12 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
     return 0;
 }
 
+/* Which open-loop metric predicts the closed loop's kl_mean (sim/predict.h). */
+static int write_predict(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    return kv_predict_write(f, c->er, c->sums, err, err_len);
+}
+
 /* The result files, in the order they are written. */
 static const struct {
     const char *name;
@@ -622,6 +629,7 @@ static const struct {
     { "retention_map.tsv", write_retention_map },
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
+    { "predict.tsv", write_predict },
 };
 
 /* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err

@@ -1,5 +1,5 @@
 /*
- * plot.h - the five figures of a result directory, rendered by gnuplot from the scripts
+ * plot.h - the six figures of a result directory, rendered by gnuplot from the scripts
  * in analysis/ (which read the TSV files by column name; see analysis/README.md).
  *
  *   recall_steps    recall against decode step, one line per policy, a panel per budget
@@ -7,6 +7,8 @@
  *   recall_budget   mean recall against budget with 95% confidence intervals
  *   retention_map   positions still cached at the end, per (layer, KV head), per policy
  *   head_recall     mean recall per (layer, query head), a heatmap per policy
+ *   predict         open-loop recall and output error against the closed loop's KL, one
+ *                   point per (policy, budget) (a note instead without closed-loop results)
  */
 #ifndef KV_PLOT_H
 #define KV_PLOT_H
@@ -14,7 +16,7 @@
 #include <stddef.h>
 
 #define KV_PLOT_FIGURE_LIST \
-    "recall_steps, memory_steps, recall_budget, retention_map, head_recall"
+    "recall_steps, memory_steps, recall_budget, retention_map, head_recall, predict"
 
 typedef struct {
     const char *format;   /* "png" (pngcairo, 1200x800; NULL means png), "svg" or "pdf" */
@@ -33,7 +35,7 @@ typedef struct {
 int kv_plot_available(void);
 
 /*
- * Renders the five figures of result directory dir (borrowed) as out_dir/NAME.FORMAT,
+ * Renders the six figures of result directory dir (borrowed) as out_dir/NAME.FORMAT,
  * one gnuplot process per figure, with the scripts of the analysis directory: the first
  * of $KVSIM_ANALYSIS, DIR_OF_EXECUTABLE/analysis and ./analysis that holds them. where
  * (where_len bytes) receives the figure directory. Returns 0; 2 for a bad option (unknown
