@@ -3,7 +3,8 @@
  *
  * 1. Runs /usr/bin/python3 tests/test_capture_hf.py (python's unittest: the tool on the
  *    PyTorch llama2.c model of tests/torch_llama2c.py against `kvsim capture`, bfloat16
- *    and float16 models, GQA, the layer-by-layer memory bound, --check, the refusals).
+ *    and float16 models, GQA, the layer-by-layer memory bound, --check, the refusals, and
+ *    the tool's transformers glue against a stand-in, tests/stub_transformers).
  *    When /usr/bin/python3 cannot import torch, h5py and numpy it says so and skips:
  *    `make deps` installs python3-torch, python3-h5py and python3-numpy.
  * 2. Rows recomputed by kvsim: for the stories15M pair the python suite leaves behind (the
