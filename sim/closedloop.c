@@ -15,6 +15,7 @@
  */
 #include "sim/closedloop.h"
 #include "sim/cache.h"
+#include "sim/rows.h"
 #include "traces/status.h"
 
 #include <errno.h>
@@ -41,6 +42,7 @@ typedef struct {
     const kv_model_config *c;
     kv_results *res;
     int T, P, D, L, H, G, hs, group, n_seq;
+    double scale;         /* the trace's softmax_scale, for the rows the caches see */
     int *tokens;          /* [T] */
     int *identity;        /* [T] 0..T-1, the caches' full-row positions */
     float *kv;            /* keys and values of every sequence, see kv_at */
@@ -48,7 +50,8 @@ typedef struct {
     int n_caches;
     int *first;           /* [n_runs * L + 1]: run r's caches of layer l are
                              caches[first[r * L + l] .. first[r * L + l + 1]) */
-    float *scratch;       /* per sequence: H * T full rows, T weights, 2 * H * T work */
+    float *scratch;       /* per sequence: H * T full rows, T weights */
+    float *qs;            /* [H * head_size] one position's queries, for the prefill rows */
     size_t scratch_stride;
     double *recall_sum;   /* [n_runs * D] sum over layers and heads of recall_closed */
     double *logp_full;    /* [vocab] log-probabilities of sequence 0 at the current step */
@@ -142,6 +145,7 @@ static void state_free(cl_state *st)
     free(st->identity);
     free(st->kv);
     free(st->scratch);
+    free(st->qs);
     free(st->recall_sum);
     free(st->logp_full);
     free(st->sets);
@@ -230,20 +234,21 @@ static void note_failure(cl_state *st, int ci)
         st->failed_cache = ci;
 }
 
-/* Step 1: the prompt, whose rows every run shares. rows: H * T floats. */
-static void prefill(cl_state *st, const kv_model_run *run, float *rows, float *out)
+/* Step 1: the prompt, whose rows every run shares, recomputed from the full run's q and
+ * k as the replay does (sim/rows.h). rows: H * T floats; qs: H * head_size. */
+static void prefill(cl_state *st, const kv_model_run *run, float *rows, float *qs)
 {
     size_t hs = (size_t)st->hs, T = (size_t)st->T;
     int n_runs = st->res->n_runs;
     for (int t = 0; t < st->P; t++)
         for (int l = 0; l < st->L; l++) {
-            for (int h = 0; h < st->H; h++) {
-                int g = h / st->group;
-                kv_model_attend(kv_model_q(run, l) + ((size_t)h * T + (size_t)t) * hs,
-                                kv_model_k(run, l) + g * T * hs,
-                                kv_model_v(run, l) + g * T * hs, st->hs, NULL, t + 1,
-                                rows + (size_t)h * T, out);
-            }
+            for (int h = 0; h < st->H; h++)   /* query t of every head, head after head */
+                memcpy(qs + h * hs, kv_model_q(run, l) + ((size_t)h * T + (size_t)t) * hs,
+                       hs * sizeof(float));
+            for (int g = 0; g < st->G; g++)
+                kv_rows_from_qk(qs + (size_t)g * st->group * hs, st->group,
+                                kv_model_k(run, l) + g * T * hs, st->hs, st->scale, t, t + 1,
+                                rows + (size_t)g * st->group * T, T, NULL, 0, 0);
             #pragma omp parallel for schedule(dynamic)
             for (int r = 0; r < n_runs; r++)
                 for (int i = st->first[r * st->L + l]; i < st->first[r * st->L + l + 1]; i++) {
@@ -284,7 +289,7 @@ static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t
     const float *q = kv_model_batch_q(b, s);
     float *heads = kv_model_batch_heads(b, s);
     float *full = st->scratch + (size_t)s * st->scratch_stride;
-    float *row = full + (size_t)st->H * T, *work = row + T;   /* work: 2T per head */
+    float *row = full + (size_t)st->H * T;
     if (s == 0) {
         for (int h = 0; h < st->H; h++) {
             int g = h / st->group;
@@ -298,13 +303,15 @@ static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t
         cl_cache *cc = &st->caches[i];
         kv_cache *c = &cc->cache;
         /* The cache's query needs the run's own full rows p_t before A_t is known (an
-         * oracle chooses S from them), and A_t = S u {t} is S before this step's
-         * eviction plus t: so the rows come first, from the logits the softmax over A_t
-         * then reuses. */
-        for (int hh = 0; hh < c->n_heads; hh++) {
+         * oracle chooses S from them): computed as the replay recomputes rows from q and
+         * k (sim/rows.h), one product per KV head of the cache's heads. */
+        for (int hh = 0; hh < c->n_heads;) {
             int h = cc->head_lo + hh, g = h / st->group;
-            kv_model_attend_full(q + h * hs, kv_at(st, s, l, g, 0), st->hs, t + 1,
-                                 work + (size_t)hh * 2 * T, full + (size_t)hh * T);
+            int n_q = (g + 1) * st->group - h;   /* the heads up to the KV group's end */
+            n_q = n_q < c->n_heads - hh ? n_q : c->n_heads - hh;
+            kv_rows_from_qk(q + h * hs, n_q, kv_at(st, s, l, g, 0), st->hs, st->scale, t,
+                            t + 1, full + (size_t)hh * T, T, NULL, 0, 0);
+            hh += n_q;
         }
         kv_group_rows rows = { .p = full, .head_stride = T };
         kv_step_metrics m;
@@ -312,10 +319,12 @@ static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t
         if (st->sets)
             record_sets(st, r, l, cc);
         st->recall_sum[(size_t)r * st->D + (size_t)(t - st->P)] += m.recall;
-        for (int hh = 0; hh < c->n_heads; hh++) {   /* the softmax over A_t only */
+        /* the model's softmax over A_t only: what its attention computes, bit for bit
+         * kv_model_step's when A_t holds every position */
+        for (int hh = 0; hh < c->n_heads; hh++) {
             int h = cc->head_lo + hh, g = h / st->group;
-            kv_model_attend_among(work + (size_t)hh * 2 * T, t + 1, kv_at(st, s, l, g, 1),
-                                  st->hs, c->pos, c->n, row, heads + h * hs);
+            kv_model_attend(q + h * hs, kv_at(st, s, l, g, 0), kv_at(st, s, l, g, 1), st->hs,
+                            c->pos, c->n, row, heads + h * hs);
         }
         kv_cache_update(c, t);
         if (c->failed)
@@ -441,6 +450,7 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
         .m = m, .c = c, .res = res, .T = in->n_tokens, .P = in->prefill_len,
         .D = res->n_steps, .L = in->n_layers, .H = in->n_heads, .G = in->n_kv_heads,
         .hs = in->head_dim, .group = in->n_heads / in->n_kv_heads, .n_seq = res->n_runs + 1,
+        .scale = in->softmax_scale,
         .failed_cache = -1,
     };
     kv_model_batch *b = NULL;
@@ -449,12 +459,14 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
     st.tokens = malloc((size_t)st.T * sizeof *st.tokens);
     st.identity = malloc((size_t)st.T * sizeof *st.identity);
     st.kv = malloc((size_t)st.n_seq * st.L * st.G * 2 * (size_t)st.T * st.hs * sizeof(float));
-    st.scratch_stride = (size_t)(3 * st.H + 1) * st.T;   /* full rows, one row, work */
+    st.scratch_stride = (size_t)(st.H + 1) * st.T;   /* full rows, one row */
     st.scratch = malloc((size_t)st.n_seq * st.scratch_stride * sizeof(float));
+    st.qs = malloc((size_t)st.H * st.hs * sizeof(float));
     st.recall_sum = calloc((size_t)res->n_runs * st.D, sizeof *st.recall_sum);
     st.logp_full = malloc((size_t)c->vocab_size * sizeof *st.logp_full);
     int rc = 0;
-    if (!tok32 || !st.tokens || !st.identity || !st.kv || !st.scratch || !st.recall_sum ||
+    if (!tok32 || !st.tokens || !st.identity || !st.kv || !st.scratch || !st.qs ||
+        !st.recall_sum ||
         !st.logp_full) {
         snprintf(err, err_len, "out of memory for the closed loop of %d runs", res->n_runs);
         rc = KV_ERUNTIME;
@@ -485,14 +497,17 @@ int kv_closed_loop(kv_trace *tr, const kv_model *m, const kv_policy_conf *polici
         rc = KV_ERUNTIME;
     if (rc == 0 && !(run = full_pass(&st, err, err_len)))
         rc = KV_ERUNTIME;
+    /* one SGEMM per thread for the caches' rows: the BLAS starts no threads of its own */
+    int blas_threads = kv_blas_single_begin();
     if (rc == 0) {
-        prefill(&st, run, st.scratch, st.scratch + (size_t)st.H * st.T);
+        prefill(&st, run, st.scratch, st.qs);
         if (decode(&st, b, opts->progress, dump) != 0) {
             snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
                      opts->dump_sets, strerror(errno));
             rc = KV_ERUNTIME;
         }
     }
+    kv_blas_threads_restore(blas_threads);
     if (dump && fclose(dump) != 0 && rc == 0) {
         snprintf(err, err_len, "%s: writing the closed loop's sets failed: %s",
                  opts->dump_sets, strerror(errno));

@@ -868,31 +868,3 @@ void kv_model_attend(const float *q, const float *k, const float *v, int head_si
     double sum = attn_exps(row, NULL, n, mx, row);
     attn_weigh(row, sum, v, head_size, pos, n, row, out);
 }
-
-void kv_model_attend_full(const float *q, const float *k, int head_size, int n_all,
-                          float *work, float *full)
-{
-    float *x = work, *e = work + n_all;
-    attn_scores(q, k, head_size, NULL, n_all, x);
-    float mx = attn_max(x, NULL, n_all);
-    double sum = attn_exps(x, NULL, n_all, mx, e);
-    for (int j = 0; j < n_all; j++)
-        full[j] = (float)(e[j] / sum);
-}
-
-void kv_model_attend_among(const float *work, int n_all, const float *v, int head_size,
-                           const int *pos, int n, float *row, float *out)
-{
-    const float *x = work, *e = work + n_all;
-    float mx = attn_max(x, NULL, n_all), mx_sub = attn_max(x, pos, n);
-    double sum = 0.0;
-    if (mx_sub == mx) {   /* the same exponentials: reuse them */
-        for (int i = 0; i < n; i++) {
-            row[i] = e[pos[i]];
-            sum += row[i];
-        }
-    } else {
-        sum = attn_exps(x, pos, n, mx_sub, row);
-    }
-    attn_weigh(row, sum, v, head_size, pos, n, row, out);
-}

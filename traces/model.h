@@ -190,18 +190,4 @@ const float *kv_model_batch_logits(kv_model_batch *b);
 void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
                      const int *pos, int n, float *row, float *out);
 
-/*
- * The same query head two ways, for a closed-loop step, in two calls that share the dot
- * products and, when the subset holds the row's largest logit, the exponentials:
- * kv_model_attend_full gives full[0..n_all) = the softmax over keys 0..n_all-1 (as
- * kv_model_attend with pos NULL) and keeps its logits and exponentials in work (2 * n_all
- * floats, the caller's); kv_model_attend_among then gives row and out = kv_model_attend
- * over the subset pos[0..n) of those keys (1 <= n, entries < n_all, ascending), bit for
- * bit, reading work, v and pos. Cannot fail.
- */
-void kv_model_attend_full(const float *q, const float *k, int head_size, int n_all,
-                          float *work, float *full);
-void kv_model_attend_among(const float *work, int n_all, const float *v, int head_size,
-                           const int *pos, int n, float *row, float *out);
-
 #endif
