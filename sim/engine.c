@@ -676,9 +676,11 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, int no_out_err, char *err,
+                       size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
+    int want_outputs = in->has_v && !no_out_err;
     memset(s, 0, sizeof *s);
     s->block = block;
     s->cur = kv_rows_new(tr, block, err, err_len);
@@ -690,9 +692,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
         s->topk[i] = malloc(rows * TOPK * sizeof(int));
-        if (in->has_v)
+        if (want_outputs)
             s->o_full[i] = malloc(rows * (size_t)in->head_dim * sizeof(float));
-        if (!s->buf[i] || !s->topk[i] || (in->has_v && !s->o_full[i])) {
+        if (!s->buf[i] || !s->topk[i] || (want_outputs && !s->o_full[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -750,7 +752,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
                     .tty = isatty(STDERR_FILENO) };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, err, err_len);
+    rc = stream_open(&stream, tr, block, conf->no_out_err, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
         rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)

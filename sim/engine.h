@@ -55,6 +55,8 @@ typedef struct {
                              blocks of n_heads * block * T floats */
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
+    int no_out_err;       /* 1: leave out_err unmeasured (NaN) even when the trace has v:
+                             the benchmark's baseline for what measuring it costs */
 } kv_replay_conf;
 
 /* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
