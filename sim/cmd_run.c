@@ -47,9 +47,9 @@ static void run_usage(FILE *f)
 "  -f, --force             overwrite result files in a non-empty output directory\n"
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
-"  -m, --model FILE        also run every trace closed-loop with this checkpoint (the\n"
-"                          one the trace was captured from): the model attends through\n"
-"                          each policy's caches; adds kl, nll, top1 and ppl columns\n"
+"  -m, --model FILE[,FILE] also run every trace closed-loop with the checkpoint it was\n"
+"                          captured from (its checkpoint_sha256): the model attends\n"
+"                          through each policy's caches; adds kl, nll, top1, ppl columns\n"
 "      --dump-sets DIR     with --model: write every closed-loop step's A_t to\n"
 "                          DIR/TRACE.sets (for tests/ref_closedloop.py's check)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
@@ -277,18 +277,82 @@ static void buffers_free(run_buffers *b, int n_traces)
 }
 
 /* Resolves, checks, replays, writes and shows an experiment that is complete. */
-/* Loads the closed loop's checkpoint and checks every trace was captured from it, before
- * any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or KV_EUSAGE (a
- * trace from another checkpoint, without tokens, of another geometry). */
-static int load_model(const kv_experiment *ex, kv_model **out, char *err, size_t err_len)
+/* The closed loop's checkpoints (model = a.bin, b.bin) and the one each trace was captured
+ * from. */
+typedef struct {
+    kv_model **models;            /* [n_models] */
+    int n_models;
+    const kv_model **of_trace;    /* [n_traces] borrowed from models */
+} run_models;
+
+static void models_free(run_models *rm)
 {
-    if (kv_model_load(ex->model, out, err, err_len))
+    for (int i = 0; i < rm->n_models; i++)
+        kv_model_free(rm->models[i]);
+    free(rm->models);
+    free(rm->of_trace);
+    memset(rm, 0, sizeof *rm);
+}
+
+/* The model of trace tr among rm's (its checkpoint_sha256 equals the model's), checked
+ * with kv_closed_loop_check; with one model a mismatch is that check's message. Returns
+ * 0, KV_ERUNTIME or KV_EUSAGE (from another checkpoint, without tokens). */
+static int match_model(kv_trace *tr, const run_models *rm, char **paths, int k,
+                       char *err, size_t err_len)
+{
+    char sha[128], why[256];
+    int found = rm->n_models == 1 ? 0 : -1;
+    if (found < 0 && kv_trace_read_attr_string(tr, "checkpoint_sha256", sha, sizeof sha, why,
+                                                sizeof why) == 0)
+        for (int i = 0; i < rm->n_models && found < 0; i++)
+            if (strcmp(sha, kv_model_sha256(rm->models[i])) == 0)
+                found = i;
+    if (found < 0) {
+        int n = snprintf(err, err_len, "%s was captured from checkpoint sha256 %s, which is "
+                         "none of the models given:", kv_trace_path(tr), sha);
+        for (int i = 0; i < rm->n_models && n > 0 && (size_t)n < err_len; i++)
+            n += snprintf(err + n, err_len - (size_t)n, "%s %s (sha256 %s)", i ? "," : "",
+                          paths[i], kv_model_sha256(rm->models[i]));
+        return KV_EUSAGE;
+    }
+    rm->of_trace[k] = rm->models[found];
+    return kv_closed_loop_check(tr, rm->models[found], paths[found], err, err_len);
+}
+
+/* Loads the closed loop's checkpoints (a comma-separated list) and finds every trace's,
+ * before any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or
+ * KV_EUSAGE (a trace from none of them, without tokens, of another geometry). */
+static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_t err_len)
+{
+    char list[KV_PATH_LEN], *paths[KV_MAX_MODELS];
+    snprintf(list, sizeof list, "%s", ex->model);
+    int n = 0;
+    for (char *save = NULL, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ')
+            p++;
+        for (char *e = p + strlen(p); e > p && e[-1] == ' ';)
+            *--e = '\0';
+        if (n == KV_MAX_MODELS) {
+            snprintf(err, err_len, "model: at most %d checkpoints", KV_MAX_MODELS);
+            return KV_EUSAGE;
+        }
+        if (*p)
+            paths[n++] = p;
+    }
+    rm->models = calloc((size_t)n, sizeof *rm->models);
+    rm->of_trace = calloc((size_t)ex->n_traces, sizeof *rm->of_trace);
+    if (!rm->models || !rm->of_trace) {
+        snprintf(err, err_len, "out of memory");
         return KV_ERUNTIME;
+    }
+    for (; rm->n_models < n; rm->n_models++)
+        if (kv_model_load(paths[rm->n_models], &rm->models[rm->n_models], err, err_len))
+            return KV_ERUNTIME;
     for (int k = 0; k < ex->n_traces; k++) {
         kv_trace *tr = NULL;
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return KV_ERUNTIME;
-        int rc = kv_closed_loop_check(tr, *out, ex->model, err, err_len);
+        int rc = match_model(tr, rm, paths, k, err, err_len);
         kv_trace_close(tr);
         if (rc)
             return rc;
@@ -309,20 +373,21 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     for (int k = 0; rc == 0 && k < ex->n_traces; k++)
         if (kv_trace_precheck(ex->traces[k], err, err_len))
             rc = KV_ERUNTIME;
-    kv_model *model = NULL;
+    run_models rm = { 0 };
     if (rc == 0 && ex->model[0])
-        rc = load_model(ex, &model, err, err_len);
-    if (rc == 0 && o->dump_sets && !model) {
+        rc = load_models(ex, &rm, err, err_len);
+    if (rc == 0 && o->dump_sets && !rm.n_models) {
         snprintf(err, err_len, "--dump-sets needs --model (or model = in [experiment])");
         rc = KV_EUSAGE;
     }
     if (rc == 0)
         rc = kv_output_prepare(ex->output, o->force, err, err_len);
-    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .model = model,
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet,
+                              .models = rm.n_models ? rm.of_trace : NULL,
                               .dump_sets = o->dump_sets };
     if (rc == 0)
         rc = kv_experiment_replay(ex, b->tokens, &eo, b->res, err, err_len);
-    kv_model_free(model);
+    models_free(&rm);
     if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
         rc = KV_ERUNTIME;
     if (rc == 0 && !o->quiet) {

@@ -76,7 +76,7 @@ static int closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts 
         snprintf(dump, n, "%s/%s.sets", o->dump_sets, kv_trace_display_name(ex->traces[k]));
     }
     kv_closed_loop_opts co = { .seed = ex->seed, .progress = o->progress, .dump_sets = dump };
-    int rc = kv_closed_loop(tr, o->model, ex->policies, merged, &co, err, err_len);
+    int rc = kv_closed_loop(tr, o->models[k], ex->policies, merged, &co, err, err_len);
     free(dump);
     return rc;
 }
@@ -130,7 +130,7 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
         }
         merge_runs(merged, part, idx, n, nb);
     }
-    if (o->model) {   /* step 4 */
+    if (o->models) {   /* step 4 */
         int rc = closed_loop(ex, k, o, tr, merged, err, err_len);
         if (rc) {
             kv_trace_close(tr);

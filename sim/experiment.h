@@ -24,8 +24,9 @@
 typedef struct {
     int block;       /* query rows per block, 0: the engine's default */
     int progress;    /* 1: progress on stderr (per trace, and the engine's) */
-    const kv_model *model;  /* not NULL: step 4, every trace also runs closed-loop with this
-                               checkpoint (sim/closedloop.h; kv_closed_loop_check passed) */
+    const kv_model *const *models; /* not NULL: step 4, trace k also runs closed-loop with
+                               models[k], the checkpoint it was captured from
+                               (sim/closedloop.h; kv_closed_loop_check passed) */
     const char *dump_sets;  /* with a model: a directory for each trace's NAME.sets dump of
                                the closed loop's A_t, or NULL */
 } kv_experiment_opts;
