@@ -246,7 +246,7 @@ static void prefill(cl_state *st, const kv_model_run *run, float *rows, float *q
                 memcpy(qs + h * hs, kv_model_q(run, l) + ((size_t)h * T + (size_t)t) * hs,
                        hs * sizeof(float));
             for (int g = 0; g < st->G; g++)
-                kv_rows_from_qk(qs + (size_t)g * st->group * hs, st->group,
+                kv_attn_rows_from_qk(qs + (size_t)g * st->group * hs, st->group,
                                 kv_model_k(run, l) + g * T * hs, st->hs, st->scale, t, t + 1,
                                 rows + (size_t)g * st->group * T, T, NULL, 0, 0);
             #pragma omp parallel for schedule(dynamic)
@@ -309,7 +309,7 @@ static void attend_sequence(cl_state *st, kv_model_batch *b, int s, int l, int t
             int h = cc->head_lo + hh, g = h / st->group;
             int n_q = (g + 1) * st->group - h;   /* the heads up to the KV group's end */
             n_q = n_q < c->n_heads - hh ? n_q : c->n_heads - hh;
-            kv_rows_from_qk(q + h * hs, n_q, kv_at(st, s, l, g, 0), st->hs, st->scale, t,
+            kv_attn_rows_from_qk(q + h * hs, n_q, kv_at(st, s, l, g, 0), st->hs, st->scale, t,
                             t + 1, full + (size_t)hh * T, T, NULL, 0, 0);
             hh += n_q;
         }
