@@ -42,17 +42,18 @@ set multiplot layout 1, 2 title sprintf("Which offline metric predicts the outpu
     . "One point per (policy, budget), %s", what) font title_font
 set logscale y
 set yrange [y_lo : y_hi]
-set format y "10^{%L}"
 set format y "%.0e"
 set ylabel "closed-loop KL(full || policy), nats per token (log scale)"
-set key inside top right spacing 1.2 box opaque width 1 font small_font
+# points run from top left to bottom right (recall) or bottom left to top right
+# (out_err): the key sits in the empty corner of the first panel
+set key inside bottom left spacing 1.1 box opaque width 1 font small_font
 
 set xlabel "open-loop attention-mass recall (higher keeps more)"
 set xrange [0 : 1.02]
 plot for [p = 1:n_policies] "< " . tsv(summary, "recall_mean kl_mean", where(p)) \
          using 1:(positive($2)) with points ls p title word(policies, p)
 
-set xlabel "open-loop output error |o_cache - o_full| / |o_full| (lower is closer)"
+set xlabel "open-loop output error, relative L2 (lower is closer)"
 unset key
 if (has_err) {
     set autoscale x
