@@ -792,10 +792,18 @@ const float *kv_model_batch_logits(kv_model_batch *b)
     return b->logits;
 }
 
+/* The attention loops vectorise across keys or dimensions, never inside one sum, so an
+ * AVX2 clone (gathers for the keys of A_t) rounds like the baseline one. */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
+#define ATTN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ATTN_CLONES
+#endif
+
 /* x[i] = (q . k_pos[i]) * scale for i < n (pos NULL: key i), each dot product a float sum
  * over d in order, as the forward pass's attention. Keys run in the inner loop (each its
  * own sum), so the loop vectorises across keys without changing any sum's order. */
-static void attn_scores(const float *restrict q, const float *restrict k, int head_size,
+ATTN_CLONES static void attn_scores(const float *restrict q, const float *restrict k, int head_size,
                         const int *pos, int n, float *restrict x)
 {
     size_t hs = (size_t)head_size;
@@ -845,7 +853,7 @@ static double attn_exps(const float *x, const int *pos, int n, float mx, float *
 }
 
 /* row[i] = e[i] / sum rounded to float; out = sum over i, in order, of row[i] * v_pos[i]. */
-static void attn_weigh(const float *e, double sum, const float *v, int head_size,
+ATTN_CLONES static void attn_weigh(const float *e, double sum, const float *v, int head_size,
                        const int *pos, int n, float *row, float *out)
 {
     size_t hs = (size_t)head_size;
