@@ -1,67 +1,64 @@
-# predict.gp - figure 6: does an open-loop metric predict what the cache does to the
-# model's output? Left: open-loop recall (x) against the closed loop's KL from the
-# full-cache model (y, log scale); right: open-loop output error (x) against the same KL.
-# One point per (policy, budget), one colour per policy (summary.tsv: recall_mean,
-# out_err_mean, kl_mean). With several traces and no trace named it shows trace "all"
-# (means over traces). Points with kl_mean 0 (nothing evicted: full, or a budget that
-# keeps everything) cannot sit on a log axis and are left out; without closed-loop
-# results (kvsim run without --model) the figure says so.
-#   gnuplot -e "dir='results/default'" analysis/predict.gp
-name = "predict"
-load (exists("adir") ? adir : "analysis") . "/common.gp"
+# predict.gp - does an open-loop metric predict what the cache does to the model's output?
+# Left: mean recall (x) against the closed loop's kl_mean (y, log scale); right: mean
+# output error (x) against the same KL; one point per (policy, budget), one colour per
+# policy.
+# Data (kvsim plot): pr_pP.dat = recall_mean, out_err_mean (-1: none), kl_mean of policy
+# P's rows with kl_mean > 0; have_kl (0: no closed-loop results), have_err, y_lo, y_hi
+# (the KL range, whole decades), e_hi (the output error's axis end).
+load adir . "/common.gp"
 
-call adir."/need.gp" summary "trace policy budget_spec recall_mean out_err_mean kl_mean"
+g_nr = 1; g_nc = 2
+if (paper) {
+    g_l = 4.4 * em; g_r = 0.8 * em; g_t = 0.8 * em; g_gx = 2.0 * em; g_gy = 0
+    dummy = key_layout(n_pol, w_in - 0.1, label_chars)
+    g_b = 3.0 * em + key_h
+    if (fixed_h) { h_in = grid_h(columns == 2 ? 2.4 : 2.0) }
+} else {
+    g_l = 5.5 * em; g_r = key_w(label_chars) + 2 * em; g_t = 4.0 * em; g_b = 3.6 * em
+    g_gx = 2.5 * em; g_gy = 0
+}
+load adir . "/terminal.gp"
 
-shown = (!trace_given && has_trace("all")) ? "all" : trace
-where(p) = sprintf("trace=%s;policy=%s", shown, word(policies, p))
-# kl_mean values > 0 (NA rows print nothing numeric: awk's +0 of "NA" is 0)
-n_kl = int(system(tsv(summary, "kl_mean", "trace=" . shown) . \
-                  " | awk '$1 != \"NA\" && $1 + 0 > 0' | wc -l"))
-has_err = int(system(tsv(summary, "out_err_mean", "trace=" . shown) . \
-                     " | awk '$1 != \"NA\"' | wc -l")) > 0
-what = shown eq "all" ? "means over the traces" : sprintf("trace %s", shown)
-
-if (n_kl == 0) {
-    set title "Open-loop metrics against the closed loop's KL\n" \
-              . "no closed-loop results: run kvsim run with --model CHECKPOINT" font title_font
-    unset border
-    unset tics
-    set xrange [0:1]
-    set yrange [0:1]
-    plot 2 notitle
+set multiplot
+if (!paper) {
+    set label 99 "Open-loop metrics against the closed loop's KL from the full cache" \
+        at screen 0.5, 1 - 1.8 * em / h_in center font title_font
+}
+if (!have_kl) {
+    call adir . "/panel.gp" 1 1
+    unset border; unset tics
+    set xrange [0:1]; set yrange [0:1]
+    set label 1 "no closed-loop results: run kvsim run with --model CHECKPOINT" \
+        at 1.1, 0.5 center
+    plot NaN notitle
+    unset multiplot
     exit
 }
-
-positive(y) = (y > 0 ? y : NaN)
-stats "< " . tsv(summary, "kl_mean", "trace=" . shown) . " | awk '$1 != \"NA\" && $1 + 0 > 0'" \
-    using 1 nooutput
-y_lo = 10 ** floor(log10(STATS_min))
-y_hi = 10 ** ceil(log10(STATS_max))
-
-set multiplot layout 1, 2 title sprintf("Which offline metric predicts the output? " \
-    . "One point per (policy, budget), %s", what) font title_font
-set logscale y
+set label 98 "KL(full || policy), nats per token, log scale" \
+    at screen 0.8 * em / w_in, (py1(1) + py0(1)) / 2 rotate center
+set logscale y 10
 set yrange [y_lo : y_hi]
-set format y "%.0e"
-set ylabel "closed-loop KL(full || policy), nats per token (log scale)"
-# points run from top left to bottom right (recall) or bottom left to top right
-# (out_err): the key sits in the empty corner of the first panel
-set key inside bottom left spacing 1.1 box opaque width 1 font small_font
+set format y "%g"
 
-set xlabel "open-loop attention-mass recall (higher keeps more)"
+call adir . "/panel.gp" 1 1
+set xlabel "mean recall" offset 0, (paper ? 0.7 : 0.3)
 set xrange [0 : 1.02]
-plot for [p = 1:n_policies] "< " . tsv(summary, "recall_mean kl_mean", where(p)) \
-         using 1:(positive($2)) with points ls p title word(policies, p)
+plot for [p = 1:n_pol] sprintf("pr_p%d.dat", p) using 1:3 with points lt p ps 0.8 notitle
 
-set xlabel "open-loop output error, relative L2 (lower is closer)"
-unset key
-if (has_err) {
-    set autoscale x
-    set xrange [0 : *]
-    plot for [p = 1:n_policies] "< " . tsv(summary, "out_err_mean kl_mean", where(p)) \
-             using 1:(positive($2)) with points ls p
+unset label 98
+unset label 99
+call adir . "/panel.gp" 1 2
+set xlabel "mean output error (relative L2)" offset 0, (paper ? 0.7 : 0.3)
+set xrange [0 : e_hi]
+set format y ""
+if (have_err) {
+    plot for [p = 1:n_pol] sprintf("pr_p%d.dat", p) using ($2 >= 0 ? $2 : NaN):3 \
+        with points lt p ps 0.8 notitle
 } else {
-    set label 1 "no output error: the trace has no v" at graph 0.5, 0.5 center
-    plot positive(-1) notitle
+    set label 1 "no output error: the traces have no v" at graph 0.5, 0.5 center
+    plot NaN notitle
+    unset label 1
 }
+call adir . "/key.gp"
+plot for [p = 1:n_pol] NaN with points lt p ps 0.8 title pol[p]
 unset multiplot

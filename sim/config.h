@@ -13,6 +13,8 @@
  *   model   = ../shared/models/stories260K.bin  ; optional, one or more: also run
  *                                  ; every trace closed-loop with the checkpoint it was
  *                                  ; captured from (sim/closedloop.h)
+ *   style   = paper                ; optional: the figures' style, screen (default) or
+ *                                  ; paper (kvsim plot --style)
  *
  *   [policy morphkv-max]           ; the label used in every output file
  *   type   = morphkv               ; a registered policy (kvsim policies)
@@ -41,6 +43,7 @@ typedef struct {
     kv_policy_conf *policies;   /* owned */
     int n_policies;
     unsigned long seed;
+    char style[8];              /* figure style: "screen", "paper", or "" (screen) */
 } kv_experiment;
 
 /* Sets ex to an empty experiment (no policies, no budgets, seed 1). Cannot fail. */
