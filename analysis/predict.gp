@@ -9,7 +9,7 @@ load adir . "/common.gp"
 
 g_nr = 1; g_nc = 2
 if (paper) {
-    g_l = 4.4 * em; g_r = 0.8 * em; g_t = 0.8 * em; g_gx = 2.0 * em; g_gy = 0
+    g_l = 5.2 * em; g_r = 1.0 * em; g_t = 0.8 * em; g_gx = 1.2 * em; g_gy = 0
     dummy = key_layout(n_pol, w_in - 0.1, label_chars)
     g_b = 3.0 * em + key_h
     if (fixed_h) { h_in = grid_h(columns == 2 ? 2.4 : 2.0) }
@@ -34,22 +34,25 @@ if (!have_kl) {
     unset multiplot
     exit
 }
-set label 98 "KL(full || policy), nats per token, log scale" \
+set label 98 (paper ? "KL, nats per token" : "KL(full || policy), nats per token, log scale") \
     at screen 0.8 * em / w_in, (py1(1) + py0(1)) / 2 rotate center
 set logscale y 10
 set yrange [y_lo : y_hi]
-set format y "%g"
+set format y (paper ? "%.0e" : "%g")
 
 call adir . "/panel.gp" 1 1
 set xlabel "mean recall" offset 0, (paper ? 0.7 : 0.3)
 set xrange [0 : 1.02]
+if (paper) { set xtics 0.5 }
 plot for [p = 1:n_pol] sprintf("pr_p%d.dat", p) using 1:3 with points lt p ps 0.8 notitle
 
 unset label 98
 unset label 99
 call adir . "/panel.gp" 1 2
-set xlabel "mean output error (relative L2)" offset 0, (paper ? 0.7 : 0.3)
+set xlabel (paper ? "output error" : "mean output error (relative L2)") \
+    offset 0, (paper ? 0.7 : 0.3)
 set xrange [0 : e_hi]
+if (paper) { set xtics 0.5 }
 set format y ""
 if (have_err) {
     plot for [p = 1:n_pol] sprintf("pr_p%d.dat", p) using ($2 >= 0 ? $2 : NaN):3 \
