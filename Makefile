@@ -88,8 +88,9 @@ check-closedloop: kvsim
 	@mkdir -p $(BUILD)/closedloop
 	./kvsim run configs/default.ini --force --no-plot -q -o $(BUILD)/closedloop/out \
 	  --dump-sets $(BUILD)/closedloop
-	@for t in $$(ls traces/data/*.h5); do \
-	  /usr/bin/python3 tests/ref_closedloop.py $(MODEL) $$t \
+	@models=$$(ls $(dir $(MODEL))*.bin | tr '\n' ',' | sed 's/,$$//'); \
+	for t in $$(ls traces/data/*.h5); do \
+	  /usr/bin/python3 tests/ref_closedloop.py $$models $$t \
 	    $(BUILD)/closedloop/$$(basename $$t).sets $(BUILD)/closedloop/out --quiet || exit 1; \
 	done; echo "kvsim: the closed loop agrees with the float64 reference"
 

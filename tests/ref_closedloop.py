@@ -11,8 +11,12 @@ that run itself), and recomputes per step kl = KL(full || run), nll, top1, and p
 kl_mean, ppl, ppl_full and top1_agree. It reports the largest differences from kvsim's and
 exits 1 when one exceeds what float32 rounding explains (see TOLERANCES), 0 otherwise.
 
-usage: ref_closedloop.py CHECKPOINT TRACE.h5 SETS_FILE RESULTS_DIR [--quiet]
+CHECKPOINT may be a comma-separated list: the one whose SHA-256 is the trace's
+checkpoint_sha256 attribute is used.
+
+usage: ref_closedloop.py CHECKPOINT[,CHECKPOINT] TRACE.h5 SETS_FILE RESULTS_DIR [--quiet]
 """
+import hashlib
 import math
 import os
 import struct
@@ -172,10 +176,19 @@ def main(argv):
         return 2
     ckpt, trace, sets_path, results = argv[1:5]
     quiet = "--quiet" in argv[5:]
-    m = load_checkpoint(ckpt)
     with h5py.File(trace, "r") as f:
         tokens = np.array(f["tokens"], dtype=np.int64)
         P = int(f.attrs["prefill_len"])
+        want = f.attrs.get("checkpoint_sha256", b"")
+    want = want.decode() if isinstance(want, bytes) else str(want)
+    paths = ckpt.split(",")
+    if len(paths) > 1:
+        found = [p for p in paths if hashlib.sha256(open(p, "rb").read()).hexdigest() == want]
+        if not found:
+            print(f"{trace}: checkpoint sha256 {want} is none of {ckpt}", file=sys.stderr)
+            return 2
+        ckpt = found[0]
+    m = load_checkpoint(ckpt)
     T, P_sets, runs, sets = read_sets(sets_path)
     assert (T, P_sets) == (len(tokens), P), "sets file and trace disagree on T or P"
     kl, nll, nll_full, top1, gap = run_reference(m, tokens, P, sets)
