@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* One cache of one run in one layer. */
 typedef struct {
@@ -392,10 +393,23 @@ static void clear_outputs(kv_results *res)
 }
 
 /* Steps 2-3 for every decode position. */
+/* Progress on stderr once the loop passes a second: one line rewritten on a terminal, a
+ * line every 10 s otherwise (a log). */
+static void progress_line(const cl_state *st, int t, double start, double *last, int tty)
+{
+    double now = now_seconds();
+    if (now - start < 1.0 || now - *last < (tty ? 0.2 : 10.0))
+        return;
+    *last = now;
+    fprintf(stderr, tty ? "\rkvsim: closed loop, %d runs: position %d/%d"
+                        : "kvsim: closed loop, %d runs: position %d/%d\n",
+            st->n_seq - 1, t + 1, st->T);
+}
+
 static int decode(cl_state *st, kv_model_batch *b, int progress, FILE *dump)
 {
-    double start = now_seconds();
-    int shown = 0;
+    double start = now_seconds(), last = start;
+    int tty = isatty(STDERR_FILENO);
     for (int t = st->P; t < st->T && st->failed_cache < 0; t++) {
         kv_model_batch_embed(b, st->tokens[t], t);
         for (int l = 0; l < st->L; l++) {
@@ -411,15 +425,12 @@ static int decode(cl_state *st, kv_model_batch *b, int progress, FILE *dump)
         size_t n_sets = (size_t)(st->n_seq - 1) * st->L * st->H * st->set_bytes;
         if (dump && fwrite(st->sets, 1, n_sets, dump) != n_sets)
             return -1;
-        if (progress && now_seconds() - start > 1.0) {
-            fprintf(stderr, "\rkvsim: closed loop, %d runs: position %d/%d", st->n_seq - 1,
-                    t + 1, st->T);
-            shown = 1;
-        }
+        if (progress)
+            progress_line(st, t, start, &last, tty);
     }
-    if (shown)
-        fprintf(stderr, "\rkvsim: closed loop, %d runs: %d positions in %.1f s%20s\n",
-                st->n_seq - 1, st->T, now_seconds() - start, "");
+    if (progress && last > start)
+        fprintf(stderr, "%skvsim: closed loop, %d runs: %d positions in %.1f s%20s\n",
+                tty ? "\r" : "", st->n_seq - 1, st->T, now_seconds() - start, "");
     return 0;
 }
 
