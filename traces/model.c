@@ -710,12 +710,27 @@ static void batch_matmul(kv_model_batch *b, float *y, const float *w, const floa
     }
 }
 
+/* The only two places the batch reads the weights' storage: matrix t of layer l (l = 0
+ * for the classifier) times every sequence's input, and the embedding row of a token.
+ * They follow the layout the forward pass keeps (row-major here), so that the batch's
+ * products stay those of kv_model_step, bit for bit (test_closedloop checks it). */
+static void layer_product(kv_model_batch *b, int t, int l, float *y, const float *x,
+                          int n_out, int n_in)
+{
+    batch_matmul(b, y, b->m->w[t] + (size_t)l * (size_t)n_out * (size_t)n_in, x, n_out, n_in);
+}
+
+static const float *embedding_of(const kv_model *m, int token)
+{
+    return m->w[W_EMB] + (size_t)token * (size_t)m->cfg.dim;
+}
+
 void kv_model_batch_embed(kv_model_batch *b, int token, int pos)
 {
     const kv_model *m = b->m;
     size_t d = (size_t)m->cfg.dim;
     for (int s = 0; s < b->n; s++)
-        memcpy(b->x + (size_t)s * d, m->w[W_EMB] + (size_t)token * d, d * sizeof(float));
+        memcpy(b->x + (size_t)s * d, embedding_of(m, token), d * sizeof(float));
     rope_angles(b->rope, m->cfg.head_size, pos);
 }
 
@@ -727,9 +742,9 @@ void kv_model_batch_qkv(kv_model_batch *b, int l)
     for (int s = 0; s < b->n; s++)
         rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
                 m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
-    batch_matmul(b, b->q, m->w[W_WQ] + (size_t)l * d * d, b->xb, c->dim, c->dim);
-    batch_matmul(b, b->k, m->w[W_WK] + (size_t)l * kvd * d, b->xb, c->kv_dim, c->dim);
-    batch_matmul(b, b->v, m->w[W_WV] + (size_t)l * kvd * d, b->xb, c->kv_dim, c->dim);
+    layer_product(b, W_WQ, l, b->q, b->xb, c->dim, c->dim);
+    layer_product(b, W_WK, l, b->k, b->xb, c->kv_dim, c->dim);
+    layer_product(b, W_WV, l, b->v, b->xb, c->kv_dim, c->dim);
     for (int s = 0; s < b->n; s++) {
         rope_apply(b->q + (size_t)s * d, c->dim, b->rope, c->head_size);
         rope_apply(b->k + (size_t)s * kvd, c->kv_dim, b->rope, c->head_size);
@@ -762,21 +777,21 @@ void kv_model_batch_mix(kv_model_batch *b, int l)
     const kv_model_config *c = &m->cfg;
     size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim, all = (size_t)b->n * d;
     /* 2d. */
-    batch_matmul(b, b->xb, m->w[W_WO] + (size_t)l * d * d, b->heads, c->dim, c->dim);
+    layer_product(b, W_WO, l, b->xb, b->heads, c->dim, c->dim);
     for (size_t i = 0; i < all; i++)
         b->x[i] += b->xb[i];
     /* 2e, as feed_forward does for one sequence. */
     for (int s = 0; s < b->n; s++)
         rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
                 m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
-    batch_matmul(b, b->hb, m->w[W_W1] + (size_t)l * hd * d, b->xb, c->hidden_dim, c->dim);
-    batch_matmul(b, b->hb2, m->w[W_W3] + (size_t)l * hd * d, b->xb, c->hidden_dim, c->dim);
+    layer_product(b, W_W1, l, b->hb, b->xb, c->hidden_dim, c->dim);
+    layer_product(b, W_W3, l, b->hb2, b->xb, c->hidden_dim, c->dim);
     for (size_t i = 0; i < (size_t)b->n * hd; i++) {
         float a = b->hb[i];
         float silu = (float)((double)a / (1.0 + exp(-(double)a)));
         b->hb[i] = silu * b->hb2[i];
     }
-    batch_matmul(b, b->xb, m->w[W_W2] + (size_t)l * d * hd, b->hb, c->dim, c->hidden_dim);
+    layer_product(b, W_W2, l, b->xb, b->hb, c->dim, c->hidden_dim);
     for (size_t i = 0; i < all; i++)
         b->x[i] += b->xb[i];
 }
@@ -788,7 +803,7 @@ const float *kv_model_batch_logits(kv_model_batch *b)
     size_t d = (size_t)c->dim;
     for (int s = 0; s < b->n; s++)
         rmsnorm(b->x + (size_t)s * d, b->x + (size_t)s * d, m->w[W_FINAL_NORM], c->dim);
-    batch_matmul(b, b->logits, m->w[W_CLS], b->x, c->vocab_size, c->dim);
+    layer_product(b, W_CLS, 0, b->logits, b->x, c->vocab_size, c->dim);
     return b->logits;
 }
 
