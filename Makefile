@@ -87,6 +87,21 @@ run: deps models
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim run configs/default.ini --force
 
+# The closed loop's independent check: the default experiment's traces run closed-loop
+# with their checkpoint, every decode step's A_t dumped, and tests/ref_closedloop.py's
+# numpy float64 forward pass over those sets compared with kvsim's per-step kl and nll and
+# each run's kl_mean, ppl, ppl_full and top1_agree (about a minute per trace).
+.PHONY: check-closedloop
+check-closedloop: kvsim
+	@mkdir -p $(BUILD)/closedloop
+	./kvsim run configs/default.ini --force --no-plot -q -o $(BUILD)/closedloop/out \
+	  --dump-sets $(BUILD)/closedloop
+	@models=$$(ls $(dir $(MODEL))*.bin | tr '\n' ',' | sed 's/,$$//'); \
+	for t in $$(ls traces/data/*.h5); do \
+	  /usr/bin/python3 tests/ref_closedloop.py $$models $$t \
+	    $(BUILD)/closedloop/$$(basename $$t).sets $(BUILD)/closedloop/out --quiet || exit 1; \
+	done; echo "kvsim: the closed loop agrees with the float64 reference"
+
 # The synthetic experiment (a generated trace).
 run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5

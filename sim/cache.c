@@ -15,6 +15,7 @@
 #include "sim/cache.h"
 #include "sim/simd.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,9 +38,10 @@ int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *
     c->w = malloc((size_t)group * T * sizeof *c->w);
     c->keep = malloc((size_t)T);
     c->head_recall = calloc((size_t)group, sizeof *c->head_recall);
+    c->head_out_err = calloc((size_t)group, sizeof *c->head_out_err);
     c->lifetimes = calloc((size_t)D + 1, sizeof *c->lifetimes);
     if (c->pos && c->in_set && c->entered && c->w && c->keep && c->head_recall &&
-        c->lifetimes)
+        c->head_out_err && c->lifetimes)
         c->state = ops->create(values, ctx);
     if (!c->state) {
         kv_cache_free(c);
@@ -58,6 +60,7 @@ void kv_cache_free(kv_cache *c)
     free(c->w);
     free(c->keep);
     free(c->head_recall);
+    free(c->head_out_err);
     free(c->lifetimes);
     memset(c, 0, sizeof *c);
 }
@@ -205,6 +208,40 @@ static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
         w[i] *= inv;
 }
 
+/*
+ * out_err of head hh at t: o_cache = sum over A_t (pos[0..n), NULL: 0..n-1) of p[j] v_j /
+ * recall (rule 2's renormalised row, summed in double) against o_full;
+ * |o_cache - o_full| / |o_full|, 0 when both are 0. O(|A_t| * head_dim).
+ */
+static double output_error(const kv_group_rows *full, int hh, const float *p, const int *pos,
+                           int n, double recall)
+{
+    enum { MAX_HEAD_DIM = 1024 };
+    int hd = full->head_dim;
+    if (hd > MAX_HEAD_DIM)
+        return NAN;
+    const float *v = full->v + (size_t)((full->head_lo + hh) / full->heads_per_v -
+                                        full->head_lo / full->heads_per_v) * full->v_stride;
+    const float *o_full = full->o_full + (size_t)hh * full->o_stride;
+    double o[MAX_HEAD_DIM] = { 0 }, diff = 0.0, norm = 0.0;
+    for (int i = 0; i < n; i++) {
+        int j = pos ? pos[i] : i;
+        const float *vj = v + (size_t)j * hd;
+        double w = p[j];
+        for (int d = 0; d < hd; d++)
+            o[d] += w * vj[d];
+    }
+    double inv = recall > 0.0 ? 1.0 / recall : 0.0;   /* rule 6: an all-zero row */
+    for (int d = 0; d < hd; d++) {
+        double e = o[d] * inv - o_full[d];
+        diff += e * e;
+        norm += (double)o_full[d] * o_full[d];
+    }
+    if (norm == 0.0)
+        return diff == 0.0 ? 0.0 : INFINITY;
+    return sqrt(diff / norm);
+}
+
 void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metrics *m)
 {
     int is_prefill = t < c->prefill_len;
@@ -218,7 +255,7 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
     const int *pos = n == t + 1 ? NULL : c->pos;
     /* the row is built only for a policy that will read it */
     c->reads = c->ops->reads_row == NULL || c->ops->reads_row(c->state, t);
-    double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;
+    double recall_sum = 0.0, top1 = 0.0, top8 = 0.0, out_err = 0.0;
     for (int hh = 0; hh < c->n_heads; hh++) {             /* step 2 */
         const float *p = full->p + (size_t)hh * full->head_stride;
         double *w = c->w + (size_t)hh * n;
@@ -233,6 +270,8 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
         recall_sum += recall;
         c->head_recall[hh] = recall;
+        c->head_out_err[hh] = full->o_full ? output_error(full, hh, p, pos, n, recall) : NAN;
+        out_err += c->head_out_err[hh];
         if (full->top) {
             const int *top = full->top + (size_t)hh * full->top_stride;
             top1 += topk_hit(c, top, 1, t);
@@ -245,6 +284,7 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
         m->topk8 = top8;
         m->kv_tokens = (double)n * c->token_weight;
         m->meta_bytes = c->ops->meta_bytes ? (double)c->ops->meta_bytes(c->state, n) : 0.0;
+        m->out_err = out_err;
     }
 }
 

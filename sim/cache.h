@@ -56,13 +56,24 @@
  * the cache) is p + h * head_stride, t + 1 float32 weights on keys 0..t. top, when not
  * NULL, lists each row's highest keys best first (top + h * top_stride, KV_CACHE_TOPK
  * entries of which the first min(KV_CACHE_TOPK, t + 1) are used) for the top-k metrics;
- * NULL measures them as 0. Borrowed for the call.
+ * NULL measures them as 0. o_full, when not NULL, gives what the output error needs:
+ * head h's full-cache attention output sum_{j<=t} p_t^h[j] v_j at o_full + h * o_stride
+ * (head_dim floats) and the values v_j of its KV head at v_of(h) + j * head_dim, v_of(h)
+ * = v + ((head_lo + h) / heads_per_v - head_lo / heads_per_v) * v_stride; NULL measures
+ * out_err as NaN (a trace without v). Borrowed for the call.
  */
 typedef struct {
     const float *p;
     size_t head_stride;     /* floats between two heads' rows (0: all heads share one) */
     const int *top;
     size_t top_stride;      /* ints between two heads' top keys */
+    const float *o_full;
+    size_t o_stride;        /* floats between two heads' outputs */
+    const float *v;         /* the values of the KV head of the cache's first query head */
+    size_t v_stride;        /* floats between two KV heads' values */
+    int head_lo;            /* the cache's first query head within its layer */
+    int heads_per_v;        /* query heads per KV head (the model's GQA group) */
+    int head_dim;
 } kv_group_rows;
 
 /*
@@ -79,6 +90,19 @@ typedef struct {
                                min(8, t+1) keys in A_t */
     double kv_tokens;       /* |A_t| * token_weight, tokens */
     double meta_bytes;      /* the policy's metadata, ops->meta_bytes(|A_t|), bytes */
+    double out_err;         /* sum over heads of out_err_t^h = |o_cache - o_full| /
+                               |o_full| (0 when both are 0): o_full = sum_{j<=t} p_t^h[j]
+                               v_j, o_cache = sum_{j in A_t} o_t^h[j] v_j, the output of
+                               the compressed cache; NaN without values (kv_group_rows) */
+    /* The closed loop's metrics (sim/closedloop.h): one per run and step, written into
+     * the run's steps by the closed-loop driver, not by a cache; NaN in a run without a
+     * model, and at t = T-1, whose logits predict no token. */
+    double kl;              /* KL(full || policy) of the next-token distributions, nats */
+    double nll;             /* -log probability of token t+1 under the policy */
+    double nll_full;        /* -log probability of token t+1 under the full cache */
+    double top1;            /* 1 when both distributions' most likely tokens agree */
+    double recall_closed;   /* mean over layers and query heads of the mass of the run's
+                               own full-cache row on A_t (the closed loop's recall) */
 } kv_step_metrics;
 
 typedef struct {
@@ -98,6 +122,8 @@ typedef struct {
     double *w;              /* [n_heads * T] the row handed to the policy */
     unsigned char *keep;    /* [T] the policy's choice */
     double *head_recall;    /* [n_heads] recall of each head at the last decode query */
+    double *head_out_err;   /* [n_heads] out_err of each head at the last decode query
+                               (NaN without values) */
     int reads;              /* the policy reads this step's row (set by query) */
     long long *lifetimes;   /* [T - P + 1] evicted positions by the number of decode
                                steps they were attended to (0: evicted at the prefill end) */

@@ -171,8 +171,10 @@ static void print_text(kv_trace *tr)
     char tok[256], sha[80], err[512];
     if (!kv_trace_has_token_text(tr))
         return;
-    kv_trace_read_attr_string(tr, "tokenizer", tok, sizeof tok);
-    kv_trace_read_attr_string(tr, "tokenizer_sha256", sha, sizeof sha);
+    if (kv_trace_read_attr_string(tr, "tokenizer", tok, sizeof tok, err, sizeof err))
+        tok[0] = '\0';
+    if (kv_trace_read_attr_string(tr, "tokenizer_sha256", sha, sizeof sha, err, sizeof err))
+        sha[0] = '\0';
     printf("tokenizer    %s (sha256 %s), token texts in /token_text\n", tok[0] ? tok : "?",
            sha[0] ? sha : "?");
     kv_trace_tokens tk;

@@ -2,6 +2,7 @@
  * cmd_run.c - `kvsim run` (replay an experiment) and `kvsim policies` (list policies).
  */
 #include "sim/budget.h"
+#include "sim/closedloop.h"
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
@@ -51,6 +52,11 @@ static void run_usage(FILE *f)
 "  -f, --force             overwrite result files in a non-empty output directory\n"
 "      --seed N            base seed for randomised policies, 0..2^64-1 (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
+"  -m, --model FILE[,FILE] also run every trace closed-loop with the checkpoint it was\n"
+"                          captured from (its checkpoint_sha256): the model attends\n"
+"                          through each policy's caches; adds kl, nll, top1, ppl columns\n"
+"      --dump-sets DIR     with --model: write every closed-loop step's A_t to\n"
+"                          DIR/TRACE.sets (for tests/ref_closedloop.py's check)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
@@ -99,7 +105,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 typedef struct {
     int force, quiet, block, no_plot;
     const char *seed;    /* NULL: keep the experiment's */
-    const char *policies, *budgets, *trace, *output, *config;
+    const char *policies, *budgets, *trace, *output, *config, *model, *dump_sets;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
     char **typed;        /* "kvsim", then argv as typed (getopt_long reorders argv), for
@@ -110,7 +116,7 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_DUMP_SETS };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -118,6 +124,8 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
+        { "model", required_argument, 0, 'm' },
+        { "dump-sets", required_argument, 0, OPT_DUMP_SETS },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -125,13 +133,15 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqvh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:m:fqvh", longopts, NULL)) != -1) {
         switch (c) {
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
         case 'b': o->budgets = optarg; break;
         case 's': o->sets[o->n_sets++] = optarg; break;
         case 'o': o->output = optarg; break;
+        case 'm': o->model = optarg; break;
+        case OPT_DUMP_SETS: o->dump_sets = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
@@ -177,6 +187,8 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         rc = kv_experiment_set_traces(ex, o->trace, err, err_len);
     if (rc == 0 && o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
+    if (rc == 0 && o->model)
+        snprintf(ex->model, sizeof ex->model, "%s", o->model);
     for (int i = 0; rc == 0 && i < o->n_sets; i++)
         rc = apply_set(ex, o->sets[i], err, err_len);
     if (rc == 0 && o->seed && (rc = kv_experiment_set_seed(ex, o->seed, err, err_len))) {
@@ -229,7 +241,7 @@ static void report_results(const kv_experiment *ex, const kv_experiment_results 
     if (kv_output_table(stdout, er, err, sizeof err))
         fprintf(stderr, "kvsim run: %s (the result files are complete)\n", err);
     printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-           "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
+           "lifetimes, recall_hist, predict .tsv; manifest.json)\n", ex->output);
     if (o->no_plot)
         return;
     if (kv_plot_available())
@@ -354,6 +366,89 @@ static const kv_experiment_driver in_process = {
     .resolve_budgets = resolve_here, .precheck = precheck_here, .replay = replay_here,
 };
 
+/* The closed loop's checkpoints (model = a.bin, b.bin) and the one each trace was captured
+ * from. */
+typedef struct {
+    kv_model **models;            /* [n_models] */
+    int n_models;
+    const kv_model **of_trace;    /* [n_traces] borrowed from models */
+} run_models;
+
+static void models_free(run_models *rm)
+{
+    for (int i = 0; i < rm->n_models; i++)
+        kv_model_free(rm->models[i]);
+    free(rm->models);
+    free(rm->of_trace);
+    memset(rm, 0, sizeof *rm);
+}
+
+/* The model of trace tr among rm's (its checkpoint_sha256 equals the model's), checked
+ * with kv_closed_loop_check; with one model a mismatch is that check's message. Returns
+ * 0, KV_ERUNTIME or KV_EUSAGE (from another checkpoint, without tokens). */
+static int match_model(kv_trace *tr, const run_models *rm, char **paths, int k,
+                       char *err, size_t err_len)
+{
+    char sha[128], why[256];
+    int found = rm->n_models == 1 ? 0 : -1;
+    if (found < 0 && kv_trace_read_attr_string(tr, "checkpoint_sha256", sha, sizeof sha, why,
+                                                sizeof why) == 0)
+        for (int i = 0; i < rm->n_models && found < 0; i++)
+            if (strcmp(sha, kv_model_sha256(rm->models[i])) == 0)
+                found = i;
+    if (found < 0) {
+        int n = snprintf(err, err_len, "%s was captured from checkpoint sha256 %s, which is "
+                         "none of the models given:", kv_trace_path(tr), sha);
+        for (int i = 0; i < rm->n_models && n > 0 && (size_t)n < err_len; i++)
+            n += snprintf(err + n, err_len - (size_t)n, "%s %s (sha256 %s)", i ? "," : "",
+                          paths[i], kv_model_sha256(rm->models[i]));
+        return KV_EUSAGE;
+    }
+    rm->of_trace[k] = rm->models[found];
+    return kv_closed_loop_check(tr, rm->models[found], paths[found], err, err_len);
+}
+
+/* Loads the closed loop's checkpoints (a comma-separated list) and finds every trace's,
+ * before any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or
+ * KV_EUSAGE (a trace from none of them, without tokens, of another geometry). */
+static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_t err_len)
+{
+    char list[KV_PATH_LEN], *paths[KV_MAX_MODELS];
+    snprintf(list, sizeof list, "%s", ex->model);
+    int n = 0;
+    for (char *save = NULL, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ')
+            p++;
+        for (char *e = p + strlen(p); e > p && e[-1] == ' ';)
+            *--e = '\0';
+        if (n == KV_MAX_MODELS) {
+            snprintf(err, err_len, "model: at most %d checkpoints", KV_MAX_MODELS);
+            return KV_EUSAGE;
+        }
+        if (*p)
+            paths[n++] = p;
+    }
+    rm->models = calloc((size_t)n, sizeof *rm->models);
+    rm->of_trace = calloc((size_t)ex->n_traces, sizeof *rm->of_trace);
+    if (!rm->models || !rm->of_trace) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ERUNTIME;
+    }
+    for (; rm->n_models < n; rm->n_models++)
+        if (kv_model_load(paths[rm->n_models], &rm->models[rm->n_models], err, err_len))
+            return KV_ERUNTIME;
+    for (int k = 0; k < ex->n_traces; k++) {
+        kv_trace *tr = NULL;
+        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+            return KV_ERUNTIME;
+        int rc = match_model(tr, rm, paths, k, err, err_len);
+        kv_trace_close(tr);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* Resolves, checks, replays, writes and shows an experiment that is complete. */
 static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
                           const kv_experiment_driver *d, char *err, size_t err_len)
@@ -372,12 +467,27 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
      * it and switched in whole (sim/publish.h) */
     static kv_result_set rs;
     rs.dir_fd = rs.staging_fd = -1;
+    run_models rm = { 0 };
+    if (rc == 0 && ex->model[0] && d != &in_process) {
+        snprintf(err, err_len, "the closed loop (model = ...) runs in one process: use kvsim "
+                 "run");
+        rc = KV_EUSAGE;
+    }
+    if (rc == 0 && ex->model[0])
+        rc = load_models(ex, &rm, err, err_len);
+    if (rc == 0 && o->dump_sets && !rm.n_models) {
+        snprintf(err, err_len, "--dump-sets needs --model (or model = in [experiment])");
+        rc = KV_EUSAGE;
+    }
+    eo.models = rm.n_models ? rm.of_trace : NULL;
+    eo.dump_sets = o->dump_sets;
     if (rc == 0)
         rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
     for (int k = 0; rc == 0 && k < ex->n_traces; k++)
         rc = token_cells(ex->traces[k], &b->cells[k], err, err_len);
     if (rc == 0)
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
+    models_free(&rm);
     if (rc == 0 && kv_output_write(rs.staging, &er, err, err_len))
         rc = KV_ERUNTIME;
     if (rc == 0 && kv_manifest_write(rs.staging, ex, b->tokens, o->n_typed, o->typed, err,

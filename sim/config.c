@@ -354,6 +354,8 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
     }
     else if (strcmp(key, "output") == 0)
         snprintf(ex->output, sizeof ex->output, "%s", value);
+    else if (strcmp(key, "model") == 0)
+        snprintf(ex->model, sizeof ex->model, "%s", value);
     else if (strcmp(key, "budgets") == 0) {
         if (kv_experiment_set_budgets(ex, value, why, sizeof why))
             return fail(s, "[experiment] budgets: %s%s%s", why, "", "");
@@ -367,7 +369,7 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
         snprintf(ex->style, sizeof ex->style, "%s", value);
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed, style)%s%s", key, "", "");
+                    "seed, style, model)%s%s", key, "", "");
     return 1;
 }
 

@@ -11,6 +11,9 @@
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
+ *   model   = ../shared/models/stories260K.bin  ; optional, one or more: also run
+ *                                  ; every trace closed-loop with the checkpoint it was
+ *                                  ; captured from (sim/closedloop.h)
  *   style   = paper                ; optional: the figures' style, screen (default) or
  *                                  ; paper (kvsim plot --style)
  *
@@ -27,11 +30,15 @@
 #include "sim/engine.h"
 
 #define KV_PATH_LEN 4096   /* longest path, NUL included */
+#define KV_MAX_MODELS 16   /* checkpoints of one closed-loop experiment (model =) */
 
 typedef struct {
     char **traces;              /* owned paths, replayed one after the other */
     int n_traces;
     char output[KV_PATH_LEN];
+    char model[KV_PATH_LEN];    /* checkpoints for the closed loop, comma-separated (each
+                                   trace runs with the one it was captured from); "" for
+                                   none */
     kv_budget_spec *budgets;    /* owned; resolved to tokens per trace and policy */
     int n_budgets;
     kv_policy_conf *policies;   /* owned */

@@ -42,6 +42,9 @@ typedef struct {
     const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j] */
     size_t row_stride;            /* row stride (kv_producer_row_stride) */
     const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
+    const float *o_full;  /* [n_heads * block_rows * head_dim] full-cache outputs
+                             (kv_producer_outputs), NULL when the trace has no v */
+    const float *v;       /* the layer's values (kv_producer_v) */
     int t0, block_rows;
 } kv_block;
 
@@ -162,10 +165,18 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
     size_t i_row = (size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0);
+    const kv_trace_info *in = b->in;
+    int group = in->n_heads / in->n_kv_heads;
+    size_t per_kv = (size_t)in->n_tokens * in->head_dim;
     kv_group_rows g = {
         .p = b->rows + i_row * b->row_stride,
         .head_stride = (size_t)b->block_rows * b->row_stride,
         .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->block_rows * TOPK,
+        .o_full = b->o_full ? b->o_full + i_row * in->head_dim : NULL,
+        .o_stride = (size_t)b->block_rows * in->head_dim,
+        .v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL,
+        .v_stride = per_kv, .head_lo = rc->head_lo, .heads_per_v = group,
+        .head_dim = in->head_dim,
     };
     return g;
 }
@@ -175,7 +186,7 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
  * layer's per-head sums and minima of this run (head_sum/head_min: [n_heads]).
  */
 static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
-                        double *head_min)
+                        double *head_min, double *head_err)
 {
     kv_cache *c = &rc->cache;
     int P = b->in->prefill_len;
@@ -187,6 +198,7 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
         head_sum[h] += recall;
         if (recall < head_min[h])
             head_min[h] = recall;
+        head_err[h] += c->head_out_err[hh];
     }
     kv_cache_update(c, t);
 }
@@ -213,12 +225,17 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->steps = calloc((size_t)D, sizeof *run->steps);
         run->head_recall_mean = calloc((size_t)LH, sizeof(double));
         run->head_recall_min = malloc((size_t)LH * sizeof(double));
+        run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
         if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
-            !run->lifetimes || !run->retained || !run->final_sets)
+            !run->head_out_err_mean || !run->lifetimes || !run->retained || !run->final_sets)
             return -1;
+        for (int s = 0; s < D; s++) {   /* the closed loop's, until it runs */
+            kv_step_metrics *m = &run->steps[s];
+            m->kl = m->nll = m->nll_full = m->top1 = m->recall_closed = NAN;
+        }
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
     }
@@ -234,6 +251,7 @@ void kv_results_free(kv_results *res)
         free(run->steps);
         free(run->head_recall_mean);
         free(run->head_recall_min);
+        free(run->head_out_err_mean);
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
@@ -254,7 +272,7 @@ size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs)
 {
     size_t R = (size_t)n_runs, D = (size_t)(in->n_tokens - in->prefill_len);
     size_t H = (size_t)in->n_heads, G = (size_t)in->n_kv_heads, T = (size_t)in->n_tokens;
-    return pad8(R * D * sizeof(kv_step_metrics)) + 2 * pad8(R * H * sizeof(double)) +
+    return pad8(R * D * sizeof(kv_step_metrics)) + 3 * pad8(R * H * sizeof(double)) +
            pad8(R * (D + 1) * sizeof(long long)) + pad8(R * T * sizeof(int)) +
            pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int));
 }
@@ -283,6 +301,8 @@ int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs,
     part->head_recall_sum = (double *)at;
     at += pad8(R * H * sizeof(double));
     part->head_recall_min = (double *)at;
+    at += pad8(R * H * sizeof(double));
+    part->head_out_err_sum = (double *)at;
     at += pad8(R * H * sizeof(double));
     part->lifetimes = (long long *)at;
     at += pad8(R * (D + 1) * sizeof(long long));
@@ -368,6 +388,8 @@ void kv_results_add_layer(kv_results *res, const kv_layer_part *part)
                (size_t)H * sizeof(double));
         memcpy(run->head_recall_min + at, part->head_recall_min + (size_t)r * H,
                (size_t)H * sizeof(double));
+        memcpy(run->head_out_err_mean + at, part->head_out_err_sum + (size_t)r * H,
+               (size_t)H * sizeof(double));
         memcpy(run->final_sets + (size_t)part->layer * G * T,
                part->final_sets + (size_t)r * G * T, (size_t)G * T * sizeof(int));
     }
@@ -381,8 +403,10 @@ void kv_results_finish(kv_results *res)
         kv_run_result *run = &res->runs[r];
         for (int s = 0; s < res->n_steps; s++)
             kv_metrics_finish(&run->steps[s], units);
-        for (int i = 0; i < in->n_layers * in->n_heads; i++)
+        for (int i = 0; i < in->n_layers * in->n_heads; i++) {
             run->head_recall_mean[i] /= res->n_steps;
+            run->head_out_err_mean[i] /= res->n_steps;   /* NaN without v */
+        }
     }
 }
 
@@ -440,6 +464,8 @@ typedef struct {
     kv_row_producer *cur;          /* the layer being replayed, loaded */
     kv_row_producer *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
+    float *o_full[2];      /* [n_heads * block * head_dim] full-cache outputs, when the
+                              trace has v (NULL otherwise) */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
@@ -479,8 +505,11 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
 {
     char why[512];
     if (kv_producer_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) == 0)
+                     in->prefill_len, why, sizeof why) == 0) {
+        if (s->o_full[slot] && want_topk)   /* replay steps, not the prescan */
+            kv_producer_outputs(s->cur, t0, task, s->buf[slot], s->o_full[slot]);
         return 0;
+    }
     record_failure(f, why);
     return KV_ERUNTIME;
 }
@@ -506,8 +535,9 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_layer_part
     }
     size_t at = (size_t)rc->run * b->in->n_heads;
     double *hs = part->head_recall_sum + at, *hm = part->head_recall_min + at;
+    double *he = part->head_out_err_sum + at;
     for (int t = b->t0; t < b->t0 + b->block_rows; t++)
-        replay_step(rc, b, t, hs, hm);
+        replay_step(rc, b, t, hs, hm, he);
 }
 
 /*
@@ -526,7 +556,8 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
 {
     int T = in->n_tokens;
     kv_block b = { .in = in, .rows = s->buf[slot], .row_stride = kv_producer_row_stride(s->cur),
-                   .topk = s->topk[slot], .t0 = t0,
+                   .topk = s->topk[slot], .o_full = s->o_full[slot],
+                   .v = kv_producer_v(s->cur), .t0 = t0,
                    .block_rows = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -764,10 +795,11 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part 
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, char *err,
-                       size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, int no_out_err,
+                       char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
+    int want_outputs = in->has_v && !no_out_err;
     memset(s, 0, sizeof *s);
     s->block = block;
     s->cur = kv_producer_new(tr, block, err, err_len);
@@ -779,7 +811,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, char
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_producer_row_stride(s->cur) * sizeof(float));
         s->topk[i] = malloc(rows * TOPK * sizeof(int));
-        if (!s->buf[i] || !s->topk[i]) {
+        if (want_outputs)
+            s->o_full[i] = malloc(rows * (size_t)in->head_dim * sizeof(float));
+        if (!s->buf[i] || !s->topk[i] || (want_outputs && !s->o_full[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -796,6 +830,7 @@ static void stream_close(kv_stream *s)
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
+        free(s->o_full[i]);
     }
 }
 
@@ -848,7 +883,7 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
                     .tty = isatty(STDERR_FILENO), .first = first, .count = count };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, count, err, err_len);
+    rc = stream_open(&stream, tr, block, count, conf->no_out_err, err, err_len);
     for (int l = first; l < first + count && rc == 0; l++) {
         int next = l + 1 < first + count ? l + 1 : -1;
         rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &pg, err,

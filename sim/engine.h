@@ -56,6 +56,8 @@ typedef struct {
                              blocks of n_heads * block * T floats */
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
+    int no_out_err;       /* 1: leave out_err unmeasured (NaN) even when the trace has v:
+                             the benchmark's baseline for what measuring it costs */
 } kv_replay_conf;
 
 /* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
@@ -81,6 +83,8 @@ typedef struct {
                                    the last step: the group size or 0 with one cache per
                                    KV head (the default), a share with kv_granularity =
                                    query_head. For retention_map.tsv. */
+    double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps of out_err
+                                   (cache.h), NaN when the trace has no v */
 } kv_run_result;
 
 typedef struct {
@@ -143,6 +147,7 @@ typedef struct {
     kv_step_metrics *steps;     /* [R * D] the layer's caches summed, per decode step */
     double *head_recall_sum;    /* [R * H] sum over decode steps of each head's recall */
     double *head_recall_min;    /* [R * H] */
+    double *head_out_err_sum;   /* [R * H] sum over decode steps of each head's out_err */
     long long *lifetimes;       /* [R * (D + 1)] as kv_run_result.lifetimes */
     int *retained;              /* [R * T] as kv_run_result.retained, this layer only */
     int *n_cache_units;         /* [R] as kv_run_result.n_cache_units, this layer only */

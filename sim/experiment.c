@@ -3,6 +3,7 @@
  * grouped by resolved budgets into replays, their runs merged (experiment.h, steps 1-3).
  */
 #include "sim/experiment.h"
+#include "sim/closedloop.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,7 +146,27 @@ int kv_experiment_merge(const kv_experiment *ex, const kv_replay_group *g, kv_re
     return 0;
 }
 
-/* Steps 2-3 for every trace, group by group in the plan's order. */
+/* Step 4 for trace k: every merged run closed-loop with its checkpoint
+ * (sim/closedloop.h), its sets dumped to DIR/NAME.sets when asked. */
+static int closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts *o,
+                       kv_trace *tr, kv_results *merged, char *err, size_t err_len)
+{
+    char *dump = NULL;
+    if (o->dump_sets) {
+        size_t n = strlen(o->dump_sets) + strlen(ex->traces[k]) + 8;
+        if (!(dump = malloc(n))) {
+            snprintf(err, err_len, "out of memory");
+            return KV_ENOMEM;
+        }
+        snprintf(dump, n, "%s/%s.sets", o->dump_sets, kv_trace_display_name(ex->traces[k]));
+    }
+    kv_closed_loop_opts co = { .seed = ex->seed, .progress = o->progress, .dump_sets = dump };
+    int rc = kv_closed_loop(tr, o->models[k], ex->policies, merged, &co, err, err_len);
+    free(dump);
+    return rc;
+}
+
+/* Steps 2-4 for every trace, group by group in the plan's order. */
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
                          const kv_experiment_opts *opts, kv_results **res, char *err,
                          size_t err_len)
@@ -180,6 +201,8 @@ int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
         if (rc == 0)
             rc = kv_experiment_merge(ex, g, part, &res[g->trace], err, err_len);
         if (i + 1 == plan.n_groups || plan.groups[i + 1].trace != g->trace) {
+            if (rc == 0 && opts->models)   /* step 4 */
+                rc = closed_loop(ex, g->trace, opts, tr, res[g->trace], err, err_len);
             kv_trace_close(tr);
             tr = NULL;
         }

@@ -2,6 +2,7 @@
  * output.c - TSV result files and the console table (see output.h).
  */
 #include "sim/output.h"
+#include "sim/predict.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
 #include "traces/status.h"
@@ -10,6 +11,8 @@
 #include <errno.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,44 +26,84 @@ static double column_value(const kv_output_column *col, const kv_step_metrics *m
     return col->unit == KV_UNIT_KV_BYTES ? kv_tokens_to_bytes(in, (long long)v) : v;
 }
 
-/* The reduction of x[0..D) (sorted: a sorted copy of it) for one summary column; the
- * interval columns read ci. */
-static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int D,
-                           const kv_interval *ci, int units)
+/* The per-(layer, query head) means over decode steps the engine keeps for the field at
+ * offset (the unit bootstrap's units), or NULL for a field without them. */
+static const double *head_means(const kv_run_result *run, size_t offset)
+{
+    if (offset == offsetof(kv_step_metrics, recall))
+        return run->head_recall_mean;
+    if (offset == offsetof(kv_step_metrics, out_err))
+        return run->head_out_err_mean;
+    return NULL;
+}
+
+/* The reduction of x[0..n) (the column's defined steps; sorted: a sorted copy) for one
+ * summary column; the interval columns read ci, the block ones block_ci and block. */
+static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int n,
+                           const kv_interval *ci, int units, const kv_interval *block_ci,
+                           int block)
 {
     double v = 0.0;
+    if (n == 0 && red != KV_RED_CI_UNITS)
+        return NAN;
     switch (red) {
     case KV_RED_MEAN:
+        return gsl_stats_mean(x, 1, (size_t)n);
     case KV_RED_CI_MEAN:
-        return gsl_stats_mean(x, 1, (size_t)D);
+        return ci->mean;
+    case KV_RED_EXP_MEAN:
+        return exp(gsl_stats_mean(x, 1, (size_t)n));
     case KV_RED_AVERAGE:
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < n; i++)
             v += x[i];
-        return v / D;
+        return v / n;
     case KV_RED_PEAK:
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < n; i++)
             v = x[i] > v ? x[i] : v;
         return v;
     case KV_RED_MIN: return sorted[0];
-    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
+    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)n, 0.05);
     case KV_RED_CI_LO: return ci->lo;
     case KV_RED_CI_HI: return ci->hi;
     case KV_RED_CI_UNITS: return units;
+    case KV_RED_BLOCK_CI_LO: return block_ci->lo;
+    case KV_RED_BLOCK_CI_HI: return block_ci->hi;
+    case KV_RED_BLOCK_LEN: return block;
     default: return v;
     }
+}
+
+/* The interval of column col's mean: over (layer, query head) units when the engine keeps
+ * the field's per-head means, else a moving-block bootstrap over the n defined steps x.
+ * *block gets that bootstrap's block length. Returns 0, or KV_ERUNTIME (err set). */
+static int column_interval(const kv_run_result *run, const kv_output_column *col,
+                           const double *x, int n, int units, kv_interval *ci,
+                           kv_interval *block_ci, int *block, char *err, size_t err_len)
+{
+    const double *heads = head_means(run, col->offset);
+    ci->mean = ci->lo = ci->hi = NAN;
+    *block_ci = *ci;
+    *block = (int)kv_block_length((size_t)n);
+    if (heads && kv_bootstrap_mean_ci(heads, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
+                                      KV_CI_LEVEL, KV_OUTPUT_SEED, ci, err, err_len))
+        return KV_ERUNTIME;
+    if (heads && n > 0)   /* every unit has every step: the mean over units is the mean */
+        ci->mean = gsl_stats_mean(x, 1, (size_t)n);
+    if (!heads && n > 0) {
+        if (kv_block_bootstrap_mean_ci(x, (size_t)n, (size_t)*block, KV_BOOTSTRAP_RESAMPLES,
+                                       KV_CI_LEVEL, KV_OUTPUT_SEED, block_ci, err, err_len))
+            return KV_ERUNTIME;
+        ci->mean = block_ci->mean;
+    }
+    return 0;
 }
 
 int kv_run_summarise(const kv_results *res, int r, double *values, char *err, size_t err_len)
 {
     const kv_run_result *run = &res->runs[r];
     int D = res->n_steps;
-    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
-     * are resampled (stats.h) */
+    /* units, not steps, are resampled for per-head metrics (stats.h) */
     int units = res->info.n_layers * res->info.n_heads;
-    kv_interval ci;
-    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
-                             KV_CI_LEVEL, KV_OUTPUT_SEED, &ci, err, err_len))
-        return KV_ERUNTIME;
     double *x = malloc((size_t)D * sizeof *x), *sorted = malloc((size_t)D * sizeof *sorted);
     if (!x || !sorted) {
         free(x);
@@ -68,19 +111,40 @@ int kv_run_summarise(const kv_results *res, int r, double *values, char *err, si
         snprintf(err, err_len, "out of memory summarising the results");
         return KV_ERUNTIME;
     }
-    for (int i = 0; i < kv_n_output_columns; i++) {
+    int rc = 0;
+    for (int i = 0; i < kv_n_output_columns && rc == 0; i++) {
         const kv_output_column *col = &kv_output_columns[i];
         if (col->file != KV_FILE_SUMMARY)
             continue;
-        for (int s = 0; s < D; s++)
-            x[s] = column_value(col, &run->steps[s], &res->info);
-        memcpy(sorted, x, (size_t)D * sizeof *sorted);
-        gsl_sort(sorted, 1, (size_t)D);
-        values[i] = reduce_steps(col->reduction, x, sorted, D, &ci, units);
+        int n = 0;
+        for (int s = 0; s < D; s++) {
+            double v = column_value(col, &run->steps[s], &res->info);
+            if (!isnan(v))
+                x[n++] = v;
+        }
+        memcpy(sorted, x, (size_t)n * sizeof *sorted);
+        gsl_sort(sorted, 1, (size_t)n);
+        kv_interval ci = { NAN, NAN, NAN }, block_ci = ci;
+        int block = 0;
+        kv_reduction red = col->reduction;
+        if (red == KV_RED_CI_MEAN || red == KV_RED_CI_LO || red == KV_RED_CI_HI ||
+            red == KV_RED_BLOCK_CI_LO || red == KV_RED_BLOCK_CI_HI || red == KV_RED_BLOCK_LEN)
+            rc = column_interval(run, col, x, n, units, &ci, &block_ci, &block, err, err_len);
+        values[i] = reduce_steps(col->reduction, x, sorted, n, &ci, units, &block_ci, block);
     }
     free(x);
     free(sorted);
-    return 0;
+    return rc;
+}
+
+/* Writes a tab and v in format, or NA when v is NaN (a metric the run does not have). */
+static void value_cell(FILE *f, const char *format, double v)
+{
+    fputc('\t', f);
+    if (isnan(v))
+        fputs("NA", f);
+    else
+        fprintf(f, format, v);
 }
 
 static int mkdir_parents(const char *dir)
@@ -249,10 +313,8 @@ static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
 static void summary_row(FILE *f, const double *values)
 {
     for (int i = 0; i < kv_n_output_columns; i++)
-        if (kv_output_columns[i].file == KV_FILE_SUMMARY) {
-            fputc('\t', f);
-            fprintf(f, kv_output_columns[i].format, values[i]);
-        }
+        if (kv_output_columns[i].file == KV_FILE_SUMMARY)
+            value_cell(f, kv_output_columns[i].format, values[i]);
 }
 
 void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
@@ -285,18 +347,15 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
     int n = c->er->n_traces;
     const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
     double budget = 0, oracle = 0;
-    int have_oracle = 1, ci_col = kv_summary_column("recall_mean");
+    int have_oracle = 1, recall_col = kv_summary_column("recall_mean");
     for (int k = 0; k < n; k++) {
         int o = oracle_of(c, k, r);
         if (o < 0)
             have_oracle = 0;
         else
-            oracle += summary(c, k, o)[ci_col] / n;
-        x[k] = summary(c, k, r)[ci_col];
+            oracle += summary(c, k, o)[recall_col] / n;
         budget += (double)c->er->res[k]->runs[r].budget / n;
     }
-    kv_interval ci;
-    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
     char buf[32];
     fprintf(f, "all\t%s\t%s\t%.9g\t%s", pc->label, pc->ops->name, budget,
             spec_text(c, r % c->n_budgets, buf, sizeof buf));
@@ -304,20 +363,26 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
         const kv_output_column *col = &kv_output_columns[i];
         if (col->file != KV_FILE_SUMMARY)
             continue;
+        /* the interval columns: Student-t over the traces' means of the same field */
+        int mean_col = kv_summary_column_of(col->offset, KV_RED_CI_MEAN);
+        kv_interval ci = { NAN, NAN, NAN };
+        if (mean_col >= 0) {
+            for (int k = 0; k < n; k++)
+                x[k] = summary(c, k, r)[mean_col];
+            kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
+        }
         double v = 0;
-        if (col->reduction == KV_RED_CI_MEAN)
-            v = ci.mean;
-        else if (col->reduction == KV_RED_CI_LO)
-            v = ci.lo;
-        else if (col->reduction == KV_RED_CI_HI)
-            v = ci.hi;
-        else if (col->reduction == KV_RED_CI_UNITS)
-            v = n;
-        else
+        switch (col->reduction) {
+        case KV_RED_CI_MEAN: v = ci.mean; break;
+        case KV_RED_CI_LO: case KV_RED_BLOCK_CI_LO: v = ci.lo; break;
+        case KV_RED_CI_HI: case KV_RED_BLOCK_CI_HI: v = ci.hi; break;
+        case KV_RED_CI_UNITS: v = n; break;
+        case KV_RED_BLOCK_LEN: v = NAN; break;
+        default:
             for (int k = 0; k < n; k++)
                 v += summary(c, k, r)[i] / n;
-        fputc('\t', f);
-        fprintf(f, col->all_format, v);
+        }
+        value_cell(f, col->all_format, v);
     }
     if (have_oracle)
         fprintf(f, "\t%.9g", oracle);
@@ -383,8 +448,7 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     const kv_output_column *col = &kv_output_columns[i];
                     if (col->file != KV_FILE_STEPS)
                         continue;
-                    fputc('\t', f);
-                    fprintf(f, col->format, column_value(col, &run->steps[s], &res->info));
+                    value_cell(f, col->format, column_value(col, &run->steps[s], &res->info));
                 }
                 fputc('\n', f);
             }
@@ -396,7 +460,8 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\t"
+               "out_err\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
@@ -405,8 +470,10 @@ static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
                 for (int h = 0; h < res->info.n_heads; h++) {
                     int i = l * res->info.n_heads + h;
                     run_key(f, c, k, r);
-                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g\n", l, h, run->head_recall_mean[i],
+                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g", l, h, run->head_recall_mean[i],
                             run->head_recall_min[i]);
+                    value_cell(f, "%.9g", run->head_out_err_mean[i]);
+                    fputc('\n', f);
                 }
         }
     }
@@ -574,6 +641,12 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
     return 0;
 }
 
+/* Which open-loop metric predicts the closed loop's kl_mean (sim/predict.h). */
+static int write_predict(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    return kv_predict_write(f, c->er, c->sums, err, err_len);
+}
+
 /* The result files, in the order they are written. */
 static const struct {
     const char *name;
@@ -587,6 +660,7 @@ static const struct {
     { "retention_map.tsv", write_retention_map },
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
+    { "predict.tsv", write_predict },
 };
 
 int kv_output_is_result_file(const char *name)

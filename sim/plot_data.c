@@ -1324,6 +1324,70 @@ static int fig_retention_text(const kv_plot_ctx *c, fig_files *ff, char *err, si
     return rc ? KV_ERUNTIME : 0;
 }
 
+/* A number of summary row r's column col, NaN for NA or a column the results lack. */
+static double summary_value(const kv_plot_ctx *c, size_t r, int col)
+{
+    if (col < 0)
+        return NAN;
+    const char *cell = kv_tsv_cell(&c->summary, r, col);
+    char *end;
+    double v = strtod(cell, &end);
+    return end == cell || *end ? NAN : v;
+}
+
+/* Figure predict: per policy, pr_pP.dat = recall_mean, out_err_mean, kl_mean of the
+ * shown trace's rows with kl_mean > 0 (a log axis); have_kl, have_err and the KL range
+ * as variables. */
+static int fig_predict(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
+{
+    const kv_tsv *s = &c->summary;
+    int ct = kv_tsv_col(s, "trace"), cp = kv_tsv_col(s, "policy");
+    int cr = kv_tsv_col(s, "recall_mean"), ce = kv_tsv_col(s, "out_err_mean");
+    int ck = kv_tsv_col(s, "kl_mean");
+    double y_lo = INFINITY, y_hi = 0, e_hi = 0;
+    size_t n_points = 0, n_err = 0;
+    for (size_t p = 0; p < c->n_pol; p++) {
+        char name[64], path[KV_PLOT_PATH + 64];
+        snprintf(name, sizeof name, "pr_p%zu.dat", p + 1);
+        FILE *f = data_open(c, name, path, sizeof path, err, err_len);
+        if (!f)
+            return KV_ERUNTIME;
+        for (size_t r = 0; r < s->n_rows; r++) {
+            if (strcmp(kv_tsv_cell(s, r, ct), c->shown) || strcmp(kv_tsv_cell(s, r, cp),
+                                                                   c->pol[p]))
+                continue;
+            double x = summary_value(c, r, cr), e = summary_value(c, r, ce);
+            double kl = summary_value(c, r, ck);
+            if (!(kl > 0))      /* NA, or nothing evicted: no place on a log axis */
+                continue;
+            fprintf(f, "%.9g\t%.9g\t%.9g\n", x, isnan(e) ? -1.0 : e, kl);
+            n_points++;
+            n_err += !isnan(e);
+            y_lo = kl < y_lo ? kl : y_lo;
+            y_hi = kl > y_hi ? kl : y_hi;
+            e_hi = !isnan(e) && e > e_hi ? e : e_hi;
+        }
+        if (data_close(f, path, err, err_len))
+            return KV_ERUNTIME;
+    }
+    fprintf(ff->vars, "have_kl = %d\nhave_err = %d\ny_lo = %.9g\ny_hi = %.9g\n"
+            "e_hi = %.9g\n", n_points > 0, n_err > 0,
+            n_points ? pow(10, floor(log10(y_lo))) : 0.01,
+            n_points ? pow(10, ceil(log10(y_hi))) : 10, e_hi > 0 ? e_hi * 1.05 : 1);
+    if (!n_points)
+        fprintf(ff->caption, "No closed-loop results: kvsim run without --model (or model "
+                "= ...) measures no KL; this figure needs them.\n");
+    else
+        fprintf(ff->caption, "Open-loop metrics against what the cache does to the "
+                "model's output: mean attention-mass recall (left) and mean output error "
+                "(right) of each (policy, budget) against the closed loop's kl_mean, the "
+                "KL divergence of the next-token distribution from the full cache's in "
+                "nats per token (log scale), %s. Runs whose KL is exactly 0 (nothing "
+                "evicted) are left out.\n", strcmp(c->shown, "all") == 0
+                ? "means over the traces" : "one trace");
+    return 0;
+}
+
 int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char *err,
                     size_t err_len)
 {
@@ -1334,7 +1398,7 @@ int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char 
         { "recall_steps", fig_recall_steps }, { "memory_steps", fig_memory_steps },
         { "recall_budget", fig_recall_budget }, { "recall_bytes", fig_recall_bytes },
         { "retention_map", fig_retention_map }, { "head_recall", fig_head_recall },
-        { "retention_text", fig_retention_text },
+        { "retention_text", fig_retention_text }, { "predict", fig_predict },
     };
     fig_files ff;
     char cap[64];

@@ -292,6 +292,7 @@ struct kv_row_producer {
     int group;      /* query heads per KV head */
     float *q;       /* qk: n_heads * T * head_dim */
     float *k;       /* qk: n_kv_heads * T * head_dim */
+    float *v;       /* when the trace has v: n_kv_heads * T * head_dim, else NULL */
     float *qs;      /* qk: per task, the group's queries of one block: n_heads * block *
                        head_dim in all, task g at g * group * block * head_dim */
     float *out;     /* kv_producer_block's buffer: n_heads * block * row_stride, allocated on use */
@@ -317,6 +318,8 @@ kv_row_producer *kv_producer_new(kv_trace *tr, int block, char *err, size_t err_
         if (!r->q || !r->k || !r->qs)
             goto nomem;
     }
+    if (in->has_v && !(r->v = kv_alloc_large((size_t)in->n_kv_heads * T * hd * sizeof(float))))
+        goto nomem;
     return r;
 nomem:
     snprintf(err, err_len, "%s: out of memory preparing the rows", kv_trace_path(tr));
@@ -324,27 +327,63 @@ nomem:
     return NULL;
 }
 
+/* Rows of q, k and v are read in pieces when the layer has any of them. */
+static int reads_vectors(const kv_row_producer *r)
+{
+    return r->info->source == KV_SOURCE_QK || r->v;
+}
+
 int kv_producer_n_load_pieces(const kv_row_producer *r)
 {
     const kv_trace_info *in = r->info;
-    return in->source == KV_SOURCE_QK ? (in->n_tokens + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
+    return reads_vectors(r) ? (in->n_tokens + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
 }
 
 int kv_producer_pieces_for(const kv_row_producer *r, int t1)
 {
-    return r->info->source == KV_SOURCE_QK ? (t1 + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
+    return reads_vectors(r) ? (t1 + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
 }
 
 int kv_producer_load(kv_row_producer *r, int layer, int piece, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     r->layer = layer;
-    if (in->source != KV_SOURCE_QK)
+    if (!reads_vectors(r))
         return 0;
     int t0 = piece * KV_ROWS_PIECE;
     int t1 = t0 + KV_ROWS_PIECE < in->n_tokens ? t0 + KV_ROWS_PIECE : in->n_tokens;
-    int rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_Q, t0, t1, r->q, err, err_len);
-    return rc ? rc : kv_trace_read_rows(r->tr, layer, KV_TENSOR_K, t0, t1, r->k, err, err_len);
+    int rc = 0;
+    if (in->source == KV_SOURCE_QK) {
+        rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_Q, t0, t1, r->q, err, err_len);
+        if (!rc)
+            rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_K, t0, t1, r->k, err, err_len);
+    }
+    if (!rc && r->v)
+        rc = kv_trace_read_rows(r->tr, layer, KV_TENSOR_V, t0, t1, r->v, err, err_len);
+    return rc;
+}
+
+const float *kv_producer_v(const kv_row_producer *r)
+{
+    return r->v;
+}
+
+void kv_producer_outputs(const kv_row_producer *r, int t0, int task, const float *out,
+                         float *o_full)
+{
+    const kv_trace_info *in = r->info;
+    int T = in->n_tokens, t1 = t0 + r->block < T ? t0 + r->block : T, nb = t1 - t0, h0, h1;
+    int hd = in->head_dim;
+    kv_producer_task_heads(r, task, &h0, &h1);
+    /* one product per GQA group: its rows (group * nb of them, consecutive) times the
+     * group's values; entries j > t of a row are 0 up to t1 (rows.h), so j < t1 covers
+     * j <= t exactly */
+    for (int h = h0; h < h1; h += r->group) {
+        int g = h / r->group;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r->group * nb, hd, t1, 1.0f,
+                    out + (size_t)h * nb * r->row_stride, (int)r->row_stride,
+                    r->v + (size_t)g * T * hd, hd, 0.0f, o_full + (size_t)h * nb * hd, hd);
+    }
 }
 
 size_t kv_producer_row_stride(const kv_row_producer *r)
@@ -453,6 +492,7 @@ void kv_producer_close(kv_row_producer *r)
         return;
     free(r->q);
     free(r->k);
+    free(r->v);
     free(r->qs);
     free(r->out);
     free(r);

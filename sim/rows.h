@@ -136,6 +136,22 @@ void kv_producer_task_heads(const kv_row_producer *r, int task, int *h0, int *h1
 int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top, int n_top,
                      int t_top, char *err, size_t err_len);
 
+/* The loaded layer's values, v[(g * T + j) * head_dim + d] for KV head g (whatever the
+ * source, when the trace has v), or NULL when the trace has none. Borrowed, valid until
+ * the next load. Cannot fail. */
+const float *kv_producer_v(const kv_row_producer *r);
+
+/*
+ * The full-cache attention outputs of task `task`'s rows of the block at t0 (out as
+ * kv_producer_fill produced it): o_full[(h * block_rows + t - t0) * head_dim + d] = sum over j <= t
+ * of p_t^h[j] v_j[d] for the task's heads h, with v_j the value of h's KV head; one SGEMM
+ * per GQA group (rows x values, the size of the recompute's product divided by T /
+ * head_dim). The trace must have v (kv_producer_v not NULL) and every piece the block needs
+ * must be loaded. o_full holds n_heads * block * head_dim floats, the caller's. Cannot fail.
+ */
+void kv_producer_outputs(const kv_row_producer *r, int t0, int task, const float *out,
+                         float *o_full);
+
 /*
  * Convenience: opens a row producer and loads layer (every piece). NULL with err set on
  * failure.

@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sim/closedloop.h"
 #include "sim/engine.h"
 #include "sim/output.h"
 #include "sim/rows.h"
@@ -62,16 +63,29 @@ typedef struct {
     const char *file;
     int n_layers, n_heads, n_kv_heads, head_dim, n_tokens, prefill_len;
     int attn;            /* 1: source attn (rows stored, float16), 0: qk (float32) */
-    unsigned long seed;
+    unsigned long seed;  /* 0: a committed real trace in traces/data/, not generated */
 } bench_trace;
 
 static const bench_trace traces[] = {
     { "w1_qk_L4_H32-8_T4096_D128.h5", 4, 32, 8, 128, 4096, 1024, 0, 1 },
     { "w2_attn_L2_H8-2_T4096_f16.h5", 2, 8, 2, 64, 4096, 1024, 1, 2 },
     { "w3_qk_L1_H8-2_T32768_D64.h5", 1, 8, 2, 64, 32768, 4096, 0, 3 },
+    /* workload 5: the default experiment's first real trace (q, k, v, tokens) */
+    { "stories260K_T512_P128_seed1.h5", 5, 8, 4, 8, 512, 128, 0, 0 },
 };
+#define N_TRACES ((int)(sizeof traces / sizeof traces[0]))
+/* The checkpoint of workload 5 for the closed loop: $KVSIM_MODEL, else this file in models_dir(). */
+#define BENCH_MODEL "stories260K.bin"   /* in models_dir() */
 
-enum job_kind { JOB_REPLAY, JOB_ROWS, JOB_SGEMM, JOB_CAPTURE, JOB_SGEMV };
+enum job_kind {
+    JOB_REPLAY,
+    JOB_ROWS,
+    JOB_SGEMM,
+    JOB_CAPTURE,
+    JOB_SGEMV,
+    JOB_REPLAY_NO_OUT_ERR,  /* the replay without out_err (kv_replay_conf.no_out_err) */
+    JOB_CLOSED              /* the replay, then the closed loop with BENCH_MODEL */
+};
 
 typedef struct {
     const char *name;
@@ -89,6 +103,7 @@ typedef struct {
 } bench_job;
 
 #define FIVE "window,streamingllm,h2o,snapkv,morphkv"
+#define DEFAULT_SET "full,window,streamingllm,h2o,snapkv,morphkv,tova,oracle,lookahead"
 
 static const bench_job jobs[] = {
     { "4-sgemm", JOB_SGEMM, -1, NULL, 0, 0, NULL, "ceiling", NULL, 0, 0 },
@@ -110,6 +125,9 @@ static const bench_job jobs[] = {
       .model = "stories15M.bin", .positions = 256 },
     { .name = "5-cap260K", .kind = JOB_CAPTURE, .trace = -1, .threads = 1, .target = "",
       .model = "stories260K.bin", .positions = 512, .prompt = 128 },
+    { "5-open", JOB_REPLAY, 3, DEFAULT_SET, 64, 1, "5-no-err", "", NULL, 0, 0 },
+    { "5-no-err", JOB_REPLAY_NO_OUT_ERR, 3, DEFAULT_SET, 64, 1, NULL, "", NULL, 0, 0 },
+    { "5-closed", JOB_CLOSED, 3, DEFAULT_SET, 64, 1, "5-open", "<= 4.0", NULL, 0, 0 },
 };
 #define N_JOBS ((int)(sizeof jobs / sizeof jobs[0]))
 
@@ -144,7 +162,10 @@ static int find_job(const char *name)
 
 static void trace_path(const char *dir, int t, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/%s", dir, traces[t].file);
+    if (traces[t].seed == 0)
+        snprintf(buf, len, "traces/data/%s", traces[t].file);
+    else
+        snprintf(buf, len, "%s/%s", dir, traces[t].file);
 }
 
 /* Multiply-adds of recomputing every row of a qk trace: sum over layers, heads and t of
@@ -209,20 +230,48 @@ static int parse_policies(const char *list, kv_policy_conf *pc, int max)
     return n;
 }
 
-/* The replay, timed; its result files go to DIR/out/NAME for the thread comparison. */
+static const char *models_dir(void)
+{
+    const char *d = getenv("KVSIM_MODELS");
+    return d && *d ? d : "models";
+}
+
+/* The closed loop of res's runs with models_dir()/BENCH_MODEL (or $KVSIM_MODEL). */
+static int closed_loop(kv_trace *tr, const kv_policy_conf *pc, kv_results *res, char *err,
+                       size_t err_len)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", models_dir(), BENCH_MODEL);
+    if (getenv("KVSIM_MODEL"))
+        snprintf(path, sizeof path, "%s", getenv("KVSIM_MODEL"));
+    kv_model *m = NULL;
+    if (kv_model_load(path, &m, err, err_len))
+        return 1;
+    kv_closed_loop_opts co = { .seed = 1 };
+    int rc = kv_closed_loop_check(tr, m, path, err, err_len) ||
+             kv_closed_loop(tr, m, pc, res, &co, err, err_len);
+    kv_model_free(m);
+    return rc;
+}
+
+/* The replay (and the closed loop), timed; its result files go to DIR/out/NAME for the
+ * thread comparison. */
 static int child_replay(const char *dir, const bench_job *j, kv_trace *tr)
 {
-    kv_policy_conf pc[8];
-    int n = parse_policies(j->policies, pc, 8);
+    kv_policy_conf pc[16];
+    int n = parse_policies(j->policies, pc, 16);
     if (n < 0)
         return 1;
     kv_replay_conf conf = { .policies = pc, .n_policies = n, .budgets = &j->budget,
-                            .n_budgets = 1, .seed = 1 };
+                            .n_budgets = 1, .seed = 1,
+                            .no_out_err = j->kind == JOB_REPLAY_NO_OUT_ERR };
     char err[512];
     kv_results *res = NULL;
     double w0 = wall_now(), c0 = cpu_now();
-    if (kv_replay(tr, &conf, &res, err, sizeof err) != 0) {
+    if (kv_replay(tr, &conf, &res, err, sizeof err) != 0 ||
+        (j->kind == JOB_CLOSED && closed_loop(tr, pc, res, err, sizeof err) != 0)) {
         fprintf(stderr, "bench: %s: %s\n", j->name, err);
+        kv_results_free(res);
         return 1;
     }
     double wall = wall_now() - w0, cpu = cpu_now() - c0;
@@ -307,12 +356,6 @@ static int child_sgemm(void)
     free(c);
     printf("RESULT %.6f %.6f\n", best, best_cpu);
     return 0;
-}
-
-static const char *models_dir(void)
-{
-    const char *d = getenv("KVSIM_MODELS");
-    return d && *d ? d : "models";
 }
 
 /* Job 5: one capture through the library, as `kvsim capture` runs it. */
@@ -505,8 +548,8 @@ static int same_outputs(const char *dir, const char *j1, const char *j2)
 
 static int ensure_traces(const char *self, const char *dir, const int *wanted)
 {
-    for (int t = 0; t < (int)(sizeof traces / sizeof traces[0]); t++) {
-        if (!wanted[t])
+    for (int t = 0; t < N_TRACES; t++) {
+        if (!wanted[t] || traces[t].seed == 0)   /* committed, not generated */
             continue;
         char path[512];
         trace_path(dir, t, path, sizeof path);
@@ -616,7 +659,8 @@ int main(int argc, char **argv)
         argv += 2;
     }
     const char *dir = argc >= 2 ? argv[1] : "build/bench";
-    int want_job[N_JOBS], want_trace[3] = { 0, 0, 0 };
+    int want_job[N_JOBS], want_trace[N_TRACES];
+    memset(want_trace, 0, sizeof want_trace);
     for (int i = 0; i < N_JOBS; i++)
         want_job[i] = argc <= 2;
     for (int a = 2; a < argc; a++) {

@@ -907,3 +907,244 @@ const float *kv_model_v(const kv_model_run *r, int layer)
     const kv_model_config *c = &r->m->cfg;
     return r->rec_v + (size_t)layer * (size_t)r->n_pos * (size_t)c->kv_dim;
 }
+
+/* ------------------------------------------------ many sequences, one position */
+
+struct kv_model_batch {
+    const kv_model *m;
+    int n;         /* sequences */
+    float *x;      /* residual streams [n][dim] */
+    float *xb;     /* normed input / branch output [n][dim] */
+    float *heads;  /* attention outputs [n][dim], the caller's to fill */
+    float *q;      /* [n][dim] */
+    float *k, *v;  /* [n][kv_dim] */
+    float *hb, *hb2;   /* FFN gate and up [n][hidden_dim] */
+    float *rope;   /* cos, sin per pair at the current position [head_size] */
+    float *logits; /* [n][vocab_size] */
+};
+
+void kv_model_batch_free(kv_model_batch *b)
+{
+    if (!b)
+        return;
+    float *bufs[] = {b->x, b->xb, b->heads, b->q, b->k, b->v, b->hb, b->hb2, b->rope,
+                     b->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(b);
+}
+
+int kv_model_batch_create(const kv_model *m, int n, kv_model_batch **out, char *err,
+                          size_t err_len)
+{
+    *out = NULL;
+    if (n < 1) {
+        snprintf(err, err_len, "model batch: %d sequences requested, need at least 1", n);
+        return KV_EMODEL_ARG;
+    }
+    const kv_model_config *c = &m->cfg;
+    kv_model_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, err_len, "model batch: out of memory");
+        return KV_EMODEL_NOMEM;
+    }
+    size_t ns = (size_t)n, d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    size_t hd = (size_t)c->hidden_dim;
+    b->m = m;
+    b->n = n;
+    b->x = calloc(ns * d, sizeof(float));
+    b->xb = calloc(ns * d, sizeof(float));
+    b->heads = calloc(ns * d, sizeof(float));
+    b->q = calloc(ns * d, sizeof(float));
+    b->k = calloc(ns * kvd, sizeof(float));
+    b->v = calloc(ns * kvd, sizeof(float));
+    b->hb = calloc(ns * hd, sizeof(float));
+    b->hb2 = calloc(ns * hd, sizeof(float));
+    b->rope = calloc((size_t)c->head_size, sizeof(float));
+    b->logits = calloc(ns * (size_t)c->vocab_size, sizeof(float));
+    if (!b->x || !b->xb || !b->heads || !b->q || !b->k || !b->v || !b->hb || !b->hb2 ||
+        !b->rope || !b->logits) {
+        kv_model_batch_free(b);
+        snprintf(err, err_len, "model batch: out of memory for %d sequences", n);
+        return KV_EMODEL_NOMEM;
+    }
+    *out = b;
+    return KV_MODEL_OK;
+}
+
+
+/* Matrix t of layer l (l = 0 for the classifier) times every sequence's input: the
+ * sequences go through the panels as a prompt's positions do, so each product is
+ * kv_model_step's, bit for bit (test_closedloop checks it). */
+static void layer_product(kv_model_batch *b, int t, int l, float *y, const float *x,
+                          int n_out, int n_in)
+{
+    panel_matmul(y, layer_weights(b->m, t, l), x, b->n, n_out, n_in);
+}
+
+void kv_model_batch_embed(kv_model_batch *b, int token, int pos)
+{
+    const kv_model *m = b->m;
+    size_t d = (size_t)m->cfg.dim;
+    for (int s = 0; s < b->n; s++)
+        embedding_row(m, token, b->x + (size_t)s * d);
+    rope_angles(b->rope, m->cfg.head_size, pos);
+}
+
+void kv_model_batch_qkv(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
+    layer_product(b, W_WQ, l, b->q, b->xb, c->dim, c->dim);
+    layer_product(b, W_WK, l, b->k, b->xb, c->kv_dim, c->dim);
+    layer_product(b, W_WV, l, b->v, b->xb, c->kv_dim, c->dim);
+    for (int s = 0; s < b->n; s++) {
+        rope_apply(b->q + (size_t)s * d, c->dim, b->rope, c->head_size);
+        rope_apply(b->k + (size_t)s * kvd, c->kv_dim, b->rope, c->head_size);
+    }
+}
+
+const float *kv_model_batch_q(const kv_model_batch *b, int s)
+{
+    return b->q + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+const float *kv_model_batch_k(const kv_model_batch *b, int s)
+{
+    return b->k + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+const float *kv_model_batch_v(const kv_model_batch *b, int s)
+{
+    return b->v + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+float *kv_model_batch_heads(kv_model_batch *b, int s)
+{
+    return b->heads + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+void kv_model_batch_mix(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim, all = (size_t)b->n * d;
+    /* 2d. */
+    layer_product(b, W_WO, l, b->xb, b->heads, c->dim, c->dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+    /* 2e, as feed_forward does for one sequence. */
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
+    layer_product(b, W_W1, l, b->hb, b->xb, c->hidden_dim, c->dim);
+    layer_product(b, W_W3, l, b->hb2, b->xb, c->hidden_dim, c->dim);
+    for (size_t i = 0; i < (size_t)b->n * hd; i++) {
+        float a = b->hb[i];
+        float silu = (float)((double)a / (1.0 + exp(-(double)a)));
+        b->hb[i] = silu * b->hb2[i];
+    }
+    layer_product(b, W_W2, l, b->xb, b->hb, c->dim, c->hidden_dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+}
+
+const float *kv_model_batch_logits(kv_model_batch *b)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->x + (size_t)s * d, b->x + (size_t)s * d, m->w[W_FINAL_NORM], c->dim);
+    layer_product(b, W_CLS, 0, b->logits, b->x, c->vocab_size, c->dim);
+    return b->logits;
+}
+
+/* The attention loops vectorise across keys or dimensions, never inside one sum, so an
+ * AVX2 clone (gathers for the keys of A_t) rounds like the baseline one. */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
+#define ATTN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ATTN_CLONES
+#endif
+
+/* x[i] = (q . k_pos[i]) * scale for i < n (pos NULL: key i), each dot product a float sum
+ * over d in order, as the forward pass's attention. Keys run in the inner loop (each its
+ * own sum), so the loop vectorises across keys without changing any sum's order. */
+ATTN_CLONES static void attn_scores(const float *restrict q, const float *restrict k, int head_size,
+                        const int *pos, int n, float *restrict x)
+{
+    size_t hs = (size_t)head_size;
+    float scale = (float)(1.0 / sqrt((double)head_size));
+    for (int i = 0; i < n; i++)
+        x[i] = 0.0f;
+    if (!pos) {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)i * hs];
+        }
+    } else {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)pos[i] * hs];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        x[i] = x[i] * scale;
+}
+
+/* The largest of x[pos[i]] (pos NULL: x[i]) for i < n. */
+static float attn_max(const float *x, const int *pos, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        float xi = x[pos ? pos[i] : i];
+        mx = xi > mx ? xi : mx;
+    }
+    return mx;
+}
+
+/* e[i] = exp(x[pos[i]] - mx) in double rounded to float; returns their sum in double,
+ * added in order. */
+static double attn_exps(const float *x, const int *pos, int n, float mx, float *e)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        e[i] = (float)exp((double)(x[pos ? pos[i] : i] - mx));
+        sum += e[i];
+    }
+    return sum;
+}
+
+/* row[i] = e[i] / sum rounded to float; out = sum over i, in order, of row[i] * v_pos[i]. */
+ATTN_CLONES static void attn_weigh(const float *e, double sum, const float *v, int head_size,
+                       const int *pos, int n, float *row, float *out)
+{
+    size_t hs = (size_t)head_size;
+    for (int i = 0; i < n; i++)
+        row[i] = (float)(e[i] / sum);
+    for (size_t d = 0; d < hs; d++)
+        out[d] = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *vj = v + (size_t)(pos ? pos[i] : i) * hs;
+        for (size_t d = 0; d < hs; d++)
+            out[d] += row[i] * vj[d];
+    }
+}
+
+void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
+                     const int *pos, int n, float *row, float *out)
+{
+    attn_scores(q, k, head_size, pos, n, row);
+    float mx = attn_max(row, NULL, n);
+    double sum = attn_exps(row, NULL, n, mx, row);
+    attn_weigh(row, sum, v, head_size, pos, n, row, out);
+}

@@ -142,4 +142,73 @@ const float *kv_model_v(const kv_model_run *r, int layer);
 /* Frees the run. NULL is ignored. */
 void kv_model_run_free(kv_model_run *r);
 
+/* ------------------------------------------------ many sequences, one position */
+
+/*
+ * A batch of n sequences that run the same token at the same position, each with its own
+ * attention (a KV-cache policy evicting inside it, in a closed-loop evaluation): the
+ * caller supplies every head's attention output, the batch does everything else. Each
+ * weight matrix multiplies all n sequences in one pass over the weights (a matrix-matrix
+ * product with one column per sequence), and every output is summed in input order like
+ * the single-sequence forward pass, so column b's results are bit-identical to
+ * kv_model_step's for the same inputs, whatever n and b. Per position and layer:
+ *
+ *   kv_model_batch_embed(b, token, pos)      step 1 for every sequence
+ *   for each layer l:
+ *       kv_model_batch_qkv(b, l)             step 2a-2b: q, k, v of every sequence
+ *       [caller: attention of each sequence into kv_model_batch_heads(b)]   step 2c
+ *       kv_model_batch_mix(b, l)             steps 2d-2e
+ *   kv_model_batch_logits(b)                 step 3 for every sequence
+ */
+typedef struct kv_model_batch kv_model_batch;
+
+/* Allocates a batch of n >= 1 sequences for m (borrowed, must outlive it): O(n * (dim +
+ * hidden_dim + vocab_size)) floats. Returns 0, or KV_EMODEL_NOMEM / KV_EMODEL_ARG with err
+ * set; *out is NULL on failure. */
+int kv_model_batch_create(const kv_model *m, int n, kv_model_batch **out, char *err,
+                          size_t err_len);
+
+/* Frees the batch. NULL is ignored. */
+void kv_model_batch_free(kv_model_batch *b);
+
+/* Step 1: every sequence's residual stream becomes the embedding of token (0 <= token <
+ * vocab_size, checked by the caller); pos (>= 0) sets the rotary angles of the layers to
+ * come. Cannot fail. */
+void kv_model_batch_embed(kv_model_batch *b, int token, int pos);
+
+/* Steps 2a-2b of layer l: afterwards kv_model_batch_q/k/v hold every sequence's query
+ * (after rotary), key (after rotary) and value. Cannot fail. */
+void kv_model_batch_qkv(kv_model_batch *b, int layer);
+
+/* Sequence s's query [dim] (head h at h * head_size), key and value [kv_dim] (KV head g
+ * at g * head_size) of the last kv_model_batch_qkv. Borrowed. Cannot fail. */
+const float *kv_model_batch_q(const kv_model_batch *b, int s);
+const float *kv_model_batch_k(const kv_model_batch *b, int s);
+const float *kv_model_batch_v(const kv_model_batch *b, int s);
+
+/* Sequence s's attention outputs [dim], head h at h * head_size, that the caller fills
+ * between kv_model_batch_qkv and kv_model_batch_mix (kv_model_attend computes one head).
+ * Borrowed. Cannot fail. */
+float *kv_model_batch_heads(kv_model_batch *b, int s);
+
+/* Steps 2d-2e of layer l: the output projection of the heads and the feed-forward block,
+ * added to every residual stream. Cannot fail. */
+void kv_model_batch_mix(kv_model_batch *b, int layer);
+
+/* Step 3 for every sequence: returns the logits, sequence s at s * vocab_size. Borrowed,
+ * valid until the next call on b. Cannot fail. */
+const float *kv_model_batch_logits(kv_model_batch *b);
+
+/*
+ * One query head's attention over the keys at positions pos[0..n) (n >= 1, any order; pos
+ * NULL: positions 0..n-1), exactly as the forward pass computes it over positions 0..pos:
+ * logits q . k_j / sqrt(head_size) in float, the maximum subtracted, exponentials in
+ * double rounded to float, the normaliser in double, row[i] = weight of key pos[i];
+ * out[0..head_size) = sum over i, in order, of row[i] * v_pos[i]. k and v hold key j at
+ * k + j * head_size. With pos = NULL and n = position + 1 this is kv_model_step's
+ * attention bit for bit. row holds n floats (the caller's). Cannot fail.
+ */
+void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
+                     const int *pos, int n, float *row, float *out);
+
 #endif

@@ -59,7 +59,7 @@ typedef struct {
     double softmax_scale;            /* logit scale for qk; default 1/sqrt(head_dim) */
     int dtype_bytes;                 /* bytes per K or V element modelled, default 2 */
     int has_tokens;                  /* 1 when /tokens is present */
-    int has_v;                       /* 1 when every layer has /layers/<l>/v (qk only) */
+    int has_v;                       /* 1 when every layer has /layers/<l>/v (either source) */
     kv_attn_precision attn_precision; /* precision of the attn rows, default float32 */
 } kv_trace_info;
 
@@ -111,17 +111,17 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
 int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len);
 
 /* The per-head tensors of a layer that kv_trace_read_rows reads. */
-typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1 } kv_tensor;
+typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1, KV_TENSOR_V = 2 } kv_tensor;
 
 /*
- * Reads rows t0..t1-1 (0 <= t0 < t1 <= T) of every head of a layer's /q (query heads) or
- * /k (KV heads) as float32, one hyperslab, into the places kv_trace_read_qk would put them:
+ * Reads rows t0..t1-1 (0 <= t0 < t1 <= T) of every head of a layer's /q (query heads),
+ * /k or /v (KV heads) as float32, one hyperslab, into the places kv_trace_read_qk would put them:
  * out[(h * T + t) * head_dim + d] for t0 <= t < t1; the other rows of out are not touched.
  * out holds n * T * head_dim floats (n = n_heads or n_kv_heads), owned by the caller. The
  * same values as kv_trace_read_qk; lets a caller load a layer in pieces (the replay engine
  * starts on a layer's first rows while the later ones are read, and reads the next layer
  * while replaying the current one). KV_ETRACE_ARG when the trace has no q/k
- * (kv_trace_has_qk is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
+ * (kv_trace_has_qk is 0; for v: has_v is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
  * KV_ETRACE_IO on failure.
  */
 int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
@@ -142,11 +142,13 @@ int kv_trace_has_token_text(const kv_trace *tr);
 int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_len);
 
 /*
- * Reads the root string attribute name into buf (NUL-terminated, truncated to len - 1
- * bytes). Returns 0, or 1 when the trace has no such string attribute (buf then ""). Cannot
- * fail otherwise.
+ * Reads the string root attribute name (provenance such as checkpoint_sha256, which
+ * `kvsim capture` writes) into buf[0..size), truncated if longer. KV_ETRACE_FORMAT with
+ * "FILE: missing root attribute NAME" when absent or "... has type T, expected a string"
+ * when not a string; KV_ETRACE_IO when it cannot be read.
  */
-int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t len);
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t size,
+                              char *err, size_t err_len);
 
 /* Closes the file and frees tr. NULL is ignored. Cannot fail. */
 void kv_trace_close(kv_trace *tr);

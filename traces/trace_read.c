@@ -693,7 +693,6 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         tr->has_qk &= present[1] && present[2];
         in->has_v &= present[3];
     }
-    in->has_v &= in->source == KV_SOURCE_QK;
     ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
     in->has_tokens = ex > 0;
     if (!in->has_tokens)
@@ -1110,15 +1109,18 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
     if (!tr || !out)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_rows: NULL "
                              "argument");
-    if (!tr->has_qk)
-        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
-                             "datasets (source = attn)", tr->path);
+    if (which == KV_TENSOR_V ? !tr->info.has_v : !tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no %s",
+                             tr->path, which == KV_TENSOR_V ? "v datasets"
+                                                            : "q and k datasets (source = attn)");
     if (layer < 0 || layer >= tr->info.n_layers || t0 < 0 || t0 >= t1
-        || t1 > tr->info.n_tokens || (which != KV_TENSOR_Q && which != KV_TENSOR_K))
+        || t1 > tr->info.n_tokens
+        || (which != KV_TENSOR_Q && which != KV_TENSOR_K && which != KV_TENSOR_V))
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: read of rows [%d, %d) of "
                              "layer %d is outside the trace", tr->path, t0, t1, layer);
     char dpath[KV_PATH_MAX];
-    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, which == KV_TENSOR_Q ? "q" : "k");
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer,
+             which == KV_TENSOR_Q ? "q" : which == KV_TENSOR_K ? "k" : "v");
     pthread_mutex_lock(&tr->lock);
     int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
     pthread_mutex_unlock(&tr->lock);
@@ -1248,51 +1250,17 @@ int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_
     return rc;
 }
 
-int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t len)
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t size,
+                              char *err, size_t err_len)
 {
     kv_trace_quiet();
-    if (len)
-        buf[0] = '\0';
-    if (!tr || !name || len == 0 || H5Aexists(tr->file, name) <= 0)
-        return 1;
+    if (!tr || !name || !buf || size == 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_attr_string: "
+                             "NULL argument");
     pthread_mutex_lock(&tr->lock);
-    hid_t a = H5Aopen(tr->file, name, H5P_DEFAULT);
-    hid_t ftype = a >= 0 ? H5Aget_type(a) : H5I_INVALID_HID;
-    hid_t space = a >= 0 ? H5Aget_space(a) : H5I_INVALID_HID;
-    int ok = ftype >= 0 && space >= 0 && H5Tget_class(ftype) == H5T_STRING
-             && H5Sget_simple_extent_npoints(space) == 1;
-    if (ok && H5Tis_variable_str(ftype) > 0) {
-        /* h5py's str attributes: variable-length */
-        char *v = NULL;
-        hid_t mtype = H5Tcopy(H5T_C_S1);
-        ok = mtype >= 0 && H5Tset_size(mtype, H5T_VARIABLE) >= 0
-             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0 && H5Aread(a, mtype, &v) >= 0;
-        if (ok) {
-            snprintf(buf, len, "%s", v ? v : "");
-            H5Dvlen_reclaim(mtype, space, H5P_DEFAULT, &v);
-        }
-        if (mtype >= 0)
-            H5Tclose(mtype);
-    } else if (ok) {
-        size_t width = H5Tget_size(ftype);
-        ok = width >= 1 && width <= (1u << 20);
-        char *tmp = ok ? calloc(1, width + 1) : NULL;
-        hid_t mtype = tmp ? H5Tcopy(ftype) : H5I_INVALID_HID;
-        ok = mtype >= 0 && H5Aread(a, mtype, tmp) >= 0;
-        if (ok)
-            snprintf(buf, len, "%s", tmp);
-        if (mtype >= 0)
-            H5Tclose(mtype);
-        free(tmp);
-    }
-    if (space >= 0)
-        H5Sclose(space);
-    if (ftype >= 0)
-        H5Tclose(ftype);
-    if (a >= 0)
-        H5Aclose(a);
+    int rc = read_string_attr(tr, name, buf, size, err, err_len);
     pthread_mutex_unlock(&tr->lock);
-    return ok ? 0 : 1;
+    return rc;
 }
 
 int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len)
