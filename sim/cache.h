@@ -43,6 +43,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/alloc.h"
 
 #define KV_CACHE_TOPK 8   /* top-k recall is measured for k = 1 and k = KV_CACHE_TOPK */
 
@@ -97,7 +98,19 @@ typedef struct {
     long long *lifetimes;   /* [T - P + 1] evicted positions by the number of decode
                                steps they were attended to (0: evicted at the prefill end) */
     int failed;             /* 1 once S exceeded max_held */
+    /* the composing rules of sim/alloc.h (kv_cache_set_select; zeroed: none) */
+    kv_select_opts opts;
+    const float *keys;      /* [T * head_dim] the cache's KV head's keys, borrowed, or NULL */
+    const float *values;    /* [T * head_dim] its values, borrowed, or NULL */
+    int head_dim;
+    double *score;          /* [T] the policy's scores by view index (composed selects) */
+    unsigned char *fixed;   /* [T] its fixed positions */
+    int *cand, *scratch;    /* [T] kv_keep_top's buffers */
+    void *chunks;           /* [T] chunk ranks of chunked selection (cache.c) */
 } kv_cache;
+
+/* The scratch of a joint selection over the caches of one layer (alloc = ada). */
+typedef struct kv_joint kv_joint;
 
 /*
  * Prepares c for a run of ctx->n_tokens positions with a prompt of ctx->prefill_len,
@@ -108,6 +121,19 @@ typedef struct {
  */
 int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *values,
                   const kv_policy_ctx *ctx, int token_weight, const int *identity);
+
+/*
+ * Sets the composing rules of sim/alloc.h for c (copied). With alloc = ada the driver
+ * must step the layer's caches together through kv_cache_update_joint, and must have
+ * created each with ctx->held_cap = kv_alloc_held_cap (G * B): the policy sizes its
+ * state by it and the cache's bound (max_held) grows by held_cap - B. Cannot fail.
+ */
+void kv_cache_set_select(kv_cache *c, const kv_select_opts *opts);
+
+/* Hands c the key and value vectors of its KV head ([T * head_dim] floats each, position
+ * j at j * head_dim; either may be NULL), borrowed for c's lifetime: the policy's view
+ * carries them (policy.h, needs), value_weight reads the values. Cannot fail. */
+void kv_cache_set_kv(kv_cache *c, const float *keys, const float *values, int head_dim);
 
 /* Frees c's buffers and policy state and zeroes it. A zeroed c is ignored. */
 void kv_cache_free(kv_cache *c);
@@ -125,6 +151,22 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
 
 /* Step 3 for position t, after kv_cache_query(c, t, ...). Cannot fail. */
 void kv_cache_update(kv_cache *c, int t);
+
+/*
+ * Step 3 for the n caches of one layer that share their budgets (alloc = ada), after
+ * kv_cache_query of each at t: each policy observes row t, then at t = P-1 and every
+ * decode step they select jointly (sim/alloc.h, alloc = ada) and each is compacted to its
+ * kept set. cs[i] are in cache-index order (the tie order); j from kv_joint_new(n, T).
+ * Cannot fail.
+ */
+void kv_cache_update_joint(kv_cache *const *cs, int n, int t, kv_joint *j);
+
+/* Scratch for kv_cache_update_joint over n caches of T positions; NULL when out of
+ * memory. */
+kv_joint *kv_joint_new(int n, int n_tokens);
+
+/* Frees j. NULL is ignored. */
+void kv_joint_free(kv_joint *j);
 
 /* kv_cache_query then kv_cache_update. Cannot fail. */
 void kv_cache_step(kv_cache *c, int t, const kv_group_rows *full, kv_step_metrics *m);
