@@ -73,6 +73,8 @@ typedef struct {
     int layer;         /* for messages and for seeding */
     int kv_head;       /* index of the cache within its layer */
     unsigned long seed;/* per-cache seed derived by the engine; use it for any randomness */
+    int head_dim;      /* elements of a key or value vector when the driver hands them
+                          (ops->needs), else 0 */
     int held_cap;      /* the most past positions the cache may hold after a select when
                           the cache layer shares budgets across caches (alloc = ada), for
                           sizing; 0 or below budget: budget */

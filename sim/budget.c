@@ -87,7 +87,7 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
     /* a policy that reads keys or values ranks zero vectors: sizes do not depend on them */
     float *zeros = pc->ops->needs ? calloc((size_t)T * in->head_dim, sizeof *zeros) : NULL;
     kv_policy_ctx ctx = { .budget = budget, .group_size = group, .n_tokens = T,
-                          .prefill_len = P, .seed = 1 };
+                          .prefill_len = P, .seed = 1, .head_dim = in->head_dim };
     kv_cache c;
     if (!identity || !ones || (pc->ops->needs && !zeros)) {
         free(identity);

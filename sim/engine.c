@@ -280,6 +280,7 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
         .held_cap = kv_alloc_held_cap(&pc->select, budget, n_caches),
+        .head_dim = in->head_dim,
     };
     if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
                                     kv_cache_token_weight(pc, in), identity)) {
