@@ -284,7 +284,7 @@ int kv_cmd_run(int argc, char **argv)
             rc = 1;
         else
             printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex.output);
+                   "lifetimes, recall_hist, budgets .tsv)\n", ex.output);
     }
     if (rc == 0)
         rc = plot_results(&ex, &o, err, sizeof err);
@@ -333,7 +333,14 @@ int kv_cmd_policies(int argc, char **argv)
         printf("\n");
     }
     printf("every policy also takes:\n");
-    for (int p = 0; p < kv_n_engine_params; p++)
+    for (int p = 0; p < KV_ENGINE_PARAM_FIRST_SCORED; p++)
+        print_param(&kv_engine_params[p]);
+    printf("\npolicies that rank by scores (");
+    for (int i = 0, n = 0; kv_policy_registry[i]; i++)
+        if (kv_policy_registry[i]->scores)
+            printf("%s%s", n++ ? ", " : "", kv_policy_registry[i]->name);
+    printf(") also take; budgets stay totals (sum over all caches = layers x caches x B):\n");
+    for (int p = KV_ENGINE_PARAM_FIRST_SCORED; p < kv_n_engine_params; p++)
         print_param(&kv_engine_params[p]);
     return 0;
 }

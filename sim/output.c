@@ -511,6 +511,29 @@ static int write_lifetimes(FILE *f, const out_ctx *c, char *err, size_t err_len)
 }
 
 /* Decode steps by their recall (the per-step means of steps.tsv), KV_RECALL_BINS bins. */
+/* budgets.tsv: the budget of every (layer, cache) of every run, and the mean number of
+ * tokens the cache held when queries attended (kv_tokens; alloc = ada lets it drift). */
+static int write_budgets(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\tcache\tcache_budget\t"
+               "kv_tokens_mean\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            for (int l = 0; l < res->info.n_layers; l++)
+                for (int g = 0; g < run->caches_per_layer; g++) {
+                    size_t at = (size_t)l * run->caches_per_layer + g;
+                    run_key(f, c, k, r);
+                    fprintf(f, "\t%d\t%d\t%d\t%.9g\n", l, g, run->cache_budget[at],
+                            run->cache_tokens_mean[at]);
+                }
+        }
+    }
+    return 0;
+}
+
 static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tbin_lo\tbin_hi\tsteps\tfraction\n");
@@ -555,6 +578,7 @@ static const struct {
     { "retention_map.tsv", write_retention_map },
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
+    { "budgets.tsv", write_budgets },
 };
 
 /* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err
