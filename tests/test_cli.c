@@ -158,7 +158,7 @@ static void test_output_dir(void **state)
                           "16", "-q", "--no-plot", "-o", out, NULL};
     kv_cli_result r;
     assert_int_equal(kv_cli_run(args, NULL, &r), 0);
-    assert_int_equal(count_entries(out), 8);   /* the eight result files, nothing else */
+    assert_int_equal(count_entries(out), 9);   /* the nine result files, nothing else */
     assert_int_equal(kv_cli_run(args, NULL, &r), 2);
     assert_non_null(strstr(r.err, "not empty"));
     assert_non_null(strstr(r.err, "--force"));
