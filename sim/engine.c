@@ -12,6 +12,7 @@
 #include "sim/metrics.h"
 #include "sim/rows.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -85,7 +86,7 @@ int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, c
             continue;
         double v;
         if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
-            return 1;
+            return KV_EUSAGE;
         kv_select_opts *o = &pc->select;
         switch (i) {
         case KV_ENGINE_PARAM_GRANULARITY:
@@ -99,7 +100,7 @@ int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, c
         }
         return 0;
     }
-    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
+    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len) ? KV_EUSAGE : 0;
 }
 
 static int layer_scope(const kv_policy_conf *pc)
@@ -140,7 +141,7 @@ static int select_check(const kv_policy_conf *pc, char *why, size_t why_len)
     else if (o->value_weight != KV_VALUE_WEIGHT_NONE && layer_scope(pc))
         snprintf(why, why_len, "value_weight needs one cache per KV head (its values); "
                  "%s here keeps one per layer", pc->ops->name);
-    return why[0] ? 2 : 0;
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
@@ -149,10 +150,10 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
     if (budget < 1)
         snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
     else if (select_check(pc, why, why_len))
-        return 2;
+        return KV_EUSAGE;
     else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
         snprintf(why, why_len, "rejected by %s", pc->ops->name);
-    return why[0] ? 2 : 0;
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 /* What pc reads besides rows: KV_NEEDS_KEYS, KV_NEEDS_VALUES (value_weight included). */
@@ -177,20 +178,20 @@ int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_i
     if ((needs & KV_NEEDS_KEYS) && !has_qk) {
         snprintf(why, why_len, "%s reads the keys, but %s has no q/k datasets (source = "
                  "attn): use a trace captured with q and k", pc->ops->name, trace_name);
-        return 2;
+        return KV_EUSAGE;
     }
     if ((needs & KV_NEEDS_VALUES) && !in->has_v) {
         snprintf(why, why_len, "%s reads the value vectors, but %s has no /layers/<l>/v",
                  pc->ops->needs & KV_NEEDS_VALUES ? pc->ops->name : "value_weight=l1",
                  trace_name);
-        return 2;
+        return KV_EUSAGE;
     }
     if (pc->select.alloc != KV_ALLOC_PYRAMID)
         return 0;
     int *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
     if (!layer_budget) {
         snprintf(why, why_len, "out of memory");
-        return 1;
+        return KV_ERUNTIME;
     }
     kv_policy_layer_budgets(pc, budget, in, layer_budget);
     int rc = 0;
@@ -199,7 +200,7 @@ int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_i
         if (kv_policy_pair_check(pc, layer_budget[l], rule, sizeof rule)) {
             snprintf(why, why_len, "alloc=pyramid gives layer %d budget %d: %s", l,
                      layer_budget[l], rule);
-            rc = 2;
+            rc = KV_EUSAGE;
         }
     }
     free(layer_budget);
@@ -215,7 +216,7 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
             if (kv_policy_pair_check(pc, conf->budgets[b], why, sizeof why)) {
                 snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
                          conf->budgets[b], why);
-                return 2;
+                return KV_EUSAGE;
             }
         }
     }
@@ -250,7 +251,7 @@ static void replay_cache_free(replay_cache *rc)
 int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
     if (layer_scope(pc))
-        return 1;
+        return KV_ERUNTIME;
     return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
 }
 
@@ -555,7 +556,7 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
                      in->prefill_len, why, sizeof why) == 0)
         return 0;
     record_failure(f, why);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* Loads piece `piece` of layer into rows (the current or the next layer's source). */
@@ -736,7 +737,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         free(first);
         free(dep);
         snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
     kv_failure f = { .err = err, .err_len = err_len };
@@ -806,7 +807,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     free(members);
     free(first);
     free(dep);
-    return f.failed ? 1 : 0;
+    return f.failed ? KV_ERUNTIME : 0;
 }
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
@@ -818,7 +819,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
     int n_caches = layer_caches(conf, res, layer, identity, kv, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     int any_prescan = 0;
     for (int ci = 0; ci < n_caches; ci++)
@@ -835,7 +836,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
             snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
                      "at budget %d in layer %d", pc->label, caches[ci].cache.max_held,
                      caches[ci].cache.budget, layer);
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     if (rc == 0)
         reduce_layer(res, caches, n_caches, layer);
@@ -851,9 +852,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     s->block = block;
     s->cur = kv_rows_new(tr, block, err, err_len);
     if (!s->cur)
-        return 1;
+        return KV_ERUNTIME;
     if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
-        return 1;
+        return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
@@ -861,7 +862,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
         if (!s->buf[i] || !s->topk[i]) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
-            return 1;
+            return KV_ERUNTIME;
         }
     }
     s->cur_loaded = 0;   /* the first layer loads inside its task graph */
@@ -889,7 +890,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     if (in->prefill_len >= in->n_tokens) {
         snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
                  "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
-        return 1;
+        return KV_ERUNTIME;
     }
     int needs = 0;
     for (int p = 0; p < conf->n_policies; p++) {
@@ -941,9 +942,9 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         /* the keys and values policies read: no task is reading the trace here */
         if (kv.keys)
             rc = kv_trace_read_rows(tr, l, KV_TENSOR_K, 0, in->n_tokens, kv.keys, err,
-                                    err_len) ? 1 : 0;
+                                    err_len);
         if (rc == 0 && kv.values)
-            rc = kv_trace_read_v(tr, l, kv.values, err, err_len) ? 1 : 0;
+            rc = kv_trace_read_v(tr, l, kv.values, err, err_len);
         if (rc == 0)
             rc = replay_layer(&stream, conf, res, l, caches, identity, &kv, &pg, err,
                               err_len);
@@ -985,5 +986,5 @@ nomem:
     free(kv.keys);
     free(kv.values);
     kv_results_free(res);
-    return 1;
+    return KV_ERUNTIME;
 }

@@ -165,7 +165,7 @@ static void test_output_dir(void **state)
     const char *forced[] = {"run", "--trace", g_trace, "--policies", "window,h2o",
                             "--budgets", "16", "-q", "--no-plot", "--force", "-o", out, NULL};
     assert_int_equal(kv_cli_run(forced, NULL, &r), 0);
-    assert_int_equal(count_entries(out), 8);
+    assert_int_equal(count_entries(out), 9);
     const char *file = kv_test_path("a_file");
     write_file(file, "x");
     const char *onto_file[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
