@@ -62,10 +62,12 @@ check: kvsim $(TEST_BIN)
 	@fail=0; for t in $(TEST_BIN); do echo "== $$t"; $$t || fail=1; done; \
 	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED"; exit 1; fi; echo "kvsim: all test programs passed"
 
-# The README's run command: the default experiment on the committed real traces.
+# The README's run command: the default experiment on the committed real traces, then the
+# baselines (key and value scorers, shared budgets) beside the seed policies.
 run: deps
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim run configs/default.ini --force
+	./kvsim run configs/baselines.ini --force
 
 # The synthetic experiment (a generated trace).
 run-synthetic: kvsim
