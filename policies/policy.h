@@ -19,6 +19,12 @@
  *           ops->select(st, cache_t, keep)            S <- kept part of A_t
  *   ops->destroy(st)
  *
+ * When the experiment composes a rule with the policy's scores (sim/alloc.h: alloc = ada,
+ * chunk, value_weight), the cache layer replaces the select call by
+ *           if ops->scores(st, cache_t, score, fixed):   the policy's ranking
+ *               keep <- the cache layer's choice from score and fixed
+ *               [ops->kept(st, cache_t, keep)]           the policy drops the evicted
+ *
  * During prefill (t < P) nothing is evicted: A_t = {0..t} and row_t is the full-cache row
  * p_t. At t = P-1 select compresses the prompt to the budget. At a decode step t >= P the
  * row is the renormalised row o_t over A_t (README rule 2). A policy may keep every

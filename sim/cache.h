@@ -19,6 +19,13 @@
  *   kv_cache_free(c)
  *
  * kv_cache_step(c, t, full_t, m) is query + update, for drivers that need nothing between.
+ * The options of sim/alloc.h compose with the policy's scores here, for any driver: after
+ * init, kv_cache_set_select (chunk, value_weight, ada) and kv_cache_set_kv (the keys and
+ * values of the cache's KV head, for policies that read them and for value_weight); a
+ * pyramid's layer budget is simply the ctx budget of that layer's caches
+ * (kv_alloc_layer_budgets), and with alloc = ada the layer's caches are created with
+ * held_cap = kv_alloc_held_cap and stepped together: kv_cache_query of each, then one
+ * kv_cache_update_joint for all.
  * full_t (kv_group_rows) is the group's full-cache attention rows p_t over 0..t: the
  * replay reads them from the trace, a closed-loop driver computes them from its own q and
  * k (recall needs the full softmax: the mass the cached set captures of the whole row).
