@@ -21,8 +21,8 @@ extern const kv_policy_ops kv_policy_keydiff;
 extern const kv_policy_ops kv_policy_cur;
 
 /* The order `kvsim policies` lists them: the reference, then by increasing state; then
- * TOVA, the random floor, and the two offline references; then the scorers that read
- * keys and values. */
+ * the later rules: TOVA, the random floor, and the two offline references; then the
+ * scorers that read keys and values. */
 const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_full,
     &kv_policy_window,

@@ -45,10 +45,10 @@ typedef struct {
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
-    size_t ld;            /* row stride (kv_rows_ld) */
-    const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
-    int t0, nb;
+    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j] */
+    size_t row_stride;            /* row stride (kv_producer_row_stride) */
+    const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
+    int t0, block_rows;
 } kv_block;
 
 const kv_param_spec kv_engine_params[] = {
@@ -301,10 +301,11 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
 /* The rows of cache rc's group at position t of block b. */
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
-    size_t i_row = (size_t)rc->head_lo * b->nb + (size_t)(t - b->t0);
+    size_t i_row = (size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0);
     kv_group_rows g = {
-        .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
-        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->nb * TOPK,
+        .p = b->rows + i_row * b->row_stride,
+        .head_stride = (size_t)b->block_rows * b->row_stride,
+        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->block_rows * TOPK,
     };
     return g;
 }
@@ -506,14 +507,14 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
 
 /*
  * The row pipeline of a replay: two block buffers (block k+1 is produced into one while
- * block k is read from the other) and two row sources (the next layer's q and k are read
+ * block k is read from the other) and two row producers (the next layer's q and k are read
  * while the current one is replayed). stream_layer schedules the work as OpenMP tasks so
  * the cores stay busy with whichever work is ready: SGEMMs, trace reads, policy steps.
  */
 typedef struct {
-    kv_rows *cur;          /* the layer being replayed, loaded */
-    kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
-    float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
+    kv_row_producer *cur;          /* the layer being replayed, loaded */
+    kv_row_producer *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
+    float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
@@ -552,7 +553,7 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
                    int want_topk, kv_failure *f)
 {
     char why[512];
-    if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
+    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
                      in->prefill_len, why, sizeof why) == 0)
         return 0;
     record_failure(f, why);
@@ -560,10 +561,10 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
 }
 
 /* Loads piece `piece` of layer into rows (the current or the next layer's source). */
-static void load_piece(kv_rows *rows, int layer, int piece, kv_failure *f)
+static void load_piece(kv_row_producer *rows, int layer, int piece, kv_failure *f)
 {
     char why[512];
-    if (!has_failed(f) && kv_rows_load(rows, layer, piece, why, sizeof why))
+    if (!has_failed(f) && kv_producer_load(rows, layer, piece, why, sizeof why))
         record_failure(f, why);
 }
 
@@ -573,7 +574,7 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
 {
     if (mode == CONSUME_PRESCAN) {
         if (kv_cache_prescans(&rc->cache))
-            for (int t = b->t0; t < b->t0 + b->nb; t++) {
+            for (int t = b->t0; t < b->t0 + b->block_rows; t++) {
                 kv_group_rows rows = group_rows(rc, b, t);
                 kv_cache_prescan(&rc->cache, t, &rows);
             }
@@ -585,7 +586,7 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
     double *hm = run->head_recall_min + (size_t)layer * H;
     if (rc->joint < 0)
         return;                        /* stepped by the first cache of its layer */
-    for (int t = b->t0; t < b->t0 + b->nb; t++)
+    for (int t = b->t0; t < b->t0 + b->block_rows; t++)
         if (rc->joint > 0)
             replay_step_joint(rc, b, t, hs, hm);
         else
@@ -607,20 +608,21 @@ static int pieces_before(long n_pieces, int k, int n)
 static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
 {
     int T = in->n_tokens;
-    kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
+    kv_block b = { .in = in, .rows = s->buf[slot], .row_stride = kv_producer_row_stride(s->cur),
                    .topk = s->topk[slot], .t0 = t0,
-                   .nb = t0 + s->block < T ? s->block : T - t0 };
+                   .block_rows = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
 
 /* The task of each cache, for the schedule: task_of[c] = the task whose query heads
- * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
+ * cover cache c's, or -1 when its heads span several tasks (layer-scope policies, the
+ * first cache of an alloc = ada layer, which steps them all). Also
  * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
  * out of memory. */
-static int *cache_tasks(const kv_rows *rows, const replay_cache *caches, int n_caches,
+static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches, int n_caches,
                         int **members_out, int **first_out)
 {
-    int n_tasks = kv_rows_n_tasks(rows);
+    int n_tasks = kv_producer_n_tasks(rows);
     int *task_of = malloc(((size_t)n_caches + 1) * sizeof *task_of);
     int *members = malloc(((size_t)n_caches + 1) * sizeof *members);
     int *first = calloc((size_t)n_tasks + 1, sizeof *first);
@@ -634,7 +636,7 @@ static int *cache_tasks(const kv_rows *rows, const replay_cache *caches, int n_c
         task_of[ci] = -1;
         for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
             int h0, h1;
-            kv_rows_task_heads(rows, g, &h0, &h1);
+            kv_producer_task_heads(rows, g, &h0, &h1);
             int span = caches[ci].cache.n_heads * (caches[ci].joint > 0 ? caches[ci].joint : 1);
             if (caches[ci].head_lo >= h0 && caches[ci].head_lo + span <= h1)
                 task_of[ci] = g;
@@ -679,7 +681,7 @@ static void produce_task(const kv_layer_work *w, int k, int g)
         consume(&w->caches[w->members[m]], &b, w->mode, w->res, w->layer);
     if (g == 0) {
         #pragma omp critical(kv_engine_progress)
-        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.nb, w->in->n_tokens);
+        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.block_rows, w->in->n_tokens);
     }
 }
 
@@ -719,12 +721,12 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
                         progress *pg, char *err, size_t err_len)
 {
     int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
-    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
+    int n_tasks = kv_producer_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
 #ifdef _OPENMP
     n_threads = omp_get_max_threads();
 #endif
     int *task_of = cache_tasks(s->cur, caches, n_caches, &members, &first);
-    int n_cur = s->cur_loaded ? 0 : kv_rows_n_load_pieces(s->cur);
+    int n_cur = s->cur_loaded ? 0 : kv_producer_n_load_pieces(s->cur);
     /* addresses that name the dependences (GCC takes variables that only appear in depend
      * clauses for unused, so they index dep directly): [0, 2 * n_tasks) the slot parts,
      * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; [3 * n_tasks, +n_caches)
@@ -739,7 +741,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
         return KV_ERUNTIME;
     }
-    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    long n_pieces = next_layer >= 0 ? kv_producer_n_load_pieces(s->next) : 0;
     kv_failure f = { .err = err, .err_len = err_len };
     kv_layer_work w = {
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
@@ -756,9 +758,9 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         }
         for (int k = 0; k < n_blocks; k++) {
             /* the pieces block k's rows need, when the layer is still being read */
-            int need = n_cur ? kv_rows_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
+            int need = n_cur ? kv_producer_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
                                                                                : T) : 0;
-            /* the last block may be short: rows are laid out by its nb, so each task's
+            /* the last block may be short: rows are laid out by its block_rows, so each task's
              * part moves and overlaps the others' parts of block k-2: wait for all */
             int shifted = (k + 1) * block > T;
             for (int g = 0; g < n_tasks; g++) {
@@ -850,14 +852,14 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     const kv_trace_info *in = kv_trace_get_info(tr);
     memset(s, 0, sizeof *s);
     s->block = block;
-    s->cur = kv_rows_new(tr, block, err, err_len);
+    s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
-    if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
+    if (in->n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
-        s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
+        s->buf[i] = kv_alloc_large(rows * kv_producer_row_stride(s->cur) * sizeof(float));
         s->topk[i] = malloc(rows * TOPK * sizeof(int));
         if (!s->buf[i] || !s->topk[i]) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
@@ -871,8 +873,8 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
 
 static void stream_close(kv_stream *s)
 {
-    kv_rows_close(s->cur);
-    kv_rows_close(s->next);
+    kv_producer_close(s->cur);
+    kv_producer_close(s->next);
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
@@ -950,7 +952,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
                               err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
-        kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
+        kv_row_producer *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
         stream.cur = stream.next;
         stream.next = done;
         stream.cur_loaded = 1;

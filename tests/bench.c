@@ -1,5 +1,5 @@
 /*
- * bench.c - `make bench`: the performance workloads of issue 7, timed against their floors.
+ * bench.c - `make bench`: the performance workloads, timed against their floors.
  *
  *   build/bench/bench [--repeat N] [DIR [JOB...]]
  *
@@ -73,7 +73,7 @@ typedef struct {
     int threads;           /* OpenMP threads; 0: all cores */
     const char *floor;     /* name of the job whose time is the floor; NULL: FLOPs at the
                               SGEMM rate (qk) or none */
-    const char *target;    /* issue 7's target for the ratio, for the table */
+    const char *target;    /* the target for the ratio (BENCHMARKS.md), for the table */
 } bench_job;
 
 #define FIVE "window,streamingllm,h2o,snapkv,morphkv"
@@ -232,14 +232,14 @@ static int child_rows(const bench_job *j, kv_trace *tr)
     char err[512];
     volatile float sink = 0;
     double w0 = wall_now(), c0 = cpu_now();
-    kv_rows *r = kv_rows_new(tr, 64, err, sizeof err);
+    kv_row_producer *r = kv_producer_new(tr, 64, err, sizeof err);
     for (int l = 0; r && l < in->n_layers; l++) {
-        for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
-            if (kv_rows_load(r, l, p, err, sizeof err) != 0)
+        for (int p = 0; p < kv_producer_n_load_pieces(r); p++)
+            if (kv_producer_load(r, l, p, err, sizeof err) != 0)
                 goto fail;
         for (int t0 = 0; t0 < in->n_tokens; t0 += 64) {
             int nb;
-            const float *b = kv_rows_block(r, t0, &nb, err, sizeof err);
+            const float *b = kv_producer_block(r, t0, &nb, err, sizeof err);
             if (!b)
                 goto fail;
             sink += b[0];
@@ -247,12 +247,12 @@ static int child_rows(const bench_job *j, kv_trace *tr)
     }
     if (!r)
         goto fail;
-    kv_rows_close(r);
+    kv_producer_close(r);
     printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
     return 0;
 fail:
     fprintf(stderr, "bench: %s: %s\n", j->name, err);
-    kv_rows_close(r);
+    kv_producer_close(r);
     return 1;
 }
 

@@ -8,10 +8,8 @@
  *     every decode step, the same total kv_tokens as the uniform run (ada moves tokens
  *     between caches, never adds any);
  *   - ada's kept sets on a hand-worked two-cache example (floors, then the joint top,
- *     sizes drifting), chunk's and value_weight's kept sets with tova's scores;
- *   - knorm, keydiff and cur kept sets on hand-worked keys and values (checked with numpy
- *     when the test was written: -cos = -0.108, -0.994, -0.994, -0.627; cur leverages
- *     0.211, 0.211, 0, 0.474, 0.053, 0.053);
+ *     sizes drifting), chunk's and value_weight's kept sets with tova's scores
+ *     (knorm, keydiff and cur's own kept sets are in tests/test_rules_<name>.c);
  *   - the refusals (a policy without scores, a trace without q/k, without v): one line,
  *     exit status 2;
  *   - the same results with 1 and 2 threads for ada, pyramid, chunk, value_weight and the
@@ -323,69 +321,6 @@ static void test_value_weight_by_hand(void **state)
     assert_string_equal(s, "0,3,5");
 }
 
-/* ---------------------------------------------------- key and value scorers by hand */
-
-/* The kept set of policy `type` ("k=v" settings) selecting B of positions 0..n-1 at the
- * prompt end, with keys and values of head_dim d. */
-static void key_select(const char *type, const char *settings, int n, int B, int d,
-                       const float *keys, const float *values, char *out)
-{
-    const kv_policy_ops *ops = kv_policy_find(type);
-    assert_non_null(ops);
-    kv_param_values v;
-    kv_test_apply_settings(ops, settings, &v);
-    kv_policy_ctx ctx = { .budget = B, .group_size = 1, .n_tokens = n + 1, .prefill_len = n,
-                          .head_dim = d };
-    void *st = ops->create(&v, &ctx);
-    assert_non_null(st);
-    int pos[16];
-    unsigned char keep[16];
-    for (int i = 0; i < n; i++)
-        pos[i] = i;
-    kv_cache_view view = { .t = n - 1, .n = n, .pos = pos, .budget = B, .is_prefill_end = 1,
-                           .keys = keys, .values = values, .head_dim = d };
-    ops->select(st, &view, keep);
-    size_t used = 0;
-    out[0] = '\0';
-    for (int i = 0; i < n; i++)
-        if (keep[i])
-            used += (size_t)snprintf(out + used, 64 - used, "%s%d", used ? "," : "", i);
-    ops->destroy(st);
-}
-
-static void test_key_scorers_by_hand(void **state)
-{
-    (void)state;
-    char s[64];
-    /* knorm: norms 5, 1, 2, 7.07: the two smallest; window = 1 keeps 3 */
-    const float kn[8] = { 3, 4, 1, 0, 0, 2, 5, 5 };
-    key_select("knorm", NULL, 4, 2, 2, kn, NULL, s);
-    assert_string_equal(s, "1,2");
-    key_select("knorm", "window=1", 4, 2, 2, kn, NULL, s);
-    assert_string_equal(s, "1,3");
-    /* keydiff: unit keys (1,0), (0,1), (0,1), (-.707,.707), mean (.0732, .6768):
-     * -cos = -0.108, -0.994, -0.994, -0.627: keep 0 and 3 */
-    const float kd[8] = { 1, 0, 0, 1, 0, 2, -1, 1 };
-    key_select("keydiff", NULL, 4, 2, 2, kd, NULL, s);
-    assert_string_equal(s, "0,3");
-    /* window = 2 fixes 2 and 3; the mean is over 0 and 1 only: (.5, .5): -cos 0 and 1
-     * both -0.707: the more recent, 1 */
-    key_select("keydiff", "window=2", 4, 3, 2, kd, NULL, s);
-    assert_string_equal(s, "1,2,3");
-    /* cur (head_dim 1): k = 1, 2, 0, 3, 1, 1; v = 2, 1, 1, 1, 1, 1: k2 v2 ∝ 4, 4, 0, 9, 1, 1 */
-    const float ck[6] = { 1, 2, 0, 3, 1, 1 }, cv[6] = { 2, 1, 1, 1, 1, 1 };
-    key_select("cur", "sinks=0", 6, 2, 1, ck, cv, s);
-    assert_string_equal(s, "1,3");
-    key_select("cur", "sinks=1", 6, 2, 1, ck, cv, s);
-    assert_string_equal(s, "0,3");
-    /* local = 2: groups {0,1}, {2,3}, {4,5}: 0.121, 0.121, 0, 0.379, 0.189, 0.189 */
-    key_select("cur", "sinks=0,local=2", 6, 2, 1, ck, cv, s);
-    assert_string_equal(s, "3,5");
-    /* the default sinks = 4: 0..3 score 1, the most recent two of them */
-    key_select("cur", NULL, 6, 2, 1, ck, cv, s);
-    assert_string_equal(s, "2,3");
-}
-
 /* ------------------------------------------------------------------ refusals */
 
 /* A trace with attention rows only (no q, k or v): 1 layer, 2 heads, T = 8, P = 4. */
@@ -488,7 +423,6 @@ int main(void)
         cmocka_unit_test(test_ada_two_caches),
         cmocka_unit_test(test_chunk_by_hand),
         cmocka_unit_test(test_value_weight_by_hand),
-        cmocka_unit_test(test_key_scorers_by_hand),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_threads),
     };
