@@ -377,6 +377,27 @@ static void test_refusals(void **state)
     expect_refusal(qk, "h2o", "h2o.alloc=ada", "h2o.chunk=2", "cannot be combined");
 }
 
+/* `kvsim policies` names every composing option with the paper it comes from, and the new
+ * policies with theirs. */
+static void test_policies_listing(void **state)
+{
+    (void)state;
+    char cmd[512], out[32768];
+    snprintf(cmd, sizeof cmd, "%s policies", kv_cli_bin());
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    assert_int_equal(pclose(p), 0);
+    const char *words[] = { "alloc", "uniform|pyramid|ada", "PyramidKV", "AdaKV", "chunk",
+                            "ChunkKV", "value_weight", "VATP", "pyramid_beta", "ada_alpha",
+                            "knorm: ", "Devoto et al. 2024", "keydiff: ", "Park et al. 2025",
+                            "cur: ", "CURPress" };
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (!strstr(out, words[i]))
+            fail_msg("kvsim policies does not list '%s'", words[i]);
+}
+
 /* --------------------------------------------------------- thread identity */
 
 static void test_threads(void **state)
@@ -424,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_chunk_by_hand),
         cmocka_unit_test(test_value_weight_by_hand),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_policies_listing),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
