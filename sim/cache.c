@@ -460,6 +460,35 @@ static int joint_order(const void *a, const void *b)
     return (x->cache > y->cache) - (x->cache < y->cache);
 }
 
+static void swap_entries(joint_entry *a, joint_entry *b)
+{
+    joint_entry x = *a;
+    *a = *b;
+    *b = x;
+}
+
+/* Moves the k best of e[0..n) (joint_order) to e[0..k), in any order: quickselect,
+ * expected O(n). The order is strict (no two entries share position and cache), so the
+ * set is the same whatever the pivots. */
+static void select_best(joint_entry *e, int n, int k)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi && k > lo && k <= hi) {
+        swap_entries(&e[lo + (hi - lo) / 2], &e[hi]);   /* pivot to the end */
+        int store = lo;
+        for (int i = lo; i < hi; i++)
+            if (joint_order(&e[i], &e[hi]) < 0)
+                swap_entries(&e[i], &e[store++]);
+        swap_entries(&e[store], &e[hi]);                 /* e[store] = pivot, final place */
+        if (store == k || store == k - 1)
+            return;
+        if (store < k)
+            lo = store + 1;
+        else
+            hi = store - 1;
+    }
+}
+
 /* alloc = ada (alloc.h): every cache keeps its floor(alpha * B) best by its own ranking,
  * the layer's remaining places go to the best remaining entries over all caches. */
 static void select_joint(kv_cache *const *cs, int n, kv_joint *j)
@@ -483,7 +512,7 @@ static void select_joint(kv_cache *const *cs, int n, kv_joint *j)
             j->e[m] = e;
             c->keep[i] = 0;
         }
-        qsort(j->e + first, (size_t)c->n, sizeof *j->e, joint_order);
+        select_best(j->e + first, c->n, safe);
         for (int k = 0; k < safe && k < c->n; k++) {
             c->keep[j->e[first + k].i] = 1;
             cap--;
@@ -493,7 +522,7 @@ static void select_joint(kv_cache *const *cs, int n, kv_joint *j)
     for (int k = 0; k < m; k++)
         if (!cs[j->e[k].cache]->keep[j->e[k].i])
             j->e[r++] = j->e[k];
-    qsort(j->e, (size_t)r, sizeof *j->e, joint_order);
+    select_best(j->e, r, cap > 0 ? (int)cap : 0);
     for (int k = 0; k < r && k < cap; k++)
         cs[j->e[k].cache]->keep[j->e[k].i] = 1;
 }
