@@ -403,11 +403,19 @@ static void finish_select(kv_cache *c, int t)
         c->failed = 1;
 }
 
+static void update_joint(kv_joint *j, int t);
+static int kv_joint_size(const kv_joint *j);
+
 void kv_cache_update(kv_cache *c, int t)
 {
     observe(c, t);
     if (t < c->prefill_len - 1)                           /* step 3 */
         return;
+    if (c->joint) {                       /* alloc = ada: the last of the layer selects */
+        if (c->joint_index == kv_joint_size(c->joint) - 1)
+            update_joint(c->joint, t);
+        return;
+    }
     kv_cache_view view = cache_view(c, t);
     memset(c->keep, 0, (size_t)c->n);
     if (kv_select_composed(&c->opts))
@@ -424,26 +432,42 @@ typedef struct {
 } joint_entry;
 
 struct kv_joint {
-    joint_entry *e;   /* [n * T] */
+    kv_cache **caches;   /* [n] borrowed */
+    int n;
+    joint_entry *e;      /* [n * T] */
 };
 
-kv_joint *kv_joint_new(int n, int n_tokens)
+static int kv_joint_size(const kv_joint *j)
 {
-    kv_joint *j = malloc(sizeof *j);
+    return j->n;
+}
+
+kv_joint *kv_joint_new(kv_cache *const *caches, int n)
+{
+    kv_joint *j = calloc(1, sizeof *j);
     if (!j)
         return NULL;
-    j->e = malloc((size_t)n * n_tokens * sizeof *j->e + sizeof *j->e);
-    if (!j->e) {
-        free(j);
+    j->n = n;
+    j->caches = malloc((size_t)n * sizeof *j->caches);
+    j->e = malloc((size_t)n * caches[0]->n_tokens * sizeof *j->e + sizeof *j->e);
+    if (!j->caches || !j->e) {
+        kv_joint_free(j);
         return NULL;
+    }
+    for (int g = 0; g < n; g++) {
+        j->caches[g] = caches[g];
+        caches[g]->joint = j;
+        caches[g]->joint_index = g;
     }
     return j;
 }
 
 void kv_joint_free(kv_joint *j)
 {
-    if (j)
-        free(j->e);
+    if (!j)
+        return;
+    free(j->caches);
+    free(j->e);
     free(j);
 }
 
@@ -527,12 +551,11 @@ static void select_joint(kv_cache *const *cs, int n, kv_joint *j)
         cs[j->e[k].cache]->keep[j->e[k].i] = 1;
 }
 
-void kv_cache_update_joint(kv_cache *const *cs, int n, int t, kv_joint *j)
+/* The joint selection at t, once every cache of j has observed row t. */
+static void update_joint(kv_joint *j, int t)
 {
-    for (int g = 0; g < n; g++)
-        observe(cs[g], t);
-    if (t < cs[0]->prefill_len - 1)
-        return;
+    kv_cache *const *cs = j->caches;
+    int n = j->n;
     kv_cache_view views[n];
     int evicts = 1;     /* one policy at one step: all caches agree */
     for (int g = 0; g < n; g++) {

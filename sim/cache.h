@@ -24,8 +24,10 @@
  * values of the cache's KV head, for policies that read them and for value_weight); a
  * pyramid's layer budget is simply the ctx budget of that layer's caches
  * (kv_alloc_layer_budgets), and with alloc = ada the layer's caches are created with
- * held_cap = kv_alloc_held_cap and stepped together: kv_cache_query of each, then one
- * kv_cache_update_joint for all.
+ * held_cap = kv_alloc_held_cap and joined (kv_joint_new); a driver then steps them as any
+ * caches, as long as at every t it updates them in cache-index order after their queries
+ * (for t: for each cache: query, update - or all queries, then all updates): the update
+ * of the last one selects for all.
  * full_t (kv_group_rows) is the group's full-cache attention rows p_t over 0..t: the
  * replay reads them from the trace, a closed-loop driver computes them from its own q and
  * k (recall needs the full softmax: the mass the cached set captures of the whole row).
@@ -84,6 +86,9 @@ typedef struct {
     double meta_bytes;      /* the policy's metadata, ops->meta_bytes(|A_t|), bytes */
 } kv_step_metrics;
 
+/* The caches of one layer that select jointly (alloc = ada), with the scratch. */
+typedef struct kv_joint kv_joint;
+
 typedef struct {
     const kv_policy_ops *ops;
     void *state;            /* the policy instance, owned */
@@ -114,10 +119,10 @@ typedef struct {
     unsigned char *fixed;   /* [T] its fixed positions */
     int *cand, *scratch;    /* [T] kv_keep_top's buffers */
     void *chunks;           /* [T] chunk ranks of chunked selection (cache.c) */
+    kv_joint *joint;        /* the layer's joint selection (alloc = ada), borrowed, or NULL */
+    int joint_index;        /* this cache's index in it */
 } kv_cache;
 
-/* The scratch of a joint selection over the caches of one layer (alloc = ada). */
-typedef struct kv_joint kv_joint;
 
 /*
  * Prepares c for a run of ctx->n_tokens positions with a prompt of ctx->prefill_len,
@@ -130,10 +135,10 @@ int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *
                   const kv_policy_ctx *ctx, int token_weight, const int *identity);
 
 /*
- * Sets the composing rules of sim/alloc.h for c (copied). With alloc = ada the driver
- * must step the layer's caches together through kv_cache_update_joint, and must have
- * created each with ctx->held_cap = kv_alloc_held_cap (G * B): the policy sizes its
- * state by it and the cache's bound (max_held) grows by held_cap - B. Cannot fail.
+ * Sets the composing rules of sim/alloc.h for c (copied). With alloc = ada the layer's
+ * caches must be joined (kv_joint_new) and must have been created with ctx->held_cap =
+ * kv_alloc_held_cap (G * B): the policy sizes its state by it and the cache's bound
+ * (max_held) grows by held_cap - B. Cannot fail.
  */
 void kv_cache_set_select(kv_cache *c, const kv_select_opts *opts);
 
@@ -160,19 +165,15 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
 void kv_cache_update(kv_cache *c, int t);
 
 /*
- * Step 3 for the n caches of one layer that share their budgets (alloc = ada), after
- * kv_cache_query of each at t: each policy observes row t, then at t = P-1 and every
- * decode step they select jointly (sim/alloc.h, alloc = ada) and each is compacted to its
- * kept set. cs[i] are in cache-index order (the tie order); j from kv_joint_new(n, T).
- * Cannot fail.
+ * Joins caches[0..n) (one layer's, in cache-index order: the tie order) for alloc = ada:
+ * from now on kv_cache_update of each only lets its policy observe, and that of the last,
+ * caches[n-1], makes the joint selection for all (sim/alloc.h) and compacts each to its
+ * kept set. caches must outlive the joint. NULL when out of memory.
  */
-void kv_cache_update_joint(kv_cache *const *cs, int n, int t, kv_joint *j);
+kv_joint *kv_joint_new(kv_cache *const *caches, int n);
 
-/* Scratch for kv_cache_update_joint over n caches of T positions; NULL when out of
- * memory. */
-kv_joint *kv_joint_new(int n, int n_tokens);
-
-/* Frees j. NULL is ignored. */
+/* Frees j (the caches stay joined: free them first, or do not step them again). NULL is
+ * ignored. */
 void kv_joint_free(kv_joint *j);
 
 /* kv_cache_query then kv_cache_update. Cannot fail. */

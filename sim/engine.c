@@ -337,17 +337,15 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
     kv_cache_update(&rc->cache, t);
 }
 
-/* alloc = ada: the joint caches rc[0 .. rc->joint) through position t together: each
- * queries, then they select jointly (cache.h kv_cache_update_joint). */
+/* alloc = ada: the joined caches rc[0 .. rc->joint) through position t together: each
+ * queries, then each updates, the last selecting for all (cache.h kv_joint_new). */
 static void replay_step_joint(replay_cache *rc, const kv_block *b, int t, double *head_sum,
                               double *head_min)
 {
-    kv_cache *cs[rc->joint];
-    for (int i = 0; i < rc->joint; i++) {
+    for (int i = 0; i < rc->joint; i++)
         replay_query(&rc[i], b, t, head_sum, head_min);
-        cs[i] = &rc[i].cache;
-    }
-    kv_cache_update_joint(cs, rc->joint, t, rc->jscratch);
+    for (int i = 0; i < rc->joint; i++)
+        kv_cache_update(&rc[i].cache, t);
 }
 
 static double now_seconds(void)
@@ -494,7 +492,10 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
             for (int i = first + 1; i < n; i++)
                 caches[i].joint = -1;
             caches[first].joint = per_layer;
-            caches[first].jscratch = kv_joint_new(per_layer, res->info.n_tokens);
+            kv_cache *members[per_layer];
+            for (int i = 0; i < per_layer; i++)
+                members[i] = &caches[first + i].cache;
+            caches[first].jscratch = kv_joint_new(members, per_layer);
             if (!caches[first].jscratch) {
                 free(layer_budget);
                 return -1;

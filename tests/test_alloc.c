@@ -233,20 +233,22 @@ static void test_ada_two_caches(void **state)
         init_tova(&c[g], 6, 4, 2, 4, identity);
         kv_cache_set_select(&c[g], &o);
     }
-    kv_joint *j = kv_joint_new(2, 6);
+    kv_joint *j = kv_joint_new(cs, 2);
     assert_non_null(j);
     char s0[64], s1[64];
     for (int t = 0; t < 5; t++) {
         kv_step_metrics m[2];
+        /* a driver that steps one cache after the other (query, update): the update of
+         * the last cache of the layer selects for both */
         for (int g = 0; g < 2; g++) {
             kv_group_rows rows = { .p = r[g].rows[t] };
             kv_cache_query(&c[g], t, &rows, &m[g]);
+            kv_cache_update(&c[g], t);
         }
         if (t == 4) {   /* the sizes drifted: 4 and 2 positions attended */
             assert_int_equal((int)m[0].kv_tokens, 4);
             assert_int_equal((int)m[1].kv_tokens, 2);
         }
-        kv_cache_update_joint(cs, 2, t, j);
         set_of(&c[0], s0);
         set_of(&c[1], s1);
         if (t == 3) {
