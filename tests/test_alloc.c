@@ -377,6 +377,10 @@ static void test_refusals(void **state)
     expect_refusal(qk, "cur", NULL, NULL, "no /layers/<l>/v");
     expect_refusal(qk, "h2o", "h2o.value_weight=l1", NULL, "no /layers/<l>/v");
     expect_refusal(qk, "h2o", "h2o.alloc=ada", "h2o.chunk=2", "cannot be combined");
+    /* B = 4, no window, P = 40, 2 layers: lo = 0.2, hi = 7.8 -> floors 7, 0, the residue
+     * to layer 0: 8, 0; a budget of 0 is no budget */
+    expect_refusal(qk, "knorm", "knorm.alloc=pyramid", NULL,
+                   "alloc=pyramid gives layer 1 budget 0");
 }
 
 /* `kvsim policies` names every composing option with the paper it comes from, and the new
