@@ -82,21 +82,23 @@ check: kvsim $(TEST_BIN)
 	@fail=0; for t in $(TEST_BIN); do echo "== $$t"; $$t || fail=1; done; \
 	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED"; exit 1; fi; echo "kvsim: all test programs passed"
 
-# The README's run command: the default experiment on the committed real traces.
+# The README's run command: the default experiment on the committed real traces, then the
+# baselines (key and value scorers, shared budgets) beside the seed policies.
 run: deps models
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim run configs/default.ini --force
+	./kvsim run configs/baselines.ini --force
 
 # The closed loop's independent check: the default experiment's traces run closed-loop
 # with their checkpoint, every decode step's A_t dumped, and tests/ref_closedloop.py's
 # numpy float64 forward pass over those sets compared with kvsim's per-step kl and nll and
 # each run's kl_mean, ppl, ppl_full and top1_agree (about a minute per trace).
 .PHONY: check-closedloop
-check-closedloop: kvsim
+check-closedloop: kvsim models
 	@mkdir -p $(BUILD)/closedloop
 	./kvsim run configs/default.ini --force --no-plot -q -o $(BUILD)/closedloop/out \
 	  --dump-sets $(BUILD)/closedloop
-	@models=$$(ls $(dir $(MODEL))*.bin | tr '\n' ',' | sed 's/,$$//'); \
+	@models=$$(ls $(KVSIM_MODELS)/*.bin | tr '\n' ',' | sed 's/,$$//'); \
 	for t in $$(ls traces/data/*.h5); do \
 	  /usr/bin/python3 tests/ref_closedloop.py $$models $$t \
 	    $(BUILD)/closedloop/$$(basename $$t).sets $(BUILD)/closedloop/out --quiet || exit 1; \

@@ -19,6 +19,15 @@
  *   kv_cache_free(c)
  *
  * kv_cache_step(c, t, full_t, m) is query + update, for drivers that need nothing between.
+ * The options of sim/alloc.h compose with the policy's scores here, for any driver: after
+ * init, kv_cache_set_select (chunk, value_weight, ada) and kv_cache_set_kv (the keys and
+ * values of the cache's KV head, for policies that read them and for value_weight); a
+ * pyramid's layer budget is simply the ctx budget of that layer's caches
+ * (kv_alloc_layer_budgets), and with alloc = ada the layer's caches are created with
+ * held_cap = kv_alloc_held_cap and joined (kv_joint_new); a driver then steps them as any
+ * caches, as long as at every t it updates them in cache-index order after their queries
+ * (for t: for each cache: query, update - or all queries, then all updates): the update
+ * of the last one selects for all.
  * full_t (kv_group_rows) is the group's full-cache attention rows p_t over 0..t: the
  * replay reads them from the trace, a closed-loop driver computes them from its own q and
  * k (recall needs the full softmax: the mass the cached set captures of the whole row).
@@ -48,6 +57,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/alloc.h"
 
 #define KV_CACHE_TOPK 8   /* top-k recall is measured for k = 1 and k = KV_CACHE_TOPK */
 
@@ -105,6 +115,9 @@ typedef struct {
                                own full-cache row on A_t (the closed loop's recall) */
 } kv_step_metrics;
 
+/* The caches of one layer that select jointly (alloc = ada), with the scratch. */
+typedef struct kv_joint kv_joint;
+
 typedef struct {
     const kv_policy_ops *ops;
     void *state;            /* the policy instance, owned */
@@ -128,7 +141,19 @@ typedef struct {
     long long *lifetimes;   /* [T - P + 1] evicted positions by the number of decode
                                steps they were attended to (0: evicted at the prefill end) */
     int failed;             /* 1 once S exceeded max_held */
+    /* the composing rules of sim/alloc.h (kv_cache_set_select; zeroed: none) */
+    kv_select_opts opts;
+    const float *keys;      /* [T * head_dim] the cache's KV head's keys, borrowed, or NULL */
+    const float *values;    /* [T * head_dim] its values, borrowed, or NULL */
+    int head_dim;
+    double *score;          /* [T] the policy's scores by view index (composed selects) */
+    unsigned char *fixed;   /* [T] its fixed positions */
+    int *cand, *scratch;    /* [T] kv_keep_top's buffers */
+    void *chunks;           /* [T] chunk ranks of chunked selection (cache.c) */
+    kv_joint *joint;        /* the layer's joint selection (alloc = ada), borrowed, or NULL */
+    int joint_index;        /* this cache's index in it */
 } kv_cache;
+
 
 /*
  * Prepares c for a run of ctx->n_tokens positions with a prompt of ctx->prefill_len,
@@ -139,6 +164,19 @@ typedef struct {
  */
 int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *values,
                   const kv_policy_ctx *ctx, int token_weight, const int *identity);
+
+/*
+ * Sets the composing rules of sim/alloc.h for c (copied). With alloc = ada the layer's
+ * caches must be joined (kv_joint_new) and must have been created with ctx->held_cap =
+ * kv_alloc_held_cap (G * B): the policy sizes its state by it and the cache's bound
+ * (max_held) grows by held_cap - B. Cannot fail.
+ */
+void kv_cache_set_select(kv_cache *c, const kv_select_opts *opts);
+
+/* Hands c the key and value vectors of its KV head ([T * head_dim] floats each, position
+ * j at j * head_dim; either may be NULL), borrowed for c's lifetime: the policy's view
+ * carries them (policy.h, needs), value_weight reads the values. Cannot fail. */
+void kv_cache_set_kv(kv_cache *c, const float *keys, const float *values, int head_dim);
 
 /* Frees c's buffers and policy state and zeroes it. A zeroed c is ignored. */
 void kv_cache_free(kv_cache *c);
@@ -156,6 +194,18 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
 
 /* Step 3 for position t, after kv_cache_query(c, t, ...). Cannot fail. */
 void kv_cache_update(kv_cache *c, int t);
+
+/*
+ * Joins caches[0..n) (one layer's, in cache-index order: the tie order) for alloc = ada:
+ * from now on kv_cache_update of each only lets its policy observe, and that of the last,
+ * caches[n-1], makes the joint selection for all (sim/alloc.h) and compacts each to its
+ * kept set. caches must outlive the joint. NULL when out of memory.
+ */
+kv_joint *kv_joint_new(kv_cache *const *caches, int n);
+
+/* Frees j (the caches stay joined: free them first, or do not step them again). NULL is
+ * ignored. */
+void kv_joint_free(kv_joint *j);
 
 /* kv_cache_query then kv_cache_update. Cannot fail. */
 void kv_cache_step(kv_cache *c, int t, const kv_group_rows *full, kv_step_metrics *m);

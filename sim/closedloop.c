@@ -36,6 +36,7 @@ typedef struct {
     int run;       /* index into res->runs */
     int layer;
     int head_lo;   /* first query head of the cache's group */
+    kv_joint *joint;   /* alloc = ada: the layer's joint selection, held by its first cache */
 } cl_cache;
 
 typedef struct {
@@ -140,6 +141,8 @@ static void state_free(cl_state *st)
 {
     for (int i = 0; i < st->n_caches; i++)
         kv_cache_free(&st->caches[i].cache);
+    for (int i = 0; i < st->n_caches; i++)
+        kv_joint_free(st->caches[i].joint);
     free(st->caches);
     free(st->first);
     free(st->tokens);
@@ -152,7 +155,9 @@ static void state_free(cl_state *st)
     free(st->sets);
 }
 
-/* Creates every run's caches, run-major then layer, as the replay lays them out. */
+/* Creates every run's caches, run-major then layer, as the replay lays them out: each at
+ * its layer's budget, with the run's composing rules and its sequence's keys and values,
+ * an alloc = ada layer's joined (sim/cache.h). */
 static int create_caches(cl_state *st, const kv_policy_conf *policies, unsigned long seed)
 {
     const kv_trace_info *in = &st->res->info;
@@ -161,32 +166,51 @@ static int create_caches(cl_state *st, const kv_policy_conf *policies, unsigned 
         n += kv_caches_per_layer(&policies[st->res->runs[r].policy], in) * st->L;
     st->caches = calloc((size_t)n, sizeof *st->caches);
     st->first = malloc(((size_t)n_runs * st->L + 1) * sizeof *st->first);
-    if (!st->caches || !st->first)
-        return -1;
-    for (int r = 0; r < n_runs; r++) {
+    int *layer_budget = malloc((size_t)st->L * sizeof *layer_budget);
+    int rc = !st->caches || !st->first || !layer_budget ? -1 : 0;
+    for (int r = 0; rc == 0 && r < n_runs; r++) {
         const kv_policy_conf *pc = &policies[st->res->runs[r].policy];
         int per_layer = kv_caches_per_layer(pc, in), group = st->H / per_layer;
-        for (int l = 0; l < st->L; l++) {
-            st->first[r * st->L + l] = st->n_caches;
-            for (int i = 0; i < per_layer; i++) {
+        int budget = st->res->runs[r].budget;
+        kv_policy_layer_budgets(pc, budget, in, layer_budget);
+        for (int l = 0; rc == 0 && l < st->L; l++) {
+            int first = st->first[r * st->L + l] = st->n_caches;
+            for (int i = 0; rc == 0 && i < per_layer; i++) {
                 cl_cache *cc = &st->caches[st->n_caches];
                 kv_policy_ctx ctx = {
-                    .budget = st->res->runs[r].budget, .group_size = group,
+                    .budget = layer_budget[l], .group_size = group,
                     .n_tokens = st->T, .prefill_len = st->P, .layer = l, .kv_head = i,
                     .seed = cl_seed(seed, r, l, i),
+                    .held_cap = kv_alloc_held_cap(&pc->select, layer_budget[l], per_layer),
+                    .head_dim = st->hs,
                 };
                 if (kv_cache_init(&cc->cache, pc->ops, &pc->values, &ctx,
-                                  kv_cache_token_weight(pc, in), st->identity))
-                    return -1;
+                                  kv_cache_token_weight(pc, in), st->identity)) {
+                    rc = -1;
+                    break;
+                }
+                kv_cache_set_select(&cc->cache, &pc->select);
+                int g = i * group / st->group;   /* the KV head whose vectors it holds */
+                kv_cache_set_kv(&cc->cache, kv_at(st, r + 1, l, g, 0), kv_at(st, r + 1, l, g, 1),
+                                st->hs);
                 cc->run = r;
                 cc->layer = l;
                 cc->head_lo = i * group;
                 st->n_caches++;
             }
+            if (rc == 0 && pc->select.alloc == KV_ALLOC_ADA && per_layer > 1) {
+                kv_cache *members[per_layer];
+                for (int i = 0; i < per_layer; i++)
+                    members[i] = &st->caches[first + i].cache;
+                if (!(st->caches[first].joint = kv_joint_new(members, per_layer)))
+                    rc = -1;
+            }
         }
     }
-    st->first[n_runs * st->L] = st->n_caches;
-    return 0;
+    free(layer_budget);
+    if (rc == 0)
+        st->first[n_runs * st->L] = st->n_caches;
+    return rc;
 }
 
 /* Pass over the full-cache generation with the model's own forward pass (kv_model_step,

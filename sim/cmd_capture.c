@@ -92,7 +92,7 @@ typedef struct {
     kv_capture_opts o;
     int *prompt;
     int prefill_given;
-    char model_path[4096], tokenizer_path[4096]; /* resolved (resolve_file) */
+    char model_path[4096], tokenizer_path[4096]; /* resolved (kv_resolve_model_file) */
 } capture_args;
 
 /* Where `make models` puts the files: $KVSIM_MODELS, default models. */
@@ -102,9 +102,7 @@ static const char *models_dir(void)
     return d && *d ? d : "models";
 }
 
-/* name as given when it exists or contains a '/', else models_dir()/name when that exists;
- * into out (len bytes). */
-static void resolve_file(const char *name, char *out, size_t len)
+void kv_resolve_model_file(const char *name, char *out, size_t len)
 {
     snprintf(out, len, "%s", name);
     if (strchr(name, '/') || access(name, F_OK) == 0)
@@ -274,10 +272,10 @@ static int parse_args(int argc, char **argv, capture_args *a)
     if (a->o.prompt_text && a->o.n_prompt > 0)
         return usage_error("give the prompt as --prompt TEXT or --prompt-ids LIST, not both",
                            NULL);
-    resolve_file(a->o.model_path, a->model_path, sizeof a->model_path);
+    kv_resolve_model_file(a->o.model_path, a->model_path, sizeof a->model_path);
     a->o.model_path = a->model_path;
     if (a->o.tokenizer_path)
-        resolve_file(a->o.tokenizer_path, a->tokenizer_path, sizeof a->tokenizer_path);
+        kv_resolve_model_file(a->o.tokenizer_path, a->tokenizer_path, sizeof a->tokenizer_path);
     else if (a->o.prompt_text)
         tokenizer_beside(a->model_path, a->tokenizer_path, sizeof a->tokenizer_path);
     if (a->o.tokenizer_path || a->o.prompt_text)

@@ -241,7 +241,7 @@ static void report_results(const kv_experiment *ex, const kv_experiment_results 
     if (kv_output_table(stdout, er, err, sizeof err))
         fprintf(stderr, "kvsim run: %s (the result files are complete)\n", err);
     printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-           "lifetimes, recall_hist, predict .tsv; manifest.json)\n", ex->output);
+           "lifetimes, recall_hist, predict, budgets .tsv; manifest.json)\n", ex->output);
     if (o->no_plot)
         return;
     if (kv_plot_available())
@@ -434,9 +434,18 @@ static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_
         snprintf(err, err_len, "out of memory");
         return KV_ERUNTIME;
     }
-    for (; rm->n_models < n; rm->n_models++)
-        if (kv_model_load(paths[rm->n_models], &rm->models[rm->n_models], err, err_len))
+    for (; rm->n_models < n; rm->n_models++) {
+        char path[KV_PATH_LEN];
+        kv_resolve_model_file(paths[rm->n_models], path, sizeof path);
+        if (kv_model_load(path, &rm->models[rm->n_models], err, err_len)) {
+            if (access(path, F_OK) != 0) {
+                size_t at = strlen(err);
+                snprintf(err + at, err_len - at, " (`make models` puts the checkpoints in "
+                         "$KVSIM_MODELS, default models/)");
+            }
             return KV_ERUNTIME;
+        }
+    }
     for (int k = 0; k < ex->n_traces; k++) {
         kv_trace *tr = NULL;
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
@@ -592,7 +601,14 @@ int kv_cmd_policies(int argc, char **argv)
         printf("\n");
     }
     printf("every policy also takes:\n");
-    for (int p = 0; p < kv_n_engine_params; p++)
+    for (int p = 0; p < KV_ENGINE_PARAM_FIRST_SCORED; p++)
+        print_param(&kv_engine_params[p]);
+    printf("\npolicies that rank by scores (");
+    for (int i = 0, n = 0; kv_policy_registry[i]; i++)
+        if (kv_policy_registry[i]->scores)
+            printf("%s%s", n++ ? ", " : "", kv_policy_registry[i]->name);
+    printf(") also take; budgets stay totals (sum over all caches = layers x caches x B):\n");
+    for (int p = KV_ENGINE_PARAM_FIRST_SCORED; p < kv_n_engine_params; p++)
         print_param(&kv_engine_params[p]);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include "sim/metrics.h"
 #include "sim/rows.h"
 #include "traces/status.h"
+#include "traces/validate.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -32,8 +33,13 @@
 typedef struct {
     kv_cache cache;
     int run;                 /* index into kv_results.runs */
+    int index;               /* the cache's index within its layer */
     int head_lo;             /* first query head of the group */
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
+    /* alloc = ada: the layer's caches of a run step together, driven by the first
+     * (joint = their number, with the joint they share); the others have joint = -1 */
+    int joint;
+    kv_joint *jscratch;
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
@@ -53,6 +59,25 @@ const kv_param_spec kv_engine_params[] = {
         "kv_granularity", KV_PARAM_CHOICE, "kv_head", 0, 0, "kv_head|query_head",
         "kv_head: one cache per KV head shared by its query heads; query_head: one per "
         "query head (KV repeated per head, memory times the group size)" },
+    [KV_ENGINE_PARAM_ALLOC] = {
+        "alloc", KV_PARAM_CHOICE, "uniform", 0, 0, "uniform|pyramid|ada",
+        "budgets as totals: uniform B per cache; pyramid: falling over layers (PyramidKV, "
+        "Cai et al. 2024); ada: shared by a layer's caches at every selection (AdaKV, "
+        "Feng et al. 2024)" },
+    [KV_ENGINE_PARAM_PYRAMID_BETA] = {
+        "pyramid_beta", KV_PARAM_REAL, "20", 1, 1e6, NULL,
+        "alloc=pyramid: the last layer's pyramid part is (B - window) / beta (kvpress)" },
+    [KV_ENGINE_PARAM_ADA_ALPHA] = {
+        "ada_alpha", KV_PARAM_REAL, "0.2", 0, 1, NULL,
+        "alloc=ada: each cache first keeps floor(alpha*B) by its own score (kvpress)" },
+    [KV_ENGINE_PARAM_CHUNK] = {
+        "chunk", KV_PARAM_INT, "off", 1, 1e6, "off",
+        "rank contiguous chunks of N positions by summed score, keep chunk by chunk "
+        "(ChunkKV, Liu et al. 2025)" },
+    [KV_ENGINE_PARAM_VALUE_WEIGHT] = {
+        "value_weight", KV_PARAM_CHOICE, "none", 0, 0, "none|l1",
+        "l1: score times the L1 norm of the value vector (VATP, Guo et al. 2024; traces "
+        "with v)" },
 };
 const int kv_n_engine_params = sizeof kv_engine_params / sizeof kv_engine_params[0];
 
@@ -65,11 +90,61 @@ int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, c
         double v;
         if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
             return KV_EUSAGE;
-        if (i == KV_ENGINE_PARAM_GRANULARITY)
+        kv_select_opts *o = &pc->select;
+        switch (i) {
+        case KV_ENGINE_PARAM_GRANULARITY:
             pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
+            break;
+        case KV_ENGINE_PARAM_ALLOC: o->alloc = (kv_alloc_mode)(int)v; break;
+        case KV_ENGINE_PARAM_PYRAMID_BETA: o->beta = v; break;
+        case KV_ENGINE_PARAM_ADA_ALPHA: o->alpha = v, o->alpha_given = 1; break;
+        case KV_ENGINE_PARAM_CHUNK: o->chunk = (int)v; break;
+        case KV_ENGINE_PARAM_VALUE_WEIGHT: o->value_weight = (kv_value_weight)(int)v; break;
+        }
         return 0;
     }
     return kv_params_set(pc->ops, &pc->values, name, text, err, err_len) ? KV_EUSAGE : 0;
+}
+
+static int layer_scope(const kv_policy_conf *pc)
+{
+    return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
+}
+
+/* The composing options of pc that are set, as "alloc=ada" etc., for messages. */
+static void select_options_text(const kv_policy_conf *pc, char *buf, size_t len)
+{
+    const kv_select_opts *o = &pc->select;
+    static const char *const allocs[] = { "uniform", "pyramid", "ada" };
+    buf[0] = '\0';
+    size_t used = 0;
+    if (o->alloc != KV_ALLOC_UNIFORM)
+        used += (size_t)snprintf(buf + used, len - used, "alloc=%s", allocs[o->alloc]);
+    if (o->chunk > 0 && used < len)
+        used += (size_t)snprintf(buf + used, len - used, "%schunk=%d", used ? ", " : "",
+                                 o->chunk);
+    if (o->value_weight != KV_VALUE_WEIGHT_NONE && used < len)
+        snprintf(buf + used, len - used, "%svalue_weight=l1", used ? ", " : "");
+}
+
+/* The composing options need a policy that ranks by scores, and a few pairs of them have
+ * no defined meaning. Returns 0, or 2 with why set. */
+static int select_check(const kv_policy_conf *pc, char *why, size_t why_len)
+{
+    const kv_select_opts *o = &pc->select;
+    char opts[96];
+    select_options_text(pc, opts, sizeof opts);
+    if (kv_select_any(o) && !pc->ops->scores)
+        snprintf(why, why_len, "%s has no position scores to share budgets, chunk or weight "
+                 "by (it keeps positions by a fixed rule), so it cannot take %s",
+                 pc->ops->name, opts);
+    else if (o->alloc == KV_ALLOC_ADA && o->chunk > 0)
+        snprintf(why, why_len, "chunk and alloc=ada cannot be combined (AdaKV selects "
+                 "single positions across caches)");
+    else if (o->value_weight != KV_VALUE_WEIGHT_NONE && layer_scope(pc))
+        snprintf(why, why_len, "value_weight needs one cache per KV head (its values); "
+                 "%s here keeps one per layer", pc->ops->name);
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
@@ -77,9 +152,62 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
     why[0] = '\0';
     if (budget < 1)
         snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
+    else if (select_check(pc, why, why_len))
+        return KV_EUSAGE;
     else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
         snprintf(why, why_len, "rejected by %s", pc->ops->name);
     return why[0] ? KV_EUSAGE : 0;
+}
+
+/* What pc reads besides rows: KV_NEEDS_KEYS, KV_NEEDS_VALUES (value_weight included). */
+static int policy_needs(const kv_policy_conf *pc)
+{
+    return pc->ops->needs |
+           (pc->select.value_weight != KV_VALUE_WEIGHT_NONE ? KV_NEEDS_VALUES : 0);
+}
+
+void kv_policy_layer_budgets(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                             int *out)
+{
+    int window = pc->ops->window ? pc->ops->window(&pc->values, budget) : 0;
+    kv_alloc_layer_budgets(&pc->select, budget, window, in->prefill_len, in->n_layers, out);
+}
+
+int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                          int has_qk, const char *trace_name, char *why, size_t why_len)
+{
+    why[0] = '\0';
+    int needs = policy_needs(pc);
+    if ((needs & KV_NEEDS_KEYS) && !has_qk) {
+        snprintf(why, why_len, "%s reads the keys, but %s has no q/k datasets (source = "
+                 "attn): use a trace captured with q and k", pc->ops->name, trace_name);
+        return KV_EUSAGE;
+    }
+    if ((needs & KV_NEEDS_VALUES) && !in->has_v) {
+        snprintf(why, why_len, "%s reads the value vectors, but %s has no /layers/<l>/v",
+                 pc->ops->needs & KV_NEEDS_VALUES ? pc->ops->name : "value_weight=l1",
+                 trace_name);
+        return KV_EUSAGE;
+    }
+    if (pc->select.alloc != KV_ALLOC_PYRAMID)
+        return 0;
+    int *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
+    if (!layer_budget) {
+        snprintf(why, why_len, "out of memory");
+        return KV_ERUNTIME;
+    }
+    kv_policy_layer_budgets(pc, budget, in, layer_budget);
+    int rc = 0;
+    for (int l = 0; l < in->n_layers && !rc; l++) {
+        char rule[KV_ERRMSG];
+        if (kv_policy_pair_check(pc, layer_budget[l], rule, sizeof rule)) {
+            snprintf(why, why_len, "alloc=pyramid gives layer %d budget %d: %s", l,
+                     layer_budget[l], rule);
+            rc = KV_EUSAGE;
+        }
+    }
+    free(layer_budget);
+    return rc;
 }
 
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
@@ -117,14 +245,11 @@ static unsigned long cache_seed(unsigned long base, int run, int layer, int cach
 static void replay_cache_free(replay_cache *rc)
 {
     kv_cache_free(&rc->cache);
+    kv_joint_free(rc->jscratch);
     free(rc->steps);
     memset(rc, 0, sizeof *rc);
 }
 
-static int layer_scope(const kv_policy_conf *pc)
-{
-    return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
-}
 
 int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
@@ -138,19 +263,28 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in)
     return layer_scope(pc) ? in->n_kv_heads : 1;
 }
 
+/* The layer's keys and values, when a run reads them ([n_kv_heads * T * head_dim] each,
+ * kv_trace_read_qk's layout), else NULL. */
+typedef struct {
+    float *keys, *values;
+} layer_kv;
+
 static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run, int budget,
                              const kv_trace_info *in, int layer, int index, int n_caches,
-                             unsigned long seed, const int *identity)
+                             unsigned long seed, const int *identity, const layer_kv *kv)
 {
     int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
     int group = in->n_heads / n_caches;
     memset(rc, 0, sizeof *rc);
     rc->run = run;
+    rc->index = index;
     rc->head_lo = index * group;
     rc->steps = calloc((size_t)D, sizeof *rc->steps);
     kv_policy_ctx ctx = {
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
+        .held_cap = kv_alloc_held_cap(&pc->select, budget, n_caches),
+        .head_dim = in->head_dim,
     };
     if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
                                     kv_cache_token_weight(pc, in), identity)) {
@@ -158,6 +292,12 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
         rc->steps = NULL;
         return -1;
     }
+    kv_cache_set_select(&rc->cache, &pc->select);
+    /* the KV head whose vectors the cache holds (one per cache, or its query head's) */
+    size_t kv_head = (size_t)rc->head_lo / (in->n_heads / in->n_kv_heads);
+    size_t at = kv_head * T * in->head_dim;
+    kv_cache_set_kv(&rc->cache, kv->keys ? kv->keys + at : NULL,
+                    kv->values ? kv->values + at : NULL, in->head_dim);
     return 0;
 }
 
@@ -185,8 +325,8 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
  * Steps rc's cache through position t (cache.h) and adds each head's recall to the
  * layer's per-head sums and minima of this run (head_sum/head_min: [n_heads]).
  */
-static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
-                        double *head_min, double *head_err)
+static void replay_query(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                         double *head_min, double *head_err)
 {
     kv_cache *c = &rc->cache;
     int P = b->in->prefill_len;
@@ -200,7 +340,24 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
             head_min[h] = recall;
         head_err[h] += c->head_out_err[hh];
     }
-    kv_cache_update(c, t);
+}
+
+static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                        double *head_min, double *head_err)
+{
+    replay_query(rc, b, t, head_sum, head_min, head_err);
+    kv_cache_update(&rc->cache, t);
+}
+
+/* alloc = ada: the joined caches rc[0 .. rc->joint) through position t together: each
+ * queries, then each updates, the last selecting for all (cache.h kv_joint_new). */
+static void replay_step_joint(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                              double *head_min, double *head_err)
+{
+    for (int i = 0; i < rc->joint; i++)
+        replay_query(&rc[i], b, t, head_sum, head_min, head_err);
+    for (int i = 0; i < rc->joint; i++)
+        kv_cache_update(&rc[i].cache, t);
 }
 
 static double now_seconds(void)
@@ -229,8 +386,13 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
+        run->caches_per_layer = kv_caches_per_layer(&conf->policies[run->policy], in);
+        size_t n_caches = (size_t)in->n_layers * run->caches_per_layer;
+        run->cache_budget = calloc(n_caches, sizeof *run->cache_budget);
+        run->cache_tokens_mean = calloc(n_caches, sizeof *run->cache_tokens_mean);
         if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
-            !run->head_out_err_mean || !run->lifetimes || !run->retained || !run->final_sets)
+            !run->head_out_err_mean || !run->lifetimes || !run->retained ||
+            !run->final_sets || !run->cache_budget || !run->cache_tokens_mean)
             return -1;
         for (int s = 0; s < D; s++) {   /* the closed loop's, until it runs */
             kv_step_metrics *m = &run->steps[s];
@@ -255,6 +417,8 @@ void kv_results_free(kv_results *res)
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
+        free(run->cache_budget);
+        free(run->cache_tokens_mean);
     }
     free(res->runs);
     free(res);
@@ -274,7 +438,8 @@ size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs)
     size_t H = (size_t)in->n_heads, G = (size_t)in->n_kv_heads, T = (size_t)in->n_tokens;
     return pad8(R * D * sizeof(kv_step_metrics)) + 3 * pad8(R * H * sizeof(double)) +
            pad8(R * (D + 1) * sizeof(long long)) + pad8(R * T * sizeof(int)) +
-           pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int));
+           pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int)) +
+           pad8(R * H * sizeof(int)) + pad8(R * H * sizeof(double));
 }
 
 int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs, int layer,
@@ -311,6 +476,10 @@ int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs,
     part->n_cache_units = (int *)at;
     at += pad8(R * sizeof(int));
     part->final_sets = (int *)at;
+    at += pad8(R * in->n_kv_heads * T * sizeof(int));
+    part->cache_budget = (int *)at;
+    at += pad8(R * H * sizeof(int));
+    part->cache_tokens_mean = (double *)at;
     return 0;
 }
 
@@ -364,6 +533,12 @@ static void reduce_layer(kv_layer_part *part, const replay_cache *caches, int n_
             retained[c->pos[i]] += c->token_weight;
         part->n_cache_units[rc->run] += c->token_weight;
         record_final_set(part, rc);
+        size_t at = (size_t)rc->run * part->info.n_heads + rc->index;
+        double tokens = 0.0;
+        for (int s = 0; s < D; s++)
+            tokens += rc->steps[s].kv_tokens;
+        part->cache_budget[at] = c->budget;
+        part->cache_tokens_mean[at] = tokens / D;
     }
 }
 
@@ -392,6 +567,11 @@ void kv_results_add_layer(kv_results *res, const kv_layer_part *part)
                (size_t)H * sizeof(double));
         memcpy(run->final_sets + (size_t)part->layer * G * T,
                part->final_sets + (size_t)r * G * T, (size_t)G * T * sizeof(int));
+        int per_layer = run->caches_per_layer;
+        memcpy(run->cache_budget + (size_t)part->layer * per_layer,
+               part->cache_budget + (size_t)r * H, (size_t)per_layer * sizeof(int));
+        memcpy(run->cache_tokens_mean + (size_t)part->layer * per_layer,
+               part->cache_tokens_mean + (size_t)r * H, (size_t)per_layer * sizeof(double));
     }
 }
 
@@ -437,20 +617,39 @@ static void progress_update(progress *pg, int layer, int t, int T)
 }
 
 /* Creates the caches of every run (policy-major: run r is policy r / n_budgets at budget
- * r % n_budgets) for one layer. Returns their number, or -1. */
+ * r % n_budgets) for one layer, each at its layer's budget (alloc.h), an alloc = ada
+ * layer's joined and driven by its first. Returns their number, or -1. */
 static int layer_caches(const kv_replay_conf *conf, const kv_trace_info *in, int layer,
-                        const int *identity, replay_cache *caches)
+                        const int *identity, const layer_kv *kv, replay_cache *caches)
 {
-    int n = 0;
+    int n = 0, *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
+    if (!layer_budget)
+        return -1;
     for (int r = 0; r < conf->n_policies * conf->n_budgets; r++) {
         const kv_policy_conf *pc = &conf->policies[r / conf->n_budgets];
-        int per_layer = kv_caches_per_layer(pc, in);
+        int per_layer = kv_caches_per_layer(pc, in), first = n;
+        kv_policy_layer_budgets(pc, conf->budgets[r % conf->n_budgets], in, layer_budget);
         for (int i = 0; i < per_layer; i++, n++)
-            if (replay_cache_init(&caches[n], pc, r, conf->budgets[r % conf->n_budgets], in,
-                                  layer, i, per_layer, cache_seed(conf->seed, r, layer, i),
-                                  identity) != 0)
+            if (replay_cache_init(&caches[n], pc, r, layer_budget[layer], in, layer, i,
+                                  per_layer, cache_seed(conf->seed, r, layer, i), identity,
+                                  kv) != 0) {
+                free(layer_budget);
                 return -1;
+            }
+        if (pc->select.alloc == KV_ALLOC_ADA && per_layer > 1) {
+            kv_cache *members[per_layer];
+            for (int i = 0; i < per_layer; i++) {
+                members[i] = &caches[first + i].cache;
+                caches[first + i].joint = i == 0 ? per_layer : -1;
+            }
+            caches[first].jscratch = kv_joint_new(members, per_layer);
+            if (!caches[first].jscratch) {
+                free(layer_budget);
+                return -1;
+            }
+        }
     }
+    free(layer_budget);
     return n;
 }
 
@@ -536,8 +735,13 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_layer_part
     size_t at = (size_t)rc->run * b->in->n_heads;
     double *hs = part->head_recall_sum + at, *hm = part->head_recall_min + at;
     double *he = part->head_out_err_sum + at;
+    if (rc->joint < 0)
+        return;                        /* stepped by the first cache of its layer */
     for (int t = b->t0; t < b->t0 + b->block_rows; t++)
-        replay_step(rc, b, t, hs, hm, he);
+        if (rc->joint > 0)
+            replay_step_joint(rc, b, t, hs, hm, he);
+        else
+            replay_step(rc, b, t, hs, hm, he);
 }
 
 /*
@@ -563,7 +767,8 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
 }
 
 /* The task of each cache, for the schedule: task_of[c] = the task whose query heads
- * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
+ * cover cache c's, or -1 when its heads span several tasks (layer-scope policies, the
+ * first cache of an alloc = ada layer, which steps them all). Also
  * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
  * out of memory. */
 static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches, int n_caches,
@@ -584,8 +789,8 @@ static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches,
         for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
             int h0, h1;
             kv_producer_task_heads(rows, g, &h0, &h1);
-            if (caches[ci].head_lo >= h0 &&
-                caches[ci].head_lo + caches[ci].cache.n_heads <= h1)
+            int span = caches[ci].cache.n_heads * (caches[ci].joint > 0 ? caches[ci].joint : 1);
+            if (caches[ci].head_lo >= h0 && caches[ci].head_lo + span <= h1)
                 task_of[ci] = g;
         }
     }
@@ -763,10 +968,10 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
  * (-1: none) meanwhile. */
 static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part *part,
                         int layer, int next, replay_cache *caches, const int *identity,
-                        progress *pg, char *err, size_t err_len)
+                        const layer_kv *kv, progress *pg, char *err, size_t err_len)
 {
     const kv_trace_info *in = &part->info;
-    int n_caches = layer_caches(conf, in, layer, identity, caches);
+    int n_caches = layer_caches(conf, in, layer, identity, kv, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return KV_ERUNTIME;
@@ -834,10 +1039,12 @@ static void stream_close(kv_stream *s)
     }
 }
 
-/* The checks before any replay: the pairs (2), and a decode step to replay (1). */
-static int replay_check(const kv_trace_info *in, const char *path, const kv_replay_conf *conf,
-                        char *err, size_t err_len)
+/* The checks before any replay: the pairs and what they read of the trace (2), and a
+ * decode step to replay (1). */
+static int replay_check(kv_trace *tr, const kv_replay_conf *conf, char *err, size_t err_len)
 {
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    const char *path = kv_trace_path(tr);
     int rc = kv_replay_validate(conf, err, err_len);
     if (rc)
         return rc;
@@ -846,6 +1053,18 @@ static int replay_check(const kv_trace_info *in, const char *path, const kv_repl
                  "decode step to replay", path, in->prefill_len, in->n_tokens);
         return KV_ERUNTIME;
     }
+    for (int p = 0; p < conf->n_policies; p++)
+        for (int b = 0; b < conf->n_budgets; b++) {
+            const kv_policy_conf *pc = &conf->policies[p];
+            char why[KV_ERRMSG + 64];
+            rc = kv_policy_trace_check(pc, conf->budgets[b], in, kv_trace_has_qk(tr), path,
+                                       why, sizeof why);
+            if (rc) {
+                snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
+                         conf->budgets[b], why);
+                return rc;
+            }
+        }
     return 0;
 }
 
@@ -853,7 +1072,7 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
                      kv_layer_sink sink, void *ctx, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
-    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    int rc = replay_check(tr, conf, err, err_len);
     if (rc)
         return rc;
     if (first < 0 || count < 1 || first + count > in->n_layers) {
@@ -864,16 +1083,27 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     if (in->source == KV_SOURCE_QK && kv_blas_prepare(err, err_len))
         return 1;
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
-    int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0;
-    for (int p = 0; p < conf->n_policies; p++)
+    int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0, needs = 0;
+    for (int p = 0; p < conf->n_policies; p++) {
         n_caches += kv_caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
+        needs |= policy_needs(&conf->policies[p]);
+    }
     replay_cache *caches = calloc((size_t)n_caches, sizeof *caches);
     int *identity = malloc((size_t)in->n_tokens * sizeof *identity);
+    size_t kv_floats = (size_t)in->n_kv_heads * in->n_tokens * in->head_dim;
+    layer_kv kv = {
+        .keys = needs & KV_NEEDS_KEYS ? malloc(kv_floats * sizeof(float)) : NULL,
+        .values = needs & KV_NEEDS_VALUES ? malloc(kv_floats * sizeof(float)) : NULL,
+    };
     kv_layer_part part;
-    if (!caches || !identity || kv_layer_part_wrap(&part, in, n_runs, first, NULL, 1)) {
+    if (!caches || !identity || (!kv.keys && (needs & KV_NEEDS_KEYS)) ||
+        (!kv.values && (needs & KV_NEEDS_VALUES)) ||
+        kv_layer_part_wrap(&part, in, n_runs, first, NULL, 1)) {
         snprintf(err, err_len, "out of memory allocating the caches of %d runs", n_runs);
         free(caches);
         free(identity);
+        free(kv.keys);
+        free(kv.values);
         return KV_ERUNTIME;
     }
     for (int j = 0; j < in->n_tokens; j++)
@@ -886,8 +1116,15 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     rc = stream_open(&stream, tr, block, count, conf->no_out_err, err, err_len);
     for (int l = first; l < first + count && rc == 0; l++) {
         int next = l + 1 < first + count ? l + 1 : -1;
-        rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &pg, err,
-                          err_len);
+        /* the keys and values policies read: no task is reading the trace here */
+        if (kv.keys)
+            rc = kv_trace_read_rows(tr, l, KV_TENSOR_K, 0, in->n_tokens, kv.keys, err,
+                                    err_len);
+        if (rc == 0 && kv.values)
+            rc = kv_trace_read_v(tr, l, kv.values, err, err_len);
+        if (rc == 0)
+            rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &kv, &pg, err,
+                              err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
         if (rc == 0)
@@ -905,6 +1142,8 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     kv_layer_part_free(&part);
     free(caches);
     free(identity);
+    free(kv.keys);
+    free(kv.values);
     return rc;
 }
 
@@ -938,7 +1177,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
 {
     *out = NULL;
     const kv_trace_info *in = kv_trace_get_info(tr);
-    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    int rc = replay_check(tr, conf, err, err_len);
     if (rc)
         return rc;
     kv_results *res = NULL;

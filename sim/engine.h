@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/alloc.h"
 #include "sim/cache.h"
 #include "traces/trace.h"
 
@@ -35,7 +36,17 @@ typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
  * Entry KV_ENGINE_PARAM_GRANULARITY is kv_granularity (a CHOICE whose index is the
  * kv_granularity value).
  */
-enum { KV_ENGINE_PARAM_GRANULARITY = 0 };
+enum {
+    KV_ENGINE_PARAM_GRANULARITY = 0,
+    /* the rules composing with a policy's scores (sim/alloc.h); only policies with a
+     * scores slot take them (kv_policy_pair_check): */
+    KV_ENGINE_PARAM_ALLOC,          /* uniform|pyramid|ada, index = kv_alloc_mode */
+    KV_ENGINE_PARAM_PYRAMID_BETA,
+    KV_ENGINE_PARAM_ADA_ALPHA,
+    KV_ENGINE_PARAM_CHUNK,          /* N, or "off" (0) */
+    KV_ENGINE_PARAM_VALUE_WEIGHT,   /* none|l1, index = kv_value_weight */
+    KV_ENGINE_PARAM_FIRST_SCORED = KV_ENGINE_PARAM_ALLOC
+};
 extern const kv_param_spec kv_engine_params[];   /* kv_n_engine_params rows */
 extern const int kv_n_engine_params;
 
@@ -45,6 +56,7 @@ typedef struct {
     const kv_policy_ops *ops;
     kv_param_values values;
     kv_granularity granularity;
+    kv_select_opts select;      /* alloc, chunk, value_weight (zeroed: the defaults) */
 } kv_policy_conf;
 
 typedef struct {
@@ -85,6 +97,12 @@ typedef struct {
                                    query_head. For retention_map.tsv. */
     double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps of out_err
                                    (cache.h), NaN when the trace has no v */
+    int caches_per_layer;       /* G of this run (kv_caches_per_layer) */
+    int *cache_budget;          /* [n_layers * G] the budget of cache (l, g) at l * G + g:
+                                   B, or its layer's share (alloc = pyramid); the sum
+                                   is n_layers * G * B. For budgets.tsv. */
+    double *cache_tokens_mean;  /* [n_layers * G] mean over decode steps of the cache's
+                                   kv_tokens (|A_t| * token weight) */
 } kv_run_result;
 
 typedef struct {
@@ -121,6 +139,21 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len);
 
 /*
+ * Checks what a (policy, budget) pair needs of a trace, before any replay: the keys
+ * (ops->needs, q/k datasets: has_qk as kv_trace_has_qk), the values (ops->needs or
+ * value_weight: in->has_v), and the pyramid's layer budgets each valid for the policy
+ * (ops->check). Returns 0, or 2 with a one-line reason in why ("knorm reads the keys
+ * ... but t.h5 has no q/k datasets").
+ */
+int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                          int has_qk, const char *trace_name, char *why, size_t why_len);
+
+/* Budgets of every layer of a run of pc at budget B on geometry in (alloc.h
+ * kv_alloc_layer_budgets with the policy's window; out: [n_layers]). Cannot fail. */
+void kv_policy_layer_budgets(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                             int *out);
+
+/*
  * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
  * rule (ops->check). Returns 0, or KV_EUSAGE with "policy 'morphkv-sum' at budget 16: budget 16
  * must exceed window 32" in err (the first invalid pair).
@@ -152,6 +185,9 @@ typedef struct {
     int *retained;              /* [R * T] as kv_run_result.retained, this layer only */
     int *n_cache_units;         /* [R] as kv_run_result.n_cache_units, this layer only */
     int *final_sets;            /* [R * G * T] this layer's rows of kv_run_result.final_sets */
+    int *cache_budget;          /* [R * H] the budget of the layer's cache g of run r at
+                                   r * H + g (g < the run's caches_per_layer) */
+    double *cache_tokens_mean;  /* [R * H] its mean kv_tokens over decode steps */
 } kv_layer_part;
 
 /* Bytes of a part's buffer for a replay of n_runs runs on a trace of geometry in. Cannot

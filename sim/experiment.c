@@ -39,11 +39,22 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return KV_ERUNTIME;
         kv_trace_info info = *kv_trace_get_info(tr);
+        int has_qk = kv_trace_has_qk(tr);
         kv_trace_close(tr);
+        const char *name = kv_trace_display_name(ex->traces[k]);
         for (int p = 0; p < ex->n_policies; p++)
             for (int b = 0; b < ex->n_budgets; b++) {
                 int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
                 int rc = kv_experiment_resolve_entry(ex, k, &info, p, b, t, err, err_len);
+                /* what the policy reads of the trace (keys, values), before any replay */
+                if (!rc) {
+                    char need[512];
+                    rc = kv_policy_trace_check(&ex->policies[p], *t, &info, has_qk, name,
+                                               need, sizeof need);
+                    if (rc)
+                        snprintf(err, err_len, "%s: policy '%s' at budget %d: %s", name,
+                                 ex->policies[p].label, *t, need);
+                }
                 if (rc)
                     return rc;
             }

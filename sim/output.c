@@ -317,19 +317,53 @@ static void summary_row(FILE *f, const double *values)
             value_cell(f, kv_output_columns[i].format, values[i]);
 }
 
-void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
+/* Appends "name=word" of engine parameter i (a CHOICE) at index `value` to buf. */
+static void append_choice(char *buf, size_t len, int i, int value)
 {
-    kv_params_format(pc->ops, &pc->values, only_changed, buf, len);
-    const kv_param_spec *g = &kv_engine_params[KV_ENGINE_PARAM_GRANULARITY];
-    if (only_changed && pc->granularity == KV_GRAN_KV_HEAD)
-        return;
-    /* the granularity's word: the CHOICE's words are '|'-separated, indexed by value */
+    const kv_param_spec *g = &kv_engine_params[i];
+    /* the CHOICE's words are '|'-separated, indexed by value */
     const char *w = g->choices;
-    for (int i = 0; i < (int)pc->granularity && strchr(w, '|'); i++)
+    for (int k = 0; k < value && strchr(w, '|'); k++)
         w = strchr(w, '|') + 1;
     size_t at = strlen(buf);
     snprintf(buf + at, at < len ? len - at : 0, "%s%s=%.*s", at ? "," : "", g->name,
              (int)strcspn(w, "|"), w);
+}
+
+/* Appends "name=text" to buf. */
+static void append_text(char *buf, size_t len, int i, const char *text)
+{
+    size_t at = strlen(buf);
+    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%s", at ? "," : "",
+             kv_engine_params[i].name, text);
+}
+
+void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
+{
+    kv_params_format(pc->ops, &pc->values, only_changed, buf, len);
+    if (!only_changed || pc->granularity != KV_GRAN_KV_HEAD)
+        append_choice(buf, len, KV_ENGINE_PARAM_GRANULARITY, (int)pc->granularity);
+    /* the options that compose with a policy's scores (sim/alloc.h), for scorers */
+    if (!pc->ops->scores)
+        return;
+    kv_select_opts o = kv_select_resolved(&pc->select);
+    char num[32];
+    if (!only_changed || o.alloc != KV_ALLOC_UNIFORM)
+        append_choice(buf, len, KV_ENGINE_PARAM_ALLOC, (int)o.alloc);
+    if (!only_changed || o.beta != KV_PYRAMID_BETA) {
+        snprintf(num, sizeof num, "%g", o.beta);
+        append_text(buf, len, KV_ENGINE_PARAM_PYRAMID_BETA, num);
+    }
+    if (!only_changed || o.alpha != KV_ADA_ALPHA) {
+        snprintf(num, sizeof num, "%g", o.alpha);
+        append_text(buf, len, KV_ENGINE_PARAM_ADA_ALPHA, num);
+    }
+    if (!only_changed || o.chunk > 0) {
+        snprintf(num, sizeof num, "%d", o.chunk);
+        append_text(buf, len, KV_ENGINE_PARAM_CHUNK, o.chunk > 0 ? num : "off");
+    }
+    if (!only_changed || o.value_weight != KV_VALUE_WEIGHT_NONE)
+        append_choice(buf, len, KV_ENGINE_PARAM_VALUE_WEIGHT, (int)o.value_weight);
 }
 
 /* The params column: the label's parameters that differ from their defaults, or "-". */
@@ -610,6 +644,29 @@ static int write_lifetimes(FILE *f, const out_ctx *c, char *err, size_t err_len)
 }
 
 /* Decode steps by their recall (the per-step means of steps.tsv), KV_RECALL_BINS bins. */
+/* budgets.tsv: the budget of every (layer, cache) of every run, and the mean number of
+ * tokens the cache held when queries attended (kv_tokens; alloc = ada lets it drift). */
+static int write_budgets(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\tcache\tcache_budget\t"
+               "kv_tokens_mean\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            for (int l = 0; l < res->info.n_layers; l++)
+                for (int g = 0; g < run->caches_per_layer; g++) {
+                    size_t at = (size_t)l * run->caches_per_layer + g;
+                    run_key(f, c, k, r);
+                    fprintf(f, "\t%d\t%d\t%d\t%.9g\n", l, g, run->cache_budget[at],
+                            run->cache_tokens_mean[at]);
+                }
+        }
+    }
+    return 0;
+}
+
 static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tbin_lo\tbin_hi\tsteps\tfraction\n");
@@ -661,6 +718,7 @@ static const struct {
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
     { "predict.tsv", write_predict },
+    { "budgets.tsv", write_budgets },
 };
 
 int kv_output_is_result_file(const char *name)

@@ -17,6 +17,8 @@
  *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the
  *                  number of decode steps they were attended to
  *   recall_hist.tsv  one row per (trace, policy, budget, bin): decode steps by recall
+ *   budgets.tsv    one row per (trace, policy, budget, layer, cache): the cache's budget
+ *                  (sim/alloc.h) and its mean kv_tokens over decode steps
  *
  * Every file has the columns trace, policy (or policy_a, policy_b), budget (tokens,
  * resolved) and budget_spec (as given). Columns are documented in the README ("Output
