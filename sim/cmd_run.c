@@ -266,17 +266,21 @@ int kv_cmd_run(int argc, char **argv)
     kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
                                  .res = (const kv_results *const *)res, .trace_names = names,
                                  .budget_specs = specs };
-    /* every trace's structure and q/k/v values, before any replay (traces/validate.h) */
+    /* every trace's structure and v values before any replay; q, k and attn rows are
+     * checked as the replay reads them (traces/validate.h), and the output directory is
+     * created only once every replay succeeded */
     for (int k = 0; rc == 0 && k < ex.n_traces; k++)
         if (kv_trace_precheck(ex.traces[k], err, sizeof err))
             rc = 1;
     if (rc == 0)
-        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
+        rc = kv_output_check(ex.output, o.force, err, sizeof err);
     for (int k = 0; k < ex.n_traces; k++)
         names[k] = kv_trace_display_name(ex.traces[k]);
     kv_experiment_opts eo = { .block = o.block, .progress = !o.quiet };
     if (rc == 0)
         rc = kv_experiment_replay(&ex, tokens, &eo, res, err, sizeof err);
+    if (rc == 0)
+        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
     if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
         rc = 1;
     if (rc == 0 && !o.quiet) {

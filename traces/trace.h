@@ -106,7 +106,9 @@ typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1 } kv_tensor;
  * out holds n * T * head_dim floats (n = n_heads or n_kv_heads), owned by the caller. The
  * same values as kv_trace_read_qk; lets a caller load a layer in pieces (the replay engine
  * starts on a layer's first rows while the later ones are read, and reads the next layer
- * while replaying the current one). KV_ETRACE_ARG when the trace has no q/k
+ * while replaying the current one). With read checks on (kv_trace_set_read_checks) the
+ * slab read is checked to be finite (KV_ETRACE_FORMAT naming the first bad element).
+ * KV_ETRACE_ARG when the trace has no q/k
  * (kv_trace_has_qk is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
  * KV_ETRACE_IO on failure.
  */

@@ -907,6 +907,12 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
     pthread_mutex_lock(&tr->lock);
     int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
     pthread_mutex_unlock(&tr->lock);
+    if (rc == 0 && tr->check_values) {
+        const kv_trace_info *in = &tr->info;
+        int dims[3] = { which == KV_TENSOR_Q ? in->n_heads : in->n_kv_heads, in->n_tokens,
+                        in->head_dim };
+        rc = kv_check_finite_rows(tr->path, dpath, dims, t0, t1, out, err, err_len);
+    }
     return rc;
 }
 
