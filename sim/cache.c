@@ -215,7 +215,7 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
     c->entered[t] = t;
     int n = c->n;
     /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
-    const int *pos = n == t + 1 ? NULL : c->pos;
+    const int *pos = n == t + 1 || full->by_slot ? NULL : c->pos;
     /* the row is built only for a policy that will read it */
     c->reads = c->ops->reads_row == NULL || c->ops->reads_row(c->state, t);
     double recall_sum = 0.0, top1 = 0.0, top8 = 0.0;

@@ -46,6 +46,18 @@ static void run_usage(FILE *f)
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
+"      --no-topk           do not measure the top-k recall metrics (topk = no): their\n"
+"                          columns hold nan; they rank every key of every row\n"
+"      --dense             replay the full rows of every step even when the trace\n"
+"                          stores its log-normalisers (kvsim index); by default a qk\n"
+"                          trace that has them is replayed sparsely when no policy\n"
+"                          reads whole rows (oracle, lookahead) and topk = no\n"
+"      --no-topk           do not measure the top-k recall metrics (topk = no): their\n"
+"                          columns hold nan; they rank every key of every row\n"
+"      --dense             replay the full rows of every step even when the trace\n"
+"                          stores its log-normalisers (kvsim index); by default a\n"
+"                          qk trace that has them is replayed sparsely when no policy\n"
+"                          reads whole rows (oracle, lookahead) and topk = no\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
@@ -90,7 +102,7 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 }
 
 typedef struct {
-    int force, quiet, block, no_plot;
+    int force, quiet, block, no_plot, no_topk, dense;
     long seed;           /* -1: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
     const char *sets[64];
@@ -100,7 +112,7 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_NO_TOPK, OPT_DENSE };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -108,6 +120,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
+        { "no-topk", no_argument, 0, OPT_NO_TOPK }, { "dense", no_argument, 0, OPT_DENSE },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -131,6 +144,8 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
+        case OPT_NO_TOPK: o->no_topk = 1; break;
+        case OPT_DENSE: o->dense = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
         case OPT_SEED:
             o->seed = strtol(optarg, &end, 10);
@@ -186,6 +201,8 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
             return 2;
     if (o->seed >= 0)
         ex->seed = (unsigned long)o->seed;
+    if (o->no_topk)
+        ex->no_topk = 1;
     return 0;
 }
 
@@ -276,7 +293,7 @@ int kv_cmd_run(int argc, char **argv)
         rc = kv_output_check(ex.output, o.force, err, sizeof err);
     for (int k = 0; k < ex.n_traces; k++)
         names[k] = kv_trace_display_name(ex.traces[k]);
-    kv_experiment_opts eo = { .block = o.block, .progress = !o.quiet };
+    kv_experiment_opts eo = { .block = o.block, .progress = !o.quiet, .dense = o.dense };
     if (rc == 0)
         rc = kv_experiment_replay(&ex, tokens, &eo, res, err, sizeof err);
     if (rc == 0)

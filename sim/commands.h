@@ -13,5 +13,6 @@ int kv_cmd_plot(int argc, char **argv);     /* sim/cmd_plot.c */
 int kv_cmd_info(int argc, char **argv);     /* sim/cmd_info.c */
 int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
 int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
+int kv_cmd_index(int argc, char **argv);    /* sim/cmd_index.c */
 
 #endif

@@ -227,9 +227,13 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
             return fail(s, "[experiment] seed must be a whole number >= 0, got '%s'%s%s",
                         value, "", "");
         ex->seed = v;
+    } else if (strcmp(key, "topk") == 0) {
+        if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+            return fail(s, "[experiment] topk must be yes or no, got '%s'%s%s", value, "", "");
+        ex->no_topk = strcmp(value, "no") == 0;
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed)%s%s", key, "", "");
+                    "seed, topk)%s%s", key, "", "");
     return 1;
 }
 

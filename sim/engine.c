@@ -33,12 +33,17 @@ typedef struct {
     int run;                 /* index into kv_results.runs */
     int head_lo;             /* first query head of the group */
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
+    float *sparse;           /* sparse replay: [n_heads * (T + 1)] this step's weights of
+                                A_t, by slot (kv_group_rows.by_slot) */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j] */
+    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j]; NULL for a
+                             sparse block (its caches compute their own weights) */
+    const kv_rows *src;   /* the layer's q and k (sparse blocks) */
+    const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
     size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
     int t0, nb;
@@ -94,6 +99,30 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
     return 0;
 }
 
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len)
+{
+    if (conf->dense)
+        snprintf(why, why_len, "the dense replay was asked for");
+    else if (in->source != KV_SOURCE_QK)
+        snprintf(why, why_len, "an attn trace stores its rows");
+    else if (!in->has_lse)
+        snprintf(why, why_len, "the trace stores no log-normalisers (kvsim index)");
+    else if (!conf->no_topk)
+        snprintf(why, why_len, "the top-k metrics rank every key of a row");
+    else {
+        for (int p = 0; p < conf->n_policies; p++) {
+            const kv_policy_conf *pc = &conf->policies[p];
+            if (pc->ops->prescan || pc->ops->attend) {
+                snprintf(why, why_len, "policy '%s' reads whole rows", pc->label);
+                return 1;
+            }
+        }
+        return 0;
+    }
+    return 1;
+}
+
 double kv_tokens_to_bytes(const kv_trace_info *info, long long kv_tokens)
 {
     return (double)kv_tokens * 2.0 * info->head_dim * info->dtype_bytes;
@@ -114,6 +143,7 @@ static void replay_cache_free(replay_cache *rc)
 {
     kv_cache_free(&rc->cache);
     free(rc->steps);
+    free(rc->sparse);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -136,7 +166,7 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in)
 
 static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run, int budget,
                              const kv_trace_info *in, int layer, int index, int n_caches,
-                             unsigned long seed, const int *identity)
+                             unsigned long seed, const int *identity, int sparse)
 {
     int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
     int group = in->n_heads / n_caches;
@@ -144,6 +174,11 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     rc->run = run;
     rc->head_lo = index * group;
     rc->steps = calloc((size_t)D, sizeof *rc->steps);
+    if (sparse && !(rc->sparse = malloc((size_t)group * (T + 1) * sizeof *rc->sparse))) {
+        free(rc->steps);
+        rc->steps = NULL;
+        return -1;
+    }
     kv_policy_ctx ctx = {
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
@@ -151,7 +186,9 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
                                     kv_cache_token_weight(pc, in), identity)) {
         free(rc->steps);
+        free(rc->sparse);
         rc->steps = NULL;
+        rc->sparse = NULL;
         return -1;
     }
     return 0;
@@ -163,9 +200,32 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
     size_t i_row = (size_t)rc->head_lo * b->nb + (size_t)(t - b->t0);
     kv_group_rows g = {
         .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
-        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->nb * TOPK,
+        .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->nb * TOPK,
     };
     return g;
+}
+
+/* A sparse block's weights for cache rc at decode position t: p_t over A_t = S u {t}
+ * alone (kv_rows_sparse), head after head, each run of heads that share a KV head in one
+ * pass over their keys. */
+static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    size_t stride = (size_t)T + 1;
+    for (int hh = 0; hh < c->n_heads;) {
+        int h = rc->head_lo + hh, g = h / group;
+        int n_q = (g + 1) * group - h;                 /* heads left on KV head g */
+        if (n_q > c->n_heads - hh)
+            n_q = c->n_heads - hh;
+        kv_rows_sparse(kv_rows_q(b->src, h) + (size_t)t * hd, (size_t)T * hd, n_q,
+                       kv_rows_k(b->src, g), hd, in->softmax_scale, b->lse + (size_t)h * T + t,
+                       (size_t)T, c->pos, c->n, t, rc->sparse + (size_t)hh * stride, stride);
+        hh += n_q;
+    }
+    kv_group_rows rows = { .p = rc->sparse, .head_stride = stride, .by_slot = 1 };
+    return rows;
 }
 
 /*
@@ -177,8 +237,10 @@ static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head
 {
     kv_cache *c = &rc->cache;
     int P = b->in->prefill_len;
-    kv_group_rows rows = group_rows(rc, b, t);
+    kv_group_rows rows = b->rows ? group_rows(rc, b, t) : sparse_rows(rc, b, t);
     kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
+    if (t >= P && !rows.top)   /* not measured (kv_replay_conf.no_topk) */
+        rc->steps[t - P].topk1 = rc->steps[t - P].topk8 = NAN;
     for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
         int h = rc->head_lo + hh;
         double recall = c->head_recall[hh];
@@ -278,6 +340,7 @@ typedef struct {
     double start, last;
     int enabled, shown;
     int tty;          /* stderr is a terminal: rewrite one line; else a line every 10 s */
+    int sparse;       /* the replay is sparse (said in the line) */
 } progress;
 
 static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
@@ -291,9 +354,9 @@ static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
     pg->shown = pg->tty;
     double done = ((double)layer + (double)t / T) / n_layers;
     double eta = done > 0 ? (now - pg->start) * (1.0 - done) / done : 0.0;
-    fprintf(stderr, "%skvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
-            pg->tty ? "\r" : "", layer + 1, n_layers, t, T, 100.0 * done, eta,
-            pg->tty ? "   " : "\n");
+    fprintf(stderr, "%skvsim: %s replay: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
+            pg->tty ? "\r" : "", pg->sparse ? "sparse" : "dense", layer + 1, n_layers, t, T,
+            100.0 * done, eta, pg->tty ? "   " : "\n");
     fflush(stderr);
 }
 
@@ -308,7 +371,7 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
         for (int i = 0; i < per_layer; i++, n++)
             if (replay_cache_init(&caches[n], pc, r, res->runs[r].budget, &res->info, layer,
                                   i, per_layer, cache_seed(conf->seed, r, layer, i),
-                                  identity) != 0)
+                                  identity, res->sparse) != 0)
                 return -1;
     }
     return n;
@@ -324,10 +387,19 @@ typedef struct {
     kv_rows *cur;          /* the layer being replayed, loaded */
     kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
-    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
+                              when the top-k metrics are off */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
+    int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
+    double *lse;           /* sparse: [n_heads * T] the current layer's log-normalisers */
 } kv_stream;
+
+/* A sparse replay's block of decode rows only: its caches compute their own weights. */
+static int sparse_block(const kv_stream *s, const kv_trace_info *in, int t0)
+{
+    return s->sparse && t0 >= in->prefill_len;
+}
 
 enum { CONSUME_STEP, CONSUME_PRESCAN };
 
@@ -362,6 +434,8 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
                    int want_topk, kv_failure *f)
 {
     char why[512];
+    if (sparse_block(s, in, t0))
+        return 0;
     if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
                      in->prefill_len, why, sizeof why) == 0)
         return 0;
@@ -412,7 +486,8 @@ static int pieces_before(long n_pieces, int k, int n)
 static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
 {
     int T = in->n_tokens;
-    kv_block b = { .in = in, .rows = s->buf[slot], .ld = kv_rows_ld(s->cur),
+    kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
+                   .src = s->cur, .lse = s->lse, .ld = kv_rows_ld(s->cur),
                    .topk = s->topk[slot], .t0 = t0,
                    .nb = t0 + s->block < T ? s->block : T - t0 };
     return b;
@@ -477,7 +552,7 @@ static void produce_task(const kv_layer_work *w, int k, int g)
     if (has_failed(w->f))
         return;
     int t0 = k * w->s->block;
-    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f) != 0)
+    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP && w->s->topk[0], w->f))
         return;
     kv_block b = block_at(w->s, w->in, t0, k & 1);
     for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
@@ -650,11 +725,17 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int sparse,
+                       char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     memset(s, 0, sizeof *s);
     s->block = block;
+    s->sparse = sparse;
+    if (sparse && !(s->lse = malloc((size_t)in->n_heads * in->n_tokens * sizeof *s->lse))) {
+        snprintf(err, err_len, "out of memory for the log-normalisers of a layer");
+        return 1;
+    }
     s->cur = kv_rows_new(tr, block, err, err_len);
     if (!s->cur)
         return 1;
@@ -663,8 +744,8 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, char *err, size_t 
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
-        s->topk[i] = malloc(rows * TOPK * sizeof(int));
-        if (!s->buf[i] || !s->topk[i]) {
+        s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
+        if (!s->buf[i] || (topk && !s->topk[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return 1;
@@ -682,6 +763,7 @@ static void stream_close(kv_stream *s)
         free(s->buf[i]);
         free(s->topk[i]);
     }
+    free(s->lse);
 }
 
 int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
@@ -718,12 +800,17 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         identity[j] = j;
     /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
     int blas_threads = kv_blas_single_begin();
+    char why[256];
+    res->sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
-                    .tty = isatty(STDERR_FILENO) };
+                    .tty = isatty(STDERR_FILENO), .sparse = res->sparse };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, err, err_len);
+    rc = stream_open(&stream, tr, block, !conf->no_topk, res->sparse, err, err_len);
     for (int l = 0; l < in->n_layers && rc == 0; l++) {
-        rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
+        if (res->sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
+            rc = 1;
+        if (rc == 0)
+            rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
         kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
@@ -734,8 +821,8 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     stream_close(&stream);
     kv_blas_threads_restore(blas_threads);
     if (pg.shown)
-        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", in->n_layers,
-                now_seconds() - pg.start, "");
+        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s (%s)%30s\n", in->n_layers,
+                now_seconds() - pg.start, res->sparse ? "sparse" : "dense", "");
     free(caches);
     free(identity);
     if (rc) {

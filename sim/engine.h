@@ -55,6 +55,9 @@ typedef struct {
                              blocks of n_heads * block * T floats */
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
+    int no_topk;          /* 1: do not measure the top-k recall metrics (their steps hold
+                             NaN); they read every full row, so a sparse replay needs it */
+    int dense;            /* 1: always the dense replay (the full rows of every step) */
 } kv_replay_conf;
 
 /* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
@@ -84,6 +87,7 @@ typedef struct {
 
 typedef struct {
     kv_trace_info info;         /* copy of the trace's attributes */
+    int sparse;                 /* 1: the decode steps were replayed sparsely */
     int n_steps;                /* D = T - P */
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
@@ -121,6 +125,21 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
  * must exceed window 32" in err (the first invalid pair).
  */
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
+
+/*
+ * Sparse replay: when a qk trace stores its rows' log-normalisers (index.h) a decode
+ * step needs only the attention of each cache's own positions, p_t[j] = exp(x_tj -
+ * lse_t) for j in A_t (kv_rows_sparse): O(|A_t| * head_dim) per head and step instead of
+ * the full row's O(t * head_dim); prefill rows, which every policy observes whole, are
+ * still produced densely. Recall, o_t and every kept set are those of the dense replay up
+ * to float rounding. kv_replay takes it whenever this returns 0; it returns 1 with the
+ * reason the run needs full rows in why (for messages): dense requested, an attn trace,
+ * no stored lse, the top-k metrics (they rank every key of a row), or a policy that reads
+ * whole rows (a prescan, as lookahead's, or a choice before the query, as oracle's).
+ * Cannot fail.
+ */
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len);
 
 /*
  * Replays tr under conf. On success *out owns the results (free with kv_results_free)

@@ -97,7 +97,13 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
         kv_replay_conf conf = {
             .policies = group, .n_policies = n, .budgets = tok + p * nb, .n_budgets = nb,
             .block = o->block, .progress = o->progress, .seed = ex->seed,
+            .no_topk = ex->no_topk, .dense = o->dense,
         };
+        char why[256];
+        if (o->progress && kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why,
+                                                  sizeof why) == 0)
+            fprintf(stderr, "kvsim: %s: sparse replay from the stored log-normalisers "
+                    "(--dense for the full rows)\n", kv_trace_display_name(ex->traces[k]));
         kv_results *part = NULL;
         int rc = kv_replay(tr, &conf, &part, err, err_len);
         if (rc) {

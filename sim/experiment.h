@@ -21,6 +21,7 @@
 typedef struct {
     int block;       /* query rows per block, 0: the engine's default */
     int progress;    /* 1: progress on stderr (per trace, and the engine's) */
+    int dense;       /* 1: never the sparse replay (kv_replay_conf.dense) */
 } kv_experiment_opts;
 
 /* The `trace` column of a trace: its file name without directory (borrowed from path).

@@ -17,6 +17,7 @@ static const struct {
     { "info", kv_cmd_info, "describe a trace and check that it is valid" },
     { "gen", kv_cmd_gen, "write a seeded synthetic trace" },
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },
+    { "index", kv_cmd_index, "store a qk trace's row normalisers for sparse replays" },
     { "policies", kv_cmd_policies, "list the eviction policies and their parameters" },
     { NULL, NULL, NULL },
 };

@@ -172,9 +172,10 @@ KV_SIMD_CLONES void kv_row_topk(const float *p, int t, int k, int *top)
  * Softmax of one row of logits over j <= t, in place (float32 exponentials after max
  * subtraction, normaliser in double); x[t+1 .. t1) = 0. When top is not NULL the row's
  * top k keys (kv_row_topk's order) are found in the last pass, span by span while each
- * span is in L1, rather than by another pass over the row.
+ * span is in L1, rather than by another pass over the row. Returns the row's
+ * log-normaliser log sum_{j<=t} e^{x_j} (max + log of the double sum).
  */
-static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
+static KV_SIMD_CLONES double softmax_row(float *x, int t, int t1, int *top, int k)
 {
     int n = t + 1;
     float max = x[0];
@@ -203,10 +204,14 @@ static KV_SIMD_CLONES void softmax_row(float *x, int t, int t1, int *top, int k)
         topk_scan(x, 0, hi, k, top, &n_top);
     for (int j = n; j < t1; j++)
         x[j] = 0.0f;
+    return (double)max + log(sum);
 }
 
-void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
-                     int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
+/* kv_rows_from_qk, and when lse is not NULL each row's log-normaliser to
+ * lse[i * lse_stride + t]. */
+static void rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                         int t0, int t1, float *out, size_t ld, int *top, int n_top,
+                         int t_top, double *lse, size_t lse_stride)
 {
     int nb = t1 - t0;
     /* out[(i * nb + t - t0) * ld + j] = scale * q_t . k_j for j < t1: one product for
@@ -216,9 +221,74 @@ void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, doub
     for (int i = 0; i < n_q; i++)
         for (int t = t0; t < t1; t++) {
             size_t row = (size_t)i * nb + (size_t)(t - t0);
-            softmax_row(out + row * ld, t, t1, top && t >= t_top ? top + row * n_top : NULL,
-                        n_top);
+            double l = softmax_row(out + row * ld, t, t1,
+                                   top && t >= t_top ? top + row * n_top : NULL, n_top);
+            if (lse)
+                lse[(size_t)i * lse_stride + (size_t)t] = l;
         }
+}
+
+void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                     int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
+{
+    rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, ld, top, n_top, t_top, NULL, 0);
+}
+
+/* ------------------------------------------------------------ sparse rows */
+
+/* scale * q_i . k for four query rows at once (one pass over the key), float sums. */
+static inline void dot4(const float *q, size_t q_stride, const float *key, int hd,
+                        float *d0, float *d1, float *d2, float *d3)
+{
+    const float *q0 = q, *q1 = q + q_stride, *q2 = q + 2 * q_stride, *q3 = q + 3 * q_stride;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    #pragma omp simd reduction(+:a0, a1, a2, a3)
+    for (int d = 0; d < hd; d++) {
+        a0 += q0[d] * key[d];
+        a1 += q1[d] * key[d];
+        a2 += q2[d] * key[d];
+        a3 += q3[d] * key[d];
+    }
+    *d0 = a0, *d1 = a1, *d2 = a2, *d3 = a3;
+}
+
+static inline float dot1(const float *q, const float *key, int hd)
+{
+    float a = 0;
+    #pragma omp simd reduction(+:a)
+    for (int d = 0; d < hd; d++)
+        a += q[d] * key[d];
+    return a;
+}
+
+KV_SIMD_CLONES void kv_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k,
+                                   int head_dim, double scale, const double *lse,
+                                   size_t lse_stride, const int *pos, int n, int t,
+                                   float *out, size_t out_stride)
+{
+    int i = 0;
+    for (; i + 4 <= n_q; i += 4) {   /* four heads per pass over the keys */
+        float *o = out + (size_t)i * out_stride;
+        const float *qi = q + (size_t)i * q_stride;
+        for (int s = 0; s <= n; s++) {
+            const float *key = k + (size_t)(s < n ? pos[s] : t) * head_dim;
+            dot4(qi, q_stride, key, head_dim, o + s, o + out_stride + s,
+                 o + 2 * out_stride + s, o + 3 * out_stride + s);
+        }
+    }
+    for (; i < n_q; i++) {
+        float *o = out + (size_t)i * out_stride;
+        const float *qi = q + (size_t)i * q_stride;
+        for (int s = 0; s <= n; s++)
+            o[s] = dot1(qi, k + (size_t)(s < n ? pos[s] : t) * head_dim, head_dim);
+    }
+    for (i = 0; i < n_q; i++) {   /* p = e^(x - lse), x = scale * dot */
+        float *o = out + (size_t)i * out_stride;
+        double l = lse[(size_t)i * lse_stride];
+        #pragma omp simd
+        for (int s = 0; s <= n; s++)
+            o[s] = exp_nonpositive((float)((double)o[s] * scale - l));
+    }
 }
 
 /* ------------------------------------------------------------ the row source */
@@ -235,6 +305,7 @@ struct kv_rows {
     float *qs;      /* qk: per task, the group's queries of one block: n_heads * block *
                        head_dim in all, task g at g * group * block * head_dim */
     float *out;     /* kv_rows_block's buffer: n_heads * block * ld, allocated on use */
+    double *lse;    /* kv_rows_set_lse: where qk fills put each row's log-normaliser */
 };
 
 kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len)
@@ -331,10 +402,26 @@ int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, 
         memcpy(qs + (size_t)i * nb * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
                (size_t)nb * hd * sizeof(float));
     size_t first = (size_t)h0 * nb;   /* the group's first row in out and top */
-    kv_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
-                    in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
-                    top ? top + first * n_top : NULL, n_top, t_top);
+    rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
+                 in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
+                 top ? top + first * n_top : NULL, n_top, t_top,
+                 r->lse ? r->lse + (size_t)h0 * T : NULL, (size_t)T);
     return 0;
+}
+
+void kv_rows_set_lse(kv_rows *r, double *lse)
+{
+    r->lse = lse;
+}
+
+const float *kv_rows_q(const kv_rows *r, int head)
+{
+    return r->q ? r->q + (size_t)head * r->info->n_tokens * r->info->head_dim : NULL;
+}
+
+const float *kv_rows_k(const kv_rows *r, int kv_head)
+{
+    return r->k ? r->k + (size_t)kv_head * r->info->n_tokens * r->info->head_dim : NULL;
 }
 
 kv_rows *kv_rows_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)

@@ -37,6 +37,21 @@ void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, doub
                      int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top);
 
 /*
+ * Sparse rows from stored log-normalisers: for n_q query heads sharing one KV head, the
+ * full-cache attention of position t on the n + 1 keys pos[0..n) and t only,
+ *   out[i * out_stride + s] = exp(softmax_scale * q_i . k_{j_s} - lse_i),  j_s = pos[s]
+ *   (s < n), j_n = t,
+ * where q_i = q + i * q_stride (head_dim floats: query head i's row t), key j at
+ * k + j * head_dim, lse_i = lse[i * lse_stride] (the row's log-normaliser, index.h). The
+ * dot products in float, the exponent in double rounded to float, the exponential as the
+ * softmax's; equal to kv_rows_from_qk's p_t[j] up to float rounding (the two sum the dot
+ * products in different orders). O(n_q * n * head_dim). Cannot fail.
+ */
+void kv_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k, int head_dim,
+                    double scale, const double *lse, size_t lse_stride, const int *pos, int n,
+                    int t, float *out, size_t out_stride);
+
+/*
  * The k highest entries of one row p[0..t], best first, into top[0..min(k, t+1));
  * ties rank the more recent key (larger j) higher (README rule 4). O(t) with a
  * vectorised scan; k <= 64. Cannot fail.
@@ -113,6 +128,21 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1);
  */
 int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
                  char *err, size_t err_len);
+
+/*
+ * qk: from now on every kv_rows_fill also writes the log-normaliser of each row it
+ * produces, lse_t^h = log sum_{j<=t} e^{x_j} with x_j = softmax_scale * q_t^h . k_j (the
+ * softmax's own max plus the log of its double sum), to lse[h * T + t] (n_heads * T
+ * doubles, the caller's; NULL stops it). `kvsim index` stores them for sparse replays.
+ * Ignored for attn traces. Cannot fail.
+ */
+void kv_rows_set_lse(kv_rows *r, double *lse);
+
+/* qk: the loaded layer's queries of query head `head` (T * head_dim floats, row t at
+ * t * head_dim) and keys of KV head `kv_head`, borrowed until the next kv_rows_load or
+ * kv_rows_close; only the rows of loaded pieces are valid. NULL for attn traces. */
+const float *kv_rows_q(const kv_rows *r, int head);
+const float *kv_rows_k(const kv_rows *r, int kv_head);
 
 /*
  * Convenience: opens a row source and loads layer (every piece). NULL with err set on

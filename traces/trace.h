@@ -47,6 +47,8 @@ typedef struct {
     int dtype_bytes;                 /* bytes per K or V element modelled, default 2 */
     int has_tokens;                  /* 1 when /tokens is present */
     int has_v;                       /* 1 when every layer has /layers/<l>/v (qk only) */
+    int has_lse;                     /* 1 when every layer has /layers/<l>/lse (qk only:
+                                        `kvsim index`, FORMAT.md) */
 } kv_trace_info;
 
 typedef struct kv_trace kv_trace;
@@ -115,6 +117,15 @@ typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1 } kv_tensor;
 int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
                        char *err, size_t err_len);
 
+/*
+ * Reads a layer's stored log-normalisers /layers/<l>/lse (FORMAT.md: float64
+ * [n_heads, T], lse[h * T + t] = log sum_{j<=t} exp(x_tj) of the qk row) into lse
+ * (n_heads * T doubles, the caller's). With read checks on, each value is checked to be
+ * finite. KV_ETRACE_ARG when the layer has none (kv_trace_info.has_lse), KV_ETRACE_IO,
+ * KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len);
+
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 
@@ -159,6 +170,16 @@ int kv_trace_write_attr_double(kv_trace_writer *w, const char *name, double valu
                                char *err, size_t err_len);
 int kv_trace_write_attr_int(kv_trace_writer *w, const char *name, long long value,
                             char *err, size_t err_len);
+
+/*
+ * Stores the log-normalisers of every layer of the closed qk trace at path as the
+ * optional datasets /layers/<l>/lse (float64 [n_heads, T], chunked and gzipped; earlier
+ * ones replaced): lse[(l * n_heads + h) * T + t]. The file is opened read-write; nothing
+ * else in it changes, so it stays a kvtrace v1 file that older readers open. Returns 0, or
+ * KV_ETRACE_IO with err set.
+ */
+int kv_trace_store_lse(const char *path, const kv_trace_info *info, const double *lse,
+                       char *err, size_t err_len);
 
 /* Flushes and closes the file and frees w; returns non-zero if the final flush failed.
  * NULL is ignored. */

@@ -1,0 +1,26 @@
+/*
+ * index.h - `kvsim index`: the log-normalisers of every qk row, stored in the trace so
+ * that a replay can take the sparse path (sim/engine.h).
+ *
+ * For query head h of layer l and position t, with x_tj = softmax_scale * q_t^h . k_j,
+ *   lse_t^h = log sum_{j<=t} exp(x_tj),
+ * so that the full-cache attention of any key is p_t^h[j] = exp(x_tj - lse_t^h) without
+ * the rest of the row. One dense pass of the replay's own row producer (sim/rows.h: the
+ * same SGEMM and softmax, its max plus the log of its double sum), then stored as the
+ * optional float64 datasets /layers/<l>/lse (traces/FORMAT.md). Memory: the row producer's
+ * (one layer's q and k, one block of rows) plus n_layers * n_heads * T doubles.
+ */
+#ifndef KV_INDEX_H
+#define KV_INDEX_H
+
+#include <stddef.h>
+
+/*
+ * Computes and stores lse for every layer of the qk trace at path (replacing earlier
+ * ones). q and k are checked to be finite as they are read. progress: 1 reports the layer
+ * on stderr when the pass takes over a second. Returns 0; 2 when the trace is not a qk
+ * trace (nothing to index); 1 on a read, write or memory failure; err says why.
+ */
+int kv_index_trace(const char *path, int progress, char *err, size_t err_len);
+
+#endif
