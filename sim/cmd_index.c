@@ -17,7 +17,9 @@ static void index_usage(FILE *f)
 "Computes the log-normaliser lse_t = log sum_{j<=t} exp(x_tj) of every row of a qk trace\n"
 "(every layer, query head and position: one dense pass of the replay's own SGEMM and\n"
 "softmax) and stores it in the trace as the optional datasets /layers/<l>/lse (float64\n"
-"[n_heads, T]; traces/FORMAT.md). The trace stays kvtrace v1: older kvsim ignores them.\n"
+"[n_heads, T]); for a trace with v also the full-cache outputs o_full = sum_j p_t[j] v_j\n"
+"as /layers/<l>/o_full (float32 [n_heads, T, head_dim]); traces/FORMAT.md. The trace\n"
+"stays kvtrace v1: older kvsim ignores them.\n"
 "`kvsim run` then replays decode steps from the rows over each cache alone (p_t[j] =\n"
 "exp(x_tj - lse_t)) when every policy and metric of the run allows it.\n"
 "\n"
@@ -63,7 +65,7 @@ int kv_cmd_index(int argc, char **argv)
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
         if (!quiet)
-            printf("kvsim index: %s: stored lse of every layer in %.1f s\n", argv[i],
+            printf("kvsim index: %s: stored lse (and o_full, with v) of every layer in %.1f s\n", argv[i],
                    (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9);
     }
     return 0;

@@ -1,6 +1,7 @@
 /*
  * test_sparse.c - the stored log-normalisers (`kvsim index`, sim/index.h) and the sparse
  * replay they allow (sim/engine.h):
+ *   - o_full_t^h of a few rows of a trace with v, the same way;
  *   - lse_t^h of a few rows against a softmax normaliser worked here in double from the
  *     stored q and k (an independent route: no SGEMM, no float exponentials);
  *   - the sparse and the dense replay of the same run keep the same set in every cache
@@ -142,6 +143,65 @@ static void test_sparse_equals_dense(void **state)
     kv_results_free(dn);
 }
 
+/* o_full_t^h = sum_j p_t^h[j] v_j by hand in double, on a copy of the generated trace with
+ * a v added (its q and k, v a fixed pattern). */
+static void test_o_full_by_hand(void **state)
+{
+    (void)state;
+    kv_trace *tr = NULL;
+    char err[512];
+    assert_int_equal(kv_trace_open(kv_test_path(H5_IDX), &tr, err, sizeof err), 0);
+    kv_trace_info in = *kv_trace_get_info(tr);
+    size_t T = (size_t)in.n_tokens, hd = (size_t)in.head_dim;
+    float *q = malloc(in.n_layers * in.n_heads * T * hd * sizeof *q);
+    float *k = malloc(in.n_layers * in.n_kv_heads * T * hd * sizeof *k);
+    float *v = malloc(in.n_kv_heads * T * hd * sizeof *v);
+    float *o = malloc(in.n_heads * T * hd * sizeof *o);
+    assert_true(q && k && v && o);
+    for (int l = 0; l < in.n_layers; l++)
+        assert_int_equal(kv_trace_read_qk(tr, l, q + l * in.n_heads * T * hd,
+                                          k + l * in.n_kv_heads * T * hd, err, sizeof err), 0);
+    kv_trace_close(tr);
+    for (size_t i = 0; i < in.n_kv_heads * T * hd; i++)
+        v[i] = (float)((i * 7) % 13) / 13.0f - 0.5f;
+    const char *path = kv_test_path("with_v.h5");
+    kv_trace_writer *w = NULL;
+    assert_int_equal(kv_trace_create(path, &in, 0, &w, err, sizeof err), 0);
+    for (int l = 0; l < in.n_layers; l++)
+        assert_int_equal(kv_trace_write_qk(w, l, q + l * in.n_heads * T * hd,
+                                           k + l * in.n_kv_heads * T * hd, v, err, sizeof err),
+                         0);
+    assert_int_equal(kv_trace_finish(w, err, sizeof err), 0);
+    assert_int_equal(kv_index_trace(path, 0, err, sizeof err), 0);
+    assert_int_equal(kv_trace_open(path, &tr, err, sizeof err), 0);
+    assert_int_equal(kv_trace_get_info(tr)->has_o_full, 1);
+    assert_int_equal(kv_trace_read_o_full(tr, 1, o, err, sizeof err), 0);
+    kv_trace_close(tr);
+    const float *q1 = q + in.n_heads * T * hd, *k1 = k + in.n_kv_heads * T * hd;
+    int group = in.n_heads / in.n_kv_heads;
+    const int rows[][2] = { {0, 0}, {1, 17}, {2, 39}, {3, 95} };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        int h = rows[i][0], t = rows[i][1], g = h / group;
+        double lse = lse_by_hand(&in, q1, k1, h, t);
+        for (size_t d = 0; d < hd; d++) {
+            double want = 0;
+            for (int j = 0; j <= t; j++) {
+                double dot = 0;
+                for (size_t e = 0; e < hd; e++)
+                    dot += (double)q1[((size_t)h * T + t) * hd + e] * k1[((size_t)g * T + j) * hd + e];
+                want += exp(in.softmax_scale * dot - lse) * v[((size_t)g * T + j) * hd + d];
+            }
+            double got = o[((size_t)h * T + t) * hd + d];
+            if (fabs(got - want) > 1e-5)
+                fail_msg("head %d t %d d %zu: o_full %.9g, by hand %.9g", h, t, d, got, want);
+        }
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(o);
+}
+
 /* Which runs replay sparsely, and the reason the others do not. */
 static void test_dense_reasons(void **state)
 {
@@ -207,6 +267,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lse_by_hand),
         cmocka_unit_test(test_sparse_equals_dense),
+        cmocka_unit_test(test_o_full_by_hand),
         cmocka_unit_test(test_dense_reasons),
         cmocka_unit_test(test_index_cli),
     };

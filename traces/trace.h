@@ -49,6 +49,7 @@ typedef struct {
     int has_v;                       /* 1 when every layer has /layers/<l>/v (qk only) */
     int has_lse;                     /* 1 when every layer has /layers/<l>/lse (qk only:
                                         `kvsim index`, FORMAT.md) */
+    int has_o_full;                  /* 1 when every layer has /layers/<l>/o_full (qk) */
 } kv_trace_info;
 
 typedef struct kv_trace kv_trace;
@@ -126,6 +127,13 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
  */
 int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len);
 
+/*
+ * Reads a layer's stored full-cache attention outputs /layers/<l>/o_full (FORMAT.md) as
+ * float32 [n_heads, T, head_dim] into o (the caller's). Checked to be finite with read
+ * checks on. KV_ETRACE_ARG when absent (has_o_full), KV_ETRACE_IO, KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len);
+
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 
@@ -172,14 +180,16 @@ int kv_trace_write_attr_int(kv_trace_writer *w, const char *name, long long valu
                             char *err, size_t err_len);
 
 /*
- * Stores the log-normalisers of every layer of the closed qk trace at path as the
- * optional datasets /layers/<l>/lse (float64 [n_heads, T], chunked and gzipped; earlier
- * ones replaced): lse[(l * n_heads + h) * T + t]. The file is opened read-write; nothing
- * else in it changes, so it stays a kvtrace v1 file that older readers open. Returns 0, or
- * KV_ETRACE_IO with err set.
+ * Stores one layer's index into the closed qk trace at path (`kvsim index`, FORMAT.md):
+ * its rows' log-normalisers as /layers/<layer>/lse (float64 [n_heads, T],
+ * lse[h * T + t]) and, when o_full is not NULL, the full-cache attention outputs as
+ * /layers/<layer>/o_full (float32 [n_heads, T, head_dim], o_full[(h * T + t) * head_dim
+ * + d] = sum_{j<=t} p_t^h[j] v_j[d]); both chunked and gzipped, earlier ones replaced.
+ * The file is opened read-write; nothing else in it changes, so it stays a kvtrace v1
+ * file that older readers open. Returns 0, or KV_ETRACE_IO with err set.
  */
-int kv_trace_store_lse(const char *path, const kv_trace_info *info, const double *lse,
-                       char *err, size_t err_len);
+int kv_trace_store_index(const char *path, const kv_trace_info *info, int layer,
+                         const double *lse, const float *o_full, char *err, size_t err_len);
 
 /* Flushes and closes the file and frees w; returns non-zero if the final flush failed.
  * NULL is ignored. */

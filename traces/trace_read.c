@@ -355,6 +355,7 @@ static const struct dset_spec {
     {"q", NEED_QK, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"k", NEED_QK, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"v", NEED_NONE, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+    {"o_full", NEED_NONE, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},   /* kvsim index */
 };
 
 static long long dim_value(const kv_trace_info *in, enum dim_code c)
@@ -505,6 +506,7 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
                              "(n_layers = %d)", tr->path, in->n_layers);
     in->has_v = 1;
     in->has_lse = 1;
+    in->has_o_full = 1;
     tr->has_qk = 1;
     for (int l = 0; l < in->n_layers; l++) {
         char gpath[KV_PATH_MAX];
@@ -521,6 +523,7 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         }
         tr->has_qk &= present[1] && present[2];
         in->has_v &= present[3];
+        in->has_o_full &= present[4];
         int lse_present;
         int rc = check_lse_dataset(tr, l, &lse_present, err, len);
         if (rc)
@@ -529,6 +532,7 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
     }
     in->has_v &= in->source == KV_SOURCE_QK;
     in->has_lse &= in->source == KV_SOURCE_QK;
+    in->has_o_full &= in->source == KV_SOURCE_QK;
     ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
     in->has_tokens = ex > 0;
     if (!in->has_tokens)
@@ -1011,6 +1015,29 @@ int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t er
             rc = kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%zu, %zu] is %g, "
                                "expected a finite log-normaliser", tr->path, dpath,
                                i / (size_t)in->n_tokens, i % (size_t)in->n_tokens, lse[i]);
+    return rc;
+}
+
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !o)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_o_full: NULL "
+                             "argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers || !in->has_o_full)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no /layers/%d/o_full (kvsim "
+                             "index stores it for traces with v)", tr->path, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    int dims[3] = {in->n_heads, in->n_tokens, in->head_dim};
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, dpath, dims, o, err, err_len);
     return rc;
 }
 

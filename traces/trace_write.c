@@ -328,23 +328,21 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
 
 /* ------------------------------------------------------------ stored normalisers */
 
-/* Writes one layer's lse into the open file (replacing an earlier one). */
-static int store_layer_lse(hid_t file, const char *path, const kv_trace_info *in, int layer,
-                           const double *lse, char *err, size_t len)
+/* Writes dataset dpath (rank, dims, chunk; mtype in memory, ftype in the file) into the
+ * open file, replacing an earlier one. */
+static int store_dataset(hid_t file, const char *path, const char *dpath, int rank,
+                         const hsize_t *dims, const hsize_t *chunk, hid_t ftype, hid_t mtype,
+                         const void *data, char *err, size_t len)
 {
-    char dpath[KV_PATH_MAX];
-    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
     if (H5Lexists(file, dpath, H5P_DEFAULT) > 0 && H5Ldelete(file, dpath, H5P_DEFAULT) < 0)
         return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot replace %s", path, dpath);
-    hsize_t dims[2] = { (hsize_t)in->n_heads, (hsize_t)in->n_tokens };
-    hsize_t chunk[2] = { 1, dims[1] < 16384 ? dims[1] : 16384 };
-    hid_t space = H5Screate_simple(2, dims, NULL);
+    hid_t space = H5Screate_simple(rank, dims, NULL);
     hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
     hid_t d = H5I_INVALID_HID;
-    if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, 2, chunk) >= 0
+    if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, rank, chunk) >= 0
         && H5Pset_shuffle(dcpl) >= 0 && H5Pset_deflate(dcpl, KV_GZIP_LEVEL) >= 0)
-        d = H5Dcreate2(file, dpath, H5T_IEEE_F64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = d >= 0 && H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, lse) >= 0;
+        d = H5Dcreate2(file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
     if (d >= 0)
         ok &= H5Dclose(d) >= 0;
     if (space >= 0)
@@ -354,18 +352,27 @@ static int store_layer_lse(hid_t file, const char *path, const kv_trace_info *in
     return ok ? 0 : kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot write %s", path, dpath);
 }
 
-int kv_trace_store_lse(const char *path, const kv_trace_info *info, const double *lse,
-                       char *err, size_t err_len)
+int kv_trace_store_index(const char *path, const kv_trace_info *info, int layer,
+                         const double *lse, const float *o_full, char *err, size_t err_len)
 {
     kv_trace_quiet();
     hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
     if (file < 0)
         return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot open for writing",
                              path);
-    size_t per_layer = (size_t)info->n_heads * (size_t)info->n_tokens;
-    int rc = 0;
-    for (int l = 0; l < info->n_layers && !rc; l++)
-        rc = store_layer_lse(file, path, info, l, lse + (size_t)l * per_layer, err, err_len);
+    hsize_t T = (hsize_t)info->n_tokens, hd = (hsize_t)info->head_dim;
+    hsize_t rows = T < KV_QK_CHUNK_ROWS ? T : KV_QK_CHUNK_ROWS;
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    hsize_t ldims[2] = { (hsize_t)info->n_heads, T }, lchunk[2] = { 1, T < 16384 ? T : 16384 };
+    int rc = store_dataset(file, path, dpath, 2, ldims, lchunk, H5T_IEEE_F64LE,
+                           H5T_NATIVE_DOUBLE, lse, err, err_len);
+    if (!rc && o_full) {
+        snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
+        hsize_t odims[3] = { (hsize_t)info->n_heads, T, hd }, ochunk[3] = { 1, rows, hd };
+        rc = store_dataset(file, path, dpath, 3, odims, ochunk, H5T_IEEE_F32LE,
+                           H5T_NATIVE_FLOAT, o_full, err, err_len);
+    }
     if (H5Fclose(file) < 0 && !rc)
         rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot close after writing",
                            path);
