@@ -65,7 +65,8 @@ int kv_cmd_index(int argc, char **argv)
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
         if (!quiet)
-            printf("kvsim index: %s: stored lse (and o_full, with v) of every layer in %.1f s\n", argv[i],
+            printf("kvsim index: %s: stored lse (and o_full, with v) of every layer in "
+                   "%.1f s\n", argv[i],
                    (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9);
     }
     return 0;
