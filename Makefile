@@ -10,7 +10,8 @@ CC      ?= cc
 PKGS    := hdf5 gsl inih openblas libcrypto
 # Debian packages the two commands above need; `make deps` installs the missing ones.
 DEB_PKGS := build-essential pkg-config libhdf5-dev libgsl-dev libcmocka-dev libinih-dev \
-            libopenblas-dev libssl-dev gnuplot-nox python3-h5py python3-numpy hdf5-tools
+            libopenblas-dev libssl-dev gnuplot-nox python3-h5py python3-numpy python3-torch \
+            hdf5-tools
 
 BUILD   := build
 CPPFLAGS = -I. $(shell pkg-config --cflags $(PKGS))

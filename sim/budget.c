@@ -3,6 +3,7 @@
  */
 #include "sim/budget.h"
 #include "sim/cache.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <math.h>
@@ -23,7 +24,7 @@ static int bad_spec(const char *text, char *err, size_t err_len)
 {
     snprintf(err, err_len, "budget '%s' must be tokens (64), a fraction of the prompt "
              "(0.25p) or bytes (4096B, 64KiB, 1.5MiB, 2GiB), and positive", text);
-    return 2;
+    return KV_EUSAGE;
 }
 
 int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err_len)
@@ -36,7 +37,7 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
     if (len == 0 || len >= KV_BUDGET_TEXT_LEN) {
         snprintf(err, err_len, "budget '%.*s' must be 1 to %d characters", (int)len, text,
                  KV_BUDGET_TEXT_LEN - 1);
-        return 2;
+        return KV_EUSAGE;
     }
     memset(out, 0, sizeof *out);
     memcpy(out->text, text, len);
@@ -49,7 +50,7 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
         if (v != floor(v) || v > MAX_TOKENS) {
             snprintf(err, err_len, "budget '%s' must be a whole number of tokens in "
                      "1..%.0f (or 0.25p, 64KiB)", out->text, MAX_TOKENS);
-            return 2;
+            return KV_EUSAGE;
         }
         out->kind = KV_BUDGET_TOKENS;
         out->value = v;
@@ -91,7 +92,7 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
         kv_cache_init(&c, pc->ops, &pc->values, &ctx, token_weight, identity)) {
         free(identity);
         free(ones);
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int j = 0; j < T; j++) {
         identity[j] = j;
@@ -124,7 +125,7 @@ int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int
     double peak_tokens = 0.0, peak_meta = 0.0;
     if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta)) {
         snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
-        return 1;
+        return KV_ERUNTIME;
     }
     long long caches = (long long)info->n_layers * per_layer;
     *kv_bytes_peak = kv_tokens_to_bytes(info, (long long)peak_tokens * caches);
@@ -161,26 +162,26 @@ static int resolve_bytes(const kv_budget_spec *spec, const kv_policy_conf *pc,
     if (why[0]) {
         snprintf(err, err_len, "budget '%s' for policy '%s': no budget passes its rule (%s)",
                  spec->text, pc->label, why);
-        return 2;
+        return KV_EUSAGE;
     }
     int b_max = info->n_tokens - 1 > b_min ? info->n_tokens - 1 : b_min;
     double need;
     int ok = fits(pc, info, b_min, spec->value, &need, err, err_len);
     if (ok < 0)
-        return 1;
+        return KV_ERUNTIME;
     if (!ok) {
         snprintf(err, err_len, "budget '%s' (%.0f bytes) is too small for policy '%s': at "
                  "its smallest valid budget (%d token%s) its KV cache and metadata peak at "
                  "%.0f bytes; give a larger budget or leave the policy out", spec->text,
                  spec->value, pc->label, b_min, b_min == 1 ? "" : "s", need);
-        return 2;
+        return KV_EUSAGE;
     }
     int lo = b_min, hi = b_max;   /* lo fits; find the largest that does */
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
         ok = fits(pc, info, mid, spec->value, &need, err, err_len);
         if (ok < 0)
-            return 1;
+            return KV_ERUNTIME;
         if (ok)
             lo = mid;
         else
@@ -201,13 +202,13 @@ int kv_budget_resolve(const kv_budget_spec *spec, const kv_policy_conf *pc,
     if (b < 1 || b > MAX_TOKENS) {
         snprintf(err, err_len, "budget '%s' of a %d-token prompt is %.0f tokens: must be "
                  "1..%.0f", spec->text, info->prefill_len, b, MAX_TOKENS);
-        return 2;
+        return KV_EUSAGE;
     }
     *tokens = (int)b;
     if (!check_ok(pc, *tokens, why, sizeof why)) {
         snprintf(err, err_len, "policy '%s' at budget %d ('%s'): %s", pc->label, *tokens,
                  spec->text, why);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }

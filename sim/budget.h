@@ -35,7 +35,7 @@ typedef struct {
 } kv_budget_spec;
 
 /*
- * Parses one spec ("64", "0.25p", "64KiB", "1.5MiB", "4096B"). Returns 0, or 2 with a
+ * Parses one spec ("64", "0.25p", "64KiB", "1.5MiB", "4096B"). Returns 0, or KV_EUSAGE with a
  * message naming the text and the accepted forms (not a number, zero or negative, unknown
  * suffix, text of KV_BUDGET_TEXT_LEN characters or more, tokens above 10^8).
  */

@@ -13,6 +13,7 @@
 
 #include "sim/commands.h"
 #include "traces/capture.h"
+#include "traces/status.h"
 
 static double now_s(void)
 {
@@ -106,7 +107,7 @@ static int parse_prompt(const char *s, capture_args *a)
     a->prompt = malloc((size_t)n * sizeof(int));
     if (!a->prompt) {
         fprintf(stderr, "capture: out of memory for %d prompt ids\n", n);
-        return 1;
+        return KV_ENOMEM;
     }
     a->o.n_prompt = 0;
     const char *p = s;
@@ -118,14 +119,14 @@ static int parse_prompt(const char *s, capture_args *a)
         if (len == 0 || len >= sizeof buf) {
             fprintf(stderr, "capture: --prompt-ids: entry %d of '%s' is not a token id\n",
                     i + 1, s);
-            return 2;
+            return KV_EUSAGE;
         }
         memcpy(buf, p, len);
         buf[len] = '\0';
         if (parse_long(buf, 0, INT_MAX, &v) != 0) {
             fprintf(stderr, "capture: --prompt-ids: '%s' is not a token id (a whole "
                             "number >= 0)\n", buf);
-            return 2;
+            return KV_EUSAGE;
         }
         if (!(i == 0 && v == KV_CAPTURE_BOS_ID))
             a->prompt[a->o.n_prompt++] = (int)v;
@@ -141,7 +142,7 @@ static int usage_error(const char *msg, const char *value)
 {
     fprintf(stderr, "capture: %s%s%s\n(see kvsim capture --help)\n", msg,
             value ? ": " : "", value ? value : "");
-    return 2;
+    return KV_EUSAGE;
 }
 
 /* Returns 0 to run, 2 on a usage error, -1 when --help was printed. */
@@ -195,7 +196,7 @@ static int parse_args(int argc, char **argv, capture_args *a)
             free(a->prompt);
             a->prompt = NULL;
             if ((rc = parse_prompt(optarg, a)) != 0)
-                return rc == 1 ? 2 : rc;
+                return rc;
             break;
         case OPT_ATTN: a->o.with_attn = 1; break;
         case OPT_EXTRAP: a->o.allow_extrapolation = 1; break;
@@ -220,7 +221,7 @@ int kv_cmd_capture(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc != 0) {
         free(a.prompt);
-        return rc < 0 ? 0 : rc;
+        return rc < 0 ? 0 : kv_exit_status(rc);
     }
     a.o.prompt = a.prompt;
     char err[KV_CAPTURE_ERR_LEN];
@@ -229,7 +230,7 @@ int kv_cmd_capture(int argc, char **argv)
     free(a.prompt);
     if (rc) {
         fprintf(stderr, "capture: %s\n", err);
-        return rc == KV_ECAPTURE_ARG ? 2 : 1;
+        return kv_exit_status(rc);
     }
     fprintf(stderr, "capture: wrote %s: %d positions (prompt %d), %s, %.2f s\n",
             a.o.out_path, a.o.n_tokens, a.o.prefill_len, a.o.with_attn ? "qk + attn" : "qk",

@@ -10,6 +10,7 @@
 
 #include "sim/commands.h"
 #include "traces/gen.h"
+#include "traces/status.h"
 
 static double now_s(void)
 {
@@ -118,17 +119,17 @@ static int parse_args(int argc, char **argv, const struct option *longopts, gen_
             a->with_attn = 1;
         } else if (c >= OPT_TABLE && c < OPT_TABLE + (int)kv_gen_n_options) {
             if (opt_parse(&a->p, &kv_gen_options[c - OPT_TABLE], optarg) != 0)
-                return 2;
+                return KV_EUSAGE;
         } else {
             fprintf(stderr, "Try 'kvsim gen --help'.\n");
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (optind < argc || !a->out) {
         fprintf(stderr, "kvsim gen: %s%s\nTry 'kvsim gen --help'.\n",
                 optind < argc ? "unexpected argument " : "missing -o FILE",
                 optind < argc ? argv[optind] : "");
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -141,7 +142,7 @@ int kv_cmd_gen(int argc, char **argv)
     struct option *longopts = gen_longopts();
     if (!longopts) {
         fprintf(stderr, "kvsim gen: out of memory\n");
-        return 1;
+        return KV_ERUNTIME;
     }
     int rc = parse_args(argc, argv, longopts, &a);
     free(longopts);
@@ -150,12 +151,12 @@ int kv_cmd_gen(int argc, char **argv)
     char err[512];
     if (kv_gen_check(&a.p, err, sizeof err) != 0) {
         fprintf(stderr, "kvsim gen: %s\n", err);
-        return 2;
+        return KV_EUSAGE;
     }
     double start = now_s();
     if (kv_gen_write(a.out, &a.p, a.store_f16, a.with_attn, err, sizeof err) != 0) {
         fprintf(stderr, "kvsim gen: %s\n", err);
-        return 1;
+        return KV_ERUNTIME;
     }
     fprintf(stderr, "kvsim gen: wrote %s (source %s, %d layers, %d/%d heads, T = %d, P = %d, "
             "%s) in %.1f s\n", a.out, a.with_attn ? "attn" : "qk", a.p.n_layers, a.p.n_heads,

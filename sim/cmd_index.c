@@ -4,6 +4,7 @@
  */
 #include "sim/commands.h"
 #include "sim/index.h"
+#include "traces/status.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -61,7 +62,7 @@ int kv_cmd_index(int argc, char **argv)
         int rc = kv_index_trace(argv[i], !quiet, err, sizeof err);
         if (rc) {
             fprintf(stderr, "kvsim index: %s\n", err);
-            return rc;
+            return kv_exit_status(rc);
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
         if (!quiet)

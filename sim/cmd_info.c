@@ -10,6 +10,7 @@
 #include "sim/commands.h"
 #include "traces/trace_int.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 #define KV_INFO_GROUPS_SHOWN 8
 
@@ -19,8 +20,10 @@ static void info_usage(FILE *f)
                "Prints a kvtrace file's geometry, source, prefill and length, GQA groups, "
                "dtypes\nand storage, then \"valid\", or the first problem found.\n\n"
                "  -c, --check     also scan every value: NaN or Inf in q, k, v and attn,\n"
-               "                  negative attention, attn rows not summing to 1 within "
-               "1e-3\n"
+               "                  negative attention, attn rows not summing to 1 within\n"
+               "                  the tolerance of the trace's attn_precision (1e-3 for\n"
+               "                  float32 rows of up to ~5,700 entries; 2^-8 + 1.5*2^-24*n\n"
+               "                  for bfloat16 rows of n entries: see traces/FORMAT.md)\n"
                "                  (reads the whole file)\n"
                "  -v, --verbose   every layer's datasets, and HDF5's own error stack\n"
                "  -h, --help      this help\n\n"
@@ -146,6 +149,31 @@ static void print_storage(const kv_trace *tr, int verbose)
            in->n_layers, in->n_layers > 1 ? "s" : "");
 }
 
+/* The precision of the attn rows and the row-sum tolerance that follows from it
+ * (traces/validate.h), from the first row (1 entry) to the last (T entries). */
+static void print_row_tolerance(const kv_trace *tr)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    const char *name = kv_attn_precision_name(in->attn_precision);
+    if (in->source != KV_SOURCE_ATTN) {
+        printf("attn rows    none stored (recomputed from q and k in float32); "
+               "attn_precision %s\n", name);
+        return;
+    }
+    double lo = kv_row_sum_tol(in->attn_precision, 1);
+    double hi = kv_row_sum_tol(in->attn_precision, in->n_tokens);
+    char lo_s[32], hi_s[32];
+    snprintf(lo_s, sizeof lo_s, "%.2g", lo);
+    snprintf(hi_s, sizeof hi_s, "%.2g", hi);
+    printf("attn rows    computed in %s; each row sums to 1 within ", name);
+    if (hi == KV_ROW_SUM_TOL_MIN)
+        printf("1e-3\n");
+    else if (strcmp(lo_s, hi_s) == 0)
+        printf("%s\n", lo_s);
+    else
+        printf("%s (row of 1 entry) to %s (row of %d)\n", lo_s, hi_s, in->n_tokens);
+}
+
 static void print_info(const kv_trace *tr, int verbose)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
@@ -163,6 +191,7 @@ static void print_info(const kv_trace *tr, int verbose)
            in->has_tokens ? ", token ids in /tokens" : "");
     printf("softmax      scale %.9g\n", in->softmax_scale);
     printf("dtype_bytes  %d (bytes per K or V element modelled)\n", in->dtype_bytes);
+    print_row_tolerance(tr);
     print_groups(in);
     print_storage(tr, verbose);
 }
@@ -187,13 +216,13 @@ int kv_cmd_info(int argc, char **argv)
             return 0;
         } else {
             fprintf(stderr, "Try 'kvsim info --help'.\n");
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (argc - optind != 1) {
         fprintf(stderr, "kvsim info: expected one FILE, got %d\nTry 'kvsim info --help'.\n",
                 argc - optind);
-        return 2;
+        return KV_EUSAGE;
     }
     kv_trace_set_verbose(verbose);
     char err[512];
@@ -201,7 +230,7 @@ int kv_cmd_info(int argc, char **argv)
     if (kv_trace_open(argv[optind], &tr, err, sizeof err) != 0) {
         fprintf(stderr, "kvsim info: %s\n", err);
         printf("status       invalid\n");
-        return 1;
+        return KV_ERUNTIME;
     }
     print_info(tr, verbose);
     fflush(stdout);
@@ -209,7 +238,7 @@ int kv_cmd_info(int argc, char **argv)
         fprintf(stderr, "kvsim info: %s\n", err);
         printf("status       invalid\n");
         kv_trace_close(tr);
-        return 1;
+        return KV_ERUNTIME;
     }
     printf("status       valid%s\n", check ? " (every value checked)" : "");
     kv_trace_close(tr);

@@ -8,6 +8,7 @@
  */
 #include "sim/commands.h"
 #include "sim/plot.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -142,11 +143,11 @@ static int render_one(const char *gnuplot, const char *scripts, const char *dir,
     if (status != 0) {
         snprintf(err, err_len, "figure %s: gnuplot %s (script %s; its message is above)",
                  fig, status < 0 ? "could not run" : "failed", script);
-        return 1;
+        return KV_ERUNTIME;
     }
     if (stat(out, &st) != 0 || st.st_size == 0) {
         snprintf(err, err_len, "figure %s: gnuplot wrote no %s", fig, out);
-        return 1;
+        return KV_ERUNTIME;
     }
     return 0;
 }
@@ -157,23 +158,23 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
     const char *format = o->format ? o->format : "png";
     if (strcmp(format, "png") && strcmp(format, "svg") && strcmp(format, "pdf")) {
         snprintf(err, err_len, "--format must be png, svg or pdf, got '%s'", format);
-        return 2;
+        return KV_EUSAGE;
     }
     if (o->width && (o->width < 300 || o->width > 4000 || o->height < 300 ||
                      o->height > 4000)) {
         snprintf(err, err_len, "--size must be WIDTHxHEIGHT with each in 300..4000 pixels");
-        return 2;
+        return KV_EUSAGE;
     }
     const char *gnuplot = gnuplot_path();
     if (!gnuplot) {
         snprintf(err, err_len, "gnuplot is not installed (apt-get install gnuplot-nox)");
-        return 1;
+        return KV_ERUNTIME;
     }
     char scripts[PATH_LEN];
     if (find_scripts(scripts, sizeof scripts)) {
         snprintf(err, err_len, "cannot find the gnuplot scripts (analysis/common.gp) next to "
                  "kvsim or in the working directory; set KVSIM_ANALYSIS");
-        return 1;
+        return KV_ERUNTIME;
     }
     if (o->out_dir)
         snprintf(where, where_len, "%s", o->out_dir);
@@ -182,11 +183,11 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
     if (mkdir(where, 0777) != 0 && errno != EEXIST) {
         snprintf(err, err_len, "%s: cannot create the figure directory: %s", where,
                  strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
         if (render_one(gnuplot, scripts, dir, figures[i], where, o, format, err, err_len))
-            return 1;
+            return KV_ERUNTIME;
     return 0;
 }
 
@@ -248,7 +249,7 @@ int kv_cmd_plot(int argc, char **argv)
                 o.height < 300 || o.width > 4000 || o.height > 4000) {
                 fprintf(stderr, "kvsim plot: --size must be WIDTHxHEIGHT, each 300..4000 "
                         "pixels, got '%s'\n", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case 'o': o.out_dir = optarg; break;
@@ -257,12 +258,12 @@ int kv_cmd_plot(int argc, char **argv)
         default:
             fprintf(stderr, "kvsim plot: unknown option or missing value in '%s' (see kvsim "
                     "plot --help)\n", argv[optind - 1]);
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (optind != argc - 1) {
         fprintf(stderr, "kvsim plot: expected one result directory (see kvsim plot --help)\n");
-        return 2;
+        return KV_EUSAGE;
     }
     char err[1024], where[PATH_LEN];
     int rc = kv_plot_render(argv[optind], &o, where, sizeof where, err, sizeof err);

@@ -9,6 +9,7 @@
 #include "sim/output.h"
 #include "sim/plot.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -74,7 +75,7 @@ static int apply_set(kv_experiment *ex, const char *arg, char *err, size_t err_l
     if (!dot || !eq || eq < dot || dot == buf || eq == dot + 1) {
         snprintf(err, err_len, "--set '%s': expected LABEL.PARAM=VALUE, e.g. "
                  "morphkv.window=8", arg);
-        return 2;
+        return KV_EUSAGE;
     }
     *dot = '\0';
     *eq = '\0';
@@ -90,13 +91,14 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
          tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
             tok++;
-        if (kv_experiment_add_policy(ex, tok, tok, err, err_len))
-            return 2;
+        int rc = kv_experiment_add_policy(ex, tok, tok, err, err_len);
+        if (rc)
+            return rc;
         n++;
     }
     if (n == 0) {
         snprintf(err, err_len, "--policies: no policy named");
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -105,7 +107,7 @@ typedef struct {
     int force, quiet, block, no_plot, no_topk, dense;
     long seed;           /* -1: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
-    const char *sets[64];
+    const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
 } run_options;
 
@@ -133,13 +135,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
         case 'b': o->budgets = optarg; break;
-        case 's':
-            if (o->n_sets == 64) {
-                snprintf(err, err_len, "at most 64 --set options");
-                return 2;
-            }
-            o->sets[o->n_sets++] = optarg;
-            break;
+        case 's': o->sets[o->n_sets++] = optarg; break;
         case 'o': o->output = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
@@ -151,21 +147,21 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
             o->seed = strtol(optarg, &end, 10);
             if (*end || end == optarg || o->seed < 0) {
                 snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case OPT_BLOCK:
             o->block = (int)strtol(optarg, &end, 10);
             if (*end || o->block < 1 || o->block > 4096) {
                 snprintf(err, err_len, "--block must be in 1..4096, got '%s'", optarg);
-                return 2;
+                return KV_EUSAGE;
             }
             break;
         case 'h': run_usage(stdout); return -1;
         default:
             snprintf(err, err_len, "unknown option or missing value in '%s' (see kvsim run "
                      "--help)", argv[optind - 1]);
-            return 2;
+            return KV_EUSAGE;
         }
     }
     if (optind < argc)
@@ -173,7 +169,7 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
     if (optind < argc) {
         snprintf(err, err_len, "unexpected argument '%s' (one experiment file at most)",
                  argv[optind]);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -181,29 +177,26 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
 /* The experiment: the config file first, then the options over it. */
 static int build_experiment(const run_options *o, kv_experiment *ex, char *err, size_t err_len)
 {
-    if (o->config && kv_config_load(o->config, ex, err, err_len))
-        return 2;
-    if (o->policies) {            /* --policies replaces the file's policies */
+    int rc = o->config ? kv_config_load(o->config, ex, err, err_len) : 0;
+    if (rc == 0 && o->policies) {   /* --policies replaces the file's policies */
         free(ex->policies);
         ex->policies = NULL;
         ex->n_policies = 0;
-        if (add_policy_list(ex, o->policies, err, err_len))
-            return 2;
+        rc = add_policy_list(ex, o->policies, err, err_len);
     }
-    if (o->budgets && kv_experiment_set_budgets(ex, o->budgets, err, err_len))
-        return 2;
-    if (o->trace && kv_experiment_set_traces(ex, o->trace, err, err_len))
-        return 2;
-    if (o->output)
+    if (rc == 0 && o->budgets)
+        rc = kv_experiment_set_budgets(ex, o->budgets, err, err_len);
+    if (rc == 0 && o->trace)
+        rc = kv_experiment_set_traces(ex, o->trace, err, err_len);
+    if (rc == 0 && o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
-    for (int i = 0; i < o->n_sets; i++)
-        if (apply_set(ex, o->sets[i], err, err_len))
-            return 2;
-    if (o->seed >= 0)
+    for (int i = 0; rc == 0 && i < o->n_sets; i++)
+        rc = apply_set(ex, o->sets[i], err, err_len);
+    if (rc == 0 && o->seed >= 0)
         ex->seed = (unsigned long)o->seed;
     if (o->no_topk)
         ex->no_topk = 1;
-    return 0;
+    return rc;
 }
 
 static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
@@ -218,7 +211,7 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
         snprintf(err, err_len, "no output directory given (-o DIR or output = ...)");
     else
         return 0;
-    return 2;
+    return KV_EUSAGE;
 }
 
 /* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
@@ -246,76 +239,109 @@ static int plot_results(const kv_experiment *ex, const run_options *o, char *err
     kv_plot_options po = { .quiet = o->quiet };
     char where[KV_PATH_LEN + 64];
     if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     if (!o->quiet)
         printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
     return 0;
 }
 
+/* What a run allocates once the experiment is known. */
+typedef struct {
+    int *tokens;          /* [n_traces * n_policies * n_budgets] resolved budgets */
+    kv_results **res;     /* [n_traces] */
+    const char **names;   /* [n_traces] the `trace` column */
+    const char **specs;   /* [n_budgets] the `budget_spec` column */
+} run_buffers;
+
+static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, size_t err_len)
+{
+    size_t nt = (size_t)ex->n_traces;
+    b->tokens = malloc(nt * ex->n_policies * ex->n_budgets * sizeof *b->tokens);
+    b->res = calloc(nt, sizeof *b->res);
+    b->names = malloc(nt * sizeof *b->names);
+    b->specs = malloc((size_t)ex->n_budgets * sizeof *b->specs);
+    if (!b->tokens || !b->res || !b->names || !b->specs) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    for (int k = 0; k < ex->n_traces; k++)
+        b->names[k] = kv_trace_display_name(ex->traces[k]);
+    for (int i = 0; i < ex->n_budgets; i++)
+        b->specs[i] = ex->budgets[i].text;
+    return 0;
+}
+
+static void buffers_free(run_buffers *b, int n_traces)
+{
+    for (int k = 0; b->res && k < n_traces; k++)
+        kv_results_free(b->res[k]);
+    free(b->tokens);
+    free(b->res);
+    free(b->names);
+    free(b->specs);
+}
+
+/* Resolves, checks, replays, writes and shows an experiment that is complete. */
+static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
+                          char *err, size_t err_len)
+{
+    int rc = kv_experiment_resolve_budgets(ex, b->tokens, err, err_len);
+    kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
+                            .n_budgets = ex->n_budgets };
+    kv_experiment_results er = { .conf = &conf, .n_traces = ex->n_traces,
+                                 .res = (const kv_results *const *)b->res,
+                                 .trace_names = b->names, .budget_specs = b->specs };
+    /* every trace's structure and v values before any replay; q, k and attn rows are
+     * checked as the replay reads them (traces/validate.h), and the output directory is
+     * created only once every replay succeeded */
+    for (int k = 0; rc == 0 && k < ex->n_traces; k++)
+        if (kv_trace_precheck(ex->traces[k], err, err_len))
+            rc = KV_ERUNTIME;
+    if (rc == 0)
+        rc = kv_output_check(ex->output, o->force, err, err_len);
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .dense = o->dense };
+    if (rc == 0)
+        rc = kv_experiment_replay(ex, b->tokens, &eo, b->res, err, err_len);
+    if (rc == 0)
+        rc = kv_output_prepare(ex->output, o->force, err, err_len);
+    if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
+        rc = KV_ERUNTIME;
+    if (rc == 0 && !o->quiet) {
+        if (kv_output_table(stdout, &er, err, err_len))
+            rc = KV_ERUNTIME;
+        else
+            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+                   "lifetimes, recall_hist .tsv)\n", ex->output);
+    }
+    if (rc == 0)
+        rc = plot_results(ex, o, err, err_len);
+    return rc;
+}
+
 int kv_cmd_run(int argc, char **argv)
 {
     char err[1024] = "";
-    static kv_experiment ex;   /* static: its trace list is large for the stack */
+    kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1 };
-    int rc = parse_run_args(argc, argv, &o, err, sizeof err);
+    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_buffers b = { 0 };
+    int rc = o.sets ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
+    if (!o.sets)
+        snprintf(err, sizeof err, "out of memory");
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);
     if (rc == 0)
         rc = check_complete(&ex, err, sizeof err);
-    int *tokens = NULL;
-    const char *specs[64];
-    if (rc == 0) {
-        tokens = malloc((size_t)ex.n_traces * ex.n_policies * ex.n_budgets * sizeof *tokens);
-        if (!tokens) {
-            snprintf(err, sizeof err, "out of memory");
-            rc = 1;
-        }
-    }
     if (rc == 0)
-        rc = kv_experiment_resolve_budgets(&ex, tokens, err, sizeof err);
-    for (int b = 0; b < ex.n_budgets && b < 64; b++)
-        specs[b] = ex.budgets[b].text;
-    kv_replay_conf conf = { .policies = ex.policies, .n_policies = ex.n_policies,
-                            .n_budgets = ex.n_budgets };
-    kv_results *res[KV_MAX_TRACES] = { 0 };
-    const char *names[KV_MAX_TRACES] = { 0 };
-    kv_experiment_results er = { .conf = &conf, .n_traces = ex.n_traces,
-                                 .res = (const kv_results *const *)res, .trace_names = names,
-                                 .budget_specs = specs };
-    /* every trace's structure and v values before any replay; q, k and attn rows are
-     * checked as the replay reads them (traces/validate.h), and the output directory is
-     * created only once every replay succeeded */
-    for (int k = 0; rc == 0 && k < ex.n_traces; k++)
-        if (kv_trace_precheck(ex.traces[k], err, sizeof err))
-            rc = 1;
+        rc = buffers_alloc(&b, &ex, err, sizeof err);
     if (rc == 0)
-        rc = kv_output_check(ex.output, o.force, err, sizeof err);
-    for (int k = 0; k < ex.n_traces; k++)
-        names[k] = kv_trace_display_name(ex.traces[k]);
-    kv_experiment_opts eo = { .block = o.block, .progress = !o.quiet, .dense = o.dense };
-    if (rc == 0)
-        rc = kv_experiment_replay(&ex, tokens, &eo, res, err, sizeof err);
-    if (rc == 0)
-        rc = kv_output_prepare(ex.output, o.force, err, sizeof err);
-    if (rc == 0 && kv_output_write(ex.output, &er, err, sizeof err))
-        rc = 1;
-    if (rc == 0 && !o.quiet) {
-        if (kv_output_table(stdout, &er, err, sizeof err))
-            rc = 1;
-        else
-            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex.output);
-    }
-    if (rc == 0)
-        rc = plot_results(&ex, &o, err, sizeof err);
+        rc = run_experiment(&ex, &o, &b, err, sizeof err);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
-    for (int k = 0; k < ex.n_traces; k++)
-        kv_results_free(res[k]);
-    free(tokens);
+    buffers_free(&b, ex.n_traces);
+    free(o.sets);
     kv_experiment_free(&ex);
-    return rc < 0 ? 0 : rc;
+    return rc < 0 ? 0 : kv_exit_status(rc);
 }
 
 /* ----------------------------------------------------------- policies */
@@ -342,7 +368,7 @@ int kv_cmd_policies(int argc, char **argv)
     }
     if (argc > 1) {
         fprintf(stderr, "kvsim policies: unexpected argument '%s'\n", argv[1]);
-        return 2;
+        return KV_EUSAGE;
     }
     for (int i = 0; kv_policy_registry[i]; i++) {
         const kv_policy_ops *ops = kv_policy_registry[i];

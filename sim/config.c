@@ -2,6 +2,7 @@
  * config.c - experiments from INI files (libinih) and command-line options.
  */
 #include "sim/config.h"
+#include "traces/status.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -10,16 +11,22 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define MAX_BUDGETS 64
-
 void kv_experiment_init(kv_experiment *ex)
 {
     memset(ex, 0, sizeof *ex);
     ex->seed = 1;
 }
 
+static void free_paths(char **paths, int n)
+{
+    for (int i = 0; paths && i < n; i++)
+        free(paths[i]);
+    free(paths);
+}
+
 void kv_experiment_free(kv_experiment *ex)
 {
+    free_paths(ex->traces, ex->n_traces);
     free(ex->budgets);
     free(ex->policies);
     kv_experiment_init(ex);
@@ -40,21 +47,21 @@ int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *t
     if (!ops) {
         snprintf(err, err_len, "unknown policy '%s' (did you mean '%s'? `kvsim policies` "
                  "lists them)", type, kv_policy_suggest(type));
-        return 2;
+        return KV_EUSAGE;
     }
     if (strlen(label) == 0 || strlen(label) >= KV_LABEL_LEN || strpbrk(label, "\t\n\r")) {
         snprintf(err, err_len, "policy label '%s' must be 1 to %d characters without tabs "
                  "or newlines", label, KV_LABEL_LEN - 1);
-        return 2;
+        return KV_EUSAGE;
     }
     if (find_label(ex, label)) {
         snprintf(err, err_len, "duplicate policy label '%s'", label);
-        return 2;
+        return KV_EUSAGE;
     }
     kv_policy_conf *grown = realloc(ex->policies, (size_t)(ex->n_policies + 1) * sizeof *grown);
     if (!grown) {
         snprintf(err, err_len, "out of memory");
-        return 2;
+        return KV_ENOMEM;
     }
     ex->policies = grown;
     kv_policy_conf *pc = &ex->policies[ex->n_policies++];
@@ -70,7 +77,7 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
 {
     kv_policy_conf *pc = find_label(ex, target);
     if (pc)
-        return kv_policy_conf_set(pc, param, text, err, err_len) ? 2 : 0;
+        return kv_policy_conf_set(pc, param, text, err, err_len);
     int matched = 0;
     for (int i = 0; i < ex->n_policies; i++) {
         pc = &ex->policies[i];
@@ -78,20 +85,53 @@ int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
             continue;
         matched++;
         if (kv_policy_conf_set(pc, param, text, err, err_len))
-            return 2;
+            return KV_EUSAGE;
     }
     if (!matched) {
         snprintf(err, err_len, "--set %s.%s: no policy labelled or of type '%s' in this run",
                  target, param, target);
-        return 2;
+        return KV_EUSAGE;
     }
+    return 0;
+}
+
+/* The number of comma-separated items of text (empty ones included). */
+static int count_items(const char *text)
+{
+    int n = 1;
+    for (const char *c = text; *c; c++)
+        n += *c == ',';
+    return n;
+}
+
+/* 1 when two of paths[0..n) share a file name (err names them). */
+static int same_file_name(char *const *paths, int n, char *err, size_t err_len)
+{
+    /* rows name traces by file name, so two with one name could not be told apart */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++) {
+            const char *a = strrchr(paths[i], '/'), *b = strrchr(paths[j], '/');
+            a = a ? a + 1 : paths[i];
+            b = b ? b + 1 : paths[j];
+            if (strcmp(a, b) == 0) {
+                snprintf(err, err_len, "traces '%s' and '%s' share the file name '%s', which "
+                         "the trace column uses: list a trace once, rename one",
+                         paths[j], paths[i], a);
+                return 1;
+            }
+        }
     return 0;
 }
 
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
-    int n = 0;
-    for (const char *p = text; *p;) {
+    char **paths = calloc((size_t)count_items(text), sizeof *paths);
+    if (!paths) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    int n = 0, rc = 0;
+    for (const char *p = text; *p && !rc;) {
         while (*p == ' ' || *p == '\t')
             p++;
         size_t len = strcspn(p, ",");
@@ -100,76 +140,70 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
             trimmed--;
         if (trimmed == 0) {
             snprintf(err, err_len, "empty trace path in '%s'", text);
-            return 2;
+            rc = KV_EUSAGE;
+        } else if (trimmed >= KV_PATH_LEN) {
+            snprintf(err, err_len, "trace paths have at most %d characters", KV_PATH_LEN - 1);
+            rc = KV_EUSAGE;
+        } else if (!(paths[n] = strndup(p, trimmed))) {
+            snprintf(err, err_len, "out of memory");
+            rc = KV_ENOMEM;
+        } else {
+            n++;
         }
-        if (n == KV_MAX_TRACES || trimmed >= KV_PATH_LEN) {
-            snprintf(err, err_len, "at most %d traces of at most %d characters each",
-                     KV_MAX_TRACES, KV_PATH_LEN - 1);
-            return 2;
-        }
-        memcpy(ex->traces[n], p, trimmed);
-        ex->traces[n++][trimmed] = '\0';
         p += len;
         if (*p == ',')
             p++;
     }
-    if (n == 0) {
+    if (!rc && n == 0) {
         snprintf(err, err_len, "no trace path given");
-        return 2;
+        rc = KV_EUSAGE;
     }
-    /* rows name traces by file name, so two with one name could not be told apart */
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < i; j++) {
-            const char *a = strrchr(ex->traces[i], '/'), *b = strrchr(ex->traces[j], '/');
-            a = a ? a + 1 : ex->traces[i];
-            b = b ? b + 1 : ex->traces[j];
-            if (strcmp(a, b) == 0) {
-                snprintf(err, err_len, "traces '%s' and '%s' share the file name '%s', which "
-                         "the trace column uses: list a trace once, rename one",
-                         ex->traces[j], ex->traces[i], a);
-                return 2;
-            }
-        }
+    if (!rc && same_file_name(paths, n, err, err_len))
+        rc = KV_EUSAGE;
+    if (rc) {
+        free_paths(paths, n);
+        return rc;
+    }
+    free_paths(ex->traces, ex->n_traces);
+    ex->traces = paths;
     ex->n_traces = n;
     return 0;
 }
 
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
-    kv_budget_spec specs[MAX_BUDGETS];
-    int n = 0;
-    for (const char *p = text; *p;) {
+    kv_budget_spec *specs = malloc((size_t)count_items(text) * sizeof *specs);
+    if (!specs) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    int n = 0, rc = 0;
+    for (const char *p = text; *p && !rc;) {
         size_t len = strcspn(p, ",");
         char item[128];
         snprintf(item, sizeof item, "%.*s", (int)(len < sizeof item ? len : sizeof item - 1),
                  p);
-        if (n == MAX_BUDGETS) {
-            snprintf(err, err_len, "at most %d budgets per run", MAX_BUDGETS);
-            return 2;
-        }
         if (kv_budget_parse(item, &specs[n++], err, err_len))
-            return 2;
-        for (int i = 0; i < n - 1; i++)
+            rc = KV_EUSAGE;
+        for (int i = 0; !rc && i < n - 1; i++)
             if (strcmp(specs[i].text, specs[n - 1].text) == 0) {
                 snprintf(err, err_len, "budget '%s' is listed twice", specs[i].text);
-                return 2;
+                rc = KV_EUSAGE;
             }
         p += len;
         if (*p == ',')
             p++;
     }
-    if (n == 0) {
+    if (!rc && n == 0) {
         snprintf(err, err_len, "no budget given (expected e.g. 64,128,256 or 0.25p or 64KiB)");
-        return 2;
+        rc = KV_EUSAGE;
     }
-    kv_budget_spec *copy = malloc((size_t)n * sizeof *copy);
-    if (!copy) {
-        snprintf(err, err_len, "out of memory");
-        return 2;
+    if (rc) {
+        free(specs);
+        return rc;
     }
-    memcpy(copy, specs, (size_t)n * sizeof *copy);
     free(ex->budgets);
-    ex->budgets = copy;
+    ex->budgets = specs;
     ex->n_budgets = n;
     return 0;
 }
@@ -194,7 +228,8 @@ typedef struct {
     int n_exp_keys;
     char *err;
     size_t err_len;
-    int failed;
+    int failed;            /* 1 once a handler failed: the rest are skipped */
+    int code;              /* the failure's status: KV_EUSAGE unless set before fail() */
 } ini_state;
 
 static int fail(ini_state *s, const char *fmt, const char *a, const char *b, const char *c)
@@ -203,6 +238,8 @@ static int fail(ini_state *s, const char *fmt, const char *a, const char *b, con
     snprintf(msg, sizeof msg, fmt, a, b, c);
     snprintf(s->err, s->err_len, "%s: %s", s->path, msg);
     s->failed = 1;
+    if (!s->code)
+        s->code = KV_EUSAGE;
     return 0;
 }
 
@@ -271,8 +308,10 @@ static int on_ini(void *user, const char *section, const char *key, const char *
     if (s->n_items == s->cap) {
         int cap = s->cap ? 2 * s->cap : 32;
         ini_item *grown = realloc(s->items, (size_t)cap * sizeof *grown);
-        if (!grown)
+        if (!grown) {
+            s->code = KV_ENOMEM;
             return fail(s, "out of memory%s%s%s", "", "", "");
+        }
         s->items = grown;
         s->cap = cap;
     }
@@ -291,8 +330,11 @@ static int apply_policy_items(ini_state *s)
         const ini_item *it = &s->items[i];
         if (strcmp(it->key, "type") != 0)
             continue;
-        if (kv_experiment_add_policy(s->ex, it->section, it->value, why, sizeof why))
+        int rc = kv_experiment_add_policy(s->ex, it->section, it->value, why, sizeof why);
+        if (rc) {
+            s->code = rc;
             return fail(s, "[policy %s] type: %s%s", it->section, why, "");
+        }
     }
     for (int i = 0; i < s->n_items; i++) {
         const ini_item *it = &s->items[i];
@@ -320,7 +362,7 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
     }
     if (!f) {
         snprintf(err, err_len, "%s: cannot read the experiment file: %s", path, strerror(errno));
-        return 2;
+        return KV_EUSAGE;
     }
     int rc = ini_parse_file(f, on_ini, &s);
     fclose(f);
@@ -335,5 +377,5 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
     if (!s.failed)
         apply_policy_items(&s);
     free(s.items);
-    return s.failed ? 2 : 0;
+    return s.failed ? (s.code ? s.code : KV_EUSAGE) : 0;
 }

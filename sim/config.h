@@ -26,11 +26,10 @@
 #include "sim/budget.h"
 #include "sim/engine.h"
 
-#define KV_PATH_LEN 4096
-#define KV_MAX_TRACES 64
+#define KV_PATH_LEN 4096   /* longest path, NUL included */
 
 typedef struct {
-    char traces[KV_MAX_TRACES][KV_PATH_LEN];  /* replayed one after the other */
+    char **traces;              /* owned paths, replayed one after the other */
     int n_traces;
     char output[KV_PATH_LEN];
     kv_budget_spec *budgets;    /* owned; resolved to tokens per trace and policy */
@@ -49,29 +48,33 @@ void kv_experiment_free(kv_experiment *ex);
 
 /*
  * Reads an INI experiment file into ex (which must be initialised; values it sets replace
- * earlier ones, policies are appended). Returns 0, or 2 with a message naming the file,
+ * earlier ones, policies are appended). Returns 0, or KV_EUSAGE (traces/status.h) with a
+ * message naming the file,
  * the section and the key: unreadable file, syntax error (with its line), unknown section
  * or key, unknown policy type or parameter (with the nearest name), out-of-range value,
- * duplicate label, a policy section without `type`.
+ * duplicate label, a policy section without `type`; KV_ENOMEM when out of memory.
  */
 int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_len);
 
 /* Appends a policy labelled label of registered type type with default parameters.
- * Returns 0, or 2 (unknown type, with a suggestion; duplicate label; label too long). */
+ * Returns 0, KV_EUSAGE (unknown type, with a suggestion; duplicate label; label too long)
+ * or KV_ENOMEM. */
 int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *type,
                              char *err, size_t err_len);
 
 /* Sets parameter param to text on the policy labelled target, or, when no label matches,
- * on every policy of type target. Returns 0, or 2 (no such policy, bad parameter/value). */
+ * on every policy of type target. Returns 0, or KV_EUSAGE (no such policy, bad
+ * parameter/value). */
 int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
 
-/* Replaces the trace list by the comma-separated paths in text. Returns 0, or 2 (empty
- * item, more than KV_MAX_TRACES, a path too long). */
+/* Replaces the trace list by the comma-separated paths in text. Returns 0, or KV_EUSAGE
+ * (empty item, a path too long, two with one file name) or KV_ENOMEM. */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
-/* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse; at most 64) into
- * ex->budgets, replacing earlier ones. Returns 0, or 2 naming the bad item. */
+/* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse) into
+ * ex->budgets, replacing earlier ones. Returns 0, KV_EUSAGE naming the bad item, or
+ * KV_ENOMEM. */
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 #endif

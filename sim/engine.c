@@ -11,6 +11,7 @@
 #include "sim/cache.h"
 #include "sim/metrics.h"
 #include "sim/rows.h"
+#include "traces/status.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -65,12 +66,12 @@ int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, c
             continue;
         double v;
         if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
-            return 1;
+            return KV_EUSAGE;
         if (i == KV_ENGINE_PARAM_GRANULARITY)
             pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
         return 0;
     }
-    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len);
+    return kv_params_set(pc->ops, &pc->values, name, text, err, err_len) ? KV_EUSAGE : 0;
 }
 
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
@@ -80,7 +81,7 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
         snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
     else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
         snprintf(why, why_len, "rejected by %s", pc->ops->name);
-    return why[0] ? 2 : 0;
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
@@ -92,7 +93,7 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
             if (kv_policy_pair_check(pc, conf->budgets[b], why, sizeof why)) {
                 snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
                          conf->budgets[b], why);
-                return 2;
+                return KV_EUSAGE;
             }
         }
     }
@@ -155,7 +156,7 @@ static int layer_scope(const kv_policy_conf *pc)
 int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
     if (layer_scope(pc))
-        return 1;
+        return KV_ERUNTIME;
     return pc->granularity == KV_GRAN_QUERY_HEAD ? in->n_heads : in->n_kv_heads;
 }
 
@@ -440,7 +441,7 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
                      in->prefill_len, why, sizeof why) == 0)
         return 0;
     record_failure(f, why);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* Loads piece `piece` of layer into rows (the current or the next layer's source). */
@@ -617,7 +618,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         free(first);
         free(dep);
         snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
     kv_failure f = { .err = err, .err_len = err_len };
@@ -687,7 +688,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     free(members);
     free(first);
     free(dep);
-    return f.failed ? 1 : 0;
+    return f.failed ? KV_ERUNTIME : 0;
 }
 
 /* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
@@ -699,7 +700,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
     int n_caches = layer_caches(conf, res, layer, identity, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
-        return 1;
+        return KV_ERUNTIME;
     }
     int any_prescan = 0;
     for (int ci = 0; ci < n_caches; ci++)
@@ -716,7 +717,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *re
             snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
                      "at budget %d in layer %d", pc->label, caches[ci].cache.max_held,
                      caches[ci].cache.budget, layer);
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
     if (rc == 0)
         reduce_layer(res, caches, n_caches, layer);
@@ -738,9 +739,9 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
     }
     s->cur = kv_rows_new(tr, block, err, err_len);
     if (!s->cur)
-        return 1;
+        return KV_ERUNTIME;
     if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
-        return 1;
+        return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
@@ -748,7 +749,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
         if (!s->buf[i] || (topk && !s->topk[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
-            return 1;
+            return KV_ERUNTIME;
         }
     }
     s->cur_loaded = 0;   /* the first layer loads inside its task graph */
@@ -777,7 +778,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     if (in->prefill_len >= in->n_tokens) {
         snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
                  "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
-        return 1;
+        return KV_ERUNTIME;
     }
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
     kv_results *res = calloc(1, sizeof *res);
@@ -845,5 +846,5 @@ nomem:
     free(caches);
     free(identity);
     kv_results_free(res);
-    return 1;
+    return KV_ERUNTIME;
 }

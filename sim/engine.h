@@ -95,7 +95,7 @@ typedef struct {
 
 /*
  * Sets parameter name of pc to text: an engine-level one (kv_engine_params) or one of the
- * policy's own (kv_params_set). Returns 0, or 1 with a one-line message (unknown
+ * policy's own (kv_params_set). Returns 0, or KV_EUSAGE with a one-line message (unknown
  * parameter with a suggestion, a value outside the range or the choices).
  */
 int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, char *err,
@@ -115,13 +115,13 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
 
 /*
  * Checks one (policy, budget) pair: budget >= 1 and the policy's own rule (ops->check).
- * Returns 0, or 2 with the rule in why ("budget 16 must exceed morphkv window 32").
+ * Returns 0, or KV_EUSAGE with the rule in why ("budget 16 must exceed morphkv window 32").
  */
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len);
 
 /*
  * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
- * rule (ops->check). Returns 0, or 2 with "policy 'morphkv-sum' at budget 16: budget 16
+ * rule (ops->check). Returns 0, or KV_EUSAGE with "policy 'morphkv-sum' at budget 16: budget 16
  * must exceed window 32" in err (the first invalid pair).
  */
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);

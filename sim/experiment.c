@@ -10,6 +10,7 @@
 
 #include "sim/budget.h"
 #include "traces/validate.h"
+#include "traces/status.h"
 
 const char *kv_trace_display_name(const char *path)
 {
@@ -24,7 +25,7 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
     for (int k = 0; k < ex->n_traces; k++) {
         kv_trace *tr = NULL;
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-            return 1;
+            return KV_ERUNTIME;
         kv_trace_info info = *kv_trace_get_info(tr);
         kv_trace_close(tr);
         for (int p = 0; p < ex->n_policies; p++)
@@ -122,7 +123,7 @@ fail:
     kv_trace_close(tr);
     kv_results_free(merged);
     free(idx), free(done), free(group);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,

@@ -40,7 +40,7 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
 /*
  * Steps 2-3 for every trace: res[k] (res: [n_traces], set to NULL first) gets trace k's
  * runs, policy-major, budgets from tokens (kv_experiment_resolve_budgets). Returns 0, or
- * the engine's code (1 runtime, 2 an invalid pair) with err set; the res[k] already
+ * the engine's code (KV_ERUNTIME, KV_EUSAGE for an invalid pair) with err set; the res[k] already
  * filled stay for the caller to free with kv_results_free.
  */
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,

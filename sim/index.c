@@ -9,6 +9,7 @@
  */
 #include "sim/index.h"
 #include "sim/rows.h"
+#include "traces/status.h"
 #include "traces/trace.h"
 #include "traces/validate.h"
 
@@ -33,7 +34,7 @@ static int index_layer(const char *path, int layer, double *lse, float *o_full, 
 {
     kv_trace *tr = NULL;
     if (kv_trace_open(path, &tr, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     kv_trace_set_read_checks(tr, 1);
     const kv_trace_info *in = kv_trace_get_info(tr);
     int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
@@ -71,13 +72,13 @@ int kv_index_trace(const char *path, int progress, char *err, size_t err_len)
 {
     kv_trace *tr = NULL;
     if (kv_trace_open(path, &tr, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     kv_trace_info in = *kv_trace_get_info(tr);
     kv_trace_close(tr);
     if (in.source != KV_SOURCE_QK) {
         snprintf(err, err_len, "%s: source = attn: the rows are stored, there is nothing to "
                  "index (only qk traces take the sparse replay)", path);
-        return 2;
+        return KV_EUSAGE;
     }
     size_t T = (size_t)in.n_tokens, hd = (size_t)in.head_dim;
     double *lse = malloc((size_t)in.n_heads * T * sizeof *lse);
@@ -86,7 +87,7 @@ int kv_index_trace(const char *path, int progress, char *err, size_t err_len)
     int rc = 0;
     if (!lse || (in.has_v && (!o_full || !v))) {
         snprintf(err, err_len, "%s: out of memory for a layer's index", path);
-        rc = 1;
+        rc = KV_ENOMEM;
     }
     double start = now_seconds();
     for (int l = 0; l < in.n_layers && !rc; l++) {
@@ -94,7 +95,7 @@ int kv_index_trace(const char *path, int progress, char *err, size_t err_len)
             fprintf(stderr, "\rkvsim index: layer %d/%d ", l + 1, in.n_layers);
         rc = index_layer(path, l, lse, o_full, v, err, err_len);
         if (!rc && kv_trace_store_index(path, &in, l, lse, o_full, err, err_len))
-            rc = 1;
+            rc = KV_EIO;
     }
     if (progress && now_seconds() - start > 1.0)
         fprintf(stderr, "\n");

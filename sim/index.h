@@ -22,8 +22,9 @@
 /*
  * Computes and stores lse (and o_full when the trace has v) for every layer of the qk
  * trace at path (replacing earlier ones). q and k are checked to be finite as they are read. progress: 1 reports the layer
- * on stderr when the pass takes over a second. Returns 0; 2 when the trace is not a qk
- * trace (nothing to index); 1 on a read, write or memory failure; err says why.
+ * on stderr when the pass takes over a second. Returns 0; KV_EUSAGE when the trace is
+ * not a qk trace (nothing to index); KV_ERUNTIME (read), KV_EIO (write) or KV_ENOMEM
+ * (traces/status.h); err says why.
  */
 int kv_index_trace(const char *path, int progress, char *err, size_t err_len);
 

@@ -3,6 +3,7 @@
  */
 #include "sim/commands.h"
 #include "sim/signals.h"
+#include "traces/status.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -36,7 +37,7 @@ int main(int argc, char **argv)
     kv_signals_install();   /* interrupts remove temporaries; see sim/signals.h */
     if (argc < 2) {
         usage(stderr);
-        return 2;
+        return KV_EUSAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
@@ -48,5 +49,5 @@ int main(int argc, char **argv)
             return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "kvsim: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
-    return 2;
+    return KV_EUSAGE;
 }

@@ -4,6 +4,7 @@
 #include "sim/output.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
+#include "traces/status.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -59,13 +60,13 @@ int kv_run_summarise(const kv_results *res, int r, double *values, char *err, si
     kv_interval ci;
     if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
                              KV_CI_LEVEL, KV_OUTPUT_SEED, &ci, err, err_len))
-        return 1;
+        return KV_ERUNTIME;
     double *x = malloc((size_t)D * sizeof *x), *sorted = malloc((size_t)D * sizeof *sorted);
     if (!x || !sorted) {
         free(x);
         free(sorted);
         snprintf(err, err_len, "out of memory summarising the results");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int i = 0; i < kv_n_output_columns; i++) {
         const kv_output_column *col = &kv_output_columns[i];
@@ -109,18 +110,18 @@ static int output_dir(const char *dir, int force, int create, char *err, size_t 
     int exists = stat(dir, &st) == 0;
     if (exists && !S_ISDIR(st.st_mode)) {
         snprintf(err, err_len, "%s: exists and is not a directory", dir);
-        return 1;
+        return KV_ERUNTIME;
     }
     if (!exists && !create)
         return 0;
     if (mkdir_parents(dir) != 0) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     DIR *d = opendir(dir);
     if (!d) {
         snprintf(err, err_len, "%s: cannot read the output directory: %s", dir, strerror(errno));
-        return 1;
+        return KV_ERUNTIME;
     }
     int n_files = 0;
     for (struct dirent *e; (e = readdir(d));)
@@ -130,7 +131,7 @@ static int output_dir(const char *dir, int force, int create, char *err, size_t 
     if (n_files && !force) {
         snprintf(err, err_len, "%s: output directory is not empty (%d entries); use --force "
                  "to overwrite its result files", dir, n_files);
-        return 2;
+        return KV_EUSAGE;
     }
     return 0;
 }
@@ -158,13 +159,13 @@ static int out_open(out_file *o, const char *dir, const char *name, char *err, s
     /* registered before it exists, so an interrupt removes it (sim/signals.h) */
     if (kv_tmp_register(o->tmp) != 0) {
         snprintf(err, err_len, "%s: too many temporary files", o->tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     o->f = fopen(o->tmp, "w");
     if (!o->f) {
         snprintf(err, err_len, "%s: cannot write: %s", o->tmp, strerror(errno));
         kv_tmp_unregister(o->tmp);
-        return 1;
+        return KV_ERUNTIME;
     }
     return 0;
 }
@@ -190,7 +191,7 @@ static int out_finish(out_file *o, char *err, size_t err_len)
         return 0;
     snprintf(err, err_len, "%s: writing failed: %s", o->final, strerror(e));
     out_discard(o);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* Removes the first n (finished) temporaries of a failed write; returns 1. */
@@ -198,7 +199,7 @@ static int discard_all(out_file *o, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         out_discard(&o[i]);
-    return 1;
+    return KV_ERUNTIME;
 }
 
 /* What every writer reads: the experiment and the summary of every run of every trace
@@ -345,7 +346,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     double *x = malloc((size_t)er->n_traces * sizeof *x);
     if (!x) {
         snprintf(err, err_len, "out of memory writing summary.tsv");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int r = 0; r < c->n_runs; r++)
         summary_all_row(f, c, r, x);
@@ -424,7 +425,7 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     double *x = malloc((size_t)nt * sizeof *x);
     if (!x) {
         snprintf(err, err_len, "out of memory writing compare.tsv");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
@@ -442,7 +443,7 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
                                               KV_BOOTSTRAP_RESAMPLES, KV_CI_LEVEL,
                                               KV_OUTPUT_SEED, &d, err, err_len)) {
                             free(x);
-                            return 1;
+                            return KV_ERUNTIME;
                         }
                         compare_row(f, c, er->trace_names[k], rp, rq, res->runs[rp].budget,
                                     res->runs[rq].budget, &d, units);
@@ -534,7 +535,7 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
         double *recall = malloc((size_t)res->n_steps * sizeof *recall);
         if (!recall) {
             snprintf(err, err_len, "out of memory writing recall_hist.tsv");
-            return 1;
+            return KV_ERUNTIME;
         }
         for (int r = 0; r < c->n_runs; r++) {
             for (int s = 0; s < res->n_steps; s++)
@@ -542,7 +543,7 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
             if (kv_histogram(recall, (size_t)res->n_steps, 0.0, 1.0, KV_RECALL_BINS, counts,
                              err, err_len)) {
                 free(recall);
-                return 1;
+                return KV_ERUNTIME;
             }
             for (int i = 0; i < KV_RECALL_BINS; i++) {
                 run_key(f, c, k, r);
@@ -606,44 +607,55 @@ int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
         if (er->res[k]->n_runs != c.n_runs) {
             snprintf(err, err_len, "internal error: trace %s has %d runs, expected %d",
                      er->trace_names[k], er->res[k]->n_runs, c.n_runs);
-            return 1;
+            return KV_ERUNTIME;
         }
     double *sums = summarise_all(er, c.n_runs, err, err_len);
     if (!sums)
-        return 1;
+        return KV_ERUNTIME;
     c.sums = sums;
     enum { N_FILES = sizeof result_files / sizeof result_files[0] };
-    static out_file o[N_FILES];   /* static: two paths each, large for the stack */
+    out_file *o = calloc(N_FILES, sizeof *o);   /* two paths each: large for the stack */
+    if (!o) {
+        free(sums);
+        snprintf(err, err_len, "out of memory writing the result files");
+        return KV_ENOMEM;
+    }
     size_t n = 0;
     int rc = 0;
     errno = 0;
     for (; n < N_FILES && !rc; n++) {
         if (out_open(&o[n], dir, result_files[n].name, err, err_len)) {
             free(sums);
-            return discard_all(o, n);
+            rc = discard_all(o, n);
+            free(o);
+            return rc;
         }
         rc = result_files[n].write(o[n].f, &c, err, err_len);
         if (rc) {
             fclose(o[n].f);
             out_discard(&o[n]);
         } else if (out_finish(&o[n], err, err_len))
-            rc = 1;
+            rc = KV_ERUNTIME;
     }
     free(sums);
-    if (rc)
-        return discard_all(o, n - 1);
+    if (rc) {
+        rc = discard_all(o, n - 1);
+        free(o);
+        return rc;
+    }
     kv_signals_hold(1);
     for (size_t i = 0; i < N_FILES; i++) {
         if (!rc && rename(o[i].tmp, o[i].final) != 0) {
             snprintf(err, err_len, "%s: cannot rename into place: %s", o[i].final,
                      strerror(errno));
-            rc = 1;
+            rc = KV_ERUNTIME;
         }
         if (rc)
             unlink(o[i].tmp);
         kv_tmp_unregister(o[i].tmp);
     }
     kv_signals_hold(0);
+    free(o);
     return rc;
 }
 
@@ -673,7 +685,7 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
     double *values = malloc((size_t)kv_n_output_columns * sizeof *values);
     if (!values) {
         snprintf(err, err_len, "out of memory printing the table");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[64], buf[32];
@@ -689,7 +701,7 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
                 if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
                                      err_len)) {
                     free(values);
-                    return 1;
+                    return KV_ERUNTIME;
                 }
                 recall += values[i_recall] / er->n_traces;
                 peak = values[i_peak] > peak ? values[i_peak] : peak;

@@ -3,6 +3,7 @@
  * stats.h).
  */
 #include "sim/stats.h"
+#include "traces/status.h"
 
 #include <gsl/gsl_cdf.h>
 #include <gsl/gsl_histogram.h>
@@ -36,7 +37,7 @@ int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double leve
         if (rng)
             gsl_rng_free(rng);
         snprintf(err, err_len, "out of memory computing a bootstrap interval");
-        return 1;
+        return KV_ERUNTIME;
     }
     gsl_rng_set(rng, seed);
     for (int b = 0; b < n_resamples; b++) {
@@ -63,7 +64,7 @@ int kv_paired_diff_ci(const double *a, const double *b, size_t n, int n_resample
     if (!d) {
         set_nan(out);
         snprintf(err, err_len, "out of memory computing a paired difference");
-        return 1;
+        return KV_ERUNTIME;
     }
     for (size_t i = 0; i < n; i++)
         d[i] = a[i] - b[i];
@@ -93,12 +94,12 @@ int kv_histogram(const double *x, size_t n, double lo, double hi, int n_bins,
 {
     if (n_bins < 1 || !(hi > lo)) {
         snprintf(err, err_len, "histogram needs at least one bin and hi > lo");
-        return 1;
+        return KV_ERUNTIME;
     }
     gsl_histogram *h = gsl_histogram_alloc((size_t)n_bins);
     if (!h) {
         snprintf(err, err_len, "out of memory allocating a histogram");
-        return 1;
+        return KV_ERUNTIME;
     }
     gsl_histogram_set_ranges_uniform(h, lo, hi);
     /* gsl_histogram drops values outside [lo, hi); clamp them into the end bins */

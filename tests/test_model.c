@@ -115,11 +115,12 @@ static void test_rejects_truncated_and_oversized(void **state)
     long n;
     unsigned char *buf = slurp(kv_test_model_path(), &n);
     assert_int_equal(n, MODEL_BYTES);
-    expect_refused(buf, 1000, 2, "file is 1000 bytes", "needs 1056540: truncated");
-    expect_refused(buf, (size_t)n - 4, 2, "file is 1056536 bytes", "truncated");
-    expect_refused(buf, (size_t)n + 4, 2, "file is 1056544 bytes", "trailing bytes");
-    expect_refused(buf, 10, 2, "file is 10 bytes, shorter than the 28-byte header", NULL);
-    expect_refused(buf, 0, 2, "file is 0 bytes", NULL);
+    expect_refused(buf, 1000, KV_EMODEL_FORMAT, "file is 1000 bytes", "needs 1056540: truncated");
+    expect_refused(buf, (size_t)n - 4, KV_EMODEL_FORMAT, "file is 1056536 bytes", "truncated");
+    expect_refused(buf, (size_t)n + 4, KV_EMODEL_FORMAT, "file is 1056544 bytes", "trailing bytes");
+    expect_refused(buf, 10, KV_EMODEL_FORMAT, "file is 10 bytes, shorter than the 28-byte header",
+                   NULL);
+    expect_refused(buf, 0, KV_EMODEL_FORMAT, "file is 0 bytes", NULL);
     free(buf);
 }
 
@@ -134,13 +135,13 @@ static void test_rejects_random_bytes(void **state)
         buf[i] = (unsigned char)(x >> 32);
     }
     /* Random header: some field is far outside its range. */
-    expect_refused(buf, MODEL_BYTES, 2, "header field", "not a llama2.c checkpoint");
+    expect_refused(buf, MODEL_BYTES, KV_EMODEL_FORMAT, "header field", "not a llama2.c checkpoint");
     /* The real header over random weights: the size matches, the weights are garbage
      * (one float in 256 has an all-ones exponent). */
     long n;
     unsigned char *real = slurp(kv_test_model_path(), &n);
     memcpy(buf, real, 28);
-    expect_refused(buf, MODEL_BYTES, 2, "not a finite number", NULL);
+    expect_refused(buf, MODEL_BYTES, KV_EMODEL_FORMAT, "not a finite number", NULL);
     free(real);
     free(buf);
 }
@@ -151,20 +152,21 @@ static void test_rejects_inconsistent_header(void **state)
     long n;
     unsigned char *buf = slurp(kv_test_model_path(), &n);
     put_le32(buf + 12, 3); /* n_heads 3: 64 % 3 != 0 */
-    expect_refused(buf, (size_t)n, 2, "dim 64 is not a multiple of n_heads 3", NULL);
+    expect_refused(buf, (size_t)n, KV_EMODEL_FORMAT, "dim 64 is not a multiple of n_heads 3", NULL);
     put_le32(buf + 12, 8);
     put_le32(buf + 16, 3); /* n_kv_heads 3: 8 % 3 != 0 */
-    expect_refused(buf, (size_t)n, 2, "n_heads 8 is not a multiple of n_kv_heads 3", NULL);
+    expect_refused(buf, (size_t)n, KV_EMODEL_FORMAT, "n_heads 8 is not a multiple of n_kv_heads 3",
+                   NULL);
     put_le32(buf + 16, 4);
     put_le32(buf + 0, -64); /* negative dim */
-    expect_refused(buf, (size_t)n, 2, "header field dim is -64", NULL);
+    expect_refused(buf, (size_t)n, KV_EMODEL_FORMAT, "header field dim is -64", NULL);
     put_le32(buf + 0, 64);
     put_le32(buf + 8, 0); /* no layers */
-    expect_refused(buf, (size_t)n, 2, "header field n_layers is 0", NULL);
+    expect_refused(buf, (size_t)n, KV_EMODEL_FORMAT, "header field n_layers is 0", NULL);
     put_le32(buf + 8, 5);
     /* vocab -512 announces an unshared classifier: 512 * 64 more floats than the file has. */
     put_le32(buf + 20, -512);
-    expect_refused(buf, (size_t)n, 2, "(unshared classifier)",
+    expect_refused(buf, (size_t)n, KV_EMODEL_FORMAT, "(unshared classifier)",
                    "needs 1187612: truncated"); /* 1056540 + 4 * 512 * 64 */
     free(buf);
 }
@@ -199,7 +201,7 @@ static void test_missing_file(void **state)
     (void)state;
     kv_model *m = NULL;
     char err[512] = "";
-    assert_int_equal(kv_model_load("/nonexistent/x.bin", &m, err, sizeof err), 1);
+    assert_int_equal(kv_model_load("/nonexistent/x.bin", &m, err, sizeof err), KV_EMODEL_IO);
     assert_null(m);
     assert_non_null(strstr(err, "/nonexistent/x.bin: cannot open"));
 }

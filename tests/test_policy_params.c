@@ -198,12 +198,14 @@ static void test_engine_level_params(void **state)
     assert_int_equal(pc.granularity, KV_GRAN_QUERY_HEAD);
     assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "kv_head", err, sizeof err), 0);
     assert_int_equal(pc.granularity, KV_GRAN_KV_HEAD);
-    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "layer", err, sizeof err), 1);
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularity", "layer", err, sizeof err),
+                     KV_EUSAGE);
     assert_non_null(strstr(err, "kv_head|query_head"));
     assert_int_equal(pc.granularity, KV_GRAN_KV_HEAD);
     assert_int_equal(kv_policy_conf_set(&pc, "recent", "0.25", err, sizeof err), 0);
     assert_true(pc.values.v[kv_params_index(pc.ops, "recent")] == 0.25);
-    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularty", "kv_head", err, sizeof err), 1);
+    assert_int_equal(kv_policy_conf_set(&pc, "kv_granularty", "kv_head", err, sizeof err),
+                     KV_EUSAGE);
     /* every engine-level default parses */
     for (int i = 0; i < kv_n_engine_params; i++) {
         double v;

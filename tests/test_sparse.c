@@ -20,6 +20,7 @@
 #include "kv_test.h"
 #include "sim/commands.h"
 #include "sim/index.h"
+#include "traces/status.h"
 #include "traces/trace.h"
 
 #define H5_IDX "idx.h5"
@@ -258,7 +259,7 @@ static void test_index_cli(void **state)
     gp.n_layers = 1, gp.n_heads = 2, gp.n_kv_heads = 1, gp.head_dim = 8;
     gp.n_tokens = 32, gp.prefill_len = 8;
     assert_int_equal(kv_gen_write(attn, &gp, 0, 1, err, sizeof err), 0);
-    assert_int_equal(kv_index_trace(attn, 0, err, sizeof err), 2);
+    assert_int_equal(kv_index_trace(attn, 0, err, sizeof err), KV_EUSAGE);
     assert_non_null(strstr(err, "source = attn"));
 }
 

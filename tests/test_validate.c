@@ -31,11 +31,13 @@ typedef struct {
     double scale;      /* multiply row [h, t] by scale */
 } plant;
 
-/* Writes an attn trace whose rows are uniform, p_t[j] = 1/(t+1), then applies plants. */
-static void write_attn(const char *path, const plant *pl, int n_pl)
+/* Writes an attn trace whose rows are uniform, p_t[j] = 1/(t+1), then applies plants;
+ * the rows are declared computed in prec (attn_precision). */
+static void write_attn_prec(const char *path, const plant *pl, int n_pl, kv_attn_precision prec)
 {
     kv_trace_info in;
     memset(&in, 0, sizeof in);
+    in.attn_precision = prec;
     snprintf(in.model, sizeof in.model, "validate-test");
     in.n_layers = L, in.n_heads = H, in.n_kv_heads = G, in.head_dim = D;
     in.n_tokens = T, in.prefill_len = P, in.source = KV_SOURCE_ATTN;
@@ -63,6 +65,11 @@ static void write_attn(const char *path, const plant *pl, int n_pl)
         }
     if (kv_trace_finish(w, err, sizeof err))
         fail_msg("%s", err);
+}
+
+static void write_attn(const char *path, const plant *pl, int n_pl)
+{
+    write_attn_prec(path, pl, n_pl, KV_PREC_FLOAT32);
 }
 
 /* A qk trace with v, all finite (small values), then one value of q, k or v set to bad. */
@@ -194,6 +201,80 @@ static void test_attn_accepted(void **state)
                          "-q", "-o", kv_test_path("out_accepted"), NULL};
     if (kv_cli_run(run, NULL, &r) != 0)
         fail_msg("run failed: %s", r.err);
+}
+
+/* The tolerance per attn_precision, worked out by hand from validate.h's formula
+ * max(1e-3, u_p + s_p + n * (2^-24 + 2^-25)). */
+static void test_row_sum_tolerance(void **state)
+{
+    (void)state;
+    const double len_term = 0x1p-24 + 0x1p-25;   /* per entry */
+    assert_true(kv_row_sum_tol(KV_PREC_FLOAT32, 1) == 1e-3);
+    assert_true(kv_row_sum_tol(KV_PREC_FLOAT16, 512) == 1e-3);
+    /* bfloat16: 8 significand bits, u = 2^-8 = 0.00390625 */
+    assert_true(fabs(kv_row_sum_tol(KV_PREC_BFLOAT16, 1) - (0.00390625 + len_term)) < 1e-15);
+    /* 41 entries: 2^-8 + 61.5 * 2^-24 = 0.00390625 + 0.0000036657 */
+    assert_true(fabs(kv_row_sum_tol(KV_PREC_BFLOAT16, 41) - 0.00390991569) < 1e-11);
+    /* 65536 entries: the length term is 1.5 * 2^-8 = 0.005859375 */
+    assert_true(fabs(kv_row_sum_tol(KV_PREC_BFLOAT16, 65536) - (0.00390625 + 0.005859375))
+                < 1e-15);
+    assert_true(fabs(kv_row_sum_tol(KV_PREC_FLOAT32, 65536)
+                     - (0x1p-24 + 0x1p-11 + 0.005859375)) < 1e-15);
+    assert_true(fabs(kv_row_sum_tol(KV_PREC_FLOAT16, 65536) - (0x1p-11 + 0.005859375)) < 1e-15);
+}
+
+/* attn_precision = bfloat16 lets a row of 41 entries sum to 1 - 0.0038 (within 0.0039099,
+ * as a bfloat16 softmax may) but not to 1 - 0.0040; the same row with no attribute
+ * (float32) is refused at 1e-3; an unknown precision is refused by name. */
+static void test_attn_precision(void **state)
+{
+    (void)state;
+    const plant near = {0, 2, 40, 0, 0, 0.9962}, over = {0, 2, 40, 0, 0, 0.9960};
+    char ok[300], bad[300], f32[300];   /* kv_test_path keeps only its last four results */
+    snprintf(ok, sizeof ok, "%s", kv_test_path("bf16_ok.h5"));
+    snprintf(bad, sizeof bad, "%s", kv_test_path("bf16_over.h5"));
+    snprintf(f32, sizeof f32, "%s", kv_test_path("f32_near.h5"));
+    write_attn_prec(ok, &near, 1, KV_PREC_BFLOAT16);
+    expect_scan(ok, NULL);
+    kv_cli_result r;
+    const char *info[] = {"info", "--check", ok, NULL};
+    assert_int_equal(kv_cli_run(info, NULL, &r), 0);
+    const char *run[] = {"run", "--trace", ok, "--policies", "window", "--budgets", "4",
+                         "-q", "-o", kv_test_path("out_bf16"), NULL};
+    if (kv_cli_run(run, NULL, &r) != 0)
+        fail_msg("run of a bfloat16 trace failed: %s", r.err);
+
+    char want[512];
+    write_attn_prec(bad, &over, 1, KV_PREC_BFLOAT16);
+    snprintf(want, sizeof want, "%s: /layers/0/attn row [2, 40] sums to 0.996, expected 1 "
+             "within 0.0039 (bfloat16 rows of 41 entries)", bad);
+    expect_scan(bad, want);
+    expect_cli_rejects(bad, want, kv_test_path("out_bf16_over"));
+
+    write_attn_prec(f32, &near, 1, KV_PREC_FLOAT32);
+    snprintf(want, sizeof want, "%s: /layers/0/attn row [2, 40] sums to 0.9962, expected 1 "
+             "within 1e-3", f32);
+    expect_scan(f32, want);
+
+    /* `kvsim info` names the precision and the tolerance (T = 48: 0.0039 at both ends) */
+    char cmd[512], line[256];
+    snprintf(cmd, sizeof cmd, "%s info %s", kv_cli_bin(), ok);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    int seen = 0;
+    while (fgets(line, sizeof line, p))
+        seen |= strcmp(line, "attn rows    computed in bfloat16; each row sums to 1 within "
+                             "0.0039\n") == 0;
+    pclose(p);
+    assert_true(seen);
+
+    set_string_attr(ok, "attn_precision", "float8");
+    char err[512];
+    kv_trace *tr = NULL;
+    assert_int_equal(kv_trace_open(ok, &tr, err, sizeof err), KV_ETRACE_FORMAT);
+    snprintf(want, sizeof want, "%s: root attribute attn_precision = \"float8\", expected "
+             "\"float32\", \"float16\" or \"bfloat16\"", ok);
+    assert_string_equal(err, want);
 }
 
 static void test_qkv_values(void **state)
@@ -390,6 +471,8 @@ int main(void)
         cmocka_unit_test(test_finite_index),
         cmocka_unit_test(test_attn_values),
         cmocka_unit_test(test_attn_accepted),
+        cmocka_unit_test(test_row_sum_tolerance),
+        cmocka_unit_test(test_attn_precision),
         cmocka_unit_test(test_qkv_values),
         cmocka_unit_test(test_read_checks),
         cmocka_unit_test(test_structure_cli),

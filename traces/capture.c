@@ -62,20 +62,20 @@ int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *e
                      size_t err_len)
 {
     if (o->n_tokens > c->seq_len && !o->allow_extrapolation)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--tokens %d exceeds the "
+        return capture_fail(err, err_len, KV_EUSAGE, "--tokens %d exceeds the "
                             "checkpoint's trained context (seq_len %d); pass "
                             "--allow-extrapolation to run past it", o->n_tokens, c->seq_len);
     if (o->prefill_len >= o->n_tokens)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prefill %d must be below "
+        return capture_fail(err, err_len, KV_EUSAGE, "--prefill %d must be below "
                             "--tokens %d (a trace needs at least one decode position)",
                             o->prefill_len, o->n_tokens);
     if (1 + o->n_prompt > o->prefill_len)
-        return capture_fail(err, err_len, KV_ECAPTURE_ARG, "BOS plus %d prompt ids is %d "
+        return capture_fail(err, err_len, KV_EUSAGE, "BOS plus %d prompt ids is %d "
                             "positions, more than --prefill %d", o->n_prompt, 1 + o->n_prompt,
                             o->prefill_len);
     for (int i = 0; i < o->n_prompt; i++)
         if (o->prompt[i] >= c->vocab_size)
-            return capture_fail(err, err_len, KV_ECAPTURE_ARG, "--prompt-ids: id %d is "
+            return capture_fail(err, err_len, KV_EUSAGE, "--prompt-ids: id %d is "
                                 "outside the vocabulary 0..%d", o->prompt[i],
                                 c->vocab_size - 1);
     return 0;
@@ -329,13 +329,13 @@ static int alloc_state(capture_state *st)
     return 0;
 }
 
-/* Steps 2-4 on a loaded, checked model; a KV_ECAPTURE_* code with st->err set. */
+/* Steps 2-4 on a loaded, checked model; 0, KV_ENOMEM or KV_EIO with st->err set. */
 static int capture_run(capture_state *st)
 {
     if (alloc_state(st))
-        return KV_ECAPTURE_NOMEM;
+        return KV_ENOMEM;
     if (create_trace(st))
-        return KV_ECAPTURE_WRITE;
+        return KV_EIO;
     st->created = 1;
     int rc = generate(st) || write_results(st);
     char ferr[KV_CAPTURE_ERR_LEN] = "";
@@ -345,7 +345,7 @@ static int capture_run(capture_state *st)
         snprintf(st->err, sizeof st->err, "%s", ferr);
         rc = 1;
     }
-    return rc ? KV_ECAPTURE_WRITE : 0;
+    return rc ? KV_EIO : 0;
 }
 
 int kv_capture(const kv_capture_opts *o, char *err, size_t err_len)
@@ -353,9 +353,10 @@ int kv_capture(const kv_capture_opts *o, char *err, size_t err_len)
     /* 1. */
     kv_model *model = NULL;
     char merr[KV_CAPTURE_ERR_LEN];
-    if (kv_model_load(o->model_path, &model, merr, sizeof merr))
-        return capture_fail(err, err_len, KV_ECAPTURE_MODEL, "%s", merr);
-    int rc = kv_capture_check(o, kv_model_get_config(model), err, err_len);
+    int rc = kv_model_load(o->model_path, &model, merr, sizeof merr);
+    if (rc)
+        return capture_fail(err, err_len, rc, "%s", merr);
+    rc = kv_capture_check(o, kv_model_get_config(model), err, err_len);
     if (rc) {
         kv_model_free(model);
         return rc;

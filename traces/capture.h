@@ -27,13 +27,6 @@
 #define KV_CAPTURE_DEFAULT_SEED 1UL
 #define KV_CAPTURE_ERR_LEN 512 /* a message buffer long enough for every message */
 
-enum {
-    KV_CAPTURE_OK = 0,
-    KV_ECAPTURE_ARG = 1,   /* the options do not fit the checkpoint (a usage error) */
-    KV_ECAPTURE_MODEL = 2, /* the checkpoint is missing, unreadable or invalid */
-    KV_ECAPTURE_WRITE = 3, /* the trace could not be created or written */
-    KV_ECAPTURE_NOMEM = 4  /* an allocation failed */
-};
 
 typedef struct {
     const char *model_path; /* checkpoint to run (required) */
@@ -56,8 +49,8 @@ void kv_capture_defaults(kv_capture_opts *o);
 /*
  * Checks the options that depend on the checkpoint c: T within its trained context
  * (unless allow_extrapolation), P < T, BOS plus the prompt within P, every prompt id in
- * the vocabulary. Returns 0, or KV_ECAPTURE_ARG with a one-line message naming the
- * `kvsim capture` option in err.
+ * the vocabulary. Returns 0, or KV_EUSAGE (traces/status.h) with a one-line message
+ * naming the `kvsim capture` option in err.
  */
 int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *err,
                      size_t err_len);
@@ -66,8 +59,10 @@ int kv_capture_check(const kv_capture_opts *o, const kv_model_config *c, char *e
  * Loads o->model_path, checks o against it (kv_capture_check), runs the forward pass for
  * positions 0..T-1 sampling from the logits, and writes the trace to o->out_path. Memory:
  * the model, its run (kv_model_run_create) and, with_attn, n_layers * n_heads * 128 * T
- * floats of row buffer. Returns 0, or a KV_ECAPTURE_* code with a one-line message in err;
- * on failure no partial trace is left at out_path.
+ * floats of row buffer. Returns 0, or a code of traces/status.h with a one-line message
+ * in err: KV_EUSAGE for options that do not fit the checkpoint, the model's code when it
+ * cannot be loaded (KV_EIO, KV_EFORMAT), KV_EIO when the trace cannot be written,
+ * KV_ENOMEM. On failure no partial trace is left at out_path.
  */
 int kv_capture(const kv_capture_opts *o, char *err, size_t err_len);
 

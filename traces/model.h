@@ -21,14 +21,18 @@
 
 #include <stddef.h>
 
+#include "traces/status.h"
+
 #define KV_MODEL_SHA256_HEX 65 /* 64 hex digits and a NUL */
 
+/* The model's codes, traces/status.h's by name. */
 enum {
-    KV_MODEL_OK = 0,
-    KV_EMODEL_IO = 1,     /* file missing or unreadable */
-    KV_EMODEL_FORMAT = 2, /* header, size or weights do not form a valid checkpoint */
-    KV_EMODEL_NOMEM = 3,  /* an allocation failed */
-    KV_EMODEL_ARG = 4     /* a caller passed an argument outside the documented range */
+    KV_MODEL_OK = KV_OK,
+    KV_EMODEL_IO = KV_EIO,         /* file missing or unreadable */
+    KV_EMODEL_FORMAT = KV_EFORMAT, /* header, size or weights do not form a valid checkpoint */
+    KV_EMODEL_NOMEM = KV_ENOMEM,   /* an allocation failed */
+    KV_EMODEL_ARG = KV_EUSAGE      /* a caller passed an argument outside the documented
+                                      range */
 };
 
 /* The header fields of a checkpoint, and the sizes derived from them. */

@@ -19,18 +19,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "traces/status.h"
+
 #define KV_TRACE_VERSION 1
 #define KV_TRACE_MODEL_LEN 256
 
+/* The trace library's codes, traces/status.h's by name. */
 enum {
-    KV_TRACE_OK = 0,
-    KV_ETRACE_IO = 1,      /* file missing, unreadable, not HDF5, truncated */
-    KV_ETRACE_FORMAT = 2,  /* valid HDF5 but not a valid kvtrace v1 file */
-    KV_ETRACE_NOMEM = 3,   /* an allocation failed */
-    KV_ETRACE_ARG = 4      /* a caller passed an argument outside the documented range */
+    KV_TRACE_OK = KV_OK,
+    KV_ETRACE_IO = KV_EIO,         /* file missing, unreadable, not HDF5, truncated */
+    KV_ETRACE_FORMAT = KV_EFORMAT, /* valid HDF5 but not a valid kvtrace v1 file */
+    KV_ETRACE_NOMEM = KV_ENOMEM,   /* an allocation failed */
+    KV_ETRACE_ARG = KV_EUSAGE      /* a caller passed an argument outside the documented
+                                      range */
 };
 
 typedef enum { KV_SOURCE_ATTN = 0, KV_SOURCE_QK = 1 } kv_source;
+
+/* The precision attn rows were computed and rounded in (root attribute attn_precision,
+ * FORMAT.md); it sets the row-sum tolerance (kv_row_sum_tol in traces/validate.h). The
+ * rows are stored as float16 or float32 whatever it is. 0 (float32) is the default. */
+typedef enum {
+    KV_PREC_FLOAT32 = 0,
+    KV_PREC_FLOAT16 = 1,
+    KV_PREC_BFLOAT16 = 2
+} kv_attn_precision;
 
 /* The root attributes of a trace (FORMAT.md, "Root attributes"). */
 typedef struct {
@@ -50,6 +63,7 @@ typedef struct {
     int has_lse;                     /* 1 when every layer has /layers/<l>/lse (qk only:
                                         `kvsim index`, FORMAT.md) */
     int has_o_full;                  /* 1 when every layer has /layers/<l>/o_full (qk) */
+    kv_attn_precision attn_precision; /* precision of the attn rows, default float32 */
 } kv_trace_info;
 
 typedef struct kv_trace kv_trace;
@@ -147,7 +161,8 @@ typedef struct kv_trace_writer kv_trace_writer;
 /*
  * Creates (truncating) path and writes the root attributes of info (version is forced to
  * 1; has_tokens/has_v are ignored, they follow from what is written; softmax_scale 0 means
- * 1/sqrt(head_dim) and dtype_bytes 0 means 2, and those values are stored). Datasets are
+ * 1/sqrt(head_dim) and dtype_bytes 0 means 2, and those values are stored; attn_precision
+ * is stored only when it is not float32, the default). Datasets are
  * chunked with gzip + shuffle: (1, 128, 128) tiles for attn, (1, min(T,256), head_dim)
  * for q/k/v. Values are stored as float32, or as IEEE float16 when store_f16 is 1.
  */

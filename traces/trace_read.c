@@ -276,6 +276,29 @@ static const struct {
     {"dtype_bytes", 0, offsetof(kv_trace_info, dtype_bytes)},
 };
 
+/* The optional attn_precision: "float32" (the default when absent), "float16", "bfloat16". */
+static int read_attn_precision(kv_trace *tr, char *err, size_t len)
+{
+    static const kv_attn_precision all[] = {KV_PREC_FLOAT32, KV_PREC_FLOAT16, KV_PREC_BFLOAT16};
+    tr->info.attn_precision = KV_PREC_FLOAT32;
+    htri_t ex = H5Aexists(tr->file, "attn_precision");
+    if (ex <= 0)
+        return ex < 0 ? kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root "
+                                      "attributes", tr->path) : 0;
+    char value[32];
+    int rc = read_string_attr(tr, "attn_precision", value, sizeof value, err, len);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(value, kv_attn_precision_name(all[i])) == 0) {
+            tr->info.attn_precision = all[i];
+            return 0;
+        }
+    return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute attn_precision = "
+                         "\"%s\", expected \"float32\", \"float16\" or \"bfloat16\"",
+                         tr->path, value);
+}
+
 static int read_root_attrs(kv_trace *tr, char *err, size_t len)
 {
     kv_trace_info *in = &tr->info;
@@ -302,6 +325,9 @@ static int read_root_attrs(kv_trace *tr, char *err, size_t len)
     else
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute source = \"%s\", "
                              "expected \"attn\" or \"qk\"", tr->path, source);
+    rc = read_attn_precision(tr, err, len);
+    if (rc)
+        return rc;
     return read_real_attr(tr, "softmax_scale", 0, &in->softmax_scale, err, len);
 }
 
@@ -806,8 +832,8 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
     g_reading = NULL;
     pthread_mutex_unlock(&tr->lock);
     if (!rc && tr->check_values)
-        rc = kv_check_attn_rows(tr->path, layer, h0, h1 - h0, t0, t1 - t0, in->n_tokens, out,
-                                err, err_len);
+        rc = kv_check_attn_rows(tr->path, layer, h0, h1 - h0, t0, t1 - t0, in->n_tokens,
+                                in->attn_precision, out, err, err_len);
     return rc;
 }
 

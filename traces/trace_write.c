@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "traces/trace_int.h"
+#include "traces/validate.h"
 
 #define KV_ATTN_TILE 128
 #define KV_QK_CHUNK_ROWS 256
@@ -211,6 +212,10 @@ static int check_create_info(const char *path, const kv_trace_info *in, char *er
     if (in->source != KV_SOURCE_ATTN && in->source != KV_SOURCE_QK)
         return kv_trace_fail(err, len, KV_ETRACE_ARG, "%s: unknown source %d", path,
                              (int)in->source);
+    if (in->attn_precision != KV_PREC_FLOAT32 && in->attn_precision != KV_PREC_FLOAT16
+        && in->attn_precision != KV_PREC_BFLOAT16)
+        return kv_trace_fail(err, len, KV_ETRACE_ARG, "%s: unknown attn_precision %d", path,
+                             (int)in->attn_precision);
     if (!(in->softmax_scale > 0) || !isfinite(in->softmax_scale) || in->dtype_bytes < 1)
         return kv_trace_fail(err, len, KV_ETRACE_ARG, "%s: softmax_scale must be finite and "
                              "> 0, dtype_bytes >= 1", path);
@@ -267,6 +272,9 @@ static int write_root_attrs(kv_trace_writer *w, char *err, size_t len)
         rc = kv_trace_write_attr_double(w, "softmax_scale", in->softmax_scale, err, len);
     if (!rc)
         rc = kv_trace_write_attr_int(w, "dtype_bytes", in->dtype_bytes, err, len);
+    if (!rc && in->attn_precision != KV_PREC_FLOAT32)   /* absent = float32: files unchanged */
+        rc = kv_trace_write_attr_string(w, "attn_precision",
+                                        kv_attn_precision_name(in->attn_precision), err, len);
     return rc;
 }
 

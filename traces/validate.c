@@ -27,8 +27,35 @@ static const char *nonfinite_name(float x)
     return x > 0 ? "Inf" : "-Inf";
 }
 
+double kv_row_sum_tol(kv_attn_precision prec, int n)
+{
+    /* steps 1-3 of validate.h: rounding to p, float16 storage, float32 softmax + underflow */
+    double u = prec == KV_PREC_BFLOAT16 ? 0x1p-8 : prec == KV_PREC_FLOAT16 ? 0x1p-11 : 0x1p-24;
+    double store = prec == KV_PREC_FLOAT32 ? 0x1p-11 : 0.0;
+    double tol = u + store + (double)n * (0x1p-24 + 0x1p-25);
+    return tol > KV_ROW_SUM_TOL_MIN ? tol : KV_ROW_SUM_TOL_MIN;
+}
+
+const char *kv_attn_precision_name(kv_attn_precision prec)
+{
+    return prec == KV_PREC_BFLOAT16 ? "bfloat16" : prec == KV_PREC_FLOAT16 ? "float16"
+                                                                          : "float32";
+}
+
+/* The row-sum failure of row [h, t]; names the tolerance unless it is the 1e-3 floor. */
+static int row_sum_fail(const char *path, int layer, int h, int t, double sum, double tol,
+                        kv_attn_precision prec, char *err, size_t err_len)
+{
+    if (tol == KV_ROW_SUM_TOL_MIN)
+        return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn row [%d, %d] "
+                             "sums to %.6g, expected 1 within 1e-3", path, layer, h, t, sum);
+    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn row [%d, %d] "
+                         "sums to %.6g, expected 1 within %.2g (%s rows of %d entries)", path,
+                         layer, h, t, sum, tol, kv_attn_precision_name(prec), t + 1);
+}
+
 int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int n_t, int T,
-                       const float *rows, char *err, size_t err_len)
+                       kv_attn_precision prec, const float *rows, char *err, size_t err_len)
 {
     for (int hh = 0; hh < n_h; hh++)
         for (int tt = 0; tt < n_t; tt++) {
@@ -46,10 +73,9 @@ int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int
                                          path, layer, h, t, j, (double)p[j]);
                 sum += p[j];
             }
-            if (fabs(sum - 1.0) > KV_ROW_SUM_TOL)
-                return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d/attn row "
-                                     "[%d, %d] sums to %.6g, expected 1 within 1e-3",
-                                     path, layer, h, t, sum);
+            double tol = kv_row_sum_tol(prec, t + 1);
+            if (fabs(sum - 1.0) > tol)
+                return row_sum_fail(path, layer, h, t, sum, tol, prec, err, err_len);
         }
     return 0;
 }
@@ -105,8 +131,8 @@ static int scan_attn_layer(kv_trace *tr, int layer, float *buf, int block, char 
         int t1 = t0 + block < T ? t0 + block : T;
         int rc = kv_trace_read_attn(tr, layer, 0, H, t0, t1, buf, err, len);
         if (!rc)
-            rc = kv_check_attn_rows(kv_trace_path(tr), layer, 0, H, t0, t1 - t0, T, buf, err,
-                                    len);
+            rc = kv_check_attn_rows(kv_trace_path(tr), layer, 0, H, t0, t1 - t0, T,
+                                    in->attn_precision, buf, err, len);
         if (rc)
             return rc;
     }

@@ -13,6 +13,8 @@
  * Every message is one line naming the file, the dataset, the index and what was expected:
  *   "t.h5: /layers/1/attn[3, 17, 5] is NaN, expected a finite probability"
  *   "t.h5: /layers/0/attn row [2, 40] sums to 0.93, expected 1 within 1e-3"
+ *   "t.h5: /layers/0/attn row [2, 40] sums to 0.99, expected 1 within 0.0039 (bfloat16 rows
+ *    of 41 entries)"   (one line; the tolerance is named when it is not the 1e-3 floor)
  * Indices are [head, t, j] for attn and [head, t, d] for q/k/v, as the datasets store them.
  * Only j <= t of an attn row is checked: entries above the diagonal are ignored by the
  * format (traces/FORMAT.md), so anything may be stored there.
@@ -23,9 +25,37 @@
 #include <stddef.h>
 #include "traces/trace.h"
 
-/* An attn row sums to 1 within this (the sum over j <= t, in double); the messages
- * spell it "1e-3". */
-#define KV_ROW_SUM_TOL 1e-3
+/*
+ * Row-sum tolerance. Row t of an attn dataset has n = t + 1 entries and must sum (in
+ * double, over j <= t) to 1 within
+ *
+ *   tol(n) = max(KV_ROW_SUM_TOL_MIN, u_p + s_p + n * (2^-24 + 2^-25))
+ *
+ * where u_p is the unit roundoff of the precision p the rows were rounded to (the trace's
+ * attn_precision: float32 2^-24, float16 2^-11, bfloat16 2^-8: 24, 11 and 8 significand
+ * bits, round to nearest). Why, for a row computed by a softmax with float32 arithmetic
+ * (as PyTorch computes softmax even for float16 and bfloat16 inputs), rounded to p and
+ * stored as float16 or float32:
+ *   1. float32 softmax: the normaliser is a float32 sum of n terms (relative error at most
+ *      (n - 1) * 2^-24 in any order) and each division adds 2^-24 relative; the sum of the
+ *      row is 1 within n * 2^-24;
+ *   2. rounding each entry to p changes it by at most u_p of itself; the entries are >= 0,
+ *      so their sum moves by at most u_p * (sum) ~ u_p;
+ *   3. float16 storage: a float32 row (p = float32) is rounded again, s_p = 2^-11 relative;
+ *      a float16 or bfloat16 row is exact in float16 (s_p = 0) except entries below
+ *      float16's smallest normal 2^-14, which land on multiples of 2^-24: at most 2^-25
+ *      each, n * 2^-25 per row (for every p).
+ * The floor KV_ROW_SUM_TOL_MIN = 1e-3 is what kvsim always allowed; it covers float32 and
+ * float16 rows up to ~5,700 entries, so only bfloat16 rows (2^-8 = 0.0039 plus the
+ * length term) and very long rows get more. The messages spell the floor "1e-3".
+ */
+#define KV_ROW_SUM_TOL_MIN 1e-3
+
+/* tol(n) above for rows of n >= 1 entries computed in prec. Cannot fail. */
+double kv_row_sum_tol(kv_attn_precision prec, int n);
+
+/* "float32", "float16" or "bfloat16" (the attribute's values). Cannot fail. */
+const char *kv_attn_precision_name(kv_attn_precision prec);
 
 /* What kv_trace_check_values scans (bits). */
 enum {
@@ -39,11 +69,12 @@ enum {
 /*
  * Checks the values of rows t0..t0+n_t-1 of query heads h0..h0+n_h-1 of layer's attn, laid
  * out as kv_trace_read_attn returns them: rows[((h - h0) * n_t + (t - t0)) * T + j]
- * (borrowed). path names the file in the message. Returns 0, or KV_ETRACE_FORMAT with the
- * first bad value in [h, t, j] order in err. Cannot fail otherwise.
+ * (borrowed); row sums against kv_row_sum_tol(prec, t + 1). path names the file in the
+ * message. Returns 0, or KV_ETRACE_FORMAT with the first bad value in [h, t, j] order in
+ * err. Cannot fail otherwise.
  */
 int kv_check_attn_rows(const char *path, int layer, int h0, int n_h, int t0, int n_t, int T,
-                       const float *rows, char *err, size_t err_len);
+                       kv_attn_precision prec, const float *rows, char *err, size_t err_len);
 
 /*
  * Checks that every element of a [dims[0], dims[1], dims[2]] float array (row-major,
