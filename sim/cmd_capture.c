@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "sim/commands.h"
+#include "sim/index.h"
 #include "traces/capture.h"
 #include "traces/status.h"
 
@@ -31,7 +32,9 @@ static void print_help(FILE *f)
 "attention as a kvtrace v1 file (source qk): per layer the post-rotary queries\n"
 "/layers/<l>/q [n_heads, T, head_dim], keys /layers/<l>/k [n_kv_heads, T, head_dim] and\n"
 "values /layers/<l>/v, stored as float32, plus /tokens and the sampling settings and the\n"
-"checkpoint's sha256 as root attributes.\n"
+"checkpoint's sha256 as root attributes; then indexes it as `kvsim index` does (each\n"
+"row's log-normaliser /layers/<l>/lse and full-cache output /layers/<l>/o_full, from the\n"
+"stored q, k and v), so it replays sparsely at once.\n"
 "\n"
 "Positions 0..T-1 hold BOS (id 1), then the --prompt-ids, then the model's own tokens.\n"
 "The first P positions (--prefill) are the prompt that the replay treats as prefill; BOS\n"
@@ -228,12 +231,16 @@ int kv_cmd_capture(int argc, char **argv)
     double start = now_s();
     rc = kv_capture(&a.o, err, sizeof err);
     free(a.prompt);
+    /* a qk trace is indexed as it is written, so it replays sparsely at once (index.h) */
+    if (rc == 0 && !a.o.with_attn)
+        rc = kv_index_trace(a.o.out_path, 0, err, sizeof err);
     if (rc) {
         fprintf(stderr, "capture: %s\n", err);
         return kv_exit_status(rc);
     }
     fprintf(stderr, "capture: wrote %s: %d positions (prompt %d), %s, %.2f s\n",
-            a.o.out_path, a.o.n_tokens, a.o.prefill_len, a.o.with_attn ? "qk + attn" : "qk",
+            a.o.out_path, a.o.n_tokens, a.o.prefill_len,
+            a.o.with_attn ? "qk + attn" : "qk + index (lse, o_full)",
             now_s() - start);
     return 0;
 }
