@@ -47,18 +47,22 @@ static void run_usage(FILE *f)
 "      --seed N            base seed for randomised policies (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
-"      --no-topk           do not measure the top-k recall metrics (topk = no): their\n"
-"                          columns hold nan; they rank every key of every row\n"
+"      --topk              measure the top-k recall metrics (topk = yes); without it\n"
+"                          (or with --no-topk) their columns hold nan: they rank\n"
+"                          every key of every row, which costs a pass over each row\n"
+"                          and rules out the sparse replay\n"
 "      --dense             replay the full rows of every step even when the trace\n"
 "                          stores its log-normalisers (kvsim index); by default a qk\n"
 "                          trace that has them is replayed sparsely when no policy\n"
-"                          reads whole rows (oracle, lookahead) and topk = no\n"
-"      --no-topk           do not measure the top-k recall metrics (topk = no): their\n"
-"                          columns hold nan; they rank every key of every row\n"
+"                          reads whole rows (oracle, lookahead) and without --topk\n"
+"      --topk              measure the top-k recall metrics (topk = yes); without it\n"
+"                          (or with --no-topk) their columns hold nan: they rank\n"
+"                          every key of every row, which costs a pass over each row\n"
+"                          and rules out the sparse replay\n"
 "      --dense             replay the full rows of every step even when the trace\n"
 "                          stores its log-normalisers (kvsim index); by default a\n"
 "                          qk trace that has them is replayed sparsely when no policy\n"
-"                          reads whole rows (oracle, lookahead) and topk = no\n"
+"                          reads whole rows (oracle, lookahead) and without --topk\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
@@ -104,7 +108,8 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 }
 
 typedef struct {
-    int force, quiet, block, no_plot, no_topk, dense;
+    int force, quiet, block, no_plot, dense;
+    int topk;            /* -1: the experiment's; 1: --topk; 0: --no-topk */
     long seed;           /* -1: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
@@ -114,7 +119,7 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_NO_TOPK, OPT_DENSE };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_TOPK, OPT_NO_TOPK, OPT_DENSE };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -122,7 +127,8 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
-        { "no-topk", no_argument, 0, OPT_NO_TOPK }, { "dense", no_argument, 0, OPT_DENSE },
+        { "topk", no_argument, 0, OPT_TOPK },       { "no-topk", no_argument, 0, OPT_NO_TOPK },
+        { "dense", no_argument, 0, OPT_DENSE },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -140,7 +146,8 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
-        case OPT_NO_TOPK: o->no_topk = 1; break;
+        case OPT_TOPK: o->topk = 1; break;
+        case OPT_NO_TOPK: o->topk = 0; break;
         case OPT_DENSE: o->dense = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
         case OPT_SEED:
@@ -194,8 +201,8 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         rc = apply_set(ex, o->sets[i], err, err_len);
     if (rc == 0 && o->seed >= 0)
         ex->seed = (unsigned long)o->seed;
-    if (o->no_topk)
-        ex->no_topk = 1;
+    if (o->topk >= 0)
+        ex->no_topk = !o->topk;
     return rc;
 }
 
@@ -323,7 +330,7 @@ int kv_cmd_run(int argc, char **argv)
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = -1, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
     run_buffers b = { 0 };
     int rc = o.sets ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
     if (!o.sets)

@@ -15,6 +15,7 @@ void kv_experiment_init(kv_experiment *ex)
 {
     memset(ex, 0, sizeof *ex);
     ex->seed = 1;
+    ex->no_topk = 1;   /* the top-k metrics only when asked (topk = yes, --topk) */
 }
 
 static void free_paths(char **paths, int n)

@@ -10,9 +10,10 @@
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
- *   topk    = yes                  ; optional: measure the top-k recall metrics (yes, the
- *                                  ; default) or not (no: their columns hold nan; a run
- *                                  ; needs it off to replay sparsely, engine.h)
+ *   topk    = yes                  ; optional: measure the top-k recall metrics (yes) or
+ *                                  ; not (no, the default: their columns hold nan; they
+ *                                  ; rank every key of every row, so a run needs them off
+ *                                  ; to replay sparsely, engine.h)
  *
  *   [policy morphkv-max]           ; the label used in every output file
  *   type   = morphkv               ; a registered policy (kvsim policies)
@@ -37,7 +38,8 @@ typedef struct {
     kv_policy_conf *policies;   /* owned */
     int n_policies;
     unsigned long seed;
-    int no_topk;                /* topk = no: the top-k metrics are not measured */
+    int no_topk;                /* 1 (default, topk = no): the top-k metrics are not
+                                   measured; topk = yes or --topk: 0 */
 } kv_experiment;
 
 /* Sets ex to an empty experiment (no policies, no budgets, seed 1). Cannot fail. */
