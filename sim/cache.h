@@ -58,6 +58,10 @@ typedef struct {
     size_t head_stride;     /* floats between two heads' rows (0: all heads share one) */
     const int *top;
     size_t top_stride;      /* ints between two heads' top keys */
+    const double *cum;      /* NULL, or each row's span sums (kv_row_span_sums, rows.h)
+                               at cum + h * cum_stride: recall over runs of consecutive
+                               positions then costs their ends, not their length */
+    size_t cum_stride;
     int by_slot;            /* 1 (kv_cache_query of a decode step only): p holds the
                                weights of A_t alone, in its order - p[i] for c->pos[i],
                                i < c->n, then t - not indexed by position (the sparse

@@ -47,6 +47,8 @@ typedef struct {
     const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
     size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
+    const double *cum;    /* [n_heads * nb * n_cum] span sums of each decode row */
+    size_t n_cum;
     int t0, nb;
 } kv_block;
 
@@ -202,6 +204,7 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
     kv_group_rows g = {
         .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
         .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->nb * TOPK,
+        .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->nb * b->n_cum,
     };
     return g;
 }
@@ -390,6 +393,9 @@ typedef struct {
     float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
                               when the top-k metrics are off */
+    double *cum[2];        /* [n_heads * block * n_cum] span sums of each decode row
+                              (kv_row_span_sums), for recall over runs of positions */
+    size_t n_cum;          /* kv_rows_n_cum */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
     int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
@@ -438,7 +444,7 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
     if (sparse_block(s, in, t0))
         return 0;
     if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) == 0)
+                     in->prefill_len, s->cum[slot], why, sizeof why) == 0)
         return 0;
     record_failure(f, why);
     return KV_ERUNTIME;
@@ -489,7 +495,7 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
     int T = in->n_tokens;
     kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
                    .src = s->cur, .lse = s->lse, .ld = kv_rows_ld(s->cur),
-                   .topk = s->topk[slot], .t0 = t0,
+                   .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
                    .nb = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -743,10 +749,12 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
     if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
+    s->n_cum = kv_rows_n_cum(s->cur);
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
         s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
-        if (!s->buf[i] || (topk && !s->topk[i])) {
+        s->cum[i] = malloc(rows * s->n_cum * sizeof(double));
+        if (!s->buf[i] || (topk && !s->topk[i]) || !s->cum[i]) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -763,6 +771,7 @@ static void stream_close(kv_stream *s)
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
+        free(s->cum[i]);
     }
     free(s->lse);
 }

@@ -207,11 +207,25 @@ static KV_SIMD_CLONES double softmax_row(float *x, int t, int t1, int *top, int 
     return (double)max + log(sum);
 }
 
+KV_SIMD_CLONES void kv_row_span_sums(const float *p, int t, double *cum)
+{
+    int n_spans = (t + 1) / KV_ROW_SPAN;
+    for (int s = 0; s < n_spans; s++) {
+        const float *x = p + (size_t)s * KV_ROW_SPAN;
+        double a[8] = { 0 };   /* lane l sums x[l], x[l + 8], ...: the same in every clone */
+        for (int j = 0; j < KV_ROW_SPAN; j += 8)
+            for (int l = 0; l < 8; l++)
+                a[l] += x[j + l];
+        cum[s] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    }
+}
+
 /* kv_rows_from_qk, and when lse is not NULL each row's log-normaliser to
- * lse[i * lse_stride + t]. */
+ * lse[i * lse_stride + t]; when cum is not NULL the span sums of each row t >= t_top
+ * (kv_row_span_sums) to cum + row * n_cum, while the row is in L1. */
 static void rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
                          int t0, int t1, float *out, size_t ld, int *top, int n_top,
-                         int t_top, double *lse, size_t lse_stride)
+                         int t_top, double *lse, size_t lse_stride, double *cum, size_t n_cum)
 {
     int nb = t1 - t0;
     /* out[(i * nb + t - t0) * ld + j] = scale * q_t . k_j for j < t1: one product for
@@ -225,13 +239,16 @@ static void rows_from_qk(const float *q, int n_q, const float *k, int head_dim, 
                                    top && t >= t_top ? top + row * n_top : NULL, n_top);
             if (lse)
                 lse[(size_t)i * lse_stride + (size_t)t] = l;
+            if (cum && t >= t_top)
+                kv_row_span_sums(out + row * ld, t, cum + row * n_cum);
         }
 }
 
 void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
                      int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
 {
-    rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, ld, top, n_top, t_top, NULL, 0);
+    rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, ld, top, n_top, t_top, NULL, 0,
+                 NULL, 0);
 }
 
 /* ------------------------------------------------------------ sparse rows */
@@ -379,8 +396,13 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1)
     }
 }
 
+size_t kv_rows_n_cum(const kv_rows *r)
+{
+    return (size_t)r->info->n_tokens / KV_ROW_SPAN + 1;
+}
+
 int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
-                 char *err, size_t err_len)
+                 double *cum, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
@@ -392,6 +414,11 @@ int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, 
             for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
                 size_t row = (size_t)h * nb + (size_t)(t - t0);
                 kv_row_topk(out + row * r->ld, t, n_top, top + row * n_top);
+            }
+        for (int h = h0; rc == 0 && cum && h < h1; h++)
+            for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
+                size_t row = (size_t)h * nb + (size_t)(t - t0);
+                kv_row_span_sums(out + row * r->ld, t, cum + row * kv_rows_n_cum(r));
             }
         return rc;
     }
@@ -405,7 +432,8 @@ int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, 
     rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
                  in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
                  top ? top + first * n_top : NULL, n_top, t_top,
-                 r->lse ? r->lse + (size_t)h0 * T : NULL, (size_t)T);
+                 r->lse ? r->lse + (size_t)h0 * T : NULL, (size_t)T,
+                 cum ? cum + first * kv_rows_n_cum(r) : NULL, kv_rows_n_cum(r));
     return 0;
 }
 
@@ -454,7 +482,7 @@ const float *kv_rows_block(kv_rows *r, int t0, int *nb, char *err, size_t err_le
     #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < n; task++) {
         char why[512];
-        if (kv_rows_fill(r, t0, task, r->out, NULL, 0, T, why, sizeof why) != 0) {
+        if (kv_rows_fill(r, t0, task, r->out, NULL, 0, T, NULL, why, sizeof why) != 0) {
             #pragma omp critical(kv_rows_error)
             if (!failed++)
                 snprintf(err, err_len, "%s", why);

@@ -59,6 +59,18 @@ void kv_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k, in
 void kv_row_topk(const float *p, int t, int k, int *top);
 
 /*
+ * Span sums of one row p[0..t], for sums over long ranges of positions at 1/KV_ROW_SPAN of
+ * the additions: cum[s] = the sum of p[j] over span s, s * KV_ROW_SPAN <= j < (s + 1) *
+ * KV_ROW_SPAN, for the complete spans s < (t + 1) / KV_ROW_SPAN, in double, each span
+ * summed in 8 lanes of fixed order (the same bits in every compiled clone). A range a..b
+ * is then its partial spans at both ends plus the span sums between (sim/cache.c): no
+ * differences of running sums, so a small recall keeps its relative precision. O(t).
+ * Cannot fail.
+ */
+#define KV_ROW_SPAN 64
+void kv_row_span_sums(const float *p, int t, double *cum);
+
+/*
  * Makes the BLAS single-threaded for the calling process (OpenBLAS, when linked) so that
  * OpenMP threads running one SGEMM each neither oversubscribe the cores nor split a
  * product differently with the thread count; returns the previous thread count for
@@ -116,6 +128,9 @@ int kv_rows_n_tasks(const kv_rows *r);
 /* The query heads [*h0, *h1) task `task` produces. Cannot fail. */
 void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1);
 
+/* Doubles per row of kv_rows_fill's span sums: T / KV_ROW_SPAN + 1. Cannot fail. */
+size_t kv_rows_n_cum(const kv_rows *r);
+
 /*
  * Produces task `task`'s heads of the block starting at t0 (a multiple of the block
  * size) of the loaded layer into out, laid out as out[(h * nb + (t - t0)) * T + j] with
@@ -123,11 +138,14 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1);
  * readers must not use them. out holds n_heads * block * T floats, owned by the caller.
  * When top is not NULL, the n_top best keys (kv_row_topk) of each row t >= t_top go to
  * top[(h * nb + (t - t0)) * n_top ...] (n_heads * block * n_top ints, the caller's).
- * Different tasks may run at the same time on the same out and top. Returns 0, or a
+ * When cum is not NULL, the span sums (kv_row_span_sums) of each row t >= t_top go to
+ * cum + (h * nb + (t - t0)) * kv_rows_n_cum(r) (n_heads * block * kv_rows_n_cum doubles,
+ * the caller's). Different tasks may run at the same time on the same out, top and cum.
+ * Returns 0, or a
  * KV_ETRACE_* code with err set (attn read failure).
  */
 int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
-                 char *err, size_t err_len);
+                 double *cum, char *err, size_t err_len);
 
 /*
  * qk: from now on every kv_rows_fill also writes the log-normaliser of each row it
