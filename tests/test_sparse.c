@@ -8,6 +8,7 @@
  *     after every step (final sets, lifetimes of every eviction) and measure the same
  *     recall within float rounding, for every policy that can replay sparsely, both
  *     granularities and a layer-scope policy;
+ *   - recall over runs of positions from the rows' span sums, against a sum by hand;
  *   - which runs take the sparse path (kv_replay_dense_reason), and attn traces refused.
  */
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include "kv_test.h"
 #include "sim/commands.h"
 #include "sim/index.h"
+#include "sim/rows.h"
 #include "traces/status.h"
 #include "traces/trace.h"
 
@@ -203,6 +205,49 @@ static void test_o_full_by_hand(void **state)
     free(o);
 }
 
+/* Recall over A_t from span sums (runs of consecutive positions: window, streamingllm's
+ * sinks and tail) and by gather (random's scattered set) against the sum over c->pos
+ * worked here, at every decode step of a 300-position row stream. */
+static void test_span_recall(void **state)
+{
+    (void)state;
+    enum { TT = 300, PP = 70, BB = 150 };
+    static float p[TT];
+    static double span[TT / KV_ROW_SPAN + 1];
+    static int identity[TT];
+    for (int j = 0; j < TT; j++)
+        identity[j] = j;
+    const char *types[] = { "window", "streamingllm", "random", "full" };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        kv_policy_conf pc;
+        kv_test_policy(&pc, types[i], types[i], NULL);
+        kv_policy_ctx ctx = { .budget = BB, .group_size = 1, .n_tokens = TT,
+                              .prefill_len = PP, .seed = 3 };
+        kv_cache c;
+        assert_int_equal(kv_cache_init(&c, pc.ops, &pc.values, &ctx, 1, identity), 0);
+        kv_step_metrics m;
+        double worst = 0;
+        for (int t = 0; t < TT; t++) {
+            for (int j = 0; j <= t; j++)   /* positive, uneven, 9 orders of magnitude */
+                p[j] = (float)(((j * 37 + t * 11) % 101) + 1) * (j % 5 == 0 ? 1e-9f : 1e-3f);
+            kv_row_span_sums(p, t, span);
+            kv_group_rows rows = { .p = p, .cum = span };
+            kv_cache_query(&c, t, &rows, &m);
+            if (t >= PP) {
+                double want = 0;
+                for (int k = 0; k < c.n; k++)
+                    want += p[c.pos[k]];
+                double d = fabs(c.head_recall[0] - want) / want;
+                worst = d > worst ? d : worst;
+            }
+            kv_cache_update(&c, t);
+        }
+        if (worst > 1e-13)
+            fail_msg("%s: recall off by %g (relative) from the sum over A_t", types[i], worst);
+        kv_cache_free(&c);
+    }
+}
+
 /* Which runs replay sparsely, and the reason the others do not. */
 static void test_dense_reasons(void **state)
 {
@@ -269,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_lse_by_hand),
         cmocka_unit_test(test_sparse_equals_dense),
         cmocka_unit_test(test_o_full_by_hand),
+        cmocka_unit_test(test_span_recall),
         cmocka_unit_test(test_dense_reasons),
         cmocka_unit_test(test_index_cli),
     };
