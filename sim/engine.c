@@ -36,6 +36,7 @@ typedef struct {
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
     float *sparse;           /* sparse replay: [n_heads * (T + 1)] this step's weights of
                                 A_t, by slot (kv_group_rows.by_slot) */
+    int *missing;            /* sparse replay: [T + 1] positions memo_rows computes */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
@@ -45,6 +46,11 @@ typedef struct {
                              sparse block (its caches compute their own weights) */
     const kv_rows *src;   /* the layer's q and k (sparse blocks) */
     const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
+    float *memo;          /* sparse blocks: the block's row buffer, holding p_t[j] for the
+                             positions some cache of the group asked for (rows.h layout) */
+    uint64_t *seen;       /* [n_kv_heads * nb * words]: bit j of (g, t): memo holds p_t[j]
+                             for the heads of KV head g */
+    size_t words;         /* 64-bit words per bit row: T / 64 + 1 */
     size_t ld;            /* row stride (kv_rows_ld) */
     const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
     const double *cum;    /* [n_heads * nb * n_cum] span sums of each decode row */
@@ -147,6 +153,7 @@ static void replay_cache_free(replay_cache *rc)
     kv_cache_free(&rc->cache);
     free(rc->steps);
     free(rc->sparse);
+    free(rc->missing);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -177,9 +184,11 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     rc->run = run;
     rc->head_lo = index * group;
     rc->steps = calloc((size_t)D, sizeof *rc->steps);
-    if (sparse && !(rc->sparse = malloc((size_t)group * (T + 1) * sizeof *rc->sparse))) {
+    if (sparse && (!(rc->sparse = malloc((size_t)group * (T + 1) * sizeof *rc->sparse)) ||
+                   !(rc->missing = malloc(((size_t)T + 1) * sizeof *rc->missing)))) {
         free(rc->steps);
-        rc->steps = NULL;
+        free(rc->sparse);
+        memset(rc, 0, sizeof *rc);
         return -1;
     }
     kv_policy_ctx ctx = {
@@ -190,8 +199,10 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
                                     kv_cache_token_weight(pc, in), identity)) {
         free(rc->steps);
         free(rc->sparse);
+        free(rc->missing);
         rc->steps = NULL;
         rc->sparse = NULL;
+        rc->missing = NULL;
         return -1;
     }
     return 0;
@@ -209,14 +220,54 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
     return g;
 }
 
+/*
+ * A cache that covers one GQA group in a sparse block: the group's weights p_t[j] for j in
+ * A_t, by position, from the block's memo. The caches of a group run one after the other
+ * inside the group's task (stream_layer fuses them in a sparse replay), so each p_t[j]
+ * the group's policies share - the recent window, common heavy hitters - is computed once:
+ * the positions not yet seen in row t are computed together (kv_rows_sparse) and filed.
+ */
+static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = c->n_heads, g = rc->head_lo / group;
+    size_t stride = (size_t)T + 1, head_stride = (size_t)b->nb * b->ld;
+    uint64_t *bits = b->seen + ((size_t)g * b->nb + (size_t)(t - b->t0)) * b->words;
+    float *row = b->memo + ((size_t)rc->head_lo * b->nb + (size_t)(t - b->t0)) * b->ld;
+    int *missing = rc->missing, m = 0;
+    for (int i = 0; i <= c->n; i++) {
+        int j = i < c->n ? c->pos[i] : t;
+        uint64_t bit = (uint64_t)1 << (j & 63);
+        if (!(bits[j >> 6] & bit)) {
+            bits[j >> 6] |= bit;
+            missing[m++] = j;
+        }
+    }
+    if (m > 0) {
+        /* the missing positions as kv_rows_sparse's pos[0..m-1) and its last one */
+        kv_rows_sparse(kv_rows_q(b->src, rc->head_lo) + (size_t)t * hd, (size_t)T * hd, group,
+                       kv_rows_k(b->src, g), hd, in->softmax_scale,
+                       b->lse + (size_t)rc->head_lo * T + t, (size_t)T, missing, m - 1,
+                       missing[m - 1], rc->sparse, stride);
+        for (int hh = 0; hh < group; hh++)
+            for (int s = 0; s < m; s++)
+                row[hh * head_stride + (size_t)missing[s]] = rc->sparse[hh * stride + (size_t)s];
+    }
+    kv_group_rows rows = { .p = row, .head_stride = head_stride };
+    return rows;
+}
+
 /* A sparse block's weights for cache rc at decode position t: p_t over A_t = S u {t}
  * alone (kv_rows_sparse), head after head, each run of heads that share a KV head in one
- * pass over their keys. */
+ * pass over their keys; through the group's memo when rc covers one GQA group. */
 static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
 {
     const kv_trace_info *in = b->in;
     const kv_cache *c = &rc->cache;
     int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    if (b->seen && c->n_heads == group && rc->head_lo % group == 0)
+        return memo_rows(rc, b, t);
     size_t stride = (size_t)T + 1;
     for (int hh = 0; hh < c->n_heads;) {
         int h = rc->head_lo + hh, g = h / group;
@@ -400,6 +451,8 @@ typedef struct {
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
     int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
     double *lse;           /* sparse: [n_heads * T] the current layer's log-normalisers */
+    uint64_t *seen[2];     /* sparse: [n_kv_heads * block * words] the memo's bits */
+    size_t words;          /* T / 64 + 1 */
 } kv_stream;
 
 /* A sparse replay's block of decode rows only: its caches compute their own weights. */
@@ -441,8 +494,13 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
                    int want_topk, kv_failure *f)
 {
     char why[512];
-    if (sparse_block(s, in, t0))
+    if (sparse_block(s, in, t0)) {   /* the group's memo starts empty */
+        int nb = t0 + s->block < in->n_tokens ? s->block : in->n_tokens - t0;
+        if (in->source == KV_SOURCE_QK)
+            memset(s->seen[slot] + (size_t)task * nb * s->words, 0,
+                   (size_t)nb * s->words * sizeof(uint64_t));
         return 0;
+    }
     if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
                      in->prefill_len, s->cum[slot], why, sizeof why) == 0)
         return 0;
@@ -496,6 +554,8 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
     kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
                    .src = s->cur, .lse = s->lse, .ld = kv_rows_ld(s->cur),
                    .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
+                   .memo = s->buf[slot], .seen = sparse_block(s, in, t0) ? s->seen[slot] : NULL,
+                   .words = s->words,
                    .nb = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -630,7 +690,8 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     kv_failure f = { .err = err, .err_len = err_len };
     kv_layer_work w = {
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
-        .fuse = mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= 2 * n_threads,
+        /* a sparse replay always fuses: a group's caches share its memo (memo_rows) */
+        .fuse = mode == CONSUME_STEP && (s->sparse || (n_tasks > 1 && n_tasks >= 2 * n_threads)),
         .caches = caches, .res = res, .pg = pg, .f = &f, .members = members, .first = first,
     };
     #pragma omp parallel
@@ -754,7 +815,10 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
         s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
         s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
         s->cum[i] = malloc(rows * s->n_cum * sizeof(double));
-        if (!s->buf[i] || (topk && !s->topk[i]) || !s->cum[i]) {
+        s->words = (size_t)in->n_tokens / 64 + 1;
+        s->seen[i] = sparse ? malloc((size_t)in->n_kv_heads * block * s->words * sizeof(uint64_t))
+                            : NULL;
+        if (!s->buf[i] || (topk && !s->topk[i]) || !s->cum[i] || (sparse && !s->seen[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -772,6 +836,7 @@ static void stream_close(kv_stream *s)
         free(s->buf[i]);
         free(s->topk[i]);
         free(s->cum[i]);
+        free(s->seen[i]);
     }
     free(s->lse);
 }
