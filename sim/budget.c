@@ -88,15 +88,15 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
     kv_policy_ctx ctx = { .budget = budget, .group_size = group, .n_tokens = T,
                           .prefill_len = P, .seed = 1 };
     kv_cache c;
+    for (int j = 0; identity && ones && j < T; j++) {   /* filled before the cache keeps it */
+        identity[j] = j;
+        ones[j] = 1.0f;
+    }
     if (!identity || !ones ||
         kv_cache_init(&c, pc->ops, &pc->values, &ctx, token_weight, identity)) {
         free(identity);
         free(ones);
         return KV_ERUNTIME;
-    }
-    for (int j = 0; j < T; j++) {
-        identity[j] = j;
-        ones[j] = 1.0f;
     }
     kv_group_rows rows = { .p = ones, .head_stride = 0, .top = NULL, .top_stride = 0 };
     for (int t = 0; kv_cache_prescans(&c) && t < T; t++)
