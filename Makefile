@@ -72,7 +72,7 @@ run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
 	./kvsim run configs/synthetic.ini --force
 
-# Real traces (issue 3): recapture traces/data/ from the checkpoint beside the clone and
+# Real traces: recapture traces/data/ from the checkpoint beside the clone and
 # check with h5diff that every dataset and attribute equals the committed file's.
 MODEL ?= ../shared/models/stories260K.bin
 REAL_SEEDS := 1 2
@@ -119,7 +119,7 @@ $(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -o $@
 
 # ------------------------------------------------------------------------------------
-# Issue 6: sanitizers, valgrind and fuzzing (CI runs all three after `make test`).
+# Robustness: sanitizers, valgrind and fuzzing (CI runs all three after `make test`).
 #
 #   make test-asan   the whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer
 #                    in build-asan/ (tests exec build-asan/kvsim), one OpenMP thread

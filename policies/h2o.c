@@ -18,7 +18,7 @@
  * Inference of Large Language Models" (NeurIPS), Sec. 4 and Algorithm 1 (greedy
  * eviction by accumulated attention, with a recent-token window). normalize = count is
  * the count-normalised accumulated attention several follow-ups and implementations
- * use (issue 5); it is not the published H2O rule.
+ * use (our addition, README "Policies"); it is not the published H2O rule.
  *
  * Metadata (meta_bytes): one float32 accumulated score per cached token, 4 * n bytes,
  * with gqa = sum (the heads' totals can be summed into one); with gqa = max the

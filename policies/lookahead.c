@@ -1,7 +1,7 @@
 /*
  * lookahead.c - an offline reference: evict what the future will attend to least.
  *
- * Rule (issue 5, `lookahead`, horizon = all). Not a realisable policy: it reads future
+ * Rule (README "Policies", `lookahead`, horizon = all). Not a realisable policy: it reads future
  * rows. Let g_i[j] = sum over the group's query heads of the full-cache attention
  * p_i^h[j] (heads in order) and, for a select at step t,
  *      f_t[j] = sum over rows i = t+1 .. min(t + horizon, T-1) of g_i[j]
@@ -16,14 +16,14 @@
  * is a strong reference, not a proven optimum: a token's worth depends on which others
  * stay, and a greedy choice can lose to a different sequence of evictions.
  * Citation: Belady 1966, "A study of replacement algorithms for a virtual-storage
- * computer" (IBM Systems Journal), the MIN rule; issue 5 for its attention form.
+ * computer" (IBM Systems Journal), the MIN rule; its attention form is ours.
  *
  * How the future is known (the engine streams every full row to prescan before the
- * layer is replayed, and the full decode row to attend before the query attends):
+ * layer is replayed, and the full decode row to preselect before the query attends):
  *   - horizon = all (or any horizon >= T-P, which sees the same rows): prescan keeps
- *     the column totals F[j] = sum of g_i[j] over rows i >= P; each decode step's attend
+ *     the column totals F[j] = sum of g_i[j] over rows i >= P; each decode step's preselect
  *     subtracts g_t[j] for the cached positions and for t, so F[j] = f_t[j] at select.
- *     O(T) memory; attend keeps S as it is (keep = the positions currently cached).
+ *     O(T) memory; preselect keeps S as it is (keep = the positions currently cached).
  *   - a finite horizon: the rule reads only full rows and its own past choices, so
  *     prescan replays the rule itself, `horizon` rows behind the stream: when row i
  *     arrives, the select of step i - horizon has all the rows it needs. Prescan keeps
@@ -55,7 +55,7 @@ typedef struct {
     int prefill;           /* P */
     int budget;            /* B */
     int horizon;           /* rows ahead; 0 when every later row counts */
-    unsigned char *in_set; /* [T] S as chosen by the last select (for attend) */
+    unsigned char *in_set; /* [T] S as chosen by the last select */
     kv_exact_sum *fut;     /* [T] F (horizon = all) or f (finite), by position */
     double *g;             /* [T] one group-summed row */
     double *score;         /* [T] by view index */
@@ -200,7 +200,7 @@ static void lookahead_prescan(void *state, const kv_row *full)
         simulate_step(st, st->next_step++);
 }
 
-static void lookahead_attend(void *state, const kv_row *full, unsigned char *keep)
+static void lookahead_preselect(void *state, const kv_row *full, unsigned char *keep)
 {
     lookahead_state *st = state;
     int t = full->t;
@@ -221,7 +221,7 @@ static void lookahead_attend(void *state, const kv_row *full, unsigned char *kee
 static void lookahead_observe(void *state, const kv_row *row)
 {
     (void)state;
-    (void)row; /* ranks by full-cache rows only (prescan, attend) */
+    (void)row; /* ranks by full-cache rows only (prescan, preselect) */
 }
 
 static void lookahead_select(void *state, const kv_cache_view *cache, unsigned char *keep)
@@ -257,6 +257,6 @@ const kv_policy_ops kv_policy_lookahead = {
     .select = lookahead_select,     /* steps 1-2 */
     .meta_bytes = NULL,             /* offline reference */
     .destroy = lookahead_destroy,
-    .attend = lookahead_attend,     /* keeps S; horizon = all: row t leaves F */
+    .preselect = lookahead_preselect,     /* keeps S; horizon = all: row t leaves F */
     .prescan = lookahead_prescan,   /* F, or the replay of a finite horizon */
 };

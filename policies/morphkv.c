@@ -40,7 +40,7 @@
  * min(window, T) observed rows are stored densely by slot (one run of floats per stored
  * row and head), so a select is a few contiguous, vectorised passes over the B + 1 slots
  * rather than gathers through position lists. Step 3's normaliser d of each stored row
- * and head is incremental (issue 7): O gains one position per observed row (the one that
+ * and head is incremental (for speed, BENCHMARKS.md): O gains one position per observed row (the one that
  * leaves W: A's entry just before its last `window`) and loses the evicted ones, and d
  * follows by one addition or subtraction per stored row and head, in an exact fixed-point
  * sum (kv_exact_sum: units of 2^-149, smaller parts truncated), so adding and subtracting

@@ -1,7 +1,7 @@
 /*
  * oracle.c - the per-step ceiling: attend to the B past positions that matter most now.
  *
- * Rule (issue 5, `oracle`; not a realisable policy: it reads the full-cache row before
+ * Rule (README "Policies", `oracle`; not a realisable policy: it reads the full-cache row before
  * the query attends and re-admits evicted tokens). For the group's query heads H:
  *   1. Attend, at each decode step t, with the full-cache rows p_t over 0..t:
  *      c[j] = sum over h in H of p_t^h[j]; S for step t = the B past positions j < t
@@ -10,7 +10,7 @@
  *   2. Select (the engine's step 3, after the row is observed): keep the B positions of
  *      A_t with the highest c[j] (at t = P-1: c is the group sum of the prompt's last
  *      row p_{P-1}, which observe receives in full). At a decode step this only decides
- *      what the lifetimes and the final retention report: the next attend replaces S.
+ *      what the lifetimes and the final retention report: the next preselect replaces S.
  *
  * Why this is the ceiling. The group's summed recall at step t is
  *      sum over h in H of sum over j in A_t of p_t^h[j]
@@ -27,10 +27,10 @@
  * kv_granularity = query_head runs compared with a kv_head oracle (run the oracle with
  * query_head too: it is then each head's own ceiling).
  * Citation: exact top-k attention, the upper reference of KV-cache and sparse-attention
- * studies; this file is its budgeted, per-KV-group form (issue 5).
+ * studies; this file is its budgeted, per-KV-group form (ours).
  *
  * Metadata: none reported (meta_bytes NULL): an offline ceiling, not a deployable cost.
- * State: c by position, [T] doubles; attend is O(t * group), select O(n).
+ * State: c by position, [T] doubles; preselect is O(t * group), select O(n).
  */
 #include "policies/policy.h"
 
@@ -99,13 +99,13 @@ static void oracle_observe(void *state, const kv_row *row)
 {
     oracle_state *st = state;
     assert(row->n_heads == st->group);
-    /* 2. The prompt's last row is p itself; decode rows are o, and attend already filed
+    /* 2. The prompt's last row is p itself; decode rows are o, and preselect already filed
      * the full row p_t, which is what the ranking uses. */
     if (row->is_prefill)
         group_sum(st, row);
 }
 
-static void oracle_attend(void *state, const kv_row *full, unsigned char *keep)
+static void oracle_preselect(void *state, const kv_row *full, unsigned char *keep)
 {
     oracle_state *st = state;
     int t = full->t;
@@ -129,7 +129,7 @@ const kv_policy_ops kv_policy_oracle = {
     .name = "oracle",
     .summary = "per-step ceiling: attend to the B past tokens of highest full-cache attention (offline)",
     .citation = "exact top-k attention (the usual upper reference), budgeted per KV group",
-    .bounded = 1,                 /* |S| <= B after attend and after select */
+    .bounded = 1,                 /* |S| <= B after preselect and after select */
     .per_step_ceiling = 1,        /* oracle_recall_mean sets every run against it */
     .check = oracle_check,        /* budget >= 1 */
     .create = oracle_create,
@@ -137,5 +137,5 @@ const kv_policy_ops kv_policy_oracle = {
     .select = oracle_select,      /* step 2 */
     .meta_bytes = NULL,           /* offline ceiling */
     .destroy = oracle_destroy,
-    .attend = oracle_attend,      /* step 1 */
+    .preselect = oracle_preselect,      /* step 1 */
 };

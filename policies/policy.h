@@ -12,7 +12,8 @@
  *   st = ops->create(values, ctx)                     once, before position 0
  *   [ops->prescan(st, full_t) for t = 0 .. T-1]      optional slot: offline references
  *   for t = 0 .. T-1:
- *       [if t >= P: ops->attend(st, full_t, keep)]    optional slot: S chosen from p_t
+ *       [if t >= P: ops->preselect(st, full_t, keep)] optional slot: S chosen from p_t,
+ *                                                      before the query attends
  *       ops->observe(st, row_t)                       row over A_t = S u {t}
  *       if t == P-1 or t >= P:
  *           m = ops->meta_bytes(st, |A_t|)            (decode steps only, t >= P)
@@ -26,7 +27,9 @@
  * not second-guess it.
  *
  * Adding a policy: one file policies/NAME.c exporting one `const kv_policy_ops
- * kv_policy_NAME`, plus one line in policies/registry.c. Everything else is static.
+ * kv_policy_NAME`, plus one line in policies/registry.c. Everything else is static. Its
+ * hand-worked rule tests go in tests/test_rules_NAME.c (the conformance test requires
+ * the file); README "Contributing" lists the steps.
  */
 #ifndef KV_POLICY_H
 #define KV_POLICY_H
@@ -154,19 +157,20 @@ typedef struct kv_policy_ops {
      * positions stored by every KV head, so they count n_kv_heads times in kv_tokens). */
     int (*scope)(const kv_param_values *values);
 
-    /* Ceiling references that may re-admit evicted tokens (oracle). Called at every
+    /* Chooses S before the query attends (it attends to nothing itself): for ceiling
+     * references that may re-admit evicted tokens (oracle). Called at every
      * decode step before the query attends, with the full-cache rows p_t over all of
      * 0..t (full->pos = 0..t, full->n = t+1, full->w the group's p_t): sets keep[j] = 1
      * for the past positions that form S for this step (at most B for a bounded policy);
      * the engine then attends over S u {t} and carries on with observe and select. */
-    void (*attend)(void *state, const kv_row *full, unsigned char *keep);
+    void (*preselect)(void *state, const kv_row *full, unsigned char *keep);
 
     /* Offline references that look into the future (lookahead). Before a layer is
      * replayed the engine streams every full-cache row to prescan, t = 0..T-1 in order,
-     * with the same kv_row layout as attend. */
+     * with the same kv_row layout as preselect. */
     void (*prescan)(void *state, const kv_row *full);
 
-    /* The most past tokens the cache may hold after any select or attend, for these values
+    /* The most past tokens the cache may hold after any select or preselect, for these values
      * at budget B, or -1 for no bound; the engine stops the run (internal error) when a
      * cache holds more. For rules that let S grow between evictions (morphkv evict_every,
      * snapkv decode = recompress with interval > 1). NULL: B when `bounded`, else no
@@ -194,7 +198,7 @@ const kv_policy_ops *kv_policy_find(const char *name);
  * caller judges whether it is close enough (kv_edit_distance). Borrowed, static. */
 const char *kv_policy_suggest(const char *name);
 
-/* The bound the engine enforces on |S| after every select and attend: ops->max_held(values,
+/* The bound the engine enforces on |S| after every select and preselect: ops->max_held(values,
  * budget) when the slot is set, else budget for a bounded policy and -1 (no bound)
  * otherwise. Cannot fail. */
 int kv_policy_max_held(const kv_policy_ops *ops, const kv_param_values *values, int budget);

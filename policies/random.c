@@ -1,7 +1,7 @@
 /*
  * random.c - a uniformly random subset: the floor any scoring rule should clear.
  *
- * Rule (issue 5, `random`, seed = 0), at each select over A_t (the prompt at t = P-1,
+ * Rule (README "Policies", `random`, seed = 0), at each select over A_t (the prompt at t = P-1,
  * S u {t} at decode steps):
  *   1. If |A_t| <= B keep all.
  *   2. Otherwise keep the current token t and a uniformly random (B-1)-subset of

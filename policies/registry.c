@@ -18,7 +18,7 @@ extern const kv_policy_ops kv_policy_oracle;
 extern const kv_policy_ops kv_policy_lookahead;
 
 /* The order `kvsim policies` lists them: the reference, then by increasing state; then
- * the issue-5 rules: TOVA, the random floor, and the two offline references. */
+ * the later rules: TOVA, the random floor, and the two offline references. */
 const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_full,
     &kv_policy_window,

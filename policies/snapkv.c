@@ -29,7 +29,7 @@
  * Requires B >= window (so P > B implies L > 0) and an odd kernel.
  * Citation: Li et al. 2024, "SnapKV: LLM Knows What You are Looking for Before
  * Generation", Sec. 4 and Listing 1 (observation window, pooling, top-k selection);
- * decode = recompress is the decode-time re-application of issue 5, not the paper's.
+ * decode = recompress is our decode-time re-application of the rule, not the paper's.
  *
  * Metadata (meta_bytes): none with decode = none (the scores of steps 1-3 exist only
  * during prefill). With decode = recompress the window rows' attention over the cache is

@@ -1,7 +1,7 @@
 /*
  * tova.c - TOVA: keep the tokens the current query attends to most.
  *
- * Rule (issue 5, `tova`, scope = kv_head, gqa = sum), at each select: the end of prefill
+ * Rule (README "Policies", `tova`, scope = kv_head, gqa = sum), at each select: the end of prefill
  * (t = P-1, A = {0..P-1}, the row is p_{P-1} itself) and each decode step (A_t = S u {t},
  * the row is the observed o_t):
  *   1. Observe: remember the newest row only, group-combined by position:

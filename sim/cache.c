@@ -2,7 +2,7 @@
  * cache.c - one KV cache and its step (cache.h; the README's "Replay semantics").
  *
  * Per query position t:
- *   1. a choose-before-query policy (oracle) re-chooses S from the full rows p_t (decode
+ *   1. a policy with a preselect slot (oracle) re-chooses S from the full rows p_t (decode
  *      steps); then t is appended: A_t = S u {t};
  *   2. prefill (t < P): the policy will observe the full rows p_t; decode (t >= P):
  *      recall_t^h = sum_{j in A_t} p_t^h[j] for each head, and the policy will observe
@@ -102,7 +102,7 @@ static void compact(kv_cache *c, const int *pos, int n, const unsigned char *kee
 }
 
 /* The group's full-cache rows over 0..t as doubles in c->w, as the policy's prescan and
- * choose-before-query slots read them. */
+ * preselect slots read them. */
 static kv_row full_row(kv_cache *c, const kv_group_rows *full, int t)
 {
     for (int hh = 0; hh < c->n_heads; hh++) {
@@ -123,11 +123,11 @@ void kv_cache_prescan(kv_cache *c, int t, const kv_group_rows *full)
 }
 
 /* Step 1, oracle-style policies: S is chosen from the full row before the query attends. */
-static void choose_before_query(kv_cache *c, const kv_group_rows *full, int t)
+static void preselect(kv_cache *c, const kv_group_rows *full, int t)
 {
     kv_row row = full_row(c, full, t);
     memset(c->keep, 0, (size_t)t + 1);
-    c->ops->attend(c->state, &row, c->keep);
+    c->ops->preselect(c->state, &row, c->keep);
     c->keep[t] = 0;                   /* t is appended by the step itself */
     for (int i = 0; i < c->n; i++)    /* positions not re-chosen leave the cache */
         if (!c->keep[c->pos[i]])
@@ -281,8 +281,8 @@ static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
 void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metrics *m)
 {
     int is_prefill = t < c->prefill_len;
-    if (!is_prefill && c->ops->attend)                    /* step 1 */
-        choose_before_query(c, full, t);
+    if (!is_prefill && c->ops->preselect)                 /* step 1 */
+        preselect(c, full, t);
     c->pos[c->n++] = t;
     c->in_set[t] = 1;
     c->entered[t] = t;

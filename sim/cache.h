@@ -25,7 +25,7 @@
  *
  * What holds after each call:
  *   - kv_cache_query, prefill (t < P): A_t = {0..t}; c->w is p_t over A_t; m untouched.
- *   - kv_cache_query, decode (t >= P): a policy with a choose-before-query slot (oracle)
+ *   - kv_cache_query, decode (t >= P): a policy with a preselect slot (oracle)
  *     first re-chose S from p_t; c->pos[0..c->n) = A_t ascending, c->pos[c->n-1] = t;
  *     c->head_recall[h] = sum_{j in A_t} p_t^h[j]; c->w[h * c->n + i] = o_t^h[pos[i]] =
  *     p_t^h[pos[i]] / recall (zeros where recall is 0, rule 6); *m holds this step's

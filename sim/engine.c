@@ -42,20 +42,20 @@ typedef struct {
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * nb + t - t0) * ld + j]; NULL for a
+    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j]; NULL for a
                              sparse block (its caches compute their own weights) */
-    const kv_rows *src;   /* the layer's q and k (sparse blocks) */
+    const kv_row_producer *src;   /* the layer's q and k (sparse blocks) */
     const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
     float *memo;          /* sparse blocks: the block's row buffer, holding p_t[j] for the
                              positions some cache of the group asked for (rows.h layout) */
-    uint64_t *seen;       /* [n_kv_heads * nb * words]: bit j of (g, t): memo holds p_t[j]
+    uint64_t *seen;       /* [n_kv_heads * block_rows * words]: bit j of (g, t): memo holds p_t[j]
                              for the heads of KV head g */
     size_t words;         /* 64-bit words per bit row: T / 64 + 1 */
-    size_t ld;            /* row stride (kv_rows_ld) */
-    const int *topk;      /* [n_heads * nb * TOPK] top keys of each row, best first */
-    const double *cum;    /* [n_heads * nb * n_cum] span sums of each decode row */
+    size_t row_stride;            /* row stride (kv_producer_row_stride) */
+    const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
+    const double *cum;    /* [n_heads * block_rows * n_cum] span sums of each decode row */
     size_t n_cum;
-    int t0, nb;
+    int t0, block_rows;
 } kv_block;
 
 const kv_param_spec kv_engine_params[] = {
@@ -122,7 +122,7 @@ int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, 
     else {
         for (int p = 0; p < conf->n_policies; p++) {
             const kv_policy_conf *pc = &conf->policies[p];
-            if (pc->ops->prescan || pc->ops->attend) {
+            if (pc->ops->prescan || pc->ops->preselect) {
                 snprintf(why, why_len, "policy '%s' reads whole rows", pc->label);
                 return 1;
             }
@@ -211,11 +211,11 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
 /* The rows of cache rc's group at position t of block b. */
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
-    size_t i_row = (size_t)rc->head_lo * b->nb + (size_t)(t - b->t0);
+    size_t i_row = (size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0);
     kv_group_rows g = {
-        .p = b->rows + i_row * b->ld, .head_stride = (size_t)b->nb * b->ld,
-        .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->nb * TOPK,
-        .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->nb * b->n_cum,
+        .p = b->rows + i_row * b->row_stride, .head_stride = (size_t)b->block_rows * b->row_stride,
+        .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->block_rows * TOPK,
+        .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->block_rows * b->n_cum,
     };
     return g;
 }
@@ -225,16 +225,16 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
  * A_t, by position, from the block's memo. The caches of a group run one after the other
  * inside the group's task (stream_layer fuses them in a sparse replay), so each p_t[j]
  * the group's policies share - the recent window, common heavy hitters - is computed once:
- * the positions not yet seen in row t are computed together (kv_rows_sparse) and filed.
+ * the positions not yet seen in row t are computed together (kv_attn_rows_sparse) and filed.
  */
 static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
 {
     const kv_trace_info *in = b->in;
     const kv_cache *c = &rc->cache;
     int T = in->n_tokens, hd = in->head_dim, group = c->n_heads, g = rc->head_lo / group;
-    size_t stride = (size_t)T + 1, head_stride = (size_t)b->nb * b->ld;
-    uint64_t *bits = b->seen + ((size_t)g * b->nb + (size_t)(t - b->t0)) * b->words;
-    float *row = b->memo + ((size_t)rc->head_lo * b->nb + (size_t)(t - b->t0)) * b->ld;
+    size_t stride = (size_t)T + 1, head_stride = (size_t)b->block_rows * b->row_stride;
+    uint64_t *bits = b->seen + ((size_t)g * b->block_rows + (size_t)(t - b->t0)) * b->words;
+    float *row = b->memo + ((size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0)) * b->row_stride;
     int *missing = rc->missing, m = 0;
     for (int i = 0; i <= c->n; i++) {
         int j = i < c->n ? c->pos[i] : t;
@@ -245,9 +245,9 @@ static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
         }
     }
     if (m > 0) {
-        /* the missing positions as kv_rows_sparse's pos[0..m-1) and its last one */
-        kv_rows_sparse(kv_rows_q(b->src, rc->head_lo) + (size_t)t * hd, (size_t)T * hd, group,
-                       kv_rows_k(b->src, g), hd, in->softmax_scale,
+        /* the missing positions as kv_attn_rows_sparse's pos[0..m-1) and its last one */
+        kv_attn_rows_sparse(kv_producer_q(b->src, rc->head_lo) + (size_t)t * hd, (size_t)T * hd, group,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale,
                        b->lse + (size_t)rc->head_lo * T + t, (size_t)T, missing, m - 1,
                        missing[m - 1], rc->sparse, stride);
         for (int hh = 0; hh < group; hh++)
@@ -259,7 +259,7 @@ static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
 }
 
 /* A sparse block's weights for cache rc at decode position t: p_t over A_t = S u {t}
- * alone (kv_rows_sparse), head after head, each run of heads that share a KV head in one
+ * alone (kv_attn_rows_sparse), head after head, each run of heads that share a KV head in one
  * pass over their keys; through the group's memo when rc covers one GQA group. */
 static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
 {
@@ -274,8 +274,8 @@ static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
         int n_q = (g + 1) * group - h;                 /* heads left on KV head g */
         if (n_q > c->n_heads - hh)
             n_q = c->n_heads - hh;
-        kv_rows_sparse(kv_rows_q(b->src, h) + (size_t)t * hd, (size_t)T * hd, n_q,
-                       kv_rows_k(b->src, g), hd, in->softmax_scale, b->lse + (size_t)h * T + t,
+        kv_attn_rows_sparse(kv_producer_q(b->src, h) + (size_t)t * hd, (size_t)T * hd, n_q,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale, b->lse + (size_t)h * T + t,
                        (size_t)T, c->pos, c->n, t, rc->sparse + (size_t)hh * stride, stride);
         hh += n_q;
     }
@@ -434,19 +434,19 @@ static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int l
 
 /*
  * The row pipeline of a replay: two block buffers (block k+1 is produced into one while
- * block k is read from the other) and two row sources (the next layer's q and k are read
+ * block k is read from the other) and two row producers (the next layer's q and k are read
  * while the current one is replayed). stream_layer schedules the work as OpenMP tasks so
  * the cores stay busy with whichever work is ready: SGEMMs, trace reads, policy steps.
  */
 typedef struct {
-    kv_rows *cur;          /* the layer being replayed, loaded */
-    kv_rows *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
-    float *buf[2];         /* [n_heads * block * ld] rows, rows.h layout */
+    kv_row_producer *cur;          /* the layer being replayed, loaded */
+    kv_row_producer *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
+    float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
                               when the top-k metrics are off */
     double *cum[2];        /* [n_heads * block * n_cum] span sums of each decode row
                               (kv_row_span_sums), for recall over runs of positions */
-    size_t n_cum;          /* kv_rows_n_cum */
+    size_t n_cum;          /* kv_producer_n_cum */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
     int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
@@ -495,13 +495,13 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
 {
     char why[512];
     if (sparse_block(s, in, t0)) {   /* the group's memo starts empty */
-        int nb = t0 + s->block < in->n_tokens ? s->block : in->n_tokens - t0;
+        int block_rows = t0 + s->block < in->n_tokens ? s->block : in->n_tokens - t0;
         if (in->source == KV_SOURCE_QK)
-            memset(s->seen[slot] + (size_t)task * nb * s->words, 0,
-                   (size_t)nb * s->words * sizeof(uint64_t));
+            memset(s->seen[slot] + (size_t)task * block_rows * s->words, 0,
+                   (size_t)block_rows * s->words * sizeof(uint64_t));
         return 0;
     }
-    if (kv_rows_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
+    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
                      in->prefill_len, s->cum[slot], why, sizeof why) == 0)
         return 0;
     record_failure(f, why);
@@ -509,10 +509,10 @@ static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int 
 }
 
 /* Loads piece `piece` of layer into rows (the current or the next layer's source). */
-static void load_piece(kv_rows *rows, int layer, int piece, kv_failure *f)
+static void load_piece(kv_row_producer *rows, int layer, int piece, kv_failure *f)
 {
     char why[512];
-    if (!has_failed(f) && kv_rows_load(rows, layer, piece, why, sizeof why))
+    if (!has_failed(f) && kv_producer_load(rows, layer, piece, why, sizeof why))
         record_failure(f, why);
 }
 
@@ -522,7 +522,7 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
 {
     if (mode == CONSUME_PRESCAN) {
         if (kv_cache_prescans(&rc->cache))
-            for (int t = b->t0; t < b->t0 + b->nb; t++) {
+            for (int t = b->t0; t < b->t0 + b->block_rows; t++) {
                 kv_group_rows rows = group_rows(rc, b, t);
                 kv_cache_prescan(&rc->cache, t, &rows);
             }
@@ -532,7 +532,7 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
     kv_run_result *run = &res->runs[rc->run];
     double *hs = run->head_recall_mean + (size_t)layer * H;
     double *hm = run->head_recall_min + (size_t)layer * H;
-    for (int t = b->t0; t < b->t0 + b->nb; t++)
+    for (int t = b->t0; t < b->t0 + b->block_rows; t++)
         replay_step(rc, b, t, hs, hm);
 }
 
@@ -552,11 +552,11 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
 {
     int T = in->n_tokens;
     kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
-                   .src = s->cur, .lse = s->lse, .ld = kv_rows_ld(s->cur),
+                   .src = s->cur, .lse = s->lse, .row_stride = kv_producer_row_stride(s->cur),
                    .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
                    .memo = s->buf[slot], .seen = sparse_block(s, in, t0) ? s->seen[slot] : NULL,
                    .words = s->words,
-                   .nb = t0 + s->block < T ? s->block : T - t0 };
+                   .block_rows = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
 
@@ -564,10 +564,10 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
  * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
  * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
  * out of memory. */
-static int *cache_tasks(const kv_rows *rows, const replay_cache *caches, int n_caches,
+static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches, int n_caches,
                         int **members_out, int **first_out)
 {
-    int n_tasks = kv_rows_n_tasks(rows);
+    int n_tasks = kv_producer_n_tasks(rows);
     int *task_of = malloc(((size_t)n_caches + 1) * sizeof *task_of);
     int *members = malloc(((size_t)n_caches + 1) * sizeof *members);
     int *first = calloc((size_t)n_tasks + 1, sizeof *first);
@@ -581,7 +581,7 @@ static int *cache_tasks(const kv_rows *rows, const replay_cache *caches, int n_c
         task_of[ci] = -1;
         for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
             int h0, h1;
-            kv_rows_task_heads(rows, g, &h0, &h1);
+            kv_producer_task_heads(rows, g, &h0, &h1);
             if (caches[ci].head_lo >= h0 &&
                 caches[ci].head_lo + caches[ci].cache.n_heads <= h1)
                 task_of[ci] = g;
@@ -626,7 +626,7 @@ static void produce_task(const kv_layer_work *w, int k, int g)
         consume(&w->caches[w->members[m]], &b, w->mode, w->res, w->layer);
     if (g == 0) {
         #pragma omp critical(kv_engine_progress)
-        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.nb, w->in->n_tokens);
+        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.block_rows, w->in->n_tokens);
     }
 }
 
@@ -666,12 +666,12 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
                         progress *pg, char *err, size_t err_len)
 {
     int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
-    int n_tasks = kv_rows_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
+    int n_tasks = kv_producer_n_tasks(s->cur), n_threads = 1, *members = NULL, *first = NULL;
 #ifdef _OPENMP
     n_threads = omp_get_max_threads();
 #endif
     int *task_of = cache_tasks(s->cur, caches, n_caches, &members, &first);
-    int n_cur = s->cur_loaded ? 0 : kv_rows_n_load_pieces(s->cur);
+    int n_cur = s->cur_loaded ? 0 : kv_producer_n_load_pieces(s->cur);
     /* addresses that name the dependences (GCC takes variables that only appear in depend
      * clauses for unused, so they index dep directly): [0, 2 * n_tasks) the slot parts,
      * slot after slot; [2 * n_tasks, 3 * n_tasks) the task chains; [3 * n_tasks, +n_caches)
@@ -686,7 +686,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         snprintf(err, err_len, "out of memory scheduling the caches of layer %d", layer);
         return KV_ERUNTIME;
     }
-    long n_pieces = next_layer >= 0 ? kv_rows_n_load_pieces(s->next) : 0;
+    long n_pieces = next_layer >= 0 ? kv_producer_n_load_pieces(s->next) : 0;
     kv_failure f = { .err = err, .err_len = err_len };
     kv_layer_work w = {
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
@@ -704,9 +704,9 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         }
         for (int k = 0; k < n_blocks; k++) {
             /* the pieces block k's rows need, when the layer is still being read */
-            int need = n_cur ? kv_rows_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
+            int need = n_cur ? kv_producer_pieces_for(s->cur, (k + 1) * block < T ? (k + 1) * block
                                                                                : T) : 0;
-            /* the last block may be short: rows are laid out by its nb, so each task's
+            /* the last block may be short: rows are laid out by its block_rows, so each task's
              * part moves and overlaps the others' parts of block k-2: wait for all */
             int shifted = (k + 1) * block > T;
             for (int g = 0; g < n_tasks; g++) {
@@ -804,15 +804,15 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
         snprintf(err, err_len, "out of memory for the log-normalisers of a layer");
         return 1;
     }
-    s->cur = kv_rows_new(tr, block, err, err_len);
+    s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
-    if (in->n_layers > 1 && !(s->next = kv_rows_new(tr, block, err, err_len)))
+    if (in->n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
-    s->n_cum = kv_rows_n_cum(s->cur);
+    s->n_cum = kv_producer_n_cum(s->cur);
     for (int i = 0; i < 2; i++) {
-        s->buf[i] = kv_alloc_large(rows * kv_rows_ld(s->cur) * sizeof(float));
+        s->buf[i] = kv_alloc_large(rows * kv_producer_row_stride(s->cur) * sizeof(float));
         s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
         s->cum[i] = malloc(rows * s->n_cum * sizeof(double));
         s->words = (size_t)in->n_tokens / 64 + 1;
@@ -830,8 +830,8 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
 
 static void stream_close(kv_stream *s)
 {
-    kv_rows_close(s->cur);
-    kv_rows_close(s->next);
+    kv_producer_close(s->cur);
+    kv_producer_close(s->next);
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
@@ -888,7 +888,7 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
             rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
-        kv_rows *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
+        kv_row_producer *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
         stream.cur = stream.next;
         stream.next = done;
         stream.cur_loaded = 1;

@@ -129,13 +129,13 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
 /*
  * Sparse replay: when a qk trace stores its rows' log-normalisers (index.h) a decode
  * step needs only the attention of each cache's own positions, p_t[j] = exp(x_tj -
- * lse_t) for j in A_t (kv_rows_sparse): O(|A_t| * head_dim) per head and step instead of
+ * lse_t) for j in A_t (kv_attn_rows_sparse): O(|A_t| * head_dim) per head and step instead of
  * the full row's O(t * head_dim); prefill rows, which every policy observes whole, are
  * still produced densely. Recall, o_t and every kept set are those of the dense replay up
  * to float rounding. kv_replay takes it whenever this returns 0; it returns 1 with the
  * reason the run needs full rows in why (for messages): dense requested, an attn trace,
  * no stored lse, the top-k metrics (they rank every key of a row), or a policy that reads
- * whole rows (a prescan, as lookahead's, or a choice before the query, as oracle's).
+ * whole rows (a prescan, as lookahead's, or a preselect, as oracle's).
  * Cannot fail.
  */
 int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,

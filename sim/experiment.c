@@ -69,19 +69,19 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
                         const kv_experiment_opts *o, kv_results **out, char *err,
                         size_t err_len)
 {
-    int np = ex->n_policies, nb = ex->n_budgets;
-    const int *tok = tokens + (size_t)k * np * nb;
+    int np = ex->n_policies, n_budgets = ex->n_budgets;
+    const int *tok = tokens + (size_t)k * np * n_budgets;
     kv_results *merged = calloc(1, sizeof *merged);
     int *idx = malloc((size_t)np * sizeof *idx), *done = calloc((size_t)np, sizeof *done);
     kv_policy_conf *group = malloc((size_t)np * sizeof *group);
     kv_trace *tr = NULL;
     if (merged)
-        merged->runs = calloc((size_t)np * nb, sizeof *merged->runs);
+        merged->runs = calloc((size_t)np * n_budgets, sizeof *merged->runs);
     if (!merged || !merged->runs || !idx || !done || !group) {
         snprintf(err, err_len, "out of memory");
         goto fail;
     }
-    merged->n_runs = np * nb;
+    merged->n_runs = np * n_budgets;
     if (kv_trace_open(ex->traces[k], &tr, err, err_len))
         goto fail;
     kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
@@ -90,13 +90,15 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
             continue;
         int n = 0;
         for (int q = p; q < np; q++)
-            if (!done[q] && memcmp(tok + q * nb, tok + p * nb, (size_t)nb * sizeof *tok) == 0) {
+            if (!done[q] && memcmp(tok + q * n_budgets, tok + p * n_budgets,
+                                   (size_t)n_budgets * sizeof *tok) == 0) {
                 done[q] = 1;
                 group[n] = ex->policies[q];
                 idx[n++] = q;
             }
         kv_replay_conf conf = {
-            .policies = group, .n_policies = n, .budgets = tok + p * nb, .n_budgets = nb,
+            .policies = group, .n_policies = n, .budgets = tok + p * n_budgets,
+            .n_budgets = n_budgets,
             .block = o->block, .progress = o->progress, .seed = ex->seed,
             .no_topk = ex->no_topk, .dense = o->dense,
         };
@@ -113,7 +115,7 @@ static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
             free(idx), free(done), free(group);
             return rc;
         }
-        merge_runs(merged, part, idx, n, nb);
+        merge_runs(merged, part, idx, n, n_budgets);
     }
     kv_trace_close(tr);
     free(idx), free(done), free(group);

@@ -38,32 +38,32 @@ static int index_layer(const char *path, int layer, double *lse, float *o_full, 
     kv_trace_set_read_checks(tr, 1);
     const kv_trace_info *in = kv_trace_get_info(tr);
     int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
-    kv_rows *rows = kv_rows_new(tr, INDEX_BLOCK, err, err_len);
+    kv_row_producer *rows = kv_producer_new(tr, INDEX_BLOCK, err, err_len);
     int rc = rows ? 0 : 1;
-    for (int p = 0; !rc && p < kv_rows_n_load_pieces(rows); p++)
-        rc = kv_rows_load(rows, layer, p, err, err_len) != 0;
+    for (int p = 0; !rc && p < kv_producer_n_load_pieces(rows); p++)
+        rc = kv_producer_load(rows, layer, p, err, err_len) != 0;
     if (!rc && o_full)
         rc = kv_trace_read_v(tr, layer, v, err, err_len) != 0;
     if (!rc)
-        kv_rows_set_lse(rows, lse);
+        kv_producer_set_lse(rows, lse);
     int blas = kv_blas_single_begin();
     for (int t0 = 0; !rc && t0 < T; t0 += INDEX_BLOCK) {
-        int nb;
-        const float *b = kv_rows_block(rows, t0, &nb, err, err_len);
+        int block_rows;
+        const float *b = kv_producer_block(rows, t0, &block_rows, err, err_len);
         if (!b) {
             rc = 1;
             break;
         }
-        size_t ld = kv_rows_ld(rows);
-        int t1 = t0 + nb, n_out = o_full ? in->n_heads : 0;
+        size_t row_stride = kv_producer_row_stride(rows);
+        int t1 = t0 + block_rows, n_out = o_full ? in->n_heads : 0;
         #pragma omp parallel for schedule(dynamic, 1)
-        for (int h = 0; h < n_out; h++)   /* o = P (nb x t1) . V (t1 x hd) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, t1, 1.0f,
-                        b + (size_t)h * nb * ld, (int)ld, v + (size_t)(h / group) * T * hd, hd,
+        for (int h = 0; h < n_out; h++)   /* o = P (block_rows x t1) . V (t1 x hd) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, block_rows, hd, t1, 1.0f,
+                        b + (size_t)h * block_rows * row_stride, (int)row_stride, v + (size_t)(h / group) * T * hd, hd,
                         0.0f, o_full + ((size_t)h * T + t0) * hd, hd);
     }
     kv_blas_threads_restore(blas);
-    kv_rows_close(rows);
+    kv_producer_close(rows);
     kv_trace_close(tr);
     return rc;
 }

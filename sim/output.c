@@ -419,7 +419,7 @@ static void compare_row(FILE *f, const out_ctx *c, const char *trace, int rp, in
 static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     const kv_experiment_results *er = c->er;
-    int nb = c->n_budgets, np = er->conf->n_policies, nt = er->n_traces;
+    int n_budgets = c->n_budgets, np = er->conf->n_policies, nt = er->n_traces;
     fprintf(f, "trace\tbudget_spec\tpolicy_a\tpolicy_b\tbudget_a\tbudget_b\tdiff_mean\t"
                "diff_ci_lo\tdiff_ci_hi\tci_units\n");
     double *x = malloc((size_t)nt * sizeof *x);
@@ -430,10 +430,10 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
             break;
-        for (int b = 0; b < nb; b++)
+        for (int b = 0; b < n_budgets; b++)
             for (int p = 0; p < np; p++)
                 for (int q = p + 1; q < np; q++) {
-                    int rp = p * nb + b, rq = q * nb + b;
+                    int rp = p * n_budgets + b, rq = q * n_budgets + b;
                     kv_interval d;
                     if (k < nt) {
                         const kv_results *res = er->res[k];

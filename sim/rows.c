@@ -1,9 +1,9 @@
 /*
  * rows.c - full-cache attention rows, produced in blocks of queries (see rows.h).
  *
- * Where the time goes (issue 7): for qk traces the floor is the SGEMM of the logits,
+ * Where the time goes (BENCHMARKS.md): for qk traces the floor is the SGEMM of the logits,
  * T^2/2 * head_dim multiply-adds per query head. The query heads of a GQA group share
- * their keys, so a block of the group's queries is one SGEMM with M = group * nb rows
+ * their keys, so a block of the group's queries is one SGEMM with M = group * block_rows rows
  * against the group's keys 0..t1-1 (the packed keys are reused by all of them), written
  * straight into the caller's row buffer, where the softmax then runs in place. The
  * softmax is vectorised (an exp of our own, below, so it vectorises without -ffast-math)
@@ -220,34 +220,34 @@ KV_SIMD_CLONES void kv_row_span_sums(const float *p, int t, double *cum)
     }
 }
 
-/* kv_rows_from_qk, and when lse is not NULL each row's log-normaliser to
+/* kv_attn_rows_from_qk, and when lse is not NULL each row's log-normaliser to
  * lse[i * lse_stride + t]; when cum is not NULL the span sums of each row t >= t_top
  * (kv_row_span_sums) to cum + row * n_cum, while the row is in L1. */
 static void rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
-                         int t0, int t1, float *out, size_t ld, int *top, int n_top,
+                         int t0, int t1, float *out, size_t row_stride, int *top, int n_top,
                          int t_top, double *lse, size_t lse_stride, double *cum, size_t n_cum)
 {
-    int nb = t1 - t0;
-    /* out[(i * nb + t - t0) * ld + j] = scale * q_t . k_j for j < t1: one product for
+    int block_rows = t1 - t0;
+    /* out[(i * block_rows + t - t0) * row_stride + j] = scale * q_t . k_j for j < t1: one product for
      * the group, its keys packed once */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q * nb, t1, head_dim,
-                (float)scale, q, head_dim, k, head_dim, 0.0f, out, (int)ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q * block_rows, t1, head_dim,
+                (float)scale, q, head_dim, k, head_dim, 0.0f, out, (int)row_stride);
     for (int i = 0; i < n_q; i++)
         for (int t = t0; t < t1; t++) {
-            size_t row = (size_t)i * nb + (size_t)(t - t0);
-            double l = softmax_row(out + row * ld, t, t1,
+            size_t row = (size_t)i * block_rows + (size_t)(t - t0);
+            double l = softmax_row(out + row * row_stride, t, t1,
                                    top && t >= t_top ? top + row * n_top : NULL, n_top);
             if (lse)
                 lse[(size_t)i * lse_stride + (size_t)t] = l;
             if (cum && t >= t_top)
-                kv_row_span_sums(out + row * ld, t, cum + row * n_cum);
+                kv_row_span_sums(out + row * row_stride, t, cum + row * n_cum);
         }
 }
 
-void kv_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
-                     int t0, int t1, float *out, size_t ld, int *top, int n_top, int t_top)
+void kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                     int t0, int t1, float *out, size_t row_stride, int *top, int n_top, int t_top)
 {
-    rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, ld, top, n_top, t_top, NULL, 0,
+    rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, row_stride, top, n_top, t_top, NULL, 0,
                  NULL, 0);
 }
 
@@ -278,7 +278,7 @@ static inline float dot1(const float *q, const float *key, int hd)
     return a;
 }
 
-KV_SIMD_CLONES void kv_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k,
+KV_SIMD_CLONES void kv_attn_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k,
                                    int head_dim, double scale, const double *lse,
                                    size_t lse_stride, const int *pos, int n, int t,
                                    float *out, size_t out_stride)
@@ -308,28 +308,28 @@ KV_SIMD_CLONES void kv_rows_sparse(const float *q, size_t q_stride, int n_q, con
     }
 }
 
-/* ------------------------------------------------------------ the row source */
+/* ------------------------------------------------------------ the row producer */
 
-struct kv_rows {
+struct kv_row_producer {
     kv_trace *tr;
     const kv_trace_info *info;
     int layer;      /* the layer loaded (attn: the layer read), -1 before any */
     int block;
-    size_t ld;      /* row stride of the output (kv_rows_ld) */
+    size_t row_stride;      /* row stride of the output (kv_producer_row_stride) */
     int group;      /* query heads per KV head */
     float *q;       /* qk: n_heads * T * head_dim */
     float *k;       /* qk: n_kv_heads * T * head_dim */
     float *qs;      /* qk: per task, the group's queries of one block: n_heads * block *
                        head_dim in all, task g at g * group * block * head_dim */
-    float *out;     /* kv_rows_block's buffer: n_heads * block * ld, allocated on use */
-    double *lse;    /* kv_rows_set_lse: where qk fills put each row's log-normaliser */
+    float *out;     /* kv_producer_block's buffer: n_heads * block * row_stride, allocated on use */
+    double *lse;    /* kv_producer_set_lse: where qk fills put each row's log-normaliser */
 };
 
-kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len)
+kv_row_producer *kv_producer_new(kv_trace *tr, int block, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     size_t T = (size_t)in->n_tokens, hd = (size_t)in->head_dim;
-    kv_rows *r = calloc(1, sizeof *r);
+    kv_row_producer *r = calloc(1, sizeof *r);
     if (!r)
         goto nomem;
     r->tr = tr;
@@ -337,7 +337,7 @@ kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len)
     r->layer = -1;
     r->block = block;
     r->group = in->n_heads / in->n_kv_heads;
-    r->ld = in->source == KV_SOURCE_QK ? (T + 15) / 16 * 16 + 16 : T;
+    r->row_stride = in->source == KV_SOURCE_QK ? (T + 15) / 16 * 16 + 16 : T;
     if (in->source == KV_SOURCE_QK) {
         r->q = kv_alloc_large((size_t)in->n_heads * T * hd * sizeof(float));
         r->k = kv_alloc_large((size_t)in->n_kv_heads * T * hd * sizeof(float));
@@ -348,22 +348,22 @@ kv_rows *kv_rows_new(kv_trace *tr, int block, char *err, size_t err_len)
     return r;
 nomem:
     snprintf(err, err_len, "%s: out of memory preparing the rows", kv_trace_path(tr));
-    kv_rows_close(r);
+    kv_producer_close(r);
     return NULL;
 }
 
-int kv_rows_n_load_pieces(const kv_rows *r)
+int kv_producer_n_load_pieces(const kv_row_producer *r)
 {
     const kv_trace_info *in = r->info;
     return in->source == KV_SOURCE_QK ? (in->n_tokens + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
 }
 
-int kv_rows_pieces_for(const kv_rows *r, int t1)
+int kv_producer_pieces_for(const kv_row_producer *r, int t1)
 {
     return r->info->source == KV_SOURCE_QK ? (t1 + KV_ROWS_PIECE - 1) / KV_ROWS_PIECE : 1;
 }
 
-int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len)
+int kv_producer_load(kv_row_producer *r, int layer, int piece, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     r->layer = layer;
@@ -375,17 +375,17 @@ int kv_rows_load(kv_rows *r, int layer, int piece, char *err, size_t err_len)
     return rc ? rc : kv_trace_read_rows(r->tr, layer, KV_TENSOR_K, t0, t1, r->k, err, err_len);
 }
 
-size_t kv_rows_ld(const kv_rows *r)
+size_t kv_producer_row_stride(const kv_row_producer *r)
 {
-    return r->ld;
+    return r->row_stride;
 }
 
-int kv_rows_n_tasks(const kv_rows *r)
+int kv_producer_n_tasks(const kv_row_producer *r)
 {
     return r->info->source == KV_SOURCE_QK ? r->info->n_kv_heads : 1;
 }
 
-void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1)
+void kv_producer_task_heads(const kv_row_producer *r, int task, int *h0, int *h1)
 {
     if (r->info->source == KV_SOURCE_QK) {
         *h0 = task * r->group;
@@ -396,29 +396,29 @@ void kv_rows_task_heads(const kv_rows *r, int task, int *h0, int *h1)
     }
 }
 
-size_t kv_rows_n_cum(const kv_rows *r)
+size_t kv_producer_n_cum(const kv_row_producer *r)
 {
     return (size_t)r->info->n_tokens / KV_ROW_SPAN + 1;
 }
 
-int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, int t_top,
+int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top, int n_top, int t_top,
                  double *cum, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
-    int t1 = t0 + r->block < T ? t0 + r->block : T, nb = t1 - t0, h0, h1;
-    kv_rows_task_heads(r, task, &h0, &h1);
+    int t1 = t0 + r->block < T ? t0 + r->block : T, block_rows = t1 - t0, h0, h1;
+    kv_producer_task_heads(r, task, &h0, &h1);
     if (in->source == KV_SOURCE_ATTN) {
         int rc = kv_trace_read_attn(r->tr, r->layer, h0, h1, t0, t1, out, err, err_len);
         for (int h = h0; rc == 0 && top && h < h1; h++)
             for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
-                size_t row = (size_t)h * nb + (size_t)(t - t0);
-                kv_row_topk(out + row * r->ld, t, n_top, top + row * n_top);
+                size_t row = (size_t)h * block_rows + (size_t)(t - t0);
+                kv_row_topk(out + row * r->row_stride, t, n_top, top + row * n_top);
             }
         for (int h = h0; rc == 0 && cum && h < h1; h++)
             for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
-                size_t row = (size_t)h * nb + (size_t)(t - t0);
-                kv_row_span_sums(out + row * r->ld, t, cum + row * kv_rows_n_cum(r));
+                size_t row = (size_t)h * block_rows + (size_t)(t - t0);
+                kv_row_span_sums(out + row * r->row_stride, t, cum + row * kv_producer_n_cum(r));
             }
         return rc;
     }
@@ -426,64 +426,64 @@ int kv_rows_fill(kv_rows *r, int t0, int task, float *out, int *top, int n_top, 
     /* the group's queries t0..t1-1, head after head: the SGEMM's left operand */
     float *qs = r->qs + (size_t)h0 * (size_t)r->block * hd;
     for (int i = 0; i < r->group; i++)
-        memcpy(qs + (size_t)i * nb * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
-               (size_t)nb * hd * sizeof(float));
-    size_t first = (size_t)h0 * nb;   /* the group's first row in out and top */
+        memcpy(qs + (size_t)i * block_rows * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
+               (size_t)block_rows * hd * sizeof(float));
+    size_t first = (size_t)h0 * block_rows;   /* the group's first row in out and top */
     rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
-                 in->softmax_scale, t0, t1, out + first * r->ld, r->ld,
+                 in->softmax_scale, t0, t1, out + first * r->row_stride, r->row_stride,
                  top ? top + first * n_top : NULL, n_top, t_top,
                  r->lse ? r->lse + (size_t)h0 * T : NULL, (size_t)T,
-                 cum ? cum + first * kv_rows_n_cum(r) : NULL, kv_rows_n_cum(r));
+                 cum ? cum + first * kv_producer_n_cum(r) : NULL, kv_producer_n_cum(r));
     return 0;
 }
 
-void kv_rows_set_lse(kv_rows *r, double *lse)
+void kv_producer_set_lse(kv_row_producer *r, double *lse)
 {
     r->lse = lse;
 }
 
-const float *kv_rows_q(const kv_rows *r, int head)
+const float *kv_producer_q(const kv_row_producer *r, int head)
 {
     return r->q ? r->q + (size_t)head * r->info->n_tokens * r->info->head_dim : NULL;
 }
 
-const float *kv_rows_k(const kv_rows *r, int kv_head)
+const float *kv_producer_k(const kv_row_producer *r, int kv_head)
 {
     return r->k ? r->k + (size_t)kv_head * r->info->n_tokens * r->info->head_dim : NULL;
 }
 
-kv_rows *kv_rows_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)
+kv_row_producer *kv_producer_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)
 {
-    kv_rows *r = kv_rows_new(tr, block, err, err_len);
+    kv_row_producer *r = kv_producer_new(tr, block, err, err_len);
     if (!r)
         return NULL;
-    for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
-        if (kv_rows_load(r, layer, p, err, err_len) != 0) {
-            kv_rows_close(r);
+    for (int p = 0; p < kv_producer_n_load_pieces(r); p++)
+        if (kv_producer_load(r, layer, p, err, err_len) != 0) {
+            kv_producer_close(r);
             return NULL;
         }
     return r;
 }
 
-const float *kv_rows_block(kv_rows *r, int t0, int *nb, char *err, size_t err_len)
+const float *kv_producer_block(kv_row_producer *r, int t0, int *block_rows, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
-    *nb = (t0 + r->block < T ? t0 + r->block : T) - t0;
+    *block_rows = (t0 + r->block < T ? t0 + r->block : T) - t0;
     if (!r->out) {
-        r->out = kv_alloc_large((size_t)in->n_heads * (size_t)r->block * r->ld * sizeof(float));
+        r->out = kv_alloc_large((size_t)in->n_heads * (size_t)r->block * r->row_stride * sizeof(float));
         if (!r->out) {
             snprintf(err, err_len, "%s: out of memory for a block of rows", kv_trace_path(r->tr));
             return NULL;
         }
     }
-    int n = kv_rows_n_tasks(r), failed = 0;
+    int n = kv_producer_n_tasks(r), failed = 0;
     int blas = kv_blas_single_begin();
     #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < n; task++) {
         char why[512];
-        if (kv_rows_fill(r, t0, task, r->out, NULL, 0, T, NULL, why, sizeof why) != 0) {
-            #pragma omp critical(kv_rows_error)
+        if (kv_producer_fill(r, t0, task, r->out, NULL, 0, T, NULL, why, sizeof why) != 0) {
+            #pragma omp critical(kv_producer_error)
             if (!failed++)
                 snprintf(err, err_len, "%s", why);
         }
@@ -492,7 +492,7 @@ const float *kv_rows_block(kv_rows *r, int t0, int *nb, char *err, size_t err_le
     return failed ? NULL : r->out;
 }
 
-void kv_rows_close(kv_rows *r)
+void kv_producer_close(kv_row_producer *r)
 {
     if (!r)
         return;

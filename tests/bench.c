@@ -272,14 +272,14 @@ static int child_rows(const bench_job *j, kv_trace *tr)
     char err[512];
     volatile float sink = 0;
     double w0 = wall_now(), c0 = cpu_now();
-    kv_rows *r = kv_rows_new(tr, 64, err, sizeof err);
+    kv_row_producer *r = kv_producer_new(tr, 64, err, sizeof err);
     for (int l = 0; r && l < in->n_layers; l++) {
-        for (int p = 0; p < kv_rows_n_load_pieces(r); p++)
-            if (kv_rows_load(r, l, p, err, sizeof err) != 0)
+        for (int p = 0; p < kv_producer_n_load_pieces(r); p++)
+            if (kv_producer_load(r, l, p, err, sizeof err) != 0)
                 goto fail;
         for (int t0 = 0; t0 < in->n_tokens; t0 += 64) {
             int nb;
-            const float *b = kv_rows_block(r, t0, &nb, err, sizeof err);
+            const float *b = kv_producer_block(r, t0, &nb, err, sizeof err);
             if (!b)
                 goto fail;
             sink += b[0];
@@ -287,17 +287,17 @@ static int child_rows(const bench_job *j, kv_trace *tr)
     }
     if (!r)
         goto fail;
-    kv_rows_close(r);
+    kv_producer_close(r);
     printf("RESULT %.6f %.6f\n", wall_now() - w0, cpu_now() - c0);
     return 0;
 fail:
     fprintf(stderr, "bench: %s: %s\n", j->name, err);
-    kv_rows_close(r);
+    kv_producer_close(r);
     return 1;
 }
 
 /* The floor of a qk replay: its SGEMMs alone (the logits of every block of every GQA
- * group, the shapes kv_rows_from_qk uses: M = group * 64 queries, N = t1 keys, K =
+ * group, the shapes kv_attn_rows_from_qk uses: M = group * 64 queries, N = t1 keys, K =
  * head_dim, written at the replay's row stride), with q and k read before the clock
  * starts; the group's queries are packed per block as the replay packs them. */
 static int child_sgemm_floor(const bench_job *j, kv_trace *tr)

@@ -1,12 +1,14 @@
 /*
  * kv_hand_replay.h - the hand driver of the policy tests that check kept sets worked out
- * by hand (test_policy_rules.c, test_policy_more.c). It plays the engine's part of the
- * contract in policy.h for one cache, optional slots included: prescan of every full row
- * before position 0 (when the policy has one); at each decode step attend with the full
- * row (when the policy has one: its keep[] becomes S), then the query attends to
- * A_t = S u {t}; the observed row is p during prefill and o_t = p_t / recall over A_t at
- * decode (README rule 2); select runs at t = P-1 and every decode step, and S becomes the
- * kept part of A_t. Include after <cmocka.h>.
+ * by hand (tests/test_rules_<policy>.c, one file per registered policy). It plays the
+ * engine's part of the contract in policy.h for one cache, optional slots included:
+ * prescan of every full row before position 0 (when the policy has one); at each decode
+ * step preselect with the full row (when the policy has one: its keep[] becomes S), then
+ * the query attends to A_t = S u {t}; the observed row is p during prefill and
+ * o_t = p_t / recall over A_t at decode (README rule 2); select runs at t = P-1 and every
+ * decode step, and S becomes the kept part of A_t. It is written here, apart from
+ * sim/cache.c, so the tests reach their sets by an independent route. Include after
+ * <cmocka.h>.
  */
 #ifndef KV_HAND_REPLAY_H
 #define KV_HAND_REPLAY_H
@@ -62,7 +64,7 @@ __attribute__((unused)) static void kv_hand_format_set(const int *pos, const uns
                                      used ? "," : "", pos[i]);
 }
 
-/* The full rows p_t over 0..t of the group, as prescan and attend receive them. */
+/* The full rows p_t over 0..t of the group, as prescan and preselect receive them. */
 __attribute__((unused)) static kv_row kv_hand_full_row(kv_hand_attn_fn attn, const void *data,
                                                        int g, int t, int *identity, double *w)
 {
@@ -105,10 +107,10 @@ __attribute__((unused)) static void kv_hand_run(const char *name, const char *se
         ops->prescan(st, &full);
     }
     for (int t = 0; t < T; t++) {
-        if (t >= P && ops->attend != NULL) {
+        if (t >= P && ops->preselect != NULL) {
             kv_row full = kv_hand_full_row(attn, data, g, t, identity, w);
             memset(keep, 0, sizeof keep);
-            ops->attend(st, &full, keep);
+            ops->preselect(st, &full, keep);
             for (int j = 0; j < t; j++)
                 cached[j] = keep[j];
         }
@@ -148,6 +150,54 @@ __attribute__((unused)) static void kv_hand_run(const char *name, const char *se
         kv_hand_format_set(pos, keep, n, out->kept[t]);
     }
     ops->destroy(st);
+}
+
+/* Self-attention only: p_t[j] = 1 if j == t. Any rows will do for position rules. */
+__attribute__((unused)) static double kv_hand_self_attn(const void *data, int h, int t, int j)
+{
+    (void)data;
+    (void)h;
+    return j == t ? 1.0 : 0.0;
+}
+
+/* p_t[j] = 1/(t+1): uniform rows, so an accumulated score sum_{t>=j} 1/(t+1) falls
+ * with j. */
+__attribute__((unused)) static double kv_hand_uniform_attn(const void *data, int h, int t,
+                                                           int j)
+{
+    (void)data;
+    (void)h;
+    (void)j;
+    return 1.0 / (t + 1);
+}
+
+/* kv_hand_run with seed 1. */
+__attribute__((unused)) static void kv_hand_run_policy(const char *name, const char *settings,
+                                                       int T, int P, int B, int g,
+                                                       kv_hand_attn_fn attn, const void *data,
+                                                       kv_hand_replay *out)
+{
+    kv_hand_run(name, settings, T, P, B, g, 1, attn, data, out);
+}
+
+/* Replays one cache of table trace tb (tb->T tokens, prompt P) under budget B with seed. */
+__attribute__((unused)) static void kv_hand_run_table_seeded(const char *name,
+                                                             const char *settings, int P,
+                                                             int B, int g,
+                                                             const kv_hand_table16 *tb,
+                                                             unsigned long seed,
+                                                             kv_hand_replay *out)
+{
+    kv_hand_run(name, settings, tb->T, P, B, g, seed, kv_hand_table_attn, tb, out);
+}
+
+/* kv_hand_run_table_seeded with seed 1. */
+__attribute__((unused)) static void kv_hand_run_table(const char *name, const char *settings,
+                                                      int P, int B, int g,
+                                                      const kv_hand_table16 *tb,
+                                                      kv_hand_replay *out)
+{
+    kv_hand_run_table_seeded(name, settings, P, B, g, tb, 1, out);
 }
 
 #endif

@@ -142,7 +142,7 @@ static void test_observed_row_is_renormalised(void **state)
 
 /* oracle, B = 1: at t = 3 it chooses S from p_3 before the query: the past key of the
  * highest summed weight, key 1 (0.125 + 0.5) over key 0 (0.375 + 0). */
-static void test_choose_before_query(void **state)
+static void test_preselect(void **state)
 {
     (void)state;
     kv_cache c;
@@ -166,7 +166,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_window_sets_metrics_lifetimes),
         cmocka_unit_test(test_observed_row_is_renormalised),
-        cmocka_unit_test(test_choose_before_query),
+        cmocka_unit_test(test_preselect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,7 @@
  * - Consistency: rows recomputed from the stored q and k equal the rows the forward pass
  *   stored with --attn (max abs difference <= 1e-5 over every layer, head and row), both
  *   for an independent double-precision recomputation here and for the replay's own
- *   kv_rows_from_qk (sim/rows.h).
+ *   kv_attn_rows_from_qk (sim/rows.h).
  * - Root attributes, read back through h5py (an independent reader).
  * - Usage errors exit 2, a missing checkpoint exits 1, T beyond the trained context is
  *   refused without --allow-extrapolation; a 64-token capture takes well under seconds.
@@ -277,7 +277,7 @@ static void test_rows_match_forward_pass(void **state)
         for (int h = 0; h < N_HEADS; h++) {
             const float *qh = q + (size_t)h * T * HS;
             const float *kg = k + (size_t)(h / (N_HEADS / N_KV)) * T * HS;
-            kv_rows_from_qk(qh, 1, kg, HS, in->softmax_scale, 0, T, replay, T, NULL, 0, 0);
+            kv_attn_rows_from_qk(qh, 1, kg, HS, in->softmax_scale, 0, T, replay, T, NULL, 0, 0);
             for (int t = 0; t < T; t++) {
                 reference_row(qh, kg, t, in->softmax_scale, row);
                 const float *got = attn + ((size_t)h * T + t) * T;
@@ -291,7 +291,7 @@ static void test_rows_match_forward_pass(void **state)
         }
     }
     print_message("    largest |forward-pass row - row recomputed from q,k|: %.3g (double, "
-                  "here), %.3g (kv_rows_from_qk)\n", worst_ref, worst_replay);
+                  "here), %.3g (kv_attn_rows_from_qk)\n", worst_ref, worst_replay);
     assert_true(worst_ref <= 1e-5);
     assert_true(worst_replay <= 1e-5);
     free(q);

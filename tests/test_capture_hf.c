@@ -3,12 +3,13 @@
  *
  * 1. Runs /usr/bin/python3 tests/test_capture_hf.py (python's unittest: the tool on the
  *    PyTorch llama2.c model of tests/torch_llama2c.py against `kvsim capture`, bfloat16
- *    and float16 models, GQA, the layer-by-layer memory bound, --check, the refusals).
+ *    and float16 models, GQA, the layer-by-layer memory bound, --check, the refusals, and
+ *    the tool's transformers glue against a stand-in, tests/stub_transformers).
  *    When /usr/bin/python3 cannot import torch, h5py and numpy it says so and skips:
  *    `make deps` installs python3-torch, python3-h5py and python3-numpy.
  * 2. Rows recomputed by kvsim: for the stories15M pair the python suite leaves behind (the
  *    tool's float32 trace with --attn, `kvsim capture`'s trace of the same tokens), the
- *    replay's own recompute (kv_rows_from_qk, sim/rows.h) from the tool's q and k equals
+ *    replay's own recompute (kv_attn_rows_from_qk, sim/rows.h) from the tool's q and k equals
  *    the recompute from kvsim capture's q and k, and the rows the tool stored, each within
  *    1e-5 on every entry j <= t of every row of every head and layer.
  */
@@ -77,9 +78,10 @@ static void recompute(const kv_trace_info *in, const float *q, const float *k, f
 {
     int t_len = in->n_tokens, d = in->head_dim, group = in->n_heads / in->n_kv_heads;
     for (int g = 0; g < in->n_kv_heads; g++)
-        kv_rows_from_qk(q + (size_t)g * group * t_len * d, group, k + (size_t)g * t_len * d,
-                        d, in->softmax_scale, 0, t_len,
-                        out + (size_t)g * group * t_len * t_len, (size_t)t_len, NULL, 0, 0);
+        kv_attn_rows_from_qk(q + (size_t)g * group * t_len * d, group,
+                             k + (size_t)g * t_len * d, d, in->softmax_scale, 0, t_len,
+                             out + (size_t)g * group * t_len * t_len, (size_t)t_len, NULL, 0,
+                             0);
 }
 
 /* Step 2. */

@@ -84,7 +84,7 @@ class EqualsKvsimCapture(unittest.TestCase):
         rc, err = run_tool(model, ["--prompt-ids", ",".join(map(str, prompt)),
                                    "--max-new-tokens", str(t_len - len(prompt)),
                                    "--temperature", "0", "--dtype", "float32", "--float32",
-                                   "--attn", "-o", tool])
+                                   "--attn", "--check", "16", "-o", tool])
         self.assertEqual(rc, 0, err)
         r = kvsim("capture", "--model", model, "--tokens", str(t_len), "--prefill",
                   str(len(prompt)), "--prompt-ids", ",".join(map(str, prompt[1:])),
@@ -224,6 +224,62 @@ class LowPrecision(unittest.TestCase):
         failed = [line for line in err.splitlines() if line.endswith("FAILED")]
         self.assertTrue(failed, err)
         self.assertIn("stored q, k vs the model's: 0 (0 of its limit)", failed[0])
+
+
+class StubTransformers(unittest.TestCase):
+    """HFBackend, the tool's only transformers code, run as a script against
+    tests/stub_transformers: transformers' documented API backed by the llama2.c model.
+    It shows the glue runs as written (loading, tokenizing, registering and selecting the
+    function, the config checks, version handling); not how real transformers behaves."""
+
+    def run_script(self, argv, **env):
+        full = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests", "stub_transformers"))
+        full.update(env)
+        return subprocess.run(["/usr/bin/python3", TOOL, "--model", M260K] + argv,
+                              capture_output=True, text=True, env=full)
+
+    def test_capture(self):
+        path = os.path.join(OUT, "stub.h5")
+        for version in ("4.56.0", "4.53.0"):        # dtype= and torch_dtype= spellings
+            r = self.run_script(["--prompt", "Once upon", "--max-new-tokens", "20",
+                                 "--temperature", "0", "--dtype", "float32", "--float32",
+                                 "--check", "8", "--device", "cpu", "-o", path],
+                                STUB_TRANSFORMERS_VERSION=version)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("check: layer 4:", r.stdout)
+        prompt = [1] + [3 + ord(c) % 500 for c in "Once upon"]      # the stub's tokenizer
+        ref = os.path.join(OUT, "stub_kvsim.h5")
+        k = kvsim("capture", "--model", M260K, "--tokens", str(len(prompt) + 20),
+                  "--prefill", str(len(prompt)), "--prompt-ids",
+                  ",".join(map(str, prompt[1:])), "--temperature", "0", "-o", ref)
+        self.assertEqual(k.returncode, 0, k.stderr)
+        with h5py.File(path, "r") as a, h5py.File(ref, "r") as b:
+            np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
+            self.assertEqual(int(a.attrs["prefill_len"]), len(prompt))
+            self.assertEqual(a.attrs["prompt"], "Once upon")
+            self.assertEqual(a.attrs["transformers_version"], "4.53.0")
+            self.assertEqual(a.attrs["model_revision"], "stub-revision")
+            self.assertEqual(a["token_text"][0].decode(), "<s>")
+            self.assertTrue(tol_close(a["layers/4/k"][:], b["layers/4/k"][:], 1e-5))
+        self.assertEqual(kvsim("info", "--check", path).returncode, 0)
+
+    def test_refusals(self):
+        out = os.path.join(OUT, "stub_refused.h5")
+        cases = [
+            ({"STUB_SLIDING_WINDOW": "4096"}, M260K,
+             f"capture_hf.py: cannot capture {M260K} exactly: sliding-window attention "
+             "(config sliding_window = 4096)"),
+            ({"STUB_TRANSFORMERS_VERSION": "4.50.0"}, M260K,
+             "capture_hf.py: transformers 4.50.0 is too old: 4.53 or newer is needed"),
+            ({}, "/nonexistent/model", "capture_hf.py: cannot load /nonexistent/model: "
+             "/nonexistent/model is not a local folder and is not a valid model identifier"),
+        ]
+        for env, model, want in cases:
+            r = self.run_script(["--prompt", "Once", "--max-new-tokens", "4", "--device",
+                                 "cpu", "-o", out, "--model", model], **env)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertEqual(r.stderr.replace("\r", "\n").strip().splitlines()[-1], want)
+            self.assertFalse(os.path.exists(out))
 
 
 class LayerByLayer(unittest.TestCase):

@@ -1,8 +1,8 @@
 /*
- * test_engine_bounds.c - the issue-5 policies through the replay engine: per-query-head
- * caches (kv_granularity = query_head) and per-layer caches (tova scope = layer) on hand
- * traces; the oracle as a ceiling of every policy that holds at most B past tokens, on
- * generated traces; lookahead against window on a trace built so the answer is known;
+ * test_engine_bounds.c - cache layouts and references through the replay engine:
+ * per-query-head caches (kv_granularity = query_head) and per-layer caches (tova scope =
+ * layer) on hand traces; the oracle as a ceiling of every policy that holds at most B past
+ * tokens, on generated traces; lookahead against window on a trace built so the answer is known;
  * the engine's bound check (max_held); the growth patterns of evict_every and
  * recompress intervals; reproducible random runs.
  */
@@ -282,18 +282,18 @@ static void oracle_reference(const char *path, int B, double *want)
     for (int l = 0; l < in->n_layers; l++) {
         /* the replay's block size: qk rows come from SGEMM, whose rounding may depend
          * on the block */
-        kv_rows *rows = kv_rows_open(tr, l, 8, err, sizeof err);
+        kv_row_producer *rows = kv_producer_open(tr, l, 8, err, sizeof err);
         assert_non_null(rows);
         for (int t0 = 0; t0 < T; t0 += 8) {
             int nb;
-            const float *r = kv_rows_block(rows, t0, &nb, err, sizeof err);
+            const float *r = kv_producer_block(rows, t0, &nb, err, sizeof err);
             assert_non_null(r);
             for (int t = t0 > P ? t0 : P; t < t0 + nb; t++)
                 for (int g = 0; g < in->n_kv_heads; g++) {
                     const float *row[16];
                     for (int hh = 0; hh < group; hh++)
                         row[hh] = r + ((size_t)(g * group + hh) * nb + (t - t0)) *
-                                          kv_rows_ld(rows);
+                                          kv_producer_row_stride(rows);
                     for (int j = 0; j < t; j++) {
                         c[j] = 0.0;
                         for (int hh = 0; hh < group; hh++)
@@ -310,7 +310,7 @@ static void oracle_reference(const char *path, int B, double *want)
                     }
                 }
         }
-        kv_rows_close(rows);
+        kv_producer_close(rows);
     }
     kv_trace_close(tr);
 }

@@ -4,7 +4,7 @@
  * of several layers (so the next layer is loaded while the current one is replayed) and
  * several blocks per layer (so blocks are produced while the previous one is consumed),
  * with every seed policy, the full reference and a test policy that uses every optional
- * hook (layer scope, attend, prescan). The qk replay fuses producing and consuming a GQA
+ * hook (layer scope, preselect, prescan). The qk replay fuses producing and consuming a GQA
  * group's rows only with at least two groups per thread (2 KV heads: 1 thread), so the
  * fused and unfused task graphs are compared too; 3 and 4 threads on 2 cores interleave
  * the tasks in more ways. Also: the
@@ -34,7 +34,7 @@ extern void openblas_set_num_threads(int n) __attribute__((weak));
 
 /* ------------------------------------------------------------ a policy with every hook */
 
-/* "lookahead": one cache per layer; prescan sums every future row per position; attend
+/* "lookahead": one cache per layer; prescan sums every future row per position; preselect
  * keeps the B past keys the current full rows weigh most; select then keeps the B with the
  * largest prescan total. Deterministic, and any row it misses changes its choices. */
 typedef struct {
@@ -93,7 +93,7 @@ static void keep_best(lookahead_state *st, const int *pos, int n, int k, unsigne
     kv_keep_top(st->score, pos, st->cand, n, k, st->scratch, keep);
 }
 
-static void lookahead_attend(void *state, const kv_row *full, unsigned char *keep)
+static void lookahead_preselect(void *state, const kv_row *full, unsigned char *keep)
 {
     lookahead_state *st = state;
     int past = full->n - 1;   /* positions 0..t-1 */
@@ -122,7 +122,7 @@ static int lookahead_scope(const kv_param_values *values)
 static const kv_policy_ops lookahead_ops = {
     .name = "lookahead", .summary = "test policy", .citation = "test", .bounded = 1,
     .create = lookahead_create, .observe = lookahead_observe, .select = lookahead_select,
-    .destroy = lookahead_destroy, .scope = lookahead_scope, .attend = lookahead_attend,
+    .destroy = lookahead_destroy, .scope = lookahead_scope, .preselect = lookahead_preselect,
     .prescan = lookahead_prescan,
 };
 

@@ -7,27 +7,30 @@
  * 2. Replays: a seeded random trace (T = 200, P = 50, group sizes 1 and 3, rows with
  *    many exact ties and some all-zero heads) is replayed through every policy, for
  *    budgets 1, 16, 48 and 64 and several parameter settings, in the contract's call
- *    order, optional slots included (prescan of every full row first; attend with the
+ *    order, optional slots included (prescan of every full row first; preselect with the
  *    full row before each decode step, its keep[] becoming S). After each select the
  *    shared invariants must hold:
  *      - keep[] is 0/1 and S (the kept part of A_t) is what the next step sees;
  *      - no policy evicts while |A_t| <= B, nor keeps fewer than min(|A_t|, B);
  *      - a policy whose bound (kv_policy_max_held) is B keeps exactly min(|A_t|, B);
- *        none holds more than its bound, after select or attend; an unbounded one never
+ *        none holds more than its bound, after select or preselect; an unbounded one never
  *        evicts at a decode step;
  *      - meta_bytes(0) == 0 and meta_bytes grows with n;
  *      - a policy does not hold on to the row it was shown (the driver overwrites the
  *        row's buffers with NaN and -1 after observe);
  *      - two replays give the same kept sets (determinism).
  * 3. Oracles: for every registered rule but `random`, a naive reference written here
- *    from the README and issue 5 (dense history of every observed row and the full
+ *    from the README's rules (dense history of every observed row and the full
  *    trace, scores recomputed from scratch at every step, ranking by qsort) must choose
  *    exactly the same set at every step, and predict meta_bytes. It adds in the order
  *    the rule states (rows in time order, positions ascending, heads in order), so ties
  *    are decided the same way. Where a policy keeps a sum up to date by adding and
  *    removing terms (morphkv's normalisers, lookahead's future sums), the reference
  *    sums afresh: the same sets show the incremental route is the rule. For `oracle`
- *    the set attend chooses is checked too, and `lookahead`'s attend must keep S.
+ *    the set preselect chooses is checked too, and `lookahead`'s must keep S.
+ * 4. Rule tests: every registered policy has its own hand-worked rule tests,
+ *    tests/test_rules_<name>.c, with at least one test that replays it by name; a policy
+ *    registered without one fails here.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -536,7 +539,7 @@ static oracle_fn find_oracle(const char *name, int *which)
 /* -------------------------------------------------------------- replays */
 
 /* The full-cache rows p_t of the group over 0..t, as the engine hands them to prescan
- * and attend (pos = 0..t, w[h * (t+1) + j]). */
+ * and preselect (pos = 0..t, w[h * (t+1) + j]). */
 static kv_row full_row(const double *p, int g, int t, const int *identity, double *w)
 {
     for (int h = 0; h < g; h++)
@@ -556,10 +559,10 @@ static void poison(double *w, int n_w, int *pos, int n)
         pos[i] = -1;
 }
 
-/* Plays attend at decode step t: keep[] becomes S (t excluded, as the engine does).
+/* Plays preselect at decode step t: keep[] becomes S (t excluded, as the engine does).
  * oracle must choose the B best past positions by the group sum of p_t; lookahead must
  * leave S as it is. */
-static void play_attend(const kv_policy_ops *ops, void *st, const double *p, int g, int B,
+static void play_preselect(const kv_policy_ops *ops, void *st, const double *p, int g, int B,
                         int held, int t, unsigned char *cached, const char *label)
 {
     static double w[8 * T_TOKENS];
@@ -568,7 +571,7 @@ static void play_attend(const kv_policy_ops *ops, void *st, const double *p, int
     for (int j = 0; j <= t; j++)
         identity[j] = j;
     kv_row full = full_row(p, g, t, identity, w);
-    ops->attend(st, &full, keep);
+    ops->preselect(st, &full, keep);
     poison(w, g * (t + 1), identity, t + 1);
     keep[t] = 0;
     int kept = 0;
@@ -577,7 +580,7 @@ static void play_attend(const kv_policy_ops *ops, void *st, const double *p, int
         kept += keep[j];
     }
     if (held >= 0 && kept > held)
-        fail_msg("%s t=%d: attend kept %d, bound %d", label, t, kept, held);
+        fail_msg("%s t=%d: preselect kept %d, bound %d", label, t, kept, held);
     if (strcmp(ops->name, "oracle") == 0) {
         double score[T_TOKENS];
         int cand[T_TOKENS], pos[T_TOKENS];
@@ -592,7 +595,7 @@ static void play_attend(const kv_policy_ops *ops, void *st, const double *p, int
         sort_keep(score, pos, cand, t, B, expect);
         for (int j = 0; j < t; j++)
             if (keep[j] != expect[j])
-                fail_msg("%s t=%d: attend kept %d=%d, oracle says %d", label, t, j, keep[j],
+                fail_msg("%s t=%d: preselect kept %d=%d, oracle says %d", label, t, j, keep[j],
                          expect[j]);
         int which = -1;
         find_oracle("oracle", &which);
@@ -601,7 +604,7 @@ static void play_attend(const kv_policy_ops *ops, void *st, const double *p, int
     if (strcmp(ops->name, "lookahead") == 0)
         for (int j = 0; j < t; j++)
             if (keep[j] != cached[j])
-                fail_msg("%s t=%d: attend changed S at %d", label, t, j);
+                fail_msg("%s t=%d: preselect changed S at %d", label, t, j);
     for (int j = 0; j < t; j++)
         cached[j] = keep[j];
 }
@@ -650,8 +653,8 @@ static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const
             poison(w, g * (t + 1), row_pos, t + 1);
         }
     for (int t = 0; t < T; t++) {
-        if (t >= P && ops->attend != NULL)
-            play_attend(ops, st, p, g, B, held, t, cached, label);
+        if (t >= P && ops->preselect != NULL)
+            play_preselect(ops, st, p, g, B, held, t, cached, label);
         int n = 0;
         cached[t] = 1;
         for (int j = 0; j <= t; j++)
@@ -845,11 +848,58 @@ static void test_replays(void **state)
         free(traces[k]);
 }
 
+/* ------------------------------------------------------------- 4. rule tests */
+
+/* The whole of file path as a NUL-terminated string (caller frees), or NULL. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *text = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
+            if (fread(text, 1, (size_t)n, f) != (size_t)n) {
+                free(text);
+                text = NULL;
+            } else {
+                text[n] = '\0';
+            }
+        }
+    }
+    fclose(f);
+    return text;
+}
+
+static void test_every_policy_has_rule_tests(void **state)
+{
+    (void)state;
+    /* the rule tests sit beside this file (the tests run from the repository root) */
+    const char *here = __FILE__, *slash = strrchr(here, '/');
+    int dir_len = slash ? (int)(slash - here) : 1;
+    const char *dir = slash ? here : ".";
+    for (int i = 0; kv_policy_registry[i] != NULL; i++) {
+        const char *name = kv_policy_registry[i]->name;
+        char path[512], by_name[96];
+        snprintf(path, sizeof path, "%.*s/test_rules_%s.c", dir_len, dir, name);
+        snprintf(by_name, sizeof by_name, "(\"%s\"", name);
+        char *text = read_text(path);
+        if (!text)
+            fail_msg("policy '%s' has no hand-worked rule tests: %s is missing", name, path);
+        int ok = strstr(text, "cmocka_unit_test(test_") != NULL && strstr(text, by_name);
+        free(text);
+        if (!ok)
+            fail_msg("%s: no cmocka test that runs policy '%s' by name", path, name);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tables),
         cmocka_unit_test(test_replays),
+        cmocka_unit_test(test_every_policy_has_rule_tests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

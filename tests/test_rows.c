@@ -2,7 +2,7 @@
  * test_rows.c - the row source (sim/rows.c) against independent references: recomputed
  * rows against a softmax computed here in double precision, including tails down to the
  * float denormals; the top keys of a row against a full sort with ties; the row-slab
- * hyperslab reads against the whole-dataset reads; and a block of rows from kv_rows
+ * hyperslab reads against the whole-dataset reads; and a block of rows from kv_row_producer
  * against the reference on a generated trace.
  */
 #include <setjmp.h>
@@ -88,7 +88,7 @@ static void test_rows_match_double_reference(void **state)
     for (int i = 0; i < NQ * NB * LD; i++)
         out[i] = -7.0f;                      /* sentinel: must survive from t1 on */
     int top[NQ * NB * K];
-    kv_rows_from_qk(q, NQ, k, HD, scale, T0, T1, out, LD, top, K, T0 + 2);
+    kv_attn_rows_from_qk(q, NQ, k, HD, scale, T0, T1, out, LD, top, K, T0 + 2);
     double ref[T1];
     for (int i = 0; i < NQ; i++)
         for (int t = T0; t < T1; t++) {
@@ -124,7 +124,7 @@ static void test_softmax_tails(void **state)
     for (int j = 0; j < N; j++)
         k[j] = xs[j];
     int top[N];
-    kv_rows_from_qk(q, 1, k, 1, 1.0, N - 1, N, out, N, top, N, 0);
+    kv_attn_rows_from_qk(q, 1, k, 1, 1.0, N - 1, N, out, N, top, N, 0);
     double sum = 0;
     for (int j = 0; j < N; j++)
         sum += exp((double)xs[j]);
@@ -159,7 +159,7 @@ static void test_softmax_topk_spans_against_sort(void **state)
             for (int j = 0; j < T; j++)
                 k[j] = rep == 0 ? (float)(int)(5 * uniform()) * 0.5f
                      : rep == 1 ? (float)j * 1e-3f : (float)(4 * uniform() - 2);
-            kv_rows_from_qk(q, 1, k, 1, 1.0, T0, T, out, T, top, ks[b], T0);
+            kv_attn_rows_from_qk(q, 1, k, 1, 1.0, T0, T, out, T, top, ks[b], T0);
             for (int t = T0; t < T; t++)
                 check_topk(out + (size_t)(t - T0) * T, t, ks[b], top + (t - T0) * ks[b]);
         }
@@ -254,7 +254,7 @@ static void test_read_rows_equals_read_qk(void **state)
     }
 }
 
-/* Blocks from kv_rows (qk: loaded piece by piece, GQA groups as tasks) against the
+/* Blocks from kv_row_producer (qk: loaded piece by piece, GQA groups as tasks) against the
  * double reference from the trace's own q and k; attn blocks equal the stored rows. */
 static void test_row_source_blocks(void **state)
 {
@@ -272,24 +272,24 @@ static void test_row_source_blocks(void **state)
     float *q = malloc(6 * per * sizeof *q), *k = malloc(2 * per * sizeof *k);
     float *stored = malloc(6 * (size_t)block * T * sizeof *stored);
     double *ref = malloc(T * sizeof *ref);
-    kv_rows *rq = kv_rows_open(tq, 1, block, err, sizeof err);
-    kv_rows *ra = kv_rows_open(ta, 1, block, err, sizeof err);
+    kv_row_producer *rq = kv_producer_open(tq, 1, block, err, sizeof err);
+    kv_row_producer *ra = kv_producer_open(ta, 1, block, err, sizeof err);
     assert_non_null(rq);
     assert_non_null(ra);
-    assert_int_equal(kv_rows_n_tasks(rq), 2);
-    assert_int_equal(kv_rows_n_load_pieces(rq), 1);   /* 150 rows: one piece of 256 */
-    assert_int_equal(kv_rows_pieces_for(rq, 150), 1);
-    assert_int_equal(kv_rows_ld(ra), T);
-    assert_true(kv_rows_ld(rq) >= (size_t)T);
+    assert_int_equal(kv_producer_n_tasks(rq), 2);
+    assert_int_equal(kv_producer_n_load_pieces(rq), 1);   /* 150 rows: one piece of 256 */
+    assert_int_equal(kv_producer_pieces_for(rq, 150), 1);
+    assert_int_equal(kv_producer_row_stride(ra), T);
+    assert_true(kv_producer_row_stride(rq) >= (size_t)T);
     assert_int_equal(kv_trace_read_qk(tq, 1, q, k, err, sizeof err), 0);
     for (int t0 = 0; t0 < T; t0 += block) {
         int nb, nb_a;
-        const float *b = kv_rows_block(rq, t0, &nb, err, sizeof err);
+        const float *b = kv_producer_block(rq, t0, &nb, err, sizeof err);
         assert_non_null(b);
         assert_int_equal(nb, t0 + block <= T ? block : T - t0);
         for (int h = 0; h < 6; h++)
             for (int t = t0; t < t0 + nb; t++) {
-                const float *o = b + ((size_t)h * nb + (t - t0)) * kv_rows_ld(rq);
+                const float *o = b + ((size_t)h * nb + (t - t0)) * kv_producer_row_stride(rq);
                 reference_row(q + h * per + (size_t)t * HD, k + (h / 3) * per, HD,
                               1 / sqrt((double)HD), t, ref);
                 for (int j = 0; j <= t; j++)
@@ -297,15 +297,15 @@ static void test_row_source_blocks(void **state)
                         fail_msg("head %d row %d key %d: %.9g, reference %.9g", h, t, j,
                                  o[j], ref[j]);
             }
-        const float *a = kv_rows_block(ra, t0, &nb_a, err, sizeof err);
+        const float *a = kv_producer_block(ra, t0, &nb_a, err, sizeof err);
         assert_non_null(a);
         assert_int_equal(nb_a, nb);
         assert_int_equal(kv_trace_read_attn(ta, 1, 0, 6, t0, t0 + nb, stored, err,
                                             sizeof err), 0);
         assert_memory_equal(a, stored, 6 * (size_t)nb * T * sizeof *a);
     }
-    kv_rows_close(rq);
-    kv_rows_close(ra);
+    kv_producer_close(rq);
+    kv_producer_close(ra);
     free(q);
     free(k);
     free(stored);

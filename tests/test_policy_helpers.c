@@ -1,6 +1,7 @@
 /*
- * test_policy_select.c - kv_keep_top against a sort-based reference written here, and
- * kv_gqa_combine against values worked out by hand.
+ * test_policy_helpers.c - the helpers policy files share (policy.h): kv_keep_top against
+ * a sort-based reference written here, kv_gqa_combine against values worked out by hand,
+ * and the exact sums (kv_exact_*) against sums known exactly.
  *
  * The reference ranks the candidates with qsort on (score desc, position desc), the
  * README rule 4 order, and keeps the first k. Random inputs draw scores from a set of
@@ -12,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_rng.h>
 #include <stdlib.h>
@@ -188,6 +190,112 @@ static void test_gqa_combine_by_hand(void **state)
     assert_true(out[0] == 1.0 && out[1] == 4.0 && out[2] == 0.5);
 }
 
+/* ------------------------------------------------------------ exact sums */
+
+static void test_exact_sum(void **state)
+{
+    (void)state;
+    /* 0.1 is 3602879701896397 / 2^55; ten of them are 1 + 2^-54 exactly, which
+     * truncates to 1.0 (a left-to-right double sum gives 0.9999999999999999). */
+    kv_exact_sum s = { { 0, 0, 0 } };
+    double naive = 0.0;
+    for (int i = 0; i < 10; i++) {
+        kv_exact_add(&s, 0.1);
+        naive += 0.1;
+    }
+    assert_true(kv_exact_value(&s) == 1.0);
+    assert_true(naive != 1.0);
+    /* Adding 2^-53 twice more makes 1 + 2^-54 + 2^-52: truncates to 1 + 2^-52. */
+    kv_exact_add(&s, 0x1p-53);
+    kv_exact_add(&s, 0x1p-53);
+    assert_true(kv_exact_value(&s) == 1.0 + 0x1p-52);
+    /* Removing every term restores zero exactly, in any order. */
+    kv_exact_sub(&s, 0x1p-53);
+    for (int i = 0; i < 10; i++)
+        kv_exact_sub(&s, 0.1);
+    kv_exact_sub(&s, 0x1p-53);
+    assert_true(s.limb[0] == 0 && s.limb[1] == 0 && s.limb[2] == 0);
+    /* The grid: 2^-149 (the smallest float32) is held, 2^-150 is below it. */
+    kv_exact_add(&s, 0x1p-149);
+    assert_true(kv_exact_value(&s) == 0x1p-149);
+    kv_exact_add(&s, 0x1p-150);
+    assert_true(kv_exact_value(&s) == 0x1p-149);
+    /* Large and small together: 2^40 + 2^-149 truncates to 2^40; minus 2^40 leaves
+     * the small term exactly (no residue). */
+    kv_exact_add(&s, 0x1p40);
+    assert_true(kv_exact_value(&s) == 0x1p40);
+    kv_exact_sub(&s, 0x1p40);
+    assert_true(kv_exact_value(&s) == 0x1p-149);
+    /* Subtracting more than the sum holds leaves 0, never a wrapped huge value. */
+    kv_exact_sub(&s, 1.0);
+    assert_true(kv_exact_value(&s) == 0.0);
+    /* Order independence: the same terms in reverse order give the same bits. */
+    kv_exact_sum a = { { 0, 0, 0 } }, b = { { 0, 0, 0 } };
+    for (int i = 1; i <= 1000; i++) {
+        kv_exact_add(&a, 1.0 / i);
+        kv_exact_add(&b, 1.0 / (1001 - i));
+    }
+    assert_memory_equal(&a, &b, sizeof a);
+    /* And the value is the harmonic number H_1000 = 7.485470860550345 to double
+     * precision (truncated: within one ulp below the correctly rounded value). */
+    double h = kv_exact_value(&a);
+    assert_true(fabs(h - 7.4854708605503449) <= 2e-15);
+}
+
+/* kv_exact_add_many (bins per exponent, folded every 2048 terms) against hand values
+ * and against the term-by-term kv_exact_add tested above. */
+static void test_exact_add_many(void **state)
+{
+    (void)state;
+    /* Ten 0.1 are 1 + 2^-54 exactly: truncates to 1.0, as term by term. */
+    double tenth[10];
+    for (int i = 0; i < 10; i++)
+        tenth[i] = 0.1;
+    kv_exact_sum s = { { 0, 0, 0 } };
+    kv_exact_add_many(&s, tenth, 10);
+    assert_true(kv_exact_value(&s) == 1.0);
+    /* 5000 terms of 2^-20 (past two folds) and 3 of 2^-149: 5000 * 2^-20 exactly, the
+     * tiny terms held on the grid (5000 * 2^-20 + 3 * 2^-149 truncates to the former;
+     * removing the big terms leaves exactly 3 * 2^-149). */
+    static double many[5003];
+    for (int i = 0; i < 5000; i++)
+        many[i] = 0x1p-20;
+    many[5000] = many[5001] = many[5002] = 0x1p-149;
+    kv_exact_sum m = { { 0, 0, 0 } };
+    kv_exact_add_many(&m, many, 5003);
+    assert_true(kv_exact_value(&m) == 5000 * 0x1p-20);
+    for (int i = 0; i < 5000; i++)
+        kv_exact_sub(&m, 0x1p-20);
+    assert_true(kv_exact_value(&m) == 3 * 0x1p-149);
+    /* Mixed magnitudes, zeros, values below the grid and at the top of the range: the
+     * same 192-bit integer as one kv_exact_add per term, in any order. */
+    static double mix[6000];
+    for (int i = 0; i < 6000; i++)
+        mix[i] = i % 7 == 0 ? 0.0 : i % 11 == 0 ? 0x1p-140 / (i + 1)
+               : i % 13 == 0 ? 0x1p40 / 4096 : i == 2999 ? 0x1p40 - 0x1p-12
+               : i % 997 == 0 ? 0x1p33 + i : 1.0 / ((double)i * i + 1.0);
+    kv_exact_sum one = { { 0, 0, 0 } }, bulk = { { 0, 0, 0 } };
+    for (int i = 5999; i >= 0; i--)
+        kv_exact_add(&one, mix[i]);
+    kv_exact_add_many(&bulk, mix, 6000);
+    assert_memory_equal(&one, &bulk, sizeof one);
+    kv_exact_add_many(&bulk, mix, 0); /* nothing */
+    assert_memory_equal(&one, &bulk, sizeof one);
+    /* Terms in [0, 1] take the vectorised route (three 50-bit parts): the same integer
+     * again, with 1.0 itself, zeros, terms below the grid (truncated) and odd bits at
+     * the bottom of the grid, over more than one 4096-term chunk. */
+    static double unit[9000];
+    for (int i = 0; i < 9000; i++)
+        unit[i] = i % 5 == 0 ? 0.0 : i % 17 == 0 ? 0x1p-145 * 1.75 / (i % 3 + 1)
+                : i == 4321 ? 1.0 : i % 23 == 0 ? 0x1p-151 : 1.0 / ((double)i + 0.5);
+    kv_exact_sum u_one = { { 0, 0, 0 } }, u_bulk = { { 0, 0, 0 } };
+    for (int i = 0; i < 9000; i++)
+        kv_exact_add(&u_one, unit[i]);
+    kv_exact_add_many(&u_bulk, unit, 9000);
+    assert_memory_equal(&u_one, &u_bulk, sizeof u_one);
+    assert_true(kv_exact_value(&u_bulk) > 1.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +303,8 @@ int main(void)
         cmocka_unit_test(test_keep_top_matches_reference),
         cmocka_unit_test(test_keep_top_large),
         cmocka_unit_test(test_gqa_combine_by_hand),
+        cmocka_unit_test(test_exact_sum),
+        cmocka_unit_test(test_exact_add_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
