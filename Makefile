@@ -8,10 +8,12 @@
 
 CC      ?= cc
 PKGS    := hdf5 gsl inih openblas libcrypto
+# Open MPI, for `make kvsim-mpi` only (the plain kvsim never links it).
+MPI_DEB_PKGS := libopenmpi-dev openmpi-bin
 # Debian packages the two commands above need; `make deps` installs the missing ones.
 DEB_PKGS := build-essential pkg-config libhdf5-dev libgsl-dev libcmocka-dev libinih-dev \
             libopenblas-dev libssl-dev gnuplot-nox python3-h5py python3-numpy python3-torch \
-            hdf5-tools
+            hdf5-tools $(MPI_DEB_PKGS)
 
 BUILD   := build
 CPPFLAGS = -I. $(shell pkg-config --cflags $(PKGS))
@@ -21,7 +23,8 @@ CFLAGS  += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fopenmp
 LDLIBS   = $(shell pkg-config --libs-only-L gsl) -lgsl $(shell pkg-config --libs hdf5 inih openblas libcrypto) -lm
 LDFLAGS += -fopenmp
 
-LIB_SRC := $(filter-out sim/main.c, $(wildcard sim/*.c policies/*.c traces/*.c))
+# sim/mpi_run.c is kvsim-mpi's main (make kvsim-mpi): never in the library or in kvsim.
+LIB_SRC := $(filter-out sim/main.c sim/mpi_run.c, $(wildcard sim/*.c policies/*.c traces/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -53,6 +56,15 @@ kvsim: $(BUILD)/sim/main.o $(BUILD)/libkvsim.a
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libkvsim.a $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
+
+# The commit kvsim is built from, recorded in every manifest.json: the stamp (and with it
+# sim/manifest.o) changes only when `git describe` does.
+KVSIM_COMMIT := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+.PHONY: FORCE
+$(BUILD)/commit.stamp: FORCE
+	@mkdir -p $(BUILD); echo '$(KVSIM_COMMIT)' | cmp -s - $@ || echo '$(KVSIM_COMMIT)' > $@
+$(BUILD)/sim/manifest.o: $(BUILD)/commit.stamp
+$(BUILD)/sim/manifest.o: CPPFLAGS += -DKVSIM_COMMIT='"$(KVSIM_COMMIT)"'
 
 # The README's test command.
 test: deps
@@ -102,7 +114,7 @@ figures: run
 	@ls -l analysis/figures/*.png
 
 clean:
-	rm -rf $(BUILD) kvsim
+	rm -rf $(BUILD) kvsim kvsim-mpi
 
 # `make bench`: the replay's workloads against their floors on one thread, in CPU time
 # beside wall time, with the CPU named (tests/bench.c; it is not a test_*.c, so `make
@@ -117,6 +129,27 @@ bench: $(BUILD)/bench/bench
 $(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -o $@
+
+# ------------------------------------------------------------------------------------
+# kvsim-mpi: `kvsim run` over the ranks of an MPI job (sim/mpi_run.c; README "Clusters").
+# Built by Open MPI's compiler wrapper around the same library as kvsim, which itself
+# never links MPI (`make deps` installs Open MPI: MPI_DEB_PKGS). `make test-mpi` checks
+# byte identity with kvsim for 1, 2 and 3 ranks and
+# the fault and interrupt cases (tests/mpi_test.sh, a couple of minutes); `make bench-mpi`
+# times ranks x threads and the gather (tests/mpi_bench.sh, results in build/bench-mpi/).
+MPICC ?= mpicc
+.PHONY: test-mpi bench-mpi
+
+kvsim-mpi: sim/mpi_run.c $(BUILD)/libkvsim.a $(HDRS)
+	$(MPICC) $(CPPFLAGS) $(CFLAGS) sim/mpi_run.c $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -o $@
+
+test-mpi: deps
+	@$(MAKE) --no-print-directory kvsim kvsim-mpi
+	tests/mpi_test.sh
+
+bench-mpi: deps
+	@$(MAKE) --no-print-directory kvsim kvsim-mpi
+	tests/mpi_bench.sh $(BUILD)/bench-mpi
 
 # ------------------------------------------------------------------------------------
 # Robustness: sanitizers, valgrind and fuzzing (CI runs all three after `make test`).

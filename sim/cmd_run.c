@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/experiment.h"
 #include "sim/output.h"
+#include "sim/manifest.h"
 #include "sim/plot.h"
 #include "traces/validate.h"
 #include "traces/status.h"
@@ -114,6 +115,9 @@ typedef struct {
     const char *policies, *budgets, *trace, *output, *config;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
+    char **typed;        /* "kvsim", then argv as typed (getopt_long reorders argv), for
+                            the manifest; [argc + 1] allocated */
+    int n_typed;
 } run_options;
 
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
@@ -203,6 +207,7 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         ex->seed = (unsigned long)o->seed;
     if (o->topk >= 0)
         ex->no_topk = !o->topk;
+    ex->dense = o->dense;
     return rc;
 }
 
@@ -243,7 +248,7 @@ static int plot_results(const kv_experiment *ex, const run_options *o, char *err
                    "run kvsim plot %s)\n", ex->output);
         return 0;
     }
-    kv_plot_options po = { .quiet = o->quiet };
+    kv_plot_options po = { .quiet = o->quiet, .style = ex->style[0] ? ex->style : NULL };
     char where[KV_PATH_LEN + 64];
     if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
         return KV_ERUNTIME;
@@ -288,37 +293,69 @@ static void buffers_free(run_buffers *b, int n_traces)
     free(b->specs);
 }
 
+/* The in-process driver's check: every trace's structure and v values, before any
+ * replay; q, k and attn rows are checked as the replay reads them (traces/validate.h). */
+static int precheck_here(void *ctx, const kv_experiment *ex, char *err, size_t err_len)
+{
+    (void)ctx;
+    for (int k = 0; k < ex->n_traces; k++)
+        if (kv_trace_precheck(ex->traces[k], err, err_len))
+            return KV_ERUNTIME;
+    return 0;
+}
+
+static int resolve_here(void *ctx, const kv_experiment *ex, const kv_experiment_opts *opts,
+                        int *tokens, char *err, size_t err_len)
+{
+    (void)ctx, (void)opts;
+    return kv_experiment_resolve_budgets(ex, tokens, err, err_len);
+}
+
+static int replay_here(void *ctx, const kv_experiment *ex, const int *tokens,
+                       const kv_experiment_opts *opts, kv_results **res, char *err,
+                       size_t err_len)
+{
+    (void)ctx;
+    return kv_experiment_replay(ex, tokens, opts, res, err, err_len);
+}
+
+static const kv_experiment_driver in_process = {
+    .resolve_budgets = resolve_here, .precheck = precheck_here, .replay = replay_here,
+};
+
 /* Resolves, checks, replays, writes and shows an experiment that is complete. */
 static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
-                          char *err, size_t err_len)
+                          const kv_experiment_driver *d, char *err, size_t err_len)
 {
-    int rc = kv_experiment_resolve_budgets(ex, b->tokens, err, err_len);
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .dense = o->dense };
+    int rc = d->resolve_budgets(d->ctx, ex, &eo, b->tokens, err, err_len);
     kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
                             .n_budgets = ex->n_budgets };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex->n_traces,
                                  .res = (const kv_results *const *)b->res,
                                  .trace_names = b->names, .budget_specs = b->specs };
-    /* every trace's structure and v values before any replay; q, k and attn rows are
-     * checked as the replay reads them (traces/validate.h), and the output directory is
-     * created only once every replay succeeded */
-    for (int k = 0; rc == 0 && k < ex->n_traces; k++)
-        if (kv_trace_precheck(ex->traces[k], err, err_len))
-            rc = KV_ERUNTIME;
+    /* the output directory is checked before the replay and created only once every
+     * replay succeeded: q, k and attn rows are checked as the replay reads them
+     * (traces/validate.h), so a bad value leaves no directory behind */
+    if (rc == 0)
+        rc = d->precheck(d->ctx, ex, err, err_len);
     if (rc == 0)
         rc = kv_output_check(ex->output, o->force, err, err_len);
-    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .dense = o->dense };
     if (rc == 0)
-        rc = kv_experiment_replay(ex, b->tokens, &eo, b->res, err, err_len);
+        rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
     if (rc == 0)
         rc = kv_output_prepare(ex->output, o->force, err, err_len);
     if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
+        rc = KV_ERUNTIME;
+    if (rc == 0 && kv_manifest_write(ex->output, ex, b->tokens, o->n_typed, o->typed, err,
+                                     err_len))
         rc = KV_ERUNTIME;
     if (rc == 0 && !o->quiet) {
         if (kv_output_table(stdout, &er, err, err_len))
             rc = KV_ERUNTIME;
         else
             printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex->output);
+                   "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
     }
     if (rc == 0)
         rc = plot_results(ex, o, err, err_len);
@@ -327,13 +364,39 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
 
 int kv_cmd_run(int argc, char **argv)
 {
+    return kv_cmd_run_with(argc, argv, NULL);
+}
+
+int kv_run_load_experiment(int argc, char **argv, kv_experiment *ex, char *err,
+                           size_t err_len)
+{
+    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    int rc = o.sets ? parse_run_args(argc, argv, &o, err, err_len) : KV_ENOMEM;
+    if (!o.sets)
+        snprintf(err, err_len, "out of memory");
+    if (rc == 0)
+        rc = build_experiment(&o, ex, err, err_len);
+    if (rc == 0)
+        rc = check_complete(ex, err, err_len);
+    free(o.sets);
+    return rc;
+}
+
+int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
+{
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = -1, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
+                      .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
-    int rc = o.sets ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
-    if (!o.sets)
+    if (o.typed) {
+        o.typed[o.n_typed++] = "kvsim";
+        for (int i = 0; i < argc; i++)   /* argv[0] is "run" */
+            o.typed[o.n_typed++] = argv[i];
+    }
+    int rc = o.sets && o.typed ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
+    if (!o.sets || !o.typed)
         snprintf(err, sizeof err, "out of memory");
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);
@@ -342,11 +405,12 @@ int kv_cmd_run(int argc, char **argv)
     if (rc == 0)
         rc = buffers_alloc(&b, &ex, err, sizeof err);
     if (rc == 0)
-        rc = run_experiment(&ex, &o, &b, err, sizeof err);
+        rc = run_experiment(&ex, &o, &b, driver ? driver : &in_process, err, sizeof err);
     if (rc > 0)
         fprintf(stderr, "kvsim run: %s\n", err);
     buffers_free(&b, ex.n_traces);
     free(o.sets);
+    free(o.typed);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : kv_exit_status(rc);
 }

@@ -15,4 +15,21 @@ int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
 int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
 int kv_cmd_index(int argc, char **argv);    /* sim/cmd_index.c */
 
+/*
+ * `kvsim run` with its resolve, check and replay steps done by driver (NULL: in this
+ * process, as kv_cmd_run). kvsim-mpi's rank 0 runs it with the MPI driver
+ * (sim/mpi_run.c); the options, messages, output and exit status are kv_cmd_run's.
+ */
+#include "sim/experiment.h"
+int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver);
+
+/*
+ * The experiment `kvsim run` with these arguments would run (the file, then the options
+ * over it), without printing or running anything: what the other ranks of an MPI job
+ * load. Returns 0, -1 after --help (usage printed), or 2 with err set; *ex is the
+ * caller's (kv_experiment_init before, kv_experiment_free after).
+ */
+int kv_run_load_experiment(int argc, char **argv, kv_experiment *ex, char *err,
+                           size_t err_len);
+
 #endif

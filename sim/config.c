@@ -269,9 +269,14 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
         if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
             return fail(s, "[experiment] topk must be yes or no, got '%s'%s%s", value, "", "");
         ex->no_topk = strcmp(value, "no") == 0;
+    } else if (strcmp(key, "style") == 0) {
+        if (strcmp(value, "paper") != 0 && strcmp(value, "screen") != 0)
+            return fail(s, "[experiment] style must be paper or screen, got '%s'%s%s",
+                        value, "", "");
+        snprintf(ex->style, sizeof ex->style, "%s", value);
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed, topk)%s%s", key, "", "");
+                    "seed, topk, style)%s%s", key, "", "");
     return 1;
 }
 

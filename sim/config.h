@@ -14,6 +14,8 @@
  *                                  ; not (no, the default: their columns hold nan; they
  *                                  ; rank every key of every row, so a run needs them off
  *                                  ; to replay sparsely, engine.h)
+ *   style   = paper                ; optional: the figures' style, screen (default) or
+ *                                  ; paper (kvsim plot --style)
  *
  *   [policy morphkv-max]           ; the label used in every output file
  *   type   = morphkv               ; a registered policy (kvsim policies)
@@ -40,6 +42,8 @@ typedef struct {
     unsigned long seed;
     int no_topk;                /* 1 (default, topk = no): the top-k metrics are not
                                    measured; topk = yes or --topk: 0 */
+    int dense;                  /* 1: --dense, never the sparse replay (engine.h) */
+    char style[8];              /* figure style: "screen", "paper", or "" (screen) */
 } kv_experiment;
 
 /* Sets ex to an empty experiment (no policies, no budgets, seed 1). Cannot fail. */

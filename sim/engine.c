@@ -316,6 +316,7 @@ static double now_seconds(void)
 static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_replay_conf *conf)
 {
     int D = res->n_steps, LH = in->n_layers * in->n_heads, T = in->n_tokens;
+    res->info = *in;
     res->n_runs = conf->n_policies * conf->n_budgets;
     res->runs = calloc((size_t)res->n_runs, sizeof *res->runs);
     if (!res->runs)
@@ -356,50 +357,162 @@ void kv_results_free(kv_results *res)
     free(res);
 }
 
-/* The final cached set of cache c, per KV head of layer `layer` (final_sets in
- * engine.h): each of c's query heads counts once for the KV head it belongs to. */
-static void record_final_set(kv_run_result *run, const kv_trace_info *in, int layer,
-                             const replay_cache *rc)
+/* ----------------------------------------------------------- layer parts */
+
+/* The arrays of a part, in buffer order, each padded to 8 bytes. */
+static size_t pad8(size_t n)
 {
+    return (n + 7) & ~(size_t)7;
+}
+
+size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs)
+{
+    size_t R = (size_t)n_runs, D = (size_t)(in->n_tokens - in->prefill_len);
+    size_t H = (size_t)in->n_heads, G = (size_t)in->n_kv_heads, T = (size_t)in->n_tokens;
+    return pad8(R * D * sizeof(kv_step_metrics)) + 2 * pad8(R * H * sizeof(double)) +
+           pad8(R * (D + 1) * sizeof(long long)) + pad8(R * T * sizeof(int)) +
+           pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int));
+}
+
+int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs, int layer,
+                       void *data, int owned)
+{
+    size_t R = (size_t)n_runs, D = (size_t)(in->n_tokens - in->prefill_len);
+    size_t H = (size_t)in->n_heads, T = (size_t)in->n_tokens;
+    memset(part, 0, sizeof *part);
+    part->bytes = kv_layer_part_bytes(in, n_runs);
+    if (!data) {
+        data = calloc(1, part->bytes ? part->bytes : 1);
+        owned = 1;
+        if (!data)
+            return KV_ERUNTIME;
+    }
+    part->layer = layer;
+    part->n_runs = n_runs;
+    part->info = *in;
+    part->data = data;
+    part->owned = owned;
+    char *at = data;
+    part->steps = (kv_step_metrics *)at;
+    at += pad8(R * D * sizeof(kv_step_metrics));
+    part->head_recall_sum = (double *)at;
+    at += pad8(R * H * sizeof(double));
+    part->head_recall_min = (double *)at;
+    at += pad8(R * H * sizeof(double));
+    part->lifetimes = (long long *)at;
+    at += pad8(R * (D + 1) * sizeof(long long));
+    part->retained = (int *)at;
+    at += pad8(R * T * sizeof(int));
+    part->n_cache_units = (int *)at;
+    at += pad8(R * sizeof(int));
+    part->final_sets = (int *)at;
+    return 0;
+}
+
+void kv_layer_part_free(kv_layer_part *part)
+{
+    if (part->owned)
+        free(part->data);
+    memset(part, 0, sizeof *part);
+}
+
+/* Empties part for the next layer: sums to 0, minima to +inf. */
+static void layer_part_reset(kv_layer_part *part, int layer)
+{
+    memset(part->data, 0, part->bytes);
+    part->layer = layer;
+    for (size_t i = 0; i < (size_t)part->n_runs * part->info.n_heads; i++)
+        part->head_recall_min[i] = INFINITY;
+}
+
+/* The final cached set of cache c, per KV head of the layer (final_sets in engine.h):
+ * each of c's query heads counts once for the KV head it belongs to. */
+static void record_final_set(kv_layer_part *part, const replay_cache *rc)
+{
+    const kv_trace_info *in = &part->info;
     const kv_cache *c = &rc->cache;
     int group = in->n_heads / in->n_kv_heads, T = in->n_tokens;
     for (int hh = 0; hh < c->n_heads; hh++) {
         int g = (rc->head_lo + hh) / group;
-        int *row = run->final_sets + ((size_t)layer * in->n_kv_heads + g) * T;
+        int *row = part->final_sets + ((size_t)rc->run * in->n_kv_heads + g) * T;
         for (int i = 0; i < c->n; i++)
             row[c->pos[i]]++;
     }
 }
 
-/* Folds one layer's caches into their runs, in a fixed order (run, then cache), so the
- * sums do not depend on the number of threads. */
-static void reduce_layer(kv_results *res, const replay_cache *caches, int n_caches,
-                         int layer)
+/* Folds one layer's caches into the layer's part, in a fixed order (run, then cache), so
+ * the sums do not depend on the number of threads. */
+static void reduce_layer(kv_layer_part *part, const replay_cache *caches, int n_caches)
 {
+    int D = part->info.n_tokens - part->info.prefill_len, T = part->info.n_tokens;
     for (int ci = 0; ci < n_caches; ci++) {
         const replay_cache *rc = &caches[ci];
         const kv_cache *c = &rc->cache;
-        kv_run_result *run = &res->runs[rc->run];
-        for (int s = 0; s < res->n_steps; s++)
-            kv_metrics_add(&run->steps[s], &rc->steps[s]);
-        for (int s = 0; s <= res->n_steps; s++)
-            run->lifetimes[s] += c->lifetimes[s];
+        kv_step_metrics *steps = part->steps + (size_t)rc->run * D;
+        long long *lifetimes = part->lifetimes + (size_t)rc->run * (D + 1);
+        int *retained = part->retained + (size_t)rc->run * T;
+        for (int s = 0; s < D; s++)
+            kv_metrics_add(&steps[s], &rc->steps[s]);
+        for (int s = 0; s <= D; s++)
+            lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
-            run->retained[c->pos[i]] += c->token_weight;
-        run->n_cache_units += c->token_weight;
-        record_final_set(run, &res->info, layer, rc);
+            retained[c->pos[i]] += c->token_weight;
+        part->n_cache_units[rc->run] += c->token_weight;
+        record_final_set(part, rc);
+    }
+}
+
+void kv_results_add_layer(kv_results *res, const kv_layer_part *part)
+{
+    const kv_trace_info *in = &res->info;
+    int D = res->n_steps, H = in->n_heads, G = in->n_kv_heads, T = in->n_tokens;
+    size_t at = (size_t)part->layer * H;
+    for (int r = 0; r < res->n_runs; r++) {
+        kv_run_result *run = &res->runs[r];
+        const kv_step_metrics *steps = part->steps + (size_t)r * D;
+        const long long *lifetimes = part->lifetimes + (size_t)r * (D + 1);
+        const int *retained = part->retained + (size_t)r * T;
+        for (int s = 0; s < D; s++)
+            kv_metrics_add(&run->steps[s], &steps[s]);
+        for (int s = 0; s <= D; s++)
+            run->lifetimes[s] += lifetimes[s];
+        for (int j = 0; j < T; j++)
+            run->retained[j] += retained[j];
+        run->n_cache_units += part->n_cache_units[r];
+        memcpy(run->head_recall_mean + at, part->head_recall_sum + (size_t)r * H,
+               (size_t)H * sizeof(double));
+        memcpy(run->head_recall_min + at, part->head_recall_min + (size_t)r * H,
+               (size_t)H * sizeof(double));
+        memcpy(run->final_sets + (size_t)part->layer * G * T,
+               part->final_sets + (size_t)r * G * T, (size_t)G * T * sizeof(int));
+    }
+}
+
+void kv_results_finish(kv_results *res)
+{
+    const kv_trace_info *in = &res->info;
+    double units = (double)in->n_layers * in->n_heads;
+    for (int r = 0; r < res->n_runs; r++) {
+        kv_run_result *run = &res->runs[r];
+        for (int s = 0; s < res->n_steps; s++)
+            kv_metrics_finish(&run->steps[s], units);
+        for (int i = 0; i < in->n_layers * in->n_heads; i++)
+            run->head_recall_mean[i] /= res->n_steps;
     }
 }
 
 typedef struct {
     double start, last;
     int enabled, shown;
+    int first, count;     /* the layers of this replay */
     int tty;          /* stderr is a terminal: rewrite one line; else a line every 10 s */
     int sparse;       /* the replay is sparse (said in the line) */
 } progress;
 
-static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
+static void progress_update(progress *pg, int layer, int t, int T)
 {
+    int n_layers = pg->count;
+    layer -= pg->first;
     if (!pg->enabled)
         return;
     double now = now_seconds();
@@ -415,18 +528,19 @@ static void progress_update(progress *pg, int layer, int n_layers, int t, int T)
     fflush(stderr);
 }
 
-/* Creates the caches of every run for one layer. Returns their number, or -1. */
-static int layer_caches(const kv_replay_conf *conf, const kv_results *res, int layer,
-                        const int *identity, replay_cache *caches)
+/* Creates the caches of every run (policy-major: run r is policy r / n_budgets at budget
+ * r % n_budgets) for one layer. Returns their number, or -1. */
+static int layer_caches(const kv_replay_conf *conf, const kv_trace_info *in, int layer,
+                        const int *identity, int sparse, replay_cache *caches)
 {
     int n = 0;
-    for (int r = 0; r < res->n_runs; r++) {
-        const kv_policy_conf *pc = &conf->policies[res->runs[r].policy];
-        int per_layer = kv_caches_per_layer(pc, &res->info);
+    for (int r = 0; r < conf->n_policies * conf->n_budgets; r++) {
+        const kv_policy_conf *pc = &conf->policies[r / conf->n_budgets];
+        int per_layer = kv_caches_per_layer(pc, in);
         for (int i = 0; i < per_layer; i++, n++)
-            if (replay_cache_init(&caches[n], pc, r, res->runs[r].budget, &res->info, layer,
-                                  i, per_layer, cache_seed(conf->seed, r, layer, i),
-                                  identity, res->sparse) != 0)
+            if (replay_cache_init(&caches[n], pc, r, conf->budgets[r % conf->n_budgets], in,
+                                  layer, i, per_layer, cache_seed(conf->seed, r, layer, i),
+                                  identity, sparse) != 0)
                 return -1;
     }
     return n;
@@ -517,8 +631,7 @@ static void load_piece(kv_row_producer *rows, int layer, int piece, kv_failure *
 }
 
 /* Runs one cache through the block: replay steps, or the prescan of lookahead policies. */
-static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *res,
-                    int layer)
+static void consume(replay_cache *rc, const kv_block *b, int mode, kv_layer_part *part)
 {
     if (mode == CONSUME_PRESCAN) {
         if (kv_cache_prescans(&rc->cache))
@@ -528,10 +641,8 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_results *r
             }
         return;
     }
-    int H = b->in->n_heads;
-    kv_run_result *run = &res->runs[rc->run];
-    double *hs = run->head_recall_mean + (size_t)layer * H;
-    double *hm = run->head_recall_min + (size_t)layer * H;
+    size_t at = (size_t)rc->run * b->in->n_heads;
+    double *hs = part->head_recall_sum + at, *hm = part->head_recall_min + at;
     for (int t = b->t0; t < b->t0 + b->block_rows; t++)
         replay_step(rc, b, t, hs, hm);
 }
@@ -606,7 +717,7 @@ typedef struct {
     const kv_trace_info *in;
     int layer, next_layer, mode, fuse;
     replay_cache *caches;
-    kv_results *res;
+    kv_layer_part *part;
     progress *pg;
     kv_failure *f;
     const int *members, *first;   /* cache_tasks */
@@ -623,10 +734,10 @@ static void produce_task(const kv_layer_work *w, int k, int g)
         return;
     kv_block b = block_at(w->s, w->in, t0, k & 1);
     for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
-        consume(&w->caches[w->members[m]], &b, w->mode, w->res, w->layer);
+        consume(&w->caches[w->members[m]], &b, w->mode, w->part);
     if (g == 0) {
         #pragma omp critical(kv_engine_progress)
-        progress_update(w->pg, w->layer, w->in->n_layers, t0 + b.block_rows, w->in->n_tokens);
+        progress_update(w->pg, w->layer, t0 + b.block_rows, w->in->n_tokens);
     }
 }
 
@@ -635,7 +746,7 @@ static void consume_task(const kv_layer_work *w, int k, int ci)
     if (has_failed(w->f))
         return;
     kv_block b = block_at(w->s, w->in, k * w->s->block, k & 1);
-    consume(&w->caches[ci], &b, w->mode, w->res, w->layer);
+    consume(&w->caches[ci], &b, w->mode, w->part);
 }
 
 /*
@@ -662,7 +773,7 @@ static void consume_task(const kv_layer_work *w, int k, int ci)
  * Returns 0, or 1 with err set.
  */
 static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int next_layer,
-                        replay_cache *caches, int n_caches, int mode, kv_results *res,
+                        replay_cache *caches, int n_caches, int mode, kv_layer_part *part,
                         progress *pg, char *err, size_t err_len)
 {
     int T = in->n_tokens, block = s->block, n_blocks = (T + block - 1) / block;
@@ -692,7 +803,7 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
         /* a sparse replay always fuses: a group's caches share its memo (memo_rows) */
         .fuse = mode == CONSUME_STEP && (s->sparse || (n_tasks > 1 && n_tasks >= 2 * n_threads)),
-        .caches = caches, .res = res, .pg = pg, .f = &f, .members = members, .first = first,
+        .caches = caches, .part = part, .pg = pg, .f = &f, .members = members, .first = first,
     };
     #pragma omp parallel
     #pragma omp single
@@ -758,43 +869,44 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     return f.failed ? KV_ERUNTIME : 0;
 }
 
-/* Replays one layer (loaded in s->cur) for every run, loading the next meanwhile. */
-static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_results *res, int layer,
-                        replay_cache *caches, const int *identity, progress *pg,
-                        char *err, size_t err_len)
+/* Replays one layer (loaded in s->cur) for every run into part, loading layer next
+ * (-1: none) meanwhile. */
+static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part *part,
+                        int layer, int next, replay_cache *caches, const int *identity,
+                        progress *pg, char *err, size_t err_len)
 {
-    const kv_trace_info *in = &res->info;
-    int n_caches = layer_caches(conf, res, layer, identity, caches);
+    const kv_trace_info *in = &part->info;
+    int n_caches = layer_caches(conf, in, layer, identity, s->sparse, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return KV_ERUNTIME;
     }
+    layer_part_reset(part, layer);
     int any_prescan = 0;
     for (int ci = 0; ci < n_caches; ci++)
         any_prescan |= kv_cache_prescans(&caches[ci].cache);
-    int next = layer + 1 < in->n_layers ? layer + 1 : -1;
     int rc = any_prescan ? stream_layer(s, in, layer, -1, caches, n_caches, CONSUME_PRESCAN,
-                                        res, pg, err, err_len) : 0;
+                                        part, pg, err, err_len) : 0;
     if (rc == 0)
-        rc = stream_layer(s, in, layer, next, caches, n_caches, CONSUME_STEP, res, pg, err,
+        rc = stream_layer(s, in, layer, next, caches, n_caches, CONSUME_STEP, part, pg, err,
                           err_len);
     for (int ci = 0; rc == 0 && ci < n_caches; ci++)
         if (caches[ci].cache.failed) {
-            const kv_policy_conf *pc = &conf->policies[res->runs[caches[ci].run].policy];
+            const kv_policy_conf *pc = &conf->policies[caches[ci].run / conf->n_budgets];
             snprintf(err, err_len, "internal error: policy '%s' kept more than %d tokens "
                      "at budget %d in layer %d", pc->label, caches[ci].cache.max_held,
                      caches[ci].cache.budget, layer);
             rc = KV_ERUNTIME;
         }
     if (rc == 0)
-        reduce_layer(res, caches, n_caches, layer);
+        reduce_layer(part, caches, n_caches);
     return rc;
 }
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int sparse,
-                       char *err, size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, int topk,
+                       int sparse, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     memset(s, 0, sizeof *s);
@@ -807,7 +919,7 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int topk, int spar
     s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
-    if (in->n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
+    if (n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
     s->n_cum = kv_producer_n_cum(s->cur);
@@ -841,53 +953,68 @@ static void stream_close(kv_stream *s)
     free(s->lse);
 }
 
-int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
-              char *err, size_t err_len)
+/* The checks before any replay: the pairs (2), and a decode step to replay (1). */
+static int replay_check(const kv_trace_info *in, const char *path, const kv_replay_conf *conf,
+                        char *err, size_t err_len)
 {
-    *out = NULL;
     int rc = kv_replay_validate(conf, err, err_len);
     if (rc)
         return rc;
-    const kv_trace_info *in = kv_trace_get_info(tr);
     if (in->prefill_len >= in->n_tokens) {
         snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
-                 "decode step to replay", kv_trace_path(tr), in->prefill_len, in->n_tokens);
+                 "decode step to replay", path, in->prefill_len, in->n_tokens);
+        return KV_ERUNTIME;
+    }
+    return 0;
+}
+
+int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int count,
+                     kv_layer_sink sink, void *ctx, char *err, size_t err_len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    if (rc)
+        return rc;
+    if (first < 0 || count < 1 || first + count > in->n_layers) {
+        snprintf(err, err_len, "layers %d..%d are outside the trace's %d", first,
+                 first + count - 1, in->n_layers);
         return KV_ERUNTIME;
     }
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
-    kv_results *res = calloc(1, sizeof *res);
-    replay_cache *caches = NULL;
-    int *identity = NULL;
-    if (!res)
-        goto nomem;
-    res->info = *in;
-    res->n_steps = in->n_tokens - in->prefill_len;
-    if (results_alloc(res, in, conf) != 0)
-        goto nomem;
-    int n_caches = 0;
+    int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0;
     for (int p = 0; p < conf->n_policies; p++)
         n_caches += kv_caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
-    caches = calloc((size_t)n_caches, sizeof *caches);
-    identity = malloc((size_t)in->n_tokens * sizeof *identity);
-    if (!caches || !identity)
-        goto nomem;
+    replay_cache *caches = calloc((size_t)n_caches, sizeof *caches);
+    int *identity = malloc((size_t)in->n_tokens * sizeof *identity);
+    kv_layer_part part;
+    if (!caches || !identity || kv_layer_part_wrap(&part, in, n_runs, first, NULL, 1)) {
+        snprintf(err, err_len, "out of memory allocating the caches of %d runs", n_runs);
+        free(caches);
+        free(identity);
+        return KV_ERUNTIME;
+    }
     for (int j = 0; j < in->n_tokens; j++)
         identity[j] = j;
     /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
     int blas_threads = kv_blas_single_begin();
     char why[256];
-    res->sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
+    int sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
-                    .tty = isatty(STDERR_FILENO), .sparse = res->sparse };
+                    .tty = isatty(STDERR_FILENO), .first = first, .count = count,
+                    .sparse = sparse };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, !conf->no_topk, res->sparse, err, err_len);
-    for (int l = 0; l < in->n_layers && rc == 0; l++) {
-        if (res->sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
-            rc = 1;
+    rc = stream_open(&stream, tr, block, count, !conf->no_topk, sparse, err, err_len);
+    for (int l = first; l < first + count && rc == 0; l++) {
+        int next = l + 1 < first + count ? l + 1 : -1;
+        if (sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
+            rc = KV_ERUNTIME;
         if (rc == 0)
-            rc = replay_layer(&stream, conf, res, l, caches, identity, &pg, err, err_len);
+            rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &pg, err,
+                              err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
+        if (rc == 0)
+            rc = sink(ctx, &part, err, err_len);
         kv_row_producer *done = stream.cur;   /* the next layer, loaded meanwhile, comes up */
         stream.cur = stream.next;
         stream.next = done;
@@ -896,29 +1023,59 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
     stream_close(&stream);
     kv_blas_threads_restore(blas_threads);
     if (pg.shown)
-        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s (%s)%30s\n", in->n_layers,
-                now_seconds() - pg.start, res->sparse ? "sparse" : "dense", "");
+        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s (%s)%30s\n", count,
+                now_seconds() - pg.start, sparse ? "sparse" : "dense", "");
+    kv_layer_part_free(&part);
     free(caches);
     free(identity);
+    return rc;
+}
+
+int kv_results_new(const kv_trace_info *in, const kv_replay_conf *conf, kv_results **out,
+                   char *err, size_t err_len)
+{
+    *out = NULL;
+    kv_results *res = calloc(1, sizeof *res);
+    if (res)
+        res->n_steps = in->n_tokens - in->prefill_len;
+    if (!res || res->n_steps < 1 || results_alloc(res, in, conf) != 0) {
+        snprintf(err, err_len, res && res->n_steps < 1 ? "the trace has no decode step"
+                                                        : "out of memory allocating the results");
+        kv_results_free(res);
+        return KV_ERUNTIME;
+    }
+    *out = res;
+    return 0;
+}
+
+/* kv_replay's sink: each layer straight into the results, in order. */
+static int add_layer_sink(void *ctx, const kv_layer_part *part, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    kv_results_add_layer(ctx, part);
+    return 0;
+}
+
+int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
+              char *err, size_t err_len)
+{
+    *out = NULL;
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    if (rc)
+        return rc;
+    kv_results *res = NULL;
+    rc = kv_results_new(in, conf, &res, err, err_len);
+    char why[256];
+    if (rc == 0) {
+        res->sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
+        rc = kv_replay_layers(tr, conf, 0, in->n_layers, add_layer_sink, res, err, err_len);
+    }
     if (rc) {
         kv_results_free(res);
         return rc;
     }
-    /* sums -> means: per step over layers and query heads, per head over steps */
-    double units = (double)in->n_layers * in->n_heads;
-    for (int r = 0; r < res->n_runs; r++) {
-        kv_run_result *run = &res->runs[r];
-        for (int s = 0; s < res->n_steps; s++)
-            kv_metrics_finish(&run->steps[s], units);
-        for (int i = 0; i < in->n_layers * in->n_heads; i++)
-            run->head_recall_mean[i] /= res->n_steps;
-    }
+    kv_results_finish(res);
     *out = res;
     return 0;
-nomem:
-    snprintf(err, err_len, "out of memory allocating the results");
-    free(caches);
-    free(identity);
-    kv_results_free(res);
-    return KV_ERUNTIME;
 }

@@ -4,7 +4,8 @@
  *
  * Work is organised per layer: the layer's rows are produced block by block (sim/rows.h),
  * and every cache of every (policy, budget) run - one per (layer, KV head) - steps through
- * the block. Caches are independent, so they run in parallel: one graph of OpenMP tasks
+ * the block by sim/cache.h's step (the replay rules live there; the engine schedules and
+ * folds the metrics by sim/metrics.h's tables). Caches are independent, so they run in parallel: one graph of OpenMP tasks
  * per layer (engine.c, stream_layer) in which producing the next blocks, loading the next
  * layer and stepping the caches overlap, each cache still stepping through its rows in
  * order. Each cache writes only its own buffers and the buffers are reduced in a fixed
@@ -140,6 +141,83 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
  */
 int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
                            size_t why_len);
+
+/*
+ * One layer's contribution to every run of a replay: what the replay of layer `layer`
+ * adds to each kv_run_result, folded over the layer's caches in a fixed order (run, then
+ * cache). A replay is its layers' parts reduced in layer order (kv_results_add_layer),
+ * whoever computed them: kv_replay in one process, or the ranks of an MPI job (sim/
+ * mpi_run.c) that each replay some layers and send their parts to rank 0. The part lives
+ * in one contiguous buffer of kv_layer_part_bytes bytes (data), so it can be sent as is
+ * between processes of the same architecture; the arrays point into it. Shapes, with
+ * R = n_runs, D = decode steps, H = n_heads, G = n_kv_heads, T = n_tokens:
+ */
+typedef struct {
+    int layer;
+    int n_runs;
+    kv_trace_info info;
+    void *data;                 /* the buffer every array below points into */
+    size_t bytes;               /* its size: kv_layer_part_bytes(&info, n_runs) */
+    int owned;                  /* 1: data is freed by kv_layer_part_free */
+    kv_step_metrics *steps;     /* [R * D] the layer's caches summed, per decode step */
+    double *head_recall_sum;    /* [R * H] sum over decode steps of each head's recall */
+    double *head_recall_min;    /* [R * H] */
+    long long *lifetimes;       /* [R * (D + 1)] as kv_run_result.lifetimes */
+    int *retained;              /* [R * T] as kv_run_result.retained, this layer only */
+    int *n_cache_units;         /* [R] as kv_run_result.n_cache_units, this layer only */
+    int *final_sets;            /* [R * G * T] this layer's rows of kv_run_result.final_sets */
+} kv_layer_part;
+
+/* Bytes of a part's buffer for a replay of n_runs runs on a trace of geometry in. Cannot
+ * fail. */
+size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs);
+
+/*
+ * Points part's arrays into data (kv_layer_part_bytes bytes, suitably aligned: from
+ * malloc), for a part received from another process; data stays the caller's unless
+ * owned is 1. When data is NULL, a zeroed buffer is allocated (owned). Returns 0, or
+ * KV_ERUNTIME when out of memory.
+ */
+int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs, int layer,
+                       void *data, int owned);
+
+/* Frees an owned buffer and zeroes part. A zeroed part is ignored. */
+void kv_layer_part_free(kv_layer_part *part);
+
+/*
+ * Receives each replayed layer's part, in the order the layers were replayed; the part
+ * is borrowed for the call (its buffer is reused for the next layer). Returns 0 to go
+ * on, or a status code with err set to stop the replay with it.
+ */
+typedef int (*kv_layer_sink)(void *ctx, const kv_layer_part *part, char *err,
+                             size_t err_len);
+
+/*
+ * Replays layers first .. first + count - 1 of tr under conf (the next layer is read
+ * while one is replayed) and hands each layer's part to sink. Fails as kv_replay does
+ * (2: an invalid pair; 1: I/O, out of memory, no decode step, the sink's code), err
+ * naming the cause; the layers before the failure were handed over.
+ */
+int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int count,
+                     kv_layer_sink sink, void *ctx, char *err, size_t err_len);
+
+/*
+ * Empty results for a replay of conf on a trace of geometry in, to be filled by
+ * kv_results_add_layer for layers 0 .. n_layers - 1 in that order and completed by
+ * kv_results_finish. Returns 0 with *out owned by the caller, or KV_ERUNTIME when out of
+ * memory (or P = T), err set.
+ */
+int kv_results_new(const kv_trace_info *in, const kv_replay_conf *conf, kv_results **out,
+                   char *err, size_t err_len);
+
+/* Folds part (layer part->layer) into res. Layers must come in order 0, 1, ...: the
+ * per-step sums are floating point, and this order is what makes every way of running
+ * a replay give the same bits. Cannot fail. */
+void kv_results_add_layer(kv_results *res, const kv_layer_part *part);
+
+/* After the last layer: sums to means (per step over layers and query heads, per head
+ * over decode steps). Cannot fail. */
+void kv_results_finish(kv_results *res);
 
 /*
  * Replays tr under conf. On success *out owns the results (free with kv_results_free)

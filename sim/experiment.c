@@ -18,6 +18,17 @@ const char *kv_trace_display_name(const char *path)
     return slash ? slash + 1 : path;
 }
 
+int kv_experiment_resolve_entry(const kv_experiment *ex, int k, const kv_trace_info *info,
+                                int p, int b, int *tokens, char *err, size_t err_len)
+{
+    char why[768];
+    int rc = kv_budget_resolve(&ex->budgets[b], &ex->policies[p], info, tokens, why,
+                               sizeof why);
+    if (rc)
+        snprintf(err, err_len, "%s: %s", kv_trace_display_name(ex->traces[k]), why);
+    return rc;
+}
+
 /* Step 1. */
 int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *err,
                                   size_t err_len)
@@ -30,116 +41,156 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
         kv_trace_close(tr);
         for (int p = 0; p < ex->n_policies; p++)
             for (int b = 0; b < ex->n_budgets; b++) {
-                char why[768];
                 int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
-                int rc = kv_budget_resolve(&ex->budgets[b], &ex->policies[p], &info, t, why,
-                                           sizeof why);
-                if (rc) {
-                    snprintf(err, err_len, "%s: %s", kv_trace_display_name(ex->traces[k]), why);
+                int rc = kv_experiment_resolve_entry(ex, k, &info, p, b, t, err, err_len);
+                if (rc)
                     return rc;
-                }
             }
     }
     return 0;
 }
 
-/* Step 3: moves the runs of part (policies idx[0..n) of the experiment, at the same budgets)
- * into merged, where policy idx[i]'s runs sit at idx[i] * n_budgets + b; frees part. */
-static void merge_runs(kv_results *merged, kv_results *part, const int *idx, int n,
-                       int n_budgets)
+/* Step 2. */
+int kv_experiment_plan(const kv_experiment *ex, const int *tokens, kv_replay_plan *plan,
+                       char *err, size_t err_len)
 {
-    merged->info = part->info;
-    merged->n_steps = part->n_steps;
-    for (int i = 0; i < n; i++)
-        for (int b = 0; b < n_budgets; b++) {
-            kv_run_result *dst = &merged->runs[idx[i] * n_budgets + b];
-            *dst = part->runs[i * n_budgets + b];
-            dst->policy = idx[i];
+    int np = ex->n_policies, nb = ex->n_budgets;
+    size_t n = (size_t)ex->n_traces * np;
+    memset(plan, 0, sizeof *plan);
+    plan->groups = malloc((n ? n : 1) * sizeof *plan->groups);
+    plan->indices = malloc((n ? n : 1) * sizeof *plan->indices);
+    unsigned char *done = calloc(np ? (size_t)np : 1, 1);
+    if (!plan->groups || !plan->indices || !done) {
+        free(done);
+        kv_replay_plan_free(plan);
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    int at = 0;
+    for (int k = 0; k < ex->n_traces; k++) {
+        const int *tok = tokens + (size_t)k * np * nb;
+        memset(done, 0, (size_t)np);
+        for (int p = 0; p < np; p++) {
+            if (done[p])
+                continue;
+            kv_replay_group *g = &plan->groups[plan->n_groups++];
+            g->trace = k;
+            g->policies = plan->indices + at;
+            g->budgets = tok + (size_t)p * nb;
+            g->n_policies = 0;
+            for (int q = p; q < np; q++)
+                if (!done[q] && memcmp(tok + (size_t)q * nb, g->budgets,
+                                       (size_t)nb * sizeof *tok) == 0) {
+                    done[q] = 1;
+                    plan->indices[at++] = q;
+                    g->n_policies++;
+                }
+        }
+    }
+    free(done);
+    return 0;
+}
+
+void kv_replay_plan_free(kv_replay_plan *plan)
+{
+    free(plan->groups);
+    free(plan->indices);
+    memset(plan, 0, sizeof *plan);
+}
+
+void kv_experiment_group_conf(const kv_experiment *ex, const kv_replay_group *g,
+                              const kv_experiment_opts *opts, kv_policy_conf *policies,
+                              kv_replay_conf *conf)
+{
+    for (int i = 0; i < g->n_policies; i++)
+        policies[i] = ex->policies[g->policies[i]];
+    kv_replay_conf c = {
+        .policies = policies, .n_policies = g->n_policies, .budgets = g->budgets,
+        .n_budgets = ex->n_budgets, .block = opts->block, .progress = opts->progress,
+        .seed = ex->seed, .no_topk = ex->no_topk, .dense = ex->dense || opts->dense,
+    };
+    *conf = c;
+}
+
+/* Step 3. */
+int kv_experiment_merge(const kv_experiment *ex, const kv_replay_group *g, kv_results *part,
+                        kv_results **merged, char *err, size_t err_len)
+{
+    int nb = ex->n_budgets;
+    if (!*merged) {
+        kv_results *m = calloc(1, sizeof *m);
+        if (m && !(m->runs = calloc((size_t)ex->n_policies * nb, sizeof *m->runs))) {
+            free(m);
+            m = NULL;
+        }
+        if (!m) {
+            kv_results_free(part);
+            snprintf(err, err_len, "out of memory");
+            return KV_ENOMEM;
+        }
+        m->n_runs = ex->n_policies * nb;
+        *merged = m;
+    }
+    kv_results *m = *merged;
+    m->info = part->info;
+    m->n_steps = part->n_steps;
+    for (int i = 0; i < g->n_policies; i++)
+        for (int b = 0; b < nb; b++) {
+            kv_run_result *dst = &m->runs[g->policies[i] * nb + b];
+            *dst = part->runs[i * nb + b];
+            dst->policy = g->policies[i];
         }
     part->n_runs = 0;          /* the arrays now belong to merged */
     kv_results_free(part);
-}
-
-/*
- * Steps 2-3 for trace k. Policies whose budgets resolved to the same tokens share one replay
- * (one pass over the rows); byte budgets can differ between policies, so there may be
- * several. *out gets every run, policy-major, as kv_experiment_results expects.
- */
-static int replay_trace(const kv_experiment *ex, int k, const int *tokens,
-                        const kv_experiment_opts *o, kv_results **out, char *err,
-                        size_t err_len)
-{
-    int np = ex->n_policies, n_budgets = ex->n_budgets;
-    const int *tok = tokens + (size_t)k * np * n_budgets;
-    kv_results *merged = calloc(1, sizeof *merged);
-    int *idx = malloc((size_t)np * sizeof *idx), *done = calloc((size_t)np, sizeof *done);
-    kv_policy_conf *group = malloc((size_t)np * sizeof *group);
-    kv_trace *tr = NULL;
-    if (merged)
-        merged->runs = calloc((size_t)np * n_budgets, sizeof *merged->runs);
-    if (!merged || !merged->runs || !idx || !done || !group) {
-        snprintf(err, err_len, "out of memory");
-        goto fail;
-    }
-    merged->n_runs = np * n_budgets;
-    if (kv_trace_open(ex->traces[k], &tr, err, err_len))
-        goto fail;
-    kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: traces/validate.h */
-    for (int p = 0; p < np; p++) {
-        if (done[p])
-            continue;
-        int n = 0;
-        for (int q = p; q < np; q++)
-            if (!done[q] && memcmp(tok + q * n_budgets, tok + p * n_budgets,
-                                   (size_t)n_budgets * sizeof *tok) == 0) {
-                done[q] = 1;
-                group[n] = ex->policies[q];
-                idx[n++] = q;
-            }
-        kv_replay_conf conf = {
-            .policies = group, .n_policies = n, .budgets = tok + p * n_budgets,
-            .n_budgets = n_budgets,
-            .block = o->block, .progress = o->progress, .seed = ex->seed,
-            .no_topk = ex->no_topk, .dense = o->dense,
-        };
-        char why[256];
-        if (o->progress && kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why,
-                                                  sizeof why) == 0)
-            fprintf(stderr, "kvsim: %s: sparse replay from the stored log-normalisers "
-                    "(--dense for the full rows)\n", kv_trace_display_name(ex->traces[k]));
-        kv_results *part = NULL;
-        int rc = kv_replay(tr, &conf, &part, err, err_len);
-        if (rc) {
-            kv_trace_close(tr);
-            kv_results_free(merged);
-            free(idx), free(done), free(group);
-            return rc;
-        }
-        merge_runs(merged, part, idx, n, n_budgets);
-    }
-    kv_trace_close(tr);
-    free(idx), free(done), free(group);
-    *out = merged;
     return 0;
-fail:
-    kv_trace_close(tr);
-    kv_results_free(merged);
-    free(idx), free(done), free(group);
-    return KV_ERUNTIME;
 }
 
+/* Steps 2-3 for every trace, group by group in the plan's order. */
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
                          const kv_experiment_opts *opts, kv_results **res, char *err,
                          size_t err_len)
 {
     for (int k = 0; k < ex->n_traces; k++)
         res[k] = NULL;
-    for (int k = 0; k < ex->n_traces; k++) {
-        if (opts->progress && ex->n_traces > 1)
-            fprintf(stderr, "kvsim: trace %d/%d: %s\n", k + 1, ex->n_traces, ex->traces[k]);
-        int rc = replay_trace(ex, k, tokens, opts, &res[k], err, err_len);
-        if (rc)
-            return rc;
+    kv_replay_plan plan;
+    int rc = kv_experiment_plan(ex, tokens, &plan, err, err_len);
+    kv_policy_conf *group = malloc((ex->n_policies ? (size_t)ex->n_policies : 1) *
+                                   sizeof *group);
+    if (rc == 0 && !group) {
+        snprintf(err, err_len, "out of memory");
+        rc = KV_ENOMEM;
     }
-    return 0;
+    kv_trace *tr = NULL;
+    for (int i = 0; rc == 0 && i < plan.n_groups; i++) {
+        const kv_replay_group *g = &plan.groups[i];
+        if (!tr) {
+            if (opts->progress && ex->n_traces > 1)
+                fprintf(stderr, "kvsim: trace %d/%d: %s\n", g->trace + 1, ex->n_traces,
+                        ex->traces[g->trace]);
+            if (kv_trace_open(ex->traces[g->trace], &tr, err, err_len)) {
+                rc = KV_ERUNTIME;
+                break;
+            }
+            kv_trace_set_read_checks(tr, 1);   /* attn rows checked as read: validate.h */
+        }
+        kv_replay_conf conf;
+        kv_experiment_group_conf(ex, g, opts, group, &conf);
+        char why[256];
+        if (opts->progress && !kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why,
+                                                      sizeof why))
+            fprintf(stderr, "kvsim: %s: sparse replay from the stored log-normalisers "
+                    "(--dense for the full rows)\n", kv_trace_display_name(ex->traces[g->trace]));
+        kv_results *part = NULL;
+        rc = kv_replay(tr, &conf, &part, err, err_len);
+        if (rc == 0)
+            rc = kv_experiment_merge(ex, g, part, &res[g->trace], err, err_len);
+        if (i + 1 == plan.n_groups || plan.groups[i + 1].trace != g->trace) {
+            kv_trace_close(tr);
+            tr = NULL;
+        }
+    }
+    kv_trace_close(tr);
+    free(group);
+    kv_replay_plan_free(&plan);
+    return rc;
 }

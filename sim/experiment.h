@@ -38,6 +38,70 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
                                   size_t err_len);
 
 /*
+ * Step 1 for one entry: budget spec b resolved for policy p on trace k of geometry info
+ * (read from the trace's header by the caller) into *tokens. Returns as
+ * kv_experiment_resolve_budgets, err prefixed by the trace's name.
+ */
+int kv_experiment_resolve_entry(const kv_experiment *ex, int k, const kv_trace_info *info,
+                                int p, int b, int *tokens, char *err, size_t err_len);
+
+/*
+ * Step 2 as data: one replay of trace `trace` for the policies whose budgets resolved to
+ * the same tokens. Groups are listed trace by trace, and within a trace by their first
+ * policy; kv_experiment_replay runs them in that order.
+ */
+typedef struct {
+    int trace;
+    int n_policies;
+    const int *policies;   /* [n_policies] indices into ex->policies, ascending */
+    const int *budgets;    /* [ex->n_budgets] tokens, borrowed from the tokens array */
+} kv_replay_group;
+
+typedef struct {
+    int n_groups;
+    kv_replay_group *groups;   /* [n_groups], owned */
+    int *indices;              /* what the groups' policies point into, owned */
+} kv_replay_plan;
+
+/* Groups every trace's policies (step 2) from tokens (kv_experiment_resolve_budgets).
+ * Returns 0, or KV_ENOMEM with err set. */
+int kv_experiment_plan(const kv_experiment *ex, const int *tokens, kv_replay_plan *plan,
+                       char *err, size_t err_len);
+
+void kv_replay_plan_free(kv_replay_plan *plan);
+
+/* The engine's conf of one group: policies ([g->n_policies], filled) must outlive conf.
+ * Cannot fail. */
+void kv_experiment_group_conf(const kv_experiment *ex, const kv_replay_group *g,
+                              const kv_experiment_opts *opts, kv_policy_conf *policies,
+                              kv_replay_conf *conf);
+
+/*
+ * Step 3 for one group: moves part's runs (the group's replay, freed here) into *merged
+ * (trace g->trace's results, allocated at the first group), where policy p's runs sit at
+ * p * n_budgets + b. Returns 0, or KV_ENOMEM with err set (part freed).
+ */
+int kv_experiment_merge(const kv_experiment *ex, const kv_replay_group *g, kv_results *part,
+                        kv_results **merged, char *err, size_t err_len);
+
+/*
+ * How `kvsim run` resolves, checks and replays an experiment (sim/cmd_run.c): in this
+ * process (NULL driver: kv_experiment_resolve_budgets, kv_trace_precheck of every trace,
+ * kv_experiment_replay) or spread over the ranks of an MPI job (sim/mpi_run.c). Each
+ * slot returns what the in-process step returns, with the same messages.
+ */
+typedef struct {
+    int (*resolve_budgets)(void *ctx, const kv_experiment *ex,
+                           const kv_experiment_opts *opts, int *tokens, char *err,
+                           size_t err_len);
+    int (*precheck)(void *ctx, const kv_experiment *ex, char *err, size_t err_len);
+    int (*replay)(void *ctx, const kv_experiment *ex, const int *tokens,
+                  const kv_experiment_opts *opts, kv_results **res, char *err,
+                  size_t err_len);
+    void *ctx;
+} kv_experiment_driver;
+
+/*
  * Steps 2-3 for every trace: res[k] (res: [n_traces], set to NULL first) gets trace k's
  * runs, policy-major, budgets from tokens (kv_experiment_resolve_budgets). Returns 0, or
  * the engine's code (KV_ERUNTIME, KV_EUSAGE for an invalid pair) with err set; the res[k] already
