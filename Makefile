@@ -130,10 +130,12 @@ figures: run
 clean:
 	rm -rf $(BUILD) kvsim kvsim-mpi
 
-# `make bench`: the performance workloads against their floors (tests/bench.c; it is
-# not a test_*.c, so `make check` does not run it). Traces are generated once into
-# build/bench/ and kept; every job runs BENCH_REPEAT times (round robin) and the median
-# run is reported with the range; results in build/bench/results.tsv.
+# `make bench`: the replay's workloads against their floors on one thread, in CPU time
+# beside wall time, with the CPU named (tests/bench.c; it is not a test_*.c, so `make
+# check` does not run it), the NumPy peer tests/bench_numpy_replay.py run by
+# /usr/bin/python3. Traces are generated (and indexed) once into build/bench/ and kept;
+# every job runs BENCH_REPEAT times (round robin) and the median run is reported with the
+# range; results in build/bench/results.tsv.
 BENCH_REPEAT ?= 3
 bench: models $(BUILD)/bench/bench
 	$(BUILD)/bench/bench --repeat $(BENCH_REPEAT) $(BUILD)/bench

@@ -13,6 +13,7 @@
  * Steps 1-2 are kv_cache_query, step 3 kv_cache_update.
  */
 #include "sim/cache.h"
+#include "sim/rows.h"
 #include "sim/simd.h"
 
 #include <math.h>
@@ -234,6 +235,78 @@ static double gather_row(const float *p, const int *pos, int n, double *w)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+/* p[a..b] in double, one after the other. */
+static double plain_sum(const float *p, int a, int b)
+{
+    double s = 0.0;
+    for (int j = a; j <= b; j++)
+        s += p[j];
+    return s;
+}
+
+/* sum of p[a..b] from the row's span sums (kv_row_span_sums): the partial spans at the
+ * ends position by position, the complete spans between them by their sums. */
+static double range_sum(const float *p, const double *span, int a, int b)
+{
+    int sa = a / KV_ROW_SPAN, sb = b / KV_ROW_SPAN;
+    if (sa == sb)
+        return plain_sum(p, a, b);
+    double sum = plain_sum(p, a, (sa + 1) * KV_ROW_SPAN - 1);
+    for (int s = sa + 1; s < sb; s++)
+        sum += span[s];
+    return sum + plain_sum(p, sb * KV_ROW_SPAN, b);
+}
+
+/* The last index e >= i of the run of consecutive positions starting at pos[i]
+ * (pos[e] - e == pos[i] - i: pos is strictly increasing, so pos[m] - m never decreases
+ * and the run is a prefix of what follows), by galloping then bisecting: O(log run). */
+static int run_end(const int *pos, int n, int i)
+{
+    int d = pos[i] - i, lo = i, step = 1;
+    while (lo + step < n && pos[lo + step] - (lo + step) == d) {
+        lo += step;
+        step *= 2;
+    }
+    int hi = lo + step < n ? lo + step : n;   /* pos[hi] is past the run, or hi = n */
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        if (pos[mid] - mid == d)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Runs of consecutive positions in pos[0..n) beyond which the span sums do not pay: a
+ * set that scattered is summed position by position (gather_row). */
+#define RANGE_MAX_RUNS 64
+
+/*
+ * The recall of A_t = pos[0..n) (ascending; NULL: 0..n-1) on row p from its span sums,
+ * run by run (full, window, streamingllm's sinks and tail, snapkv's decode tail: one or
+ * two runs of any length, at the cost of their ends); -1 when A_t has more than
+ * RANGE_MAX_RUNS runs. Rounds differently from gather_row (other partial sums), by at
+ * most a few ulps of the recall.
+ */
+static double range_recall(const float *p, const double *cum, const int *pos, int n)
+{
+    if (!pos)
+        return range_sum(p, cum, 0, n - 1);
+    int runs = 0;
+    for (int i = 0; i < n && runs <= RANGE_MAX_RUNS; i = run_end(pos, n, i) + 1)
+        runs++;
+    if (runs > RANGE_MAX_RUNS)
+        return -1.0;
+    double sum = 0.0;
+    for (int i = 0; i < n;) {
+        int e = run_end(pos, n, i);
+        sum += range_sum(p, cum, pos[i], pos[e]);
+        i = e + 1;
+    }
+    return sum;
+}
+
 /* w[0..n) *= inv (rule 2's renormalisation), vectorised; one product per lane, so every
  * clone gives the same bits. */
 static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
@@ -287,7 +360,7 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
     c->entered[t] = t;
     int n = c->n;
     /* n distinct positions <= t: all of 0..t exactly when n = t+1 (prefill, `full`) */
-    const int *pos = n == t + 1 ? NULL : c->pos;
+    const int *pos = n == t + 1 || full->by_slot ? NULL : c->pos;
     /* the row is built only for a policy that will read it */
     c->reads = c->ops->reads_row == NULL || c->ops->reads_row(c->state, t);
     double recall_sum = 0.0, top1 = 0.0, top8 = 0.0, out_err = 0.0;
@@ -299,7 +372,12 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
                 gather_row(p, pos, n, w);
             continue;
         }
-        double recall = gather_row(p, pos, n, c->reads ? w : NULL);
+        /* a policy that does not read the row needs only its sum over A_t */
+        double recall = !c->reads && full->cum
+                        ? range_recall(p, full->cum + (size_t)hh * full->cum_stride, pos, n)
+                        : -1.0;
+        if (recall < 0.0)
+            recall = gather_row(p, pos, n, c->reads ? w : NULL);
         /* rule 6: a zero denominator gives an all-zero observed row */
         if (c->reads)
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);

@@ -84,6 +84,14 @@ typedef struct {
     int head_lo;            /* the cache's first query head within its layer */
     int heads_per_v;        /* query heads per KV head (the model's GQA group) */
     int head_dim;
+    const double *cum;      /* NULL, or each row's span sums (kv_row_span_sums, rows.h)
+                               at cum + h * cum_stride: recall over runs of consecutive
+                               positions then costs their ends, not their length */
+    size_t cum_stride;
+    int by_slot;            /* 1 (kv_cache_query of a decode step only): p holds the
+                               weights of A_t alone, in its order - p[i] for c->pos[i],
+                               i < c->n, then t - not indexed by position (the sparse
+                               replay computes no other) */
 } kv_group_rows;
 
 /*

@@ -14,6 +14,7 @@
 
 #include "sim/commands.h"
 #include "sim/publish.h"
+#include "sim/index.h"
 #include "traces/capture.h"
 #include "traces/status.h"
 
@@ -33,7 +34,9 @@ static void print_help(FILE *f)
 "attention as a kvtrace v1 file (source qk): per layer the post-rotary queries\n"
 "/layers/<l>/q [n_heads, T, head_dim], keys /layers/<l>/k [n_kv_heads, T, head_dim] and\n"
 "values /layers/<l>/v, stored as float32, plus /tokens and the sampling settings and the\n"
-"checkpoint's sha256 as root attributes.\n"
+"checkpoint's sha256 as root attributes; then indexes it as `kvsim index` does (each\n"
+"row's log-normaliser /layers/<l>/lse and full-cache output /layers/<l>/o_full, from the\n"
+"stored q, k and v), so it replays sparsely at once.\n"
 "\n"
 "Positions 0..T-1 hold BOS (id 1), then the prompt (--prompt TEXT or --prompt-ids), then\n"
 "the model's own tokens; a BOS the model emits starts a new story and generation goes on\n"
@@ -305,6 +308,10 @@ int kv_cmd_capture(int argc, char **argv)
     if (rc == 0) {
         a.o.out_path = out.tmp;
         rc = kv_capture(&a.o, &res, err, sizeof err);
+        /* a qk trace is indexed before it replaces the target, so it replays sparsely at
+         * once (index.h) */
+        if (rc == 0 && !a.o.with_attn)
+            rc = kv_index_trace(out.tmp, 0, err, sizeof err);
         a.o.out_path = target;
         if (rc)
             kv_out_file_abort(&out, err, sizeof err);
@@ -319,7 +326,8 @@ int kv_cmd_capture(int argc, char **argv)
     fprintf(stderr, "capture: wrote %s: %d positions (prompt %d)%s, %s%s, %.2f s\n",
             a.o.out_path, res.n_tokens, res.prefill_len,
             res.stopped_at_bos ? ", stopped before the model's BOS" : "",
-            a.o.with_attn ? "qk + attn" : "qk", a.o.store_f16 ? " float16" : "",
+            a.o.with_attn ? "qk + attn" : "qk + index (lse, o_full)",
+            a.o.store_f16 ? " float16" : "",
             now_s() - start);
     return 0;
 }

@@ -58,6 +58,15 @@ static void run_usage(FILE *f)
 "      --dump-sets DIR     with --model: write every closed-loop step's A_t to\n"
 "                          DIR/TRACE.sets (for tests/ref_closedloop.py's check)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
+"      --topk              measure the top-k recall metrics (topk = yes); without it\n"
+"                          (or with --no-topk) their columns hold nan: they rank\n"
+"                          every key of every row, which costs a pass over each row\n"
+"                          and rules out the sparse replay\n"
+"      --dense             replay the full rows of every step even when the trace\n"
+"                          stores its log-normalisers (kvsim index); by default a qk\n"
+"                          trace that has them is replayed sparsely when no policy\n"
+"                          reads whole rows (oracle, lookahead), without --topk and\n"
+"                          without v (the output error reads whole rows)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
@@ -103,7 +112,8 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 }
 
 typedef struct {
-    int force, quiet, block, no_plot;
+    int force, quiet, block, no_plot, dense;
+    int topk;            /* -1: the experiment's; 1: --topk; 0: --no-topk */
     const char *seed;    /* NULL: keep the experiment's */
     const char *policies, *budgets, *trace, *output, *config, *model, *dump_sets;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
@@ -116,7 +126,8 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_DUMP_SETS };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_DUMP_SETS, OPT_TOPK, OPT_NO_TOPK,
+           OPT_DENSE };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -126,6 +137,8 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
         { "model", required_argument, 0, 'm' },
         { "dump-sets", required_argument, 0, OPT_DUMP_SETS },
+        { "topk", no_argument, 0, OPT_TOPK },       { "no-topk", no_argument, 0, OPT_NO_TOPK },
+        { "dense", no_argument, 0, OPT_DENSE },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -145,6 +158,9 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
+        case OPT_TOPK: o->topk = 1; break;
+        case OPT_NO_TOPK: o->topk = 0; break;
+        case OPT_DENSE: o->dense = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
         case OPT_SEED: o->seed = optarg; break;   /* checked by kv_experiment_set_seed */
         case OPT_BLOCK:
@@ -195,6 +211,9 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         size_t n = strlen(err);
         snprintf(err + n, err_len - n, " (--seed)");
     }
+    if (o->topk >= 0)
+        ex->no_topk = !o->topk;
+    ex->dense = o->dense;
     return rc;
 }
 
@@ -336,8 +355,8 @@ static void buffers_free(run_buffers *b, int n_traces)
     free(b->specs);
 }
 
-/* The in-process driver's check: every trace's structure and q/k/v values, before any
- * replay (traces/validate.h). */
+/* The in-process driver's check: every trace's structure and v values, before any
+ * replay; q, k and attn rows are checked as the replay reads them (traces/validate.h). */
 static int precheck_here(void *ctx, const kv_experiment *ex, char *err, size_t err_len)
 {
     (void)ctx;
@@ -462,7 +481,7 @@ static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_
 static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
                           const kv_experiment_driver *d, char *err, size_t err_len)
 {
-    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet };
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .dense = o->dense };
     int rc = d->resolve_budgets(d->ctx, ex, &eo, b->tokens, err, err_len);
     kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
                             .n_budgets = ex->n_budgets };
@@ -472,8 +491,8 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
                                  .tokens = (const char *const *const *)b->cells };
     if (rc == 0)
         rc = d->precheck(d->ctx, ex, err, err_len);
-    /* the output directory, locked; the new set (TSVs, manifest, figures) is built beside
-     * it and switched in whole (sim/publish.h) */
+    /* the new set (TSVs, manifest, figures) is built beside the output directory and
+     * switched in whole (sim/publish.h) */
     static kv_result_set rs;
     rs.dir_fd = rs.staging_fd = -1;
     run_models rm = { 0 };
@@ -490,13 +509,18 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     }
     eo.models = rm.n_models ? rm.of_trace : NULL;
     eo.dump_sets = o->dump_sets;
+    /* the output directory is checked before the replay and created, locked, only once
+     * every replay succeeded: q, k and attn rows are checked as the replay reads them
+     * (traces/validate.h), so a bad value leaves no directory behind */
     if (rc == 0)
-        rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
+        rc = kv_output_check(ex->output, o->force, err, err_len);
     for (int k = 0; rc == 0 && k < ex->n_traces; k++)
         rc = token_cells(ex->traces[k], &b->cells[k], err, err_len);
     if (rc == 0)
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
     models_free(&rm);
+    if (rc == 0)
+        rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
     if (rc == 0 && kv_output_write(rs.staging, &er, err, err_len))
         rc = KV_ERUNTIME;
     if (rc == 0 && kv_manifest_write(rs.staging, ex, b->tokens, o->n_typed, o->typed, err,
@@ -520,7 +544,7 @@ int kv_cmd_run(int argc, char **argv)
 int kv_run_load_experiment(int argc, char **argv, kv_experiment *ex, char *err,
                            size_t err_len)
 {
-    run_options o = { .seed = NULL, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = NULL, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
     int rc = o.sets ? parse_run_args(argc, argv, &o, err, err_len) : KV_ENOMEM;
     if (!o.sets)
         snprintf(err, err_len, "out of memory");
@@ -537,7 +561,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = NULL, .sets = malloc((size_t)argc * sizeof *o.sets),
+    run_options o = { .seed = NULL, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
                       .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
     if (o.typed) {

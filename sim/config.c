@@ -17,6 +17,7 @@ void kv_experiment_init(kv_experiment *ex)
 {
     memset(ex, 0, sizeof *ex);
     ex->seed = 1;
+    ex->no_topk = 1;   /* the top-k metrics only when asked (topk = yes, --topk) */
 }
 
 static void free_paths(char **paths, int n)
@@ -362,6 +363,10 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
     } else if (strcmp(key, "seed") == 0) {
         if (kv_experiment_set_seed(ex, value, why, sizeof why))
             return fail(s, "[experiment] %s%s%s", why, "", "");
+    } else if (strcmp(key, "topk") == 0) {
+        if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+            return fail(s, "[experiment] topk must be yes or no, got '%s'%s%s", value, "", "");
+        ex->no_topk = strcmp(value, "no") == 0;
     } else if (strcmp(key, "style") == 0) {
         if (strcmp(value, "paper") != 0 && strcmp(value, "screen") != 0)
             return fail(s, "[experiment] style must be paper or screen, got '%s'%s%s",
@@ -369,7 +374,7 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
         snprintf(ex->style, sizeof ex->style, "%s", value);
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed, style, model)%s%s", key, "", "");
+                    "seed, topk, style, model)%s%s", key, "", "");
     return 1;
 }
 

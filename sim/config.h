@@ -11,9 +11,13 @@
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
- *   model   = ../shared/models/stories260K.bin  ; optional, one or more: also run
+ *   model   = stories260K.bin          ; optional, one or more: also run
  *                                  ; every trace closed-loop with the checkpoint it was
  *                                  ; captured from (sim/closedloop.h)
+ *   topk    = yes                  ; optional: measure the top-k recall metrics (yes) or
+ *                                  ; not (no, the default: their columns hold nan; they
+ *                                  ; rank every key of every row, so a run needs them off
+ *                                  ; to replay sparsely, engine.h)
  *   style   = paper                ; optional: the figures' style, screen (default) or
  *                                  ; paper (kvsim plot --style)
  *
@@ -44,6 +48,9 @@ typedef struct {
     kv_policy_conf *policies;   /* owned */
     int n_policies;
     unsigned long seed;
+    int no_topk;                /* 1 (default, topk = no): the top-k metrics are not
+                                   measured; topk = yes or --topk: 0 */
+    int dense;                  /* 1: --dense, never the sparse replay (engine.h) */
     char style[8];              /* figure style: "screen", "paper", or "" (screen) */
 } kv_experiment;
 

@@ -40,17 +40,30 @@ typedef struct {
      * (joint = their number, with the joint they share); the others have joint = -1 */
     int joint;
     kv_joint *jscratch;
+    float *sparse;           /* sparse replay: [n_heads * (T + 1)] this step's weights of
+                                A_t, by slot (kv_group_rows.by_slot) */
+    int *missing;            /* sparse replay: [T + 1] positions memo_rows computes */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j] */
+    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j]; NULL for a
+                             sparse block (its caches compute their own weights) */
+    const kv_row_producer *src;   /* the layer's q and k (sparse blocks) */
+    const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
+    float *memo;          /* sparse blocks: the block's row buffer, holding p_t[j] for the
+                             positions some cache of the group asked for (rows.h layout) */
+    uint64_t *seen;       /* [n_kv_heads * block_rows * words]: bit j of (g, t): memo holds p_t[j]
+                             for the heads of KV head g */
+    size_t words;         /* 64-bit words per bit row: T / 64 + 1 */
     size_t row_stride;            /* row stride (kv_producer_row_stride) */
     const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
     const float *o_full;  /* [n_heads * block_rows * head_dim] full-cache outputs
                              (kv_producer_outputs), NULL when the trace has no v */
     const float *v;       /* the layer's values (kv_producer_v) */
+    const double *cum;    /* [n_heads * block_rows * n_cum] span sums of each decode row */
+    size_t n_cum;
     int t0, block_rows;
 } kv_block;
 
@@ -226,6 +239,37 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
     return 0;
 }
 
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len)
+{
+    if (conf->dense)
+        snprintf(why, why_len, "the dense replay was asked for");
+    else if (in->source != KV_SOURCE_QK)
+        snprintf(why, why_len, "an attn trace stores its rows");
+    else if (!in->has_lse)
+        snprintf(why, why_len, "the trace stores no log-normalisers (kvsim index)");
+    else if (!conf->no_topk)
+        snprintf(why, why_len, "the top-k metrics rank every key of a row");
+    else if (in->has_v && !conf->no_out_err)
+        snprintf(why, why_len, "the output error reads every weight of a row (the trace has v)");
+    else {
+        for (int p = 0; p < conf->n_policies; p++) {
+            const kv_policy_conf *pc = &conf->policies[p];
+            if (pc->ops->prescan || pc->ops->preselect) {
+                snprintf(why, why_len, "policy '%s' reads whole rows", pc->label);
+                return 1;
+            }
+            if (kv_select_composed(&pc->select)) {   /* not checked on sparse rows */
+                snprintf(why, why_len, "policy '%s' selects by alloc = ada, chunk or "
+                         "value_weight", pc->label);
+                return 1;
+            }
+        }
+        return 0;
+    }
+    return 1;
+}
+
 double kv_tokens_to_bytes(const kv_trace_info *info, long long kv_tokens)
 {
     return (double)kv_tokens * 2.0 * info->head_dim * info->dtype_bytes;
@@ -247,6 +291,8 @@ static void replay_cache_free(replay_cache *rc)
     kv_cache_free(&rc->cache);
     kv_joint_free(rc->jscratch);
     free(rc->steps);
+    free(rc->sparse);
+    free(rc->missing);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -271,7 +317,8 @@ typedef struct {
 
 static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run, int budget,
                              const kv_trace_info *in, int layer, int index, int n_caches,
-                             unsigned long seed, const int *identity, const layer_kv *kv)
+                             unsigned long seed, const int *identity, const layer_kv *kv,
+                             int sparse)
 {
     int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
     int group = in->n_heads / n_caches;
@@ -280,6 +327,13 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     rc->index = index;
     rc->head_lo = index * group;
     rc->steps = calloc((size_t)D, sizeof *rc->steps);
+    if (sparse && (!(rc->sparse = malloc((size_t)group * (T + 1) * sizeof *rc->sparse)) ||
+                   !(rc->missing = malloc(((size_t)T + 1) * sizeof *rc->missing)))) {
+        free(rc->steps);
+        free(rc->sparse);
+        memset(rc, 0, sizeof *rc);
+        return -1;
+    }
     kv_policy_ctx ctx = {
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
@@ -289,7 +343,11 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
                                     kv_cache_token_weight(pc, in), identity)) {
         free(rc->steps);
+        free(rc->sparse);
+        free(rc->missing);
         rc->steps = NULL;
+        rc->sparse = NULL;
+        rc->missing = NULL;
         return -1;
     }
     kv_cache_set_select(&rc->cache, &pc->select);
@@ -311,14 +369,78 @@ static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t
     kv_group_rows g = {
         .p = b->rows + i_row * b->row_stride,
         .head_stride = (size_t)b->block_rows * b->row_stride,
-        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->block_rows * TOPK,
+        .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->block_rows * TOPK,
         .o_full = b->o_full ? b->o_full + i_row * in->head_dim : NULL,
         .o_stride = (size_t)b->block_rows * in->head_dim,
         .v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL,
         .v_stride = per_kv, .head_lo = rc->head_lo, .heads_per_v = group,
         .head_dim = in->head_dim,
+        .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->block_rows * b->n_cum,
     };
     return g;
+}
+
+/*
+ * A cache that covers one GQA group in a sparse block: the group's weights p_t[j] for j in
+ * A_t, by position, from the block's memo. The caches of a group run one after the other
+ * inside the group's task (stream_layer fuses them in a sparse replay), so each p_t[j]
+ * the group's policies share - the recent window, common heavy hitters - is computed once:
+ * the positions not yet seen in row t are computed together (kv_attn_rows_sparse) and filed.
+ */
+static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = c->n_heads, g = rc->head_lo / group;
+    size_t stride = (size_t)T + 1, head_stride = (size_t)b->block_rows * b->row_stride;
+    uint64_t *bits = b->seen + ((size_t)g * b->block_rows + (size_t)(t - b->t0)) * b->words;
+    float *row = b->memo + ((size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0)) * b->row_stride;
+    int *missing = rc->missing, m = 0;
+    for (int i = 0; i <= c->n; i++) {
+        int j = i < c->n ? c->pos[i] : t;
+        uint64_t bit = (uint64_t)1 << (j & 63);
+        if (!(bits[j >> 6] & bit)) {
+            bits[j >> 6] |= bit;
+            missing[m++] = j;
+        }
+    }
+    if (m > 0) {
+        /* the missing positions as kv_attn_rows_sparse's pos[0..m-1) and its last one */
+        kv_attn_rows_sparse(kv_producer_q(b->src, rc->head_lo) + (size_t)t * hd, (size_t)T * hd, group,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale,
+                       b->lse + (size_t)rc->head_lo * T + t, (size_t)T, missing, m - 1,
+                       missing[m - 1], rc->sparse, stride);
+        for (int hh = 0; hh < group; hh++)
+            for (int s = 0; s < m; s++)
+                row[hh * head_stride + (size_t)missing[s]] = rc->sparse[hh * stride + (size_t)s];
+    }
+    kv_group_rows rows = { .p = row, .head_stride = head_stride };
+    return rows;
+}
+
+/* A sparse block's weights for cache rc at decode position t: p_t over A_t = S u {t}
+ * alone (kv_attn_rows_sparse), head after head, each run of heads that share a KV head in one
+ * pass over their keys; through the group's memo when rc covers one GQA group. */
+static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    if (b->seen && c->n_heads == group && rc->head_lo % group == 0)
+        return memo_rows(rc, b, t);
+    size_t stride = (size_t)T + 1;
+    for (int hh = 0; hh < c->n_heads;) {
+        int h = rc->head_lo + hh, g = h / group;
+        int n_q = (g + 1) * group - h;                 /* heads left on KV head g */
+        if (n_q > c->n_heads - hh)
+            n_q = c->n_heads - hh;
+        kv_attn_rows_sparse(kv_producer_q(b->src, h) + (size_t)t * hd, (size_t)T * hd, n_q,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale, b->lse + (size_t)h * T + t,
+                       (size_t)T, c->pos, c->n, t, rc->sparse + (size_t)hh * stride, stride);
+        hh += n_q;
+    }
+    kv_group_rows rows = { .p = rc->sparse, .head_stride = stride, .by_slot = 1 };
+    return rows;
 }
 
 /*
@@ -330,8 +452,10 @@ static void replay_query(replay_cache *rc, const kv_block *b, int t, double *hea
 {
     kv_cache *c = &rc->cache;
     int P = b->in->prefill_len;
-    kv_group_rows rows = group_rows(rc, b, t);
+    kv_group_rows rows = b->rows ? group_rows(rc, b, t) : sparse_rows(rc, b, t);
     kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
+    if (t >= P && !rows.top)   /* not measured (kv_replay_conf.no_topk) */
+        rc->steps[t - P].topk1 = rc->steps[t - P].topk8 = NAN;
     for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
         int h = rc->head_lo + hh;
         double recall = c->head_recall[hh];
@@ -595,6 +719,7 @@ typedef struct {
     int enabled, shown;
     int first, count;     /* the layers of this replay */
     int tty;          /* stderr is a terminal: rewrite one line; else a line every 10 s */
+    int sparse;       /* the replay is sparse (said in the line) */
 } progress;
 
 static void progress_update(progress *pg, int layer, int t, int T)
@@ -610,9 +735,9 @@ static void progress_update(progress *pg, int layer, int t, int T)
     pg->shown = pg->tty;
     double done = ((double)layer + (double)t / T) / n_layers;
     double eta = done > 0 ? (now - pg->start) * (1.0 - done) / done : 0.0;
-    fprintf(stderr, "%skvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
-            pg->tty ? "\r" : "", layer + 1, n_layers, t, T, 100.0 * done, eta,
-            pg->tty ? "   " : "\n");
+    fprintf(stderr, "%skvsim: %s replay: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
+            pg->tty ? "\r" : "", pg->sparse ? "sparse" : "dense", layer + 1, n_layers, t, T,
+            100.0 * done, eta, pg->tty ? "   " : "\n");
     fflush(stderr);
 }
 
@@ -620,7 +745,8 @@ static void progress_update(progress *pg, int layer, int t, int T)
  * r % n_budgets) for one layer, each at its layer's budget (alloc.h), an alloc = ada
  * layer's joined and driven by its first. Returns their number, or -1. */
 static int layer_caches(const kv_replay_conf *conf, const kv_trace_info *in, int layer,
-                        const int *identity, const layer_kv *kv, replay_cache *caches)
+                        const int *identity, const layer_kv *kv, int sparse,
+                        replay_cache *caches)
 {
     int n = 0, *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
     if (!layer_budget)
@@ -632,7 +758,7 @@ static int layer_caches(const kv_replay_conf *conf, const kv_trace_info *in, int
         for (int i = 0; i < per_layer; i++, n++)
             if (replay_cache_init(&caches[n], pc, r, layer_budget[layer], in, layer, i,
                                   per_layer, cache_seed(conf->seed, r, layer, i), identity,
-                                  kv) != 0) {
+                                  kv, sparse) != 0) {
                 free(layer_budget);
                 return -1;
             }
@@ -665,10 +791,24 @@ typedef struct {
     float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
     float *o_full[2];      /* [n_heads * block * head_dim] full-cache outputs, when the
                               trace has v (NULL otherwise) */
-    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
+                              when the top-k metrics are off */
+    double *cum[2];        /* [n_heads * block * n_cum] span sums of each decode row
+                              (kv_row_span_sums), for recall over runs of positions */
+    size_t n_cum;          /* kv_producer_n_cum */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
+    int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
+    double *lse;           /* sparse: [n_heads * T] the current layer's log-normalisers */
+    uint64_t *seen[2];     /* sparse: [n_kv_heads * block * words] the memo's bits */
+    size_t words;          /* T / 64 + 1 */
 } kv_stream;
+
+/* A sparse replay's block of decode rows only: its caches compute their own weights. */
+static int sparse_block(const kv_stream *s, const kv_trace_info *in, int t0)
+{
+    return s->sparse && t0 >= in->prefill_len;
+}
 
 enum { CONSUME_STEP, CONSUME_PRESCAN };
 
@@ -697,15 +837,24 @@ static int has_failed(const kv_failure *f)
     return failed != 0;
 }
 
-/* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
- * rows (the same for every policy, so found once, while the rows are produced). */
+/* One task's rows of the block at t0 into buffer slot; for the replay's steps (steps = 1,
+ * not the prescan) also the top keys of its decode rows when measured and the full-cache
+ * outputs when the trace has v (the same for every policy, so found once, while the rows
+ * are produced). */
 static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
-                   int want_topk, kv_failure *f)
+                   int steps, kv_failure *f)
 {
     char why[512];
-    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) == 0) {
-        if (s->o_full[slot] && want_topk)   /* replay steps, not the prescan */
+    if (sparse_block(s, in, t0)) {   /* the group's memo starts empty */
+        int block_rows = t0 + s->block < in->n_tokens ? s->block : in->n_tokens - t0;
+        if (in->source == KV_SOURCE_QK)
+            memset(s->seen[slot] + (size_t)task * block_rows * s->words, 0,
+                   (size_t)block_rows * s->words * sizeof(uint64_t));
+        return 0;
+    }
+    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], steps ? s->topk[slot] : NULL, TOPK,
+                     in->prefill_len, s->cum[slot], why, sizeof why) == 0) {
+        if (s->o_full[slot] && steps)   /* replay steps, not the prescan */
             kv_producer_outputs(s->cur, t0, task, s->buf[slot], s->o_full[slot]);
         return 0;
     }
@@ -759,9 +908,11 @@ static int pieces_before(long n_pieces, int k, int n)
 static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
 {
     int T = in->n_tokens;
-    kv_block b = { .in = in, .rows = s->buf[slot], .row_stride = kv_producer_row_stride(s->cur),
-                   .topk = s->topk[slot], .o_full = s->o_full[slot],
-                   .v = kv_producer_v(s->cur), .t0 = t0,
+    kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
+                   .src = s->cur, .lse = s->lse, .row_stride = kv_producer_row_stride(s->cur),
+                   .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
+                   .memo = s->buf[slot], .seen = sparse_block(s, in, t0) ? s->seen[slot] : NULL,
+                   .words = s->words, .o_full = s->o_full[slot], .v = kv_producer_v(s->cur),
                    .block_rows = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
@@ -826,7 +977,7 @@ static void produce_task(const kv_layer_work *w, int k, int g)
     if (has_failed(w->f))
         return;
     int t0 = k * w->s->block;
-    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f) != 0)
+    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f))
         return;
     kv_block b = block_at(w->s, w->in, t0, k & 1);
     for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
@@ -897,7 +1048,8 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     kv_failure f = { .err = err, .err_len = err_len };
     kv_layer_work w = {
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
-        .fuse = mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= 2 * n_threads,
+        /* a sparse replay always fuses: a group's caches share its memo (memo_rows) */
+        .fuse = mode == CONSUME_STEP && (s->sparse || (n_tasks > 1 && n_tasks >= 2 * n_threads)),
         .caches = caches, .part = part, .pg = pg, .f = &f, .members = members, .first = first,
     };
     #pragma omp parallel
@@ -971,7 +1123,7 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part 
                         const layer_kv *kv, progress *pg, char *err, size_t err_len)
 {
     const kv_trace_info *in = &part->info;
-    int n_caches = layer_caches(conf, in, layer, identity, kv, caches);
+    int n_caches = layer_caches(conf, in, layer, identity, kv, s->sparse, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return KV_ERUNTIME;
@@ -1001,24 +1153,35 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
 static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, int no_out_err,
-                       char *err, size_t err_len)
+                       int topk, int sparse, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     int want_outputs = in->has_v && !no_out_err;
     memset(s, 0, sizeof *s);
     s->block = block;
+    s->sparse = sparse;
+    if (sparse && !(s->lse = malloc((size_t)in->n_heads * in->n_tokens * sizeof *s->lse))) {
+        snprintf(err, err_len, "out of memory for the log-normalisers of a layer");
+        return 1;
+    }
     s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
     if (n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
+    s->n_cum = kv_producer_n_cum(s->cur);
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_producer_row_stride(s->cur) * sizeof(float));
-        s->topk[i] = malloc(rows * TOPK * sizeof(int));
+        s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
         if (want_outputs)
             s->o_full[i] = malloc(rows * (size_t)in->head_dim * sizeof(float));
-        if (!s->buf[i] || !s->topk[i] || (want_outputs && !s->o_full[i])) {
+        s->cum[i] = malloc(rows * s->n_cum * sizeof(double));
+        s->words = (size_t)in->n_tokens / 64 + 1;
+        s->seen[i] = sparse ? malloc((size_t)in->n_kv_heads * block * s->words * sizeof(uint64_t))
+                            : NULL;
+        if (!s->buf[i] || (topk && !s->topk[i]) || (want_outputs && !s->o_full[i]) ||
+            !s->cum[i] || (sparse && !s->seen[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -1036,7 +1199,10 @@ static void stream_close(kv_stream *s)
         free(s->buf[i]);
         free(s->topk[i]);
         free(s->o_full[i]);
+        free(s->cum[i]);
+        free(s->seen[i]);
     }
+    free(s->lse);
 }
 
 /* The checks before any replay: the pairs and what they read of the trace (2), and a
@@ -1110,10 +1276,14 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
         identity[j] = j;
     /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
     int blas_threads = kv_blas_single_begin();
+    char why[256];
+    int sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
-                    .tty = isatty(STDERR_FILENO), .first = first, .count = count };
+                    .tty = isatty(STDERR_FILENO), .first = first, .count = count,
+                    .sparse = sparse };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, count, conf->no_out_err, err, err_len);
+    rc = stream_open(&stream, tr, block, count, conf->no_out_err, !conf->no_topk, sparse, err,
+                     err_len);
     for (int l = first; l < first + count && rc == 0; l++) {
         int next = l + 1 < first + count ? l + 1 : -1;
         /* the keys and values policies read: no task is reading the trace here */
@@ -1122,6 +1292,8 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
                                     err_len);
         if (rc == 0 && kv.values)
             rc = kv_trace_read_v(tr, l, kv.values, err, err_len);
+        if (rc == 0 && sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
+            rc = KV_ERUNTIME;
         if (rc == 0)
             rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &kv, &pg, err,
                               err_len);
@@ -1137,8 +1309,8 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     stream_close(&stream);
     kv_blas_threads_restore(blas_threads);
     if (pg.shown)
-        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", count,
-                now_seconds() - pg.start, "");
+        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s (%s)%30s\n", count,
+                now_seconds() - pg.start, sparse ? "sparse" : "dense", "");
     kv_layer_part_free(&part);
     free(caches);
     free(identity);
@@ -1182,8 +1354,11 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
         return rc;
     kv_results *res = NULL;
     rc = kv_results_new(in, conf, &res, err, err_len);
-    if (rc == 0)
+    char why[256];
+    if (rc == 0) {
+        res->sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
         rc = kv_replay_layers(tr, conf, 0, in->n_layers, add_layer_sink, res, err, err_len);
+    }
     if (rc) {
         kv_results_free(res);
         return rc;

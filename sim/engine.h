@@ -70,6 +70,9 @@ typedef struct {
     unsigned long seed;   /* base of every per-cache seed */
     int no_out_err;       /* 1: leave out_err unmeasured (NaN) even when the trace has v:
                              the benchmark's baseline for what measuring it costs */
+    int no_topk;          /* 1: do not measure the top-k recall metrics (their steps hold
+                             NaN); they read every full row, so a sparse replay needs it */
+    int dense;            /* 1: always the dense replay (the full rows of every step) */
 } kv_replay_conf;
 
 /* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
@@ -107,6 +110,7 @@ typedef struct {
 
 typedef struct {
     kv_trace_info info;         /* copy of the trace's attributes */
+    int sparse;                 /* 1: the decode steps were replayed sparsely */
     int n_steps;                /* D = T - P */
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
@@ -159,6 +163,21 @@ void kv_policy_layer_budgets(const kv_policy_conf *pc, int budget, const kv_trac
  * must exceed window 32" in err (the first invalid pair).
  */
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
+
+/*
+ * Sparse replay: when a qk trace stores its rows' log-normalisers (index.h) a decode
+ * step needs only the attention of each cache's own positions, p_t[j] = exp(x_tj -
+ * lse_t) for j in A_t (kv_attn_rows_sparse): O(|A_t| * head_dim) per head and step instead of
+ * the full row's O(t * head_dim); prefill rows, which every policy observes whole, are
+ * still produced densely. Recall, o_t and every kept set are those of the dense replay up
+ * to float rounding. kv_replay takes it whenever this returns 0; it returns 1 with the
+ * reason the run needs full rows in why (for messages): dense requested, an attn trace,
+ * no stored lse, the top-k metrics (they rank every key of a row), or a policy that reads
+ * whole rows (a prescan, as lookahead's, or a preselect, as oracle's).
+ * Cannot fail.
+ */
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len);
 
 /*
  * One layer's contribution to every run of a replay: what the replay of layer `layer`

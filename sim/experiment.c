@@ -119,7 +119,7 @@ void kv_experiment_group_conf(const kv_experiment *ex, const kv_replay_group *g,
     kv_replay_conf c = {
         .policies = policies, .n_policies = g->n_policies, .budgets = g->budgets,
         .n_budgets = ex->n_budgets, .block = opts->block, .progress = opts->progress,
-        .seed = ex->seed,
+        .seed = ex->seed, .no_topk = ex->no_topk, .dense = ex->dense || opts->dense,
     };
     *conf = c;
 }
@@ -207,6 +207,11 @@ int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
         }
         kv_replay_conf conf;
         kv_experiment_group_conf(ex, g, opts, group, &conf);
+        char why[256];
+        if (opts->progress && !kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why,
+                                                      sizeof why))
+            fprintf(stderr, "kvsim: %s: sparse replay from the stored log-normalisers "
+                    "(--dense for the full rows)\n", kv_trace_display_name(ex->traces[g->trace]));
         kv_results *part = NULL;
         rc = kv_replay(tr, &conf, &part, err, err_len);
         if (rc == 0)

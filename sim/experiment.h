@@ -29,6 +29,7 @@ typedef struct {
                                (sim/closedloop.h; kv_closed_loop_check passed) */
     const char *dump_sets;  /* with a model: a directory for each trace's NAME.sets dump of
                                the closed loop's A_t, or NULL */
+    int dense;       /* 1: never the sparse replay (kv_replay_conf.dense) */
 } kv_experiment_opts;
 
 /* The `trace` column of a trace: its file name without directory (borrowed from path).

@@ -22,6 +22,7 @@ static const struct {
     { "gen", kv_cmd_gen, "write a seeded synthetic trace" },
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },
     { "text", kv_cmd_text, "print the text of a trace captured with a tokenizer" },
+    { "index", kv_cmd_index, "store a qk trace's row normalisers for sparse replays" },
     { "policies", kv_cmd_policies, "list the eviction policies and their parameters" },
     { NULL, NULL, NULL },
 };

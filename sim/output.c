@@ -167,13 +167,17 @@ static int mkdir_parents(const char *dir)
     return 0;
 }
 
-int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
+/* Checks dir, creating it (with its parents) when create is 1; see kv_output_prepare. */
+static int output_dir(const char *dir, int force, int create, char *err, size_t err_len)
 {
     struct stat st;
-    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+    int exists = stat(dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) {
         snprintf(err, err_len, "%s: exists and is not a directory", dir);
         return KV_ERUNTIME;
     }
+    if (!exists && !create)
+        return 0;
     if (mkdir_parents(dir) != 0) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir, strerror(errno));
         return KV_ERUNTIME;
@@ -194,6 +198,16 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
         return KV_EUSAGE;
     }
     return 0;
+}
+
+int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
+{
+    return output_dir(dir, force, 1, err, err_len);
+}
+
+int kv_output_check(const char *dir, int force, char *err, size_t err_len)
+{
+    return output_dir(dir, force, 0, err, err_len);
 }
 
 /* An output file being written: a temporary renamed into place by out_close. */

@@ -62,6 +62,14 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len);
 
 /*
+ * kv_output_prepare's checks without creating anything, for before a long replay: a dir
+ * that exists must be a readable directory, empty unless force is 1; one that does not
+ * exist is fine (kv_output_prepare creates it once there are results, so a run that fails
+ * leaves no directory behind). Returns 0, 1 or 2 as kv_output_prepare.
+ */
+int kv_output_check(const char *dir, int force, char *err, size_t err_len);
+
+/*
  * The results of one experiment: one kv_results per trace. Each res[k] holds
  * conf->n_policies * conf->n_budgets runs, policy-major (run p * n_budgets + b is policy
  * p at budget b); run->budget is the budget in tokens, which may differ between traces

@@ -224,9 +224,10 @@ KV_SIMD_CLONES void kv_row_topk(const float *p, int t, int k, int *top)
  * Softmax of one row of logits over j <= t, in place (float32 exponentials after max
  * subtraction, normaliser in double); x[t+1 .. t1) = 0. When top is not NULL the row's
  * top k keys (kv_row_topk's order) are found in the last pass, span by span while each
- * span is in L1, rather than by another pass over the row.
+ * span is in L1, rather than by another pass over the row. Returns the row's
+ * log-normaliser log sum_{j<=t} e^{x_j} (max + log of the double sum).
  */
-static KV_SIMD_CLONES int softmax_row(float *x, int t, int t1, int *top, int k)
+static KV_SIMD_CLONES double softmax_row(float *x, int t, int t1, int *top, int k)
 {
     int n = t + 1;
     float max = x[0], nonfinite = 0.0f;   /* x * 0 is NaN exactly when x is Inf or NaN */
@@ -236,7 +237,7 @@ static KV_SIMD_CLONES int softmax_row(float *x, int t, int t1, int *top, int k)
         nonfinite += x[j] * 0.0f;
     }
     if (nonfinite != 0.0f)
-        return -1;   /* an overflowing logit: the row would be NaN */
+        return NAN;   /* an overflowing logit: the row would be NaN */
     double sum = 0.0;
     #pragma omp simd reduction(+:sum)
     for (int j = 0; j < n; j++) {
@@ -259,26 +260,113 @@ static KV_SIMD_CLONES int softmax_row(float *x, int t, int t1, int *top, int k)
         topk_scan(x, 0, hi, k, top, &n_top);
     for (int j = n; j < t1; j++)
         x[j] = 0.0f;
-    return 0;
+    return (double)max + log(sum);
+}
+
+KV_SIMD_CLONES void kv_row_span_sums(const float *p, int t, double *cum)
+{
+    int n_spans = (t + 1) / KV_ROW_SPAN;
+    for (int s = 0; s < n_spans; s++) {
+        const float *x = p + (size_t)s * KV_ROW_SPAN;
+        double a[8] = { 0 };   /* lane l sums x[l], x[l + 8], ...: the same in every clone */
+        for (int j = 0; j < KV_ROW_SPAN; j += 8)
+            for (int l = 0; l < 8; l++)
+                a[l] += x[j + l];
+        cum[s] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    }
+}
+
+/* kv_attn_rows_from_qk, and when lse is not NULL each row's log-normaliser to
+ * lse[i * lse_stride + t]; when cum is not NULL the span sums of each row t >= t_top
+ * (kv_row_span_sums) to cum + row * n_cum, while the row is in L1. Returns the first row
+ * whose logits are not finite, or -1. */
+static int rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
+                         int t0, int t1, float *out, size_t row_stride, int *top, int n_top,
+                         int t_top, double *lse, size_t lse_stride, double *cum, size_t n_cum)
+{
+    int block_rows = t1 - t0;
+    /* out[(i * block_rows + t - t0) * row_stride + j] = scale * q_t . k_j for j < t1: one product for
+     * the group, its keys packed once */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q * block_rows, t1, head_dim,
+                (float)scale, q, head_dim, k, head_dim, 0.0f, out, (int)row_stride);
+    for (int i = 0; i < n_q; i++)
+        for (int t = t0; t < t1; t++) {
+            size_t row = (size_t)i * block_rows + (size_t)(t - t0);
+            double l = softmax_row(out + row * row_stride, t, t1,
+                                   top && t >= t_top ? top + row * n_top : NULL, n_top);
+            if (isnan(l))
+                return (int)row;
+            if (lse)
+                lse[(size_t)i * lse_stride + (size_t)t] = l;
+            if (cum && t >= t_top)
+                kv_row_span_sums(out + row * row_stride, t, cum + row * n_cum);
+        }
+    return -1;
 }
 
 int kv_attn_rows_from_qk(const float *q, int n_q, const float *k, int head_dim, double scale,
                          int t0, int t1, float *out, size_t row_stride, int *top, int n_top,
                          int t_top)
 {
-    int block_rows = t1 - t0;
-    /* out[(i * block_rows + t - t0) * row_stride + j] = scale * q_t . k_j for j < t1: one
-     * product for the group, its keys packed once */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q * block_rows, t1, head_dim,
-                (float)scale, q, head_dim, k, head_dim, 0.0f, out, (int)row_stride);
-    for (int i = 0; i < n_q; i++)
-        for (int t = t0; t < t1; t++) {
-            size_t row = (size_t)i * block_rows + (size_t)(t - t0);
-            if (softmax_row(out + row * row_stride, t, t1, top && t >= t_top
-                            ? top + row * n_top : NULL, n_top) != 0)
-                return (int)row;
+    return rows_from_qk(q, n_q, k, head_dim, scale, t0, t1, out, row_stride, top, n_top, t_top, NULL, 0,
+                 NULL, 0);
+}
+
+/* ------------------------------------------------------------ sparse rows */
+
+/* scale * q_i . k for four query rows at once (one pass over the key), float sums. */
+static inline void dot4(const float *q, size_t q_stride, const float *key, int hd,
+                        float *d0, float *d1, float *d2, float *d3)
+{
+    const float *q0 = q, *q1 = q + q_stride, *q2 = q + 2 * q_stride, *q3 = q + 3 * q_stride;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    #pragma omp simd reduction(+:a0, a1, a2, a3)
+    for (int d = 0; d < hd; d++) {
+        a0 += q0[d] * key[d];
+        a1 += q1[d] * key[d];
+        a2 += q2[d] * key[d];
+        a3 += q3[d] * key[d];
+    }
+    *d0 = a0, *d1 = a1, *d2 = a2, *d3 = a3;
+}
+
+static inline float dot1(const float *q, const float *key, int hd)
+{
+    float a = 0;
+    #pragma omp simd reduction(+:a)
+    for (int d = 0; d < hd; d++)
+        a += q[d] * key[d];
+    return a;
+}
+
+KV_SIMD_CLONES void kv_attn_rows_sparse(const float *q, size_t q_stride, int n_q, const float *k,
+                                   int head_dim, double scale, const double *lse,
+                                   size_t lse_stride, const int *pos, int n, int t,
+                                   float *out, size_t out_stride)
+{
+    int i = 0;
+    for (; i + 4 <= n_q; i += 4) {   /* four heads per pass over the keys */
+        float *o = out + (size_t)i * out_stride;
+        const float *qi = q + (size_t)i * q_stride;
+        for (int s = 0; s <= n; s++) {
+            const float *key = k + (size_t)(s < n ? pos[s] : t) * head_dim;
+            dot4(qi, q_stride, key, head_dim, o + s, o + out_stride + s,
+                 o + 2 * out_stride + s, o + 3 * out_stride + s);
         }
-    return -1;
+    }
+    for (; i < n_q; i++) {
+        float *o = out + (size_t)i * out_stride;
+        const float *qi = q + (size_t)i * q_stride;
+        for (int s = 0; s <= n; s++)
+            o[s] = dot1(qi, k + (size_t)(s < n ? pos[s] : t) * head_dim, head_dim);
+    }
+    for (i = 0; i < n_q; i++) {   /* p = e^(x - lse), x = scale * dot */
+        float *o = out + (size_t)i * out_stride;
+        double l = lse[(size_t)i * lse_stride];
+        #pragma omp simd
+        for (int s = 0; s <= n; s++)
+            o[s] = exp_nonpositive((float)((double)o[s] * scale - l));
+    }
 }
 
 /* ------------------------------------------------------------ the row producer */
@@ -296,6 +384,7 @@ struct kv_row_producer {
     float *qs;      /* qk: per task, the group's queries of one block: n_heads * block *
                        head_dim in all, task g at g * group * block * head_dim */
     float *out;     /* kv_producer_block's buffer: n_heads * block * row_stride, allocated on use */
+    double *lse;    /* kv_producer_set_lse: where qk fills put each row's log-normaliser */
 };
 
 kv_row_producer *kv_producer_new(kv_trace *tr, int block, char *err, size_t err_len)
@@ -407,8 +496,13 @@ void kv_producer_task_heads(const kv_row_producer *r, int task, int *h0, int *h1
     }
 }
 
-int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top, int n_top,
-                     int t_top, char *err, size_t err_len)
+size_t kv_producer_n_cum(const kv_row_producer *r)
+{
+    return (size_t)r->info->n_tokens / KV_ROW_SPAN + 1;
+}
+
+int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top, int n_top, int t_top,
+                 double *cum, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
@@ -421,27 +515,49 @@ int kv_producer_fill(kv_row_producer *r, int t0, int task, float *out, int *top,
                 size_t row = (size_t)h * block_rows + (size_t)(t - t0);
                 kv_row_topk(out + row * r->row_stride, t, n_top, top + row * n_top);
             }
+        for (int h = h0; rc == 0 && cum && h < h1; h++)
+            for (int t = t0 > t_top ? t0 : t_top; t < t1; t++) {
+                size_t row = (size_t)h * block_rows + (size_t)(t - t0);
+                kv_row_span_sums(out + row * r->row_stride, t, cum + row * kv_producer_n_cum(r));
+            }
         return rc;
     }
     size_t hd = (size_t)in->head_dim, per_head = (size_t)T * hd;
     /* the group's queries t0..t1-1, head after head: the SGEMM's left operand */
     float *qs = r->qs + (size_t)h0 * (size_t)r->block * hd;
     for (int i = 0; i < r->group; i++)
-        memcpy(qs + (size_t)i * block_rows * hd,
-               r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
+        memcpy(qs + (size_t)i * block_rows * hd, r->q + (size_t)(h0 + i) * per_head + (size_t)t0 * hd,
                (size_t)block_rows * hd * sizeof(float));
     size_t first = (size_t)h0 * block_rows;   /* the group's first row in out and top */
-    int bad = kv_attn_rows_from_qk(qs, r->group, r->k + (size_t)task * per_head,
-                                   in->head_dim, in->softmax_scale, t0, t1,
-                                   out + first * r->row_stride, r->row_stride,
-                                   top ? top + first * n_top : NULL, n_top, t_top);
+    int bad = rows_from_qk(qs, r->group, r->k + (size_t)task * per_head, in->head_dim,
+                           in->softmax_scale, t0, t1, out + first * r->row_stride, r->row_stride,
+                           top ? top + first * n_top : NULL, n_top, t_top,
+                           r->lse ? r->lse + (size_t)h0 * T : NULL, (size_t)T,
+                           cum ? cum + first * kv_producer_n_cum(r) : NULL,
+                           kv_producer_n_cum(r));
     if (bad < 0)
         return 0;
-    /* kv_check_logits (traces/validate.h) reports these before a run starts */
-    snprintf(err, err_len, "%s: /layers/%d row [%d, %d]: the logits softmax_scale * q.k are "
-             "not finite in float32", kv_trace_path(r->tr), r->layer, h0 + bad / block_rows,
+    /* a run finds these here, as it reads q and k once; `kvsim info --check` scans for them
+     * beforehand (kv_check_logits, traces/validate.h) */
+    snprintf(err, err_len, "%s: /layers/%d row [%d, %d]: logits softmax_scale * q.k not "
+             "finite in float32 (q or k too large?)", kv_trace_path(r->tr), r->layer, h0 + bad / block_rows,
              t0 + bad % block_rows);
     return KV_ETRACE_FORMAT;
+}
+
+void kv_producer_set_lse(kv_row_producer *r, double *lse)
+{
+    r->lse = lse;
+}
+
+const float *kv_producer_q(const kv_row_producer *r, int head)
+{
+    return r->q ? r->q + (size_t)head * r->info->n_tokens * r->info->head_dim : NULL;
+}
+
+const float *kv_producer_k(const kv_row_producer *r, int kv_head)
+{
+    return r->k ? r->k + (size_t)kv_head * r->info->n_tokens * r->info->head_dim : NULL;
 }
 
 kv_row_producer *kv_producer_open(kv_trace *tr, int layer, int block, char *err, size_t err_len)
@@ -457,15 +573,13 @@ kv_row_producer *kv_producer_open(kv_trace *tr, int layer, int block, char *err,
     return r;
 }
 
-const float *kv_producer_block(kv_row_producer *r, int t0, int *block_rows, char *err,
-                               size_t err_len)
+const float *kv_producer_block(kv_row_producer *r, int t0, int *block_rows, char *err, size_t err_len)
 {
     const kv_trace_info *in = r->info;
     int T = in->n_tokens;
     *block_rows = (t0 + r->block < T ? t0 + r->block : T) - t0;
     if (!r->out) {
-        r->out = kv_alloc_large((size_t)in->n_heads * (size_t)r->block * r->row_stride *
-                                sizeof(float));
+        r->out = kv_alloc_large((size_t)in->n_heads * (size_t)r->block * r->row_stride * sizeof(float));
         if (!r->out) {
             snprintf(err, err_len, "%s: out of memory for a block of rows", kv_trace_path(r->tr));
             return NULL;
@@ -476,7 +590,7 @@ const float *kv_producer_block(kv_row_producer *r, int t0, int *block_rows, char
     #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < n; task++) {
         char why[512];
-        if (kv_producer_fill(r, t0, task, r->out, NULL, 0, T, why, sizeof why) != 0) {
+        if (kv_producer_fill(r, t0, task, r->out, NULL, 0, T, NULL, why, sizeof why) != 0) {
             #pragma omp critical(kv_producer_error)
             if (!failed++)
                 snprintf(err, err_len, "%s", why);

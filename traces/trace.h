@@ -60,6 +60,9 @@ typedef struct {
     int dtype_bytes;                 /* bytes per K or V element modelled, default 2 */
     int has_tokens;                  /* 1 when /tokens is present */
     int has_v;                       /* 1 when every layer has /layers/<l>/v (either source) */
+    int has_lse;                     /* 1 when every layer has /layers/<l>/lse (qk only:
+                                        `kvsim index`, FORMAT.md) */
+    int has_o_full;                  /* 1 when every layer has /layers/<l>/o_full (qk) */
     kv_attn_precision attn_precision; /* precision of the attn rows, default float32 */
 } kv_trace_info;
 
@@ -120,12 +123,30 @@ typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1, KV_TENSOR_V = 2 } kv_tensor;
  * out holds n * T * head_dim floats (n = n_heads or n_kv_heads), owned by the caller. The
  * same values as kv_trace_read_qk; lets a caller load a layer in pieces (the replay engine
  * starts on a layer's first rows while the later ones are read, and reads the next layer
- * while replaying the current one). KV_ETRACE_ARG when the trace has no q/k
- * (kv_trace_has_qk is 0; for v: has_v is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
+ * while replaying the current one). With read checks on (kv_trace_set_read_checks) the
+ * slab read is checked to be finite (KV_ETRACE_FORMAT naming the first bad element).
+ * KV_ETRACE_ARG when the trace has no q/k (kv_trace_has_qk is 0; for v: has_v is 0) or
+ * the layer or rows are outside the trace; KV_ETRACE_NOMEM,
  * KV_ETRACE_IO on failure.
  */
 int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
                        char *err, size_t err_len);
+
+/*
+ * Reads a layer's stored log-normalisers /layers/<l>/lse (FORMAT.md: float64
+ * [n_heads, T], lse[h * T + t] = log sum_{j<=t} exp(x_tj) of the qk row) into lse
+ * (n_heads * T doubles, the caller's). With read checks on, each value is checked to be
+ * finite. KV_ETRACE_ARG when the layer has none (kv_trace_info.has_lse), KV_ETRACE_IO,
+ * KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len);
+
+/*
+ * Reads a layer's stored full-cache attention outputs /layers/<l>/o_full (FORMAT.md) as
+ * float32 [n_heads, T, head_dim] into o (the caller's). Checked to be finite with read
+ * checks on. KV_ETRACE_ARG when absent (has_o_full), KV_ETRACE_IO, KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len);
 
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
@@ -209,6 +230,18 @@ int kv_trace_write_attr_double(kv_trace_writer *w, const char *name, double valu
                                char *err, size_t err_len);
 int kv_trace_write_attr_int(kv_trace_writer *w, const char *name, long long value,
                             char *err, size_t err_len);
+
+/*
+ * Stores one layer's index into the closed qk trace at path (`kvsim index`, FORMAT.md):
+ * its rows' log-normalisers as /layers/<layer>/lse (float64 [n_heads, T],
+ * lse[h * T + t]) and, when o_full is not NULL, the full-cache attention outputs as
+ * /layers/<layer>/o_full (float32 [n_heads, T, head_dim], o_full[(h * T + t) * head_dim
+ * + d] = sum_{j<=t} p_t^h[j] v_j[d]); both chunked and gzipped, earlier ones replaced.
+ * The file is opened read-write; nothing else in it changes, so it stays a kvtrace v1
+ * file that older readers open. Returns 0, or KV_ETRACE_IO with err set.
+ */
+int kv_trace_store_index(const char *path, const kv_trace_info *info, int layer,
+                         const double *lse, const float *o_full, char *err, size_t err_len);
 
 /* Flushes and closes the file and frees w; returns non-zero if the final flush failed.
  * NULL is ignored. */

@@ -466,6 +466,7 @@ static const struct dset_spec {
     {"q", NEED_QK, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"k", NEED_QK, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"v", NEED_NONE, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+    {"o_full", NEED_NONE, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},   /* kvsim index */
 };
 
 static long long dim_value(const kv_trace_info *in, enum dim_code c)
@@ -573,8 +574,8 @@ static int check_chunks(const kv_trace *tr, hid_t d, const char *dpath, int rank
 }
 
 /*
- * Checks an open dataset: type class (float of 2 or 4 bytes when is_float, any integer
- * otherwise), rank and each dimension against the attributes named in names.
+ * Checks an open dataset: type class (float of 2 or 4 bytes when is_float is 1, of 8 when
+ * it is 2, any integer when 0), rank and each dimension against the attributes named in names.
  */
 static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, int is_float,
                               int rank, const long long *want, const char *names,
@@ -590,12 +591,14 @@ static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, in
     }
     H5T_class_t cls = H5Tget_class(type);
     size_t size = H5Tget_size(type);
-    int type_ok = is_float ? cls == H5T_FLOAT && (size == 2 || size == 4) : cls == H5T_INTEGER;
+    int type_ok = is_float == 2 ? cls == H5T_FLOAT && size == 8
+                  : is_float ? cls == H5T_FLOAT && (size == 2 || size == 4) : cls == H5T_INTEGER;
     if (!type_ok) {
         char tname[32];
         kv_trace_type_name(type, tname, sizeof tname);
         rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has type %s, expected %s",
-                           tr->path, dpath, tname, is_float ? "float16 or float32" : "integer");
+                           tr->path, dpath, tname, is_float == 2 ? "float64"
+                           : is_float ? "float16 or float32" : "integer");
         goto out;
     }
     int got_rank = H5Sget_simple_extent_ndims(space);
@@ -667,7 +670,29 @@ static int check_layer_dataset(const kv_trace *tr, int layer, const struct dset_
     return rc;
 }
 
-/* Checks every layer's datasets and the optional /tokens; sets has_v, has_qk, has_tokens. */
+/* Checks the optional /layers/<layer>/lse (float64 [n_heads, T]); *present says whether it
+ * exists. */
+static int check_lse_dataset(const kv_trace *tr, int layer, int *present, char *err,
+                             size_t len)
+{
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    *present = 0;
+    if (H5Lexists(tr->file, dpath, H5P_DEFAULT) <= 0)
+        return 0;
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    if (d < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s is not a dataset",
+                             tr->path, dpath);
+    long long want[2] = { tr->info.n_heads, tr->info.n_tokens };
+    int rc = check_open_dataset(tr, d, dpath, 2, 2, want, "(n_heads, n_tokens)", err, len);
+    H5Dclose(d);
+    *present = rc == 0;
+    return rc;
+}
+
+/* Checks every layer's datasets and the optional /tokens; sets has_v, has_qk, has_lse,
+ * has_tokens. */
 static int check_datasets(kv_trace *tr, char *err, size_t len)
 {
     kv_trace_info *in = &tr->info;
@@ -676,6 +701,8 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing group /layers "
                              "(n_layers = %d)", tr->path, in->n_layers);
     in->has_v = 1;
+    in->has_lse = 1;
+    in->has_o_full = 1;
     tr->has_qk = 1;
     for (int l = 0; l < in->n_layers; l++) {
         char gpath[KV_PATH_MAX];
@@ -692,7 +719,15 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         }
         tr->has_qk &= present[1] && present[2];
         in->has_v &= present[3];
+        in->has_o_full &= present[4];
+        int lse_present;
+        int rc = check_lse_dataset(tr, l, &lse_present, err, len);
+        if (rc)
+            return rc;
+        in->has_lse &= lse_present;
     }
+    in->has_lse &= in->source == KV_SOURCE_QK;
+    in->has_o_full &= in->source == KV_SOURCE_QK;
     ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
     in->has_tokens = ex > 0;
     if (!in->has_tokens)
@@ -1124,6 +1159,12 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
     pthread_mutex_lock(&tr->lock);
     int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
     pthread_mutex_unlock(&tr->lock);
+    if (rc == 0 && tr->check_values) {
+        const kv_trace_info *in = &tr->info;
+        int dims[3] = { which == KV_TENSOR_Q ? in->n_heads : in->n_kv_heads, in->n_tokens,
+                        in->head_dim };
+        rc = kv_check_finite_rows(tr->path, dpath, dims, t0, t1, out, err, err_len);
+    }
     return rc;
 }
 
@@ -1285,6 +1326,54 @@ int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len
     int dims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
     if (!rc && tr->check_values)
         rc = kv_check_finite(tr->path, vpath, dims, v, err, err_len);
+    return rc;
+}
+
+int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !lse)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_lse: NULL argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers || !in->has_lse)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no /layers/%d/lse (kvsim "
+                             "index stores it)", tr->path, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    size_t n = (size_t)in->n_heads * (size_t)in->n_tokens;
+    for (size_t i = 0; rc == 0 && tr->check_values && i < n; i++)
+        if (!isfinite(lse[i]))
+            rc = kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%zu, %zu] is %g, "
+                               "expected a finite log-normaliser", tr->path, dpath,
+                               i / (size_t)in->n_tokens, i % (size_t)in->n_tokens, lse[i]);
+    return rc;
+}
+
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !o)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_o_full: NULL "
+                             "argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers || !in->has_o_full)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no /layers/%d/o_full (kvsim "
+                             "index stores it for traces with v)", tr->path, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    int dims[3] = {in->n_heads, in->n_tokens, in->head_dim};
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, dpath, dims, o, err, err_len);
     return rc;
 }
 

@@ -141,6 +141,24 @@ int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const 
     return 0;
 }
 
+int kv_check_finite_rows(const char *path, const char *dpath, const int dims[3], int t0,
+                         int t1, const float *x, char *err, size_t err_len)
+{
+    size_t T = (size_t)dims[1], hd = (size_t)dims[2];
+    for (int h = 0; h < dims[0]; h++) {
+        const float *slab = x + ((size_t)h * T + (size_t)t0) * hd;
+        size_t n = (size_t)(t1 - t0) * hd;
+        for (size_t i = 0; i < n; i++) {
+            if (isfinite(slab[i]))
+                continue;
+            return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%d, %zu, %zu] is %s, "
+                                 "expected a finite number", path, dpath, h,
+                                 (size_t)t0 + i / hd, i % hd, nonfinite_name(slab[i]));
+        }
+    }
+    return 0;
+}
+
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -166,8 +184,10 @@ static int scan_attn_layer(kv_trace *tr, int layer, float *buf, int block, char 
     return 0;
 }
 
-/* One layer's q and k (when the trace has them) and v (when the layer has it). */
-static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err, size_t len)
+/* One layer's q and k (when the trace has them and what asks) and v (when the layer has
+ * it and what asks). */
+static int scan_qkv_layer(kv_trace *tr, int layer, int what, float *q, float *k, char *err,
+                          size_t len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     const char *path = kv_trace_path(tr);
@@ -175,7 +195,7 @@ static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err
     int kdims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
     char dpath[64];
     int rc;
-    if (kv_trace_has_qk(tr)) {
+    if ((what & KV_CHECK_QK) && kv_trace_has_qk(tr)) {
         if ((rc = kv_trace_read_qk(tr, layer, q, k, err, len)) != 0)
             return rc;
         snprintf(dpath, sizeof dpath, "/layers/%d/q", layer);
@@ -188,6 +208,8 @@ static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err
             && (rc = kv_check_logits(path, layer, in, q, k, err, len)) != 0)
             return rc;
     }
+    if (!(what & KV_CHECK_V))
+        return 0;
     rc = kv_trace_read_v(tr, layer, k, err, len);
     if (rc == KV_ETRACE_ARG)
         return 0;   /* no v in this layer: optional */
@@ -205,12 +227,13 @@ int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_
     int block = fit < 1 ? 1 : fit > KV_SCAN_BLOCK_ROWS ? KV_SCAN_BLOCK_ROWS : (int)fit;
     float *buf = scan_attn ? malloc((size_t)block * row_bytes) : NULL;
     float *q = NULL, *k = NULL;
-    if (what & KV_CHECK_QKV) {
+    if (what & KV_CHECK_QK)
         q = malloc((size_t)in->n_heads * T * hd * sizeof *q);
+    if (what & KV_CHECK_QKV)
         k = malloc((size_t)in->n_kv_heads * T * hd * sizeof *k);
-    }
     int rc = 0;
-    if ((scan_attn && !buf) || ((what & KV_CHECK_QKV) && (!q || !k)))
+    if ((scan_attn && !buf) || ((what & KV_CHECK_QK) && !q) ||
+        ((what & KV_CHECK_QKV) && !k))
         rc = kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory for the value "
                            "scan", kv_trace_path(tr));
     double start = now_seconds();
@@ -219,7 +242,7 @@ int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_
             fprintf(stderr, "\rkvsim: checking the values of layer %d/%d ", l + 1,
                     in->n_layers);
         if (what & KV_CHECK_QKV)
-            rc = scan_qkv_layer(tr, l, q, k, err, err_len);
+            rc = scan_qkv_layer(tr, l, what, q, k, err, err_len);
         if (!rc && scan_attn)
             rc = scan_attn_layer(tr, l, buf, block, err, err_len);
     }
@@ -236,7 +259,7 @@ int kv_trace_precheck(const char *path, char *err, size_t err_len)
     kv_trace *tr = NULL;
     int rc = kv_trace_open(path, &tr, err, err_len);
     if (!rc)
-        rc = kv_trace_check_values(tr, KV_CHECK_QKV, 0, err, err_len);
+        rc = kv_trace_check_values(tr, KV_CHECK_V, 0, err, err_len);
     kv_trace_close(tr);
     return rc;
 }

@@ -59,10 +59,12 @@ const char *kv_attn_precision_name(kv_attn_precision prec);
 
 /* What kv_trace_check_values scans (bits). */
 enum {
-    KV_CHECK_QKV = 1,   /* q, k and v of every layer that has them: finite; for
-                           source = qk also the logits (kv_check_logits) */
+    KV_CHECK_QK = 1,    /* q and k of every layer (qk traces): finite, and the logits
+                           softmax_scale * q.k (kv_check_logits) */
     KV_CHECK_ATTN = 2,  /* attn rows: finite, >= 0, each row sums to 1 within tolerance */
-    KV_CHECK_ALL = 3
+    KV_CHECK_V = 4,     /* v of every layer that has it: finite */
+    KV_CHECK_QKV = 5,   /* q, k and v */
+    KV_CHECK_ALL = 7
 };
 
 /*
@@ -106,8 +108,19 @@ int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const 
 int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_t err_len);
 
 /*
+ * Checks that rows t0..t1-1 of every head of a [n, T, head_dim] float tensor held whole
+ * (x, borrowed; other rows are not looked at) are finite, as kv_check_finite does for the
+ * whole tensor: the first bad element of the slab in [head, t, d] order. Returns 0, or
+ * KV_ETRACE_FORMAT with err set.
+ */
+int kv_check_finite_rows(const char *path, const char *dpath, const int dims[3], int t0,
+                         int t1, const float *x, char *err, size_t err_len);
+
+/*
  * What `kvsim run` checks in every trace before any replay: kv_trace_open's checks and
- * KV_CHECK_QKV (attn rows are checked as the replay reads them). Returns 0 or a
+ * KV_CHECK_V. q and k (and attn rows) are not scanned here: the replay reads each of them
+ * once and checks what it reads (kv_trace_set_read_checks), so a bad value still stops the
+ * run before any result file is written, without a second pass over the largest datasets. Returns 0 or a
  * KV_ETRACE_* code with err set; the file is closed again either way.
  */
 int kv_trace_precheck(const char *path, char *err, size_t err_len);
