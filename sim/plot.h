@@ -8,6 +8,10 @@
  *   recall_bytes    mean recall against peak memory (KV + metadata bytes)
  *   retention_map   positions still cached at the end, per (layer, KV head), per policy
  *   head_recall     mean recall per (layer, query head), a heatmap per policy
+ *   retention_text  the trace's text, each token shaded by the share of caches holding it
+ *                   at the end, a panel per policy
+ *   predict         open-loop recall and output error against the closed loop's KL, a
+ *                   point per (policy, budget); a note without closed-loop results
  *   memory_models   (with DIR/projection.tsv of `kvsim project`) KV + metadata bytes
  *                   against decode length at named model geometries, per policy
  *
@@ -27,8 +31,9 @@
 #include <stddef.h>
 
 #define KV_PLOT_FIGURE_LIST \
-    "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall"
-#define KV_PLOT_N_FIGURES 6
+    "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall, " \
+    "retention_text, predict"
+#define KV_PLOT_N_FIGURES 8
 /* Figures drawn only when the directory holds their input: memory_models, from the
  * projection.tsv of `kvsim project` (sim/cmd_project.c). */
 #define KV_PLOT_N_OPTIONAL 1

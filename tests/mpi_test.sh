@@ -34,12 +34,13 @@ rm -rf "$DIR" && mkdir -p "$DIR" || exit 1
 "$KVSIM" gen --seed 12 --layers 2 --heads 4 --kv-heads 4 --head-dim 8 --tokens 200 \
     --prefill 50 --attn -o "$DIR/attn.h5" >/dev/null || exit 1
 
-# same_files A B: every file under A equals B's, and B has no other
+# same_files A B: every file under A equals B's, and B has no other; manifest.json only
+# exists in both (it records the date and the command line, which differ by design)
 same_files() {
     local a=$1 b=$2 f
     [ "$(cd "$a" && find . -type f | sort)" = "$(cd "$b" && find . -type f | sort)" ] || {
         echo "     file lists differ: $a vs $b"; return 1; }
-    for f in $(cd "$a" && find . -type f | sort); do
+    for f in $(cd "$a" && find . -type f ! -name manifest.json | sort); do
         cmp -s "$a/$f" "$b/$f" || { echo "     $f differs"; return 1; }
     done
 }
