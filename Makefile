@@ -30,7 +30,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-.PHONY: all deps models run test check clean figures bench
+.PHONY: all deps models run test check clean figures bench run-morphkv-paper
 all: kvsim
 
 # The checkpoints and the tokenizer, where kvsim and the tests look for them: the
@@ -108,6 +108,14 @@ check-closedloop: kvsim models
 run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
 	./kvsim run configs/synthetic.ini --force
+
+# The MorphKV paper's memory comparison at both KV granularities, projected onto the
+# paper's models (README, "The MorphKV paper's memory claim"); the figure's README copy.
+run-morphkv-paper: kvsim
+	./kvsim run configs/morphkv_paper.ini --force --no-plot
+	./kvsim project configs/morphkv_paper.ini
+	./kvsim plot results/morphkv_paper --budget 64 --size 900x600 -o $(BUILD)/morphkv-paper-figures
+	cp $(BUILD)/morphkv-paper-figures/memory_models.png $(BUILD)/morphkv-paper-figures/memory_models.txt analysis/figures/
 
 # Real traces: recapture traces/data/ (stories260K and stories15M) from the checkpoints
 # `make models` installs and check with h5diff that every dataset and attribute equals

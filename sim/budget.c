@@ -77,10 +77,13 @@ int kv_budget_parse(const char *text, kv_budget_spec *out, char *err, size_t err
 /*
  * One cache through the replay's own step (sim/cache.h) on constant rows - every head
  * puts the same weight on every key - recording the peaks over decode steps of |A_t| *
- * token_weight and of the policy's metadata bytes. Returns 0, or 1 when out of memory.
+ * token_weight and of the policy's metadata bytes, and, when step_tokens and step_meta
+ * are not NULL, both at every decode step t (index t - P). Returns 0, or 1 when out of
+ * memory.
  */
 static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget, int group,
-                   int token_weight, double *peak_tokens, double *peak_meta)
+                   int token_weight, double *peak_tokens, double *peak_meta,
+                   double *step_tokens, double *step_meta)
 {
     int T = in->n_tokens, P = in->prefill_len;
     int *identity = malloc((size_t)T * sizeof *identity);
@@ -116,6 +119,10 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
         if (t >= P) {
             *peak_tokens = m.kv_tokens > *peak_tokens ? m.kv_tokens : *peak_tokens;
             *peak_meta = m.meta_bytes > *peak_meta ? m.meta_bytes : *peak_meta;
+            if (step_tokens) {
+                step_tokens[t - P] = m.kv_tokens;
+                step_meta[t - P] = m.meta_bytes;
+            }
         }
     }
     kv_cache_free(&c);
@@ -133,13 +140,35 @@ int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int
     int group = info->n_heads / per_layer;
     int token_weight = kv_cache_token_weight(pc, info);
     double peak_tokens = 0.0, peak_meta = 0.0;
-    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta)) {
+    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta, NULL,
+                NULL)) {
         snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
         return KV_ERUNTIME;
     }
     long long caches = (long long)info->n_layers * per_layer;
     *kv_bytes_peak = kv_tokens_to_bytes(info, (long long)peak_tokens * caches);
     *meta_bytes_peak = peak_meta * (double)caches;
+    return 0;
+}
+
+int kv_budget_footprint_steps(const kv_policy_conf *pc, const kv_trace_info *info,
+                              int budget, double *kv_bytes, double *meta_bytes, char *err,
+                              size_t err_len)
+{
+    int per_layer = kv_caches_per_layer(pc, info);
+    int group = info->n_heads / per_layer;
+    int token_weight = kv_cache_token_weight(pc, info);
+    double peak_tokens = 0.0, peak_meta = 0.0;
+    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta, kv_bytes,
+                meta_bytes)) {
+        snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
+        return KV_ERUNTIME;
+    }
+    long long caches = (long long)info->n_layers * per_layer;
+    for (int i = 0; i < info->n_tokens - info->prefill_len; i++) {
+        kv_bytes[i] = kv_tokens_to_bytes(info, (long long)kv_bytes[i] * caches);
+        meta_bytes[i] *= (double)caches;
+    }
     return 0;
 }
 

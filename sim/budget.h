@@ -57,6 +57,18 @@ int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int
                         size_t err_len);
 
 /*
+ * The same dry run, step by step: kv_bytes[i] and meta_bytes[i] (caller's arrays of
+ * T - P doubles) receive the KV bytes and the metadata bytes, summed over all the caches
+ * of geometry info, at decode step t = P + i: exactly the kv_bytes and meta_bytes columns
+ * of steps.tsv for a run of pc at budget B on a trace of geometry info. With info a
+ * trace's T and P at another model's geometry (sim/geometry.h) it projects the policy's
+ * memory onto that model. B must pass pc's check. Returns 0, or 1 when out of memory.
+ */
+int kv_budget_footprint_steps(const kv_policy_conf *pc, const kv_trace_info *info,
+                              int budget, double *kv_bytes, double *meta_bytes, char *err,
+                              size_t err_len);
+
+/*
  * Resolves spec into *tokens for policy pc on a trace of geometry info (see the top of
  * this file). Byte specs search B in [B_min, max(T - 1, B_min)] by bisection (the
  * footprint grows with B), B_min being the smallest budget pc's check accepts; at B >= T - 1

@@ -25,10 +25,29 @@
 #include <unistd.h>
 #include <fcntl.h>
 
-static const char *const figures[KV_PLOT_N_FIGURES] = {
+static const char *const figures[KV_PLOT_N_FIGURES + KV_PLOT_N_OPTIONAL] = {
     "recall_steps", "memory_steps", "recall_budget", "recall_bytes", "retention_map",
     "head_recall", "retention_text", "predict",
+    "memory_models",    /* optional: when the directory holds projection.tsv */
 };
+
+/* The input file whose presence makes optional figure i (0-based) part of the render. */
+static const char *const optional_input[KV_PLOT_N_OPTIONAL] = { "projection.tsv" };
+
+/* How many figures directory dir gets: the fixed ones, then each optional one whose
+ * input is there (they come last and in order, so a prefix of figures[]). */
+static int figures_for(const char *dir)
+{
+    int n = KV_PLOT_N_FIGURES;
+    for (int i = 0; i < KV_PLOT_N_OPTIONAL; i++) {
+        char path[KV_PLOT_PATH + 64];
+        snprintf(path, sizeof path, "%s/%s", dir, optional_input[i]);
+        if (access(path, R_OK) != 0)
+            break;
+        n++;
+    }
+    return n;
+}
 
 /* The gnuplot to run: $KVSIM_GNUPLOT, or "gnuplot" when found on $PATH; NULL if none. */
 static const char *gnuplot_path(void)
@@ -215,9 +234,10 @@ static int render_one(kv_plot_ctx *c, const char *gnuplot, const char *scripts, 
 }
 
 /* Moves every rendered figure and caption from the private directory into where. */
-static int publish(const kv_plot_ctx *c, const char *where, char *err, size_t err_len)
+static int publish(const kv_plot_ctx *c, const char *where, int n_figures, char *err,
+                   size_t err_len)
 {
-    for (int i = 0; i < KV_PLOT_N_FIGURES; i++) {
+    for (int i = 0; i < n_figures; i++) {
         for (int caption = 0; caption < 2; caption++) {
             const char *ext = caption ? "txt" : c->format;
             char from[KV_PLOT_PATH + 64], to[KV_PLOT_PATH + 64];
@@ -311,10 +331,11 @@ int kv_plot_render(const char *dir, const kv_plot_options *o, char *where, size_
         }
     }
     /* 3. every figure into the private directory; 4. all of them into place */
-    for (int i = 0; !rc && i < KV_PLOT_N_FIGURES; i++)
+    int n_figures = figures_for(dir);
+    for (int i = 0; !rc && i < n_figures; i++)
         rc = render_one(&c, gnuplot, scripts, i, err, err_len);
     if (!rc)
-        rc = publish(&c, where, err, err_len);
+        rc = publish(&c, where, n_figures, err, err_len);
     if (rc && c.tmp[0] && strstr(err, "ENOSPC"))
         snprintf(err + strlen(err), err_len - strlen(err), "; the previous figures are kept");
     kv_plot_close(&c);
@@ -339,6 +360,8 @@ static void plot_usage(FILE *f)
 "  retention_text the trace's text, each token shaded by the share of caches holding it\n"
 "                 at the end, a panel per policy (one budget; token ids without text)\n"
 "  predict        open-loop recall and output error against the closed loop's KL\n"
+"  memory_models  with DIR/projection.tsv (kvsim project): KV + metadata bytes per\n"
+"                 decoded token at named model geometries, per policy (one budget)\n"
 "\n"
 "options:\n"
 "      --format F      png (pngcairo; default), svg or pdf\n"
@@ -449,6 +472,7 @@ int kv_cmd_plot(int argc, char **argv)
         return kv_exit_status(rc);
     }
     if (!o.quiet)
-        printf("figures: %s/ (%s; captions NAME.txt)\n", where, KV_PLOT_FIGURE_LIST);
+        printf("figures: %s/ (%s%s; captions NAME.txt)\n", where, KV_PLOT_FIGURE_LIST,
+               figures_for(argv[optind]) > KV_PLOT_N_FIGURES ? ", memory_models" : "");
     return 0;
 }

@@ -17,6 +17,7 @@ int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
 int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
 int kv_cmd_text(int argc, char **argv);     /* sim/cmd_text.c */
 int kv_cmd_index(int argc, char **argv);    /* sim/cmd_index.c */
+int kv_cmd_project(int argc, char **argv);  /* sim/cmd_project.c */
 
 /* Where a checkpoint or tokenizer named on the command line is: name as given when it
  * exists or contains a '/', else $KVSIM_MODELS/name (default models/, where `make models`

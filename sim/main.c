@@ -23,6 +23,8 @@ static const struct {
     { "capture", kv_cmd_capture, "record a real trace from a llama2.c checkpoint" },
     { "text", kv_cmd_text, "print the text of a trace captured with a tokenizer" },
     { "index", kv_cmd_index, "store a qk trace's row normalisers for sparse replays" },
+    { "project", kv_cmd_project,
+      "charge each policy's memory per decode step at named model geometries" },
     { "policies", kv_cmd_policies, "list the eviction policies and their parameters" },
     { NULL, NULL, NULL },
 };

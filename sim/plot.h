@@ -12,6 +12,8 @@
  *                   at the end, a panel per policy
  *   predict         open-loop recall and output error against the closed loop's KL, a
  *                   point per (policy, budget); a note without closed-loop results
+ *   memory_models   (with DIR/projection.tsv of `kvsim project`) KV + metadata bytes
+ *                   against decode length at named model geometries, per policy
  *
  * No name ever reaches a shell or gnuplot's command parser: kvsim reads the TSV files
  * itself, writes the numbers a figure needs into plain data files of fixed names in a
@@ -32,6 +34,9 @@
     "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall, " \
     "retention_text, predict"
 #define KV_PLOT_N_FIGURES 8
+/* Figures drawn only when the directory holds their input: memory_models, from the
+ * projection.tsv of `kvsim project` (sim/cmd_project.c). */
+#define KV_PLOT_N_OPTIONAL 1
 
 typedef struct {
     const char *format;   /* "png" (pngcairo; NULL means png), "svg" or "pdf" */

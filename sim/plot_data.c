@@ -1099,6 +1099,89 @@ static int fig_head_recall(const kv_plot_ctx *c, fig_files *ff, char *err, size_
     return 0;
 }
 
+/* memory_models: kvsim project's projection.tsv (sim/cmd_project.c) of the trace of the
+ * maps at the one-figure budget: per model, each policy's KV + metadata bytes against
+ * the number of decoded tokens, and its KV bytes alone where it has metadata. */
+static int fig_memory_models(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
+{
+    kv_tsv t;
+    memset(&t, 0, sizeof t);
+    int rc = read_table(c, "projection.tsv", "trace policy budget_spec model decode_len "
+                        "kv_bytes meta_bytes", &t, err, err_len);
+    const char **models = NULL;
+    size_t n_m = 0;
+    if (!rc && distinct(&t, kv_tsv_col(&t, "model"), -1, NULL, &models, &n_m))
+        rc = oom(err, err_len);
+    int ct = kv_tsv_col(&t, "trace"), cp = kv_tsv_col(&t, "policy");
+    int cs = kv_tsv_col(&t, "budget_spec"), cm = kv_tsv_col(&t, "model");
+    int cd = kv_tsv_col(&t, "decode_len"), ck = kv_tsv_col(&t, "kv_bytes");
+    int cx = kv_tsv_col(&t, "meta_bytes");
+    FILE *v = ff->vars;
+    double lo = INFINITY, hi = 0;
+    if (!rc)
+        fprintf(v, "n_m = %zu\narray model[%zu]\narray has_meta[%zu]\n", n_m, n_m ? n_m : 1,
+                n_m * c->n_pol > 0 ? n_m * c->n_pol : 1);
+    for (size_t m = 0; m < n_m && !rc; m++) {
+        fprintf(v, "model[%zu] = ", m + 1);
+        gp_string(v, models[m]);
+        fputc('\n', v);
+        for (size_t p = 0; p < c->n_pol && !rc; p++) {
+            char name[64], path[KV_PLOT_PATH + 64];
+            snprintf(name, sizeof name, "mm_m%zu_p%zu.dat", m + 1, p + 1);
+            FILE *f = data_open(c, name, path, sizeof path, err, err_len);
+            if (!f) {
+                rc = KV_ERUNTIME;
+                break;
+            }
+            int rows = 0, meta = 0;
+            for (size_t r = 0; r < t.n_rows && !rc; r++) {
+                if (strcmp(kv_tsv_cell(&t, r, ct), c->map_trace) ||
+                    strcmp(kv_tsv_cell(&t, r, cp), c->pol[p]) ||
+                    strcmp(kv_tsv_cell(&t, r, cs), c->budget) ||
+                    strcmp(kv_tsv_cell(&t, r, cm), models[m]))
+                    continue;
+                double d, kv, mb;
+                rc = kv_tsv_number(&t, r, cd, &d, err, err_len) ||
+                     kv_tsv_number(&t, r, ck, &kv, err, err_len) ||
+                     kv_tsv_number(&t, r, cx, &mb, err, err_len);
+                fprintf(f, "%.0f\t%.9g\t%.9g\n", d, (kv + mb) / 1048576.0, kv / 1048576.0);
+                lo = kv > 0 && kv < lo ? kv : lo;
+                hi = kv + mb > hi ? kv + mb : hi;
+                meta |= mb > 0;
+                rows++;
+            }
+            int bad = data_close(f, path, err, err_len);
+            if (!rc && !bad && rows == 0) {
+                snprintf(err, err_len, "%s/projection.tsv: no rows for trace %s, policy %s, "
+                         "budget %s, model %s: run kvsim project on the experiment of these "
+                         "results", c->dir, c->map_trace, c->pol[p], c->budget, models[m]);
+                rc = KV_EFORMAT;
+            }
+            rc = rc ? rc : bad;
+            fprintf(v, "has_meta[%zu] = %d\n", m * c->n_pol + p + 1, meta);
+        }
+    }
+    if (!rc) {
+        fprintf(v, "y_lo = %.9g\ny_hi = %.9g\n", isfinite(lo) ? lo / 1048576.0 : 0.5,
+                hi > 0 ? hi / 1048576.0 : 1);
+        char words[3000], list[2000];
+        caption_words(c, c->budget, words, sizeof words);
+        join(list, sizeof list, models, n_m);
+        fprintf(ff->caption, "KV-cache bytes plus policy metadata bytes (solid; KV bytes "
+                "alone dotted, for policies with metadata) summed over all caches at each "
+                "decode step, against the number of decoded tokens, %s, with the token "
+                "counts of trace %s charged at the geometry of %s (kvsim project: K and V "
+                "at 2 bytes per element; one cache per KV head, or per query head for "
+                "kv_granularity = query_head; metadata by each policy's own rule at that "
+                "model's GQA group size). Exact counts, unsmoothed; they depend only on the "
+                "prompt and sequence lengths, the budget and the policy's parameters.\n",
+                words, c->map_trace, list);
+    }
+    free(models);
+    kv_tsv_free(&t);
+    return rc;
+}
+
 /* ------------------------------------------------------------ retention_text */
 
 #define TEXT_COLS 150      /* characters per line of the paragraph */
@@ -1399,6 +1482,7 @@ int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char 
         { "recall_budget", fig_recall_budget }, { "recall_bytes", fig_recall_bytes },
         { "retention_map", fig_retention_map }, { "head_recall", fig_head_recall },
         { "retention_text", fig_retention_text }, { "predict", fig_predict },
+        { "memory_models", fig_memory_models },
     };
     fig_files ff;
     char cap[64];
