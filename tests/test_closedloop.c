@@ -340,6 +340,41 @@ static void test_pairing_checked(void **state)
     kv_model_free(b);
 }
 
+/* The console table's closed-loop block shows each run's kl_mean and ppl as
+ * summary.tsv holds them (one trace: the mean is the run's own value). */
+static void test_console_table(void **state)
+{
+    (void)state;
+    char cmd[2048], summary[1024];
+    snprintf(cmd, sizeof cmd, "./kvsim run --trace %s --policies full,window --budgets 6 "
+             "--model %s -o %s --force --no-plot 2>/dev/null", kv_test_path("tiny.h5"),
+             kv_test_path("tiny.bin"), kv_test_path("table"));
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char line[1024], block[4096] = "";
+    int in_block = 0;
+    while (fgets(line, sizeof line, p)) {
+        in_block |= strncmp(line, "closed loop:", 12) == 0;
+        if (in_block && strlen(block) + strlen(line) < sizeof block)
+            strcat(block, line);
+    }
+    assert_int_equal(pclose(p), 0);
+    snprintf(summary, sizeof summary, "%s", kv_test_path("table/summary.tsv"));
+    char kl[64], ppl[64], ppl_full[64], want[256];
+    snprintf(kl, sizeof kl, "%s", tsv_cell(summary, "policy", "window", -1, "kl_mean"));
+    snprintf(ppl, sizeof ppl, "%s", tsv_cell(summary, "policy", "window", -1, "ppl"));
+    snprintf(ppl_full, sizeof ppl_full, "%s", tsv_cell(summary, "policy", "window", -1,
+                                                       "ppl_full"));
+    /* labels padded to the widest (at least 8) plus 2, then two spaces */
+    snprintf(want, sizeof want, "\n%-10s  %.4f / %.4g\n", "window", strtod(kl, NULL),
+             strtod(ppl, NULL));
+    if (!strstr(block, want))
+        fail_msg("expected '%s' in the table's closed-loop block:\n%s", want, block);
+    snprintf(want, sizeof want, "full-cache perplexity %.4g\n", strtod(ppl_full, NULL));
+    assert_non_null(strstr(block, want));
+    assert_true(strtod(kl, NULL) > 0.0);   /* B = 6 < T - 1 evicts: a non-trivial value */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_matches_float64_reference),
         cmocka_unit_test(test_out_err_against_numpy),
         cmocka_unit_test(test_pairing_checked),
+        cmocka_unit_test(test_console_table),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
