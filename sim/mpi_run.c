@@ -68,6 +68,7 @@ typedef struct {
     int rc;                     /* the status code the in-process step would return */
     int tokens;                 /* UNIT_RESOLVE: the resolved budget */
     unsigned long long bytes;   /* UNIT_REPLAY: bytes of the layer part that follow */
+    double seconds;             /* wall time of the unit on its rank */
     char err[1024];
 } unit_result;
 
@@ -101,6 +102,28 @@ static void unit_unpack(const int *v, unit *u)
     memset(u, 0, sizeof *u);
     u->kind = v[0], u->trace = v[1], u->group = v[2], u->policy = v[3], u->budget = v[4],
     u->layer = v[5];
+}
+
+/*
+ * Waits for a message from source (MPI_ANY_SOURCE) with tag (MPI_ANY_TAG) and returns its
+ * envelope in *st, without spinning: Open MPI's blocking receive polls a core at full
+ * speed, which would take the core of a replaying rank beside an idle rank 0 (or of rank 0
+ * writing the results beside idle ranks). A message is noticed within 2 ms; a unit takes
+ * far longer.
+ */
+static void wait_message(int source, int tag, MPI_Status *st)
+{
+    long pause_ns = 20000;
+    for (;;) {
+        int flag = 0;
+        MPI_Iprobe(source, tag, MPI_COMM_WORLD, &flag, st);
+        if (flag)
+            return;
+        struct timespec ts = { 0, pause_ns };
+        nanosleep(&ts, NULL);
+        if (pause_ns < 2000000)
+            pause_ns *= 2;
+    }
 }
 
 /* Sends or receives a buffer of any size, in pieces MPI's int counts can hold. */
@@ -142,6 +165,7 @@ typedef struct {
 typedef struct {
     int remote;
     int sent;
+    double start;               /* when the unit began, for unit_result.seconds */
     int (*local)(void *ctx, const kv_layer_part *part, char *err, size_t err_len);
     void *local_ctx;
 } part_sink;
@@ -152,7 +176,7 @@ static int send_part(void *ctx, const kv_layer_part *part, char *err, size_t err
     s->sent = 1;
     if (!s->remote)
         return s->local(s->local_ctx, part, err, err_len);
-    unit_result r = { .rc = 0, .bytes = part->bytes };
+    unit_result r = { .rc = 0, .bytes = part->bytes, .seconds = now_seconds() - s->start };
     MPI_Send(&r, (int)sizeof r, MPI_BYTE, 0, TAG_RESULT, MPI_COMM_WORLD);
     send_bytes(part->data, part->bytes, 0);
     return 0;
@@ -177,10 +201,20 @@ static int worker_trace(unit_worker *w, int k, char *err, size_t err_len)
  * was handed over, *r holds the answer and the caller sends it. Returns 1 when the
  * answer was sent by the sink.
  */
+static int do_unit_kind(unit_worker *w, const unit *u, part_sink *sink, unit_result *r);
+
 static int do_unit(unit_worker *w, const unit *u, part_sink *sink, unit_result *r)
 {
-    const kv_experiment *ex = w->ex;
     memset(r, 0, sizeof *r);
+    sink->start = now_seconds();
+    int sent = do_unit_kind(w, u, sink, r);
+    r->seconds = now_seconds() - sink->start;
+    return sent;
+}
+
+static int do_unit_kind(unit_worker *w, const unit *u, part_sink *sink, unit_result *r)
+{
+    const kv_experiment *ex = w->ex;
     if (u->kind == UNIT_CHECK) {
         if (kv_trace_precheck(ex->traces[u->trace], r->err, sizeof r->err))
             r->rc = KV_ERUNTIME;
@@ -248,7 +282,7 @@ static void worker_loop(const kv_experiment *ex)
     part_sink sink = { .remote = 1 };
     for (;;) {
         MPI_Status st;
-        MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &st);
+        wait_message(0, MPI_ANY_TAG, &st);
         if (st.MPI_TAG == TAG_PLAN) {
             int n;
             MPI_Get_count(&st, MPI_INT, &n);
@@ -309,7 +343,23 @@ typedef struct {
     double start, last, total_cost, done_cost;
     int n_done, n_units, enabled, tty, shown;
     const char *what;
+    /* the cost of spreading the work: layer parts' bytes gathered by rank 0, its seconds
+     * receiving them and folding them (on_answer), against the units' own seconds */
+    double bytes, recv_seconds, answer_seconds, unit_seconds;
+    int n_parts;
 } hand_out_progress;
+
+/* The gather's cost, one line, after the last unit. */
+static void progress_costs(const hand_out_progress *pg)
+{
+    if (!pg->enabled || pg->n_parts == 0)
+        return;
+    fprintf(stderr, "kvsim: %s: %d units in %.2f s; units' own time %.2f s; rank 0 gathered "
+            "%.0f bytes (%.0f per part, %d parts), %.3f s receiving, %.3f s folding\n",
+            pg->what, pg->n_units, now_seconds() - pg->start, pg->unit_seconds, pg->bytes,
+            pg->n_parts ? pg->bytes / pg->n_parts : 0.0, pg->n_parts, pg->recv_seconds,
+            pg->answer_seconds);
+}
 
 static void progress_show(hand_out_progress *pg, int final)
 {
@@ -364,19 +414,25 @@ typedef struct {
     const unit *u;
     answer_fn fn;
     int rc;
+    double start;
+    double answer_seconds;      /* in fn */
+    size_t bytes;
 } local_answer;
 
 static int answer_part_here(void *ctx, const kv_layer_part *part, char *err, size_t err_len)
 {
     local_answer *la = ctx;
-    unit_result r = { .rc = 0, .bytes = part->bytes };
+    unit_result r = { .rc = 0, .bytes = part->bytes, .seconds = now_seconds() - la->start };
     void *data = malloc(part->bytes ? part->bytes : 1);
     if (!data) {
         snprintf(err, err_len, "out of memory copying a layer part (%zu bytes)", part->bytes);
         return KV_ENOMEM;
     }
     memcpy(data, part->data, part->bytes);
+    double t0 = now_seconds();
     la->rc = la->fn(la->ctx, la->u, &r, data);
+    la->answer_seconds = now_seconds() - t0;
+    la->bytes = part->bytes;
     return 0;
 }
 
@@ -409,14 +465,16 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
         if (u->order > f->order)
             continue;
         unit_result r;
-        local_answer la = { .ctx = ctx, .u = u, .fn = on_answer };
+        local_answer la = { .ctx = ctx, .u = u, .fn = on_answer, .start = now_seconds() };
         part_sink sink = { .remote = 0, .local = answer_part_here, .local_ctx = &la };
         if (!do_unit(self, u, &sink, &r)) {
             name_rank(m, u, 0, &r);
             rc |= on_answer(ctx, u, &r, NULL);
         } else {
             rc |= la.rc;
+            pg.bytes += (double)la.bytes, pg.n_parts++, pg.answer_seconds += la.answer_seconds;
         }
+        pg.unit_seconds += r.seconds - la.answer_seconds;
         pg.done_cost += u->cost, pg.n_done++;
         progress_show(&pg, 0);
     }
@@ -438,10 +496,12 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
     while (busy > 0) {
         unit_result r;
         MPI_Status st;
-        MPI_Recv(&r, (int)sizeof r, MPI_BYTE, MPI_ANY_SOURCE, TAG_RESULT, MPI_COMM_WORLD, &st);
+        wait_message(MPI_ANY_SOURCE, TAG_RESULT, &st);
         int from = st.MPI_SOURCE;
+        MPI_Recv(&r, (int)sizeof r, MPI_BYTE, from, TAG_RESULT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         const unit *u = &units[running[from]];
         void *data = NULL;
+        double t0 = now_seconds();
         if (r.bytes) {
             data = malloc(r.bytes);
             if (!data) {   /* drain the bytes, then report */
@@ -462,9 +522,14 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
             } else {
                 recv_bytes(data, r.bytes, from);
             }
+            pg.bytes += (double)r.bytes, pg.n_parts++;
         }
+        double t1 = now_seconds();
+        pg.recv_seconds += t1 - t0;
+        pg.unit_seconds += r.seconds;
         name_rank(m, u, from, &r);
         rc |= on_answer(ctx, u, &r, data);
+        pg.answer_seconds += now_seconds() - t1;
         pg.done_cost += u->cost, pg.n_done++;
         progress_show(&pg, 0);
         busy--;
@@ -478,6 +543,7 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
         }
     }
     progress_show(&pg, 1);
+    progress_costs(&pg);
     free(running);
     return rc;
 }
