@@ -253,9 +253,16 @@ static int worker_take_plan(unit_worker *w, int n_ints)
     const kv_experiment *ex = w->ex;
     size_t n_tokens = (size_t)ex->n_traces * ex->n_policies * ex->n_budgets;
     int *msg = malloc((size_t)n_ints * sizeof *msg);
-    MPI_Recv(msg, n_ints, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    if (!msg || (size_t)n_ints != n_tokens + 1)
+    if (!msg) {   /* receive it anyway, so the next message is the next unit */
+        int one;
+        MPI_Recv(&one, 0, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         return -1;
+    }
+    MPI_Recv(msg, n_ints, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if ((size_t)n_ints != n_tokens + 1) {
+        free(msg);
+        return -1;
+    }
     free(w->tokens);
     w->tokens = malloc(n_tokens * sizeof *w->tokens + 1);
     if (!w->tokens)
@@ -275,7 +282,7 @@ static int worker_take_plan(unit_worker *w, int n_ints)
  * incomplete when this rank failed to load the experiment (rank 0 then fails the same
  * way and sends no unit).
  */
-static void worker_loop(const kv_experiment *ex)
+static void worker_loop(const kv_experiment *ex, int load_rc, const char *load_err)
 {
     unit_worker w = { .ex = ex, .tr_index = -1 };
     w.group = malloc((ex->n_policies ? (size_t)ex->n_policies : 1) * sizeof *w.group);
@@ -297,10 +304,10 @@ static void worker_loop(const kv_experiment *ex)
             break;
         unit_result r;
         int sent = 0;
-        if (!w.group) {
+        if (load_rc || !w.group || u.trace < 0 || u.trace >= ex->n_traces) {
             memset(&r, 0, sizeof r);
-            r.rc = KV_ENOMEM;
-            snprintf(r.err, sizeof r.err, "out of memory");
+            r.rc = load_rc ? load_rc : KV_ENOMEM;
+            snprintf(r.err, sizeof r.err, "%s", load_rc ? load_err : "out of memory");
         } else {
             sent = do_unit(&w, &u, &sink, &r);
         }
@@ -480,7 +487,7 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
     }
     int *running = malloc((size_t)m->n_ranks * sizeof *running);   /* unit index per rank */
     if (!running && m->n_ranks > 1) {
-        snprintf(f->err, sizeof f->err, "out of memory");
+        failure_note(f, LLONG_MIN, KV_ENOMEM, "out of memory");
         return KV_ENOMEM;
     }
     for (int to = 1; to < m->n_ranks; to++) {
@@ -559,6 +566,20 @@ typedef struct {
     long long check_base;       /* orders from here on are checks */
 } mpi_driver;
 
+/* The experiment kvsim run loaded, for rank 0's own units (a one-rank job). */
+static int driver_take(mpi_driver *d, const kv_experiment *ex, char *err, size_t err_len)
+{
+    d->m.ex = ex;
+    d->self.ex = ex;
+    if (!d->self.group)
+        d->self.group = malloc((ex->n_policies ? (size_t)ex->n_policies : 1) *
+                               sizeof *d->self.group);
+    if (d->self.group)
+        return 0;
+    snprintf(err, err_len, "out of memory");
+    return KV_ENOMEM;
+}
+
 /* Orders of the single process's step 1 (trace by trace: the header, then each
  * (policy, budget) entry), then of its checks (trace by trace). */
 static long long header_order(const kv_experiment *ex, int k)
@@ -588,6 +609,8 @@ static int mpi_resolve(void *ctx, const kv_experiment *ex, const kv_experiment_o
                        int *tokens, char *err, size_t err_len)
 {
     mpi_driver *d = ctx;
+    if (driver_take(d, ex, err, err_len))
+        return KV_ENOMEM;
     d->m.progress = opts->progress;
     int np = ex->n_policies, nb = ex->n_budgets;
     d->tokens = tokens;
@@ -808,9 +831,11 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
                       size_t err_len)
 {
     mpi_driver *d = ctx;
-    d->m.progress = opts->progress;
     for (int k = 0; k < ex->n_traces; k++)
         res[k] = NULL;
+    if (driver_take(d, ex, err, err_len))
+        return KV_ENOMEM;
+    d->m.progress = opts->progress;
     kv_replay_plan plan;
     int rc = kv_experiment_plan(ex, tokens, &plan, err, err_len);
     if (rc)
@@ -852,10 +877,10 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
     }
     if (rc == 0)
         rc = hand_out(&d->m, &d->self, units, (int)n, &rr.f, answer_replay, &rr, "replay");
-    if (rc == 0 && rr.f.order != LLONG_MAX)
+    if (rr.f.order != LLONG_MAX) {
         rc = rr.f.rc;
-    if (rc)
-        snprintf(err, err_len, "%s", rr.f.order != LLONG_MAX ? rr.f.err : err);
+        snprintf(err, err_len, "%s", rr.f.err);
+    }
     free(units);
     reduction_close(&rr);
     if (d->self.have_plan) {
@@ -899,22 +924,12 @@ int main(int argc, char **argv)
         } else {
             mpi_driver d = { .m = { .rank = 0, .n_ranks = n_ranks },
                              .self = { .tr_index = -1 } };
-            kv_experiment ex;
-            char err[1024];
-            kv_experiment_init(&ex);
-            /* the experiment once more, for the units rank 0 does itself */
-            if (kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err) == 0) {
-                d.m.ex = &ex;
-                d.self.ex = &ex;
-                d.self.group = malloc((size_t)ex.n_policies * sizeof *d.self.group);
-            }
             kv_experiment_driver driver = { .resolve_budgets = mpi_resolve,
                                             .precheck = mpi_precheck, .replay = mpi_replay,
                                             .ctx = &d };
-            status = kv_cmd_run_with(argc - 1, argv + 1, d.m.ex ? &driver : NULL);
+            status = kv_cmd_run_with(argc - 1, argv + 1, &driver);
             kv_trace_close(d.self.tr);
             free(d.self.group);
-            kv_experiment_free(&ex);
         }
         unit stop = { .kind = UNIT_STOP };
         for (int to = 1; to < n_ranks; to++)
@@ -929,11 +944,11 @@ int main(int argc, char **argv)
         if (!freopen("/dev/null", "w", stdout))
             fclose(stdout);
         kv_experiment ex;
-        char err[1024];
+        char err[1024] = "not a run";
         kv_experiment_init(&ex);
-        if (run)
-            kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err);
-        worker_loop(&ex);
+        int load_rc = run ? kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err)
+                          : KV_EUSAGE;
+        worker_loop(&ex, load_rc, err);
         kv_experiment_free(&ex);
     }
     MPI_Barrier(MPI_COMM_WORLD);   /* every rank done before rank 0's status ends the job */
