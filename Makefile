@@ -57,6 +57,15 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libkvsim.a $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(BUILD)/libkvsim.a $(LDFLAGS) $(LDLIBS) -lcmocka -o $@
 
+# The commit kvsim is built from, recorded in every manifest.json: the stamp (and with it
+# sim/manifest.o) changes only when `git describe` does.
+KVSIM_COMMIT := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+.PHONY: FORCE
+$(BUILD)/commit.stamp: FORCE
+	@mkdir -p $(BUILD); echo '$(KVSIM_COMMIT)' | cmp -s - $@ || echo '$(KVSIM_COMMIT)' > $@
+$(BUILD)/sim/manifest.o: $(BUILD)/commit.stamp
+$(BUILD)/sim/manifest.o: CPPFLAGS += -DKVSIM_COMMIT='"$(KVSIM_COMMIT)"'
+
 # The README's test command.
 test: deps
 	@$(MAKE) --no-print-directory check

@@ -1,129 +1,52 @@
-# common.gp - what every kvsim figure script loads first: the variables, the terminal,
-# the policy styles and the TSV helpers. A script sets `name` (the figure's file name)
-# and then: load adir."/common.gp"
+# common.gp - loaded first by every figure script: sizes, the font, and the panel grid.
+# The script then sets h_in for paper style (its height, from the grid it needs) and
+# loads terminal.gp. kvsim plot runs each figure as
+#     gnuplot vars.gp analysis/NAME.gp
+# in a private directory holding vars.gp (the variables below, written by kvsim) and the
+# figure's data files (analysis/README.md lists them); the figure goes to figure.FMT there.
 #
-# Variables (gnuplot -e "dir='results/default'; ..." SCRIPT; kvsim plot sets them):
-#   dir     result directory (required)
-#   adir    this directory (default "analysis")
-#   fmt     png (pngcairo 1200x800, the default), svg or pdf
-#   width, height   pixels (default 1200 and 800; pdf: 9 x 6 inches at the default)
-#   out     output file (default dir/figures/NAME.fmt)
-#   trace   trace name of the per-trace figures (default: the first in summary.tsv)
-#   budget  budget_spec of the one-budget figures (default: the first in summary.tsv)
+# vars.gp: adir (this directory), name, fmt (png, svg, pdf), style (screen, paper),
+#   columns (1, 2), req_w, req_h (a requested size: pixels for png, inches otherwise; 0:
+#   the style's default), smooth, raw, n_pol, pol[p] (policy labels), pol_pt[p], the
+#   linetypes 1..n_pol (one per policy: colour, dash, point), n_pol + 1 (several policies
+#   of different types at once) and n_pol + 2 (an invisible sample), budget, n_used,
+#   label_chars (the longest label); then the figure's own variables.
 #
-# Columns are selected by name through tsv.awk; `call adir."/need.gp" FILE "COLS"` stops
-# the script (non-zero exit, "FILE: no column 'X'") when a needed column is missing.
+# Names are shown as they are: every terminal is "noenhanced", so no character of a
+# trace or policy name is read as markup.
 
-if (!exists("dir")) {
-    exit error "no result directory: run gnuplot -e \"dir='results/default'\" SCRIPT"
-}
-if (!exists("adir")) { adir = "analysis" }
-if (!exists("fmt")) { fmt = "png" }
-if (!exists("out")) {
-    system(sprintf("mkdir -p '%s/figures'", dir))
-    out = sprintf("%s/figures/%s.%s", dir, name, fmt)
-}
-
-# ---------------------------------------------------------------- TSV by column name
-
-# Shell command printing columns `cols` of the rows of `file` matching `where`
-# ("col=value;col=value"); opts: more awk -v settings (tsv.awk).
-tsv_opts(file, cols, where, opts) = \
-    sprintf("awk -f '%s/tsv.awk' %s -v cols='%s' -v where='%s' '%s'", \
-            adir, opts, cols, where, file)
-tsv(file, cols, where) = tsv_opts(file, cols, where, "")
-# The distinct values, as a gnuplot word list ("a" "b c" ...), in order of appearance.
-distinct(file, col, where) = system(tsv_opts(file, col, where, "-v distinct=1"))
-# The first value (unquoted), or "" when no row matches.
-first(file, col, where) = system(tsv(file, col, where) . " | head -n 1")
-
-# ---------------------------------------------------------------- trace and budget
-
-summary = dir . "/summary.tsv"
-call adir."/need.gp" summary "trace policy type budget budget_spec"
-traces_all = distinct(summary, "trace", "")
-if (!exists("trace")) {
-    trace = word(traces_all, 1)
-    trace_given = 0
+paper = style eq "paper"
+# Sizes in inches. A screen PNG is 1200x800 pixels by default, taken as 9x6 in at 133 dpi.
+if (paper) {
+    w_in = req_w > 0 ? req_w : (columns == 2 ? 7.0 : 3.4)
+    h_in = req_h > 0 ? req_h : 0       # 0: the figure sets it
+    font_pt = 8.5
+    dpi = 200.0
 } else {
-    trace_given = 1
+    dpi = fmt eq "png" ? 1200.0 / 9.0 : 72.0
+    w_in = req_w > 0 ? (fmt eq "png" ? req_w / dpi : req_w) : 9.0
+    h_in = req_h > 0 ? (fmt eq "png" ? req_h / dpi : req_h) : 6.0
+    font_pt = 11.0 * (w_in / 9.0) ** 0.3
 }
-has_trace(t) = strstrt(traces_all, sprintf("\"%s\"", t)) > 0
-if (!has_trace(trace)) {
-    exit error sprintf("%s: no trace '%s' (has: %s)", summary, trace, traces_all)
-}
-# Per-trace figures need one real trace; "all" only aggregates summary and compare.
-if (trace eq "all") { trace_rows = word(traces_all, 1) } else { trace_rows = trace }
-budgets_all = distinct(summary, "budget_spec", "trace=" . trace)
-if (!exists("budget")) { budget = word(budgets_all, 1) }
-if (strstrt(budgets_all, sprintf("\"%s\"", budget)) == 0) {
-    exit error sprintf("%s: no budget_spec '%s' (has: %s)", summary, budget, budgets_all)
-}
-policies = distinct(summary, "policy", "trace=" . trace)
-n_policies = words(policies)
+# print text stays at 8 pt or more, panel headings and tick labels included
+small_pt = paper ? 8.0 : font_pt * 0.9
+title_pt = font_pt * 1.2
+em = font_pt / 72.0                    # the font's height, in inches
+fixed_h = paper && req_h == 0          # the figure chooses the height
 
-# Budget specs: "64" (tokens), "0.25p" (share of the prompt: the same tokens for every
-# policy of a trace), "64KiB" (bytes: tokens differ per policy, so legends name them).
-all_digits(s) = strlen(s) == 0 ? 1 : (strstrt("0123456789", s[1:1]) > 0 && all_digits(s[2:]))
-is_tokens(s) = strlen(s) > 0 && all_digits(s)
-is_bytes(s) = strlen(s) > 0 && s[strlen(s):strlen(s)] eq "B"
-tokens_of(s, p) = first(summary, "budget", sprintf("trace=%s;budget_spec=%s;policy=%s", \
-                                                    trace_rows, s, p))
-budget_label(s) = is_tokens(s) ? sprintf("B = %s tokens", s) : \
-                  is_bytes(s) ? sprintf("budget %s of KV cache + metadata", s) : \
-                  sprintf("budget %s = %s tokens", s, tokens_of(s, word(policies, 1)))
-policy_entry(p, s) = is_bytes(s) ? sprintf("%s (B = %s)", p, tokens_of(s, p)) : p
-
-# ---------------------------------------------------------------- terminal
-
-if (!exists("width")) { width = 1200 }
-if (!exists("height")) { height = 800 }
-# Text is not "enhanced": trace and policy names hold underscores, which enhanced text
-# would turn into subscripts.
-# Text shrinks a little with the picture, less than the picture does.
-font_pt = (fmt eq "pdf" ? 10.0 : 11.0) * sqrt(width / 1200.0)
-font_spec = sprintf("DejaVu Sans,%.1f", font_pt)
-title_font = sprintf(",%.1f", font_pt * 14 / 11)    # figure titles
-small_font = sprintf(",%.1f", font_pt * 8 / 11)     # values written into cells
-if (fmt eq "png") {
-    set terminal pngcairo size width, height noenhanced font font_spec linewidth 1.2
-} else {
-    if (fmt eq "svg") {
-        set terminal svg size width, height noenhanced font font_spec background "white"
-    } else {
-        if (fmt eq "pdf") {
-            set terminal pdfcairo size 9.0 * width / 1200, 6.0 * height / 800 noenhanced \
-                font font_spec
-        } else {
-            exit error sprintf("fmt must be png, svg or pdf, got '%s'", fmt)
-        }
-    }
-}
-set output out
-set datafile separator "\t"
-set encoding utf8
-
-# ---------------------------------------------------------------- policy styles
-# Policy i (its order in summary.tsv) keeps one colour, dash pattern and point type in
-# every figure: Okabe-Ito colours, which stay apart for colour-blind readers, and dash
-# patterns from the fourth on, so lines that lie on top of each other stay visible.
-set linetype 1 lc rgb "#0072B2" lw 2 dt 1 pt 7 ps 1.1
-set linetype 2 lc rgb "#D55E00" lw 2 dt 1 pt 5 ps 1.0
-set linetype 3 lc rgb "#009E73" lw 2 dt 1 pt 9 ps 1.3
-set linetype 4 lc rgb "#CC79A7" lw 2 dt 2 pt 11 ps 1.3
-set linetype 5 lc rgb "#E69F00" lw 2 dt 1 pt 13 ps 1.3
-set linetype 6 lc rgb "#56B4E9" lw 2 dt 4 pt 15 ps 1.2
-set linetype 7 lc rgb "#000000" lw 2 dt 3 pt 3 ps 1.1
-set linetype 8 lc rgb "#999999" lw 2 dt 5 pt 1 ps 1.1
-# Beyond eight policies (the default experiment runs twelve): more colours, so no two
-# policies share a colour until the thirteenth.
-set linetype 9 lc rgb "#882255" lw 2 dt 1 pt 2 ps 1.1
-set linetype 10 lc rgb "#44AA99" lw 2 dt 2 pt 4 ps 1.0
-set linetype 11 lc rgb "#332288" lw 2 dt 1 pt 6 ps 1.1
-set linetype 12 lc rgb "#999933" lw 2 dt 4 pt 8 ps 1.1
-set linetype cycle 12
-
-set grid lc rgb "#dddddd" lw 1
-set border lc rgb "#444444"
-set tics nomirror
-set key noautotitle
+# The panel grid: g_nr rows and g_nc columns inside paddings g_l, g_r, g_t, g_b and gaps
+# g_gx, g_gy (inches, set by the script); grid_h(cell) is the height that gives cells
+# `cell` inches tall. terminal.gp computes the cells' size cw x ch; panel (r, c) then
+# spans px0(c)..px1(c), py0(r)..py1(r) in screen coordinates (panel.gp puts a plot there).
+grid_h(cell) = g_t + g_b + g_nr * cell + (g_nr - 1) * g_gy
+px0(c) = (g_l + (c - 1) * (cw + g_gx)) / w_in
+px1(c) = px0(c) + cw / w_in
+py1(r) = 1 - (g_t + (r - 1) * (ch + g_gy)) / h_in
+py0(r) = py1(r) - ch / h_in
+# a legend entry's width for labels of `chars` characters, in inches
+key_w(chars) = (chars * 0.52 + 2.8) * em
+# the legend outside the panels: key_cols columns, key_rows rows, key_h inches tall,
+# for n_keys entries of up to `chars` characters across width `room` inches
+key_layout(n_keys, room, chars) = (key_cols = floor(room / key_w(chars)), \
+    key_cols = key_cols < 1 ? 1 : (key_cols > n_keys ? n_keys : key_cols), \
+    key_rows = ceil(n_keys / real(key_cols)), key_h = key_rows * 1.3 * em + 0.6 * em)

@@ -1,54 +1,63 @@
-# recall_steps.gp - figure 1: attention-mass recall against decode step, one line per
-# policy, one panel per budget (steps.tsv: step, recall; summary.tsv: budget).
-#   gnuplot -e "dir='results/default'" analysis/recall_steps.gp
-name = "recall_steps"
-load (exists("adir") ? adir : "analysis") . "/common.gp"
+# recall_steps.gp - attention-mass recall against decode step, one line per policy (a
+# moving mean over `smooth` steps; the raw values thin when raw = 1), one panel per
+# budget, the legend outside the panels (right on screen, below in print).
+# Data (kvsim plot): rs_bB_pP.dat = step, recall, smoothed recall; panel[B] the panel's
+# heading; keep[(B-1)*n_pol+P] 0 for a policy not drawn (full, constant at 1); y_lo.
+load adir . "/common.gp"
 
-steps = dir . "/steps.tsv"
-call adir."/need.gp" steps "trace policy budget_spec step recall"
+kept(p) = sum [b = 1:n_b] keep[(b - 1) * n_pol + p]
+n_kept = sum [p = 1:n_pol] (kept(p) > 0)
+g_nc = paper ? (columns == 2 ? (n_b > 3 ? 3 : n_b) : 1) : (n_b > 4 ? 2 : 1)
+g_nr = int((n_b + g_nc - 1) / g_nc)
+if (paper) {
+    g_l = 3.6 * em; g_r = 0.8 * em; g_t = 1.5 * em; g_gx = 1.2 * em; g_gy = 1.7 * em
+    dummy = key_layout(n_kept, w_in - 0.1, label_chars)
+    g_b = 3.0 * em + key_h
+    if (fixed_h) { h_in = grid_h(columns == 2 ? 1.4 : 0.95) }
+} else {
+    g_l = 5.0 * em; g_r = key_w(label_chars) + 2 * em; g_t = 4.0 * em; g_b = 3.6 * em
+    g_gx = 4.0 * em; g_gy = 2.6 * em
+}
+load adir . "/terminal.gp"
 
-budgets = distinct(steps, "budget_spec", "trace=" . trace_rows)
-n_b = words(budgets)
-n_cols = n_b > 4 ? 2 : 1
-n_rows = int((n_b + n_cols - 1) / n_cols)
-where(p, b) = sprintf("trace=%s;policy=%s;budget_spec=%s", trace_rows, p, b)
-
-# one recall scale for every panel, so panels compare at a glance
-stats "< " . tsv(steps, "recall", "trace=" . trace_rows) using 1 nooutput
-y_lo = floor(STATS_min * 10) / 10.0
-set multiplot layout n_rows, n_cols margins 0.08, 0.80, 0.08, 0.90 spacing 0.08, 0.1 \
-    title sprintf("Attention-mass recall per decode step (trace %s)", trace_rows) font title_font
-set ylabel "recall (share of full-cache\nattention mass)"
-set yrange [y_lo:1.02]
+set multiplot
+if (!paper) {
+    set label 99 "Attention-mass recall per decode step" at screen 0.5, 1 - 1.5 * em / h_in \
+        center font title_font
+}
+set label 98 "recall" at screen 0.8 * em / w_in, (py1(1) + py0(g_nr)) / 2 rotate center
+set yrange [y_lo : 1.02]
+y_step = y_lo < 0.5 ? 0.2 : 0.1
+set ytics y_step
 set autoscale xfix
 unset key
+mark = 40   # a point every `mark` steps, offset per policy, for greyscale prints
 do for [b = 1:n_b] {
-    B = word(budgets, b)
-    # byte budgets resolve to different tokens per policy: the panel title lists them
-    panel = budget_label(B)
-    if (is_bytes(B)) {
-        panel = panel . "; B ="
-        do for [i = 1:n_policies] {
-            panel = panel . sprintf("%s %s %s", i > 1 ? "," : "", word(policies, i), \
-                                    tokens_of(B, word(policies, i)))
-        }
+    r = int((b - 1) / g_nc) + 1
+    c = (b - 1) % g_nc + 1
+    call adir . "/panel.gp" r c
+    bottom = b + g_nc > n_b
+    set format x (bottom ? "%g" : "")
+    set format y (c == 1 ? "%g" : "")
+    if (bottom) { set xlabel "decode step t" offset 0, (paper ? 0.7 : 0.3) } else { unset xlabel }
+    set label 97 panel[b] at graph 0.5, graph 1 center offset 0, 0.55 font small_font
+    if (raw) {
+        plot for [p = 1:n_pol] sprintf("rs_b%d_p%d.dat", b, p) \
+                 using 1:(keep[(b - 1) * n_pol + p] ? $2 : NaN) with lines lt p dt 1 lw 0.3 notitle, \
+             for [p = 1:n_pol] sprintf("rs_b%d_p%d.dat", b, p) \
+                 using 1:(keep[(b - 1) * n_pol + p] ? $3 : NaN) with lines lt p notitle, \
+             for [p = 1:n_pol] sprintf("rs_b%d_p%d.dat", b, p) every mark::(3 * p) \
+                 using 1:(keep[(b - 1) * n_pol + p] ? $3 : NaN) with points lt p ps 0.5 notitle
+    } else {
+        plot for [p = 1:n_pol] sprintf("rs_b%d_p%d.dat", b, p) \
+                 using 1:(keep[(b - 1) * n_pol + p] ? $3 : NaN) with lines lt p notitle, \
+             for [p = 1:n_pol] sprintf("rs_b%d_p%d.dat", b, p) every mark::(3 * p) \
+                 using 1:(keep[(b - 1) * n_pol + p] ? $3 : NaN) with points lt p ps 0.5 notitle
     }
-    set title panel
-    if (b > n_b - n_cols) { set xlabel "decode step t (token position)" } else { unset xlabel }
-    plot for [i = 1:n_policies] "< " . tsv(steps, "step recall", where(word(policies, i), B)) \
-        using 1:2 with lines ls i notitle
+    unset label 99
+    unset label 98
 }
-# The legend in a panel of its own on the right, tall enough for every policy.
-set lmargin at screen 0.83
-set rmargin at screen 0.99
-set tmargin at screen 0.90
-set bmargin at screen 0.08
-unset title
-unset xlabel
-unset ylabel
-unset border
-unset tics
-unset grid
-set key at screen 0.99, 0.90 right top spacing 1.3 box opaque maxrows 40
-plot for [i = 1:n_policies] NaN with lines ls i title word(policies, i)
+# the legend: every policy drawn in some panel
+call adir . "/key.gp"
+plot for [p = 1:n_pol] NaN with linespoints lt p ps 0.6 title (kept(p) ? pol[p] : "")
 unset multiplot

@@ -121,7 +121,8 @@ static int morphkv_check(const kv_param_values *values, int budget, char *err,
         return 1;
     int window = (int)values->v[P_WINDOW];
     if (budget <= window) {
-        snprintf(err, err_len, "budget %d must exceed morphkv window %d", budget, window);
+        snprintf(err, err_len, "budget %d must exceed morphkv window %d (use --set "
+                 "morphkv.window=N with N < %d)", budget, window, budget);
         return 1;
     }
     return 0;

@@ -100,7 +100,8 @@ static int snapkv_check(const kv_param_values *values, int budget, char *err,
         return 1;
     int window = (int)values->v[P_WINDOW], kernel = (int)values->v[P_KERNEL];
     if (budget < window) {
-        snprintf(err, err_len, "budget %d must be at least snapkv window %d", budget, window);
+        snprintf(err, err_len, "budget %d must be at least snapkv window %d (use --set "
+                 "snapkv.window=N with N <= %d)", budget, window, budget);
         return 1;
     }
     if (kernel % 2 == 0) {

@@ -6,8 +6,9 @@
  *   2. Keep every position j < sinks (the attention sinks: the first tokens, which
  *      are never evicted, so once t >= sinks all of 0..sinks-1 are present).
  *   3. Keep the B - sinks most recent positions of A_t; evict the rest.
- * Requires B > sinks (check). With |A_t| > B > sinks the sinks and the recent part do
- * not overlap, so exactly B positions are kept.
+ * Requires B >= sinks (check). With |A_t| > B >= sinks the sinks and the recent part do
+ * not overlap, so exactly B positions are kept (B = sinks: the sinks alone, the newest
+ * token evicted at once).
  * Citation: Xiao et al. 2023, "Efficient Streaming Language Models with Attention
  * Sinks" (StreamingLLM), Sec. 3.2: sink tokens + rolling KV cache.
  * Metadata: none.
@@ -22,7 +23,7 @@ enum { P_SINKS };
 
 static const kv_param_spec streamingllm_params[] = {
     [P_SINKS] = { "sinks", KV_PARAM_INT, "4", 0, 1000000, NULL,
-                  "initial tokens always kept (attention sinks), in tokens; B > sinks" },
+                  "initial tokens always kept (attention sinks), in tokens; B >= sinks" },
 };
 
 typedef struct {
@@ -36,8 +37,9 @@ static int streamingllm_check(const kv_param_values *values, int budget, char *e
     if (kv_check_budget(budget, err, err_len) != 0)
         return 1;
     int sinks = (int)values->v[P_SINKS];
-    if (budget <= sinks) {
-        snprintf(err, err_len, "budget %d must exceed streamingllm sinks %d", budget, sinks);
+    if (budget < sinks) {
+        snprintf(err, err_len, "budget %d must be at least streamingllm sinks %d (use --set "
+                 "streamingllm.sinks=N with N <= %d)", budget, sinks, budget);
         return 1;
     }
     return 0;
@@ -63,7 +65,7 @@ static void streamingllm_select(void *state, const kv_cache_view *cache, unsigne
 {
     const streamingllm_state *st = state;
     int n = cache->n, b = cache->budget;
-    assert(n <= st->n_tokens && b > st->sinks);
+    assert(n <= st->n_tokens && b >= st->sinks);
     /* 1. Within budget: keep all. */
     if (n <= b) {
         for (int i = 0; i < n; i++)
@@ -87,7 +89,7 @@ const kv_policy_ops kv_policy_streamingllm = {
     .citation = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks, Sec. 3.2",
     KV_PARAM_TABLE(streamingllm_params),
     .bounded = 1,                     /* keeps exactly min(|A_t|, B) */
-    .check = streamingllm_check,      /* B > sinks */
+    .check = streamingllm_check,      /* B >= sinks */
     .create = streamingllm_create,
     .observe = streamingllm_observe,  /* ignores rows */
     .reads_row = kv_reads_no_row, /* observe reads positions only */

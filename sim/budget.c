@@ -156,7 +156,7 @@ static int resolve_bytes(const kv_budget_spec *spec, const kv_policy_conf *pc,
 {
     char why[KV_ERRMSG] = "";
     int b_min = 1;
-    /* the rules are lower bounds (B > window, B > sinks): the first accepted B */
+    /* the rules are lower bounds (B > window, B >= sinks): the first accepted B */
     while (b_min <= info->n_tokens + 1000000 && !check_ok(pc, b_min, why, sizeof why))
         b_min++;
     if (why[0]) {

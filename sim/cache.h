@@ -35,8 +35,13 @@
  *     chose, and c->pos[0..c->n) = S, ascending; positions that left are counted in
  *     c->lifetimes. c->failed is set (and stays set) when S exceeds the policy's bound
  *     (kv_policy_max_held): the driver reports an internal error.
- * Every call is O(|A_t| * n_heads) plus the policy's own work; the cache's memory is
- * O(T * n_heads) and no call allocates. Only init can fail.
+ * Preconditions (the driver's duty): t runs 0, 1, ..., T-1 with query before update at
+ * each t; full_t holds t + 1 weights per head; prescan, when used, sees every t before the
+ * first query. A closed-loop driver that needs o_t whatever the policy reads computes it
+ * from its own logits over A_t (its softmax over A_t is o_t) and reads only A_t here.
+ * Every call is O(|A_t| * n_heads) plus the policy's own work (O(t * n_heads) for
+ * prescan and preselect, which read the full row); the cache's memory is O(T * n_heads)
+ * and no call allocates. Only init can fail.
  */
 #ifndef KV_CACHE_H
 #define KV_CACHE_H

@@ -7,6 +7,7 @@
 #include "sim/engine.h"
 #include "sim/experiment.h"
 #include "sim/output.h"
+#include "sim/manifest.h"
 #include "sim/plot.h"
 #include "traces/validate.h"
 #include "traces/status.h"
@@ -97,6 +98,9 @@ typedef struct {
     const char *policies, *budgets, *trace, *output, *config;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
+    char **typed;        /* "kvsim", then argv as typed (getopt_long reorders argv), for
+                            the manifest; [argc + 1] allocated */
+    int n_typed;
 } run_options;
 
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
@@ -219,7 +223,7 @@ static int plot_results(const kv_experiment *ex, const run_options *o, char *err
                    "run kvsim plot %s)\n", ex->output);
         return 0;
     }
-    kv_plot_options po = { .quiet = o->quiet };
+    kv_plot_options po = { .quiet = o->quiet, .style = ex->style[0] ? ex->style : NULL };
     char where[KV_PATH_LEN + 64];
     if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
         return KV_ERUNTIME;
@@ -313,12 +317,15 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
     if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
         rc = KV_ERUNTIME;
+    if (rc == 0 && kv_manifest_write(ex->output, ex, b->tokens, o->n_typed, o->typed, err,
+                                     err_len))
+        rc = KV_ERUNTIME;
     if (rc == 0 && !o->quiet) {
         if (kv_output_table(stdout, &er, err, err_len))
             rc = KV_ERUNTIME;
         else
             printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv)\n", ex->output);
+                   "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
     }
     if (rc == 0)
         rc = plot_results(ex, o, err, err_len);
@@ -350,10 +357,16 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
+                      .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
-    int rc = o.sets ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
-    if (!o.sets)
+    if (o.typed) {
+        o.typed[o.n_typed++] = (char *)(driver && driver->program ? driver->program : "kvsim");
+        for (int i = 0; i < argc; i++)   /* argv[0] is "run" */
+            o.typed[o.n_typed++] = argv[i];
+    }
+    int rc = o.sets && o.typed ? parse_run_args(argc, argv, &o, err, sizeof err) : KV_ENOMEM;
+    if (!o.sets || !o.typed)
         snprintf(err, sizeof err, "out of memory");
     if (rc == 0)
         rc = build_experiment(&o, &ex, err, sizeof err);
@@ -367,6 +380,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
         fprintf(stderr, "kvsim run: %s\n", err);
     buffers_free(&b, ex.n_traces);
     free(o.sets);
+    free(o.typed);
     kv_experiment_free(&ex);
     return rc < 0 ? 0 : kv_exit_status(rc);
 }

@@ -10,6 +10,8 @@
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
+ *   style   = paper                ; optional: the figures' style, screen (default) or
+ *                                  ; paper (kvsim plot --style)
  *
  *   [policy morphkv-max]           ; the label used in every output file
  *   type   = morphkv               ; a registered policy (kvsim policies)
@@ -34,6 +36,7 @@ typedef struct {
     kv_policy_conf *policies;   /* owned */
     int n_policies;
     unsigned long seed;
+    char style[8];              /* figure style: "screen", "paper", or "" (screen) */
 } kv_experiment;
 
 /* Sets ex to an empty experiment (no policies, no budgets, seed 1). Cannot fail. */

@@ -4,7 +4,8 @@
  *
  * Work is organised per layer: the layer's rows are produced block by block (sim/rows.h),
  * and every cache of every (policy, budget) run - one per (layer, KV head) - steps through
- * the block. Caches are independent, so they run in parallel: one graph of OpenMP tasks
+ * the block by sim/cache.h's step (the replay rules live there; the engine schedules and
+ * folds the metrics by sim/metrics.h's tables). Caches are independent, so they run in parallel: one graph of OpenMP tasks
  * per layer (engine.c, stream_layer) in which producing the next blocks, loading the next
  * layer and stepping the caches overlap, each cache still stepping through its rows in
  * order. Each cache writes only its own buffers and the buffers are reduced in a fixed

@@ -98,6 +98,7 @@ typedef struct {
                   const kv_experiment_opts *opts, kv_results **res, char *err,
                   size_t err_len);
     void *ctx;
+    const char *program;   /* the command's name in manifest.json; NULL: "kvsim" */
 } kv_experiment_driver;
 
 /*

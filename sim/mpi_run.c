@@ -926,7 +926,7 @@ int main(int argc, char **argv)
                              .self = { .tr_index = -1 } };
             kv_experiment_driver driver = { .resolve_budgets = mpi_resolve,
                                             .precheck = mpi_precheck, .replay = mpi_replay,
-                                            .ctx = &d };
+                                            .ctx = &d, .program = "kvsim-mpi" };
             status = kv_cmd_run_with(argc - 1, argv + 1, &driver);
             kv_trace_close(d.self.tr);
             free(d.self.group);

@@ -255,6 +255,29 @@ static void summary_row(FILE *f, const double *values)
         }
 }
 
+void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
+{
+    kv_params_format(pc->ops, &pc->values, only_changed, buf, len);
+    const kv_param_spec *g = &kv_engine_params[KV_ENGINE_PARAM_GRANULARITY];
+    if (only_changed && pc->granularity == KV_GRAN_KV_HEAD)
+        return;
+    /* the granularity's word: the CHOICE's words are '|'-separated, indexed by value */
+    const char *w = g->choices;
+    for (int i = 0; i < (int)pc->granularity && strchr(w, '|'); i++)
+        w = strchr(w, '|') + 1;
+    size_t at = strlen(buf);
+    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%.*s", at ? "," : "", g->name,
+             (int)strcspn(w, "|"), w);
+}
+
+/* The params column: the label's parameters that differ from their defaults, or "-". */
+static void params_cell(FILE *f, const kv_policy_conf *pc)
+{
+    char buf[512];
+    kv_output_params(pc, 1, buf, sizeof buf);
+    fprintf(f, "\t%s", buf[0] ? buf : "-");
+}
+
 /* The trace = "all" row of run r: every column the mean over traces, except the interval
  * columns (Student-t over the traces' recall_mean) and ci_units (the traces). x: [n]. */
 static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
@@ -297,9 +320,11 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
         fprintf(f, col->all_format, v);
     }
     if (have_oracle)
-        fprintf(f, "\t%.9g\n", oracle);
+        fprintf(f, "\t%.9g", oracle);
     else
-        fprintf(f, "\tNA\n");
+        fprintf(f, "\tNA");
+    params_cell(f, pc);
+    fputc('\n', f);
 }
 
 /* The header of the columns file shows, each preceded by a tab. */
@@ -315,7 +340,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
     const kv_experiment_results *er = c->er;
     fprintf(f, "trace\tpolicy\ttype\tbudget\tbudget_spec");
     column_headers(f, KV_FILE_SUMMARY);
-    fprintf(f, "\toracle_recall_mean\n");
+    fprintf(f, "\toracle_recall_mean\tparams\n");
     for (int k = 0; k < er->n_traces; k++)
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &er->res[k]->runs[r];
@@ -325,6 +350,7 @@ static int write_summary(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     run->budget, spec_text(c, r % c->n_budgets, buf, sizeof buf));
             summary_row(f, summary(c, k, r));
             oracle_cell(f, c, k, r);
+            params_cell(f, pc);
             fputc('\n', f);
         }
     if (er->n_traces < 2)
@@ -655,50 +681,76 @@ static void format_bytes(double bytes, char *buf, size_t len)
         snprintf(buf, len, "%.0f B", bytes);
 }
 
+/*
+ * The console table: per policy and budget the mean recall and the peak KV bytes + the
+ * peak metadata bytes (the largest over traces), in fixed-width columns. A policy whose
+ * cache the budget does not bound (kv_policy_max_held < 0: full, snapkv) is marked '*',
+ * so a growing or metadata-heavy policy cannot read as the cheap winner.
+ */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
 {
     const kv_replay_conf *conf = er->conf;
-    int width = 8;
+    int width = 8, any_growing = 0;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
     if (er->n_traces > 1)
-        fprintf(f, "mean recall over %d traces / largest peak KV bytes\n", er->n_traces);
-    fprintf(f, "%-*s", width, "policy");
+        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n",
+                er->n_traces);
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
+    int i_meta = kv_summary_column("meta_bytes_peak");
     double *values = malloc((size_t)kv_n_output_columns * sizeof *values);
     if (!values) {
         snprintf(err, err_len, "out of memory printing the table");
         return KV_ERUNTIME;
     }
+    width += 2;   /* room for the mark */
+    /* a cell: recall (6), two spaces, KV (10), " + ", metadata (10) = 31 */
+    fprintf(f, "%-*s", width, "policy");
     for (int b = 0; b < conf->n_budgets; b++) {
         char head[64], buf[32];
-        snprintf(head, sizeof head, "B=%s recall / peak KV", spec_text(&c, b, buf, sizeof buf));
-        fprintf(f, "  %24s", head);
+        snprintf(head, sizeof head, "B=%s", spec_text(&c, b, buf, sizeof buf));
+        fprintf(f, b + 1 < conf->n_budgets ? "  %-31s" : "  %s", head);
     }
+    fprintf(f, "\n%-*s", width, "");
+    for (int b = 0; b < conf->n_budgets; b++)
+        fprintf(f, "  %-6s  %10s + %10s", "recall", "peak KV", "metadata");
     fputc('\n', f);
     for (int p = 0; p < conf->n_policies; p++) {
-        fprintf(f, "%-*s", width, conf->policies[p].label);
+        const kv_policy_conf *pc = &conf->policies[p];
+        int grows = 0;
+        for (int k = 0; k < er->n_traces; k++)
+            for (int b = 0; b < conf->n_budgets; b++)
+                grows |= kv_policy_max_held(pc->ops, &pc->values,
+                                            er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
+        any_growing |= grows;
+        char label[KV_LABEL_LEN + 4];
+        snprintf(label, sizeof label, "%s%s", pc->label, grows ? " *" : "");
+        fprintf(f, "%-*s", width, label);
         for (int b = 0; b < conf->n_budgets; b++) {
-            double recall = 0.0, peak = 0.0;
+            double recall = 0.0, peak = 0.0, meta = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
-                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
-                                     err_len)) {
+                int r = p * conf->n_budgets + b;
+                if (kv_run_summarise(er->res[k], r, values, err, err_len)) {
                     free(values);
                     return KV_ERUNTIME;
                 }
                 recall += values[i_recall] / er->n_traces;
                 peak = values[i_peak] > peak ? values[i_peak] : peak;
+                meta = values[i_meta] > meta ? values[i_meta] : meta;
             }
-            char bytes[32], cell[64];
-            format_bytes(peak, bytes, sizeof bytes);
-            snprintf(cell, sizeof cell, "%.4f / %s", recall, bytes);
-            fprintf(f, "  %24s", cell);
+            char kv[32], md[32];
+            format_bytes(peak, kv, sizeof kv);
+            format_bytes(meta, md, sizeof md);
+            fprintf(f, "  %6.4f  %10s + %10s", recall, kv, md);
         }
         fputc('\n', f);
     }
+    if (any_growing)
+        fprintf(f, "* the budget does not bound this policy's cache: it grows with the "
+                "sequence\n");
     free(values);
     return 0;
 }

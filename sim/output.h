@@ -50,6 +50,11 @@ int kv_run_summarise(const kv_results *res, int r, double *values, char *err,
  */
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 
+/* pc's parameters as "name=value" pairs, comma-separated, into buf: every one, the
+ * engine's kv_granularity included (only_changed 0), or those that differ from their
+ * defaults (only_changed 1; "" when none). Cannot fail (truncates to len). */
+void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len);
+
 /*
  * The results of one experiment: one kv_results per trace. Each res[k] holds
  * conf->n_policies * conf->n_budgets runs, policy-major (run p * n_budgets + b is policy

@@ -33,6 +33,7 @@
 #include "sim/commands.h"
 #include "sim/rows.h"
 #include "tests/kv_test.h"
+#include "traces/capture.h"
 #include "traces/model.h"
 #include "traces/trace.h"
 
@@ -368,6 +369,43 @@ static void test_refusals(void **state)
     unlink(a);
 }
 
+/* The library (traces/capture.h) without the command line: the status codes and
+ * messages of traces/status.h, and a greedy capture equal to the command's. */
+static void test_library(void **state)
+{
+    (void)state;
+    char a[64], b[64], err[KV_CAPTURE_ERR_LEN];
+    temp_path(a, sizeof a);
+    temp_path(b, sizeof b);
+    kv_capture_opts o;
+    kv_capture_defaults(&o);
+    assert_int_equal(o.n_tokens, KV_CAPTURE_DEFAULT_TOKENS);
+    o.model_path = kv_test_model_path();
+    o.out_path = a;
+    o.n_tokens = 64;
+    o.prefill_len = 64;
+    assert_int_equal(kv_capture(&o, err, sizeof err), KV_EUSAGE);
+    assert_string_equal(err, "--prefill 64 must be below --tokens 64 (a trace needs at least "
+                             "one decode position)");
+    assert_int_equal(access(a, F_OK), -1);
+    o.model_path = "/nonexistent/m.bin";
+    assert_int_equal(kv_capture(&o, err, sizeof err), KV_EIO);
+    o.model_path = kv_test_model_path();
+    o.prefill_len = 16;
+    o.temperature = 0;
+    assert_int_equal(kv_capture(&o, err, sizeof err), 0);
+    assert_int_equal(capture(b, "--tokens", "64", "--prefill", "16", "--temperature", "0",
+                             NULL), 0);
+    trace_data da, db;
+    load_trace(a, &da);
+    load_trace(b, &db);
+    assert_memory_equal(da.tokens, db.tokens, 64 * sizeof *da.tokens);
+    free_trace(&da);
+    free_trace(&db);
+    unlink(a);
+    unlink(b);
+}
+
 static void test_64_tokens_fast(void **state)
 {
     (void)state;
@@ -391,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_rows_match_forward_pass),
         cmocka_unit_test(test_attributes_via_h5py),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_library),
         cmocka_unit_test(test_64_tokens_fast),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

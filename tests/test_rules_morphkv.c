@@ -128,7 +128,8 @@ static void test_morphkv_check(void **state)
     kv_params_defaults(ops, &v);
     char err[KV_ERRMSG] = "";
     assert_int_equal(ops->check(&v, 32, err, sizeof err), 1);
-    assert_string_equal(err, "budget 32 must exceed morphkv window 32");
+    assert_string_equal(err, "budget 32 must exceed morphkv window 32 (use --set "
+                        "morphkv.window=N with N < 32)");
     assert_int_equal(ops->check(&v, 33, err, sizeof err), 0);
     assert_int_equal(ops->check(&v, 0, err, sizeof err), 1);
     assert_string_equal(err, "budget 0 must be at least 1");

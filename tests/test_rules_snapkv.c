@@ -130,7 +130,8 @@ static void test_snapkv_short_prompt_and_check(void **state)
     kv_params_defaults(ops, &v);
     char err[KV_ERRMSG] = "";
     assert_int_equal(ops->check(&v, 31, err, sizeof err), 1);
-    assert_string_equal(err, "budget 31 must be at least snapkv window 32");
+    assert_string_equal(err, "budget 31 must be at least snapkv window 32 (use --set "
+                        "snapkv.window=N with N <= 31)");
     assert_int_equal(ops->check(&v, 32, err, sizeof err), 0);
     assert_int_equal(kv_params_set(ops, &v, "kernel", "6", err, sizeof err), 0);
     assert_int_equal(ops->check(&v, 64, err, sizeof err), 1);

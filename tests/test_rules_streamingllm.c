@@ -38,6 +38,12 @@ static void test_streamingllm_sinks_and_window(void **state)
     assert_string_equal(r.kept[7], "0,1,2,3,7");
     assert_string_equal(r.kept[8], "0,1,2,3,8");
     assert_string_equal(r.kept[9], "0,1,2,3,9");
+    /* B = sinks = 2, P = 5: no recent part, the sinks alone: t=4 A={0..4} -> {0,1};
+     * t=5 A={0,1,5} -> {0,1} (the new token evicted at once); t=6 likewise. */
+    kv_hand_run_policy("streamingllm", "sinks=2", 7, 5, 2, 1, kv_hand_self_attn, NULL, &r);
+    assert_string_equal(r.kept[4], "0,1");
+    assert_string_equal(r.kept[5], "0,1");
+    assert_string_equal(r.kept[6], "0,1");
 }
 
 static void test_streamingllm_check(void **state)
@@ -47,8 +53,10 @@ static void test_streamingllm_check(void **state)
     kv_param_values v;
     kv_params_defaults(ops, &v);
     char err[KV_ERRMSG] = "";
-    assert_int_equal(ops->check(&v, 4, err, sizeof err), 1);
-    assert_string_equal(err, "budget 4 must exceed streamingllm sinks 4");
+    assert_int_equal(ops->check(&v, 3, err, sizeof err), 1);
+    assert_string_equal(err, "budget 3 must be at least streamingllm sinks 4 (use --set "
+                        "streamingllm.sinks=N with N <= 3)");
+    assert_int_equal(ops->check(&v, 4, err, sizeof err), 0);   /* B = sinks: the rule allows */
     assert_int_equal(ops->check(&v, 5, err, sizeof err), 0);
 }
 
