@@ -72,16 +72,11 @@ typedef struct {
     char err[1024];
 } unit_result;
 
-/* Rank 0's state over one run. */
+/* Rank 0's view of the job. */
 typedef struct {
-    int rank, n_ranks;
-    const kv_experiment *ex;
-    kv_trace_info *infos;       /* [n_traces] headers (NULL entries' open failed) */
-    int *header_rc;             /* [n_traces] */
-    char **header_err;          /* [n_traces] */
-    int check_rc;               /* the first failed check in trace order, with check_err */
-    char check_err[1024];
-    int progress;
+    int n_ranks;
+    const kv_experiment *ex;    /* kvsim run's, borrowed */
+    int progress;               /* 1: progress and the gather's cost on stderr */
 } mpi_run;
 
 static double now_seconds(void)
@@ -922,7 +917,7 @@ int main(int argc, char **argv)
             usage(help ? stdout : stderr);
             status = help ? 0 : KV_EUSAGE;
         } else {
-            mpi_driver d = { .m = { .rank = 0, .n_ranks = n_ranks },
+            mpi_driver d = { .m = { .n_ranks = n_ranks },
                              .self = { .tr_index = -1 } };
             kv_experiment_driver driver = { .resolve_budgets = mpi_resolve,
                                             .precheck = mpi_precheck, .replay = mpi_replay,
