@@ -117,7 +117,7 @@ for bad in badrow nanq; do
 done
 
 echo "== an interrupt leaves the earlier results"
-"$KVSIM" gen --seed 13 --layers 6 --heads 8 --kv-heads 4 --head-dim 32 --tokens 1536 \
+"$KVSIM" gen --seed 13 --layers 6 --heads 8 --kv-heads 4 --head-dim 32 --tokens 2048 \
     --prefill 256 -o "$DIR/long.h5" >/dev/null || exit 1
 out="$DIR/interrupted"
 long_args=(--trace "$DIR/long.h5" --policies window,h2o,snapkv,morphkv,tova,oracle --budgets 64,128,256)
@@ -127,12 +127,12 @@ cp -r "$out" "$out.before"
 OMP_NUM_THREADS=1 "${MPIRUN[@]}" -n 3 "$KVSIM_MPI" run "${long_args[@]}" -o "$out" --force \
     --no-plot >"$out.log" 2>&1 &
 pid=$!
-# wait until the replay has begun (the first replay units are out), then interrupt
+# wait until the replay has begun (rank 0 reports its first finished unit after a
+# second), then interrupt while the other units run
 for _ in $(seq 1 100); do
     grep -q "replay" "$out.log" 2>/dev/null && break
     sleep 0.2
 done
-sleep 1
 kill -TERM $pid
 wait $pid
 rc=$?
