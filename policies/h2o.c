@@ -56,6 +56,7 @@ typedef struct {
     int *count;         /* [T]: rows that observed j since it entered */
     double *head_score; /* [group]: per-head scores of one candidate (step 3) */
     double *score;      /* [T], by cache-view index: combined score of a candidate */
+    unsigned char *fixed; /* [T] by cache-view index: the r most recent (step 2) */
     int *cand;          /* [T] candidate view indices */
     int *scratch;       /* [T] for kv_keep_top */
 } h2o_state;
@@ -75,6 +76,7 @@ static void h2o_destroy(void *state)
     free(st->count);
     free(st->head_score);
     free(st->score);
+    free(st->fixed);
     free(st->cand);
     free(st->scratch);
     free(st);
@@ -95,10 +97,11 @@ static void *h2o_create(const kv_param_values *values, const kv_policy_ctx *ctx)
     st->count = calloc(t, sizeof *st->count);
     st->head_score = malloc((size_t)st->group * sizeof *st->head_score);
     st->score = malloc(t * sizeof *st->score);
+    st->fixed = malloc(t);
     st->cand = malloc(t * sizeof *st->cand);
     st->scratch = malloc(t * sizeof *st->scratch);
     if (st->acc == NULL || st->count == NULL || st->head_score == NULL || st->score == NULL ||
-        st->cand == NULL || st->scratch == NULL) {
+        st->fixed == NULL || st->cand == NULL || st->scratch == NULL) {
         h2o_destroy(st);
         return NULL;
     }
@@ -120,40 +123,62 @@ static void h2o_observe(void *state, const kv_row *row)
     }
 }
 
-static void h2o_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+/* Steps 2-3 as scores (policy.h): the r most recent fixed, every other position scored;
+ * h2o evicts at every select. */
+static int h2o_scores(void *state, const kv_cache_view *cache, double *score,
+                      unsigned char *fixed)
 {
     h2o_state *st = state;
-    int n = cache->n, b = cache->budget;
-    assert(n <= st->n_tokens && b >= 1);
-    /* 2. Within budget: keep all. */
-    if (n <= b) {
-        for (int i = 0; i < n; i++)
-            keep[i] = 1;
-        return;
-    }
+    int n = cache->n;
+    assert(n <= st->n_tokens && cache->budget >= 1);
     /* 2. The r most recent are kept; r <= B because recent <= 1. */
-    int r = (int)floor(st->recent * (double)b);
+    int r = (int)floor(st->recent * (double)cache->budget);
     int n_cand = n - r;
     for (int i = 0; i < n; i++)
-        keep[i] = i >= n_cand;
+        fixed[i] = i >= n_cand;
     /* 3. Each candidate's per-head scores, combined over the group. */
-    for (int c = 0; c < n_cand; c++) {
+    for (int c = 0; c < n; c++) {
         const double *acc = st->acc + (size_t)cache->pos[c] * st->group;
         int count = st->count[cache->pos[c]];
-        st->cand[c] = c;
         for (int h = 0; h < st->group; h++)
             st->head_score[h] = st->normalize == NORM_COUNT && count > 0 ? acc[h] / count
                                                                         : acc[h];
-        kv_gqa_combine(st->gqa, st->group, 1, st->head_score, 1, &st->score[c]);
+        kv_gqa_combine(st->gqa, st->group, 1, st->head_score, 1, &score[c]);
     }
-    /* 4. Keep the B - r best; drop the scores of the evicted. */
-    kv_keep_top(st->score, cache->pos, st->cand, n_cand, b - r, st->scratch, keep);
-    for (int c = 0; c < n_cand; c++)
+    return 1;
+}
+
+/* 4. Drops the scores of the evicted. */
+static void h2o_kept(void *state, const kv_cache_view *cache, const unsigned char *keep)
+{
+    h2o_state *st = state;
+    for (int c = 0; c < cache->n; c++)
         if (!keep[c]) {
             memset(st->acc + (size_t)cache->pos[c] * st->group, 0,
                    (size_t)st->group * sizeof *st->acc);
             st->count[cache->pos[c]] = 0;
         }
+}
+
+static void h2o_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+{
+    h2o_state *st = state;
+    /* 2. Within budget: keep all. */
+    if (cache->n <= cache->budget) {
+        for (int i = 0; i < cache->n; i++)
+            keep[i] = 1;
+        return;
+    }
+    /* 2-4. The r most recent, plus the B - r best by score. */
+    h2o_scores(st, cache, st->score, st->fixed);
+    kv_keep_scored(st->score, st->fixed, cache->pos, cache->n, cache->budget, st->cand,
+                   st->scratch, keep);
+    h2o_kept(st, cache, keep);
+}
+
+static int h2o_window(const kv_param_values *values, int budget)
+{
+    return (int)floor(values->v[P_RECENT] * (double)budget);
 }
 
 /* 4 bytes (float32) per cached token, times group_size when gqa = max; plus 4 (an int32
@@ -180,4 +205,7 @@ const kv_policy_ops kv_policy_h2o = {
     .meta_bytes = h2o_meta_bytes,  /* 4*n (gqa=sum) or 4*group_size*n (gqa=max), +4*n
                                       with normalize=count */
     .destroy = h2o_destroy,
+    .scores = h2o_scores,          /* steps 2-3 as scores */
+    .kept = h2o_kept,              /* step 4's drop */
+    .window = h2o_window,          /* floor(recent * B) */
 };

@@ -93,6 +93,9 @@ typedef struct {
     int n_tokens;       /* T */
     int prefill;        /* P */
     int budget;         /* B */
+    int held;           /* the most past positions held after a select: B, or the cache
+                           layer's larger cap when it shares budgets (ctx held_cap) */
+    unsigned char *fixed; /* [slot_cap] by view index: W (scores slot) */
     int n_rows;         /* ring capacity: min(window, T) stored rows */
     int next;           /* ring index the next stored row goes to */
     int n_stored;       /* rows in the ring, <= n_rows */
@@ -147,6 +150,7 @@ static void morphkv_destroy(void *state)
     free(st->inv);
     free(st->score);
     free(st->view_score);
+    free(st->fixed);
     free(st->cand);
     free(st->scratch);
     free(st);
@@ -165,9 +169,10 @@ static void *morphkv_create(const kv_param_values *values, const kv_policy_ctx *
     st->n_tokens = ctx->n_tokens;
     st->prefill = ctx->prefill_len;
     st->budget = ctx->budget;
+    st->held = ctx->held_cap > ctx->budget ? ctx->held_cap : ctx->budget;
     st->n_rows = st->window < ctx->n_tokens ? st->window : ctx->n_tokens;
     /* At most max(P, B + N - 1) positions are cached before a select, plus the newest. */
-    long widest = (long)ctx->budget + st->evict_every;
+    long widest = (long)st->held + st->evict_every;
     if (ctx->prefill_len > widest)
         widest = ctx->prefill_len;
     st->slot_cap = widest < ctx->n_tokens ? (int)widest : ctx->n_tokens;
@@ -182,12 +187,13 @@ static void *morphkv_create(const kv_param_values *values, const kv_policy_ctx *
     st->inv = malloc(g * sizeof *st->inv);
     st->score = malloc(cap * sizeof *st->score);
     st->view_score = malloc(cap * sizeof *st->view_score);
+    st->fixed = malloc(cap);
     st->cand = malloc(cap * sizeof *st->cand);
     st->scratch = malloc(cap * sizeof *st->scratch);
     if (st->free_slot == NULL || st->slot_of == NULL || st->row_w == NULL ||
         st->row_d == NULL || st->comb == NULL || st->inv == NULL ||
         st->score == NULL ||
-        st->view_score == NULL || st->cand == NULL || st->scratch == NULL) {
+        st->view_score == NULL || st->fixed == NULL || st->cand == NULL || st->scratch == NULL) {
         morphkv_destroy(st);
         return NULL;
     }
@@ -379,7 +385,7 @@ static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
     for (int i = 0; i < cache->n; i++)
         if (keep[i])
             st->cand[n_kept++] = st->slot_of[cache->pos[i]]; /* old slots, by rank */
-    int stride = (cache->budget + st->evict_every + 7) / 8 * 8;
+    int stride = (st->held + st->evict_every + 7) / 8 * 8;
     stride = stride < st->stride ? stride : st->stride;
     /* Every ring entry in memory order: the new place of entry e never lies past the old
      * place of e, nor reaches the old place of e + 1, so nothing is overwritten unread. */
@@ -399,30 +405,30 @@ static void pack_slots(morphkv_state *st, const kv_cache_view *cache,
     st->n_free = 0;
 }
 
-static void morphkv_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+/* Steps 2-5 as scores (policy.h): W fixed, O scored by the fused score; nothing evicted
+ * between evict_every steps. */
+static int morphkv_scores(void *state, const kv_cache_view *cache, double *score,
+                          unsigned char *fixed)
 {
     morphkv_state *st = state;
-    int n = cache->n, b = cache->budget;
-    assert(n <= st->slot_cap && b > st->window && st->n_stored > 0);
-    /* 2. Within budget, or not an eviction step: keep all. Otherwise O = view[0, n_o),
-     * W = view[n_o, n). */
-    if (n <= b || !evicts_now(st, cache)) {
-        for (int i = 0; i < n; i++)
-            keep[i] = 1;
-        return;
-    }
-    int n_o = n - st->window;
+    int n = cache->n;
+    assert(n <= st->slot_cap && st->n_stored > 0);
+    if (!evicts_now(st, cache))
+        return 0;
+    int n_o = n > st->window ? n - st->window : 0;
     score_slots(st); /* 3-5, over every handed-out slot */
-    for (int i = 0; i < n_o; i++) {
-        st->view_score[i] = st->score[st->slot_of[cache->pos[i]]];
-        st->cand[i] = i;
+    for (int i = 0; i < n; i++) {
+        fixed[i] = i >= n_o;
+        score[i] = i < n_o ? st->score[st->slot_of[cache->pos[i]]] : 0.0;
     }
-    /* 6. W, plus the best B - window of O. */
-    for (int i = 0; i < n; i++)
-        keep[i] = i >= n_o;
-    kv_keep_top(st->view_score, cache->pos, st->cand, n_o, b - st->window, st->scratch,
-                keep);
-    /* The evicted leave O and free their slots. */
+    return 1;
+}
+
+/* The evicted leave O and free their slots. */
+static void morphkv_kept(void *state, const kv_cache_view *cache, const unsigned char *keep)
+{
+    morphkv_state *st = state;
+    int n_o = cache->n > st->window ? cache->n - st->window : 0;
     for (int i = 0; i < n_o; i++)
         if (!keep[i]) {
             int j = cache->pos[i];
@@ -430,8 +436,31 @@ static void morphkv_select(void *state, const kv_cache_view *cache, unsigned cha
             st->free_slot[st->n_free++] = st->slot_of[j];
             st->slot_of[j] = -1;
         }
-    if (st->high > b + st->evict_every)
+    if (st->high > st->held + st->evict_every)
         pack_slots(st, cache, keep);
+}
+
+static void morphkv_select(void *state, const kv_cache_view *cache, unsigned char *keep)
+{
+    morphkv_state *st = state;
+    int n = cache->n, b = cache->budget;
+    assert(n <= st->slot_cap && b > st->window && st->n_stored > 0);
+    /* 2. Within budget, or not an eviction step: keep all. Otherwise O = view[0, n_o),
+     * W = view[n_o, n). */
+    if (n <= b || !morphkv_scores(st, cache, st->view_score, st->fixed)) {
+        for (int i = 0; i < n; i++)
+            keep[i] = 1;
+        return;
+    }
+    /* 6. W, plus the best B - window of O. */
+    kv_keep_scored(st->view_score, st->fixed, cache->pos, n, b, st->cand, st->scratch, keep);
+    morphkv_kept(st, cache, keep);
+}
+
+static int morphkv_window(const kv_param_values *values, int budget)
+{
+    (void)budget;
+    return (int)values->v[P_WINDOW];
 }
 
 /* min(window, rows observed) * group_size * n * 4 bytes (float32 profile). */
@@ -456,4 +485,7 @@ const kv_policy_ops kv_policy_morphkv = {
     .meta_bytes = morphkv_meta_bytes,  /* min(window, rows) * group_size * n * 4 */
     .destroy = morphkv_destroy,
     .max_held = morphkv_max_held,      /* B + evict_every - 1 */
+    .scores = morphkv_scores,          /* steps 2-5 as scores */
+    .kept = morphkv_kept,              /* the evicted leave O */
+    .window = morphkv_window,          /* the recent window W */
 };

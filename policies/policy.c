@@ -439,6 +439,26 @@ void kv_keep_top_by_position(const double *by_pos, const int *pos, int n, int k,
     kv_keep_top(score, pos, cand, n, k, scratch, keep);
 }
 
+void kv_keep_scored(const double *score, const unsigned char *fixed, const int *pos, int n,
+                    int budget, int *cand, int *scratch, unsigned char *keep)
+{
+    if (n <= budget) {
+        for (int i = 0; i < n; i++)
+            keep[i] = 1;
+        return;
+    }
+    int n_fixed = 0, n_cand = 0;
+    for (int i = 0; i < n; i++) {
+        keep[i] = fixed[i] != 0;
+        if (fixed[i])
+            n_fixed++;
+        else
+            cand[n_cand++] = i;
+    }
+    if (budget - n_fixed > 0)
+        kv_keep_top(score, pos, cand, n_cand, budget - n_fixed, scratch, keep);
+}
+
 /* ---------------------------------------------------------- exact sums */
 
 #define EXACT_GRID 149 /* the sum counts units of 2^-149 */

@@ -20,6 +20,12 @@
  *           ops->select(st, cache_t, keep)            S <- kept part of A_t
  *   ops->destroy(st)
  *
+ * When the experiment composes a rule with the policy's scores (sim/alloc.h: alloc = ada,
+ * chunk, value_weight), the cache layer replaces the select call by
+ *           if ops->scores(st, cache_t, score, fixed):   the policy's ranking
+ *               keep <- the cache layer's choice from score and fixed
+ *               [ops->kept(st, cache_t, keep)]           the policy drops the evicted
+ *
  * During prefill (t < P) nothing is evicted: A_t = {0..t} and row_t is the full-cache row
  * p_t. At t = P-1 select compresses the prompt to the budget. At a decode step t >= P the
  * row is the renormalised row o_t over A_t (README rule 2). A policy may keep every
@@ -76,6 +82,11 @@ typedef struct {
     int layer;         /* for messages and for seeding */
     int kv_head;       /* index of the cache within its layer */
     unsigned long seed;/* per-cache seed derived by the engine; use it for any randomness */
+    int head_dim;      /* elements of a key or value vector when the driver hands them
+                          (ops->needs), else 0 */
+    int held_cap;      /* the most past positions the cache may hold after a select when
+                          the cache layer shares budgets across caches (alloc = ada), for
+                          sizing; 0 or below budget: budget */
 } kv_policy_ctx;
 
 /*
@@ -102,7 +113,17 @@ typedef struct {
     const int *pos;
     int budget;        /* B */
     int is_prefill_end;/* 1 at t == P-1 (the prompt compression), 0 at decode steps */
+    /* For a policy whose `needs` asks for them (else NULL): the cache's key (value)
+     * vectors as stored in the trace (post-rotary keys, the cache's KV head), float32,
+     * head_dim each: position pos[i]'s key at keys + pos[i] * head_dim. Borrowed for the
+     * call. */
+    const float *keys;
+    const float *values;
+    int head_dim;
 } kv_cache_view;
+
+/* What a policy reads besides attention rows (ops->needs, a bit set). */
+enum { KV_NEEDS_KEYS = 1, KV_NEEDS_VALUES = 2 };
 
 /* --------------------------------------------------------- the contract */
 
@@ -176,6 +197,35 @@ typedef struct kv_policy_ops {
      * snapkv decode = recompress with interval > 1). NULL: B when `bounded`, else no
      * bound (kv_policy_max_held). */
     int (*max_held)(const kv_param_values *values, int budget);
+
+    /* KV_NEEDS_KEYS and/or KV_NEEDS_VALUES: the view handed to select and scores carries
+     * the key (value) vectors of its positions; the engine refuses a trace without q/k
+     * (without v) before the replay. 0 for attention-only policies. */
+    int needs;
+
+    /* Position scores, for the rules the cache layer composes with any scorer (sim/alloc.h:
+     * alloc = pyramid | ada, chunk, value_weight). A policy that ranks positions by a score
+     * implements it so that its own select equals "keep every fixed position and the
+     * min(n, B) - (fixed count) best of the others by score (ties to the more recent,
+     * kv_keep_top)". At a select the policy would make, with the same state and view:
+     * returns 0 when its rule evicts nothing at this step whatever the budget (SnapKV's
+     * decode steps, MorphKV between evict_every steps), else 1 after setting, for every
+     * view index i, score[i] (higher is kept first; finite) and fixed[i] = 1 for the
+     * positions the rule always keeps (its recent or observation window), 0 otherwise.
+     * It must leave the policy in the state its select would (the cache layer then keeps
+     * a set of its own and reports it with kept, below). NULL: the policy has no scores
+     * (window, streamingllm, random, full, references) and refuses those options. */
+    int (*scores)(void *state, const kv_cache_view *cache, double *score,
+                  unsigned char *fixed);
+
+    /* After scores returned 1: the set the cache layer kept (keep[i] for each view
+     * index), so the policy drops the state of the evicted. NULL when nothing to drop. */
+    void (*kept)(void *state, const kv_cache_view *cache, const unsigned char *keep);
+
+    /* With scores: the positions the rule always keeps at budget B (its window), for
+     * PyramidKV's rule, which shares out B - window per layer and adds the window on top.
+     * NULL: 0. */
+    int (*window)(const kv_param_values *values, int budget);
 } kv_policy_ops;
 
 enum { KV_SCOPE_KV_HEAD = 0, KV_SCOPE_LAYER = 1 };
@@ -278,6 +328,15 @@ void kv_keep_top(const double *score, const int *pos, const int *cand, int n_can
  * candidate i scores by_pos[pos[i]]. Keeps all when n <= k. score, cand and scratch are
  * the caller's buffers of at least n entries (overwritten); keep[0..n) is set to 0 or 1.
  * Cannot fail. */
+/*
+ * The selection every scorer's select shares (ops->scores): keeps every position with
+ * fixed[i] set and the min(n, budget) - (fixed count) best of the others by score[]
+ * (kv_keep_top: ties to the more recent); keeps all when n <= budget. keep[0..n) is set
+ * to 0 or 1. cand and scratch hold at least n ints. Cannot fail.
+ */
+void kv_keep_scored(const double *score, const unsigned char *fixed, const int *pos, int n,
+                    int budget, int *cand, int *scratch, unsigned char *keep);
+
 void kv_keep_top_by_position(const double *by_pos, const int *pos, int n, int k,
                              double *score, int *cand, int *scratch, unsigned char *keep);
 

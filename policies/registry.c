@@ -16,9 +16,13 @@ extern const kv_policy_ops kv_policy_tova;
 extern const kv_policy_ops kv_policy_random;
 extern const kv_policy_ops kv_policy_oracle;
 extern const kv_policy_ops kv_policy_lookahead;
+extern const kv_policy_ops kv_policy_knorm;
+extern const kv_policy_ops kv_policy_keydiff;
+extern const kv_policy_ops kv_policy_cur;
 
 /* The order `kvsim policies` lists them: the reference, then by increasing state; then
- * the later rules: TOVA, the random floor, and the two offline references. */
+ * the later rules: TOVA, the random floor, and the two offline references; then the
+ * scorers that read keys and values. */
 const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_full,
     &kv_policy_window,
@@ -30,6 +34,9 @@ const kv_policy_ops *const kv_policy_registry[] = {
     &kv_policy_random,
     &kv_policy_oracle,
     &kv_policy_lookahead,
+    &kv_policy_knorm,
+    &kv_policy_keydiff,
+    &kv_policy_cur,
     NULL,
 };
 

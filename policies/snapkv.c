@@ -75,7 +75,9 @@ typedef struct {
     double *s;      /* [group][L] window attention per head (step 1) */
     double *pooled; /* [group][L] pooled per head (step 2) */
     double *comb;   /* [L] combined over the group (step 3), by position */
-    double *score;  /* [T] by cache-view index, for kv_keep_top */
+    double *score;  /* [T] by cache-view index: recompression scores (step 6) */
+    double *view_score; /* [T] by cache-view index, for kv_keep_scored */
+    unsigned char *fixed; /* [T] by cache-view index: the window */
     int *cand;      /* [T] */
     int *scratch;   /* [T] */
     /* decode = recompress (step 6) */
@@ -120,6 +122,8 @@ static void snapkv_destroy(void *state)
     free(st->pooled);
     free(st->comb);
     free(st->score);
+    free(st->view_score);
+    free(st->fixed);
     free(st->cand);
     free(st->scratch);
     free(st->row_n);
@@ -136,7 +140,8 @@ static void snapkv_destroy(void *state)
 static int recompress_alloc(snapkv_state *st, const kv_policy_ctx *ctx)
 {
     st->n_slots = st->window < ctx->n_tokens ? st->window : ctx->n_tokens;
-    long widest = (long)ctx->budget + st->interval;
+    int held = ctx->held_cap > ctx->budget ? ctx->held_cap : ctx->budget;
+    long widest = (long)held + st->interval;
     if (ctx->prefill_len > widest)
         widest = ctx->prefill_len;
     st->slot_cap = widest < ctx->n_tokens ? (int)widest : ctx->n_tokens;
@@ -176,9 +181,12 @@ static void *snapkv_create(const kv_param_values *values, const kv_policy_ctx *c
     st->pooled = malloc(l * (size_t)st->group * sizeof *st->pooled);
     st->comb = malloc(l * sizeof *st->comb);
     st->score = malloc(t * sizeof *st->score);
+    st->view_score = malloc(t * sizeof *st->view_score);
+    st->fixed = malloc(t);
     st->cand = malloc(t * sizeof *st->cand);
     st->scratch = malloc(t * sizeof *st->scratch);
     if (st->s == NULL || st->pooled == NULL || st->comb == NULL || st->score == NULL ||
+        st->view_score == NULL || st->fixed == NULL ||
         st->cand == NULL || st->scratch == NULL ||
         (st->decode == DECODE_RECOMPRESS && recompress_alloc(st, ctx) != 0)) {
         snapkv_destroy(st);
@@ -249,21 +257,16 @@ static void pool_head(const double *s, int l, int kernel, int pooling, double *v
     }
 }
 
-/* 6. Recompression at a decode step: W = the last `window` entries of the view, the
- * B - window best of the rest by the pooled window sums. n > B >= window. */
-static void recompress(snapkv_state *st, const kv_cache_view *cache, unsigned char *keep)
+/* 6. Recompression scores at a decode step: W = the last `window` entries of the view;
+ * st->score[i] for each i < n - window, the pooled, combined window sums. */
+static void recompress_scores(snapkv_state *st, const kv_cache_view *cache)
 {
     int n = cache->n, n_c = n - st->window, T = st->n_tokens;
-    for (int i = 0; i < n; i++) {
-        keep[i] = i >= n_c;
-        if (i < n_c) {
-            st->c_index[cache->pos[i]] = i;
-            st->cand[i] = i;
-        }
-    }
+    for (int i = 0; i < n_c; i++)
+        st->c_index[cache->pos[i]] = i;
     for (int h = 0; h < st->group; h++) {
         double *sh = st->dec_s + (size_t)h * T;
-        memset(sh, 0, (size_t)n_c * sizeof *sh);
+        memset(sh, 0, (size_t)(n_c > 0 ? n_c : 0) * sizeof *sh);
         for (int r = 0; r < st->n_stored; r++) { /* oldest stored row first */
             int slot = (st->next - st->n_stored + r + st->n_slots) % st->n_slots;
             const int *pos = st->row_pos + (size_t)slot * st->slot_cap;
@@ -274,13 +277,49 @@ static void recompress(snapkv_state *st, const kv_cache_view *cache, unsigned ch
                     sh[c] += w[k];
             }
         }
-        pool_head(sh, n_c, st->kernel, st->pooling, st->dec_pooled + (size_t)h * T);
+        if (n_c > 0)
+            pool_head(sh, n_c, st->kernel, st->pooling, st->dec_pooled + (size_t)h * T);
     }
-    kv_gqa_combine(st->gqa, st->group, n_c, st->dec_pooled, (size_t)T, st->score);
+    if (n_c > 0)
+        kv_gqa_combine(st->gqa, st->group, n_c, st->dec_pooled, (size_t)T, st->score);
     for (int i = 0; i < n_c; i++)
         st->c_index[cache->pos[i]] = -1;
-    kv_keep_top(st->score, cache->pos, st->cand, n_c, cache->budget - st->window,
-                st->scratch, keep);
+}
+
+/* Steps 2-4 and 6 as scores (policy.h): at the prompt end the window fixed and every
+ * other prompt position scored by its pooled, combined window attention; at a
+ * recompression step the last `window` fixed and the rest scored as step 6 says; no
+ * eviction at the other decode steps. */
+static int snapkv_scores(void *state, const kv_cache_view *cache, double *score,
+                         unsigned char *fixed)
+{
+    snapkv_state *st = state;
+    int n = cache->n;
+    if (!cache->is_prefill_end) {
+        int step = cache->t - st->prefill + 1; /* 1 for the first decode step */
+        if (st->decode != DECODE_RECOMPRESS || step % st->interval != 0)
+            return 0;
+        recompress_scores(st, cache);
+        for (int i = 0; i < n; i++) {
+            fixed[i] = i >= n - st->window;
+            score[i] = i < n - st->window ? st->score[i] : 0.0;
+        }
+        return 1;
+    }
+    int l = st->n_scored;
+    if (l > 0) {
+        /* 2. Pool each head, 3. combine over the group. */
+        for (int h = 0; h < st->group; h++)
+            pool_head(st->s + (size_t)h * l, l, st->kernel, st->pooling,
+                      st->pooled + (size_t)h * l);
+        kv_gqa_combine(st->gqa, st->group, l, st->pooled, (size_t)l, st->comb);
+    }
+    /* 4. The last `window` prompt positions fixed, the rest scored. */
+    for (int i = 0; i < n; i++) {
+        fixed[i] = cache->pos[i] >= l;
+        score[i] = cache->pos[i] < l ? st->comb[cache->pos[i]] : 0.0;
+    }
+    return 1;
 }
 
 static void snapkv_select(void *state, const kv_cache_view *cache, unsigned char *keep)
@@ -288,40 +327,20 @@ static void snapkv_select(void *state, const kv_cache_view *cache, unsigned char
     snapkv_state *st = state;
     int n = cache->n, b = cache->budget;
     assert(n <= st->n_tokens && b >= st->window);
-    /* 5./6. Decode steps: keep all unless this is a recompression step over budget. */
-    if (!cache->is_prefill_end) {
-        int step = cache->t - st->prefill + 1; /* 1 for the first decode step */
-        if (st->decode == DECODE_RECOMPRESS && n > b && step % st->interval == 0) {
-            recompress(st, cache, keep);
-            return;
-        }
+    /* 5./6. Keep all when within budget or at a decode step without recompression. */
+    if (n <= b || !snapkv_scores(st, cache, st->view_score, st->fixed)) {
         for (int i = 0; i < n; i++)
             keep[i] = 1;
         return;
     }
-    /* A prompt within budget: keep all. */
-    if (n <= b) {
-        for (int i = 0; i < n; i++)
-            keep[i] = 1;
-        return;
-    }
-    int l = st->n_scored;
-    assert(l > 0); /* n = P > B >= window */
-    /* 2. Pool each head, 3. combine over the group. */
-    for (int h = 0; h < st->group; h++)
-        pool_head(st->s + (size_t)h * l, l, st->kernel, st->pooling,
-                  st->pooled + (size_t)h * l);
-    kv_gqa_combine(st->gqa, st->group, l, st->pooled, (size_t)l, st->comb);
-    /* 4. The last `window` prompt positions, plus the best B - window of the rest. */
-    int n_cand = 0;
-    for (int i = 0; i < n; i++) {
-        keep[i] = cache->pos[i] >= l;
-        if (cache->pos[i] < l) {
-            st->score[i] = st->comb[cache->pos[i]];
-            st->cand[n_cand++] = i;
-        }
-    }
-    kv_keep_top(st->score, cache->pos, st->cand, n_cand, b - st->window, st->scratch, keep);
+    /* 4./6. The window, plus the best B - window of the rest. */
+    kv_keep_scored(st->view_score, st->fixed, cache->pos, n, b, st->cand, st->scratch, keep);
+}
+
+static int snapkv_window(const kv_param_values *values, int budget)
+{
+    (void)budget;
+    return (int)values->v[P_WINDOW];
 }
 
 /* decode = recompress: min(window, rows observed) * group_size * n * 4 bytes (float32
@@ -358,4 +377,6 @@ const kv_policy_ops kv_policy_snapkv = {
     .meta_bytes = snapkv_meta_bytes, /* 0, or min(window, rows) * group_size * n * 4 */
     .destroy = snapkv_destroy,
     .max_held = snapkv_max_held,  /* -1 (none), or B + interval - 1 (recompress) */
+    .scores = snapkv_scores,      /* steps 2-4 and 6 as scores */
+    .window = snapkv_window,      /* the observation window */
 };

@@ -120,6 +120,18 @@ static void tova_select(void *state, const kv_cache_view *cache, unsigned char *
                             st->scratch, keep);
 }
 
+/* Step 3's ranking as scores (policy.h): c[j] of every position, none fixed. */
+static int tova_scores(void *state, const kv_cache_view *cache, double *score,
+                       unsigned char *fixed)
+{
+    tova_state *st = state;
+    for (int i = 0; i < cache->n; i++) {
+        score[i] = st->c[cache->pos[i]];
+        fixed[i] = 0;
+    }
+    return 1;
+}
+
 const kv_policy_ops kv_policy_tova = {
     .name = "tova",
     .summary = "keep the B tokens the current query attends to most (the current one may go)",
@@ -133,4 +145,5 @@ const kv_policy_ops kv_policy_tova = {
     .meta_bytes = NULL,           /* nothing carried between steps */
     .destroy = tova_destroy,
     .scope = tova_scope,          /* scope = layer: one cache per layer */
+    .scores = tova_scores,        /* step 3's c[j] */
 };

@@ -85,19 +85,28 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
     int T = in->n_tokens, P = in->prefill_len;
     int *identity = malloc((size_t)T * sizeof *identity);
     float *ones = malloc((size_t)T * sizeof *ones);
+    /* a policy that reads keys or values ranks zero vectors: sizes do not depend on them */
+    float *zeros = pc->ops->needs ? calloc((size_t)T * in->head_dim, sizeof *zeros) : NULL;
     kv_policy_ctx ctx = { .budget = budget, .group_size = group, .n_tokens = T,
-                          .prefill_len = P, .seed = 1 };
+                          .prefill_len = P, .seed = 1, .head_dim = in->head_dim };
     kv_cache c;
-    if (!identity || !ones ||
-        kv_cache_init(&c, pc->ops, &pc->values, &ctx, token_weight, identity)) {
+    if (!identity || !ones || (pc->ops->needs && !zeros)) {
         free(identity);
         free(ones);
+        free(zeros);
         return KV_ERUNTIME;
     }
     for (int j = 0; j < T; j++) {
         identity[j] = j;
         ones[j] = 1.0f;
     }
+    if (kv_cache_init(&c, pc->ops, &pc->values, &ctx, token_weight, identity)) {
+        free(identity);
+        free(ones);
+        free(zeros);
+        return KV_ERUNTIME;
+    }
+    kv_cache_set_kv(&c, zeros, zeros, in->head_dim);
     kv_group_rows rows = { .p = ones, .head_stride = 0, .top = NULL, .top_stride = 0 };
     for (int t = 0; kv_cache_prescans(&c) && t < T; t++)
         kv_cache_prescan(&c, t, &rows);
@@ -112,6 +121,7 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
     kv_cache_free(&c);
     free(identity);
     free(ones);
+    free(zeros);
     return 0;
 }
 

@@ -10,8 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sim/commands.h"
+#include "sim/publish.h"
+#include "sim/index.h"
 #include "traces/capture.h"
 #include "traces/status.h"
 
@@ -31,16 +34,30 @@ static void print_help(FILE *f)
 "attention as a kvtrace v1 file (source qk): per layer the post-rotary queries\n"
 "/layers/<l>/q [n_heads, T, head_dim], keys /layers/<l>/k [n_kv_heads, T, head_dim] and\n"
 "values /layers/<l>/v, stored as float32, plus /tokens and the sampling settings and the\n"
-"checkpoint's sha256 as root attributes.\n"
+"checkpoint's sha256 as root attributes; then indexes it as `kvsim index` does (each\n"
+"row's log-normaliser /layers/<l>/lse and full-cache output /layers/<l>/o_full, from the\n"
+"stored q, k and v), so it replays sparsely at once.\n"
 "\n"
-"Positions 0..T-1 hold BOS (id 1), then the --prompt-ids, then the model's own tokens.\n"
-"The first P positions (--prefill) are the prompt that the replay treats as prefill; BOS\n"
-"plus the prompt ids must fit in them, and where they are fewer than P the model's own\n"
-"samples fill the rest of the prompt region (with no prompt ids, position 0 is BOS and\n"
-"positions 1..P-1 are generated).\n"
+"Positions 0..T-1 hold BOS (id 1), then the prompt (--prompt TEXT or --prompt-ids), then\n"
+"the model's own tokens; a BOS the model emits starts a new story and generation goes on\n"
+"(--stop-at-bos ends the trace there instead). The first P positions (--prefill) are the\n"
+"prompt that the replay treats as prefill; BOS plus the prompt must fit in them, and where\n"
+"they are fewer than P the model's own samples fill the rest of the prompt region (with\n"
+"no prompt, position 0 is BOS and positions 1..P-1 are generated).\n"
+"\n"
+"With a tokenizer the trace also stores each position's token text (/token_text), the\n"
+"prompt's text and the tokenizer's sha256; `kvsim text` and `kvsim info` print the text.\n"
+"\n"
+"A FILE without a '/' that does not exist here is looked for in $KVSIM_MODELS (default\n"
+"models/, where `make models` puts stories260K.bin, stories15M.bin and tokenizer.bin).\n"
 "\n"
 "options:\n"
-"  --model FILE           checkpoint to run (required), e.g. ../shared/models/stories260K.bin\n"
+"  --model FILE           checkpoint to run (required), e.g. stories15M.bin\n"
+"  --tokenizer FILE       the checkpoint's llama2.c tokenizer, e.g. tokenizer.bin (either\n"
+"                         export); default with --prompt: tokenizer.bin beside the model\n"
+"  --prompt TEXT          the prompt as text, encoded after BOS with llama2.c's scheme\n"
+"                         (the empty text gives BOS alone); --prefill then defaults to\n"
+"                         the prompt's length, BOS included\n"
 "  -o, --output FILE      trace to write (required; an existing file is replaced)\n"
 "  --tokens T             positions to record, BOS included (default %d; 2..seq_len)\n"
 "  --prefill P            prompt length in positions, BOS included (default %d; 1..T-1)\n"
@@ -48,11 +65,16 @@ static void print_help(FILE *f)
 "                         most likely token, the lowest id on a tie\n"
 "  --top-p Y              nucleus sampling: draw among the most likely tokens whose\n"
 "                         probabilities first reach a total >= Y (default %.1f; 0 < Y <= 1,\n"
+"                         equal probabilities ordered by lower id;\n"
 "                         1 = the whole distribution; unused when greedy)\n"
 "  --seed S               seed of the sampler, GSL mt19937 (default %lu; 0..4294967295)\n"
 "  --prompt-ids LIST      comma-separated token ids that follow BOS, each 0..vocab_size-1\n"
 "                         (default: none); a list that starts with 1 is taken to begin\n"
 "                         with BOS itself\n"
+"  --stop-at-bos          end the trace before a BOS the model emits after the first\n"
+"                         decode position (so T may be below --tokens)\n"
+"  --f16                  store q, k and v as float16 (half the bytes; the replay\n"
+"                         widens them to float32)\n"
 "  --attn                 also store the softmax rows computed in the forward pass as\n"
 "                         /layers/<l>/attn [n_heads, T, T] float32 and set source = attn\n"
 "                         (q, k, v are still stored); 4 * n_layers * n_heads * T^2 bytes\n"
@@ -72,7 +94,37 @@ static void print_help(FILE *f)
 typedef struct {
     kv_capture_opts o;
     int *prompt;
+    int prefill_given;
+    char model_path[4096], tokenizer_path[4096]; /* resolved (kv_resolve_model_file) */
 } capture_args;
+
+/* Where `make models` puts the files: $KVSIM_MODELS, default models. */
+static const char *models_dir(void)
+{
+    const char *d = getenv("KVSIM_MODELS");
+    return d && *d ? d : "models";
+}
+
+void kv_resolve_model_file(const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s", name);
+    if (strchr(name, '/') || access(name, F_OK) == 0)
+        return;
+    char alt[4096];
+    snprintf(alt, sizeof alt, "%s/%s", models_dir(), name);
+    if (access(alt, F_OK) == 0)
+        snprintf(out, len, "%s", alt);
+}
+
+/* tokenizer.bin in the directory of model (a resolved path). */
+static void tokenizer_beside(const char *model, char *out, size_t len)
+{
+    const char *slash = strrchr(model, '/');
+    if (slash)
+        snprintf(out, len, "%.*s/tokenizer.bin", (int)(slash - model), model);
+    else
+        snprintf(out, len, "tokenizer.bin");
+}
 
 /* Parses a whole decimal integer in [lo, hi]; 0 on success. */
 static int parse_long(const char *s, long lo, long hi, long *out)
@@ -136,7 +188,8 @@ static int parse_prompt(const char *s, capture_args *a)
 }
 
 enum { OPT_MODEL = 256, OPT_TOKENS, OPT_PREFILL, OPT_TEMP, OPT_TOP_P, OPT_SEED,
-       OPT_PROMPT, OPT_ATTN, OPT_EXTRAP };
+       OPT_PROMPT, OPT_ATTN, OPT_EXTRAP, OPT_TOKENIZER, OPT_PROMPT_TEXT, OPT_STOP_BOS,
+       OPT_F16 };
 
 static int usage_error(const char *msg, const char *value)
 {
@@ -159,6 +212,10 @@ static int parse_args(int argc, char **argv, capture_args *a)
         {"prompt-ids", required_argument, NULL, OPT_PROMPT},
         {"attn", no_argument, NULL, OPT_ATTN},
         {"allow-extrapolation", no_argument, NULL, OPT_EXTRAP},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+        {"prompt", required_argument, NULL, OPT_PROMPT_TEXT},
+        {"stop-at-bos", no_argument, NULL, OPT_STOP_BOS},
+        {"f16", no_argument, NULL, OPT_F16},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -178,6 +235,7 @@ static int parse_args(int argc, char **argv, capture_args *a)
             if (parse_long(optarg, 1, INT_MAX, &v))
                 return usage_error("--prefill needs a whole number of positions >= 1", optarg);
             a->o.prefill_len = (int)v;
+            a->prefill_given = 1;
             break;
         case OPT_TEMP:
             if (parse_real(optarg, &a->o.temperature) || a->o.temperature < 0)
@@ -200,6 +258,10 @@ static int parse_args(int argc, char **argv, capture_args *a)
             break;
         case OPT_ATTN: a->o.with_attn = 1; break;
         case OPT_EXTRAP: a->o.allow_extrapolation = 1; break;
+        case OPT_TOKENIZER: a->o.tokenizer_path = optarg; break;
+        case OPT_PROMPT_TEXT: a->o.prompt_text = optarg; break;
+        case OPT_STOP_BOS: a->o.stop_at_bos = 1; break;
+        case OPT_F16: a->o.store_f16 = 1; break;
         case 'h': print_help(stdout); return -1;
         default: return usage_error("unknown option or missing value", NULL);
         }
@@ -210,6 +272,19 @@ static int parse_args(int argc, char **argv, capture_args *a)
         return usage_error("--model FILE is required", NULL);
     if (!a->o.out_path)
         return usage_error("-o TRACE.h5 is required", NULL);
+    if (a->o.prompt_text && a->o.n_prompt > 0)
+        return usage_error("give the prompt as --prompt TEXT or --prompt-ids LIST, not both",
+                           NULL);
+    kv_resolve_model_file(a->o.model_path, a->model_path, sizeof a->model_path);
+    a->o.model_path = a->model_path;
+    if (a->o.tokenizer_path)
+        kv_resolve_model_file(a->o.tokenizer_path, a->tokenizer_path, sizeof a->tokenizer_path);
+    else if (a->o.prompt_text)
+        tokenizer_beside(a->model_path, a->tokenizer_path, sizeof a->tokenizer_path);
+    if (a->o.tokenizer_path || a->o.prompt_text)
+        a->o.tokenizer_path = a->tokenizer_path;
+    if (a->o.prompt_text && !a->prefill_given)
+        a->o.prefill_len = 0; /* the prompt's length */
     return 0;
 }
 
@@ -226,14 +301,33 @@ int kv_cmd_capture(int argc, char **argv)
     a.o.prompt = a.prompt;
     char err[KV_CAPTURE_ERR_LEN];
     double start = now_s();
-    rc = kv_capture(&a.o, err, sizeof err);
+    kv_capture_result res;
+    kv_out_file out;   /* written beside the target, renamed over it when complete */
+    const char *target = a.o.out_path;
+    rc = kv_out_file_begin(&out, target, err, sizeof err);
+    if (rc == 0) {
+        a.o.out_path = out.tmp;
+        rc = kv_capture(&a.o, &res, err, sizeof err);
+        /* a qk trace is indexed before it replaces the target, so it replays sparsely at
+         * once (index.h) */
+        if (rc == 0 && !a.o.with_attn)
+            rc = kv_index_trace(out.tmp, 0, err, sizeof err);
+        a.o.out_path = target;
+        if (rc)
+            kv_out_file_abort(&out, err, sizeof err);
+        else if (kv_out_file_commit(&out, err, sizeof err))
+            rc = KV_EIO;
+    }
     free(a.prompt);
     if (rc) {
         fprintf(stderr, "capture: %s\n", err);
         return kv_exit_status(rc);
     }
-    fprintf(stderr, "capture: wrote %s: %d positions (prompt %d), %s, %.2f s\n",
-            a.o.out_path, a.o.n_tokens, a.o.prefill_len, a.o.with_attn ? "qk + attn" : "qk",
+    fprintf(stderr, "capture: wrote %s: %d positions (prompt %d)%s, %s%s, %.2f s\n",
+            a.o.out_path, res.n_tokens, res.prefill_len,
+            res.stopped_at_bos ? ", stopped before the model's BOS" : "",
+            a.o.with_attn ? "qk + attn" : "qk + index (lse, o_full)",
+            a.o.store_f16 ? " float16" : "",
             now_s() - start);
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "sim/commands.h"
+#include "sim/publish.h"
 #include "traces/gen.h"
 #include "traces/status.h"
 
@@ -154,7 +155,17 @@ int kv_cmd_gen(int argc, char **argv)
         return KV_EUSAGE;
     }
     double start = now_s();
-    if (kv_gen_write(a.out, &a.p, a.store_f16, a.with_attn, err, sizeof err) != 0) {
+    kv_out_file out;   /* written beside a.out, renamed over it when complete */
+    if (kv_out_file_begin(&out, a.out, err, sizeof err) != 0) {
+        fprintf(stderr, "kvsim gen: %s\n", err);
+        return 1;
+    }
+    rc = kv_gen_write(out.tmp, &a.p, a.store_f16, a.with_attn, err, sizeof err);
+    if (rc != 0)
+        kv_out_file_abort(&out, err, sizeof err);
+    else
+        rc = kv_out_file_commit(&out, err, sizeof err);
+    if (rc != 0) {
         fprintf(stderr, "kvsim gen: %s\n", err);
         return KV_ERUNTIME;
     }

@@ -5,10 +5,12 @@
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sim/commands.h"
 #include "traces/trace_int.h"
+#include "traces/trace_text.h"
 #include "traces/validate.h"
 #include "traces/status.h"
 
@@ -145,8 +147,51 @@ static void print_storage(const kv_trace *tr, int verbose)
     }
     if (in->has_tokens)
         total += describe(file, "/tokens");
+    if (kv_trace_has_token_text(tr))
+        total += describe(file, "/token_text");
     printf("storage      %.2f MiB of datasets over %d layer%s\n", (double)total / 1048576.0,
            in->n_layers, in->n_layers > 1 ? "s" : "");
+}
+
+/* Prints text with every line after the first indented under the value column. */
+static void print_indented(const char *label, const char *text)
+{
+    printf("%-12s ", label);
+    for (const char *c = text; *c; c++) {
+        putchar(*c);
+        if (*c == '\n' && c[1])
+            printf("%13s", "");
+    }
+    printf("\n");
+}
+
+/* The tokenizer, and the prompt and generated text, of a trace captured with one. */
+static void print_text(kv_trace *tr)
+{
+    char tok[256], sha[80], err[512];
+    if (!kv_trace_has_token_text(tr))
+        return;
+    if (kv_trace_read_attr_string(tr, "tokenizer", tok, sizeof tok, err, sizeof err))
+        tok[0] = '\0';
+    if (kv_trace_read_attr_string(tr, "tokenizer_sha256", sha, sizeof sha, err, sizeof err))
+        sha[0] = '\0';
+    printf("tokenizer    %s (sha256 %s), token texts in /token_text\n", tok[0] ? tok : "?",
+           sha[0] ? sha : "?");
+    kv_trace_tokens tk;
+    if (kv_trace_tokens_read(tr, &tk, err, sizeof err)) {
+        printf("text         unreadable: %s\n", err);
+        return;
+    }
+    int P = kv_trace_get_info(tr)->prefill_len;
+    char *prompt = kv_trace_tokens_render(&tk, 0, P, 1);
+    char *gen = kv_trace_tokens_render(&tk, P, tk.n_tokens, P == 0);
+    if (prompt && gen) {
+        print_indented("prompt", prompt);
+        print_indented("generated", gen);
+    }
+    free(prompt);
+    free(gen);
+    kv_trace_tokens_free(&tk);
 }
 
 /* The precision of the attn rows and the row-sum tolerance that follows from it
@@ -174,7 +219,7 @@ static void print_row_tolerance(const kv_trace *tr)
         printf("%s (row of 1 entry) to %s (row of %d)\n", lo_s, hi_s, in->n_tokens);
 }
 
-static void print_info(const kv_trace *tr, int verbose)
+static void print_info(kv_trace *tr, int verbose)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     printf("file         %s\n", kv_trace_path(tr));
@@ -193,6 +238,7 @@ static void print_info(const kv_trace *tr, int verbose)
     printf("dtype_bytes  %d (bytes per K or V element modelled)\n", in->dtype_bytes);
     print_row_tolerance(tr);
     print_groups(in);
+    print_text(tr);
     print_storage(tr, verbose);
 }
 

@@ -27,7 +27,7 @@
 
 static const char *const figures[KV_PLOT_N_FIGURES] = {
     "recall_steps", "memory_steps", "recall_budget", "recall_bytes", "retention_map",
-    "head_recall",
+    "head_recall", "retention_text", "predict",
 };
 
 /* The gnuplot to run: $KVSIM_GNUPLOT, or "gnuplot" when found on $PATH; NULL if none. */
@@ -336,6 +336,9 @@ static void plot_usage(FILE *f)
 "  recall_bytes   mean recall against peak memory (KV + metadata bytes), 95%% intervals\n"
 "  retention_map  positions cached at the end, per (layer, KV head) (one budget)\n"
 "  head_recall    mean recall per (layer, query head), a heatmap per policy (one budget)\n"
+"  retention_text the trace's text, each token shaded by the share of caches holding it\n"
+"                 at the end, a panel per policy (one budget; token ids without text)\n"
+"  predict        open-loop recall and output error against the closed loop's KL\n"
 "\n"
 "options:\n"
 "      --format F      png (pngcairo; default), svg or pdf\n"

@@ -2,6 +2,7 @@
  * cmd_run.c - `kvsim run` (replay an experiment) and `kvsim policies` (list policies).
  */
 #include "sim/budget.h"
+#include "sim/closedloop.h"
 #include "sim/commands.h"
 #include "sim/config.h"
 #include "sim/engine.h"
@@ -9,6 +10,8 @@
 #include "sim/output.h"
 #include "sim/manifest.h"
 #include "sim/plot.h"
+#include "sim/publish.h"
+#include "traces/trace_text.h"
 #include "traces/validate.h"
 #include "traces/status.h"
 
@@ -25,12 +28,14 @@ static void run_usage(FILE *f)
 "usage: kvsim run [CONFIG.ini] [options]\n"
 "\n"
 "Replays a trace and runs every policy at every budget under the same replay rules,\n"
-"then writes the result files (summary.tsv, steps.tsv, heads.tsv, compare.tsv, ...) into\n"
-"the output directory, prints a table of mean attention-mass recall and peak KV-cache\n"
-"bytes, and renders the figures into DIR/figures/ when gnuplot is installed.\n"
+"then writes the result files (summary.tsv, steps.tsv, heads.tsv, compare.tsv, ...) and\n"
+"manifest.json (how they were made) into the output directory, prints a table of mean\n"
+"attention-mass recall and peak KV-cache + metadata bytes, and renders the figures into\n"
+"DIR/figures/ when gnuplot is installed.\n"
 "\n"
-"An INI experiment file gives the trace, budgets, output and [policy LABEL] sections\n"
-"(see configs/); options given after it override it.\n"
+"An INI experiment file gives the trace, budgets, output, the figures' style (style =\n"
+"screen or paper, as kvsim plot --style) and [policy LABEL] sections (see configs/);\n"
+"options given after it override it.\n"
 "\n"
 "options:\n"
 "  -t, --trace FILE[,FILE] kvtrace v1 HDF5 file(s) to replay; every file is replayed\n"
@@ -45,9 +50,23 @@ static void run_usage(FILE *f)
 "                          of type L) to V, e.g. --set morphkv.window=8; repeatable\n"
 "  -o, --output DIR        output directory (created; must be empty unless --force)\n"
 "  -f, --force             overwrite result files in a non-empty output directory\n"
-"      --seed N            base seed for randomised policies (default 1)\n"
+"      --seed N            base seed for randomised policies, 0..2^64-1 (default 1)\n"
 "      --block N           query rows per block while streaming (default 64)\n"
+"  -m, --model FILE[,FILE] also run every trace closed-loop with the checkpoint it was\n"
+"                          captured from (its checkpoint_sha256): the model attends\n"
+"                          through each policy's caches; adds kl, nll, top1, ppl columns\n"
+"      --dump-sets DIR     with --model: write every closed-loop step's A_t to\n"
+"                          DIR/TRACE.sets (for tests/ref_closedloop.py's check)\n"
 "      --no-plot           do not render the figures (kvsim plot DIR does it later)\n"
+"      --topk              measure the top-k recall metrics (topk = yes); without it\n"
+"                          (or with --no-topk) their columns hold nan: they rank\n"
+"                          every key of every row, which costs a pass over each row\n"
+"                          and rules out the sparse replay\n"
+"      --dense             replay the full rows of every step even when the trace\n"
+"                          stores its log-normalisers (kvsim index); by default a qk\n"
+"                          trace that has them is replayed sparsely when no policy\n"
+"                          reads whole rows (oracle, lookahead), without --topk and\n"
+"                          without v (the output error reads whole rows)\n"
 "  -q, --quiet             no progress and no table\n"
 "  -v, --verbose           HDF5's own error stack with trace errors\n"
 "  -h, --help              this help\n"
@@ -93,9 +112,10 @@ static int add_policy_list(kv_experiment *ex, const char *list, char *err, size_
 }
 
 typedef struct {
-    int force, quiet, block, no_plot;
-    long seed;           /* -1: keep the experiment's */
-    const char *policies, *budgets, *trace, *output, *config;
+    int force, quiet, block, no_plot, dense;
+    int topk;            /* -1: the experiment's; 1: --topk; 0: --no-topk */
+    const char *seed;    /* NULL: keep the experiment's */
+    const char *policies, *budgets, *trace, *output, *config, *model, *dump_sets;
     const char **sets;   /* the --set arguments, borrowed from argv; [argc] allocated */
     int n_sets;
     char **typed;        /* "kvsim", then argv as typed (getopt_long reorders argv), for
@@ -106,7 +126,8 @@ typedef struct {
 /* Collects the options; returns 0, -1 after --help, 2 on a usage error. */
 static int parse_run_args(int argc, char **argv, run_options *o, char *err, size_t err_len)
 {
-    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT };
+    enum { OPT_SEED = 256, OPT_BLOCK, OPT_NO_PLOT, OPT_DUMP_SETS, OPT_TOPK, OPT_NO_TOPK,
+           OPT_DENSE };
     static const struct option longopts[] = {
         { "trace", required_argument, 0, 't' },    { "policies", required_argument, 0, 'p' },
         { "budgets", required_argument, 0, 'b' },  { "set", required_argument, 0, 's' },
@@ -114,6 +135,10 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
         { "seed", required_argument, 0, OPT_SEED }, { "block", required_argument, 0, OPT_BLOCK },
         { "quiet", no_argument, 0, 'q' },          { "help", no_argument, 0, 'h' },
         { "no-plot", no_argument, 0, OPT_NO_PLOT },
+        { "model", required_argument, 0, 'm' },
+        { "dump-sets", required_argument, 0, OPT_DUMP_SETS },
+        { "topk", no_argument, 0, OPT_TOPK },       { "no-topk", no_argument, 0, OPT_NO_TOPK },
+        { "dense", no_argument, 0, OPT_DENSE },
         { "verbose", no_argument, 0, 'v' },
         { 0, 0, 0, 0 },
     };
@@ -121,24 +146,23 @@ static int parse_run_args(int argc, char **argv, run_options *o, char *err, size
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:p:b:s:o:fqvh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "t:p:b:s:o:m:fqvh", longopts, NULL)) != -1) {
         switch (c) {
         case 't': o->trace = optarg; break;
         case 'p': o->policies = optarg; break;
         case 'b': o->budgets = optarg; break;
         case 's': o->sets[o->n_sets++] = optarg; break;
         case 'o': o->output = optarg; break;
+        case 'm': o->model = optarg; break;
+        case OPT_DUMP_SETS: o->dump_sets = optarg; break;
         case 'f': o->force = 1; break;
         case 'q': o->quiet = 1; break;
         case OPT_NO_PLOT: o->no_plot = 1; break;
+        case OPT_TOPK: o->topk = 1; break;
+        case OPT_NO_TOPK: o->topk = 0; break;
+        case OPT_DENSE: o->dense = 1; break;
         case 'v': kv_trace_set_verbose(1); break;
-        case OPT_SEED:
-            o->seed = strtol(optarg, &end, 10);
-            if (*end || end == optarg || o->seed < 0) {
-                snprintf(err, err_len, "--seed must be a whole number >= 0, got '%s'", optarg);
-                return KV_EUSAGE;
-            }
-            break;
+        case OPT_SEED: o->seed = optarg; break;   /* checked by kv_experiment_set_seed */
         case OPT_BLOCK:
             o->block = (int)strtol(optarg, &end, 10);
             if (*end || o->block < 1 || o->block > 4096) {
@@ -179,10 +203,17 @@ static int build_experiment(const run_options *o, kv_experiment *ex, char *err, 
         rc = kv_experiment_set_traces(ex, o->trace, err, err_len);
     if (rc == 0 && o->output)
         snprintf(ex->output, sizeof ex->output, "%s", o->output);
+    if (rc == 0 && o->model)
+        snprintf(ex->model, sizeof ex->model, "%s", o->model);
     for (int i = 0; rc == 0 && i < o->n_sets; i++)
         rc = apply_set(ex, o->sets[i], err, err_len);
-    if (rc == 0 && o->seed >= 0)
-        ex->seed = (unsigned long)o->seed;
+    if (rc == 0 && o->seed && (rc = kv_experiment_set_seed(ex, o->seed, err, err_len))) {
+        size_t n = strlen(err);
+        snprintf(err + n, err_len - n, " (--seed)");
+    }
+    if (o->topk >= 0)
+        ex->no_topk = !o->topk;
+    ex->dense = o->dense;
     return rc;
 }
 
@@ -201,35 +232,86 @@ static int check_complete(const kv_experiment *ex, char *err, size_t err_len)
     return KV_EUSAGE;
 }
 
-/* The figures, when gnuplot is there and --no-plot was not given. A failure to render is
- * a runtime failure (1); the result files are already in place. */
-static int plot_results(const kv_experiment *ex, const run_options *o, char *err,
-                        size_t err_len)
+/* The figures of the new set, rendered into its staging directory when gnuplot is there
+ * and --no-plot was not given. A failure to render fails the run: the set is published
+ * complete or not at all. */
+static int plot_results(const kv_experiment *ex, const kv_result_set *rs,
+                        const run_options *o, char *err, size_t err_len)
 {
-    char figures[KV_PATH_LEN + 16];
-    struct stat st;
-    snprintf(figures, sizeof figures, "%s/figures", ex->output);
-    int stale = stat(figures, &st) == 0 && S_ISDIR(st.st_mode);
-    if (o->no_plot || !kv_plot_available()) {
-        if (stale)   /* --force over an earlier run: its figures no longer match */
-            fprintf(stderr, "kvsim run: note: %s/ holds figures of an earlier run; `kvsim "
-                    "plot %s` renders them for these results\n", figures, ex->output);
-    }
-    if (o->no_plot)
+    if (o->no_plot || !kv_plot_available())
         return 0;
-    if (!kv_plot_available()) {
-        if (!o->quiet)
-            printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
-                   "run kvsim plot %s)\n", ex->output);
-        return 0;
-    }
-    kv_plot_options po = { .quiet = o->quiet, .style = ex->style[0] ? ex->style : NULL };
+    kv_plot_options po = { .quiet = 1, .style = ex->style[0] ? ex->style : NULL };
     char where[KV_PATH_LEN + 64];
-    if (kv_plot_render(ex->output, &po, where, sizeof where, err, err_len))
-        return KV_ERUNTIME;
-    if (!o->quiet)
-        printf("figures: %s/ (%s)\n", where, KV_PLOT_FIGURE_LIST);
-    return 0;
+    if (kv_plot_render(rs->staging, &po, where, sizeof where, err, err_len) == 0)
+        return 0;
+    size_t n = strlen(err);
+    snprintf(err + n, err_len - n, "; no result replaced (--no-plot publishes the results "
+             "without figures)");
+    return KV_ERUNTIME;
+}
+
+/* What the run wrote, on stdout once it is published. */
+static void report_results(const kv_experiment *ex, const kv_experiment_results *er,
+                           const run_options *o)
+{
+    char err[256];
+    if (o->quiet)
+        return;
+    if (kv_output_table(stdout, er, err, sizeof err))
+        fprintf(stderr, "kvsim run: %s (the result files are complete)\n", err);
+    printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
+           "lifetimes, recall_hist, predict, budgets .tsv; manifest.json)\n", ex->output);
+    if (o->no_plot)
+        return;
+    if (kv_plot_available())
+        printf("figures: %s/figures/ (%s)\n", ex->output, KV_PLOT_FIGURE_LIST);
+    else
+        printf("figures: skipped, gnuplot is not installed (install gnuplot-nox, then "
+               "run kvsim plot %s)\n", ex->output);
+}
+
+/* The token column of retention.tsv for the trace at path: each position's text
+ * TSV-escaped (a trace captured with a tokenizer), "#id" (token ids only), or NULL (no
+ * /tokens). One allocation: free(*cells) releases it. */
+static int token_cells(const char *path, char ***cells, char *err, size_t err_len)
+{
+    *cells = NULL;
+    kv_trace *tr = NULL;
+    if (kv_trace_open(path, &tr, err, err_len))
+        return 1;
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    int rc = 0, T = in->n_tokens;
+    kv_trace_tokens tk = {0};
+    int has_text = kv_trace_has_token_text(tr);
+    if (has_text)
+        rc = kv_trace_tokens_read(tr, &tk, err, err_len);
+    int32_t *ids = NULL;
+    if (!rc && !has_text && in->has_tokens) {
+        ids = malloc((size_t)T * sizeof *ids);
+        rc = !ids ? (snprintf(err, err_len, "out of memory"), KV_ENOMEM)
+                  : kv_trace_read_tokens(tr, ids, err, err_len);
+    }
+    /* a cell: an escaped text is at most twice its bytes */
+    enum { CELL = 2 * 64 + 16 };
+    if (!rc && (has_text || ids)) {
+        char **out = malloc((size_t)T * (sizeof(char *) + CELL));
+        if (!out) {
+            snprintf(err, err_len, "out of memory");
+            rc = KV_ENOMEM;
+        }
+        for (int t = 0; !rc && t < T; t++) {
+            out[t] = (char *)(out + T) + (size_t)t * CELL;
+            if (has_text)
+                kv_tsv_escape(tk.texts[t], out[t], CELL);
+            else
+                snprintf(out[t], CELL, "#%d", (int)ids[t]);
+        }
+        *cells = out;
+    }
+    kv_trace_tokens_free(&tk);
+    free(ids);
+    kv_trace_close(tr);
+    return rc;
 }
 
 /* What a run allocates once the experiment is known. */
@@ -238,6 +320,7 @@ typedef struct {
     kv_results **res;     /* [n_traces] */
     const char **names;   /* [n_traces] the `trace` column */
     const char **specs;   /* [n_budgets] the `budget_spec` column */
+    char ***cells;        /* [n_traces] retention.tsv's token column (token_cells) */
 } run_buffers;
 
 static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, size_t err_len)
@@ -247,7 +330,8 @@ static int buffers_alloc(run_buffers *b, const kv_experiment *ex, char *err, siz
     b->res = calloc(nt, sizeof *b->res);
     b->names = malloc(nt * sizeof *b->names);
     b->specs = malloc((size_t)ex->n_budgets * sizeof *b->specs);
-    if (!b->tokens || !b->res || !b->names || !b->specs) {
+    b->cells = calloc(nt, sizeof *b->cells);
+    if (!b->tokens || !b->res || !b->names || !b->specs || !b->cells) {
         snprintf(err, err_len, "out of memory");
         return KV_ENOMEM;
     }
@@ -262,14 +346,17 @@ static void buffers_free(run_buffers *b, int n_traces)
 {
     for (int k = 0; b->res && k < n_traces; k++)
         kv_results_free(b->res[k]);
+    for (int k = 0; b->cells && k < n_traces; k++)
+        free(b->cells[k]);
+    free(b->cells);
     free(b->tokens);
     free(b->res);
     free(b->names);
     free(b->specs);
 }
 
-/* The in-process driver's check: every trace's structure and q/k/v values, before any
- * replay (traces/validate.h). */
+/* The in-process driver's check: every trace's structure and v values, before any
+ * replay; q, k and attn rows are checked as the replay reads them (traces/validate.h). */
 static int precheck_here(void *ctx, const kv_experiment *ex, char *err, size_t err_len)
 {
     (void)ctx;
@@ -298,37 +385,154 @@ static const kv_experiment_driver in_process = {
     .resolve_budgets = resolve_here, .precheck = precheck_here, .replay = replay_here,
 };
 
+/* The closed loop's checkpoints (model = a.bin, b.bin) and the one each trace was captured
+ * from. */
+typedef struct {
+    kv_model **models;            /* [n_models] */
+    int n_models;
+    const kv_model **of_trace;    /* [n_traces] borrowed from models */
+} run_models;
+
+static void models_free(run_models *rm)
+{
+    for (int i = 0; i < rm->n_models; i++)
+        kv_model_free(rm->models[i]);
+    free(rm->models);
+    free(rm->of_trace);
+    memset(rm, 0, sizeof *rm);
+}
+
+/* The model of trace tr among rm's (its checkpoint_sha256 equals the model's), checked
+ * with kv_closed_loop_check; with one model a mismatch is that check's message. Returns
+ * 0, KV_ERUNTIME or KV_EUSAGE (from another checkpoint, without tokens). */
+static int match_model(kv_trace *tr, const run_models *rm, char **paths, int k,
+                       char *err, size_t err_len)
+{
+    char sha[128], why[256];
+    int found = rm->n_models == 1 ? 0 : -1;
+    if (found < 0 && kv_trace_read_attr_string(tr, "checkpoint_sha256", sha, sizeof sha, why,
+                                                sizeof why) == 0)
+        for (int i = 0; i < rm->n_models && found < 0; i++)
+            if (strcmp(sha, kv_model_sha256(rm->models[i])) == 0)
+                found = i;
+    if (found < 0) {
+        int n = snprintf(err, err_len, "%s was captured from checkpoint sha256 %s, which is "
+                         "none of the models given:", kv_trace_path(tr), sha);
+        for (int i = 0; i < rm->n_models && n > 0 && (size_t)n < err_len; i++)
+            n += snprintf(err + n, err_len - (size_t)n, "%s %s (sha256 %s)", i ? "," : "",
+                          paths[i], kv_model_sha256(rm->models[i]));
+        return KV_EUSAGE;
+    }
+    rm->of_trace[k] = rm->models[found];
+    return kv_closed_loop_check(tr, rm->models[found], paths[found], err, err_len);
+}
+
+/* Loads the closed loop's checkpoints (a comma-separated list) and finds every trace's,
+ * before any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or
+ * KV_EUSAGE (a trace from none of them, without tokens, of another geometry). */
+static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_t err_len)
+{
+    char list[KV_PATH_LEN], *paths[KV_MAX_MODELS];
+    snprintf(list, sizeof list, "%s", ex->model);
+    int n = 0;
+    for (char *save = NULL, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ')
+            p++;
+        for (char *e = p + strlen(p); e > p && e[-1] == ' ';)
+            *--e = '\0';
+        if (n == KV_MAX_MODELS) {
+            snprintf(err, err_len, "model: at most %d checkpoints", KV_MAX_MODELS);
+            return KV_EUSAGE;
+        }
+        if (*p)
+            paths[n++] = p;
+    }
+    rm->models = calloc((size_t)n, sizeof *rm->models);
+    rm->of_trace = calloc((size_t)ex->n_traces, sizeof *rm->of_trace);
+    if (!rm->models || !rm->of_trace) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ERUNTIME;
+    }
+    for (; rm->n_models < n; rm->n_models++) {
+        char path[KV_PATH_LEN];
+        kv_resolve_model_file(paths[rm->n_models], path, sizeof path);
+        if (kv_model_load(path, &rm->models[rm->n_models], err, err_len)) {
+            if (access(path, F_OK) != 0) {
+                size_t at = strlen(err);
+                snprintf(err + at, err_len - at, " (`make models` puts the checkpoints in "
+                         "$KVSIM_MODELS, default models/)");
+            }
+            return KV_ERUNTIME;
+        }
+    }
+    for (int k = 0; k < ex->n_traces; k++) {
+        kv_trace *tr = NULL;
+        if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+            return KV_ERUNTIME;
+        int rc = match_model(tr, rm, paths, k, err, err_len);
+        kv_trace_close(tr);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* Resolves, checks, replays, writes and shows an experiment that is complete. */
 static int run_experiment(const kv_experiment *ex, const run_options *o, run_buffers *b,
                           const kv_experiment_driver *d, char *err, size_t err_len)
 {
-    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet };
+    kv_experiment_opts eo = { .block = o->block, .progress = !o->quiet, .dense = o->dense };
     int rc = d->resolve_budgets(d->ctx, ex, &eo, b->tokens, err, err_len);
     kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
                             .n_budgets = ex->n_budgets };
     kv_experiment_results er = { .conf = &conf, .n_traces = ex->n_traces,
                                  .res = (const kv_results *const *)b->res,
-                                 .trace_names = b->names, .budget_specs = b->specs };
+                                 .trace_names = b->names, .budget_specs = b->specs,
+                                 .tokens = (const char *const *const *)b->cells };
     if (rc == 0)
         rc = d->precheck(d->ctx, ex, err, err_len);
+    /* the new set (TSVs, manifest, figures) is built beside the output directory and
+     * switched in whole (sim/publish.h) */
+    static kv_result_set rs;
+    rs.dir_fd = rs.staging_fd = -1;
+    run_models rm = { 0 };
+    if (rc == 0 && ex->model[0] && d != &in_process) {
+        snprintf(err, err_len, "the closed loop (model = ...) runs in one process: use kvsim "
+                 "run");
+        rc = KV_EUSAGE;
+    }
+    if (rc == 0 && ex->model[0])
+        rc = load_models(ex, &rm, err, err_len);
+    if (rc == 0 && o->dump_sets && !rm.n_models) {
+        snprintf(err, err_len, "--dump-sets needs --model (or model = in [experiment])");
+        rc = KV_EUSAGE;
+    }
+    eo.models = rm.n_models ? rm.of_trace : NULL;
+    eo.dump_sets = o->dump_sets;
+    /* the output directory is checked before the replay and created, locked, only once
+     * every replay succeeded: q, k and attn rows are checked as the replay reads them
+     * (traces/validate.h), so a bad value leaves no directory behind */
     if (rc == 0)
-        rc = kv_output_prepare(ex->output, o->force, err, err_len);
+        rc = kv_output_check(ex->output, o->force, err, err_len);
+    for (int k = 0; rc == 0 && k < ex->n_traces; k++)
+        rc = token_cells(ex->traces[k], &b->cells[k], err, err_len);
     if (rc == 0)
         rc = d->replay(d->ctx, ex, b->tokens, &eo, b->res, err, err_len);
-    if (rc == 0 && kv_output_write(ex->output, &er, err, err_len))
+    models_free(&rm);
+    if (rc == 0)
+        rc = kv_result_set_begin(&rs, ex->output, o->force, err, err_len);
+    if (rc == 0 && kv_output_write(rs.staging, &er, err, err_len))
         rc = KV_ERUNTIME;
-    if (rc == 0 && kv_manifest_write(ex->output, ex, b->tokens, o->n_typed, o->typed, err,
+    if (rc == 0 && kv_manifest_write(rs.staging, ex, b->tokens, o->n_typed, o->typed, err,
                                      err_len))
         rc = KV_ERUNTIME;
-    if (rc == 0 && !o->quiet) {
-        if (kv_output_table(stdout, &er, err, err_len))
-            rc = KV_ERUNTIME;
-        else
-            printf("results: %s/ (summary, steps, heads, compare, retention, retention_map, "
-                   "lifetimes, recall_hist .tsv; manifest.json)\n", ex->output);
-    }
     if (rc == 0)
-        rc = plot_results(ex, o, err, err_len);
+        rc = plot_results(ex, &rs, o, err, err_len);
+    if (rc == 0)
+        rc = kv_result_set_publish(&rs, err, err_len);
+    kv_result_set_end(&rs);
+    if (rc == 0)
+        report_results(ex, &er, o);
     return rc;
 }
 
@@ -340,7 +544,7 @@ int kv_cmd_run(int argc, char **argv)
 int kv_run_load_experiment(int argc, char **argv, kv_experiment *ex, char *err,
                            size_t err_len)
 {
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
+    run_options o = { .seed = NULL, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets) };
     int rc = o.sets ? parse_run_args(argc, argv, &o, err, err_len) : KV_ENOMEM;
     if (!o.sets)
         snprintf(err, err_len, "out of memory");
@@ -357,7 +561,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
     char err[1024] = "";
     kv_experiment ex;
     kv_experiment_init(&ex);
-    run_options o = { .seed = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
+    run_options o = { .seed = NULL, .topk = -1, .sets = malloc((size_t)argc * sizeof *o.sets),
                       .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
     if (o.typed) {
@@ -421,7 +625,14 @@ int kv_cmd_policies(int argc, char **argv)
         printf("\n");
     }
     printf("every policy also takes:\n");
-    for (int p = 0; p < kv_n_engine_params; p++)
+    for (int p = 0; p < KV_ENGINE_PARAM_FIRST_SCORED; p++)
+        print_param(&kv_engine_params[p]);
+    printf("\npolicies that rank by scores (");
+    for (int i = 0, n = 0; kv_policy_registry[i]; i++)
+        if (kv_policy_registry[i]->scores)
+            printf("%s%s", n++ ? ", " : "", kv_policy_registry[i]->name);
+    printf(") also take; budgets stay totals (sum over all caches = layers x caches x B):\n");
+    for (int p = KV_ENGINE_PARAM_FIRST_SCORED; p < kv_n_engine_params; p++)
         print_param(&kv_engine_params[p]);
     return 0;
 }

@@ -7,12 +7,21 @@
 #ifndef KV_COMMANDS_H
 #define KV_COMMANDS_H
 
+#include <stddef.h>
+
 int kv_cmd_run(int argc, char **argv);      /* sim/cmd_run.c */
 int kv_cmd_policies(int argc, char **argv); /* sim/cmd_run.c */
 int kv_cmd_plot(int argc, char **argv);     /* sim/cmd_plot.c */
 int kv_cmd_info(int argc, char **argv);     /* sim/cmd_info.c */
 int kv_cmd_gen(int argc, char **argv);      /* sim/cmd_gen.c */
 int kv_cmd_capture(int argc, char **argv);  /* sim/cmd_capture.c */
+int kv_cmd_text(int argc, char **argv);     /* sim/cmd_text.c */
+int kv_cmd_index(int argc, char **argv);    /* sim/cmd_index.c */
+
+/* Where a checkpoint or tokenizer named on the command line is: name as given when it
+ * exists or contains a '/', else $KVSIM_MODELS/name (default models/, where `make models`
+ * puts them) when that exists; into out (len bytes, truncated). Cannot fail. */
+void kv_resolve_model_file(const char *name, char *out, size_t len);  /* sim/cmd_capture.c */
 
 /*
  * `kvsim run` with its resolve, check and replay steps done by driver (NULL: in this

@@ -3,8 +3,10 @@
  */
 #include "sim/config.h"
 #include "traces/status.h"
+#include "traces/trace.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@ void kv_experiment_init(kv_experiment *ex)
 {
     memset(ex, 0, sizeof *ex);
     ex->seed = 1;
+    ex->no_topk = 1;   /* the top-k metrics only when asked (topk = yes, --topk) */
 }
 
 static void free_paths(char **paths, int n)
@@ -123,6 +126,86 @@ static int same_file_name(char *const *paths, int n, char *err, size_t err_len)
     return 0;
 }
 
+/* 1 (err set) when a trace's file name holds a tab or a line break: the `trace` column of
+ * the TSV files holds the file name, and a cell cannot hold those. */
+static int untabular_file_name(char **paths, int n, char *err, size_t err_len)
+{
+    for (int i = 0; i < n; i++) {
+        const char *slash = strrchr(paths[i], '/');
+        const char *name = slash ? slash + 1 : paths[i];
+        if (!strpbrk(name, "\t\n\r"))
+            continue;
+        char shown[256];   /* escaped, so the message stays one line */
+        size_t at = 0;
+        for (const char *c = name; *c && at + 3 < sizeof shown; c++) {
+            const char *esc = *c == '\t' ? "\\t" : *c == '\n' ? "\\n" : *c == '\r' ? "\\r"
+                              : NULL;
+            if (esc) {
+                memcpy(shown + at, esc, 2);
+                at += 2;
+            } else {
+                shown[at++] = *c;
+            }
+        }
+        shown[at] = '\0';
+        snprintf(err, err_len, "trace file name '%s' contains a tab or a line break, which "
+                 "the result files' trace column cannot hold; rename the file", shown);
+        return 1;
+    }
+    return 0;
+}
+
+/* Replaces every item of paths[0..*n) with * ? or [ by the files it matches (glob(3),
+ * sorted by name); *paths may be reallocated. A pattern that matches nothing is an error
+ * naming it. */
+static int expand_patterns(char ***paths, int *n, char *err, size_t err_len)
+{
+    int cap = *n, m = 0, rc = 0;
+    char **out = calloc((size_t)cap, sizeof *out);
+    if (!out) {
+        snprintf(err, err_len, "out of memory");
+        return KV_ENOMEM;
+    }
+    for (int i = 0; i < *n && !rc; i++) {
+        glob_t g = {0};
+        int many = strpbrk((*paths)[i], "*?[") != NULL;
+        int grc = many ? glob((*paths)[i], 0, NULL, &g) : 0;
+        size_t k = many ? g.gl_pathc : 1;
+        if (grc != 0) {
+            snprintf(err, err_len, "no trace matches '%s'", (*paths)[i]);
+            rc = KV_EUSAGE;
+        } else if (m + (int)k > cap) {
+            int grown_cap = 2 * (m + (int)k);
+            char **grown = realloc(out, (size_t)grown_cap * sizeof *out);
+            if (!grown) {
+                snprintf(err, err_len, "out of memory");
+                rc = KV_ENOMEM;
+            } else {
+                out = grown;
+                cap = grown_cap;
+            }
+        }
+        for (size_t j = 0; !rc && j < k; j++) {
+            const char *path = many ? g.gl_pathv[j] : (*paths)[i];
+            if (strlen(path) >= KV_PATH_LEN) {
+                snprintf(err, err_len, "trace paths have at most %d characters", KV_PATH_LEN - 1);
+                rc = KV_EUSAGE;
+            } else if (!(out[m] = strdup(path))) {
+                snprintf(err, err_len, "out of memory");
+                rc = KV_ENOMEM;
+            } else {
+                m++;
+            }
+        }
+        if (many && grc != GLOB_NOMATCH)
+            globfree(&g);
+    }
+    free_paths(*paths, *n);
+    *paths = out;
+    *n = m;
+    return rc;
+}
+
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len)
 {
     char **paths = calloc((size_t)count_items(text), sizeof *paths);
@@ -158,7 +241,11 @@ int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, siz
         snprintf(err, err_len, "no trace path given");
         rc = KV_EUSAGE;
     }
+    if (!rc)
+        rc = expand_patterns(&paths, &n, err, err_len);
     if (!rc && same_file_name(paths, n, err, err_len))
+        rc = KV_EUSAGE;
+    if (!rc && untabular_file_name(paths, n, err, err_len))
         rc = KV_EUSAGE;
     if (rc) {
         free_paths(paths, n);
@@ -208,6 +295,21 @@ int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, si
     return 0;
 }
 
+int kv_experiment_set_seed(kv_experiment *ex, const char *text, char *err, size_t err_len)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    /* digits only: strtoull would take a sign, spaces, or wrap "-1" around */
+    if (text[0] < '0' || text[0] > '9' || *end || errno == ERANGE || v > KV_SEED_MAX) {
+        snprintf(err, err_len, "seed must be a whole number in 0..%llu, got '%s'",
+                 (unsigned long long)KV_SEED_MAX, text);
+        return 2;
+    }
+    ex->seed = (unsigned long)v;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ INI */
 
 /* Policy sections are collected first and applied after the parse, so `type` may stand
@@ -253,17 +355,18 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
     }
     else if (strcmp(key, "output") == 0)
         snprintf(ex->output, sizeof ex->output, "%s", value);
+    else if (strcmp(key, "model") == 0)
+        snprintf(ex->model, sizeof ex->model, "%s", value);
     else if (strcmp(key, "budgets") == 0) {
         if (kv_experiment_set_budgets(ex, value, why, sizeof why))
             return fail(s, "[experiment] budgets: %s%s%s", why, "", "");
     } else if (strcmp(key, "seed") == 0) {
-        char *end;
-        errno = 0;
-        unsigned long v = strtoul(value, &end, 10);
-        if (end == value || *end || errno || value[0] == '-')
-            return fail(s, "[experiment] seed must be a whole number >= 0, got '%s'%s%s",
-                        value, "", "");
-        ex->seed = v;
+        if (kv_experiment_set_seed(ex, value, why, sizeof why))
+            return fail(s, "[experiment] %s%s%s", why, "", "");
+    } else if (strcmp(key, "topk") == 0) {
+        if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0)
+            return fail(s, "[experiment] topk must be yes or no, got '%s'%s%s", value, "", "");
+        ex->no_topk = strcmp(value, "no") == 0;
     } else if (strcmp(key, "style") == 0) {
         if (strcmp(value, "paper") != 0 && strcmp(value, "screen") != 0)
             return fail(s, "[experiment] style must be paper or screen, got '%s'%s%s",
@@ -271,7 +374,7 @@ static int on_experiment_key(ini_state *s, const char *key, const char *value)
         snprintf(ex->style, sizeof ex->style, "%s", value);
     } else
         return fail(s, "[experiment]: unknown key '%s' (known: trace, budgets, output, "
-                    "seed, style)%s%s", key, "", "");
+                    "seed, topk, style, model)%s%s", key, "", "");
     return 1;
 }
 
@@ -351,11 +454,82 @@ static int apply_policy_items(ini_state *s)
     return 1;
 }
 
+/*
+ * What libinih does not report: it skips a section without keys (so an empty
+ * [policy h2o] vanished), and after a section line without ']' it goes on with the
+ * previous section (so an unclosed [policy w gave "key 'type' is given twice"). A first
+ * pass over the lines catches both, and a trace given where the experiment file goes.
+ * Fills policy_sections (labels, n_policy up to 256). Returns 1, or 0 after fail().
+ */
+static int prescan(ini_state *s, FILE *f, char (*policy_sections)[128], int *n_policy)
+{
+    static char head[1 << 16];
+    static const char hdf5_signature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+    size_t got = fread(head, 1, sizeof head, f);
+    if (got >= sizeof hdf5_signature && memcmp(head, hdf5_signature, 8) == 0)
+        return fail(s, "is an HDF5 file, not an experiment file: give a trace with --trace "
+                    "(kvsim run --trace FILE --policies h2o --budgets 64 -o DIR)%s%s%s",
+                    "", "", "");
+    if (memchr(head, '\0', got))
+        return fail(s, "is not a text file: expected an INI experiment file (configs/ has "
+                    "examples); a trace goes with --trace%s%s%s", "", "", "");
+    rewind(f);
+    *n_policy = 0;
+    char line[1024];
+    int lineno = 0, line_start = 1;
+    while (fgets(line, sizeof line, f)) {
+        int starts_line = line_start;
+        size_t len = strlen(line);
+        line_start = len > 0 && line[len - 1] == '\n';
+        if (!starts_line)
+            continue;   /* the rest of a long line */
+        lineno++;
+        const char *p = line + strspn(line, " \t");
+        if (*p != '[')
+            continue;
+        const char *close = strchr(p, ']');
+        if (!close) {
+            char at[16], text[128];
+            snprintf(at, sizeof at, "%d", lineno);
+            snprintf(text, sizeof text, "%.*s", (int)strcspn(p, "\r\n"), p);
+            return fail(s, "line %s: section header '%s' has no closing ']'%s", at, text, "");
+        }
+        if (strncmp(p + 1, "policy ", 7) == 0 && *n_policy < 256)
+            snprintf(policy_sections[(*n_policy)++], 128, "%.*s", (int)(close - p - 8), p + 8);
+    }
+    rewind(f);
+    return 1;
+}
+
+/* An empty [policy LABEL] section (no keys at all) is an error, not nothing. */
+static int check_empty_sections(ini_state *s, char (*policy_sections)[128], int n_policy)
+{
+    for (int i = 0; i < n_policy; i++) {
+        int used = 0;
+        for (int j = 0; j < s->n_items && !used; j++)
+            used = strcmp(s->items[j].section, policy_sections[i]) == 0;
+        char label[128];
+        size_t n = strnlen(policy_sections[i], sizeof label - 1);
+        memcpy(label, policy_sections[i], n);
+        label[n] = '\0';
+        if (!used)
+            return fail(s, "[policy %s] is empty: give it a 'type =' line (e.g. type = h2o)"
+                        "%s%s", label, "", "");
+    }
+    return 1;
+}
+
 int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_len)
 {
     ini_state s = { .path = path, .ex = ex, .err = err, .err_len = err_len };
-    FILE *f = fopen(path, "r");
+    char why[KV_PATH_LEN + 64];
     struct stat st;
+    /* a FIFO would block fopen; a missing file is reported by fopen below */
+    if (stat(path, &st) == 0 && kv_check_regular_file(path, why, sizeof why) != 0) {
+        snprintf(err, err_len, "%s (the experiment file)", why);
+        return 2;
+    }
+    FILE *f = fopen(path, "r");
     if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
         fclose(f);   /* a directory opens, but reads as an empty file */
         f = NULL;
@@ -364,6 +538,12 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
     if (!f) {
         snprintf(err, err_len, "%s: cannot read the experiment file: %s", path, strerror(errno));
         return KV_EUSAGE;
+    }
+    static char policy_sections[256][128];
+    int n_policy = 0;
+    if (!prescan(&s, f, policy_sections, &n_policy)) {
+        fclose(f);
+        return 2;
     }
     int rc = ini_parse_file(f, on_ini, &s);
     fclose(f);
@@ -375,7 +555,7 @@ int kv_config_load(const char *path, kv_experiment *ex, char *err, size_t err_le
         snprintf(err, err_len, "%s: cannot parse the experiment file", path);
         s.failed = 1;
     }
-    if (!s.failed)
+    if (!s.failed && check_empty_sections(&s, policy_sections, n_policy))
         apply_policy_items(&s);
     free(s.items);
     return s.failed ? (s.code ? s.code : KV_EUSAGE) : 0;

@@ -6,10 +6,18 @@
  *
  *   [experiment]
  *   trace   = traces/data/a.h5, traces/data/b.h5  ; one or more, comma-separated,
- *                                  ; relative to the working directory
+ *                                  ; relative to the working directory; an item with
+ *                                  ; * ? or [ is a pattern (glob(3)): its files by name
  *   budgets = 64, 0.25p, 64KiB     ; tokens, a fraction of the prompt, or bytes (budget.h)
  *   output  = results/default      ; directory
  *   seed    = 1                    ; optional, base of every policy's random seed
+ *   model   = stories260K.bin          ; optional, one or more: also run
+ *                                  ; every trace closed-loop with the checkpoint it was
+ *                                  ; captured from (sim/closedloop.h)
+ *   topk    = yes                  ; optional: measure the top-k recall metrics (yes) or
+ *                                  ; not (no, the default: their columns hold nan; they
+ *                                  ; rank every key of every row, so a run needs them off
+ *                                  ; to replay sparsely, engine.h)
  *   style   = paper                ; optional: the figures' style, screen (default) or
  *                                  ; paper (kvsim plot --style)
  *
@@ -26,16 +34,23 @@
 #include "sim/engine.h"
 
 #define KV_PATH_LEN 4096   /* longest path, NUL included */
+#define KV_MAX_MODELS 16   /* checkpoints of one closed-loop experiment (model =) */
 
 typedef struct {
     char **traces;              /* owned paths, replayed one after the other */
     int n_traces;
     char output[KV_PATH_LEN];
+    char model[KV_PATH_LEN];    /* checkpoints for the closed loop, comma-separated (each
+                                   trace runs with the one it was captured from); "" for
+                                   none */
     kv_budget_spec *budgets;    /* owned; resolved to tokens per trace and policy */
     int n_budgets;
     kv_policy_conf *policies;   /* owned */
     int n_policies;
     unsigned long seed;
+    int no_topk;                /* 1 (default, topk = no): the top-k metrics are not
+                                   measured; topk = yes or --topk: 0 */
+    int dense;                  /* 1: --dense, never the sparse replay (engine.h) */
     char style[8];              /* figure style: "screen", "paper", or "" (screen) */
 } kv_experiment;
 
@@ -67,13 +82,22 @@ int kv_experiment_add_policy(kv_experiment *ex, const char *label, const char *t
 int kv_experiment_set(kv_experiment *ex, const char *target, const char *param,
                       const char *text, char *err, size_t err_len);
 
-/* Replaces the trace list by the comma-separated paths in text. Returns 0, or KV_EUSAGE
- * (empty item, a path too long, two with one file name) or KV_ENOMEM. */
+/* Replaces the trace list by the comma-separated paths in text; an item with * ? or [ is
+ * replaced by the files it matches, sorted by name. Returns 0, or KV_EUSAGE (empty item,
+ * a pattern that matches nothing, a path too long, two with one file name, a file name
+ * with a tab or a line break, which the TSV trace column could not hold) or KV_ENOMEM. */
 int kv_experiment_set_traces(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 /* Parses "64, 0.25p, 64KiB" (budget specs, kv_budget_parse) into
  * ex->budgets, replacing earlier ones. Returns 0, KV_EUSAGE naming the bad item, or
  * KV_ENOMEM. */
 int kv_experiment_set_budgets(kv_experiment *ex, const char *text, char *err, size_t err_len);
+
+/* The seed range, the same for `seed =` in [experiment] and for --seed. */
+#define KV_SEED_MAX 18446744073709551615ull
+
+/* Parses text (decimal digits only, 0..KV_SEED_MAX) into ex->seed. Returns 0, or 2 with
+ * err saying the range. */
+int kv_experiment_set_seed(kv_experiment *ex, const char *text, char *err, size_t err_len);
 
 #endif

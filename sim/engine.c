@@ -12,6 +12,7 @@
 #include "sim/metrics.h"
 #include "sim/rows.h"
 #include "traces/status.h"
+#include "traces/validate.h"
 
 #include <math.h>
 #ifdef _OPENMP
@@ -32,16 +33,37 @@
 typedef struct {
     kv_cache cache;
     int run;                 /* index into kv_results.runs */
+    int index;               /* the cache's index within its layer */
     int head_lo;             /* first query head of the group */
     kv_step_metrics *steps;  /* [D] the cache's metrics of each decode step */
+    /* alloc = ada: the layer's caches of a run step together, driven by the first
+     * (joint = their number, with the joint they share); the others have joint = -1 */
+    int joint;
+    kv_joint *jscratch;
+    float *sparse;           /* sparse replay: [n_heads * (T + 1)] this step's weights of
+                                A_t, by slot (kv_group_rows.by_slot) */
+    int *missing;            /* sparse replay: [T + 1] positions memo_rows computes */
 } replay_cache;
 
 /* What every cache of a layer reads while stepping through one block. */
 typedef struct {
     const kv_trace_info *in;
-    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j] */
+    const float *rows;    /* rows.h layout: rows[(h * block_rows + t - t0) * row_stride + j]; NULL for a
+                             sparse block (its caches compute their own weights) */
+    const kv_row_producer *src;   /* the layer's q and k (sparse blocks) */
+    const double *lse;    /* [n_heads * T] the layer's log-normalisers (sparse blocks) */
+    float *memo;          /* sparse blocks: the block's row buffer, holding p_t[j] for the
+                             positions some cache of the group asked for (rows.h layout) */
+    uint64_t *seen;       /* [n_kv_heads * block_rows * words]: bit j of (g, t): memo holds p_t[j]
+                             for the heads of KV head g */
+    size_t words;         /* 64-bit words per bit row: T / 64 + 1 */
     size_t row_stride;            /* row stride (kv_producer_row_stride) */
     const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
+    const float *o_full;  /* [n_heads * block_rows * head_dim] full-cache outputs
+                             (kv_producer_outputs), NULL when the trace has no v */
+    const float *v;       /* the layer's values (kv_producer_v) */
+    const double *cum;    /* [n_heads * block_rows * n_cum] span sums of each decode row */
+    size_t n_cum;
     int t0, block_rows;
 } kv_block;
 
@@ -50,6 +72,25 @@ const kv_param_spec kv_engine_params[] = {
         "kv_granularity", KV_PARAM_CHOICE, "kv_head", 0, 0, "kv_head|query_head",
         "kv_head: one cache per KV head shared by its query heads; query_head: one per "
         "query head (KV repeated per head, memory times the group size)" },
+    [KV_ENGINE_PARAM_ALLOC] = {
+        "alloc", KV_PARAM_CHOICE, "uniform", 0, 0, "uniform|pyramid|ada",
+        "budgets as totals: uniform B per cache; pyramid: falling over layers (PyramidKV, "
+        "Cai et al. 2024); ada: shared by a layer's caches at every selection (AdaKV, "
+        "Feng et al. 2024)" },
+    [KV_ENGINE_PARAM_PYRAMID_BETA] = {
+        "pyramid_beta", KV_PARAM_REAL, "20", 1, 1e6, NULL,
+        "alloc=pyramid: the last layer's pyramid part is (B - window) / beta (kvpress)" },
+    [KV_ENGINE_PARAM_ADA_ALPHA] = {
+        "ada_alpha", KV_PARAM_REAL, "0.2", 0, 1, NULL,
+        "alloc=ada: each cache first keeps floor(alpha*B) by its own score (kvpress)" },
+    [KV_ENGINE_PARAM_CHUNK] = {
+        "chunk", KV_PARAM_INT, "off", 1, 1e6, "off",
+        "rank contiguous chunks of N positions by summed score, keep chunk by chunk "
+        "(ChunkKV, Liu et al. 2025)" },
+    [KV_ENGINE_PARAM_VALUE_WEIGHT] = {
+        "value_weight", KV_PARAM_CHOICE, "none", 0, 0, "none|l1",
+        "l1: score times the L1 norm of the value vector (VATP, Guo et al. 2024; traces "
+        "with v)" },
 };
 const int kv_n_engine_params = sizeof kv_engine_params / sizeof kv_engine_params[0];
 
@@ -62,11 +103,61 @@ int kv_policy_conf_set(kv_policy_conf *pc, const char *name, const char *text, c
         double v;
         if (kv_param_parse(&kv_engine_params[i], text ? text : "", &v, err, err_len))
             return KV_EUSAGE;
-        if (i == KV_ENGINE_PARAM_GRANULARITY)
+        kv_select_opts *o = &pc->select;
+        switch (i) {
+        case KV_ENGINE_PARAM_GRANULARITY:
             pc->granularity = v == 0 ? KV_GRAN_KV_HEAD : KV_GRAN_QUERY_HEAD;
+            break;
+        case KV_ENGINE_PARAM_ALLOC: o->alloc = (kv_alloc_mode)(int)v; break;
+        case KV_ENGINE_PARAM_PYRAMID_BETA: o->beta = v; break;
+        case KV_ENGINE_PARAM_ADA_ALPHA: o->alpha = v, o->alpha_given = 1; break;
+        case KV_ENGINE_PARAM_CHUNK: o->chunk = (int)v; break;
+        case KV_ENGINE_PARAM_VALUE_WEIGHT: o->value_weight = (kv_value_weight)(int)v; break;
+        }
         return 0;
     }
     return kv_params_set(pc->ops, &pc->values, name, text, err, err_len) ? KV_EUSAGE : 0;
+}
+
+static int layer_scope(const kv_policy_conf *pc)
+{
+    return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
+}
+
+/* The composing options of pc that are set, as "alloc=ada" etc., for messages. */
+static void select_options_text(const kv_policy_conf *pc, char *buf, size_t len)
+{
+    const kv_select_opts *o = &pc->select;
+    static const char *const allocs[] = { "uniform", "pyramid", "ada" };
+    buf[0] = '\0';
+    size_t used = 0;
+    if (o->alloc != KV_ALLOC_UNIFORM)
+        used += (size_t)snprintf(buf + used, len - used, "alloc=%s", allocs[o->alloc]);
+    if (o->chunk > 0 && used < len)
+        used += (size_t)snprintf(buf + used, len - used, "%schunk=%d", used ? ", " : "",
+                                 o->chunk);
+    if (o->value_weight != KV_VALUE_WEIGHT_NONE && used < len)
+        snprintf(buf + used, len - used, "%svalue_weight=l1", used ? ", " : "");
+}
+
+/* The composing options need a policy that ranks by scores, and a few pairs of them have
+ * no defined meaning. Returns 0, or 2 with why set. */
+static int select_check(const kv_policy_conf *pc, char *why, size_t why_len)
+{
+    const kv_select_opts *o = &pc->select;
+    char opts[96];
+    select_options_text(pc, opts, sizeof opts);
+    if (kv_select_any(o) && !pc->ops->scores)
+        snprintf(why, why_len, "%s has no position scores to share budgets, chunk or weight "
+                 "by (it keeps positions by a fixed rule), so it cannot take %s",
+                 pc->ops->name, opts);
+    else if (o->alloc == KV_ALLOC_ADA && o->chunk > 0)
+        snprintf(why, why_len, "chunk and alloc=ada cannot be combined (AdaKV selects "
+                 "single positions across caches)");
+    else if (o->value_weight != KV_VALUE_WEIGHT_NONE && layer_scope(pc))
+        snprintf(why, why_len, "value_weight needs one cache per KV head (its values); "
+                 "%s here keeps one per layer", pc->ops->name);
+    return why[0] ? KV_EUSAGE : 0;
 }
 
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len)
@@ -74,9 +165,62 @@ int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t
     why[0] = '\0';
     if (budget < 1)
         snprintf(why, why_len, "budget must be at least 1 token, got %d", budget);
+    else if (select_check(pc, why, why_len))
+        return KV_EUSAGE;
     else if (pc->ops->check && pc->ops->check(&pc->values, budget, why, why_len) && !why[0])
         snprintf(why, why_len, "rejected by %s", pc->ops->name);
     return why[0] ? KV_EUSAGE : 0;
+}
+
+/* What pc reads besides rows: KV_NEEDS_KEYS, KV_NEEDS_VALUES (value_weight included). */
+static int policy_needs(const kv_policy_conf *pc)
+{
+    return pc->ops->needs |
+           (pc->select.value_weight != KV_VALUE_WEIGHT_NONE ? KV_NEEDS_VALUES : 0);
+}
+
+void kv_policy_layer_budgets(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                             int *out)
+{
+    int window = pc->ops->window ? pc->ops->window(&pc->values, budget) : 0;
+    kv_alloc_layer_budgets(&pc->select, budget, window, in->prefill_len, in->n_layers, out);
+}
+
+int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                          int has_qk, const char *trace_name, char *why, size_t why_len)
+{
+    why[0] = '\0';
+    int needs = policy_needs(pc);
+    if ((needs & KV_NEEDS_KEYS) && !has_qk) {
+        snprintf(why, why_len, "%s reads the keys, but %s has no q/k datasets (source = "
+                 "attn): use a trace captured with q and k", pc->ops->name, trace_name);
+        return KV_EUSAGE;
+    }
+    if ((needs & KV_NEEDS_VALUES) && !in->has_v) {
+        snprintf(why, why_len, "%s reads the value vectors, but %s has no /layers/<l>/v",
+                 pc->ops->needs & KV_NEEDS_VALUES ? pc->ops->name : "value_weight=l1",
+                 trace_name);
+        return KV_EUSAGE;
+    }
+    if (pc->select.alloc != KV_ALLOC_PYRAMID)
+        return 0;
+    int *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
+    if (!layer_budget) {
+        snprintf(why, why_len, "out of memory");
+        return KV_ERUNTIME;
+    }
+    kv_policy_layer_budgets(pc, budget, in, layer_budget);
+    int rc = 0;
+    for (int l = 0; l < in->n_layers && !rc; l++) {
+        char rule[KV_ERRMSG];
+        if (kv_policy_pair_check(pc, layer_budget[l], rule, sizeof rule)) {
+            snprintf(why, why_len, "alloc=pyramid gives layer %d budget %d: %s", l,
+                     layer_budget[l], rule);
+            rc = KV_EUSAGE;
+        }
+    }
+    free(layer_budget);
+    return rc;
 }
 
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
@@ -93,6 +237,37 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len)
         }
     }
     return 0;
+}
+
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len)
+{
+    if (conf->dense)
+        snprintf(why, why_len, "the dense replay was asked for");
+    else if (in->source != KV_SOURCE_QK)
+        snprintf(why, why_len, "an attn trace stores its rows");
+    else if (!in->has_lse)
+        snprintf(why, why_len, "the trace stores no log-normalisers (kvsim index)");
+    else if (!conf->no_topk)
+        snprintf(why, why_len, "the top-k metrics rank every key of a row");
+    else if (in->has_v && !conf->no_out_err)
+        snprintf(why, why_len, "the output error reads every weight of a row (the trace has v)");
+    else {
+        for (int p = 0; p < conf->n_policies; p++) {
+            const kv_policy_conf *pc = &conf->policies[p];
+            if (pc->ops->prescan || pc->ops->preselect) {
+                snprintf(why, why_len, "policy '%s' reads whole rows", pc->label);
+                return 1;
+            }
+            if (kv_select_composed(&pc->select)) {   /* not checked on sparse rows */
+                snprintf(why, why_len, "policy '%s' selects by alloc = ada, chunk or "
+                         "value_weight", pc->label);
+                return 1;
+            }
+        }
+        return 0;
+    }
+    return 1;
 }
 
 double kv_tokens_to_bytes(const kv_trace_info *info, long long kv_tokens)
@@ -114,14 +289,13 @@ static unsigned long cache_seed(unsigned long base, int run, int layer, int cach
 static void replay_cache_free(replay_cache *rc)
 {
     kv_cache_free(&rc->cache);
+    kv_joint_free(rc->jscratch);
     free(rc->steps);
+    free(rc->sparse);
+    free(rc->missing);
     memset(rc, 0, sizeof *rc);
 }
 
-static int layer_scope(const kv_policy_conf *pc)
-{
-    return pc->ops->scope && pc->ops->scope(&pc->values) == KV_SCOPE_LAYER;
-}
 
 int kv_caches_per_layer(const kv_policy_conf *pc, const kv_trace_info *in)
 {
@@ -135,26 +309,53 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in)
     return layer_scope(pc) ? in->n_kv_heads : 1;
 }
 
+/* The layer's keys and values, when a run reads them ([n_kv_heads * T * head_dim] each,
+ * kv_trace_read_qk's layout), else NULL. */
+typedef struct {
+    float *keys, *values;
+} layer_kv;
+
 static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run, int budget,
                              const kv_trace_info *in, int layer, int index, int n_caches,
-                             unsigned long seed, const int *identity)
+                             unsigned long seed, const int *identity, const layer_kv *kv,
+                             int sparse)
 {
     int T = in->n_tokens, D = in->n_tokens - in->prefill_len;
     int group = in->n_heads / n_caches;
     memset(rc, 0, sizeof *rc);
     rc->run = run;
+    rc->index = index;
     rc->head_lo = index * group;
     rc->steps = calloc((size_t)D, sizeof *rc->steps);
+    if (sparse && (!(rc->sparse = malloc((size_t)group * (T + 1) * sizeof *rc->sparse)) ||
+                   !(rc->missing = malloc(((size_t)T + 1) * sizeof *rc->missing)))) {
+        free(rc->steps);
+        free(rc->sparse);
+        memset(rc, 0, sizeof *rc);
+        return -1;
+    }
     kv_policy_ctx ctx = {
         .budget = budget, .group_size = group, .n_tokens = T,
         .prefill_len = in->prefill_len, .layer = layer, .kv_head = index, .seed = seed,
+        .held_cap = kv_alloc_held_cap(&pc->select, budget, n_caches),
+        .head_dim = in->head_dim,
     };
     if (!rc->steps || kv_cache_init(&rc->cache, pc->ops, &pc->values, &ctx,
                                     kv_cache_token_weight(pc, in), identity)) {
         free(rc->steps);
+        free(rc->sparse);
+        free(rc->missing);
         rc->steps = NULL;
+        rc->sparse = NULL;
+        rc->missing = NULL;
         return -1;
     }
+    kv_cache_set_select(&rc->cache, &pc->select);
+    /* the KV head whose vectors the cache holds (one per cache, or its query head's) */
+    size_t kv_head = (size_t)rc->head_lo / (in->n_heads / in->n_kv_heads);
+    size_t at = kv_head * T * in->head_dim;
+    kv_cache_set_kv(&rc->cache, kv->keys ? kv->keys + at : NULL,
+                    kv->values ? kv->values + at : NULL, in->head_dim);
     return 0;
 }
 
@@ -162,33 +363,125 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
     size_t i_row = (size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0);
+    const kv_trace_info *in = b->in;
+    int group = in->n_heads / in->n_kv_heads;
+    size_t per_kv = (size_t)in->n_tokens * in->head_dim;
     kv_group_rows g = {
         .p = b->rows + i_row * b->row_stride,
         .head_stride = (size_t)b->block_rows * b->row_stride,
-        .top = b->topk + i_row * TOPK, .top_stride = (size_t)b->block_rows * TOPK,
+        .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->block_rows * TOPK,
+        .o_full = b->o_full ? b->o_full + i_row * in->head_dim : NULL,
+        .o_stride = (size_t)b->block_rows * in->head_dim,
+        .v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL,
+        .v_stride = per_kv, .head_lo = rc->head_lo, .heads_per_v = group,
+        .head_dim = in->head_dim,
+        .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->block_rows * b->n_cum,
     };
     return g;
+}
+
+/*
+ * A cache that covers one GQA group in a sparse block: the group's weights p_t[j] for j in
+ * A_t, by position, from the block's memo. The caches of a group run one after the other
+ * inside the group's task (stream_layer fuses them in a sparse replay), so each p_t[j]
+ * the group's policies share - the recent window, common heavy hitters - is computed once:
+ * the positions not yet seen in row t are computed together (kv_attn_rows_sparse) and filed.
+ */
+static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = c->n_heads, g = rc->head_lo / group;
+    size_t stride = (size_t)T + 1, head_stride = (size_t)b->block_rows * b->row_stride;
+    uint64_t *bits = b->seen + ((size_t)g * b->block_rows + (size_t)(t - b->t0)) * b->words;
+    float *row = b->memo + ((size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0)) * b->row_stride;
+    int *missing = rc->missing, m = 0;
+    for (int i = 0; i <= c->n; i++) {
+        int j = i < c->n ? c->pos[i] : t;
+        uint64_t bit = (uint64_t)1 << (j & 63);
+        if (!(bits[j >> 6] & bit)) {
+            bits[j >> 6] |= bit;
+            missing[m++] = j;
+        }
+    }
+    if (m > 0) {
+        /* the missing positions as kv_attn_rows_sparse's pos[0..m-1) and its last one */
+        kv_attn_rows_sparse(kv_producer_q(b->src, rc->head_lo) + (size_t)t * hd, (size_t)T * hd, group,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale,
+                       b->lse + (size_t)rc->head_lo * T + t, (size_t)T, missing, m - 1,
+                       missing[m - 1], rc->sparse, stride);
+        for (int hh = 0; hh < group; hh++)
+            for (int s = 0; s < m; s++)
+                row[hh * head_stride + (size_t)missing[s]] = rc->sparse[hh * stride + (size_t)s];
+    }
+    kv_group_rows rows = { .p = row, .head_stride = head_stride };
+    return rows;
+}
+
+/* A sparse block's weights for cache rc at decode position t: p_t over A_t = S u {t}
+ * alone (kv_attn_rows_sparse), head after head, each run of heads that share a KV head in one
+ * pass over their keys; through the group's memo when rc covers one GQA group. */
+static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
+{
+    const kv_trace_info *in = b->in;
+    const kv_cache *c = &rc->cache;
+    int T = in->n_tokens, hd = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    if (b->seen && c->n_heads == group && rc->head_lo % group == 0)
+        return memo_rows(rc, b, t);
+    size_t stride = (size_t)T + 1;
+    for (int hh = 0; hh < c->n_heads;) {
+        int h = rc->head_lo + hh, g = h / group;
+        int n_q = (g + 1) * group - h;                 /* heads left on KV head g */
+        if (n_q > c->n_heads - hh)
+            n_q = c->n_heads - hh;
+        kv_attn_rows_sparse(kv_producer_q(b->src, h) + (size_t)t * hd, (size_t)T * hd, n_q,
+                       kv_producer_k(b->src, g), hd, in->softmax_scale, b->lse + (size_t)h * T + t,
+                       (size_t)T, c->pos, c->n, t, rc->sparse + (size_t)hh * stride, stride);
+        hh += n_q;
+    }
+    kv_group_rows rows = { .p = rc->sparse, .head_stride = stride, .by_slot = 1 };
+    return rows;
 }
 
 /*
  * Steps rc's cache through position t (cache.h) and adds each head's recall to the
  * layer's per-head sums and minima of this run (head_sum/head_min: [n_heads]).
  */
-static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
-                        double *head_min)
+static void replay_query(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                         double *head_min, double *head_err)
 {
     kv_cache *c = &rc->cache;
     int P = b->in->prefill_len;
-    kv_group_rows rows = group_rows(rc, b, t);
+    kv_group_rows rows = b->rows ? group_rows(rc, b, t) : sparse_rows(rc, b, t);
     kv_cache_query(c, t, &rows, t >= P ? &rc->steps[t - P] : NULL);
+    if (t >= P && !rows.top)   /* not measured (kv_replay_conf.no_topk) */
+        rc->steps[t - P].topk1 = rc->steps[t - P].topk8 = NAN;
     for (int hh = 0; t >= P && hh < c->n_heads; hh++) {
         int h = rc->head_lo + hh;
         double recall = c->head_recall[hh];
         head_sum[h] += recall;
         if (recall < head_min[h])
             head_min[h] = recall;
+        head_err[h] += c->head_out_err[hh];
     }
-    kv_cache_update(c, t);
+}
+
+static void replay_step(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                        double *head_min, double *head_err)
+{
+    replay_query(rc, b, t, head_sum, head_min, head_err);
+    kv_cache_update(&rc->cache, t);
+}
+
+/* alloc = ada: the joined caches rc[0 .. rc->joint) through position t together: each
+ * queries, then each updates, the last selecting for all (cache.h kv_joint_new). */
+static void replay_step_joint(replay_cache *rc, const kv_block *b, int t, double *head_sum,
+                              double *head_min, double *head_err)
+{
+    for (int i = 0; i < rc->joint; i++)
+        replay_query(&rc[i], b, t, head_sum, head_min, head_err);
+    for (int i = 0; i < rc->joint; i++)
+        kv_cache_update(&rc[i].cache, t);
 }
 
 static double now_seconds(void)
@@ -213,12 +506,22 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->steps = calloc((size_t)D, sizeof *run->steps);
         run->head_recall_mean = calloc((size_t)LH, sizeof(double));
         run->head_recall_min = malloc((size_t)LH * sizeof(double));
+        run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
+        run->caches_per_layer = kv_caches_per_layer(&conf->policies[run->policy], in);
+        size_t n_caches = (size_t)in->n_layers * run->caches_per_layer;
+        run->cache_budget = calloc(n_caches, sizeof *run->cache_budget);
+        run->cache_tokens_mean = calloc(n_caches, sizeof *run->cache_tokens_mean);
         if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
-            !run->lifetimes || !run->retained || !run->final_sets)
+            !run->head_out_err_mean || !run->lifetimes || !run->retained ||
+            !run->final_sets || !run->cache_budget || !run->cache_tokens_mean)
             return -1;
+        for (int s = 0; s < D; s++) {   /* the closed loop's, until it runs */
+            kv_step_metrics *m = &run->steps[s];
+            m->kl = m->nll = m->nll_full = m->top1 = m->recall_closed = NAN;
+        }
         for (int i = 0; i < LH; i++)
             run->head_recall_min[i] = INFINITY;
     }
@@ -234,9 +537,12 @@ void kv_results_free(kv_results *res)
         free(run->steps);
         free(run->head_recall_mean);
         free(run->head_recall_min);
+        free(run->head_out_err_mean);
         free(run->lifetimes);
         free(run->retained);
         free(run->final_sets);
+        free(run->cache_budget);
+        free(run->cache_tokens_mean);
     }
     free(res->runs);
     free(res);
@@ -254,9 +560,10 @@ size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs)
 {
     size_t R = (size_t)n_runs, D = (size_t)(in->n_tokens - in->prefill_len);
     size_t H = (size_t)in->n_heads, G = (size_t)in->n_kv_heads, T = (size_t)in->n_tokens;
-    return pad8(R * D * sizeof(kv_step_metrics)) + 2 * pad8(R * H * sizeof(double)) +
+    return pad8(R * D * sizeof(kv_step_metrics)) + 3 * pad8(R * H * sizeof(double)) +
            pad8(R * (D + 1) * sizeof(long long)) + pad8(R * T * sizeof(int)) +
-           pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int));
+           pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int)) +
+           pad8(R * H * sizeof(int)) + pad8(R * H * sizeof(double));
 }
 
 int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs, int layer,
@@ -284,6 +591,8 @@ int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs,
     at += pad8(R * H * sizeof(double));
     part->head_recall_min = (double *)at;
     at += pad8(R * H * sizeof(double));
+    part->head_out_err_sum = (double *)at;
+    at += pad8(R * H * sizeof(double));
     part->lifetimes = (long long *)at;
     at += pad8(R * (D + 1) * sizeof(long long));
     part->retained = (int *)at;
@@ -291,6 +600,10 @@ int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs,
     part->n_cache_units = (int *)at;
     at += pad8(R * sizeof(int));
     part->final_sets = (int *)at;
+    at += pad8(R * in->n_kv_heads * T * sizeof(int));
+    part->cache_budget = (int *)at;
+    at += pad8(R * H * sizeof(int));
+    part->cache_tokens_mean = (double *)at;
     return 0;
 }
 
@@ -344,6 +657,12 @@ static void reduce_layer(kv_layer_part *part, const replay_cache *caches, int n_
             retained[c->pos[i]] += c->token_weight;
         part->n_cache_units[rc->run] += c->token_weight;
         record_final_set(part, rc);
+        size_t at = (size_t)rc->run * part->info.n_heads + rc->index;
+        double tokens = 0.0;
+        for (int s = 0; s < D; s++)
+            tokens += rc->steps[s].kv_tokens;
+        part->cache_budget[at] = c->budget;
+        part->cache_tokens_mean[at] = tokens / D;
     }
 }
 
@@ -368,8 +687,15 @@ void kv_results_add_layer(kv_results *res, const kv_layer_part *part)
                (size_t)H * sizeof(double));
         memcpy(run->head_recall_min + at, part->head_recall_min + (size_t)r * H,
                (size_t)H * sizeof(double));
+        memcpy(run->head_out_err_mean + at, part->head_out_err_sum + (size_t)r * H,
+               (size_t)H * sizeof(double));
         memcpy(run->final_sets + (size_t)part->layer * G * T,
                part->final_sets + (size_t)r * G * T, (size_t)G * T * sizeof(int));
+        int per_layer = run->caches_per_layer;
+        memcpy(run->cache_budget + (size_t)part->layer * per_layer,
+               part->cache_budget + (size_t)r * H, (size_t)per_layer * sizeof(int));
+        memcpy(run->cache_tokens_mean + (size_t)part->layer * per_layer,
+               part->cache_tokens_mean + (size_t)r * H, (size_t)per_layer * sizeof(double));
     }
 }
 
@@ -381,8 +707,10 @@ void kv_results_finish(kv_results *res)
         kv_run_result *run = &res->runs[r];
         for (int s = 0; s < res->n_steps; s++)
             kv_metrics_finish(&run->steps[s], units);
-        for (int i = 0; i < in->n_layers * in->n_heads; i++)
+        for (int i = 0; i < in->n_layers * in->n_heads; i++) {
             run->head_recall_mean[i] /= res->n_steps;
+            run->head_out_err_mean[i] /= res->n_steps;   /* NaN without v */
+        }
     }
 }
 
@@ -391,6 +719,7 @@ typedef struct {
     int enabled, shown;
     int first, count;     /* the layers of this replay */
     int tty;          /* stderr is a terminal: rewrite one line; else a line every 10 s */
+    int sparse;       /* the replay is sparse (said in the line) */
 } progress;
 
 static void progress_update(progress *pg, int layer, int t, int T)
@@ -406,27 +735,47 @@ static void progress_update(progress *pg, int layer, int t, int T)
     pg->shown = pg->tty;
     double done = ((double)layer + (double)t / T) / n_layers;
     double eta = done > 0 ? (now - pg->start) * (1.0 - done) / done : 0.0;
-    fprintf(stderr, "%skvsim: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
-            pg->tty ? "\r" : "", layer + 1, n_layers, t, T, 100.0 * done, eta,
-            pg->tty ? "   " : "\n");
+    fprintf(stderr, "%skvsim: %s replay: layer %d/%d, token %d/%d (%.0f%%, %.0f s left)%s",
+            pg->tty ? "\r" : "", pg->sparse ? "sparse" : "dense", layer + 1, n_layers, t, T,
+            100.0 * done, eta, pg->tty ? "   " : "\n");
     fflush(stderr);
 }
 
 /* Creates the caches of every run (policy-major: run r is policy r / n_budgets at budget
- * r % n_budgets) for one layer. Returns their number, or -1. */
+ * r % n_budgets) for one layer, each at its layer's budget (alloc.h), an alloc = ada
+ * layer's joined and driven by its first. Returns their number, or -1. */
 static int layer_caches(const kv_replay_conf *conf, const kv_trace_info *in, int layer,
-                        const int *identity, replay_cache *caches)
+                        const int *identity, const layer_kv *kv, int sparse,
+                        replay_cache *caches)
 {
-    int n = 0;
+    int n = 0, *layer_budget = malloc((size_t)in->n_layers * sizeof *layer_budget);
+    if (!layer_budget)
+        return -1;
     for (int r = 0; r < conf->n_policies * conf->n_budgets; r++) {
         const kv_policy_conf *pc = &conf->policies[r / conf->n_budgets];
-        int per_layer = kv_caches_per_layer(pc, in);
+        int per_layer = kv_caches_per_layer(pc, in), first = n;
+        kv_policy_layer_budgets(pc, conf->budgets[r % conf->n_budgets], in, layer_budget);
         for (int i = 0; i < per_layer; i++, n++)
-            if (replay_cache_init(&caches[n], pc, r, conf->budgets[r % conf->n_budgets], in,
-                                  layer, i, per_layer, cache_seed(conf->seed, r, layer, i),
-                                  identity) != 0)
+            if (replay_cache_init(&caches[n], pc, r, layer_budget[layer], in, layer, i,
+                                  per_layer, cache_seed(conf->seed, r, layer, i), identity,
+                                  kv, sparse) != 0) {
+                free(layer_budget);
                 return -1;
+            }
+        if (pc->select.alloc == KV_ALLOC_ADA && per_layer > 1) {
+            kv_cache *members[per_layer];
+            for (int i = 0; i < per_layer; i++) {
+                members[i] = &caches[first + i].cache;
+                caches[first + i].joint = i == 0 ? per_layer : -1;
+            }
+            caches[first].jscratch = kv_joint_new(members, per_layer);
+            if (!caches[first].jscratch) {
+                free(layer_budget);
+                return -1;
+            }
+        }
     }
+    free(layer_budget);
     return n;
 }
 
@@ -440,10 +789,26 @@ typedef struct {
     kv_row_producer *cur;          /* the layer being replayed, loaded */
     kv_row_producer *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
-    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row */
+    float *o_full[2];      /* [n_heads * block * head_dim] full-cache outputs, when the
+                              trace has v (NULL otherwise) */
+    int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
+                              when the top-k metrics are off */
+    double *cum[2];        /* [n_heads * block * n_cum] span sums of each decode row
+                              (kv_row_span_sums), for recall over runs of positions */
+    size_t n_cum;          /* kv_producer_n_cum */
     int block;
     int cur_loaded;        /* 1 when cur was read ahead; 0: stream_layer loads it */
+    int sparse;            /* 1: blocks of decode rows only are not produced (kv_block) */
+    double *lse;           /* sparse: [n_heads * T] the current layer's log-normalisers */
+    uint64_t *seen[2];     /* sparse: [n_kv_heads * block * words] the memo's bits */
+    size_t words;          /* T / 64 + 1 */
 } kv_stream;
+
+/* A sparse replay's block of decode rows only: its caches compute their own weights. */
+static int sparse_block(const kv_stream *s, const kv_trace_info *in, int t0)
+{
+    return s->sparse && t0 >= in->prefill_len;
+}
 
 enum { CONSUME_STEP, CONSUME_PRESCAN };
 
@@ -472,15 +837,27 @@ static int has_failed(const kv_failure *f)
     return failed != 0;
 }
 
-/* One task's rows of the block at t0 into buffer slot, with the top keys of its decode
- * rows (the same for every policy, so found once, while the rows are produced). */
+/* One task's rows of the block at t0 into buffer slot; for the replay's steps (steps = 1,
+ * not the prescan) also the top keys of its decode rows when measured and the full-cache
+ * outputs when the trace has v (the same for every policy, so found once, while the rows
+ * are produced). */
 static int produce(kv_stream *s, const kv_trace_info *in, int t0, int task, int slot,
-                   int want_topk, kv_failure *f)
+                   int steps, kv_failure *f)
 {
     char why[512];
-    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], want_topk ? s->topk[slot] : NULL, TOPK,
-                     in->prefill_len, why, sizeof why) == 0)
+    if (sparse_block(s, in, t0)) {   /* the group's memo starts empty */
+        int block_rows = t0 + s->block < in->n_tokens ? s->block : in->n_tokens - t0;
+        if (in->source == KV_SOURCE_QK)
+            memset(s->seen[slot] + (size_t)task * block_rows * s->words, 0,
+                   (size_t)block_rows * s->words * sizeof(uint64_t));
         return 0;
+    }
+    if (kv_producer_fill(s->cur, t0, task, s->buf[slot], steps ? s->topk[slot] : NULL, TOPK,
+                     in->prefill_len, s->cum[slot], why, sizeof why) == 0) {
+        if (s->o_full[slot] && steps)   /* replay steps, not the prescan */
+            kv_producer_outputs(s->cur, t0, task, s->buf[slot], s->o_full[slot]);
+        return 0;
+    }
     record_failure(f, why);
     return KV_ERUNTIME;
 }
@@ -506,8 +883,14 @@ static void consume(replay_cache *rc, const kv_block *b, int mode, kv_layer_part
     }
     size_t at = (size_t)rc->run * b->in->n_heads;
     double *hs = part->head_recall_sum + at, *hm = part->head_recall_min + at;
+    double *he = part->head_out_err_sum + at;
+    if (rc->joint < 0)
+        return;                        /* stepped by the first cache of its layer */
     for (int t = b->t0; t < b->t0 + b->block_rows; t++)
-        replay_step(rc, b, t, hs, hm);
+        if (rc->joint > 0)
+            replay_step_joint(rc, b, t, hs, hm, he);
+        else
+            replay_step(rc, b, t, hs, hm, he);
 }
 
 /*
@@ -525,14 +908,18 @@ static int pieces_before(long n_pieces, int k, int n)
 static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, int slot)
 {
     int T = in->n_tokens;
-    kv_block b = { .in = in, .rows = s->buf[slot], .row_stride = kv_producer_row_stride(s->cur),
-                   .topk = s->topk[slot], .t0 = t0,
+    kv_block b = { .in = in, .rows = sparse_block(s, in, t0) ? NULL : s->buf[slot],
+                   .src = s->cur, .lse = s->lse, .row_stride = kv_producer_row_stride(s->cur),
+                   .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
+                   .memo = s->buf[slot], .seen = sparse_block(s, in, t0) ? s->seen[slot] : NULL,
+                   .words = s->words, .o_full = s->o_full[slot], .v = kv_producer_v(s->cur),
                    .block_rows = t0 + s->block < T ? s->block : T - t0 };
     return b;
 }
 
 /* The task of each cache, for the schedule: task_of[c] = the task whose query heads
- * cover cache c's, or -1 when its heads span several tasks (layer-scope policies). Also
+ * cover cache c's, or -1 when its heads span several tasks (layer-scope policies, the
+ * first cache of an alloc = ada layer, which steps them all). Also
  * fills members/first: task g's caches are members[first[g] .. first[g+1]). NULL when
  * out of memory. */
 static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches, int n_caches,
@@ -553,8 +940,8 @@ static int *cache_tasks(const kv_row_producer *rows, const replay_cache *caches,
         for (int g = 0; g < n_tasks && task_of[ci] < 0; g++) {
             int h0, h1;
             kv_producer_task_heads(rows, g, &h0, &h1);
-            if (caches[ci].head_lo >= h0 &&
-                caches[ci].head_lo + caches[ci].cache.n_heads <= h1)
+            int span = caches[ci].cache.n_heads * (caches[ci].joint > 0 ? caches[ci].joint : 1);
+            if (caches[ci].head_lo >= h0 && caches[ci].head_lo + span <= h1)
                 task_of[ci] = g;
         }
     }
@@ -590,7 +977,7 @@ static void produce_task(const kv_layer_work *w, int k, int g)
     if (has_failed(w->f))
         return;
     int t0 = k * w->s->block;
-    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f) != 0)
+    if (produce(w->s, w->in, t0, g, k & 1, w->mode == CONSUME_STEP, w->f))
         return;
     kv_block b = block_at(w->s, w->in, t0, k & 1);
     for (int m = w->fuse ? w->first[g] : 0; w->fuse && m < w->first[g + 1]; m++)
@@ -661,7 +1048,8 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
     kv_failure f = { .err = err, .err_len = err_len };
     kv_layer_work w = {
         .s = s, .in = in, .layer = layer, .next_layer = next_layer, .mode = mode,
-        .fuse = mode == CONSUME_STEP && n_tasks > 1 && n_tasks >= 2 * n_threads,
+        /* a sparse replay always fuses: a group's caches share its memo (memo_rows) */
+        .fuse = mode == CONSUME_STEP && (s->sparse || (n_tasks > 1 && n_tasks >= 2 * n_threads)),
         .caches = caches, .part = part, .pg = pg, .f = &f, .members = members, .first = first,
     };
     #pragma omp parallel
@@ -732,10 +1120,10 @@ static int stream_layer(kv_stream *s, const kv_trace_info *in, int layer, int ne
  * (-1: none) meanwhile. */
 static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part *part,
                         int layer, int next, replay_cache *caches, const int *identity,
-                        progress *pg, char *err, size_t err_len)
+                        const layer_kv *kv, progress *pg, char *err, size_t err_len)
 {
     const kv_trace_info *in = &part->info;
-    int n_caches = layer_caches(conf, in, layer, identity, caches);
+    int n_caches = layer_caches(conf, in, layer, identity, kv, s->sparse, caches);
     if (n_caches < 0) {
         snprintf(err, err_len, "out of memory creating the caches of layer %d", layer);
         return KV_ERUNTIME;
@@ -764,22 +1152,36 @@ static int replay_layer(kv_stream *s, const kv_replay_conf *conf, kv_layer_part 
 
 /* Allocates the pipeline; layer 0 is loaded by its first stream_layer. Returns 0, or 1
  * with err set. */
-static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, char *err,
-                       size_t err_len)
+static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, int no_out_err,
+                       int topk, int sparse, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
+    int want_outputs = in->has_v && !no_out_err;
     memset(s, 0, sizeof *s);
     s->block = block;
+    s->sparse = sparse;
+    if (sparse && !(s->lse = malloc((size_t)in->n_heads * in->n_tokens * sizeof *s->lse))) {
+        snprintf(err, err_len, "out of memory for the log-normalisers of a layer");
+        return 1;
+    }
     s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
     if (n_layers > 1 && !(s->next = kv_producer_new(tr, block, err, err_len)))
         return KV_ERUNTIME;
     size_t rows = (size_t)in->n_heads * (size_t)block;
+    s->n_cum = kv_producer_n_cum(s->cur);
     for (int i = 0; i < 2; i++) {
         s->buf[i] = kv_alloc_large(rows * kv_producer_row_stride(s->cur) * sizeof(float));
-        s->topk[i] = malloc(rows * TOPK * sizeof(int));
-        if (!s->buf[i] || !s->topk[i]) {
+        s->topk[i] = topk ? malloc(rows * TOPK * sizeof(int)) : NULL;
+        if (want_outputs)
+            s->o_full[i] = malloc(rows * (size_t)in->head_dim * sizeof(float));
+        s->cum[i] = malloc(rows * s->n_cum * sizeof(double));
+        s->words = (size_t)in->n_tokens / 64 + 1;
+        s->seen[i] = sparse ? malloc((size_t)in->n_kv_heads * block * s->words * sizeof(uint64_t))
+                            : NULL;
+        if (!s->buf[i] || (topk && !s->topk[i]) || (want_outputs && !s->o_full[i]) ||
+            !s->cum[i] || (sparse && !s->seen[i])) {
             snprintf(err, err_len, "out of memory for the row blocks (%zu rows of %d)",
                      2 * rows, in->n_tokens);
             return KV_ERUNTIME;
@@ -796,13 +1198,19 @@ static void stream_close(kv_stream *s)
     for (int i = 0; i < 2; i++) {
         free(s->buf[i]);
         free(s->topk[i]);
+        free(s->o_full[i]);
+        free(s->cum[i]);
+        free(s->seen[i]);
     }
+    free(s->lse);
 }
 
-/* The checks before any replay: the pairs (2), and a decode step to replay (1). */
-static int replay_check(const kv_trace_info *in, const char *path, const kv_replay_conf *conf,
-                        char *err, size_t err_len)
+/* The checks before any replay: the pairs and what they read of the trace (2), and a
+ * decode step to replay (1). */
+static int replay_check(kv_trace *tr, const kv_replay_conf *conf, char *err, size_t err_len)
 {
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    const char *path = kv_trace_path(tr);
     int rc = kv_replay_validate(conf, err, err_len);
     if (rc)
         return rc;
@@ -811,6 +1219,18 @@ static int replay_check(const kv_trace_info *in, const char *path, const kv_repl
                  "decode step to replay", path, in->prefill_len, in->n_tokens);
         return KV_ERUNTIME;
     }
+    for (int p = 0; p < conf->n_policies; p++)
+        for (int b = 0; b < conf->n_budgets; b++) {
+            const kv_policy_conf *pc = &conf->policies[p];
+            char why[KV_ERRMSG + 64];
+            rc = kv_policy_trace_check(pc, conf->budgets[b], in, kv_trace_has_qk(tr), path,
+                                       why, sizeof why);
+            if (rc) {
+                snprintf(err, err_len, "policy '%s' at budget %d: %s", pc->label,
+                         conf->budgets[b], why);
+                return rc;
+            }
+        }
     return 0;
 }
 
@@ -818,7 +1238,7 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
                      kv_layer_sink sink, void *ctx, char *err, size_t err_len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
-    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    int rc = replay_check(tr, conf, err, err_len);
     if (rc)
         return rc;
     if (first < 0 || count < 1 || first + count > in->n_layers) {
@@ -826,31 +1246,57 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
                  first + count - 1, in->n_layers);
         return KV_ERUNTIME;
     }
+    if (in->source == KV_SOURCE_QK && kv_blas_prepare(err, err_len))
+        return 1;
     int block = conf->block > 0 ? conf->block : DEFAULT_BLOCK;
-    int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0;
-    for (int p = 0; p < conf->n_policies; p++)
+    int n_runs = conf->n_policies * conf->n_budgets, n_caches = 0, needs = 0;
+    for (int p = 0; p < conf->n_policies; p++) {
         n_caches += kv_caches_per_layer(&conf->policies[p], in) * conf->n_budgets;
+        needs |= policy_needs(&conf->policies[p]);
+    }
     replay_cache *caches = calloc((size_t)n_caches, sizeof *caches);
     int *identity = malloc((size_t)in->n_tokens * sizeof *identity);
+    size_t kv_floats = (size_t)in->n_kv_heads * in->n_tokens * in->head_dim;
+    layer_kv kv = {
+        .keys = needs & KV_NEEDS_KEYS ? malloc(kv_floats * sizeof(float)) : NULL,
+        .values = needs & KV_NEEDS_VALUES ? malloc(kv_floats * sizeof(float)) : NULL,
+    };
     kv_layer_part part;
-    if (!caches || !identity || kv_layer_part_wrap(&part, in, n_runs, first, NULL, 1)) {
+    if (!caches || !identity || (!kv.keys && (needs & KV_NEEDS_KEYS)) ||
+        (!kv.values && (needs & KV_NEEDS_VALUES)) ||
+        kv_layer_part_wrap(&part, in, n_runs, first, NULL, 1)) {
         snprintf(err, err_len, "out of memory allocating the caches of %d runs", n_runs);
         free(caches);
         free(identity);
+        free(kv.keys);
+        free(kv.values);
         return KV_ERUNTIME;
     }
     for (int j = 0; j < in->n_tokens; j++)
         identity[j] = j;
     /* one SGEMM per OpenMP thread: the BLAS must not start threads of its own */
     int blas_threads = kv_blas_single_begin();
+    char why[256];
+    int sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
     progress pg = { .start = now_seconds(), .enabled = conf->progress,
-                    .tty = isatty(STDERR_FILENO), .first = first, .count = count };
+                    .tty = isatty(STDERR_FILENO), .first = first, .count = count,
+                    .sparse = sparse };
     kv_stream stream;
-    rc = stream_open(&stream, tr, block, count, err, err_len);
+    rc = stream_open(&stream, tr, block, count, conf->no_out_err, !conf->no_topk, sparse, err,
+                     err_len);
     for (int l = first; l < first + count && rc == 0; l++) {
         int next = l + 1 < first + count ? l + 1 : -1;
-        rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &pg, err,
-                          err_len);
+        /* the keys and values policies read: no task is reading the trace here */
+        if (kv.keys)
+            rc = kv_trace_read_rows(tr, l, KV_TENSOR_K, 0, in->n_tokens, kv.keys, err,
+                                    err_len);
+        if (rc == 0 && kv.values)
+            rc = kv_trace_read_v(tr, l, kv.values, err, err_len);
+        if (rc == 0 && sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
+            rc = KV_ERUNTIME;
+        if (rc == 0)
+            rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &kv, &pg, err,
+                              err_len);
         for (int ci = 0; ci < n_caches; ci++)
             replay_cache_free(&caches[ci]);
         if (rc == 0)
@@ -863,11 +1309,13 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
     stream_close(&stream);
     kv_blas_threads_restore(blas_threads);
     if (pg.shown)
-        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s%30s\n", count,
-                now_seconds() - pg.start, "");
+        fprintf(stderr, "\rkvsim: replayed %d layers in %.1f s (%s)%30s\n", count,
+                now_seconds() - pg.start, sparse ? "sparse" : "dense", "");
     kv_layer_part_free(&part);
     free(caches);
     free(identity);
+    free(kv.keys);
+    free(kv.values);
     return rc;
 }
 
@@ -901,13 +1349,16 @@ int kv_replay(kv_trace *tr, const kv_replay_conf *conf, kv_results **out,
 {
     *out = NULL;
     const kv_trace_info *in = kv_trace_get_info(tr);
-    int rc = replay_check(in, kv_trace_path(tr), conf, err, err_len);
+    int rc = replay_check(tr, conf, err, err_len);
     if (rc)
         return rc;
     kv_results *res = NULL;
     rc = kv_results_new(in, conf, &res, err, err_len);
-    if (rc == 0)
+    char why[256];
+    if (rc == 0) {
+        res->sparse = !kv_replay_dense_reason(conf, in, why, sizeof why);
         rc = kv_replay_layers(tr, conf, 0, in->n_layers, add_layer_sink, res, err, err_len);
+    }
     if (rc) {
         kv_results_free(res);
         return rc;

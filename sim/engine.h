@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include "policies/policy.h"
+#include "sim/alloc.h"
 #include "sim/cache.h"
 #include "traces/trace.h"
 
@@ -35,7 +36,17 @@ typedef enum { KV_GRAN_KV_HEAD = 0, KV_GRAN_QUERY_HEAD = 1 } kv_granularity;
  * Entry KV_ENGINE_PARAM_GRANULARITY is kv_granularity (a CHOICE whose index is the
  * kv_granularity value).
  */
-enum { KV_ENGINE_PARAM_GRANULARITY = 0 };
+enum {
+    KV_ENGINE_PARAM_GRANULARITY = 0,
+    /* the rules composing with a policy's scores (sim/alloc.h); only policies with a
+     * scores slot take them (kv_policy_pair_check): */
+    KV_ENGINE_PARAM_ALLOC,          /* uniform|pyramid|ada, index = kv_alloc_mode */
+    KV_ENGINE_PARAM_PYRAMID_BETA,
+    KV_ENGINE_PARAM_ADA_ALPHA,
+    KV_ENGINE_PARAM_CHUNK,          /* N, or "off" (0) */
+    KV_ENGINE_PARAM_VALUE_WEIGHT,   /* none|l1, index = kv_value_weight */
+    KV_ENGINE_PARAM_FIRST_SCORED = KV_ENGINE_PARAM_ALLOC
+};
 extern const kv_param_spec kv_engine_params[];   /* kv_n_engine_params rows */
 extern const int kv_n_engine_params;
 
@@ -45,6 +56,7 @@ typedef struct {
     const kv_policy_ops *ops;
     kv_param_values values;
     kv_granularity granularity;
+    kv_select_opts select;      /* alloc, chunk, value_weight (zeroed: the defaults) */
 } kv_policy_conf;
 
 typedef struct {
@@ -56,6 +68,11 @@ typedef struct {
                              blocks of n_heads * block * T floats */
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
+    int no_out_err;       /* 1: leave out_err unmeasured (NaN) even when the trace has v:
+                             the benchmark's baseline for what measuring it costs */
+    int no_topk;          /* 1: do not measure the top-k recall metrics (their steps hold
+                             NaN); they read every full row, so a sparse replay needs it */
+    int dense;            /* 1: always the dense replay (the full rows of every step) */
 } kv_replay_conf;
 
 /* The metrics of one (policy, budget) run over decode steps t = P..T-1 (D = T - P). */
@@ -81,10 +98,19 @@ typedef struct {
                                    the last step: the group size or 0 with one cache per
                                    KV head (the default), a share with kv_granularity =
                                    query_head. For retention_map.tsv. */
+    double *head_out_err_mean;  /* [n_layers * n_heads] mean over decode steps of out_err
+                                   (cache.h), NaN when the trace has no v */
+    int caches_per_layer;       /* G of this run (kv_caches_per_layer) */
+    int *cache_budget;          /* [n_layers * G] the budget of cache (l, g) at l * G + g:
+                                   B, or its layer's share (alloc = pyramid); the sum
+                                   is n_layers * G * B. For budgets.tsv. */
+    double *cache_tokens_mean;  /* [n_layers * G] mean over decode steps of the cache's
+                                   kv_tokens (|A_t| * token weight) */
 } kv_run_result;
 
 typedef struct {
     kv_trace_info info;         /* copy of the trace's attributes */
+    int sparse;                 /* 1: the decode steps were replayed sparsely */
     int n_steps;                /* D = T - P */
     int n_runs;                 /* n_policies * n_budgets, policy-major */
     kv_run_result *runs;
@@ -117,11 +143,41 @@ int kv_cache_token_weight(const kv_policy_conf *pc, const kv_trace_info *in);
 int kv_policy_pair_check(const kv_policy_conf *pc, int budget, char *why, size_t why_len);
 
 /*
+ * Checks what a (policy, budget) pair needs of a trace, before any replay: the keys
+ * (ops->needs, q/k datasets: has_qk as kv_trace_has_qk), the values (ops->needs or
+ * value_weight: in->has_v), and the pyramid's layer budgets each valid for the policy
+ * (ops->check). Returns 0, or 2 with a one-line reason in why ("knorm reads the keys
+ * ... but t.h5 has no q/k datasets").
+ */
+int kv_policy_trace_check(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                          int has_qk, const char *trace_name, char *why, size_t why_len);
+
+/* Budgets of every layer of a run of pc at budget B on geometry in (alloc.h
+ * kv_alloc_layer_budgets with the policy's window; out: [n_layers]). Cannot fail. */
+void kv_policy_layer_budgets(const kv_policy_conf *pc, int budget, const kv_trace_info *in,
+                             int *out);
+
+/*
  * Checks every (policy, budget) pair before any work: budget >= 1, and the policy's own
  * rule (ops->check). Returns 0, or KV_EUSAGE with "policy 'morphkv-sum' at budget 16: budget 16
  * must exceed window 32" in err (the first invalid pair).
  */
 int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
+
+/*
+ * Sparse replay: when a qk trace stores its rows' log-normalisers (index.h) a decode
+ * step needs only the attention of each cache's own positions, p_t[j] = exp(x_tj -
+ * lse_t) for j in A_t (kv_attn_rows_sparse): O(|A_t| * head_dim) per head and step instead of
+ * the full row's O(t * head_dim); prefill rows, which every policy observes whole, are
+ * still produced densely. Recall, o_t and every kept set are those of the dense replay up
+ * to float rounding. kv_replay takes it whenever this returns 0; it returns 1 with the
+ * reason the run needs full rows in why (for messages): dense requested, an attn trace,
+ * no stored lse, the top-k metrics (they rank every key of a row), or a policy that reads
+ * whole rows (a prescan, as lookahead's, or a preselect, as oracle's).
+ * Cannot fail.
+ */
+int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,
+                           size_t why_len);
 
 /*
  * One layer's contribution to every run of a replay: what the replay of layer `layer`
@@ -143,10 +199,14 @@ typedef struct {
     kv_step_metrics *steps;     /* [R * D] the layer's caches summed, per decode step */
     double *head_recall_sum;    /* [R * H] sum over decode steps of each head's recall */
     double *head_recall_min;    /* [R * H] */
+    double *head_out_err_sum;   /* [R * H] sum over decode steps of each head's out_err */
     long long *lifetimes;       /* [R * (D + 1)] as kv_run_result.lifetimes */
     int *retained;              /* [R * T] as kv_run_result.retained, this layer only */
     int *n_cache_units;         /* [R] as kv_run_result.n_cache_units, this layer only */
     int *final_sets;            /* [R * G * T] this layer's rows of kv_run_result.final_sets */
+    int *cache_budget;          /* [R * H] the budget of the layer's cache g of run r at
+                                   r * H + g (g < the run's caches_per_layer) */
+    double *cache_tokens_mean;  /* [R * H] its mean kv_tokens over decode steps */
 } kv_layer_part;
 
 /* Bytes of a part's buffer for a replay of n_runs runs on a trace of geometry in. Cannot

@@ -3,6 +3,7 @@
  * grouped by resolved budgets into replays, their runs merged (experiment.h, steps 1-3).
  */
 #include "sim/experiment.h"
+#include "sim/closedloop.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,11 +39,22 @@ int kv_experiment_resolve_budgets(const kv_experiment *ex, int *tokens, char *er
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return KV_ERUNTIME;
         kv_trace_info info = *kv_trace_get_info(tr);
+        int has_qk = kv_trace_has_qk(tr);
         kv_trace_close(tr);
+        const char *name = kv_trace_display_name(ex->traces[k]);
         for (int p = 0; p < ex->n_policies; p++)
             for (int b = 0; b < ex->n_budgets; b++) {
                 int *t = &tokens[((size_t)k * ex->n_policies + p) * ex->n_budgets + b];
                 int rc = kv_experiment_resolve_entry(ex, k, &info, p, b, t, err, err_len);
+                /* what the policy reads of the trace (keys, values), before any replay */
+                if (!rc) {
+                    char need[512];
+                    rc = kv_policy_trace_check(&ex->policies[p], *t, &info, has_qk, name,
+                                               need, sizeof need);
+                    if (rc)
+                        snprintf(err, err_len, "%s: policy '%s' at budget %d: %s", name,
+                                 ex->policies[p].label, *t, need);
+                }
                 if (rc)
                     return rc;
             }
@@ -107,7 +119,7 @@ void kv_experiment_group_conf(const kv_experiment *ex, const kv_replay_group *g,
     kv_replay_conf c = {
         .policies = policies, .n_policies = g->n_policies, .budgets = g->budgets,
         .n_budgets = ex->n_budgets, .block = opts->block, .progress = opts->progress,
-        .seed = ex->seed,
+        .seed = ex->seed, .no_topk = ex->no_topk, .dense = ex->dense || opts->dense,
     };
     *conf = c;
 }
@@ -145,7 +157,27 @@ int kv_experiment_merge(const kv_experiment *ex, const kv_replay_group *g, kv_re
     return 0;
 }
 
-/* Steps 2-3 for every trace, group by group in the plan's order. */
+/* Step 4 for trace k: every merged run closed-loop with its checkpoint
+ * (sim/closedloop.h), its sets dumped to DIR/NAME.sets when asked. */
+static int closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts *o,
+                       kv_trace *tr, kv_results *merged, char *err, size_t err_len)
+{
+    char *dump = NULL;
+    if (o->dump_sets) {
+        size_t n = strlen(o->dump_sets) + strlen(ex->traces[k]) + 8;
+        if (!(dump = malloc(n))) {
+            snprintf(err, err_len, "out of memory");
+            return KV_ENOMEM;
+        }
+        snprintf(dump, n, "%s/%s.sets", o->dump_sets, kv_trace_display_name(ex->traces[k]));
+    }
+    kv_closed_loop_opts co = { .seed = ex->seed, .progress = o->progress, .dump_sets = dump };
+    int rc = kv_closed_loop(tr, o->models[k], ex->policies, merged, &co, err, err_len);
+    free(dump);
+    return rc;
+}
+
+/* Steps 2-4 for every trace, group by group in the plan's order. */
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
                          const kv_experiment_opts *opts, kv_results **res, char *err,
                          size_t err_len)
@@ -175,11 +207,18 @@ int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
         }
         kv_replay_conf conf;
         kv_experiment_group_conf(ex, g, opts, group, &conf);
+        char why[256];
+        if (opts->progress && !kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why,
+                                                      sizeof why))
+            fprintf(stderr, "kvsim: %s: sparse replay from the stored log-normalisers "
+                    "(--dense for the full rows)\n", kv_trace_display_name(ex->traces[g->trace]));
         kv_results *part = NULL;
         rc = kv_replay(tr, &conf, &part, err, err_len);
         if (rc == 0)
             rc = kv_experiment_merge(ex, g, part, &res[g->trace], err, err_len);
         if (i + 1 == plan.n_groups || plan.groups[i + 1].trace != g->trace) {
+            if (rc == 0 && opts->models)   /* step 4 */
+                rc = closed_loop(ex, g->trace, opts, tr, res[g->trace], err, err_len);
             kv_trace_close(tr);
             tr = NULL;
         }

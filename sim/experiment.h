@@ -8,7 +8,9 @@
  *   2. group the policies whose resolved budgets are equal: each group is one replay
  *      (engine.h: one pass over the rows for all its policies);
  *   3. merge the groups' runs into one kv_results, policy-major (run p * n_budgets + b
- *      is policy p at budget b), as if one replay had run them all.
+ *      is policy p at budget b), as if one replay had run them all;
+ *   4. with a model, run every run of trace k closed-loop (sim/closedloop.h): the model
+ *      attends through each run's caches; its metrics join the runs' steps.
  */
 #ifndef KV_EXPERIMENT_H
 #define KV_EXPERIMENT_H
@@ -16,11 +18,18 @@
 #include <stddef.h>
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "traces/model.h"
 
 /* How the replays run. */
 typedef struct {
     int block;       /* query rows per block, 0: the engine's default */
     int progress;    /* 1: progress on stderr (per trace, and the engine's) */
+    const kv_model *const *models; /* not NULL: step 4, trace k also runs closed-loop with
+                               models[k], the checkpoint it was captured from
+                               (sim/closedloop.h; kv_closed_loop_check passed) */
+    const char *dump_sets;  /* with a model: a directory for each trace's NAME.sets dump of
+                               the closed loop's A_t, or NULL */
+    int dense;       /* 1: never the sparse replay (kv_replay_conf.dense) */
 } kv_experiment_opts;
 
 /* The `trace` column of a trace: its file name without directory (borrowed from path).

@@ -120,7 +120,8 @@ static void write_experiment(FILE *f, const kv_experiment *ex)
 {
     fprintf(f, "  \"experiment\": {\n    \"output\": ");
     json_string(f, ex->output);
-    fprintf(f, ",\n    \"seed\": %lu,\n    \"style\": ", ex->seed);
+    fprintf(f, ",\n    \"seed\": %lu,\n    \"topk\": %s,\n    \"style\": ", ex->seed,
+            ex->no_topk ? "false" : "true");
     json_string(f, ex->style[0] ? ex->style : "screen");
     fprintf(f, ",\n    \"budgets\": [");
     for (int b = 0; b < ex->n_budgets; b++) {
@@ -158,10 +159,18 @@ static int write_trace(FILE *f, const kv_experiment *ex, const int *tokens, int 
     fprintf(f, ", \"sha256\": \"%s\", \"model\": ", hex);
     json_string(f, in->model);
     fprintf(f, ", \"source\": \"%s\",\n     \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
-            "\"head_dim\": %d, \"tokens\": %d, \"prompt\": %d, \"dtype_bytes\": %d,\n"
-            "     \"budgets\": {", in->source == KV_SOURCE_ATTN ? "attn" : "qk",
+            "\"head_dim\": %d, \"tokens\": %d, \"prompt\": %d, \"dtype_bytes\": %d,\n",
+            in->source == KV_SOURCE_ATTN ? "attn" : "qk",
             in->n_layers, in->n_heads, in->n_kv_heads, in->head_dim, in->n_tokens,
             in->prefill_len, in->dtype_bytes);
+    /* the replay path the engine took for this trace (kv_replay_dense_reason) */
+    kv_replay_conf conf = { .policies = ex->policies, .n_policies = ex->n_policies,
+                            .no_topk = ex->no_topk, .dense = ex->dense };
+    char why[256];
+    int dense = kv_replay_dense_reason(&conf, in, why, sizeof why);
+    fprintf(f, "     \"replay\": \"%s\", \"replay_dense_because\": ", dense ? "dense" : "sparse");
+    json_string(f, dense ? why : "");
+    fprintf(f, ",\n     \"budgets\": {");
     kv_trace_close(tr);
     for (int p = 0; p < ex->n_policies; p++) {
         fputs(p ? ", " : "", f);

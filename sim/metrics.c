@@ -13,6 +13,12 @@ const kv_step_field kv_step_fields[] = {
     { F(topk8), KV_FOLD_HEAD_MEAN },
     { F(kv_tokens), KV_FOLD_SUM },
     { F(meta_bytes), KV_FOLD_SUM },
+    { F(out_err), KV_FOLD_HEAD_MEAN },
+    { F(kl), KV_FOLD_RUN },
+    { F(nll), KV_FOLD_RUN },
+    { F(nll_full), KV_FOLD_RUN },
+    { F(top1), KV_FOLD_RUN },
+    { F(recall_closed), KV_FOLD_RUN },
 };
 const int kv_n_step_fields = sizeof kv_step_fields / sizeof kv_step_fields[0];
 
@@ -26,6 +32,13 @@ const kv_output_column kv_output_columns[] = {
     { KV_FILE_STEPS, "meta_bytes", F(meta_bytes), KV_UNIT_AS_IS, KV_RED_STEP, "%.0f", NULL },
     { KV_FILE_STEPS, "topk1_recall", F(topk1), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
     { KV_FILE_STEPS, "topk8_recall", F(topk8), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
+    { KV_FILE_STEPS, "out_err", F(out_err), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
+    { KV_FILE_STEPS, "kl", F(kl), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
+    { KV_FILE_STEPS, "nll", F(nll), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
+    { KV_FILE_STEPS, "nll_full", F(nll_full), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g", NULL },
+    { KV_FILE_STEPS, "top1", F(top1), KV_UNIT_AS_IS, KV_RED_STEP, "%.0f", NULL },
+    { KV_FILE_STEPS, "recall_closed", F(recall_closed), KV_UNIT_AS_IS, KV_RED_STEP, "%.9g",
+      NULL },
 
     { KV_FILE_SUMMARY, "recall_mean", F(recall), KV_UNIT_AS_IS, KV_RED_CI_MEAN, "%.9g", "%.9g" },
     { KV_FILE_SUMMARY, "recall_ci_lo", F(recall), KV_UNIT_AS_IS, KV_RED_CI_LO, "%.9g", "%.9g" },
@@ -43,6 +56,22 @@ const kv_output_column kv_output_columns[] = {
     { KV_FILE_SUMMARY, "topk1_recall", F(topk1), KV_UNIT_AS_IS, KV_RED_MEAN, "%.9g", "%.9g" },
     { KV_FILE_SUMMARY, "topk8_recall", F(topk8), KV_UNIT_AS_IS, KV_RED_MEAN, "%.9g", "%.9g" },
     { KV_FILE_SUMMARY, "ci_units", F(recall), KV_UNIT_AS_IS, KV_RED_CI_UNITS, "%.0f", "%.0f" },
+    { KV_FILE_SUMMARY, "out_err_mean", F(out_err), KV_UNIT_AS_IS, KV_RED_CI_MEAN, "%.9g",
+      "%.9g" },
+    { KV_FILE_SUMMARY, "out_err_ci_lo", F(out_err), KV_UNIT_AS_IS, KV_RED_CI_LO, "%.9g",
+      "%.9g" },
+    { KV_FILE_SUMMARY, "out_err_ci_hi", F(out_err), KV_UNIT_AS_IS, KV_RED_CI_HI, "%.9g",
+      "%.9g" },
+    { KV_FILE_SUMMARY, "kl_mean", F(kl), KV_UNIT_AS_IS, KV_RED_CI_MEAN, "%.9g", "%.9g" },
+    { KV_FILE_SUMMARY, "kl_ci_lo", F(kl), KV_UNIT_AS_IS, KV_RED_BLOCK_CI_LO, "%.9g", "%.9g" },
+    { KV_FILE_SUMMARY, "kl_ci_hi", F(kl), KV_UNIT_AS_IS, KV_RED_BLOCK_CI_HI, "%.9g", "%.9g" },
+    { KV_FILE_SUMMARY, "kl_block", F(kl), KV_UNIT_AS_IS, KV_RED_BLOCK_LEN, "%.0f", "%.0f" },
+    { KV_FILE_SUMMARY, "ppl", F(nll), KV_UNIT_AS_IS, KV_RED_EXP_MEAN, "%.9g", "%.9g" },
+    { KV_FILE_SUMMARY, "ppl_full", F(nll_full), KV_UNIT_AS_IS, KV_RED_EXP_MEAN, "%.9g",
+      "%.9g" },
+    { KV_FILE_SUMMARY, "top1_agree", F(top1), KV_UNIT_AS_IS, KV_RED_MEAN, "%.9g", "%.9g" },
+    { KV_FILE_SUMMARY, "recall_closed", F(recall_closed), KV_UNIT_AS_IS, KV_RED_MEAN, "%.9g",
+      "%.9g" },
 };
 const int kv_n_output_columns = sizeof kv_output_columns / sizeof kv_output_columns[0];
 
@@ -64,7 +93,8 @@ void kv_metrics_add(kv_step_metrics *into, const kv_step_metrics *m)
 {
     for (int i = 0; i < kv_n_step_fields; i++) {
         size_t o = kv_step_fields[i].offset;
-        metric_set(into, o, kv_metric_get(into, o) + kv_metric_get(m, o));
+        if (kv_step_fields[i].fold != KV_FOLD_RUN)
+            metric_set(into, o, kv_metric_get(into, o) + kv_metric_get(m, o));
     }
 }
 
@@ -82,6 +112,15 @@ int kv_summary_column(const char *name)
     for (int i = 0; i < kv_n_output_columns; i++)
         if (kv_output_columns[i].file == KV_FILE_SUMMARY &&
             strcmp(kv_output_columns[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+int kv_summary_column_of(size_t offset, kv_reduction red)
+{
+    for (int i = 0; i < kv_n_output_columns; i++)
+        if (kv_output_columns[i].file == KV_FILE_SUMMARY &&
+            kv_output_columns[i].offset == offset && kv_output_columns[i].reduction == red)
             return i;
     return -1;
 }

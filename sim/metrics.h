@@ -21,8 +21,10 @@
 /* How a run's value of a step comes from its caches' values (kv_step_metrics fields). */
 typedef enum {
     KV_FOLD_SUM = 0,      /* summed over every cache of every layer (tokens, bytes) */
-    KV_FOLD_HEAD_MEAN = 1 /* summed, then divided by n_layers * n_heads: the mean over
+    KV_FOLD_HEAD_MEAN = 1,/* summed, then divided by n_layers * n_heads: the mean over
                              (layer, query head) of a per-head quantity (recall) */
+    KV_FOLD_RUN = 2       /* not from caches: a per-run value its driver writes into the
+                             run's steps (the closed loop's, sim/closedloop.h) */
 } kv_fold;
 
 typedef struct {
@@ -33,7 +35,8 @@ typedef struct {
 extern const kv_step_field kv_step_fields[];   /* kv_n_step_fields rows */
 extern const int kv_n_step_fields;
 
-/* into += m, field by field (the run's fold of one cache: fixed order). Cannot fail. */
+/* into += m, field by field (the run's fold of one cache: fixed order), every field but
+ * the KV_FOLD_RUN ones. Cannot fail. */
 void kv_metrics_add(kv_step_metrics *into, const kv_step_metrics *m);
 
 /* Divides the KV_FOLD_HEAD_MEAN fields of m by units (n_layers * n_heads). Cannot fail. */
@@ -47,7 +50,9 @@ double kv_metric_get(const kv_step_metrics *m, size_t offset);
 typedef enum { KV_FILE_STEPS = 0, KV_FILE_SUMMARY = 1 } kv_result_file;
 
 /* How a summary.tsv column reduces the D decode steps of its field (after the unit
- * conversion), and how its trace = "all" row combines the traces' values. */
+ * conversion), and how its trace = "all" row combines the traces' values. Steps whose
+ * value is NaN (a metric the step does not have: the closed loop's last step) are left
+ * out; a column with no defined step is NaN, which the files show as NA. */
 typedef enum {
     KV_RED_STEP = 0,  /* steps.tsv: the step's value itself */
     KV_RED_MEAN,      /* gsl_stats_mean over steps; all: the mean over traces */
@@ -59,10 +64,18 @@ typedef enum {
     KV_RED_CI_MEAN,   /* the mean, the centre of the interval columns; all: the Student-t
                          mean over traces */
     KV_RED_CI_LO,     /* the 95% bootstrap interval of the mean over (layer, query head)
-                         units (recall only: the engine keeps per-head means of recall);
-                         all: the Student-t interval over the traces' CI_MEAN values */
+                         units (recall and out_err: the engine keeps their per-head
+                         means); all: the Student-t interval over the traces' CI_MEAN
+                         values of the same field */
     KV_RED_CI_HI,
-    KV_RED_CI_UNITS   /* the units the interval is over; all: the number of traces */
+    KV_RED_CI_UNITS,  /* the units the interval is over; all: the number of traces */
+    KV_RED_BLOCK_CI_LO, /* the 95% moving-block bootstrap interval of the mean over steps
+                         (kv_block_bootstrap_mean_ci, block kv_block_length(steps)): for a
+                         per-run series whose steps are autocorrelated (the closed loop's
+                         kl); all: the Student-t interval over the traces' CI_MEAN */
+    KV_RED_BLOCK_CI_HI,
+    KV_RED_BLOCK_LEN, /* that block length, steps; all: NaN (the interval is across traces) */
+    KV_RED_EXP_MEAN   /* exp of the mean (perplexity from nll); all: the mean over traces */
 } kv_reduction;
 
 typedef enum {
@@ -86,5 +99,9 @@ extern const int kv_n_output_columns;
 
 /* The index in kv_output_columns of the summary.tsv column name, or -1. */
 int kv_summary_column(const char *name);
+
+/* The index of the summary.tsv column that shows the field at offset with reduction red,
+ * or -1. */
+int kv_summary_column_of(size_t offset, kv_reduction red);
 
 #endif

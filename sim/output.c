@@ -2,6 +2,7 @@
  * output.c - TSV result files and the console table (see output.h).
  */
 #include "sim/output.h"
+#include "sim/predict.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
 #include "traces/status.h"
@@ -10,6 +11,8 @@
 #include <errno.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,44 +26,84 @@ static double column_value(const kv_output_column *col, const kv_step_metrics *m
     return col->unit == KV_UNIT_KV_BYTES ? kv_tokens_to_bytes(in, (long long)v) : v;
 }
 
-/* The reduction of x[0..D) (sorted: a sorted copy of it) for one summary column; the
- * interval columns read ci. */
-static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int D,
-                           const kv_interval *ci, int units)
+/* The per-(layer, query head) means over decode steps the engine keeps for the field at
+ * offset (the unit bootstrap's units), or NULL for a field without them. */
+static const double *head_means(const kv_run_result *run, size_t offset)
+{
+    if (offset == offsetof(kv_step_metrics, recall))
+        return run->head_recall_mean;
+    if (offset == offsetof(kv_step_metrics, out_err))
+        return run->head_out_err_mean;
+    return NULL;
+}
+
+/* The reduction of x[0..n) (the column's defined steps; sorted: a sorted copy) for one
+ * summary column; the interval columns read ci, the block ones block_ci and block. */
+static double reduce_steps(kv_reduction red, const double *x, const double *sorted, int n,
+                           const kv_interval *ci, int units, const kv_interval *block_ci,
+                           int block)
 {
     double v = 0.0;
+    if (n == 0 && red != KV_RED_CI_UNITS)
+        return NAN;
     switch (red) {
     case KV_RED_MEAN:
+        return gsl_stats_mean(x, 1, (size_t)n);
     case KV_RED_CI_MEAN:
-        return gsl_stats_mean(x, 1, (size_t)D);
+        return ci->mean;
+    case KV_RED_EXP_MEAN:
+        return exp(gsl_stats_mean(x, 1, (size_t)n));
     case KV_RED_AVERAGE:
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < n; i++)
             v += x[i];
-        return v / D;
+        return v / n;
     case KV_RED_PEAK:
-        for (int i = 0; i < D; i++)
+        for (int i = 0; i < n; i++)
             v = x[i] > v ? x[i] : v;
         return v;
     case KV_RED_MIN: return sorted[0];
-    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)D, 0.05);
+    case KV_RED_P05: return gsl_stats_quantile_from_sorted_data(sorted, 1, (size_t)n, 0.05);
     case KV_RED_CI_LO: return ci->lo;
     case KV_RED_CI_HI: return ci->hi;
     case KV_RED_CI_UNITS: return units;
+    case KV_RED_BLOCK_CI_LO: return block_ci->lo;
+    case KV_RED_BLOCK_CI_HI: return block_ci->hi;
+    case KV_RED_BLOCK_LEN: return block;
     default: return v;
     }
+}
+
+/* The interval of column col's mean: over (layer, query head) units when the engine keeps
+ * the field's per-head means, else a moving-block bootstrap over the n defined steps x.
+ * *block gets that bootstrap's block length. Returns 0, or KV_ERUNTIME (err set). */
+static int column_interval(const kv_run_result *run, const kv_output_column *col,
+                           const double *x, int n, int units, kv_interval *ci,
+                           kv_interval *block_ci, int *block, char *err, size_t err_len)
+{
+    const double *heads = head_means(run, col->offset);
+    ci->mean = ci->lo = ci->hi = NAN;
+    *block_ci = *ci;
+    *block = (int)kv_block_length((size_t)n);
+    if (heads && kv_bootstrap_mean_ci(heads, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
+                                      KV_CI_LEVEL, KV_OUTPUT_SEED, ci, err, err_len))
+        return KV_ERUNTIME;
+    if (heads && n > 0)   /* every unit has every step: the mean over units is the mean */
+        ci->mean = gsl_stats_mean(x, 1, (size_t)n);
+    if (!heads && n > 0) {
+        if (kv_block_bootstrap_mean_ci(x, (size_t)n, (size_t)*block, KV_BOOTSTRAP_RESAMPLES,
+                                       KV_CI_LEVEL, KV_OUTPUT_SEED, block_ci, err, err_len))
+            return KV_ERUNTIME;
+        ci->mean = block_ci->mean;
+    }
+    return 0;
 }
 
 int kv_run_summarise(const kv_results *res, int r, double *values, char *err, size_t err_len)
 {
     const kv_run_result *run = &res->runs[r];
     int D = res->n_steps;
-    /* every unit has D steps, so the mean over units is recall_mean; units, not steps,
-     * are resampled (stats.h) */
+    /* units, not steps, are resampled for per-head metrics (stats.h) */
     int units = res->info.n_layers * res->info.n_heads;
-    kv_interval ci;
-    if (kv_bootstrap_mean_ci(run->head_recall_mean, (size_t)units, KV_BOOTSTRAP_RESAMPLES,
-                             KV_CI_LEVEL, KV_OUTPUT_SEED, &ci, err, err_len))
-        return KV_ERUNTIME;
     double *x = malloc((size_t)D * sizeof *x), *sorted = malloc((size_t)D * sizeof *sorted);
     if (!x || !sorted) {
         free(x);
@@ -68,19 +111,40 @@ int kv_run_summarise(const kv_results *res, int r, double *values, char *err, si
         snprintf(err, err_len, "out of memory summarising the results");
         return KV_ERUNTIME;
     }
-    for (int i = 0; i < kv_n_output_columns; i++) {
+    int rc = 0;
+    for (int i = 0; i < kv_n_output_columns && rc == 0; i++) {
         const kv_output_column *col = &kv_output_columns[i];
         if (col->file != KV_FILE_SUMMARY)
             continue;
-        for (int s = 0; s < D; s++)
-            x[s] = column_value(col, &run->steps[s], &res->info);
-        memcpy(sorted, x, (size_t)D * sizeof *sorted);
-        gsl_sort(sorted, 1, (size_t)D);
-        values[i] = reduce_steps(col->reduction, x, sorted, D, &ci, units);
+        int n = 0;
+        for (int s = 0; s < D; s++) {
+            double v = column_value(col, &run->steps[s], &res->info);
+            if (!isnan(v))
+                x[n++] = v;
+        }
+        memcpy(sorted, x, (size_t)n * sizeof *sorted);
+        gsl_sort(sorted, 1, (size_t)n);
+        kv_interval ci = { NAN, NAN, NAN }, block_ci = ci;
+        int block = 0;
+        kv_reduction red = col->reduction;
+        if (red == KV_RED_CI_MEAN || red == KV_RED_CI_LO || red == KV_RED_CI_HI ||
+            red == KV_RED_BLOCK_CI_LO || red == KV_RED_BLOCK_CI_HI || red == KV_RED_BLOCK_LEN)
+            rc = column_interval(run, col, x, n, units, &ci, &block_ci, &block, err, err_len);
+        values[i] = reduce_steps(col->reduction, x, sorted, n, &ci, units, &block_ci, block);
     }
     free(x);
     free(sorted);
-    return 0;
+    return rc;
+}
+
+/* Writes a tab and v in format, or NA when v is NaN (a metric the run does not have). */
+static void value_cell(FILE *f, const char *format, double v)
+{
+    fputc('\t', f);
+    if (isnan(v))
+        fputs("NA", f);
+    else
+        fprintf(f, format, v);
 }
 
 static int mkdir_parents(const char *dir)
@@ -103,13 +167,17 @@ static int mkdir_parents(const char *dir)
     return 0;
 }
 
-int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
+/* Checks dir, creating it (with its parents) when create is 1; see kv_output_prepare. */
+static int output_dir(const char *dir, int force, int create, char *err, size_t err_len)
 {
     struct stat st;
-    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+    int exists = stat(dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) {
         snprintf(err, err_len, "%s: exists and is not a directory", dir);
         return KV_ERUNTIME;
     }
+    if (!exists && !create)
+        return 0;
     if (mkdir_parents(dir) != 0) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir, strerror(errno));
         return KV_ERUNTIME;
@@ -130,6 +198,16 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
         return KV_EUSAGE;
     }
     return 0;
+}
+
+int kv_output_prepare(const char *dir, int force, char *err, size_t err_len)
+{
+    return output_dir(dir, force, 1, err, err_len);
+}
+
+int kv_output_check(const char *dir, int force, char *err, size_t err_len)
+{
+    return output_dir(dir, force, 0, err, err_len);
 }
 
 /* An output file being written: a temporary renamed into place by out_close. */
@@ -249,25 +327,57 @@ static void oracle_cell(FILE *f, const out_ctx *c, int k, int r)
 static void summary_row(FILE *f, const double *values)
 {
     for (int i = 0; i < kv_n_output_columns; i++)
-        if (kv_output_columns[i].file == KV_FILE_SUMMARY) {
-            fputc('\t', f);
-            fprintf(f, kv_output_columns[i].format, values[i]);
-        }
+        if (kv_output_columns[i].file == KV_FILE_SUMMARY)
+            value_cell(f, kv_output_columns[i].format, values[i]);
+}
+
+/* Appends "name=word" of engine parameter i (a CHOICE) at index `value` to buf. */
+static void append_choice(char *buf, size_t len, int i, int value)
+{
+    const kv_param_spec *g = &kv_engine_params[i];
+    /* the CHOICE's words are '|'-separated, indexed by value */
+    const char *w = g->choices;
+    for (int k = 0; k < value && strchr(w, '|'); k++)
+        w = strchr(w, '|') + 1;
+    size_t at = strlen(buf);
+    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%.*s", at ? "," : "", g->name,
+             (int)strcspn(w, "|"), w);
+}
+
+/* Appends "name=text" to buf. */
+static void append_text(char *buf, size_t len, int i, const char *text)
+{
+    size_t at = strlen(buf);
+    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%s", at ? "," : "",
+             kv_engine_params[i].name, text);
 }
 
 void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len)
 {
     kv_params_format(pc->ops, &pc->values, only_changed, buf, len);
-    const kv_param_spec *g = &kv_engine_params[KV_ENGINE_PARAM_GRANULARITY];
-    if (only_changed && pc->granularity == KV_GRAN_KV_HEAD)
+    if (!only_changed || pc->granularity != KV_GRAN_KV_HEAD)
+        append_choice(buf, len, KV_ENGINE_PARAM_GRANULARITY, (int)pc->granularity);
+    /* the options that compose with a policy's scores (sim/alloc.h), for scorers */
+    if (!pc->ops->scores)
         return;
-    /* the granularity's word: the CHOICE's words are '|'-separated, indexed by value */
-    const char *w = g->choices;
-    for (int i = 0; i < (int)pc->granularity && strchr(w, '|'); i++)
-        w = strchr(w, '|') + 1;
-    size_t at = strlen(buf);
-    snprintf(buf + at, at < len ? len - at : 0, "%s%s=%.*s", at ? "," : "", g->name,
-             (int)strcspn(w, "|"), w);
+    kv_select_opts o = kv_select_resolved(&pc->select);
+    char num[32];
+    if (!only_changed || o.alloc != KV_ALLOC_UNIFORM)
+        append_choice(buf, len, KV_ENGINE_PARAM_ALLOC, (int)o.alloc);
+    if (!only_changed || o.beta != KV_PYRAMID_BETA) {
+        snprintf(num, sizeof num, "%g", o.beta);
+        append_text(buf, len, KV_ENGINE_PARAM_PYRAMID_BETA, num);
+    }
+    if (!only_changed || o.alpha != KV_ADA_ALPHA) {
+        snprintf(num, sizeof num, "%g", o.alpha);
+        append_text(buf, len, KV_ENGINE_PARAM_ADA_ALPHA, num);
+    }
+    if (!only_changed || o.chunk > 0) {
+        snprintf(num, sizeof num, "%d", o.chunk);
+        append_text(buf, len, KV_ENGINE_PARAM_CHUNK, o.chunk > 0 ? num : "off");
+    }
+    if (!only_changed || o.value_weight != KV_VALUE_WEIGHT_NONE)
+        append_choice(buf, len, KV_ENGINE_PARAM_VALUE_WEIGHT, (int)o.value_weight);
 }
 
 /* The params column: the label's parameters that differ from their defaults, or "-". */
@@ -285,18 +395,15 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
     int n = c->er->n_traces;
     const kv_policy_conf *pc = &c->er->conf->policies[c->er->res[0]->runs[r].policy];
     double budget = 0, oracle = 0;
-    int have_oracle = 1, ci_col = kv_summary_column("recall_mean");
+    int have_oracle = 1, recall_col = kv_summary_column("recall_mean");
     for (int k = 0; k < n; k++) {
         int o = oracle_of(c, k, r);
         if (o < 0)
             have_oracle = 0;
         else
-            oracle += summary(c, k, o)[ci_col] / n;
-        x[k] = summary(c, k, r)[ci_col];
+            oracle += summary(c, k, o)[recall_col] / n;
         budget += (double)c->er->res[k]->runs[r].budget / n;
     }
-    kv_interval ci;
-    kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
     char buf[32];
     fprintf(f, "all\t%s\t%s\t%.9g\t%s", pc->label, pc->ops->name, budget,
             spec_text(c, r % c->n_budgets, buf, sizeof buf));
@@ -304,20 +411,26 @@ static void summary_all_row(FILE *f, const out_ctx *c, int r, double *x)
         const kv_output_column *col = &kv_output_columns[i];
         if (col->file != KV_FILE_SUMMARY)
             continue;
+        /* the interval columns: Student-t over the traces' means of the same field */
+        int mean_col = kv_summary_column_of(col->offset, KV_RED_CI_MEAN);
+        kv_interval ci = { NAN, NAN, NAN };
+        if (mean_col >= 0) {
+            for (int k = 0; k < n; k++)
+                x[k] = summary(c, k, r)[mean_col];
+            kv_t_interval(x, (size_t)n, KV_CI_LEVEL, &ci);
+        }
         double v = 0;
-        if (col->reduction == KV_RED_CI_MEAN)
-            v = ci.mean;
-        else if (col->reduction == KV_RED_CI_LO)
-            v = ci.lo;
-        else if (col->reduction == KV_RED_CI_HI)
-            v = ci.hi;
-        else if (col->reduction == KV_RED_CI_UNITS)
-            v = n;
-        else
+        switch (col->reduction) {
+        case KV_RED_CI_MEAN: v = ci.mean; break;
+        case KV_RED_CI_LO: case KV_RED_BLOCK_CI_LO: v = ci.lo; break;
+        case KV_RED_CI_HI: case KV_RED_BLOCK_CI_HI: v = ci.hi; break;
+        case KV_RED_CI_UNITS: v = n; break;
+        case KV_RED_BLOCK_LEN: v = NAN; break;
+        default:
             for (int k = 0; k < n; k++)
                 v += summary(c, k, r)[i] / n;
-        fputc('\t', f);
-        fprintf(f, col->all_format, v);
+        }
+        value_cell(f, col->all_format, v);
     }
     if (have_oracle)
         fprintf(f, "\t%.9g", oracle);
@@ -383,8 +496,7 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
                     const kv_output_column *col = &kv_output_columns[i];
                     if (col->file != KV_FILE_STEPS)
                         continue;
-                    fputc('\t', f);
-                    fprintf(f, col->format, column_value(col, &run->steps[s], &res->info));
+                    value_cell(f, col->format, column_value(col, &run->steps[s], &res->info));
                 }
                 fputc('\n', f);
             }
@@ -396,7 +508,8 @@ static int write_steps(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\thead\trecall_mean\trecall_min\t"
+               "out_err\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         for (int r = 0; r < c->n_runs; r++) {
@@ -405,8 +518,10 @@ static int write_heads(FILE *f, const out_ctx *c, char *err, size_t err_len)
                 for (int h = 0; h < res->info.n_heads; h++) {
                     int i = l * res->info.n_heads + h;
                     run_key(f, c, k, r);
-                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g\n", l, h, run->head_recall_mean[i],
+                    fprintf(f, "\t%d\t%d\t%.9g\t%.9g", l, h, run->head_recall_mean[i],
                             run->head_recall_min[i]);
+                    value_cell(f, "%.9g", run->head_out_err_mean[i]);
+                    fputc('\n', f);
                 }
         }
     }
@@ -425,7 +540,8 @@ static void compare_row(FILE *f, const out_ctx *c, const char *trace, int rp, in
             budget_a, budget_b, d->mean, d->lo, d->hi, units);
 }
 
-/* Every pair of policies at every budget: the paired difference a - b of recall over
+/* Every pair of policies at every budget (or, beyond KV_COMPARE_ALL_PAIRS_MAX policies,
+ * the first against each other one): the paired difference a - b of recall over
  * (layer, query head, step), bootstrapped over (layer, query head) units; then, with
  * several traces, the mean of the traces' differences with a Student-t interval. */
 static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
@@ -442,8 +558,10 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
     for (int k = 0; k <= nt; k++) {   /* k == nt: the "all" rows */
         if (k == nt && nt < 2)
             break;
+        /* beyond KV_COMPARE_ALL_PAIRS_MAX policies, each against the first only */
+        int first_only = np > KV_COMPARE_ALL_PAIRS_MAX;
         for (int b = 0; b < n_budgets; b++)
-            for (int p = 0; p < np; p++)
+            for (int p = 0; p < (first_only ? 1 : np); p++)
                 for (int q = p + 1; q < np; q++) {
                     int rp = p * n_budgets + b, rq = q * n_budgets + b;
                     kv_interval d;
@@ -479,14 +597,16 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_retention(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\ttoken\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
+        const char *const *tok = c->er->tokens ? c->er->tokens[k] : NULL;
         for (int r = 0; r < c->n_runs; r++) {
             const kv_run_result *run = &res->runs[r];
             for (int j = 0; j < res->info.n_tokens; j++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\n", j, (double)run->retained[j] / run->n_cache_units);
+                fprintf(f, "\t%d\t%.9g\t%s\n", j, (double)run->retained[j] / run->n_cache_units,
+                        tok ? tok[j] : "");
             }
         }
     }
@@ -538,6 +658,29 @@ static int write_lifetimes(FILE *f, const out_ctx *c, char *err, size_t err_len)
 }
 
 /* Decode steps by their recall (the per-step means of steps.tsv), KV_RECALL_BINS bins. */
+/* budgets.tsv: the budget of every (layer, cache) of every run, and the mean number of
+ * tokens the cache held when queries attended (kv_tokens; alloc = ada lets it drift). */
+static int write_budgets(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    (void)err, (void)err_len;
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tlayer\tcache\tcache_budget\t"
+               "kv_tokens_mean\n");
+    for (int k = 0; k < c->er->n_traces; k++) {
+        const kv_results *res = c->er->res[k];
+        for (int r = 0; r < c->n_runs; r++) {
+            const kv_run_result *run = &res->runs[r];
+            for (int l = 0; l < res->info.n_layers; l++)
+                for (int g = 0; g < run->caches_per_layer; g++) {
+                    size_t at = (size_t)l * run->caches_per_layer + g;
+                    run_key(f, c, k, r);
+                    fprintf(f, "\t%d\t%d\t%d\t%.9g\n", l, g, run->cache_budget[at],
+                            run->cache_tokens_mean[at]);
+                }
+        }
+    }
+    return 0;
+}
+
 static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tbin_lo\tbin_hi\tsteps\tfraction\n");
@@ -569,6 +712,12 @@ static int write_recall_hist(FILE *f, const out_ctx *c, char *err, size_t err_le
     return 0;
 }
 
+/* Which open-loop metric predicts the closed loop's kl_mean (sim/predict.h). */
+static int write_predict(FILE *f, const out_ctx *c, char *err, size_t err_len)
+{
+    return kv_predict_write(f, c->er, c->sums, err, err_len);
+}
+
 /* The result files, in the order they are written. */
 static const struct {
     const char *name;
@@ -582,7 +731,17 @@ static const struct {
     { "retention_map.tsv", write_retention_map },
     { "lifetimes.tsv", write_lifetimes },
     { "recall_hist.tsv", write_recall_hist },
+    { "predict.tsv", write_predict },
+    { "budgets.tsv", write_budgets },
 };
+
+int kv_output_is_result_file(const char *name)
+{
+    for (size_t i = 0; i < sizeof result_files / sizeof result_files[0]; i++)
+        if (strcmp(name, result_files[i].name) == 0)
+            return 1;
+    return 0;
+}
 
 /* The summary of every run of every trace (out_ctx.sums); NULL when out of memory (err
  * set). */
@@ -682,22 +841,28 @@ static void format_bytes(double bytes, char *buf, size_t len)
 }
 
 /*
- * The console table: per policy and budget the mean recall and the peak KV bytes + the
- * peak metadata bytes (the largest over traces), in fixed-width columns. A policy whose
- * cache the budget does not bound (kv_policy_max_held < 0: full, snapkv) is marked '*',
- * so a growing or metadata-heavy policy cannot read as the cheap winner.
+ * The console table of the traces k whose model is `model` (all when NULL): per policy and
+ * budget the mean recall and the peak KV bytes + the peak metadata bytes (the largest
+ * over those traces), in fixed-width columns. A policy whose cache the budget does not
+ * bound (kv_policy_max_held < 0: full, snapkv) is marked '*', so a growing or
+ * metadata-heavy policy cannot read as the cheap winner.
  */
-int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+static int output_table_of(FILE *f, const kv_experiment_results *er, const char *model,
+                           char *err, size_t err_len)
 {
     const kv_replay_conf *conf = er->conf;
-    int width = 8, any_growing = 0;
+    int width = 8, any_growing = 0, n = 0;
+    for (int k = 0; k < er->n_traces; k++)
+        n += !model || strcmp(er->res[k]->info.model, model) == 0;
     for (int p = 0; p < conf->n_policies; p++) {
         int w = (int)strlen(conf->policies[p].label);
         width = w > width ? w : width;
     }
-    if (er->n_traces > 1)
-        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n",
-                er->n_traces);
+    if (model)
+        fprintf(f, "%s: mean recall over %d trace%s; largest peak KV + metadata bytes\n",
+                model, n, n > 1 ? "s" : "");
+    else if (n > 1)
+        fprintf(f, "mean recall over %d traces; largest peak KV + metadata bytes\n", n);
     out_ctx c = { .er = er, .n_budgets = conf->n_budgets };
     int i_recall = kv_summary_column("recall_mean"), i_peak = kv_summary_column("kv_bytes_peak");
     int i_meta = kv_summary_column("meta_bytes_peak");
@@ -723,8 +888,9 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         int grows = 0;
         for (int k = 0; k < er->n_traces; k++)
             for (int b = 0; b < conf->n_budgets; b++)
-                grows |= kv_policy_max_held(pc->ops, &pc->values,
-                                            er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
+                if (!model || strcmp(er->res[k]->info.model, model) == 0)
+                    grows |= kv_policy_max_held(pc->ops, &pc->values,
+                                                er->res[k]->runs[p * conf->n_budgets + b].budget) < 0;
         any_growing |= grows;
         char label[KV_LABEL_LEN + 4];
         snprintf(label, sizeof label, "%s%s", pc->label, grows ? " *" : "");
@@ -732,12 +898,14 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         for (int b = 0; b < conf->n_budgets; b++) {
             double recall = 0.0, peak = 0.0, meta = 0.0;
             for (int k = 0; k < er->n_traces; k++) {
+                if (model && strcmp(er->res[k]->info.model, model) != 0)
+                    continue;
                 int r = p * conf->n_budgets + b;
                 if (kv_run_summarise(er->res[k], r, values, err, err_len)) {
                     free(values);
                     return KV_ERUNTIME;
                 }
-                recall += values[i_recall] / er->n_traces;
+                recall += values[i_recall] / n;
                 peak = values[i_peak] > peak ? values[i_peak] : peak;
                 meta = values[i_meta] > meta ? values[i_meta] : meta;
             }
@@ -752,5 +920,29 @@ int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t 
         fprintf(f, "* the budget does not bound this policy's cache: it grows with the "
                 "sequence\n");
     free(values);
+    return 0;
+}
+
+/* One table when every trace comes from one model; else one per model, in the order the
+ * models first appear among the traces (mean recall is not pooled across models). */
+int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len)
+{
+    int single = 1;
+    for (int k = 1; k < er->n_traces; k++)
+        single &= strcmp(er->res[k]->info.model, er->res[0]->info.model) == 0;
+    if (single)
+        return output_table_of(f, er, NULL, err, err_len);
+    for (int k = 0; k < er->n_traces; k++) {
+        int seen = 0;
+        for (int j = 0; j < k; j++)
+            seen |= strcmp(er->res[j]->info.model, er->res[k]->info.model) == 0;
+        if (seen)
+            continue;
+        if (k > 0)
+            fputc('\n', f);
+        int rc = output_table_of(f, er, er->res[k]->info.model, err, err_len);
+        if (rc)
+            return rc;
+    }
     return 0;
 }

@@ -6,14 +6,19 @@
  *   steps.tsv      one row per (trace, policy, budget, decode step)
  *   heads.tsv      one row per (trace, policy, budget, layer, query head)
  *   compare.tsv    one row per (trace, budget, pair of policies): mean paired difference
- *                  of recall with its 95% bootstrap interval (and trace = "all" rows)
+ *                  of recall with its 95% bootstrap interval (and trace = "all" rows);
+ *                  with more than KV_COMPARE_ALL_PAIRS_MAX policies only the pairs of the
+ *                  first policy with each other one (all pairs grow quadratically: 1,000
+ *                  policies took over 30 s of bootstrap per budget)
  *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
- *                  it at the end
+ *                  it at the end, and the position's token (TSV-escaped text, or #id)
  *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
  *                  KV head still holds at the end (positions it dropped are not listed)
  *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the
  *                  number of decode steps they were attended to
  *   recall_hist.tsv  one row per (trace, policy, budget, bin): decode steps by recall
+ *   budgets.tsv    one row per (trace, policy, budget, layer, cache): the cache's budget
+ *                  (sim/alloc.h) and its mean kv_tokens over decode steps
  *
  * Every file has the columns trace, policy (or policy_a, policy_b), budget (tokens,
  * resolved) and budget_spec (as given). Columns are documented in the README ("Output
@@ -29,6 +34,7 @@
 #include "sim/stats.h"
 
 #define KV_OUTPUT_SEED 1        /* seed of every bootstrap (gsl_rng mt19937) */
+#define KV_COMPARE_ALL_PAIRS_MAX 64   /* compare.tsv: all pairs up to this many policies */
 #define KV_RECALL_BINS 20       /* recall_hist.tsv: bins of width 0.05 over [0, 1] */
 
 /*
@@ -56,6 +62,14 @@ int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 void kv_output_params(const kv_policy_conf *pc, int only_changed, char *buf, size_t len);
 
 /*
+ * kv_output_prepare's checks without creating anything, for before a long replay: a dir
+ * that exists must be a readable directory, empty unless force is 1; one that does not
+ * exist is fine (kv_output_prepare creates it once there are results, so a run that fails
+ * leaves no directory behind). Returns 0, 1 or 2 as kv_output_prepare.
+ */
+int kv_output_check(const char *dir, int force, char *err, size_t err_len);
+
+/*
  * The results of one experiment: one kv_results per trace. Each res[k] holds
  * conf->n_policies * conf->n_budgets runs, policy-major (run p * n_budgets + b is policy
  * p at budget b); run->budget is the budget in tokens, which may differ between traces
@@ -69,6 +83,9 @@ typedef struct {
     const char *const *trace_names;  /* [n_traces] the `trace` column: file name of each */
     const char *const *budget_specs; /* [conf->n_budgets] the `budget_spec` column, or NULL:
                                         conf->budgets written as numbers */
+    const char *const *const *tokens; /* [n_traces] the `token` column of retention.tsv:
+                                        [T] cells each (already TSV-escaped), or NULL (an
+                                        empty cell), or tokens NULL for none at all */
 } kv_experiment_results;
 
 /*
@@ -80,9 +97,13 @@ typedef struct {
 int kv_output_write(const char *dir, const kv_experiment_results *er, char *err,
                     size_t err_len);
 
+/* 1 when name is one of the result files listed at the top of this file. */
+int kv_output_is_result_file(const char *name);
+
 /* Prints the policy x budget table of recall_mean (mean over traces) and peak KV bytes
- * (largest over traces) to f, budgets headed by their spec. Returns 0, or 1 when out of
- * memory. */
+ * (largest over traces) to f, budgets headed by their spec; with traces of several models
+ * (kv_trace_info.model), one table per model in the order the models first appear.
+ * Returns 0, or 1 when out of memory. */
 int kv_output_table(FILE *f, const kv_experiment_results *er, char *err, size_t err_len);
 
 #endif

@@ -8,6 +8,10 @@
  *   recall_bytes    mean recall against peak memory (KV + metadata bytes)
  *   retention_map   positions still cached at the end, per (layer, KV head), per policy
  *   head_recall     mean recall per (layer, query head), a heatmap per policy
+ *   retention_text  the trace's text, each token shaded by the share of caches holding it
+ *                   at the end, a panel per policy
+ *   predict         open-loop recall and output error against the closed loop's KL, a
+ *                   point per (policy, budget); a note without closed-loop results
  *
  * No name ever reaches a shell or gnuplot's command parser: kvsim reads the TSV files
  * itself, writes the numbers a figure needs into plain data files of fixed names in a
@@ -25,8 +29,9 @@
 #include <stddef.h>
 
 #define KV_PLOT_FIGURE_LIST \
-    "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall"
-#define KV_PLOT_N_FIGURES 6
+    "recall_steps, memory_steps, recall_budget, recall_bytes, retention_map, head_recall, " \
+    "retention_text, predict"
+#define KV_PLOT_N_FIGURES 8
 
 typedef struct {
     const char *format;   /* "png" (pngcairo; NULL means png), "svg" or "pdf" */

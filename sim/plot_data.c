@@ -1099,6 +1099,295 @@ static int fig_head_recall(const kv_plot_ctx *c, fig_files *ff, char *err, size_
     return 0;
 }
 
+/* ------------------------------------------------------------ retention_text */
+
+#define TEXT_COLS 150      /* characters per line of the paragraph */
+#define TEXT_PANELS 4      /* policies shown at most */
+
+/* A retention.tsv token cell back to its text: \\ \t \n \r unescaped, into out. */
+static void tsv_unescape(const char *s, char *out, size_t len)
+{
+    size_t n = 0;
+    for (; *s && n + 1 < len; s++) {
+        if (*s == '\\' && s[1]) {
+            s++;
+            out[n++] = *s == 't' ? '\t' : *s == 'n' ? '\n' : *s == 'r' ? '\r' : *s;
+        } else {
+            out[n++] = *s;
+        }
+    }
+    out[n] = '\0';
+}
+
+/* Characters (UTF-8 code points) of s. */
+static int utf8_chars(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* The policies shown: up to TEXT_PANELS that are not references (full, oracle,
+ * lookahead); their indices into c->pol go to panel_pol. */
+static size_t text_panels(const kv_plot_ctx *c, FILE *v, size_t *panel_pol)
+{
+    size_t n = 0;
+    for (size_t p = 0; p < c->n_pol && n < TEXT_PANELS; p++)
+        if (strcmp(c->pol_type[p], "full") && strcmp(c->pol_type[p], "oracle") &&
+            strcmp(c->pol_type[p], "lookahead"))
+            panel_pol[n++] = p;
+    for (size_t p = 0; n == 0 && p < c->n_pol; p++)
+        panel_pol[n++] = p;
+    fprintf(v, "n_panels = %zu\narray panel_pol[%zu]\n", n, n);
+    for (size_t k = 0; k < n; k++)
+        fprintf(v, "panel_pol[%zu] = %zu\n", k + 1, panel_pol[k] + 1);
+    return n;
+}
+
+typedef struct {
+    char **text;       /* [T] the shown text of each position (leading space of a line cut) */
+    int *x, *y, *len;  /* [T] grid cell of its first character, line, characters */
+    double *frac;      /* [T] the share of caches holding it, for the panel being written */
+    int T, P, n_lines, has_text;
+} text_layout;
+
+static void text_layout_free(text_layout *L)
+{
+    for (int i = 0; L->text && i < L->T; i++)
+        free(L->text[i]);
+    free(L->text), free(L->x), free(L->y), free(L->len), free(L->frac);
+}
+
+/* Lays the tokens out on a grid of TEXT_COLS characters: a token that would cross the
+ * right edge starts the next line, as does "<s>" (a new story) after the first position;
+ * "<0x0A>" (a newline byte) ends the line; a line does not start with a space. */
+static void text_place(text_layout *L)
+{
+    int x = 0, y = 0;
+    for (int i = 0; i < L->T; i++) {
+        int newline = strcmp(L->text[i], "<0x0A>") == 0;
+        if (newline)
+            L->text[i][0] = '\0';
+        int n = utf8_chars(L->text[i]);
+        if (x > 0 && (x + n > TEXT_COLS || (i > 0 && strcmp(L->text[i], "<s>") == 0)))
+            x = 0, y++;
+        if (x == 0 && L->text[i][0] == ' ')
+            memmove(L->text[i], L->text[i] + 1, strlen(L->text[i])), n--;
+        L->x[i] = x, L->y[i] = y, L->len[i] = n;
+        x += n;
+        if (newline)
+            x = 0, y++;
+    }
+    L->n_lines = y + 1;
+}
+
+/* The texts and P of map_trace from retention.tsv (rows of its first panel policy). */
+static int text_read(const kv_plot_ctx *c, const kv_tsv *t, const char *policy,
+                     text_layout *L, char *err, size_t err_len)
+{
+    int ct = kv_tsv_col(t, "trace"), cp = kv_tsv_col(t, "policy");
+    int cs = kv_tsv_col(t, "budget_spec"), cj = kv_tsv_col(t, "position");
+    int ck = kv_tsv_col(t, "token");
+    int T = 0;
+    for (size_t r = 0; r < t->n_rows; r++)
+        T += !strcmp(kv_tsv_cell(t, r, ct), c->map_trace) &&
+             !strcmp(kv_tsv_cell(t, r, cp), policy) && !strcmp(kv_tsv_cell(t, r, cs), c->budget);
+    L->T = T;
+    L->text = calloc((size_t)T + 1, sizeof *L->text);
+    L->x = calloc((size_t)T + 1, sizeof *L->x);
+    L->y = calloc((size_t)T + 1, sizeof *L->y);
+    L->len = calloc((size_t)T + 1, sizeof *L->len);
+    L->frac = calloc((size_t)T + 1, sizeof *L->frac);
+    if (!L->text || !L->x || !L->y || !L->len || !L->frac)
+        return oom(err, err_len);
+    const char *first = NULL;
+    for (size_t r = 0; r < t->n_rows; r++) {
+        if (strcmp(kv_tsv_cell(t, r, ct), c->map_trace) || strcmp(kv_tsv_cell(t, r, cp), policy) ||
+            strcmp(kv_tsv_cell(t, r, cs), c->budget))
+            continue;
+        double j;
+        if (kv_tsv_number(t, r, cj, &j, err, err_len))
+            return KV_ERUNTIME;
+        if (j < 0 || j >= T || L->text[(int)j]) {
+            snprintf(err, err_len, "%s/retention.tsv: position %.0f of trace %s repeated or "
+                     "outside 0..%d", c->dir, j, c->map_trace, T - 1);
+            return KV_ERUNTIME;
+        }
+        char buf[1024];
+        const char *cell = ck >= 0 ? kv_tsv_cell(t, r, ck) : "";
+        first = first ? first : cell;
+        tsv_unescape(cell, buf, sizeof buf);
+        L->has_text = ck >= 0 && first[0] && first[0] != '#';
+        if (!L->has_text) /* ids (#id) or positions, space-separated */
+            snprintf(buf, sizeof buf, " %s", cell[0] ? cell : "");
+        if (!L->has_text && !cell[0])
+            snprintf(buf, sizeof buf, " %d", (int)j);
+        if (!(L->text[(int)j] = strdup(buf)))
+            return oom(err, err_len);
+    }
+    /* P from steps.tsv: the first decode step */
+    const kv_tsv *st = &c->steps;
+    int sct = kv_tsv_col(st, "trace"), scs = kv_tsv_col(st, "step");
+    double p_lo = INFINITY, v;
+    for (size_t r = 0; r < st->n_rows; r++) {
+        if (strcmp(kv_tsv_cell(st, r, sct), c->map_trace))
+            continue;
+        if (kv_tsv_number(st, r, scs, &v, err, err_len))
+            return KV_ERUNTIME;
+        p_lo = v < p_lo ? v : p_lo;
+    }
+    L->P = isfinite(p_lo) ? (int)p_lo : 0;
+    return 0;
+}
+
+/* Panel k's boxes and labels: x centre, line, half width, fraction, label x, colour
+ * (0xRRGGBB: prompt grey, generated black), token index (tok[] in vars.gp). */
+static int text_panel(const kv_plot_ctx *c, const kv_tsv *t, size_t k, const char *policy,
+                      text_layout *L, char *err, size_t err_len)
+{
+    int ct = kv_tsv_col(t, "trace"), cp = kv_tsv_col(t, "policy");
+    int cs = kv_tsv_col(t, "budget_spec"), cj = kv_tsv_col(t, "position");
+    int cf = kv_tsv_col(t, "fraction");
+    for (size_t r = 0; r < t->n_rows; r++) {
+        if (strcmp(kv_tsv_cell(t, r, ct), c->map_trace) || strcmp(kv_tsv_cell(t, r, cp), policy) ||
+            strcmp(kv_tsv_cell(t, r, cs), c->budget))
+            continue;
+        double j, f;
+        if (kv_tsv_number(t, r, cj, &j, err, err_len) || kv_tsv_number(t, r, cf, &f, err, err_len))
+            return KV_ERUNTIME;
+        if (j >= 0 && j < L->T)
+            L->frac[(int)j] = f;
+    }
+    char name[64], path[KV_PLOT_PATH + 64];
+    snprintf(name, sizeof name, "rt_p%zu.dat", k + 1);
+    FILE *f = data_open(c, name, path, sizeof path, err, err_len);
+    if (!f)
+        return KV_ERUNTIME;
+    for (int i = 0; i < L->T; i++) {
+        if (L->len[i] == 0)
+            continue;
+        /* a label's leading space is left out and its cell skipped: cairo drops it */
+        int lead = L->text[i][0] == ' ';
+        fprintf(f, "%.9g\t%d\t%.9g\t%.9g\t%d\t%d\t%d\n", L->x[i] + L->len[i] / 2.0 - 0.5,
+                L->y[i], L->len[i] / 2.0, L->frac[i], L->x[i] + lead,
+                i < L->P ? 0x888888 : 0x000000, i + 1);
+    }
+    return data_close(f, path, err, err_len);
+}
+
+static int fig_retention_text(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
+{
+    kv_tsv t = { 0 };
+    text_layout L = { 0 };
+    size_t panel_pol[TEXT_PANELS];
+    size_t n = text_panels(c, ff->vars, panel_pol);
+    int rc = read_table(c, "retention.tsv", "trace policy budget_spec position fraction", &t,
+                        err, err_len);
+    if (!rc)
+        rc = text_read(c, &t, c->pol[panel_pol[0]], &L, err, err_len);
+    if (!rc)
+        text_place(&L);
+    for (size_t k = 0; k < n && !rc; k++)
+        rc = text_panel(c, &t, k, c->pol[panel_pol[k]], &L, err, err_len);
+    if (!rc) {
+        fprintf(ff->vars, "T = %d\nP = %d\ncols = %d\nn_lines = %d\nhas_text = %d\n"
+                "array tok[%d]\n", L.T, L.P, TEXT_COLS, L.n_lines, L.has_text, L.T > 0 ? L.T : 1);
+        for (int i = 0; i < L.T; i++) {
+            /* an apostrophe is shown as U+2019: gnuplot does not parse a single-quoted
+             * constant that starts with a doubled quote (an apostrophe token) */
+            char shown[4 * 1024];
+            size_t m = 0;
+            for (const char *q = L.text[i][0] == ' ' ? L.text[i] + 1 : L.text[i];
+                 *q && m + 4 < sizeof shown; q++) {
+                if (*q == '\'')
+                    memcpy(shown + m, "\xE2\x80\x99", 3), m += 3;
+                else
+                    shown[m++] = *q;
+            }
+            shown[m] = '\0';
+            fprintf(ff->vars, "tok[%d] = ", i + 1);
+            gp_string(ff->vars, shown);
+            fputc('\n', ff->vars);
+        }
+        char words[3000];
+        caption_words(c, c->budget, words, sizeof words);
+        fprintf(ff->caption, "The text of trace %s as a paragraph, each token shaded by the "
+                "share of (layer, KV head) caches still holding it at the end, one panel per "
+                "policy (references left out), %s. The prompt (P = %d) is grey.%s\n",
+                c->map_trace, words, L.P,
+                L.has_text ? "" : " The trace has no text (captured without a tokenizer): "
+                                  "its token ids are shown.");
+    }
+    text_layout_free(&L);
+    kv_tsv_free(&t);
+    return rc ? KV_ERUNTIME : 0;
+}
+
+/* A number of summary row r's column col, NaN for NA or a column the results lack. */
+static double summary_value(const kv_plot_ctx *c, size_t r, int col)
+{
+    if (col < 0)
+        return NAN;
+    const char *cell = kv_tsv_cell(&c->summary, r, col);
+    char *end;
+    double v = strtod(cell, &end);
+    return end == cell || *end ? NAN : v;
+}
+
+/* Figure predict: per policy, pr_pP.dat = recall_mean, out_err_mean, kl_mean of the
+ * shown trace's rows with kl_mean > 0 (a log axis); have_kl, have_err and the KL range
+ * as variables. */
+static int fig_predict(const kv_plot_ctx *c, fig_files *ff, char *err, size_t err_len)
+{
+    const kv_tsv *s = &c->summary;
+    int ct = kv_tsv_col(s, "trace"), cp = kv_tsv_col(s, "policy");
+    int cr = kv_tsv_col(s, "recall_mean"), ce = kv_tsv_col(s, "out_err_mean");
+    int ck = kv_tsv_col(s, "kl_mean");
+    double y_lo = INFINITY, y_hi = 0, e_hi = 0;
+    size_t n_points = 0, n_err = 0;
+    for (size_t p = 0; p < c->n_pol; p++) {
+        char name[64], path[KV_PLOT_PATH + 64];
+        snprintf(name, sizeof name, "pr_p%zu.dat", p + 1);
+        FILE *f = data_open(c, name, path, sizeof path, err, err_len);
+        if (!f)
+            return KV_ERUNTIME;
+        for (size_t r = 0; r < s->n_rows; r++) {
+            if (strcmp(kv_tsv_cell(s, r, ct), c->shown) || strcmp(kv_tsv_cell(s, r, cp),
+                                                                   c->pol[p]))
+                continue;
+            double x = summary_value(c, r, cr), e = summary_value(c, r, ce);
+            double kl = summary_value(c, r, ck);
+            if (!(kl > 0))      /* NA, or nothing evicted: no place on a log axis */
+                continue;
+            fprintf(f, "%.9g\t%.9g\t%.9g\n", x, isnan(e) ? -1.0 : e, kl);
+            n_points++;
+            n_err += !isnan(e);
+            y_lo = kl < y_lo ? kl : y_lo;
+            y_hi = kl > y_hi ? kl : y_hi;
+            e_hi = !isnan(e) && e > e_hi ? e : e_hi;
+        }
+        if (data_close(f, path, err, err_len))
+            return KV_ERUNTIME;
+    }
+    fprintf(ff->vars, "have_kl = %d\nhave_err = %d\ny_lo = %.9g\ny_hi = %.9g\n"
+            "e_hi = %.9g\n", n_points > 0, n_err > 0,
+            n_points ? pow(10, floor(log10(y_lo))) : 0.01,
+            n_points ? pow(10, ceil(log10(y_hi))) : 10, e_hi > 0 ? e_hi * 1.05 : 1);
+    if (!n_points)
+        fprintf(ff->caption, "No closed-loop results: kvsim run without --model (or model "
+                "= ...) measures no KL; this figure needs them.\n");
+    else
+        fprintf(ff->caption, "Open-loop metrics against what the cache does to the "
+                "model's output: mean attention-mass recall (left) and mean output error "
+                "(right) of each (policy, budget) against the closed loop's kl_mean, the "
+                "KL divergence of the next-token distribution from the full cache's in "
+                "nats per token (log scale), %s. Runs whose KL is exactly 0 (nothing "
+                "evicted) are left out.\n", strcmp(c->shown, "all") == 0
+                ? "means over the traces" : "one trace");
+    return 0;
+}
+
 int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char *err,
                     size_t err_len)
 {
@@ -1109,6 +1398,7 @@ int kv_plot_prepare(kv_plot_ctx *c, const char *name, const char *scripts, char 
         { "recall_steps", fig_recall_steps }, { "memory_steps", fig_memory_steps },
         { "recall_budget", fig_recall_budget }, { "recall_bytes", fig_recall_bytes },
         { "retention_map", fig_retention_map }, { "head_recall", fig_head_recall },
+        { "retention_text", fig_retention_text }, { "predict", fig_predict },
     };
     fig_files ff;
     char cap[64];

@@ -2,9 +2,10 @@
  * signals.h - what happens when a run is interrupted or the process faults, so that an
  * interrupted run never leaves a half-written result file behind.
  *
- * Result files are written to temporaries (sim/output.c) that are registered here while
- * they exist; an interrupting signal removes them before the process exits, so the output
- * directory keeps either its previous results or the complete new ones.
+ * A run's new result set is built in a staging directory (sim/publish.h) and a trace from
+ * gen or capture in a temporary file; both are registered here while they exist, and an
+ * interrupting signal removes them before the process exits, so the output keeps either
+ * its previous content or the complete new one.
  */
 #ifndef KV_SIGNALS_H
 #define KV_SIGNALS_H
@@ -39,11 +40,33 @@ int kv_tmp_register(const char *path);
 void kv_tmp_unregister(const char *path);
 
 /*
+ * Registers directory path (copied) as a temporary to remove with everything in it (up to
+ * KV_TREE_DEPTH levels: a result set and its figures/) if the process is interrupted or
+ * the reader faults. Returns 0, or -1 when KV_TMP_MAX directories are registered already
+ * or path is too long. kv_tmp_unregister_dir forgets it; unknown paths are ignored.
+ */
+#define KV_TREE_DEPTH 4
+int kv_tmp_register_dir(const char *path);
+void kv_tmp_unregister_dir(const char *path);
+
+/*
+ * Removes path and, when it is a directory, everything below it (at most KV_TREE_DEPTH
+ * levels; symbolic links are removed, never followed). Async-signal-safe (open, getdents64,
+ * unlinkat: no allocation), so the interrupt handler uses it too. Returns 0, or -1 with
+ * errno set when something could not be removed (the rest is still removed).
+ */
+int kv_remove_tree(const char *path);
+
+/*
  * hold = 1 defers SIGINT, SIGTERM and SIGHUP (recorded, in whichever thread they
  * arrive); hold = 0 acts on one that arrived meanwhile (exits as above). Used around the
  * renames that publish a run's files, so a run's files appear all together or not at
  * all. Cannot fail.
  */
 void kv_signals_hold(int hold);
+
+/* Called once a run's new result set is in place: an interrupt after this says so (the
+ * exit status is still 128 + signal number) instead of "no result file replaced". */
+void kv_signals_published(void);
 
 #endif

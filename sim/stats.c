@@ -73,6 +73,55 @@ int kv_paired_diff_ci(const double *a, const double *b, size_t n, int n_resample
     return rc;
 }
 
+size_t kv_block_length(size_t n)
+{
+    size_t b = (size_t)ceil(cbrt((double)n) - 1e-9);
+    return b < 1 ? 1 : b;
+}
+
+int kv_block_bootstrap_mean_ci(const double *x, size_t n, size_t block, int n_resamples,
+                               double level, unsigned long seed, kv_interval *out,
+                               char *err, size_t err_len)
+{
+    set_nan(out);
+    if (n == 0)
+        return 0;
+    out->mean = gsl_stats_mean(x, 1, n);
+    if (n == 1 || n_resamples < 1) {
+        out->lo = out->hi = out->mean;
+        return 0;
+    }
+    block = block < 1 ? 1 : block > n ? n : block;
+    double *means = malloc((size_t)n_resamples * sizeof *means);
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!means || !rng) {
+        free(means);
+        if (rng)
+            gsl_rng_free(rng);
+        snprintf(err, err_len, "out of memory computing a block bootstrap interval");
+        return 1;
+    }
+    gsl_rng_set(rng, seed);
+    size_t starts = n - block + 1;
+    for (int b = 0; b < n_resamples; b++) {
+        double sum = 0.0;
+        for (size_t got = 0; got < n;) {
+            size_t at = starts > 1 ? gsl_rng_uniform_int(rng, starts) : 0;
+            for (size_t i = 0; i < block && got < n; i++, got++)
+                sum += x[at + i];
+        }
+        means[b] = sum / (double)n;
+    }
+    gsl_sort(means, 1, (size_t)n_resamples);
+    out->lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
+                                                  (1.0 - level) / 2.0);
+    out->hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
+                                                  (1.0 + level) / 2.0);
+    free(means);
+    gsl_rng_free(rng);
+    return 0;
+}
+
 void kv_t_interval(const double *x, size_t n, double level, kv_interval *out)
 {
     set_nan(out);

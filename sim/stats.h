@@ -44,6 +44,24 @@ int kv_paired_diff_ci(const double *a, const double *b, size_t n, int n_resample
                       size_t err_len);
 
 /*
+ * Moving-block bootstrap interval of the mean of a series x[0..n) whose consecutive
+ * values are autocorrelated (the closed loop's per-step KL: a cache that lost a token
+ * disturbs the next steps too). Each resample joins ceil(n / block) blocks of `block`
+ * consecutive values, each starting at a uniform position in 0..n-block (Kuensch 1989),
+ * cut to n values; then as kv_bootstrap_mean_ci (percentile interval, gsl_rng mt19937
+ * seeded with seed). block >= 1 (1 is the ordinary bootstrap of values); a block longer
+ * than n is cut to n. kv_block_length gives the default. Same failure modes.
+ */
+int kv_block_bootstrap_mean_ci(const double *x, size_t n, size_t block, int n_resamples,
+                               double level, unsigned long seed, kv_interval *out,
+                               char *err, size_t err_len);
+
+/* The block length of the moving-block bootstrap for a series of n values: ceil(n^(1/3)),
+ * the rate that minimises the error of the variance estimate (Hall, Horowitz and Jing
+ * 1995), at least 1. Cannot fail. */
+size_t kv_block_length(size_t n);
+
+/*
  * Student-t interval of the mean of x[0..n): mean +- t_{(1+level)/2, n-1} * s / sqrt(n),
  * s the sample standard deviation (gsl_stats_sd) and t from gsl_cdf_tdist_Pinv. For the
  * aggregate over traces (few values, each already an average). n == 1 gives lo = hi =

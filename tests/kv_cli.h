@@ -134,12 +134,14 @@ static int kv_cli_lines(const char *s)
     return n;
 }
 
-/* 1 when dir holds an entry whose name contains ".tmp." (a result temporary). */
+/* 1 when dir or its parent holds an entry whose name contains ".tmp." (a result
+ * temporary, or the staging directory .NAME.kvsim.tmp.PID a run builds beside dir). */
 __attribute__((unused))
 static int kv_cli_has_temporaries(const char *dir)
 {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "ls -A '%s' 2>/dev/null | grep -q '\\.tmp\\.'", dir);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "{ ls -A '%s'; ls -A '%s/..'; } 2>/dev/null | grep -q "
+             "'\\.tmp\\.'", dir, dir);
     return system(cmd) == 0;
 }
 

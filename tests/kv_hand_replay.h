@@ -200,4 +200,33 @@ __attribute__((unused)) static void kv_hand_run_table(const char *name, const ch
     kv_hand_run_table_seeded(name, settings, P, B, g, tb, 1, out);
 }
 
+/* One select of policy `type` ("k=v,..." settings, NULL for the defaults) for a policy
+ * that reads keys and values: the view is positions pos[0..n) (ascending, pos[n-1] = t),
+ * the prompt compression when is_prefill_end, else a decode step; keys and values hold
+ * head_dim floats per position, position j at j * head_dim. The kept positions go to out
+ * ("1,3"). The policy is created with T = t + 2 and P = t + 1 (prompt end) or P = 1. */
+__attribute__((unused)) static void kv_hand_key_select(const char *type, const char *settings,
+                                                       const int *pos, int n,
+                                                       int is_prefill_end, int B,
+                                                       int head_dim, const float *keys,
+                                                       const float *values, char *out)
+{
+    const kv_policy_ops *ops = kv_policy_find(type);
+    assert_non_null(ops);
+    kv_param_values v;
+    kv_test_apply_settings(ops, settings, &v);
+    int t = pos[n - 1];
+    kv_policy_ctx ctx = { .budget = B, .group_size = 1, .n_tokens = t + 2,
+                          .prefill_len = is_prefill_end ? t + 1 : 1, .head_dim = head_dim };
+    void *st = ops->create(&v, &ctx);
+    assert_non_null(st);
+    unsigned char keep[KV_HAND_MAX_T];
+    kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
+                           .is_prefill_end = is_prefill_end, .keys = keys, .values = values,
+                           .head_dim = head_dim };
+    ops->select(st, &view, keep);
+    kv_hand_format_set(pos, keep, n, out);
+    ops->destroy(st);
+}
+
 #endif

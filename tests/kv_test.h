@@ -153,15 +153,35 @@ __attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), i
 
 /* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
  * the repository root (tests run from there). A missing checkpoint fails the test. */
+/* The path of file `name` (e.g. "tokenizer.bin") where `make models` puts it: the
+ * directory $KVSIM_MODELS, else models/ in the repository root (tests run from there),
+ * else ../shared/models beside the clone. A missing file fails the test. Static buffer. */
+__attribute__((unused)) static const char *kv_test_models_file(const char *name)
+{
+    static char path[1024];
+    const char *dir = getenv("KVSIM_MODELS");
+    const char *dirs[] = {dir && *dir ? dir : "models", "../shared/models"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dirs[i], name);
+        if (access(path, R_OK) == 0)
+            return path;
+    }
+    fail_msg("%s not found in %s or ../shared/models: run `make models` (or set "
+             "KVSIM_MODELS to the directory that holds it)",
+             name, dirs[0]);
+    return NULL;
+}
+
+/* The stories260K checkpoint: $KVSIM_MODEL, else kv_test_models_file's places. */
 __attribute__((unused)) static const char *kv_test_model_path(void)
 {
     const char *p = getenv("KVSIM_MODEL");
-    p = p && *p ? p : "../shared/models/stories260K.bin";
-    if (access(p, R_OK) != 0)
-        fail_msg("checkpoint %s not found: clone the repository beside shared/ (the "
-                 "checkpoint lives in ../shared/models) or set KVSIM_MODEL",
-                 p);
-    return p;
+    if (p && *p) {
+        if (access(p, R_OK) != 0)
+            fail_msg("checkpoint %s (KVSIM_MODEL) not found", p);
+        return p;
+    }
+    return kv_test_models_file("stories260K.bin");
 }
 
 #endif

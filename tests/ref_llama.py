@@ -6,13 +6,15 @@ route: whole-sequence matrix algebra in double precision, rotary embedding as co
 multiplication, a causal mask instead of a growing cache. Written from
 ../shared/models/README.md, not from the C code.
 
-usage: ref_llama.py CHECKPOINT N_STEPS
-Starts from BOS (id 1), appends the argmax token N_STEPS times, and prints:
+usage: ref_llama.py CHECKPOINT N_STEPS [PROMPT_IDS]
+Starts from BOS (id 1) and the comma-separated PROMPT_IDS, appends the argmax token
+N_STEPS times, and prints:
   ids <N_STEPS + 1 ids, BOS first>
   margin <smallest gap between the best and second-best logit over the greedy steps>
   q <layer> <post-rotary query of the last position, n_heads * head_size values>
   k <layer> <post-rotary key of the last position, n_kv_heads * head_size values>
   logits <logits after the last position, vocab_size values>
+  attn <layer> <softmax rows of the last position, n_heads * (positions) values>
 """
 import sys
 
@@ -79,7 +81,7 @@ def forward(cfg, p, ids):
     hs, nh, nkv = cfg["hs"], cfg["n_heads"], cfg["n_kv"]
     x = p["emb"][ids]
     mask = np.triu(np.full((t, t), -np.inf), 1)
-    qs, ks = [], []
+    qs, ks, rows = [], [], []
     for l in range(cfg["n_layers"]):
         xb = rmsnorm(x, p["att_norm"][l])
         q = rotate((xb @ p["wq"][l].T).reshape(t, nh, hs), hs)
@@ -92,26 +94,29 @@ def forward(cfg, p, ids):
         s = np.einsum("thd,uhd->htu", q, kk) / np.sqrt(hs) + mask
         a = np.exp(s - s.max(axis=-1, keepdims=True))
         a /= a.sum(axis=-1, keepdims=True)
+        rows.append(a[:, -1, :])
         o = np.einsum("htu,uhd->thd", a, vv).reshape(t, nh * hs)
         x = x + o @ p["wo"][l].T
         xb = rmsnorm(x, p["ffn_norm"][l])
         h1 = xb @ p["w1"][l].T
         x = x + (h1 / (1.0 + np.exp(-h1)) * (xb @ p["w3"][l].T)) @ p["w2"][l].T
     logits = rmsnorm(x, p["final_norm"]) @ p["cls"].T
-    return logits, qs, ks
+    return logits, qs, ks, rows
 
 
 def main():
     cfg, p = load(sys.argv[1])
     n_steps = int(sys.argv[2])
     ids = [1]
+    if len(sys.argv) > 3 and sys.argv[3]:
+        ids += [int(i) for i in sys.argv[3].split(",")]
     margin = np.inf
     for _ in range(n_steps):
-        logits, _, _ = forward(cfg, p, ids)
+        logits, _, _, _ = forward(cfg, p, ids)
         top2 = np.sort(logits[-1])[-2:]
         margin = min(margin, top2[1] - top2[0])
         ids.append(int(np.argmax(logits[-1])))
-    logits, qs, ks = forward(cfg, p, ids)
+    logits, qs, ks, rows = forward(cfg, p, ids)
     fmt = lambda a: " ".join("%.9g" % v for v in np.ravel(a))
     print("ids", " ".join(str(i) for i in ids))
     print("margin %.9g" % margin)
@@ -119,6 +124,8 @@ def main():
         print("q", l, fmt(qs[l][-1]))
         print("k", l, fmt(ks[l][-1]))
     print("logits", fmt(logits[-1]))
+    for l in range(cfg["n_layers"]):
+        print("attn", l, fmt(rows[l]))
 
 
 if __name__ == "__main__":

@@ -384,16 +384,16 @@ static void test_library(void **state)
     o.out_path = a;
     o.n_tokens = 64;
     o.prefill_len = 64;
-    assert_int_equal(kv_capture(&o, err, sizeof err), KV_EUSAGE);
+    assert_int_equal(kv_capture(&o, NULL, err, sizeof err), KV_EUSAGE);
     assert_string_equal(err, "--prefill 64 must be below --tokens 64 (a trace needs at least "
                              "one decode position)");
     assert_int_equal(access(a, F_OK), -1);
     o.model_path = "/nonexistent/m.bin";
-    assert_int_equal(kv_capture(&o, err, sizeof err), KV_EIO);
+    assert_int_equal(kv_capture(&o, NULL, err, sizeof err), KV_EIO);
     o.model_path = kv_test_model_path();
     o.prefill_len = 16;
     o.temperature = 0;
-    assert_int_equal(kv_capture(&o, err, sizeof err), 0);
+    assert_int_equal(kv_capture(&o, NULL, err, sizeof err), 0);
     assert_int_equal(capture(b, "--tokens", "64", "--prefill", "16", "--temperature", "0",
                              NULL), 0);
     trace_data da, db;

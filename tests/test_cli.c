@@ -158,14 +158,14 @@ static void test_output_dir(void **state)
                           "16", "-q", "--no-plot", "-o", out, NULL};
     kv_cli_result r;
     assert_int_equal(kv_cli_run(args, NULL, &r), 0);
-    assert_int_equal(count_entries(out), 9);   /* eight result files and manifest.json */
+    assert_int_equal(count_entries(out), 11);   /* ten result files and manifest.json */
     assert_int_equal(kv_cli_run(args, NULL, &r), 2);
     assert_non_null(strstr(r.err, "not empty"));
     assert_non_null(strstr(r.err, "--force"));
     const char *forced[] = {"run", "--trace", g_trace, "--policies", "window,h2o",
                             "--budgets", "16", "-q", "--no-plot", "--force", "-o", out, NULL};
     assert_int_equal(kv_cli_run(forced, NULL, &r), 0);
-    assert_int_equal(count_entries(out), 9);
+    assert_int_equal(count_entries(out), 11);
     const char *file = kv_test_path("a_file");
     write_file(file, "x");
     const char *onto_file[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",

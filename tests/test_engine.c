@@ -17,6 +17,7 @@
 
 #include "sim/config.h"
 #include "sim/engine.h"
+#include "sim/index.h"
 #include "tests/kv_test.h"
 #include "sim/output.h"
 #include "traces/gen.h"
@@ -35,19 +36,29 @@ static void add(policy_list *pl, const char *label, const char *type, const char
     kv_test_policy(&pl->pc[pl->n++], label, type, params);
 }
 
-static kv_results *replay(const char *path, policy_list *pl, const int *budgets, int n_budgets)
+/* Replays path; sparse = 1 asks for the sparse replay (the trace must be indexed, and
+ * the top-k metrics are then off) and checks it was taken, 0 the dense one. */
+static kv_results *replay_path(const char *path, policy_list *pl, const int *budgets,
+                               int n_budgets, int sparse)
 {
     char err[512];
     kv_trace *tr;
     if (kv_trace_open(path, &tr, err, sizeof err))
         fail_msg("%s", err);
     kv_replay_conf conf = { .policies = pl->pc, .n_policies = pl->n, .budgets = budgets,
-                            .n_budgets = n_budgets, .block = 4, .seed = 7 };
+                            .n_budgets = n_budgets, .block = 4, .seed = 7,
+                            .no_topk = sparse, .dense = !sparse };
     kv_results *res = NULL;
     if (kv_replay(tr, &conf, &res, err, sizeof err))
         fail_msg("%s", err);
+    assert_int_equal(res->sparse, sparse);
     kv_trace_close(tr);
     return res;
+}
+
+static kv_results *replay(const char *path, policy_list *pl, const int *budgets, int n_budgets)
+{
+    return replay_path(path, pl, budgets, n_budgets, 0);
 }
 
 /* The tiny trace: 1 layer, 2 query heads sharing 1 KV head, T = 6, P = 3. */
@@ -201,19 +212,12 @@ static void seed_policies(policy_list *pl)
 }
 
 /* full has recall 1; snapkv adds L*KV tokens per step; bounded policies hold L*KV*(B+1). */
-static void test_accounting_invariants(void **state)
+static void check_accounting(const kv_results *res, const policy_list *pl)
 {
-    (void)state;
-    const char *path = kv_test_path("gen.h5");
-    kv_test_gen_small(path, 3, 0, 0);
-    policy_list pl;
-    seed_policies(&pl);
-    int budgets[] = { 16, 24 };
-    kv_results *res = replay(path, &pl, budgets, 2);
     const long long caches = 2 * 2;
     for (int r = 0; r < res->n_runs; r++) {
         const kv_run_result *run = &res->runs[r];
-        const char *name = pl.pc[run->policy].ops->name;
+        const char *name = pl->pc[run->policy].ops->name;
         for (int s = 0; s < res->n_steps; s++) {
             long long t = 40 + s, want;
             if (strcmp(name, "full") == 0) {
@@ -225,11 +229,30 @@ static void test_accounting_invariants(void **state)
                 want = caches * (run->budget + 1);
             if (run->steps[s].kv_tokens != want)
                 fail_msg("%s B=%d step %lld: kv_tokens %lld, expected %lld",
-                         pl.pc[run->policy].label, run->budget, t, run->steps[s].kv_tokens, want);
+                         pl->pc[run->policy].label, run->budget, t,
+                         (long long)run->steps[s].kv_tokens, want);
             assert_true(run->steps[s].recall > 0 && run->steps[s].recall <= 1 + 1e-5);
         }
     }
-    kv_results_free(res);
+}
+
+/* The invariants on the dense replay, and on the sparse one from the trace's index. */
+static void test_accounting_invariants(void **state)
+{
+    (void)state;
+    const char *path = kv_test_path("gen.h5");
+    kv_test_gen_small(path, 3, 0, 0);
+    char err[512];
+    if (kv_index_trace(path, 0, err, sizeof err))
+        fail_msg("%s", err);
+    policy_list pl;
+    seed_policies(&pl);
+    int budgets[] = { 16, 24 };
+    for (int sparse = 0; sparse < 2; sparse++) {
+        kv_results *res = replay_path(path, &pl, budgets, 2, sparse);
+        check_accounting(res, &pl);
+        kv_results_free(res);
+    }
 }
 
 /* The same generated trace stored as attn rows and as q/k replays to the same numbers. */

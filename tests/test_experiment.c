@@ -66,7 +66,7 @@ static void test_replay_groups_and_merges(void **state)
                     fail_msg("%s", err);
                 kv_replay_conf one = { .policies = &ex.policies[p], .n_policies = 1,
                                        .budgets = &budget, .n_budgets = 1, .block = 16,
-                                       .seed = ex.seed };
+                                       .seed = ex.seed, .no_topk = ex.no_topk };
                 kv_results *alone;
                 if (kv_replay(tr, &one, &alone, err, sizeof err))
                     fail_msg("%s", err);

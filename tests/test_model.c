@@ -275,55 +275,156 @@ static void assert_close(const float *got, const double *want, int n, double tol
         fail_msg("%s differs from the numpy reference by %g > %g", what, worst, tol);
 }
 
-static void test_matches_numpy_reference(void **state)
+/* Greedy decoding from BOS and prompt[0..n_prompt-1] (run together, kv_model_prefill) for
+ * n_steps more ids; ids gets 1 + n_prompt + n_steps ids. */
+static kv_model_run *greedy_from(const kv_model *m, const int *prompt, int n_prompt,
+                                 int n_steps, int *ids)
 {
-    (void)state;
-    enum { STEPS = 16 };
-    const char *path = kv_test_model_path();
+    int n = 1 + n_prompt + n_steps;
+    kv_model_run *r = NULL;
+    char err[512] = "";
+    if (kv_model_run_create(m, n, &r, err, sizeof err))
+        fail_msg("%s", err);
+    ids[0] = 1;
+    if (n_prompt > 0)
+        memcpy(ids + 1, prompt, (size_t)n_prompt * sizeof *ids);
+    if (n_prompt > 0 && kv_model_prefill(r, ids, n_prompt, 0, err, sizeof err))
+        fail_msg("%s", err);
+    for (int t = n_prompt; t < n; t++) {
+        if (kv_model_step(r, ids[t], t, err, sizeof err))
+            fail_msg("%s", err);
+        if (t == n - 1)
+            break;
+        const float *lg = kv_model_logits(r);
+        int best = 0;
+        for (int i = 1; i < kv_model_get_config(m)->vocab_size; i++)
+            best = lg[i] > lg[best] ? i : best;
+        ids[t + 1] = best;
+    }
+    return r;
+}
+
+/* Runs tests/ref_llama.py on the checkpoint at path (greedy from BOS + prompt, n_steps)
+ * and compares ids (exactly), the last position's q, k, logits and attention rows. */
+static void compare_with_reference(const char *path, const int *prompt, int n_prompt,
+                                   int n_steps)
+{
     if (access("/usr/bin/python3", X_OK) != 0)
         fail_msg("/usr/bin/python3 missing: `make deps` installs python3-numpy");
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/ref_llama.py '%s' %d", path, STEPS);
+    char cmd[2048], list[512] = "";
+    for (int i = 0, n = 0; i < n_prompt; i++)
+        n += snprintf(list + n, sizeof list - (size_t)n, "%s%d", i ? "," : "", prompt[i]);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/ref_llama.py '%s' %d '%s'", path,
+             n_steps, list);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
-    static char line[65536];
-    double vals[1024];
+    static char line[1 << 20];
+    static double vals[65536];
+    static float got[4096];
+    enum { MAXV = 65536 };
 
     kv_model *m = NULL;
     char err[512] = "";
     if (kv_model_load(path, &m, err, sizeof err))
         fail_msg("%s", err);
     const kv_model_config *c = kv_model_get_config(m);
-    int ids[STEPS + 1];
-    kv_model_run *r = greedy(m, STEPS, ids);
+    int np = 1 + n_prompt + n_steps, last = np - 1, hs = c->head_size;
+    int *ids = malloc((size_t)np * sizeof *ids);
+    assert_non_null(ids);
+    kv_model_run *r = greedy_from(m, prompt, n_prompt, n_steps, ids);
 
     if (!fgets(line, sizeof line, p))
         fail_msg("no output from %s (is python3-numpy installed?)", cmd);
-    assert_int_equal(parse_values(line, "ids", -1, vals, 1024), STEPS + 1);
-    for (int i = 0; i <= STEPS; i++)
+    assert_int_equal(parse_values(line, "ids", -1, vals, MAXV), np);
+    for (int i = 0; i < np; i++)
         assert_int_equal(ids[i], (int)vals[i]);
     assert_non_null(fgets(line, sizeof line, p)); /* margin */
-    int np = STEPS + 1, hs = c->head_size;
+    print_message("    %s", line);
     for (int l = 0; l < c->n_layers; l++) {
-        float got[64];
         assert_non_null(fgets(line, sizeof line, p));
-        assert_int_equal(parse_values(line, "q", l, vals, 1024), c->dim);
+        assert_int_equal(parse_values(line, "q", l, vals, MAXV), c->dim);
         for (int h = 0; h < c->n_heads; h++)
-            memcpy(got + h * hs, kv_model_q(r, l) + ((size_t)h * np + STEPS) * hs,
+            memcpy(got + h * hs, kv_model_q(r, l) + ((size_t)h * np + last) * hs,
                    (size_t)hs * sizeof(float));
         assert_close(got, vals, c->dim, 1e-4, "q (last position)");
         assert_non_null(fgets(line, sizeof line, p));
-        assert_int_equal(parse_values(line, "k", l, vals, 1024), c->kv_dim);
+        assert_int_equal(parse_values(line, "k", l, vals, MAXV), c->kv_dim);
         for (int g = 0; g < c->n_kv_heads; g++)
-            memcpy(got + g * hs, kv_model_k(r, l) + ((size_t)g * np + STEPS) * hs,
+            memcpy(got + g * hs, kv_model_k(r, l) + ((size_t)g * np + last) * hs,
                    (size_t)hs * sizeof(float));
         assert_close(got, vals, c->kv_dim, 1e-4, "k (last position)");
     }
     assert_non_null(fgets(line, sizeof line, p));
-    assert_int_equal(parse_values(line, "logits", -1, vals, 1024), c->vocab_size);
+    assert_int_equal(parse_values(line, "logits", -1, vals, MAXV), c->vocab_size);
     assert_close(kv_model_logits(r), vals, c->vocab_size, 1e-4, "logits (last position)");
+    for (int l = 0; l < c->n_layers; l++) {
+        assert_non_null(fgets(line, sizeof line, p));
+        assert_int_equal(parse_values(line, "attn", l, vals, MAXV), c->n_heads * np);
+        for (int h = 0; h < c->n_heads; h++)
+            memcpy(got + h * np, kv_model_attn(r, l, h), (size_t)np * sizeof(float));
+        assert_close(got, vals, c->n_heads * np, 1e-5, "attention rows (last position)");
+    }
     assert_int_equal(pclose(p), 0);
+    free(ids);
     kv_model_run_free(r);
+    kv_model_free(m);
+}
+
+static void test_matches_numpy_reference(void **state)
+{
+    (void)state;
+    compare_with_reference(kv_test_model_path(), NULL, 0, 16);
+}
+
+/* stories15M: head size 48, no GQA, a 32,000-token vocabulary; the prompt " Once upon"
+ * (ids 9038, 2501) goes through kv_model_prefill. */
+static void test_stories15m_matches_numpy_reference(void **state)
+{
+    (void)state;
+    static const int prompt[] = {9038, 2501};
+    compare_with_reference(kv_test_models_file("stories15M.bin"), prompt, 2, 24);
+}
+
+/* A prefill of n positions gives the bits of n single steps: every record, the logits
+ * and the last position's attention rows. 37 positions cross a 32-position chunk and
+ * leave remainders of the four-position tiles; hidden_dim 172 leaves a partial panel. */
+static void test_prefill_equals_steps(void **state)
+{
+    (void)state;
+    enum { N = 37 };
+    kv_model *m = NULL;
+    kv_model_run *a = NULL, *b = NULL;
+    char err[512] = "";
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
+        fail_msg("%s", err);
+    const kv_model_config *c = kv_model_get_config(m);
+    int tokens[N];
+    for (int i = 0; i < N; i++)
+        tokens[i] = i == 0 ? 1 : (i * 37 + 11) % c->vocab_size;
+    assert_int_equal(kv_model_run_create(m, N + 1, &a, err, sizeof err), 0);
+    assert_int_equal(kv_model_run_create(m, N + 1, &b, err, sizeof err), 0);
+    assert_int_equal(kv_model_prefill(a, tokens, N, 0, err, sizeof err), 0);
+    for (int t = 0; t < N; t++)
+        assert_int_equal(kv_model_step(b, tokens[t], t, err, sizeof err), 0);
+    size_t np = N + 1;
+    for (int l = 0; l < c->n_layers; l++) {
+        assert_memory_equal(kv_model_q(a, l), kv_model_q(b, l), np * c->dim * sizeof(float));
+        assert_memory_equal(kv_model_k(a, l), kv_model_k(b, l), np * c->kv_dim * sizeof(float));
+        assert_memory_equal(kv_model_v(a, l), kv_model_v(b, l), np * c->kv_dim * sizeof(float));
+        for (int h = 0; h < c->n_heads; h++)
+            assert_memory_equal(kv_model_attn(a, l, h), kv_model_attn(b, l, h),
+                                N * sizeof(float));
+    }
+    assert_memory_equal(kv_model_logits(a), kv_model_logits(b),
+                        (size_t)c->vocab_size * sizeof(float));
+    /* the next step continues either run alike; a wrong position is refused */
+    assert_int_equal(kv_model_prefill(a, tokens, 1, N - 1, err, sizeof err), KV_EMODEL_ARG);
+    assert_int_equal(kv_model_step(a, 5, N, err, sizeof err), 0);
+    assert_int_equal(kv_model_step(b, 5, N, err, sizeof err), 0);
+    assert_memory_equal(kv_model_logits(a), kv_model_logits(b),
+                        (size_t)c->vocab_size * sizeof(float));
+    kv_model_run_free(a);
+    kv_model_run_free(b);
     kv_model_free(m);
 }
 
@@ -362,6 +463,8 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_greedy_ids_pinned),
         cmocka_unit_test(test_matches_numpy_reference),
+        cmocka_unit_test(test_stories15m_matches_numpy_reference),
+        cmocka_unit_test(test_prefill_equals_steps),
         cmocka_unit_test(test_step_rejects_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,9 +27,9 @@
 
 static const char *const figure_names[] = {
     "recall_steps", "memory_steps", "recall_budget", "recall_bytes", "retention_map",
-    "head_recall",
+    "head_recall", "retention_text",
 };
-#define N_FIGURES 6
+#define N_FIGURES 7
 
 /* The payloads: each would create $KV_PWNED if it reached a shell (through quotes of
  * either kind, $(...) or backquotes) or gnuplot's parser (a string constant broken open,

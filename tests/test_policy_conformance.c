@@ -19,6 +19,7 @@
  *      - a policy does not hold on to the row it was shown (the driver overwrites the
  *        row's buffers with NaN and -1 after observe);
  *      - two replays give the same kept sets (determinism).
+ *    Policies that read keys and values (ops->needs) get small-integer vectors.
  * 3. Oracles: for every registered rule but `random`, a naive reference written here
  *    from the README's rules (dense history of every observed row and the full
  *    trace, scores recomputed from scratch at every step, ranking by qsort) must choose
@@ -512,10 +513,127 @@ static size_t oracle_lookahead(const oracle_in *in, unsigned char *keep)
     return 0;
 }
 
+/* The key and value vectors handed to policies that read them (ops->needs): small
+ * integers, so equal norms are exact ties. Filled by make_kv. */
+#define KV_DIM 4
+static float keys_of[T_TOKENS * KV_DIM], values_of[T_TOKENS * KV_DIM];
+
+static void make_kv(unsigned long seed)
+{
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    assert_non_null(rng);
+    gsl_rng_set(rng, seed);
+    for (int i = 0; i < T_TOKENS * KV_DIM; i++) {
+        keys_of[i] = (float)((int)gsl_rng_uniform_int(rng, 7) - 3);
+        values_of[i] = (float)((int)gsl_rng_uniform_int(rng, 5) - 2);
+    }
+    gsl_rng_free(rng);
+}
+
+/* The window's positions kept, the B - window best of the others by score[]. */
+static void keep_window_and_best(const oracle_in *in, int window, const double *score,
+                                 unsigned char *keep)
+{
+    int cand[T_TOKENS], n_cand = in->n - window;
+    if (in->n <= in->hs->B) {
+        keep_all(in->n, keep);
+        return;
+    }
+    for (int c = 0; c < in->n; c++) {
+        keep[c] = c >= n_cand;
+        if (c < n_cand)
+            cand[c] = c;
+    }
+    sort_keep(score, in->pos, cand, n_cand, in->hs->B - window, keep);
+}
+
+static double sq_norm(const float *x)
+{
+    double s = 0;
+    for (int e = 0; e < KV_DIM; e++)
+        s += (double)x[e] * x[e];
+    return s;
+}
+
+/* knorm: minus the key's L2 norm. */
+static size_t oracle_knorm(const oracle_in *in, unsigned char *keep)
+{
+    double score[T_TOKENS];
+    for (int c = 0; c < in->n; c++)
+        score[c] = -sqrt(sq_norm(keys_of + in->pos[c] * KV_DIM));
+    keep_window_and_best(in, (int)param(in->ops, in->v, "window"), score, keep);
+    return 0;
+}
+
+/* keydiff: minus the cosine to the mean unit key of the ranked (non-window) positions. */
+static size_t oracle_keydiff(const oracle_in *in, unsigned char *keep)
+{
+    int window = (int)param(in->ops, in->v, "window"), n_cand = in->n - window;
+    double bar[KV_DIM] = { 0 }, score[T_TOKENS], nbar = 0;
+    for (int c = 0; c < n_cand; c++) {
+        const float *k = keys_of + in->pos[c] * KV_DIM;
+        double nk = sqrt(sq_norm(k));
+        for (int e = 0; e < KV_DIM && nk > 0; e++)
+            bar[e] += k[e] / nk;
+    }
+    for (int e = 0; e < KV_DIM; e++) {
+        bar[e] /= n_cand > 0 ? n_cand : 1;
+        nbar += bar[e] * bar[e];
+    }
+    nbar = sqrt(nbar);
+    for (int c = 0; c < in->n; c++) {
+        const float *k = keys_of + in->pos[c] * KV_DIM;
+        double dot = 0, nk = sqrt(sq_norm(k));
+        for (int e = 0; e < KV_DIM; e++)
+            dot += k[e] * bar[e];
+        score[c] = nk > 0 && nbar > 0 ? -dot / (nk * nbar) : 0;
+    }
+    keep_window_and_best(in, window, score, keep);
+    return 0;
+}
+
+/* cur: local-group-normalised key and value leverages, combined, sinks at 1. */
+static size_t oracle_cur(const oracle_in *in, unsigned char *keep)
+{
+    int window = (int)param(in->ops, in->v, "window"), n_cand = in->n - window;
+    int sinks = (int)param(in->ops, in->v, "sinks"), local = (int)param(in->ops, in->v, "local");
+    int lev = (int)param(in->ops, in->v, "leverage");
+    double k2[T_TOKENS], v2[T_TOKENS], score[T_TOKENS], total = 0;
+    for (int c = 0; c < n_cand; c++) {
+        k2[c] = sq_norm(keys_of + in->pos[c] * KV_DIM);
+        v2[c] = sq_norm(values_of + in->pos[c] * KV_DIM);
+    }
+    for (int g = 0; g < n_cand; g += local) {
+        double sk = 0, sv = 0;
+        for (int c = g; c < g + local && c < n_cand; c++)
+            sk += k2[c], sv += v2[c];
+        for (int c = g; c < g + local && c < n_cand; c++) {
+            k2[c] = sk > 0 ? k2[c] / sk : 0;
+            v2[c] = sv > 0 ? v2[c] / sv : 0;
+        }
+    }
+    for (int c = 0; c < n_cand; c++) {
+        score[c] = lev == 0 ? k2[c] * v2[c] : lev == 1 ? k2[c] : lev == 2 ? v2[c]
+                                                                 : (k2[c] + v2[c]) / 2;
+        total += score[c];
+    }
+    for (int c = 0; c < in->n; c++) {
+        if (c >= n_cand)
+            score[c] = 0;
+        else if (total > 0)
+            score[c] /= total;
+        if (in->pos[c] < sinks)
+            score[c] = 1.0;
+    }
+    keep_window_and_best(in, window, score, keep);
+    return 0;
+}
+
 static const struct {
     const char *name;
     oracle_fn fn;
 } oracles[] = {
+    { "knorm", oracle_knorm },   { "keydiff", oracle_keydiff }, { "cur", oracle_cur },
     { "full", oracle_full },     { "window", oracle_window },
     { "streamingllm", oracle_streamingllm }, { "h2o", oracle_h2o },
     { "snapkv", oracle_snapkv }, { "morphkv", oracle_morphkv },
@@ -631,7 +749,7 @@ static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const
 {
     enum { T = T_TOKENS, P = P_PROMPT };
     kv_policy_ctx ctx = { .budget = B, .group_size = g, .n_tokens = T, .prefill_len = P,
-                          .layer = 1, .kv_head = 2, .seed = 99 };
+                          .layer = 1, .kv_head = 2, .seed = 99, .head_dim = KV_DIM };
     void *st = ops->create(v, &ctx);
     assert_non_null(st);
     history hs = { T, P, B, g, calloc((size_t)T * g * T, sizeof(double)),
@@ -692,7 +810,8 @@ static uint64_t replay(const kv_policy_ops *ops, const kv_param_values *v, const
             assert_true(ops->meta_bytes(st, n + 1) >= meta);
         }
         kv_cache_view view = { .t = t, .n = n, .pos = pos, .budget = B,
-                               .is_prefill_end = t == P - 1 };
+                               .is_prefill_end = t == P - 1, .keys = keys_of,
+                               .values = values_of, .head_dim = KV_DIM };
         memset(keep, 9, sizeof keep);
         ops->select(st, &view, keep);
         int kept = 0;
@@ -746,6 +865,9 @@ static const char *const extra_settings[] = {
     "morphkv:window=15,evict_every=2,gqa=logit",
     "tova:gqa=max",
     "random:seed=5",
+    "knorm:window=1", "knorm:window=8", "keydiff:window=1", "keydiff:window=8",
+    "cur:window=3", "cur:sinks=0", "cur:local=1", "cur:local=5,sinks=2,window=1",
+    "cur:leverage=key,local=7",
     "lookahead:horizon=1", "lookahead:horizon=7", "lookahead:horizon=149",
     "lookahead:horizon=150",
 };
@@ -799,6 +921,7 @@ static void test_replays(void **state)
     const int groups[N_GROUPS] = { 1, 3, 4 };
     double *const traces[N_GROUPS] = { make_trace(7, groups[0]), make_trace(8, groups[1]),
                                        make_trace(9, groups[2]) };
+    make_kv(11);
     for (int i = 0; kv_policy_registry[i] != NULL; i++) {
         const kv_policy_ops *ops = kv_policy_registry[i];
         kv_param_values v;
@@ -832,7 +955,13 @@ static void test_replays(void **state)
         if (runs == 0)
             fail_msg("%s: no budget was accepted", ops->name);
     }
-    /* Every published rule met its oracle, at many steps. */
+    /* Every registered rule but random's has an oracle here, and met it at many steps. */
+    for (int i = 0; kv_policy_registry[i] != NULL; i++) {
+        int which;
+        if (strcmp(kv_policy_registry[i]->name, "random") != 0 &&
+            !find_oracle(kv_policy_registry[i]->name, &which))
+            fail_msg("%s has no oracle in this test", kv_policy_registry[i]->name);
+    }
     for (int i = 0; i < N_ORACLES; i++)
         if (oracle_runs[i] < 1000)
             fail_msg("oracle %s ran only %d times", oracles[i].name, oracle_runs[i]);

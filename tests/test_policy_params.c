@@ -166,13 +166,13 @@ static void test_registry_lookup(void **state)
     (void)state;
     static const char *const names[] = { "full", "window", "streamingllm", "h2o", "snapkv",
                                          "morphkv", "tova", "random", "oracle", "lookahead",
-                                         NULL };
+                                         "knorm", "keydiff", "cur", NULL };
     for (int i = 0; names[i] != NULL; i++) {
         assert_non_null(kv_policy_registry[i]);
         assert_string_equal(kv_policy_registry[i]->name, names[i]);
         assert_ptr_equal(kv_policy_find(names[i]), kv_policy_registry[i]);
     }
-    assert_null(kv_policy_registry[10]);
+    assert_null(kv_policy_registry[13]);
     assert_null(kv_policy_find("H2O"));
     assert_null(kv_policy_find("lru"));
     assert_string_equal(kv_policy_suggest("morpkv"), "morphkv");

@@ -14,16 +14,16 @@
  *      e. xb = RMSNorm(x) * FFN gain; x += w2 (silu(w1 xb) * (w3 xb))
  *   3. logits = classifier (RMSNorm(x) * final gain)
  *
- * Bit-reproducibility (model.h) is why the matrix-vector products are plain loops rather
- * than BLAS: an optimised BLAS picks its kernel, and so its summation order, by CPU, and
- * one rounding difference changes a sampled token and every trace value after it. The
- * model is tiny (264K weights), so a 512-token capture takes well under a second anyway.
+ * Bit-reproducibility (model.h) is why the matrix products are our own panel kernels
+ * (see "panels of weights" below) rather than BLAS calls: each output is summed in input
+ * order, as a plain loop would, while the positions of a prefill share each weight load.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #endif
 
 #include "traces/model.h"
+#include "traces/trace.h"
 
 #include <errno.h>
 #include <math.h>
@@ -54,10 +54,16 @@ static const char *const tensor_names[N_TENSORS] = {
 
 struct kv_model {
     kv_model_config cfg;
-    float *data;                     /* every float after the header, owned */
-    const float *w[N_TENSORS];       /* into data; w[W_CLS] = embedding when shared */
+    float *data;                     /* the file's floats while loading, then NULL */
+    float *store;                    /* the weights as the forward pass reads them, owned */
+    /* into store: matrices in panels (see pack_weights), vectors as in the file;
+     * w[W_CLS] = w[W_EMB] when shared, w[W_ROPE_TABLES] NULL (not kept) */
+    const float *w[N_TENSORS];
+    size_t layer_stride[N_TENSORS];  /* floats from one layer's matrix to the next */
     char sha256[KV_MODEL_SHA256_HEX];
 };
+
+static int pack_weights(kv_model *m);
 
 /* ------------------------------------------------------------------ loading */
 
@@ -262,12 +268,15 @@ static int map_tensors(kv_model *m, const char *path, char *err, size_t err_len)
 int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
 {
     *out = NULL;
+    struct stat st;
+    /* a FIFO would block fopen; a missing file is reported by fopen below */
+    if (stat(path, &st) == 0 && kv_check_regular_file(path, err, err_len) != 0)
+        return KV_EMODEL_IO;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, err_len, "%s: cannot open the checkpoint: %s", path, strerror(errno));
         return KV_EMODEL_IO;
     }
-    struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(err, err_len, "%s: not a regular file", path);
         fclose(f);
@@ -305,6 +314,10 @@ int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
         floats_from_le(m->data, (size_t)n_floats);
         rc = map_tensors(m, path, err, err_len);
     }
+    if (!rc && pack_weights(m) != KV_MODEL_OK) {
+        snprintf(err, err_len, "%s: out of memory for the packed weights", path);
+        rc = KV_EMODEL_NOMEM;
+    }
     if (rc) {
         kv_model_free(m);
         return rc;
@@ -322,26 +335,250 @@ void kv_model_free(kv_model *m)
     if (!m)
         return;
     free(m->data);
+    free(m->store);
     free(m);
 }
 
+/* ------------------------------------------------------------ panels of weights */
+
+/*
+ * Why panels: the forward pass multiplies every weight matrix W [n_out, n_in] by one or
+ * more input vectors. A plain loop per output (y[i] = sum over j, in order) is exact and
+ * machine-independent but runs at about 1 GFLOP/s; an optimised BLAS is faster but picks
+ * its kernel, and so its summation order, by CPU, and sums prefill (matrix-matrix) and
+ * decode (matrix-vector) positions in different orders, so one rounding difference would
+ * change a sampled token and every trace value after it. Instead each matrix is stored in
+ * panels of PANEL rows, input-major: panel p holds W[p*PANEL + lane][j] at
+ * (p * n_in + j) * PANEL + lane, rows past n_out zero. A SIMD register then holds PANEL
+ * outputs, each summed over j in input order with a separate multiply and add, exactly
+ * like the plain loop, while the weights stream contiguously and, for a batch of
+ * positions, are reused from registers. Measured against OpenBLAS in tests/bench.c.
+ */
+#define PANEL 8
+#define ALIGN_FLOATS 16 /* tensors start on 64-byte boundaries */
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* Rows and columns of one layer's matrix of tensor t; 0 rows when t is not a matrix. */
+static void matrix_shape(const kv_model_config *c, int t, int *n_out, int *n_in)
+{
+    *n_out = 0;
+    *n_in = c->dim;
+    switch (t) {
+    case W_WQ: case W_WO: *n_out = c->dim; break;
+    case W_WK: case W_WV: *n_out = c->kv_dim; break;
+    case W_W1: case W_W3: *n_out = c->hidden_dim; break;
+    case W_W2: *n_out = c->dim; *n_in = c->hidden_dim; break;
+    case W_CLS: *n_out = c->vocab_size; break;
+    default: break;
+    }
+}
+
+/* Copies one row-major matrix src [n_out, n_in] into panels at dst (zero padded). */
+static void pack_panels(float *dst, const float *src, int n_out, int n_in)
+{
+    size_t ni = (size_t)n_in, n_rows = round_up((size_t)n_out, PANEL);
+    for (size_t i = 0; i < n_rows; i++)
+        for (size_t j = 0; j < ni; j++)
+            dst[((i / PANEL) * ni + j) * PANEL + i % PANEL] =
+                i < (size_t)n_out ? src[i * ni + j] : 0.0f;
+}
+
+/* Floats tensor t takes in the store: its matrices in panels, or its file size. */
+static size_t stored_floats(const kv_model_config *c, int t, const uint64_t file_n[N_TENSORS],
+                            size_t *layer_stride)
+{
+    int n_out, n_in;
+    matrix_shape(c, t, &n_out, &n_in);
+    *layer_stride = 0;
+    if (t == W_ROPE_TABLES || (t == W_EMB && c->shared_classifier))
+        return 0;
+    if (n_out == 0)
+        return round_up((size_t)file_n[t], ALIGN_FLOATS);
+    *layer_stride = round_up((size_t)n_out, PANEL) * (size_t)n_in;
+    size_t layers = t == W_CLS ? 1 : (size_t)c->n_layers;
+    return round_up(layers * *layer_stride, ALIGN_FLOATS);
+}
+
+/* Moves the weights from m->data (file layout, m->w into it) into m->store: matrices in
+ * panels, vectors copied, RoPE tables dropped; frees m->data. Returns 0 or
+ * KV_EMODEL_NOMEM (m unchanged). */
+static int pack_weights(kv_model *m)
+{
+    const kv_model_config *c = &m->cfg;
+    uint64_t file_n[N_TENSORS];
+    tensor_sizes(c, file_n);
+    size_t offset[N_TENSORS], size[N_TENSORS], stride[N_TENSORS], total = 0;
+    for (int t = 0; t < N_TENSORS; t++) {
+        offset[t] = total;
+        size[t] = stored_floats(c, t, file_n, &stride[t]);
+        total += size[t];
+    }
+    float *store = aligned_alloc(64, total * sizeof(float));
+    if (!store)
+        return KV_EMODEL_NOMEM;
+    const float *cls = m->cfg.shared_classifier ? m->w[W_EMB] : m->w[W_CLS];
+    for (int t = 0; t < N_TENSORS; t++) {
+        int n_out, n_in;
+        matrix_shape(c, t, &n_out, &n_in);
+        const float *src = t == W_CLS ? cls : m->w[t];
+        size_t layers = t == W_CLS ? 1 : (size_t)c->n_layers;
+        if (stride[t])
+            for (size_t l = 0; l < layers; l++)
+                pack_panels(store + offset[t] + l * stride[t],
+                            src + l * (size_t)n_out * (size_t)n_in, n_out, n_in);
+        else if (size[t])
+            memcpy(store + offset[t], src, (size_t)file_n[t] * sizeof(float));
+    }
+    for (int t = 0; t < N_TENSORS; t++) {
+        m->w[t] = store + offset[t];
+        m->layer_stride[t] = stride[t];
+    }
+    m->w[W_ROPE_TABLES] = NULL;
+    if (c->shared_classifier)
+        m->w[W_EMB] = m->w[W_CLS];
+    free(m->data);
+    m->data = NULL;
+    m->store = store;
+    return KV_MODEL_OK;
+}
+
+/* The panels of layer l's matrix of tensor t (l = 0 for the classifier). */
+static const float *layer_weights(const kv_model *m, int t, int l)
+{
+    return m->w[t] + (size_t)l * m->layer_stride[t];
+}
+
+/* Step 1: the embedding row of token into x [dim]; read from the classifier's panels when
+ * the two are shared. */
+static void embedding_row(const kv_model *m, int token, float *x)
+{
+    size_t d = (size_t)m->cfg.dim, tok = (size_t)token;
+    if (!m->cfg.shared_classifier) {
+        memcpy(x, m->w[W_EMB] + tok * d, d * sizeof(float));
+        return;
+    }
+    const float *panel = m->w[W_CLS] + (tok / PANEL) * d * PANEL;
+    for (size_t j = 0; j < d; j++)
+        x[j] = panel[j * PANEL + tok % PANEL];
+}
+
+typedef float v8f __attribute__((vector_size(PANEL * sizeof(float))));
+
+/* Writes the valid outputs of panel p (rows p*PANEL.. below n_out) from acc into y. */
+static inline __attribute__((always_inline)) void store_panel(float *y, int p,
+                                                             const v8f *acc, int n_out)
+{
+    int n = n_out - p * PANEL < PANEL ? n_out - p * PANEL : PANEL;
+    memcpy(y + (size_t)p * PANEL, acc, (size_t)n * sizeof(float));
+}
+
+/* One position, panels p..p+3: four independent sums keep the adder busy. */
+static inline __attribute__((always_inline)) void
+tile_1x4(float *y, const float *P, const float *x, int p, int n_out, int n_in)
+{
+    const v8f *w = (const v8f *)(P + (size_t)p * (size_t)n_in * PANEL);
+    size_t ni = (size_t)n_in;
+    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t j = 0; j < ni; j++) {
+        v8f xj = (v8f){0} + x[j];
+        a0 = a0 + w[j] * xj;
+        a1 = a1 + w[ni + j] * xj;
+        a2 = a2 + w[2 * ni + j] * xj;
+        a3 = a3 + w[3 * ni + j] * xj;
+    }
+    store_panel(y, p, &a0, n_out);
+    store_panel(y, p + 1, &a1, n_out);
+    store_panel(y, p + 2, &a2, n_out);
+    store_panel(y, p + 3, &a3, n_out);
+}
+
+/* One position, panel p. */
+static inline __attribute__((always_inline)) void
+tile_1x1(float *y, const float *P, const float *x, int p, int n_out, int n_in)
+{
+    const v8f *w = (const v8f *)(P + (size_t)p * (size_t)n_in * PANEL);
+    v8f a = {0};
+    for (size_t j = 0; j < (size_t)n_in; j++)
+        a = a + w[j] * ((v8f){0} + x[j]);
+    store_panel(y, p, &a, n_out);
+}
+
+/* Four positions (rows of x and y n_in and n_out apart), panels p and p+1: each weight
+ * load serves four positions. */
+static inline __attribute__((always_inline)) void
+tile_4x2(float *y, const float *P, const float *x, int p, int n_out, int n_in)
+{
+    size_t ni = (size_t)n_in, no = (size_t)n_out;
+    const v8f *w = (const v8f *)(P + (size_t)p * ni * PANEL);
+    const float *x0 = x, *x1 = x + ni, *x2 = x + 2 * ni, *x3 = x + 3 * ni;
+    v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0},
+        a31 = {0};
+    for (size_t j = 0; j < ni; j++) {
+        v8f u = w[j], v = w[ni + j];
+        v8f b0 = (v8f){0} + x0[j], b1 = (v8f){0} + x1[j];
+        v8f b2 = (v8f){0} + x2[j], b3 = (v8f){0} + x3[j];
+        a00 = a00 + u * b0, a01 = a01 + v * b0;
+        a10 = a10 + u * b1, a11 = a11 + v * b1;
+        a20 = a20 + u * b2, a21 = a21 + v * b2;
+        a30 = a30 + u * b3, a31 = a31 + v * b3;
+    }
+    store_panel(y, p, &a00, n_out), store_panel(y, p + 1, &a01, n_out);
+    store_panel(y + no, p, &a10, n_out), store_panel(y + no, p + 1, &a11, n_out);
+    store_panel(y + 2 * no, p, &a20, n_out), store_panel(y + 2 * no, p + 1, &a21, n_out);
+    store_panel(y + 3 * no, p, &a30, n_out), store_panel(y + 3 * no, p + 1, &a31, n_out);
+}
+
+/*
+ * y[b * n_out + i] = sum over j = 0..n_in-1, in order, of W[i][j] * x[b * n_in + j], for
+ * n positions b, W in panels at P. Every output is the plain loop's float sum, bit for
+ * bit, whatever n, the tile or the instruction set: the clones differ only in register
+ * width, and contraction into FMA is off (C11 mode for GCC, the pragma for clang).
+ */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
+__attribute__((target_clones("avx", "default")))
+#endif
+static void panel_matmul(float *y, const float *P, const float *x, int n, int n_out, int n_in)
+{
+    int n_panels = (n_out + PANEL - 1) / PANEL, b = 0;
+    size_t ni = (size_t)n_in, no = (size_t)n_out;
+    for (; b + 4 <= n; b += 4) {
+        int p = 0;
+        for (; p + 2 <= n_panels; p += 2)
+            tile_4x2(y + (size_t)b * no, P, x + (size_t)b * ni, p, n_out, n_in);
+        for (int e = 0; p < n_panels && e < 4; e++)
+            tile_1x1(y + (size_t)(b + e) * no, P, x + (size_t)(b + e) * ni, p, n_out, n_in);
+    }
+    for (; b < n; b++) {
+        int p = 0;
+        for (; p + 4 <= n_panels; p += 4)
+            tile_1x4(y + (size_t)b * no, P, x + (size_t)b * ni, p, n_out, n_in);
+        for (; p < n_panels; p++)
+            tile_1x1(y + (size_t)b * no, P, x + (size_t)b * ni, p, n_out, n_in);
+    }
+}
+
 /* ------------------------------------------------------------ forward pass */
+
+/* Positions run together through the weights: the scratch of a run holds this many. */
+#define BATCH 32
 
 struct kv_model_run {
     const kv_model *m;
     int n_pos;   /* capacity, positions */
     int n_done;  /* positions run so far */
-    float *x;    /* residual stream [dim] */
-    float *xb;   /* normed input / branch output [dim] */
-    float *xb2;  /* concatenated head outputs [dim] */
-    float *q;    /* current query [dim] */
-    float *k;    /* current key [kv_dim] */
-    float *v;    /* current value [kv_dim] */
-    float *hb;   /* FFN gate [hidden_dim] */
-    float *hb2;  /* FFN up [hidden_dim] */
-    float *rope; /* cos, sin per pair of the current position [head_size] */
-    float *logits;                 /* [vocab_size] */
-    float *att;                    /* [n_layers][n_heads][n_pos], rows of the last step */
+    /* scratch, BATCH positions each, position b at offset b * width */
+    float *x;    /* residual stream [BATCH][dim] */
+    float *xb;   /* normed input / branch output [BATCH][dim] */
+    float *xb2;  /* concatenated head outputs [BATCH][dim] */
+    float *q;    /* queries [BATCH][dim] */
+    float *k;    /* keys [BATCH][kv_dim] */
+    float *v;    /* values [BATCH][kv_dim] */
+    float *hb;   /* FFN gate [BATCH][hidden_dim] */
+    float *hb2;  /* FFN up [BATCH][hidden_dim] */
+    float *rope; /* cos, sin per pair of each position [BATCH][head_size] */
+    float *logits;                 /* [vocab_size], after the last position run */
+    float *att;                    /* [n_layers][n_heads][n_pos], rows of the last position */
     float *rec_q, *rec_k, *rec_v;  /* records, layout in model.h */
 };
 
@@ -372,16 +609,16 @@ int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out, char *
     }
     r->m = m;
     r->n_pos = n_pos;
-    size_t np = (size_t)n_pos, nl = (size_t)c->n_layers;
-    r->x = calloc((size_t)c->dim, sizeof(float));
-    r->xb = calloc((size_t)c->dim, sizeof(float));
-    r->xb2 = calloc((size_t)c->dim, sizeof(float));
-    r->q = calloc((size_t)c->dim, sizeof(float));
-    r->k = calloc((size_t)c->kv_dim, sizeof(float));
-    r->v = calloc((size_t)c->kv_dim, sizeof(float));
-    r->hb = calloc((size_t)c->hidden_dim, sizeof(float));
-    r->hb2 = calloc((size_t)c->hidden_dim, sizeof(float));
-    r->rope = calloc((size_t)c->head_size, sizeof(float));
+    size_t np = (size_t)n_pos, nl = (size_t)c->n_layers, nb = BATCH;
+    r->x = calloc(nb * (size_t)c->dim, sizeof(float));
+    r->xb = calloc(nb * (size_t)c->dim, sizeof(float));
+    r->xb2 = calloc(nb * (size_t)c->dim, sizeof(float));
+    r->q = calloc(nb * (size_t)c->dim, sizeof(float));
+    r->k = calloc(nb * (size_t)c->kv_dim, sizeof(float));
+    r->v = calloc(nb * (size_t)c->kv_dim, sizeof(float));
+    r->hb = calloc(nb * (size_t)c->hidden_dim, sizeof(float));
+    r->hb2 = calloc(nb * (size_t)c->hidden_dim, sizeof(float));
+    r->rope = calloc(nb * (size_t)c->head_size, sizeof(float));
     r->logits = calloc((size_t)c->vocab_size, sizeof(float));
     r->att = calloc(nl * (size_t)c->n_heads * np, sizeof(float));
     r->rec_q = calloc(nl * np * (size_t)c->dim, sizeof(float));
@@ -397,18 +634,6 @@ int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out, char *
     return KV_MODEL_OK;
 }
 
-/* y[i] = sum_j w[i * n_in + j] x[j], i < n_out; summed in index order (see the top). */
-static void matvec(float *y, const float *w, const float *x, int n_out, int n_in)
-{
-    for (int i = 0; i < n_out; i++) {
-        const float *row = w + (size_t)i * (size_t)n_in;
-        float s = 0.0f;
-        for (int j = 0; j < n_in; j++)
-            s += row[j] * x[j];
-        y[i] = s;
-    }
-}
-
 /* out = x / sqrt(mean(x^2) + eps) * gain. out may alias x. */
 static void rmsnorm(float *out, const float *x, const float *gain, int n)
 {
@@ -419,6 +644,13 @@ static void rmsnorm(float *out, const float *x, const float *gain, int n)
     float inv = (float)(1.0 / sqrt((double)ss));
     for (int i = 0; i < n; i++)
         out[i] = gain[i] * (inv * x[i]);
+}
+
+/* The same RMSNorm on n rows of width dim. */
+static void rmsnorm_rows(float *out, const float *x, const float *gain, int n, int dim)
+{
+    for (int b = 0; b < n; b++)
+        rmsnorm(out + (size_t)b * (size_t)dim, x + (size_t)b * (size_t)dim, gain, dim);
 }
 
 /* cos and sin of each pair's angle at pos: rope[j] = cos, rope[j + 1] = sin, j even. */
@@ -443,29 +675,32 @@ static void rope_apply(float *vec, int n, const float *rope, int head_size)
     }
 }
 
-/* Copies the current q, k, v of layer l into the records at pos. */
-static void record_qkv(kv_model_run *r, int l, int pos)
+/* Copies the q, k, v of batch slot b into the records of layer l at pos. */
+static void record_qkv(kv_model_run *r, int l, int b, int pos)
 {
     const kv_model_config *c = &r->m->cfg;
     size_t hs = (size_t)c->head_size, np = (size_t)r->n_pos;
+    const float *q = r->q + (size_t)b * (size_t)c->dim;
+    const float *k = r->k + (size_t)b * (size_t)c->kv_dim;
+    const float *v = r->v + (size_t)b * (size_t)c->kv_dim;
     float *rq = r->rec_q + (size_t)l * (size_t)c->n_heads * np * hs;
     float *rk = r->rec_k + (size_t)l * (size_t)c->n_kv_heads * np * hs;
     float *rv = r->rec_v + (size_t)l * (size_t)c->n_kv_heads * np * hs;
     for (int h = 0; h < c->n_heads; h++)
-        memcpy(rq + ((size_t)h * np + (size_t)pos) * hs, r->q + (size_t)h * hs,
+        memcpy(rq + ((size_t)h * np + (size_t)pos) * hs, q + (size_t)h * hs,
                hs * sizeof(float));
     for (int g = 0; g < c->n_kv_heads; g++) {
-        memcpy(rk + ((size_t)g * np + (size_t)pos) * hs, r->k + (size_t)g * hs,
+        memcpy(rk + ((size_t)g * np + (size_t)pos) * hs, k + (size_t)g * hs,
                hs * sizeof(float));
-        memcpy(rv + ((size_t)g * np + (size_t)pos) * hs, r->v + (size_t)g * hs,
+        memcpy(rv + ((size_t)g * np + (size_t)pos) * hs, v + (size_t)g * hs,
                hs * sizeof(float));
     }
 }
 
-/* Step 2c: every query head of layer l attends over keys 0..pos; the softmax row goes to
- * r->att, the head outputs to r->xb2. Exponentials in double rounded to float (see top),
- * the normaliser in double. */
-static void attention(kv_model_run *r, int l, int pos)
+/* Step 2c for batch slot b at position pos: every query head of layer l attends over the
+ * recorded keys 0..pos; the softmax row goes to r->att, the head outputs to slot b of
+ * r->xb2. Exponentials in double rounded to float (see top), the normaliser in double. */
+static void attention(kv_model_run *r, int l, int b, int pos)
 {
     const kv_model_config *c = &r->m->cfg;
     int hs = c->head_size, group = c->n_heads / c->n_kv_heads;
@@ -473,7 +708,7 @@ static void attention(kv_model_run *r, int l, int pos)
     float scale = (float)(1.0 / sqrt((double)hs));
     for (int h = 0; h < c->n_heads; h++) {
         int g = h / group;
-        const float *qh = r->q + (size_t)h * (size_t)hs;
+        const float *qh = r->q + (size_t)b * (size_t)c->dim + (size_t)h * (size_t)hs;
         const float *kg = r->rec_k + (((size_t)l * (size_t)c->n_kv_heads + (size_t)g) * np) *
                                          (size_t)hs;
         const float *vg = r->rec_v + (((size_t)l * (size_t)c->n_kv_heads + (size_t)g) * np) *
@@ -494,7 +729,7 @@ static void attention(kv_model_run *r, int l, int pos)
         }
         for (int j = 0; j <= pos; j++)
             row[j] = (float)(row[j] / sum);
-        float *o = r->xb2 + (size_t)h * (size_t)hs;
+        float *o = r->xb2 + (size_t)b * (size_t)c->dim + (size_t)h * (size_t)hs;
         for (int d = 0; d < hs; d++)
             o[d] = 0.0f;
         for (int j = 0; j <= pos; j++)
@@ -503,66 +738,148 @@ static void attention(kv_model_run *r, int l, int pos)
     }
 }
 
-/* Step 2e: the SiLU-gated feed-forward block, added to x. */
-static void feed_forward(kv_model_run *r, int l)
+/* x[b] += y[b] for n rows of width dim. */
+static void add_rows(float *x, const float *y, int n, int dim)
+{
+    for (size_t i = 0; i < (size_t)n * (size_t)dim; i++)
+        x[i] += y[i];
+}
+
+/* Step 2e: the SiLU-gated feed-forward block of layer l, added to x, for n positions. */
+static void feed_forward(kv_model_run *r, int l, int n)
 {
     const kv_model *m = r->m;
     const kv_model_config *c = &m->cfg;
-    size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim;
-    rmsnorm(r->xb, r->x, m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
-    matvec(r->hb, m->w[W_W1] + (size_t)l * hd * d, r->xb, c->hidden_dim, c->dim);
-    matvec(r->hb2, m->w[W_W3] + (size_t)l * hd * d, r->xb, c->hidden_dim, c->dim);
-    for (int i = 0; i < c->hidden_dim; i++) {
+    rmsnorm_rows(r->xb, r->x, m->w[W_FFN_NORM] + (size_t)l * (size_t)c->dim, n, c->dim);
+    panel_matmul(r->hb, layer_weights(m, W_W1, l), r->xb, n, c->hidden_dim, c->dim);
+    panel_matmul(r->hb2, layer_weights(m, W_W3, l), r->xb, n, c->hidden_dim, c->dim);
+    for (size_t i = 0; i < (size_t)n * (size_t)c->hidden_dim; i++) {
         float a = r->hb[i];
         float silu = (float)((double)a / (1.0 + exp(-(double)a)));
         r->hb[i] = silu * r->hb2[i];
     }
-    matvec(r->xb, m->w[W_W2] + (size_t)l * d * hd, r->hb, c->dim, c->hidden_dim);
-    for (int i = 0; i < c->dim; i++)
-        r->x[i] += r->xb[i];
+    panel_matmul(r->xb, layer_weights(m, W_W2, l), r->hb, n, c->dim, c->hidden_dim);
+    add_rows(r->x, r->xb, n, c->dim);
+}
+
+/* 1 when x[0..n) are all finite (one multiply-add per value: cheap next to a matvec). */
+static int all_finite(const float *x, int n)
+{
+    float z = 0.0f;   /* x * 0 is NaN exactly when x is Inf or NaN */
+    for (int i = 0; i < n; i++)
+        z += x[i] * 0.0f;
+    return z == 0.0f;
+}
+
+/* The first of a layer's values at batch row b that is not finite, named for the message, or
+ * NULL when all are finite. */
+static const char *nonfinite_in_layer(const kv_model_run *r, int b)
+{
+    const kv_model_config *c = &r->m->cfg;
+    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    if (!all_finite(r->q + b * d, c->dim))
+        return "the queries";
+    if (!all_finite(r->k + b * kvd, c->kv_dim))
+        return "the keys";
+    if (!all_finite(r->v + b * kvd, c->kv_dim))
+        return "the values";
+    if (!all_finite(r->x + b * d, c->dim))
+        return "the residual stream";
+    return NULL;
+}
+
+static int numeric_fail(char *err, size_t err_len, int layer, int pos, const char *what)
+{
+    char where[48] = "";
+    if (layer >= 0)
+        snprintf(where, sizeof where, "layer %d, ", layer);
+    snprintf(err, err_len, "model step: %sposition %d: Inf or NaN in %s (do the checkpoint's "
+             "weights overflow float32?)", where, pos, what);
+    return KV_EMODEL_NUMERIC;
+}
+
+/* Steps 1-3 for tokens[0..n-1] (n <= BATCH) at positions pos0..pos0+n-1; arguments are
+ * checked by the caller. The positions go through each weight matrix together; each
+ * position's attention reads only keys up to itself, so the result is the same as one
+ * position at a time, bit for bit (panel_matmul sums every output in input order).
+ * Returns KV_MODEL_OK, or KV_EMODEL_NUMERIC (err says where) on the first layer value or
+ * logit that is not finite. */
+static int forward(kv_model_run *r, const int *tokens, int n, int pos0, char *err,
+                   size_t err_len)
+{
+    const kv_model *m = r->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim;
+    /* 1. */
+    for (int b = 0; b < n; b++) {
+        embedding_row(m, tokens[b], r->x + (size_t)b * d);
+        rope_angles(r->rope + (size_t)b * (size_t)c->head_size, c->head_size, pos0 + b);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        /* 2a. */
+        rmsnorm_rows(r->xb, r->x, m->w[W_ATT_NORM] + (size_t)l * d, n, c->dim);
+        panel_matmul(r->q, layer_weights(m, W_WQ, l), r->xb, n, c->dim, c->dim);
+        panel_matmul(r->k, layer_weights(m, W_WK, l), r->xb, n, c->kv_dim, c->dim);
+        panel_matmul(r->v, layer_weights(m, W_WV, l), r->xb, n, c->kv_dim, c->dim);
+        for (int b = 0; b < n; b++) {
+            /* 2b. */
+            const float *rope = r->rope + (size_t)b * (size_t)c->head_size;
+            rope_apply(r->q + (size_t)b * d, c->dim, rope, c->head_size);
+            rope_apply(r->k + (size_t)b * (size_t)c->kv_dim, c->kv_dim, rope, c->head_size);
+            record_qkv(r, l, b, pos0 + b);
+        }
+        /* 2c: after every key of the batch is recorded; position pos0 + b reads keys up to
+         * itself only. */
+        for (int b = 0; b < n; b++)
+            attention(r, l, b, pos0 + b);
+        /* 2d. */
+        panel_matmul(r->xb, layer_weights(m, W_WO, l), r->xb2, n, c->dim, c->dim);
+        add_rows(r->x, r->xb, n, c->dim);
+        /* 2e. */
+        feed_forward(r, l, n);
+        for (int b = 0; b < n; b++) {
+            const char *bad = nonfinite_in_layer(r, b);
+            if (bad)
+                return numeric_fail(err, err_len, l, pos0 + b, bad);
+        }
+    }
+    /* 3: only the last position's logits are wanted. */
+    float *last = r->x + (size_t)(n - 1) * d;
+    rmsnorm(last, last, m->w[W_FINAL_NORM], c->dim);
+    panel_matmul(r->logits, layer_weights(m, W_CLS, 0), last, 1, c->vocab_size, c->dim);
+    if (!all_finite(r->logits, c->vocab_size))
+        return numeric_fail(err, err_len, -1, pos0 + n - 1, "the next-token logits");
+    return KV_MODEL_OK;
+}
+
+int kv_model_prefill(kv_model_run *r, const int *tokens, int n, int pos, char *err,
+                     size_t err_len)
+{
+    const kv_model_config *c = &r->m->cfg;
+    if (n < 1 || pos != r->n_done || pos > r->n_pos - n) {
+        snprintf(err, err_len, "model step: %d positions from %d, expected from %d (capacity %d)",
+                 n, pos, r->n_done, r->n_pos);
+        return KV_EMODEL_ARG;
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            snprintf(err, err_len, "model step: token id %d outside 0..%d", tokens[i],
+                     c->vocab_size - 1);
+            return KV_EMODEL_ARG;
+        }
+    for (int done = 0; done < n; done += BATCH) {
+        int chunk = n - done < BATCH ? n - done : BATCH;
+        int rc = forward(r, tokens + done, chunk, pos + done, err, err_len);
+        if (rc != KV_MODEL_OK)
+            return rc;
+        r->n_done += chunk;
+    }
+    return KV_MODEL_OK;
 }
 
 int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len)
 {
-    const kv_model *m = r->m;
-    const kv_model_config *c = &m->cfg;
-    if (token < 0 || token >= c->vocab_size) {
-        snprintf(err, err_len, "model step: token id %d outside 0..%d", token,
-                 c->vocab_size - 1);
-        return KV_EMODEL_ARG;
-    }
-    if (pos != r->n_done || pos >= r->n_pos) {
-        snprintf(err, err_len, "model step: position %d, expected %d (capacity %d)", pos,
-                 r->n_done, r->n_pos);
-        return KV_EMODEL_ARG;
-    }
-    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
-    /* 1. */
-    memcpy(r->x, m->w[W_EMB] + (size_t)token * d, d * sizeof(float));
-    rope_angles(r->rope, c->head_size, pos);
-    for (int l = 0; l < c->n_layers; l++) {
-        /* 2a. */
-        rmsnorm(r->xb, r->x, m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
-        matvec(r->q, m->w[W_WQ] + (size_t)l * d * d, r->xb, c->dim, c->dim);
-        matvec(r->k, m->w[W_WK] + (size_t)l * kvd * d, r->xb, c->kv_dim, c->dim);
-        matvec(r->v, m->w[W_WV] + (size_t)l * kvd * d, r->xb, c->kv_dim, c->dim);
-        /* 2b. */
-        rope_apply(r->q, c->dim, r->rope, c->head_size);
-        rope_apply(r->k, c->kv_dim, r->rope, c->head_size);
-        record_qkv(r, l, pos);
-        /* 2c, 2d. */
-        attention(r, l, pos);
-        matvec(r->xb, m->w[W_WO] + (size_t)l * d * d, r->xb2, c->dim, c->dim);
-        for (int i = 0; i < c->dim; i++)
-            r->x[i] += r->xb[i];
-        /* 2e. */
-        feed_forward(r, l);
-    }
-    /* 3. */
-    rmsnorm(r->x, r->x, m->w[W_FINAL_NORM], c->dim);
-    matvec(r->logits, m->w[W_CLS], r->x, c->vocab_size, c->dim);
-    r->n_done++;
-    return KV_MODEL_OK;
+    return kv_model_prefill(r, &token, 1, pos, err, err_len);
 }
 
 const float *kv_model_logits(const kv_model_run *r) { return r->logits; }
@@ -589,4 +906,245 @@ const float *kv_model_v(const kv_model_run *r, int layer)
 {
     const kv_model_config *c = &r->m->cfg;
     return r->rec_v + (size_t)layer * (size_t)r->n_pos * (size_t)c->kv_dim;
+}
+
+/* ------------------------------------------------ many sequences, one position */
+
+struct kv_model_batch {
+    const kv_model *m;
+    int n;         /* sequences */
+    float *x;      /* residual streams [n][dim] */
+    float *xb;     /* normed input / branch output [n][dim] */
+    float *heads;  /* attention outputs [n][dim], the caller's to fill */
+    float *q;      /* [n][dim] */
+    float *k, *v;  /* [n][kv_dim] */
+    float *hb, *hb2;   /* FFN gate and up [n][hidden_dim] */
+    float *rope;   /* cos, sin per pair at the current position [head_size] */
+    float *logits; /* [n][vocab_size] */
+};
+
+void kv_model_batch_free(kv_model_batch *b)
+{
+    if (!b)
+        return;
+    float *bufs[] = {b->x, b->xb, b->heads, b->q, b->k, b->v, b->hb, b->hb2, b->rope,
+                     b->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(b);
+}
+
+int kv_model_batch_create(const kv_model *m, int n, kv_model_batch **out, char *err,
+                          size_t err_len)
+{
+    *out = NULL;
+    if (n < 1) {
+        snprintf(err, err_len, "model batch: %d sequences requested, need at least 1", n);
+        return KV_EMODEL_ARG;
+    }
+    const kv_model_config *c = &m->cfg;
+    kv_model_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, err_len, "model batch: out of memory");
+        return KV_EMODEL_NOMEM;
+    }
+    size_t ns = (size_t)n, d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    size_t hd = (size_t)c->hidden_dim;
+    b->m = m;
+    b->n = n;
+    b->x = calloc(ns * d, sizeof(float));
+    b->xb = calloc(ns * d, sizeof(float));
+    b->heads = calloc(ns * d, sizeof(float));
+    b->q = calloc(ns * d, sizeof(float));
+    b->k = calloc(ns * kvd, sizeof(float));
+    b->v = calloc(ns * kvd, sizeof(float));
+    b->hb = calloc(ns * hd, sizeof(float));
+    b->hb2 = calloc(ns * hd, sizeof(float));
+    b->rope = calloc((size_t)c->head_size, sizeof(float));
+    b->logits = calloc(ns * (size_t)c->vocab_size, sizeof(float));
+    if (!b->x || !b->xb || !b->heads || !b->q || !b->k || !b->v || !b->hb || !b->hb2 ||
+        !b->rope || !b->logits) {
+        kv_model_batch_free(b);
+        snprintf(err, err_len, "model batch: out of memory for %d sequences", n);
+        return KV_EMODEL_NOMEM;
+    }
+    *out = b;
+    return KV_MODEL_OK;
+}
+
+
+/* Matrix t of layer l (l = 0 for the classifier) times every sequence's input: the
+ * sequences go through the panels as a prompt's positions do, so each product is
+ * kv_model_step's, bit for bit (test_closedloop checks it). */
+static void layer_product(kv_model_batch *b, int t, int l, float *y, const float *x,
+                          int n_out, int n_in)
+{
+    panel_matmul(y, layer_weights(b->m, t, l), x, b->n, n_out, n_in);
+}
+
+void kv_model_batch_embed(kv_model_batch *b, int token, int pos)
+{
+    const kv_model *m = b->m;
+    size_t d = (size_t)m->cfg.dim;
+    for (int s = 0; s < b->n; s++)
+        embedding_row(m, token, b->x + (size_t)s * d);
+    rope_angles(b->rope, m->cfg.head_size, pos);
+}
+
+void kv_model_batch_qkv(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, kvd = (size_t)c->kv_dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_ATT_NORM] + (size_t)l * d, c->dim);
+    layer_product(b, W_WQ, l, b->q, b->xb, c->dim, c->dim);
+    layer_product(b, W_WK, l, b->k, b->xb, c->kv_dim, c->dim);
+    layer_product(b, W_WV, l, b->v, b->xb, c->kv_dim, c->dim);
+    for (int s = 0; s < b->n; s++) {
+        rope_apply(b->q + (size_t)s * d, c->dim, b->rope, c->head_size);
+        rope_apply(b->k + (size_t)s * kvd, c->kv_dim, b->rope, c->head_size);
+    }
+}
+
+const float *kv_model_batch_q(const kv_model_batch *b, int s)
+{
+    return b->q + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+const float *kv_model_batch_k(const kv_model_batch *b, int s)
+{
+    return b->k + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+const float *kv_model_batch_v(const kv_model_batch *b, int s)
+{
+    return b->v + (size_t)s * (size_t)b->m->cfg.kv_dim;
+}
+
+float *kv_model_batch_heads(kv_model_batch *b, int s)
+{
+    return b->heads + (size_t)s * (size_t)b->m->cfg.dim;
+}
+
+void kv_model_batch_mix(kv_model_batch *b, int l)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim, hd = (size_t)c->hidden_dim, all = (size_t)b->n * d;
+    /* 2d. */
+    layer_product(b, W_WO, l, b->xb, b->heads, c->dim, c->dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+    /* 2e, as feed_forward does for one sequence. */
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->xb + (size_t)s * d, b->x + (size_t)s * d,
+                m->w[W_FFN_NORM] + (size_t)l * d, c->dim);
+    layer_product(b, W_W1, l, b->hb, b->xb, c->hidden_dim, c->dim);
+    layer_product(b, W_W3, l, b->hb2, b->xb, c->hidden_dim, c->dim);
+    for (size_t i = 0; i < (size_t)b->n * hd; i++) {
+        float a = b->hb[i];
+        float silu = (float)((double)a / (1.0 + exp(-(double)a)));
+        b->hb[i] = silu * b->hb2[i];
+    }
+    layer_product(b, W_W2, l, b->xb, b->hb, c->dim, c->hidden_dim);
+    for (size_t i = 0; i < all; i++)
+        b->x[i] += b->xb[i];
+}
+
+const float *kv_model_batch_logits(kv_model_batch *b)
+{
+    const kv_model *m = b->m;
+    const kv_model_config *c = &m->cfg;
+    size_t d = (size_t)c->dim;
+    for (int s = 0; s < b->n; s++)
+        rmsnorm(b->x + (size_t)s * d, b->x + (size_t)s * d, m->w[W_FINAL_NORM], c->dim);
+    layer_product(b, W_CLS, 0, b->logits, b->x, c->vocab_size, c->dim);
+    return b->logits;
+}
+
+/* The attention loops vectorise across keys or dimensions, never inside one sum, so an
+ * AVX2 clone (gathers for the keys of A_t) rounds like the baseline one. */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
+#define ATTN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ATTN_CLONES
+#endif
+
+/* x[i] = (q . k_pos[i]) * scale for i < n (pos NULL: key i), each dot product a float sum
+ * over d in order, as the forward pass's attention. Keys run in the inner loop (each its
+ * own sum), so the loop vectorises across keys without changing any sum's order. */
+ATTN_CLONES static void attn_scores(const float *restrict q, const float *restrict k, int head_size,
+                        const int *pos, int n, float *restrict x)
+{
+    size_t hs = (size_t)head_size;
+    float scale = (float)(1.0 / sqrt((double)head_size));
+    for (int i = 0; i < n; i++)
+        x[i] = 0.0f;
+    if (!pos) {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)i * hs];
+        }
+    } else {
+        for (size_t d = 0; d < hs; d++) {
+            float qd = q[d];
+            const float *kd = k + d;
+            for (int i = 0; i < n; i++)
+                x[i] += qd * kd[(size_t)pos[i] * hs];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        x[i] = x[i] * scale;
+}
+
+/* The largest of x[pos[i]] (pos NULL: x[i]) for i < n. */
+static float attn_max(const float *x, const int *pos, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        float xi = x[pos ? pos[i] : i];
+        mx = xi > mx ? xi : mx;
+    }
+    return mx;
+}
+
+/* e[i] = exp(x[pos[i]] - mx) in double rounded to float; returns their sum in double,
+ * added in order. */
+static double attn_exps(const float *x, const int *pos, int n, float mx, float *e)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        e[i] = (float)exp((double)(x[pos ? pos[i] : i] - mx));
+        sum += e[i];
+    }
+    return sum;
+}
+
+/* row[i] = e[i] / sum rounded to float; out = sum over i, in order, of row[i] * v_pos[i]. */
+ATTN_CLONES static void attn_weigh(const float *e, double sum, const float *v, int head_size,
+                       const int *pos, int n, float *row, float *out)
+{
+    size_t hs = (size_t)head_size;
+    for (int i = 0; i < n; i++)
+        row[i] = (float)(e[i] / sum);
+    for (size_t d = 0; d < hs; d++)
+        out[d] = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *vj = v + (size_t)(pos ? pos[i] : i) * hs;
+        for (size_t d = 0; d < hs; d++)
+            out[d] += row[i] * vj[d];
+    }
+}
+
+void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
+                     const int *pos, int n, float *row, float *out)
+{
+    attn_scores(q, k, head_size, pos, n, row);
+    float mx = attn_max(row, NULL, n);
+    double sum = attn_exps(row, NULL, n, mx, row);
+    attn_weigh(row, sum, v, head_size, pos, n, row, out);
 }

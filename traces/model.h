@@ -6,15 +6,18 @@
  * seq_len), then float32 weights. A negative vocab_size means the output classifier is
  * stored after the weights instead of being shared with the token embedding.
  *
- * The forward pass runs one token at a time in float32 (pre-norm residual blocks,
- * RMSNorm eps 1e-5, rotary position embedding, grouped-query attention, SiLU-gated FFN)
- * and records, per layer, the post-rotary queries and keys and the values of every
- * position, which is what `kvsim capture` stores in a trace.
+ * The forward pass runs in float32 (pre-norm residual blocks, RMSNorm eps 1e-5, rotary
+ * position embedding, grouped-query attention, SiLU-gated FFN), one position at a time
+ * (kv_model_step) or a run of prompt positions together (kv_model_prefill), and records,
+ * per layer, the post-rotary queries and keys and the values of every position, which is
+ * what `kvsim capture` stores in a trace.
  *
- * Determinism: the matrix-vector products are plain loops in a fixed summation order and
- * the transcendental functions are evaluated in double then rounded, so the same
- * checkpoint and tokens give bit-identical results on any IEEE-754 machine whose C
- * compiler does not contract a*b+c into FMA (this file asks it not to).
+ * Determinism: every output of a matrix product is summed in input order with separate
+ * multiplies and adds (SIMD lanes hold different outputs, never parts of one sum), and the
+ * transcendental functions are evaluated in double then rounded, so the same checkpoint
+ * and tokens give bit-identical results on any IEEE-754 machine whose C compiler does not
+ * contract a*b+c into FMA (model.c asks it not to), and a prefill of n positions gives
+ * the same bits as n steps.
  */
 #ifndef KV_MODEL_H
 #define KV_MODEL_H
@@ -31,8 +34,10 @@ enum {
     KV_EMODEL_IO = KV_EIO,         /* file missing or unreadable */
     KV_EMODEL_FORMAT = KV_EFORMAT, /* header, size or weights do not form a valid checkpoint */
     KV_EMODEL_NOMEM = KV_ENOMEM,   /* an allocation failed */
-    KV_EMODEL_ARG = KV_EUSAGE      /* a caller passed an argument outside the documented
+    KV_EMODEL_ARG = KV_EUSAGE,     /* a caller passed an argument outside the documented
                                       range */
+    KV_EMODEL_NUMERIC = KV_EFORMAT /* the forward pass produced Inf or NaN (weights
+                                      overflow float32) */
 };
 
 /* The header fields of a checkpoint, and the sizes derived from them. */
@@ -81,7 +86,8 @@ typedef struct kv_model_run kv_model_run;
  * Prepares a generation of up to n_pos positions (n_pos >= 1; it may exceed the trained
  * seq_len: rotary embedding extrapolates, the caller decides whether that is wanted).
  * Memory: n_layers * n_pos * (dim + 2 * kv_dim) floats of records, n_layers * n_heads *
- * n_pos floats of attention rows, and O(vocab_size + hidden_dim + dim) of scratch.
+ * n_pos floats of attention rows, and O(vocab_size + 32 * (hidden_dim + dim)) of scratch
+ * (up to 32 positions go through the weights together).
  * m is borrowed and must outlive the run. Returns 0, or KV_EMODEL_NOMEM / KV_EMODEL_ARG
  * (n_pos < 1) with err set; *out is NULL on failure.
  */
@@ -93,9 +99,24 @@ int kv_model_run_create(const kv_model *m, int n_pos, kv_model_run **out,
  * tokens run so far (positions are consecutive from 0 and pos < n_pos). Afterwards:
  * kv_model_logits holds the next-token logits, kv_model_attn the attention rows of this
  * position, and the records hold q/k/v for position pos. Returns 0, or KV_EMODEL_ARG with
- * err set when token or pos is out of range (nothing is changed then).
+ * err set when token or pos is out of range (nothing is changed then). The values are
+ * checked as they are computed: q, k and v and the residual stream after every layer, and
+ * the logits; the first that is not finite stops the step with KV_EMODEL_NUMERIC and
+ * "layer L, position P: Inf or NaN in the keys (...)" (a damaged or badly scaled
+ * checkpoint: nothing finite could be recorded from there on).
  */
 int kv_model_step(kv_model_run *r, int token, int pos, char *err, size_t err_len);
+
+/*
+ * Runs tokens[0..n-1] at positions pos..pos+n-1 (pos must be the number of positions run
+ * so far, pos + n <= n_pos), passing them through each weight matrix together: the fast
+ * path for a prompt. Results are bit-identical to n calls of kv_model_step; afterwards
+ * kv_model_logits and kv_model_attn hold those of the last position (pos + n - 1).
+ * Returns 0, or KV_EMODEL_ARG with err set when a token, n or pos is out of range
+ * (nothing is changed then).
+ */
+int kv_model_prefill(kv_model_run *r, const int *tokens, int n, int pos, char *err,
+                     size_t err_len);
 
 /* The next-token logits of the last step: vocab_size floats, borrowed, overwritten by
  * the next step. Cannot fail. */
@@ -120,5 +141,74 @@ const float *kv_model_v(const kv_model_run *r, int layer);
 
 /* Frees the run. NULL is ignored. */
 void kv_model_run_free(kv_model_run *r);
+
+/* ------------------------------------------------ many sequences, one position */
+
+/*
+ * A batch of n sequences that run the same token at the same position, each with its own
+ * attention (a KV-cache policy evicting inside it, in a closed-loop evaluation): the
+ * caller supplies every head's attention output, the batch does everything else. Each
+ * weight matrix multiplies all n sequences in one pass over the weights (a matrix-matrix
+ * product with one column per sequence), and every output is summed in input order like
+ * the single-sequence forward pass, so column b's results are bit-identical to
+ * kv_model_step's for the same inputs, whatever n and b. Per position and layer:
+ *
+ *   kv_model_batch_embed(b, token, pos)      step 1 for every sequence
+ *   for each layer l:
+ *       kv_model_batch_qkv(b, l)             step 2a-2b: q, k, v of every sequence
+ *       [caller: attention of each sequence into kv_model_batch_heads(b)]   step 2c
+ *       kv_model_batch_mix(b, l)             steps 2d-2e
+ *   kv_model_batch_logits(b)                 step 3 for every sequence
+ */
+typedef struct kv_model_batch kv_model_batch;
+
+/* Allocates a batch of n >= 1 sequences for m (borrowed, must outlive it): O(n * (dim +
+ * hidden_dim + vocab_size)) floats. Returns 0, or KV_EMODEL_NOMEM / KV_EMODEL_ARG with err
+ * set; *out is NULL on failure. */
+int kv_model_batch_create(const kv_model *m, int n, kv_model_batch **out, char *err,
+                          size_t err_len);
+
+/* Frees the batch. NULL is ignored. */
+void kv_model_batch_free(kv_model_batch *b);
+
+/* Step 1: every sequence's residual stream becomes the embedding of token (0 <= token <
+ * vocab_size, checked by the caller); pos (>= 0) sets the rotary angles of the layers to
+ * come. Cannot fail. */
+void kv_model_batch_embed(kv_model_batch *b, int token, int pos);
+
+/* Steps 2a-2b of layer l: afterwards kv_model_batch_q/k/v hold every sequence's query
+ * (after rotary), key (after rotary) and value. Cannot fail. */
+void kv_model_batch_qkv(kv_model_batch *b, int layer);
+
+/* Sequence s's query [dim] (head h at h * head_size), key and value [kv_dim] (KV head g
+ * at g * head_size) of the last kv_model_batch_qkv. Borrowed. Cannot fail. */
+const float *kv_model_batch_q(const kv_model_batch *b, int s);
+const float *kv_model_batch_k(const kv_model_batch *b, int s);
+const float *kv_model_batch_v(const kv_model_batch *b, int s);
+
+/* Sequence s's attention outputs [dim], head h at h * head_size, that the caller fills
+ * between kv_model_batch_qkv and kv_model_batch_mix (kv_model_attend computes one head).
+ * Borrowed. Cannot fail. */
+float *kv_model_batch_heads(kv_model_batch *b, int s);
+
+/* Steps 2d-2e of layer l: the output projection of the heads and the feed-forward block,
+ * added to every residual stream. Cannot fail. */
+void kv_model_batch_mix(kv_model_batch *b, int layer);
+
+/* Step 3 for every sequence: returns the logits, sequence s at s * vocab_size. Borrowed,
+ * valid until the next call on b. Cannot fail. */
+const float *kv_model_batch_logits(kv_model_batch *b);
+
+/*
+ * One query head's attention over the keys at positions pos[0..n) (n >= 1, any order; pos
+ * NULL: positions 0..n-1), exactly as the forward pass computes it over positions 0..pos:
+ * logits q . k_j / sqrt(head_size) in float, the maximum subtracted, exponentials in
+ * double rounded to float, the normaliser in double, row[i] = weight of key pos[i];
+ * out[0..head_size) = sum over i, in order, of row[i] * v_pos[i]. k and v hold key j at
+ * k + j * head_size. With pos = NULL and n = position + 1 this is kv_model_step's
+ * attention bit for bit. row holds n floats (the caller's). Cannot fail.
+ */
+void kv_model_attend(const float *q, const float *k, const float *v, int head_size,
+                     const int *pos, int n, float *row, float *out);
 
 #endif

@@ -59,7 +59,10 @@ typedef struct {
     double softmax_scale;            /* logit scale for qk; default 1/sqrt(head_dim) */
     int dtype_bytes;                 /* bytes per K or V element modelled, default 2 */
     int has_tokens;                  /* 1 when /tokens is present */
-    int has_v;                       /* 1 when every layer has /layers/<l>/v (qk only) */
+    int has_v;                       /* 1 when every layer has /layers/<l>/v (either source) */
+    int has_lse;                     /* 1 when every layer has /layers/<l>/lse (qk only:
+                                        `kvsim index`, FORMAT.md) */
+    int has_o_full;                  /* 1 when every layer has /layers/<l>/o_full (qk) */
     kv_attn_precision attn_precision; /* precision of the attn rows, default float32 */
 } kv_trace_info;
 
@@ -111,27 +114,74 @@ int kv_trace_read_attn(kv_trace *tr, int layer, int h0, int h1, int t0, int t1,
 int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len);
 
 /* The per-head tensors of a layer that kv_trace_read_rows reads. */
-typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1 } kv_tensor;
+typedef enum { KV_TENSOR_Q = 0, KV_TENSOR_K = 1, KV_TENSOR_V = 2 } kv_tensor;
 
 /*
- * Reads rows t0..t1-1 (0 <= t0 < t1 <= T) of every head of a layer's /q (query heads) or
- * /k (KV heads) as float32, one hyperslab, into the places kv_trace_read_qk would put them:
+ * Reads rows t0..t1-1 (0 <= t0 < t1 <= T) of every head of a layer's /q (query heads),
+ * /k or /v (KV heads) as float32, one hyperslab, into the places kv_trace_read_qk would put them:
  * out[(h * T + t) * head_dim + d] for t0 <= t < t1; the other rows of out are not touched.
  * out holds n * T * head_dim floats (n = n_heads or n_kv_heads), owned by the caller. The
  * same values as kv_trace_read_qk; lets a caller load a layer in pieces (the replay engine
  * starts on a layer's first rows while the later ones are read, and reads the next layer
- * while replaying the current one). KV_ETRACE_ARG when the trace has no q/k
- * (kv_trace_has_qk is 0) or the layer or rows are outside the trace; KV_ETRACE_NOMEM,
+ * while replaying the current one). With read checks on (kv_trace_set_read_checks) the
+ * slab read is checked to be finite (KV_ETRACE_FORMAT naming the first bad element).
+ * KV_ETRACE_ARG when the trace has no q/k (kv_trace_has_qk is 0; for v: has_v is 0) or
+ * the layer or rows are outside the trace; KV_ETRACE_NOMEM,
  * KV_ETRACE_IO on failure.
  */
 int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1, float *out,
                        char *err, size_t err_len);
 
+/*
+ * Reads a layer's stored log-normalisers /layers/<l>/lse (FORMAT.md: float64
+ * [n_heads, T], lse[h * T + t] = log sum_{j<=t} exp(x_tj) of the qk row) into lse
+ * (n_heads * T doubles, the caller's). With read checks on, each value is checked to be
+ * finite. KV_ETRACE_ARG when the layer has none (kv_trace_info.has_lse), KV_ETRACE_IO,
+ * KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len);
+
+/*
+ * Reads a layer's stored full-cache attention outputs /layers/<l>/o_full (FORMAT.md) as
+ * float32 [n_heads, T, head_dim] into o (the caller's). Checked to be finite with read
+ * checks on. KV_ETRACE_ARG when absent (has_o_full), KV_ETRACE_IO, KV_ETRACE_FORMAT.
+ */
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len);
+
 /* Reads /tokens (T int32 ids) into tokens; KV_ETRACE_FORMAT when the trace has none. */
 int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_len);
 
+/* 1 when the trace has /token_text (captured with a tokenizer), else 0. Cannot fail. */
+int kv_trace_has_token_text(const kv_trace *tr);
+
+/*
+ * Reads /token_text, the display text of each of the T positions' tokens (FORMAT.md), into
+ * *texts: an array of T NUL-terminated UTF-8 strings in one allocation, owned by the caller
+ * (free(*texts) releases everything). KV_ETRACE_FORMAT when the trace has none or the
+ * dataset is not [T] fixed-length strings; KV_ETRACE_NOMEM, KV_ETRACE_IO otherwise.
+ */
+int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_len);
+
+/*
+ * Reads the string root attribute name (provenance such as checkpoint_sha256, which
+ * `kvsim capture` writes) into buf[0..size), truncated if longer. KV_ETRACE_FORMAT with
+ * "FILE: missing root attribute NAME" when absent or "... has type T, expected a string"
+ * when not a string; KV_ETRACE_IO when it cannot be read.
+ */
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t size,
+                              char *err, size_t err_len);
+
 /* Closes the file and frees tr. NULL is ignored. Cannot fail. */
 void kv_trace_close(kv_trace *tr);
+
+/*
+ * Checks that path names a regular file (following symlinks) before anything opens it: a
+ * FIFO, a device or a socket would block the open or the read, possibly forever, and a
+ * directory is never an input. Used for traces, checkpoints and experiment files. Returns
+ * 0, or -1 with a one-line message in err ("PATH: is a FIFO, expected a regular file", or
+ * the stat error). Cannot block.
+ */
+int kv_check_regular_file(const char *path, char *err, size_t err_len);
 
 /* ---------------------------------------------------------------- writer */
 
@@ -166,12 +216,32 @@ int kv_trace_write_qk(kv_trace_writer *w, int layer, const float *q, const float
                       const float *v, char *err, size_t err_len);
 
 /* Adds an extra root attribute (provenance: sampling settings, checkpoint hash...). */
+/*
+ * Writes /token_text: texts[0..T-1], each token's display text (UTF-8, NUL-terminated), as
+ * a [T] dataset of fixed-length UTF-8 strings (the longest text's bytes plus one; fixed
+ * length for the same reason as the string attributes). Returns 0 or a KV_ETRACE_* code.
+ */
+int kv_trace_write_token_text(kv_trace_writer *w, const char *const *texts, char *err,
+                              size_t err_len);
+
 int kv_trace_write_attr_string(kv_trace_writer *w, const char *name, const char *value,
                                char *err, size_t err_len);
 int kv_trace_write_attr_double(kv_trace_writer *w, const char *name, double value,
                                char *err, size_t err_len);
 int kv_trace_write_attr_int(kv_trace_writer *w, const char *name, long long value,
                             char *err, size_t err_len);
+
+/*
+ * Stores one layer's index into the closed qk trace at path (`kvsim index`, FORMAT.md):
+ * its rows' log-normalisers as /layers/<layer>/lse (float64 [n_heads, T],
+ * lse[h * T + t]) and, when o_full is not NULL, the full-cache attention outputs as
+ * /layers/<layer>/o_full (float32 [n_heads, T, head_dim], o_full[(h * T + t) * head_dim
+ * + d] = sum_{j<=t} p_t^h[j] v_j[d]); both chunked and gzipped, earlier ones replaced.
+ * The file is opened read-write; nothing else in it changes, so it stays a kvtrace v1
+ * file that older readers open. Returns 0, or KV_ETRACE_IO with err set.
+ */
+int kv_trace_store_index(const char *path, const kv_trace_info *info, int layer,
+                         const double *lse, const float *o_full, char *err, size_t err_len);
 
 /* Flushes and closes the file and frees w; returns non-zero if the final flush failed.
  * NULL is ignored. */

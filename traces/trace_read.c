@@ -19,6 +19,7 @@
  * whose row blocks are not aligned with the chunks do not decompress a chunk twice.
  */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "traces/trace_int.h"
@@ -216,6 +218,82 @@ static int read_real_attr(const kv_trace *tr, const char *name, int required, do
     return rc;
 }
 
+/*
+ * Bounded reads: a damaged length field must not make the reader allocate what it
+ * claims. HDF5 sizes its buffer for a variable-length string by the length stored in the
+ * attribute (4 bytes that checksums do not cover in files without them), so 8 damaged
+ * bytes in a 50 KB file made it allocate and copy gigabytes. The stored length is read
+ * first, through a conversion that only looks at it, and anything longer than
+ * KV_STRING_MAX_BYTES is refused.
+ */
+#define KV_STRING_MAX_BYTES 4096
+#define VLEN_LENGTH_TAG "kvsim: stored length of a variable-length string"
+
+/* HDF5 soft conversion from a variable-length string, in its on-disk form (a 32-bit
+ * little-endian length, then the global heap id), to a uint32 holding that length. Only
+ * ever chosen for the opaque type tagged VLEN_LENGTH_TAG. */
+static herr_t vlen_length_conv(hid_t src, hid_t dst, H5T_cdata_t *cdata, size_t nelmts,
+                               size_t buf_stride, size_t bkg_stride, void *buf, void *bkg,
+                               hid_t dxpl)
+{
+    (void)bkg_stride, (void)bkg, (void)dxpl;
+    if (cdata->command == H5T_CONV_INIT) {
+        char *tag = H5Tget_class(dst) == H5T_OPAQUE ? H5Tget_tag(dst) : NULL;
+        int ours = tag && strcmp(tag, VLEN_LENGTH_TAG) == 0 && H5Tis_variable_str(src) > 0;
+        if (tag)
+            H5free_memory(tag);
+        return ours ? 0 : -1;
+    }
+    if (cdata->command != H5T_CONV_CONV)
+        return 0;
+    size_t src_size = H5Tget_size(src), stride = buf_stride ? buf_stride : src_size;
+    unsigned char *p = buf;
+    /* in place, front to back: each 4-byte result lands at or before its source */
+    for (size_t i = 0; i < nelmts; i++) {
+        const unsigned char *s = p + i * stride;
+        uint32_t n = (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16
+                     | (uint32_t)s[3] << 24;
+        memcpy(p + i * (buf_stride ? buf_stride : sizeof n), &n, sizeof n);
+    }
+    return 0;
+}
+
+/* The opaque type the conversion above converts to (registered once); -1 on failure. */
+static hid_t vlen_length_type(void)
+{
+    static hid_t type = H5I_INVALID_HID;
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&once);
+    if (type < 0) {
+        hid_t t = H5Tcreate(H5T_OPAQUE, sizeof(uint32_t));
+        hid_t vstr = H5Tcopy(H5T_C_S1);
+        if (t >= 0 && vstr >= 0 && H5Tset_tag(t, VLEN_LENGTH_TAG) >= 0
+            && H5Tset_size(vstr, H5T_VARIABLE) >= 0
+            && H5Tregister(H5T_PERS_SOFT, "kvsim_vlen_length", vstr, t,
+                           vlen_length_conv) >= 0)
+            type = t;
+        else if (t >= 0)
+            H5Tclose(t);
+        if (vstr >= 0)
+            H5Tclose(vstr);
+    }
+    pthread_mutex_unlock(&once);
+    return type;
+}
+
+/* The stored length in bytes of a string attribute of file type ftype, without reading
+ * the string; -1 when it cannot be read. */
+static long long stored_string_length(hid_t attr, hid_t ftype)
+{
+    if (H5Tis_variable_str(ftype) <= 0)
+        return (long long)H5Tget_size(ftype);
+    hid_t t = vlen_length_type();
+    uint32_t n = 0;
+    if (t < 0 || H5Aread(attr, t, &n) < 0)
+        return -1;
+    return n;
+}
+
 /* Reads the string of an open attribute, variable-length (h5py's str) or fixed-length. */
 static int read_string_value(hid_t attr, hid_t ftype, char *buf, size_t size)
 {
@@ -251,6 +329,11 @@ static int read_string_attr(const kv_trace *tr, const char *name, char *buf, siz
         return rc;
     rc = check_attr_class(tr, attr, name, H5T_STRING, "a string", err, len);
     hid_t ftype = rc ? -1 : H5Aget_type(attr);
+    long long stored = rc || ftype < 0 ? -1 : stored_string_length(attr, ftype);
+    if (!rc && stored > KV_STRING_MAX_BYTES)
+        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s claims %lld "
+                           "bytes, expected a string of at most %d (damaged file?)",
+                           tr->path, name, stored, KV_STRING_MAX_BYTES);
     if (!rc && (ftype < 0 || read_string_value(attr, ftype, buf, size) != 0))
         rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
                            tr->path, name);
@@ -357,9 +440,11 @@ static int check_info(kv_trace *tr, char *err, size_t len)
                              in->prefill_len, in->n_tokens);
     if (isnan(in->softmax_scale))
         in->softmax_scale = 1.0 / sqrt((double)in->head_dim);
-    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0)
+    /* the replay scales the logits in float32: a larger scale is Inf there */
+    if (!isfinite(in->softmax_scale) || in->softmax_scale <= 0 || in->softmax_scale > FLT_MAX)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute softmax_scale "
-                             "= %g, expected a finite number > 0", tr->path, in->softmax_scale);
+                             "= %g, expected a finite number > 0 and at most %.3g (float32)",
+                             tr->path, in->softmax_scale, (double)FLT_MAX);
     return 0;
 }
 
@@ -381,6 +466,7 @@ static const struct dset_spec {
     {"q", NEED_QK, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"k", NEED_QK, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
     {"v", NEED_NONE, 3, {DIM_KV_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},
+    {"o_full", NEED_NONE, 3, {DIM_HEADS, DIM_TOKENS, DIM_HEAD_DIM}},   /* kvsim index */
 };
 
 static long long dim_value(const kv_trace_info *in, enum dim_code c)
@@ -405,8 +491,91 @@ static void format_dims(char *buf, size_t size, int rank, const long long *dims)
 }
 
 /*
- * Checks an open dataset: type class (float of 2 or 4 bytes when is_float, any integer
- * otherwise), rank and each dimension against the attributes named in names.
+ * Bounded reads: HDF5 decompresses a whole chunk to read any part of it, so a chunk
+ * shape is checked before any read trusts it. Each chunk dimension must lie within the
+ * dataset's (then a chunk is never larger than the data) and a chunk must hold at most
+ * KV_CHUNK_MAX_BYTES: a 2 MB file declaring a 1 GiB chunk made a read take 1 GiB.
+ */
+#define KV_CHUNK_MAX_BYTES ((long long)64 << 20)
+
+/*
+ * Why a read of dataset dpath failed, for the message: a compression filter this HDF5
+ * does not have (h5py's lzf, say) fails every read as if the file were damaged, so it is
+ * named. Asked only after a read failed, when HDF5 has tried to load the filter as a
+ * plugin (a missing optional filter does not fail reads of chunks stored unfiltered).
+ */
+static const char *read_failure_reason(const kv_trace *tr, const char *dpath)
+{
+    static __thread char why[256];
+    snprintf(why, sizeof why, "damaged file?");
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    hid_t dcpl = d >= 0 ? H5Dget_create_plist(d) : H5I_INVALID_HID;
+    int n = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < n; i++) {
+        unsigned flags, conf;
+        size_t n_values = 0;
+        char name[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL,
+                                         sizeof name, name, &conf);
+        if (id < 0 || H5Zfilter_avail(id) > 0)
+            continue;
+        const char *known = id == 32000 ? "lzf" : id == 32001 ? "blosc" : id == 32004 ? "lz4"
+                            : id == 32015 ? "zstd" : name[0] ? name : "unknown";
+        snprintf(why, sizeof why, "needs the %.40s filter (HDF5 filter %d), which this HDF5 "
+                 "lacks: rewrite it with gzip, e.g. h5repack -f GZIP=4", known, (int)id);
+        break;
+    }
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (d >= 0)
+        H5Dclose(d);
+    return why;
+}
+
+static int check_chunks(const kv_trace *tr, hid_t d, const char *dpath, int rank,
+                        const long long *dims, size_t elem, char *err, size_t len)
+{
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (dcpl < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read the layout of %s",
+                             tr->path, dpath);
+    hsize_t chunk[H5S_MAX_RANK];
+    int chunked = H5Pget_layout(dcpl) == H5D_CHUNKED;
+    int got = chunked ? H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk) : 0;
+    H5Pclose(dcpl);
+    if (!chunked)
+        return 0;
+    if (got != rank)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks of rank %d, "
+                             "expected %d (damaged file?)", tr->path, dpath, got, rank);
+    long long c[H5S_MAX_RANK], bytes = (long long)elem;
+    int inside = 1;
+    for (int i = 0; i < rank; i++) {
+        c[i] = (long long)chunk[i];
+        inside &= c[i] >= 1 && c[i] <= dims[i];
+    }
+    if (!inside) {
+        char cs[96], ds[96];
+        format_dims(cs, sizeof cs, rank, c);
+        format_dims(ds, sizeof ds, rank, dims);
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks %s, expected "
+                             "each dimension within its shape %s", tr->path, dpath, cs, ds);
+    }
+    for (int i = 0; i < rank && bytes <= KV_CHUNK_MAX_BYTES; i++)
+        bytes *= c[i];    /* at most 2^26 * 2^31: no overflow */
+    if (bytes > KV_CHUNK_MAX_BYTES) {
+        char cs[96];
+        format_dims(cs, sizeof cs, rank, c);
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has chunks %s of more than "
+                             "%lld MiB each, expected at most that", tr->path, dpath, cs,
+                             KV_CHUNK_MAX_BYTES >> 20);
+    }
+    return 0;
+}
+
+/*
+ * Checks an open dataset: type class (float of 2 or 4 bytes when is_float is 1, of 8 when
+ * it is 2, any integer when 0), rank and each dimension against the attributes named in names.
  */
 static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, int is_float,
                               int rank, const long long *want, const char *names,
@@ -422,12 +591,14 @@ static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, in
     }
     H5T_class_t cls = H5Tget_class(type);
     size_t size = H5Tget_size(type);
-    int type_ok = is_float ? cls == H5T_FLOAT && (size == 2 || size == 4) : cls == H5T_INTEGER;
+    int type_ok = is_float == 2 ? cls == H5T_FLOAT && size == 8
+                  : is_float ? cls == H5T_FLOAT && (size == 2 || size == 4) : cls == H5T_INTEGER;
     if (!type_ok) {
         char tname[32];
         kv_trace_type_name(type, tname, sizeof tname);
         rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has type %s, expected %s",
-                           tr->path, dpath, tname, is_float ? "float16 or float32" : "integer");
+                           tr->path, dpath, tname, is_float == 2 ? "float64"
+                           : is_float ? "float16 or float32" : "integer");
         goto out;
     }
     int got_rank = H5Sget_simple_extent_ndims(space);
@@ -450,7 +621,9 @@ static int check_open_dataset(const kv_trace *tr, hid_t d, const char *dpath, in
         format_dims(ws, sizeof ws, rank, want);
         rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s has shape %s, expected %s %s",
                            tr->path, dpath, gs, ws, names);
+        goto out;
     }
+    rc = check_chunks(tr, d, dpath, rank, got, size, err, len);
 out:
     if (type >= 0)
         H5Tclose(type);
@@ -497,7 +670,29 @@ static int check_layer_dataset(const kv_trace *tr, int layer, const struct dset_
     return rc;
 }
 
-/* Checks every layer's datasets and the optional /tokens; sets has_v, has_qk, has_tokens. */
+/* Checks the optional /layers/<layer>/lse (float64 [n_heads, T]); *present says whether it
+ * exists. */
+static int check_lse_dataset(const kv_trace *tr, int layer, int *present, char *err,
+                             size_t len)
+{
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    *present = 0;
+    if (H5Lexists(tr->file, dpath, H5P_DEFAULT) <= 0)
+        return 0;
+    hid_t d = H5Dopen2(tr->file, dpath, H5P_DEFAULT);
+    if (d < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: %s is not a dataset",
+                             tr->path, dpath);
+    long long want[2] = { tr->info.n_heads, tr->info.n_tokens };
+    int rc = check_open_dataset(tr, d, dpath, 2, 2, want, "(n_heads, n_tokens)", err, len);
+    H5Dclose(d);
+    *present = rc == 0;
+    return rc;
+}
+
+/* Checks every layer's datasets and the optional /tokens; sets has_v, has_qk, has_lse,
+ * has_tokens. */
 static int check_datasets(kv_trace *tr, char *err, size_t len)
 {
     kv_trace_info *in = &tr->info;
@@ -506,6 +701,8 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: missing group /layers "
                              "(n_layers = %d)", tr->path, in->n_layers);
     in->has_v = 1;
+    in->has_lse = 1;
+    in->has_o_full = 1;
     tr->has_qk = 1;
     for (int l = 0; l < in->n_layers; l++) {
         char gpath[KV_PATH_MAX];
@@ -522,8 +719,15 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
         }
         tr->has_qk &= present[1] && present[2];
         in->has_v &= present[3];
+        in->has_o_full &= present[4];
+        int lse_present;
+        int rc = check_lse_dataset(tr, l, &lse_present, err, len);
+        if (rc)
+            return rc;
+        in->has_lse &= lse_present;
     }
-    in->has_v &= in->source == KV_SOURCE_QK;
+    in->has_lse &= in->source == KV_SOURCE_QK;
+    in->has_o_full &= in->source == KV_SOURCE_QK;
     ex = H5Lexists(tr->file, "/tokens", H5P_DEFAULT);
     in->has_tokens = ex > 0;
     if (!in->has_tokens)
@@ -539,6 +743,20 @@ static int check_datasets(kv_trace *tr, char *err, size_t len)
 }
 
 /* ------------------------------------------------------------ open / close */
+
+int kv_check_regular_file(const char *path, char *err, size_t err_len)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return kv_trace_fail(err, err_len, -1, "%s: %s", path, strerror(errno));
+    if (S_ISREG(st.st_mode))
+        return 0;
+    /* a FIFO or a device would block the open or the read, possibly forever */
+    const char *what = S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                       : S_ISSOCK(st.st_mode) ? "a socket" : "not a plain file";
+    return kv_trace_fail(err, err_len, -1, "%s: is %s, expected a regular file", path, what);
+}
 
 static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len);
 
@@ -557,6 +775,8 @@ int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len)
 /* kv_trace_open, with g_reading set by the caller. */
 static int open_checked(const char *path, kv_trace **out, char *err, size_t err_len)
 {
+    if (kv_check_regular_file(path, err, err_len) != 0)
+        return KV_ETRACE_IO;
     if (access(path, R_OK) != 0)
         return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: %s", path, strerror(errno));
     if (H5Fis_hdf5(path) <= 0)
@@ -761,10 +981,13 @@ static int read_attn_block(kv_trace *tr, const struct open_attn *oa, int layer, 
         H5Sclose(mspace);
     if (oa->is_half && mtype >= 0)
         H5Tclose(mtype);
-    if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read /layers/%d/attn rows "
-                             "%d..%d of heads %d..%d (damaged file?)", tr->path, layer, t0,
-                             t1 - 1, h0, h1 - 1);
+    if (!ok) {
+        char dpath[KV_PATH_MAX];
+        snprintf(dpath, sizeof dpath, "/layers/%d/attn", layer);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s rows %d..%d of heads "
+                             "%d..%d (%s)", tr->path, dpath, t0, t1 - 1, h0, h1 - 1,
+                             read_failure_reason(tr, dpath));
+    }
     if (oa->is_half)
         widen_halves(out, (size_t)(mdims[0] * mdims[1] * mdims[2]));
     float *row = out;
@@ -822,8 +1045,8 @@ static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
     if (d >= 0)
         H5Dclose(d);
     if (!ok)
-        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (damaged file?)",
-                             tr->path, dpath);
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read %s (%s)",
+                             tr->path, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 
@@ -910,7 +1133,7 @@ static int read_row_slab(kv_trace *tr, const char *dpath, int t0, int t1, float 
                              tr->path, dpath);
     if (!read_ok)
         return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read rows %d..%d of %s "
-                             "(damaged file?)", tr->path, t0, t1 - 1, dpath);
+                             "(%s)", tr->path, t0, t1 - 1, dpath, read_failure_reason(tr, dpath));
     return 0;
 }
 
@@ -921,18 +1144,27 @@ int kv_trace_read_rows(kv_trace *tr, int layer, kv_tensor which, int t0, int t1,
     if (!tr || !out)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_rows: NULL "
                              "argument");
-    if (!tr->has_qk)
-        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no q and k "
-                             "datasets (source = attn)", tr->path);
+    if (which == KV_TENSOR_V ? !tr->info.has_v : !tr->has_qk)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: the trace has no %s",
+                             tr->path, which == KV_TENSOR_V ? "v datasets"
+                                                            : "q and k datasets (source = attn)");
     if (layer < 0 || layer >= tr->info.n_layers || t0 < 0 || t0 >= t1
-        || t1 > tr->info.n_tokens || (which != KV_TENSOR_Q && which != KV_TENSOR_K))
+        || t1 > tr->info.n_tokens
+        || (which != KV_TENSOR_Q && which != KV_TENSOR_K && which != KV_TENSOR_V))
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: read of rows [%d, %d) of "
                              "layer %d is outside the trace", tr->path, t0, t1, layer);
     char dpath[KV_PATH_MAX];
-    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer, which == KV_TENSOR_Q ? "q" : "k");
+    snprintf(dpath, sizeof dpath, "/layers/%d/%s", layer,
+             which == KV_TENSOR_Q ? "q" : which == KV_TENSOR_K ? "k" : "v");
     pthread_mutex_lock(&tr->lock);
     int rc = read_row_slab(tr, dpath, t0, t1, out, err, err_len);
     pthread_mutex_unlock(&tr->lock);
+    if (rc == 0 && tr->check_values) {
+        const kv_trace_info *in = &tr->info;
+        int dims[3] = { which == KV_TENSOR_Q ? in->n_heads : in->n_kv_heads, in->n_tokens,
+                        in->head_dim };
+        rc = kv_check_finite_rows(tr->path, dpath, dims, t0, t1, out, err, err_len);
+    }
     return rc;
 }
 
@@ -949,6 +1181,125 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     g_reading = tr->path;
     int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
     g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
+int kv_trace_has_token_text(const kv_trace *tr)
+{
+    kv_trace_quiet();
+    return tr && H5Lexists(tr->file, "/token_text", H5P_DEFAULT) > 0;
+}
+
+/* Longest fixed-length token text accepted, bytes: far above any vocabulary's, low enough
+ * that a damaged header cannot ask for a huge buffer. */
+#define TOKEN_TEXT_MAX_WIDTH 4096
+
+/* The T fixed-length strings of width bytes of dataset d, as kv_trace_read_token_text
+ * returns them; NULL on failure. */
+static char **read_fixed_strings(hid_t d, hid_t ftype, size_t T, size_t width)
+{
+    char **out = malloc(T * sizeof(char *) + T * (width + 1));
+    if (!out)
+        return NULL;
+    char *raw = (char *)(out + T);
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    int ok = mtype >= 0 && H5Tset_size(mtype, width + 1) >= 0
+             && H5Tset_strpad(mtype, H5T_STR_NULLTERM) >= 0
+             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0
+             && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw) >= 0;
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    for (size_t t = 0; ok && t < T; t++) {
+        out[t] = raw + t * (width + 1);
+        out[t][width] = '\0';
+    }
+    if (!ok) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The T variable-length strings of dataset d (what h5py writes for a list of str), each
+ * cut at TOKEN_TEXT_MAX_WIDTH bytes, copied into one allocation; NULL on failure. */
+static char **read_vlen_strings(hid_t d, hid_t ftype, hid_t space, size_t T)
+{
+    char **vl = calloc(T, sizeof *vl), **out = NULL;
+    hid_t mtype = H5Tcopy(H5T_C_S1);
+    int ok = vl && mtype >= 0 && H5Tset_size(mtype, H5T_VARIABLE) >= 0
+             && H5Tset_cset(mtype, H5Tget_cset(ftype)) >= 0
+             && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, vl) >= 0;
+    size_t bytes = 0;
+    for (size_t t = 0; ok && t < T; t++)
+        bytes += (vl[t] ? strnlen(vl[t], TOKEN_TEXT_MAX_WIDTH) : 0) + 1;
+    if (ok && (out = malloc(T * sizeof(char *) + bytes))) {
+        char *w = (char *)(out + T);
+        for (size_t t = 0; t < T; t++) {
+            size_t n = vl[t] ? strnlen(vl[t], TOKEN_TEXT_MAX_WIDTH) : 0;
+            memcpy(w, vl[t] ? vl[t] : "", n);
+            w[n] = '\0';
+            out[t] = w;
+            w += n + 1;
+        }
+    }
+    if (ok)
+        H5Dvlen_reclaim(mtype, space, H5P_DEFAULT, vl);
+    if (mtype >= 0)
+        H5Tclose(mtype);
+    free(vl);
+    return out;
+}
+
+int kv_trace_read_token_text(kv_trace *tr, char ***texts, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    *texts = NULL;
+    if (!kv_trace_has_token_text(tr))
+        return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no "
+                             "/token_text (captured without a tokenizer)", tr ? tr->path : "");
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = 0;
+    hid_t d = H5Dopen2(tr->file, "/token_text", H5P_DEFAULT);
+    hid_t ftype = d >= 0 ? H5Dget_type(d) : H5I_INVALID_HID;
+    hid_t space = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    size_t T = (size_t)tr->info.n_tokens, width = ftype >= 0 ? H5Tget_size(ftype) : 0;
+    int vlen = ftype >= 0 && H5Tis_variable_str(ftype) > 0;
+    hsize_t dims[2] = {0, 0};
+    int ok_shape = ftype >= 0 && H5Tget_class(ftype) == H5T_STRING
+                   && (vlen || (width >= 1 && width <= TOKEN_TEXT_MAX_WIDTH)) && space >= 0
+                   && H5Sget_simple_extent_ndims(space) == 1
+                   && H5Sget_simple_extent_dims(space, dims, NULL) == 1 && dims[0] == T;
+    char **out = NULL;
+    if (!ok_shape)
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /token_text is not [%zu] "
+                           "strings", tr->path, T);
+    else if (!(out = vlen ? read_vlen_strings(d, ftype, space, T)
+                          : read_fixed_strings(d, ftype, T, width)))
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot read /token_text "
+                           "(damaged file, or out of memory)", tr->path);
+    if (space >= 0)
+        H5Sclose(space);
+    if (ftype >= 0)
+        H5Tclose(ftype);
+    if (d >= 0)
+        H5Dclose(d);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    *texts = out;
+    return rc;
+}
+
+int kv_trace_read_attr_string(kv_trace *tr, const char *name, char *buf, size_t size,
+                              char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !name || !buf || size == 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_attr_string: "
+                             "NULL argument");
+    pthread_mutex_lock(&tr->lock);
+    int rc = read_string_attr(tr, name, buf, size, err, err_len);
     pthread_mutex_unlock(&tr->lock);
     return rc;
 }
@@ -975,6 +1326,54 @@ int kv_trace_read_v(kv_trace *tr, int layer, float *v, char *err, size_t err_len
     int dims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
     if (!rc && tr->check_values)
         rc = kv_check_finite(tr->path, vpath, dims, v, err, err_len);
+    return rc;
+}
+
+int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !lse)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_lse: NULL argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers || !in->has_lse)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no /layers/%d/lse (kvsim "
+                             "index stores it)", tr->path, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    size_t n = (size_t)in->n_heads * (size_t)in->n_tokens;
+    for (size_t i = 0; rc == 0 && tr->check_values && i < n; i++)
+        if (!isfinite(lse[i]))
+            rc = kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%zu, %zu] is %g, "
+                               "expected a finite log-normaliser", tr->path, dpath,
+                               i / (size_t)in->n_tokens, i % (size_t)in->n_tokens, lse[i]);
+    return rc;
+}
+
+int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    if (!tr || !o)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_read_o_full: NULL "
+                             "argument");
+    const kv_trace_info *in = &tr->info;
+    if (layer < 0 || layer >= in->n_layers || !in->has_o_full)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "%s: no /layers/%d/o_full (kvsim "
+                             "index stores it for traces with v)", tr->path, layer);
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    int dims[3] = {in->n_heads, in->n_tokens, in->head_dim};
+    if (!rc && tr->check_values)
+        rc = kv_check_finite(tr->path, dpath, dims, o, err, err_len);
     return rc;
 }
 

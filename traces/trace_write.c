@@ -334,6 +334,59 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
     return 0;
 }
 
+/* ------------------------------------------------------------ stored normalisers */
+
+/* Writes dataset dpath (rank, dims, chunk; mtype in memory, ftype in the file) into the
+ * open file, replacing an earlier one. */
+static int store_dataset(hid_t file, const char *path, const char *dpath, int rank,
+                         const hsize_t *dims, const hsize_t *chunk, hid_t ftype, hid_t mtype,
+                         const void *data, char *err, size_t len)
+{
+    if (H5Lexists(file, dpath, H5P_DEFAULT) > 0 && H5Ldelete(file, dpath, H5P_DEFAULT) < 0)
+        return kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot replace %s", path, dpath);
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
+    hid_t d = H5I_INVALID_HID;
+    if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, rank, chunk) >= 0
+        && H5Pset_shuffle(dcpl) >= 0 && H5Pset_deflate(dcpl, KV_GZIP_LEVEL) >= 0)
+        d = H5Dcreate2(file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (d >= 0)
+        ok &= H5Dclose(d) >= 0;
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    return ok ? 0 : kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot write %s", path, dpath);
+}
+
+int kv_trace_store_index(const char *path, const kv_trace_info *info, int layer,
+                         const double *lse, const float *o_full, char *err, size_t err_len)
+{
+    kv_trace_quiet();
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (file < 0)
+        return kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot open for writing",
+                             path);
+    hsize_t T = (hsize_t)info->n_tokens, hd = (hsize_t)info->head_dim;
+    hsize_t rows = T < KV_QK_CHUNK_ROWS ? T : KV_QK_CHUNK_ROWS;
+    char dpath[KV_PATH_MAX];
+    snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
+    hsize_t ldims[2] = { (hsize_t)info->n_heads, T }, lchunk[2] = { 1, T < 16384 ? T : 16384 };
+    int rc = store_dataset(file, path, dpath, 2, ldims, lchunk, H5T_IEEE_F64LE,
+                           H5T_NATIVE_DOUBLE, lse, err, err_len);
+    if (!rc && o_full) {
+        snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
+        hsize_t odims[3] = { (hsize_t)info->n_heads, T, hd }, ochunk[3] = { 1, rows, hd };
+        rc = store_dataset(file, path, dpath, 3, odims, ochunk, H5T_IEEE_F32LE,
+                           H5T_NATIVE_FLOAT, o_full, err, err_len);
+    }
+    if (H5Fclose(file) < 0 && !rc)
+        rc = kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot close after writing",
+                           path);
+    return rc;
+}
+
 /* ------------------------------------------------------------ datasets */
 
 /* Creates a chunked, shuffled, gzipped float dataset (fill value 0) at dpath. */
@@ -526,6 +579,44 @@ int kv_trace_write_tokens(kv_trace_writer *w, const int32_t *tokens, char *err, 
     if (dcpl >= 0)
         H5Pclose(dcpl);
     return ok ? 0 : kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot write /tokens "
+                                  "(already written?)", w->path);
+}
+
+int kv_trace_write_token_text(kv_trace_writer *w, const char *const *texts, char *err,
+                              size_t err_len)
+{
+    kv_trace_quiet();
+    if (!w || !texts)
+        return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_write_token_text: NULL "
+                             "argument");
+    size_t T = (size_t)w->info.n_tokens, width = 1;
+    for (size_t t = 0; t < T; t++)
+        width = strlen(texts[t]) + 1 > width ? strlen(texts[t]) + 1 : width;
+    char *buf = calloc(T, width);
+    if (!buf)
+        return kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory for /token_text",
+                             w->path);
+    for (size_t t = 0; t < T; t++)
+        memcpy(buf + t * width, texts[t], strlen(texts[t]));
+    hsize_t dims = (hsize_t)T;
+    hid_t type = H5Tcopy(H5T_C_S1);
+    int ok = type >= 0 && H5Tset_size(type, width) >= 0 && H5Tset_cset(type, H5T_CSET_UTF8) >= 0
+             && H5Tset_strpad(type, H5T_STR_NULLTERM) >= 0;
+    hid_t space = ok ? H5Screate_simple(1, &dims, NULL) : H5I_INVALID_HID;
+    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
+    hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
+              : H5Dcreate2(w->file, "/token_text", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ok = d >= 0 && H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
+    if (d >= 0)
+        ok &= H5Dclose(d) >= 0;
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (type >= 0)
+        H5Tclose(type);
+    free(buf);
+    return ok ? 0 : kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot write /token_text "
                                   "(already written?)", w->path);
 }
 

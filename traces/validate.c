@@ -7,6 +7,7 @@
  */
 #include "traces/validate.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +97,68 @@ int kv_check_finite(const char *path, const char *dpath, const int dims[3], cons
     return 0;
 }
 
+/* The largest Euclidean norm of the n rows of length d at x, in double. */
+static double max_row_norm(const float *x, size_t n, int d)
+{
+    double best = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int e = 0; e < d; e++)
+            s += (double)x[i * d + e] * x[i * d + e];
+        best = s > best ? s : best;
+    }
+    return sqrt(best);
+}
+
+int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const float *q,
+                    const float *k, char *err, size_t err_len)
+{
+    int T = in->n_tokens, D = in->head_dim, group = in->n_heads / in->n_kv_heads;
+    /* the replay multiplies by the scale as a float (the SGEMM's alpha) */
+    double scale = (double)(float)in->softmax_scale;
+    /* Cauchy-Schwarz: |scale q.k| <= scale |q| |k|, so most traces need no pass */
+    double bound = scale * max_row_norm(q, (size_t)in->n_heads * T, D)
+                   * max_row_norm(k, (size_t)in->n_kv_heads * T, D);
+    if (bound <= FLT_MAX)
+        return 0;
+    for (int h = 0; h < in->n_heads; h++)
+        for (int t = 0; t < T; t++) {
+            const float *qt = q + ((size_t)h * T + t) * D;
+            const float *kg = k + (size_t)(h / group) * T * D;
+            for (int j = 0; j <= t; j++) {
+                double dot = 0.0;
+                for (int e = 0; e < D; e++)
+                    dot += (double)qt[e] * kg[(size_t)j * D + e];
+                double logit = scale * dot;
+                if (!(fabs(logit) <= FLT_MAX))
+                    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: /layers/%d row "
+                                         "[%d, %d]: logit softmax_scale * q.k = %.3g for key "
+                                         "%d is not finite in float32, expected |logit| <= "
+                                         "%.3g (q or k too large?)", path, layer, h, t,
+                                         logit, j, (double)FLT_MAX);
+            }
+        }
+    return 0;
+}
+
+int kv_check_finite_rows(const char *path, const char *dpath, const int dims[3], int t0,
+                         int t1, const float *x, char *err, size_t err_len)
+{
+    size_t T = (size_t)dims[1], hd = (size_t)dims[2];
+    for (int h = 0; h < dims[0]; h++) {
+        const float *slab = x + ((size_t)h * T + (size_t)t0) * hd;
+        size_t n = (size_t)(t1 - t0) * hd;
+        for (size_t i = 0; i < n; i++) {
+            if (isfinite(slab[i]))
+                continue;
+            return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: %s[%d, %zu, %zu] is %s, "
+                                 "expected a finite number", path, dpath, h,
+                                 (size_t)t0 + i / hd, i % hd, nonfinite_name(slab[i]));
+        }
+    }
+    return 0;
+}
+
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -121,8 +184,10 @@ static int scan_attn_layer(kv_trace *tr, int layer, float *buf, int block, char 
     return 0;
 }
 
-/* One layer's q and k (when the trace has them) and v (when the layer has it). */
-static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err, size_t len)
+/* One layer's q and k (when the trace has them and what asks) and v (when the layer has
+ * it and what asks). */
+static int scan_qkv_layer(kv_trace *tr, int layer, int what, float *q, float *k, char *err,
+                          size_t len)
 {
     const kv_trace_info *in = kv_trace_get_info(tr);
     const char *path = kv_trace_path(tr);
@@ -130,7 +195,7 @@ static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err
     int kdims[3] = {in->n_kv_heads, in->n_tokens, in->head_dim};
     char dpath[64];
     int rc;
-    if (kv_trace_has_qk(tr)) {
+    if ((what & KV_CHECK_QK) && kv_trace_has_qk(tr)) {
         if ((rc = kv_trace_read_qk(tr, layer, q, k, err, len)) != 0)
             return rc;
         snprintf(dpath, sizeof dpath, "/layers/%d/q", layer);
@@ -139,7 +204,12 @@ static int scan_qkv_layer(kv_trace *tr, int layer, float *q, float *k, char *err
         snprintf(dpath, sizeof dpath, "/layers/%d/k", layer);
         if ((rc = kv_check_finite(path, dpath, kdims, k, err, len)) != 0)
             return rc;
+        if (in->source == KV_SOURCE_QK
+            && (rc = kv_check_logits(path, layer, in, q, k, err, len)) != 0)
+            return rc;
     }
+    if (!(what & KV_CHECK_V))
+        return 0;
     rc = kv_trace_read_v(tr, layer, k, err, len);
     if (rc == KV_ETRACE_ARG)
         return 0;   /* no v in this layer: optional */
@@ -157,12 +227,13 @@ int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_
     int block = fit < 1 ? 1 : fit > KV_SCAN_BLOCK_ROWS ? KV_SCAN_BLOCK_ROWS : (int)fit;
     float *buf = scan_attn ? malloc((size_t)block * row_bytes) : NULL;
     float *q = NULL, *k = NULL;
-    if (what & KV_CHECK_QKV) {
+    if (what & KV_CHECK_QK)
         q = malloc((size_t)in->n_heads * T * hd * sizeof *q);
+    if (what & KV_CHECK_QKV)
         k = malloc((size_t)in->n_kv_heads * T * hd * sizeof *k);
-    }
     int rc = 0;
-    if ((scan_attn && !buf) || ((what & KV_CHECK_QKV) && (!q || !k)))
+    if ((scan_attn && !buf) || ((what & KV_CHECK_QK) && !q) ||
+        ((what & KV_CHECK_QKV) && !k))
         rc = kv_trace_fail(err, err_len, KV_ETRACE_NOMEM, "%s: out of memory for the value "
                            "scan", kv_trace_path(tr));
     double start = now_seconds();
@@ -171,7 +242,7 @@ int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_
             fprintf(stderr, "\rkvsim: checking the values of layer %d/%d ", l + 1,
                     in->n_layers);
         if (what & KV_CHECK_QKV)
-            rc = scan_qkv_layer(tr, l, q, k, err, err_len);
+            rc = scan_qkv_layer(tr, l, what, q, k, err, err_len);
         if (!rc && scan_attn)
             rc = scan_attn_layer(tr, l, buf, block, err, err_len);
     }
@@ -188,7 +259,7 @@ int kv_trace_precheck(const char *path, char *err, size_t err_len)
     kv_trace *tr = NULL;
     int rc = kv_trace_open(path, &tr, err, err_len);
     if (!rc)
-        rc = kv_trace_check_values(tr, KV_CHECK_QKV, 0, err, err_len);
+        rc = kv_trace_check_values(tr, KV_CHECK_V, 0, err, err_len);
     kv_trace_close(tr);
     return rc;
 }

@@ -59,9 +59,12 @@ const char *kv_attn_precision_name(kv_attn_precision prec);
 
 /* What kv_trace_check_values scans (bits). */
 enum {
-    KV_CHECK_QKV = 1,   /* q, k and v of every layer that has them: finite */
+    KV_CHECK_QK = 1,    /* q and k of every layer (qk traces): finite, and the logits
+                           softmax_scale * q.k (kv_check_logits) */
     KV_CHECK_ATTN = 2,  /* attn rows: finite, >= 0, each row sums to 1 within tolerance */
-    KV_CHECK_ALL = 3
+    KV_CHECK_V = 4,     /* v of every layer that has it: finite */
+    KV_CHECK_QKV = 5,   /* q, k and v */
+    KV_CHECK_ALL = 7
 };
 
 /*
@@ -83,6 +86,19 @@ int kv_check_finite(const char *path, const char *dpath, const int dims[3], cons
                     char *err, size_t err_len);
 
 /*
+ * Checks that every logit softmax_scale * q_t.k_j (j <= t) of a layer of a qk trace is
+ * finite in float32, as the replay computes it (an SGEMM with the scale rounded to float):
+ * a logit that overflows gives Inf and then NaN probabilities. q and k are the layer as
+ * kv_trace_read_qk returns them (borrowed, finite). Computed in double; a Cauchy-Schwarz
+ * bound (scale * max |q_t| * max |k_j| <= FLT_MAX) settles most layers in one O(T)
+ * pass, and only a layer that fails the bound is scanned row by row (O(T^2 * head_dim)),
+ * stopping at the first bad row in [head, t] order. Returns 0, or KV_ETRACE_FORMAT with
+ * "PATH: /layers/L row [h, t]: logit ... for key j is not finite in float32, ...".
+ */
+int kv_check_logits(const char *path, int layer, const kv_trace_info *in, const float *q,
+                    const float *k, char *err, size_t err_len);
+
+/*
  * Scans an open trace's values as what asks (KV_CHECK_* bits), layer by layer, in
  * bounded memory (one block of attn rows of every head, or one layer's q, k and v).
  * Returns 0; KV_ETRACE_FORMAT at the first bad value; KV_ETRACE_IO when a dataset
@@ -92,8 +108,19 @@ int kv_check_finite(const char *path, const char *dpath, const int dims[3], cons
 int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_t err_len);
 
 /*
+ * Checks that rows t0..t1-1 of every head of a [n, T, head_dim] float tensor held whole
+ * (x, borrowed; other rows are not looked at) are finite, as kv_check_finite does for the
+ * whole tensor: the first bad element of the slab in [head, t, d] order. Returns 0, or
+ * KV_ETRACE_FORMAT with err set.
+ */
+int kv_check_finite_rows(const char *path, const char *dpath, const int dims[3], int t0,
+                         int t1, const float *x, char *err, size_t err_len);
+
+/*
  * What `kvsim run` checks in every trace before any replay: kv_trace_open's checks and
- * KV_CHECK_QKV (attn rows are checked as the replay reads them). Returns 0 or a
+ * KV_CHECK_V. q and k (and attn rows) are not scanned here: the replay reads each of them
+ * once and checks what it reads (kv_trace_set_read_checks), so a bad value still stops the
+ * run before any result file is written, without a second pass over the largest datasets. Returns 0 or a
  * KV_ETRACE_* code with err set; the file is closed again either way.
  */
 int kv_trace_precheck(const char *path, char *err, size_t err_len);
