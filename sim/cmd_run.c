@@ -496,11 +496,6 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     static kv_result_set rs;
     rs.dir_fd = rs.staging_fd = -1;
     run_models rm = { 0 };
-    if (rc == 0 && ex->model[0] && d != &in_process) {
-        snprintf(err, err_len, "the closed loop (model = ...) runs in one process: use kvsim "
-                 "run");
-        rc = KV_EUSAGE;
-    }
     if (rc == 0 && ex->model[0])
         rc = load_models(ex, &rm, err, err_len);
     if (rc == 0 && o->dump_sets && !rm.n_models) {

@@ -18,8 +18,11 @@
  *      layer order with kv_results_add_layer, the function kv_replay itself uses, then
  *      merges the groups as kv_experiment_replay does. So the files are byte-identical
  *      by construction.
- * A closed-loop (model-driven) run would be a third kind of unit, one per (trace,
- * policy, budget): UNIT_CLOSED_LOOP is reserved for it and not handed out yet.
+ *   3. the closed loop (with model = ...), after every replay is in: rank 0 runs it
+ *      itself, trace after trace, with the function kv_experiment_replay uses
+ *      (kv_experiment_closed_loop), so its columns are the single process's too. Spreading
+ *      it would be a third kind of unit, one per (trace, policy, budget):
+ *      UNIT_CLOSED_LOOP is reserved for it and not handed out yet.
  *
  * Units are handed out dynamically, largest estimated cost first (a rank that finishes
  * takes the next). Every rank opens its traces itself (read only). A failing unit (a bad
@@ -878,6 +881,13 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
     }
     free(units);
     reduction_close(&rr);
+    /* the closed loop, on rank 0 alone, trace after trace, once every replay is in */
+    for (int k = 0; rc == 0 && opts->models && k < ex->n_traces; k++) {
+        if (opts->progress && ex->n_traces > 1)
+            fprintf(stderr, "kvsim: closed loop of trace %d/%d: %s\n", k + 1, ex->n_traces,
+                    ex->traces[k]);
+        rc = kv_experiment_closed_loop(ex, k, opts, res[k], err, err_len);
+    }
     if (d->self.have_plan) {
         d->self.have_plan = 0;   /* the plan is this function's */
         memset(&d->self.plan, 0, sizeof d->self.plan);
