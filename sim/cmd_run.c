@@ -496,11 +496,6 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     static kv_result_set rs;
     rs.dir_fd = rs.staging_fd = -1;
     run_models rm = { 0 };
-    if (rc == 0 && ex->model[0] && d != &in_process) {
-        snprintf(err, err_len, "the closed loop (model = ...) runs in one process: use kvsim "
-                 "run");
-        rc = KV_EUSAGE;
-    }
     if (rc == 0 && ex->model[0])
         rc = load_models(ex, &rm, err, err_len);
     if (rc == 0 && o->dump_sets && !rm.n_models) {
@@ -565,7 +560,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
                       .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
     if (o.typed) {
-        o.typed[o.n_typed++] = "kvsim";
+        o.typed[o.n_typed++] = (char *)(driver && driver->program ? driver->program : "kvsim");
         for (int i = 0; i < argc; i++)   /* argv[0] is "run" */
             o.typed[o.n_typed++] = argv[i];
     }

@@ -107,7 +107,17 @@ typedef struct {
                   const kv_experiment_opts *opts, kv_results **res, char *err,
                   size_t err_len);
     void *ctx;
+    const char *program;   /* the command's name in manifest.json; NULL: "kvsim" */
 } kv_experiment_driver;
+
+/*
+ * Step 4 alone for trace k: every run of merged (trace k's results of steps 2-3, all
+ * policies) closed-loop with opts->models[k] (not NULL), as kv_experiment_replay runs it
+ * after trace k's groups; for drivers that replay elsewhere (kvsim-mpi). Opens the trace
+ * itself. Returns 0 or a KV_E* code with err set (kv_closed_loop's).
+ */
+int kv_experiment_closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts *opts,
+                              kv_results *merged, char *err, size_t err_len);
 
 /*
  * Steps 2-3 for every trace: res[k] (res: [n_traces], set to NULL first) gets trace k's
