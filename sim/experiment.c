@@ -228,7 +228,7 @@ int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
         if (rc == 0)
             rc = kv_experiment_merge(ex, g, part, &res[g->trace], err, err_len);
         if (i + 1 == plan.n_groups || plan.groups[i + 1].trace != g->trace) {
-            if (rc == 0 && opts->models)   /* step 4 */
+            if (rc == 0 && opts->models && opts->models[g->trace])   /* step 4 */
                 rc = closed_loop(ex, g->trace, opts, tr, res[g->trace], err, err_len);
             kv_trace_close(tr);
             tr = NULL;

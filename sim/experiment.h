@@ -26,7 +26,8 @@ typedef struct {
     int progress;    /* 1: progress on stderr (per trace, and the engine's) */
     const kv_model *const *models; /* not NULL: step 4, trace k also runs closed-loop with
                                models[k], the checkpoint it was captured from
-                               (sim/closedloop.h; kv_closed_loop_check passed) */
+                               (sim/closedloop.h; kv_closed_loop_check passed); models[k]
+                               NULL: trace k runs open-loop only */
     const char *dump_sets;  /* with a model: a directory for each trace's NAME.sets dump of
                                the closed loop's A_t, or NULL */
     int dense;       /* 1: never the sparse replay (kv_replay_conf.dense) */

@@ -883,6 +883,8 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
     reduction_close(&rr);
     /* the closed loop, on rank 0 alone, trace after trace, once every replay is in */
     for (int k = 0; rc == 0 && opts->models && k < ex->n_traces; k++) {
+        if (!opts->models[k])
+            continue;   /* its checkpoint is missing: open loop only */
         if (opts->progress && ex->n_traces > 1)
             fprintf(stderr, "kvsim: closed loop of trace %d/%d: %s\n", k + 1, ex->n_traces,
                     ex->traces[k]);

@@ -375,6 +375,35 @@ static void test_console_table(void **state)
     assert_true(strtod(kl, NULL) > 0.0);   /* B = 6 < T - 1 evicts: a non-trivial value */
 }
 
+/* A listed checkpoint that does not exist: the traces of the others still run closed-loop,
+ * a trace of the missing one runs open-loop only with a note; none existing is an error. */
+static void test_missing_checkpoint(void **state)
+{
+    (void)state;
+    char both[2048];
+    snprintf(both, sizeof both, "%s,%s", kv_test_path("tiny.bin"), kv_test_path("absent.bin"));
+    kv_test_gen_small(kv_test_path("gen_open.h5"), 1, 0, 0);   /* no checkpoint_sha256 */
+    char traces[2048];
+    snprintf(traces, sizeof traces, "%s,%s", kv_test_path("tiny.h5"), kv_test_path("gen_open.h5"));
+    const char *args[] = { "run", "--trace", traces, "--policies", "window", "--budgets", "6",
+                           "--model", both, "-o", kv_test_path("partial"), "--force",
+                           "--no-plot", "-q", NULL };
+    kv_cli_result r;
+    assert_int_equal(kv_cli_run(args, NULL, &r), 0);
+    assert_int_equal(kv_cli_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "gen_open.h5 runs open-loop only"));
+    assert_non_null(strstr(r.err, "absent.bin"));
+    const char *summary = kv_test_path("partial/summary.tsv");
+    assert_string_equal(tsv_cell(summary, "trace", "gen_open.h5", -1, "kl_mean"), "NA");
+    assert_string_not_equal(tsv_cell(summary, "trace", "tiny.h5", -1, "kl_mean"), "NA");
+    const char *none[] = { "run", "--trace", kv_test_path("tiny.h5"), "--policies", "window",
+                           "--budgets", "6", "--model", kv_test_path("absent.bin"), "-o",
+                           kv_test_path("none"), "--force", "--no-plot", "-q", NULL };
+    assert_int_equal(kv_cli_run(none, NULL, &r), 1);
+    assert_int_equal(kv_cli_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "absent.bin not found"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_out_err_against_numpy),
         cmocka_unit_test(test_pairing_checked),
         cmocka_unit_test(test_console_table),
+        cmocka_unit_test(test_missing_checkpoint),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
