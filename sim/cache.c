@@ -317,9 +317,11 @@ static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
 }
 
 /*
- * out_err of head hh at t: o_cache = sum over A_t (pos[0..n), NULL: 0..n-1) of p[j] v_j /
- * recall (rule 2's renormalised row, summed in double) against o_full;
- * |o_cache - o_full| / |o_full|, 0 when both are 0. O(|A_t| * head_dim).
+ * out_err of head hh at t: o_cache = sum over the n slots i of A_t of w_i v_{j_i} / recall
+ * (rule 2's renormalised row, summed in double, slot order) against o_full;
+ * |o_cache - o_full| / |o_full|, 0 when both are 0. O(|A_t| * head_dim). Slot i holds
+ * position j_i = pos[i] (NULL: i); its weight is p[j_i], or p[i] when the row is by slot
+ * (kv_group_rows.by_slot: the sparse replay's weights of A_t alone).
  */
 static double output_error(const kv_group_rows *full, int hh, const float *p, const int *pos,
                            int n, double recall)
@@ -335,7 +337,7 @@ static double output_error(const kv_group_rows *full, int hh, const float *p, co
     for (int i = 0; i < n; i++) {
         int j = pos ? pos[i] : i;
         const float *vj = v + (size_t)j * hd;
-        double w = p[j];
+        double w = p[full->by_slot ? i : j];
         for (int d = 0; d < hd; d++)
             o[d] += w * vj[d];
     }
@@ -383,7 +385,9 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
         recall_sum += recall;
         c->head_recall[hh] = recall;
-        c->head_out_err[hh] = full->o_full ? output_error(full, hh, p, pos, n, recall) : NAN;
+        /* by slot, the weights are p[0..n) but the values those of c->pos[0..n) */
+        c->head_out_err[hh] = full->o_full ? output_error(full, hh, p, full->by_slot ? c->pos
+                                                          : pos, n, recall) : NAN;
         out_err += c->head_out_err[hh];
         if (full->top) {
             const int *top = full->top + (size_t)hh * full->top_stride;
