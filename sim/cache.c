@@ -316,6 +316,22 @@ static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
         w[i] *= inv;
 }
 
+/* o[0..hd) += sum over slots i < n, in order, of w_i v_{j_i} (output_error's o_cache
+ * before the division): vectorised over d, one lane per dimension, so every clone sums
+ * alike and gives the plain loop's bits. */
+static KV_SIMD_CLONES void weighted_values(double *restrict o, const float *restrict v, int hd,
+                                          const float *p, const int *pos, int n, int by_slot)
+{
+    for (int i = 0; i < n; i++) {
+        int j = pos ? pos[i] : i;
+        const float *restrict vj = v + (size_t)j * hd;
+        double w = p[by_slot ? i : j];
+        #pragma omp simd
+        for (int d = 0; d < hd; d++)
+            o[d] += w * vj[d];
+    }
+}
+
 /*
  * out_err of head hh at t: o_cache = sum over the n slots i of A_t of w_i v_{j_i} / recall
  * (rule 2's renormalised row, summed in double, slot order) against o_full;
@@ -334,13 +350,7 @@ static double output_error(const kv_group_rows *full, int hh, const float *p, co
                                         full->head_lo / full->heads_per_v) * full->v_stride;
     const float *o_full = full->o_full + (size_t)hh * full->o_stride;
     double o[MAX_HEAD_DIM] = { 0 }, diff = 0.0, norm = 0.0;
-    for (int i = 0; i < n; i++) {
-        int j = pos ? pos[i] : i;
-        const float *vj = v + (size_t)j * hd;
-        double w = p[full->by_slot ? i : j];
-        for (int d = 0; d < hd; d++)
-            o[d] += w * vj[d];
-    }
+    weighted_values(o, v, hd, p, pos, n, full->by_slot);
     double inv = recall > 0.0 ? 1.0 / recall : 0.0;   /* rule 6: an all-zero row */
     for (int d = 0; d < hd; d++) {
         double e = o[d] * inv - o_full[d];
