@@ -61,8 +61,8 @@ int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *
     if (ctx->held_cap > ctx->budget && c->max_held >= 0)
         c->max_held += ctx->held_cap - ctx->budget;
     if (c->pos && c->in_set && c->entered && c->w && c->keep && c->head_recall &&
-        c->head_out_err && c->lifetimes && c->evictions && c->lifetime_sum && c->score && c->fixed && c->cand && c->scratch &&
-        c->chunks)
+        c->head_out_err && c->lifetimes && c->evictions && c->lifetime_sum && c->score &&
+        c->fixed && c->cand && c->scratch && c->chunks)
         c->state = ops->create(values, ctx);
     if (!c->state) {
         kv_cache_free(c);

@@ -42,8 +42,9 @@
  *     reads_row); otherwise it is stale.
  *   - kv_cache_update: the policy observed row t; at t = P-1 and at every decode step it
  *     chose, and c->pos[0..c->n) = S, ascending; positions that left are counted in
- *     c->lifetimes, c->evictions and c->lifetime_sum. c->failed is set (and stays set) when S exceeds the policy's bound
- *     (kv_policy_max_held): the driver reports an internal error.
+ *     c->lifetimes, c->evictions and c->lifetime_sum. c->failed is set (and stays set)
+ *     when S exceeds the policy's bound (kv_policy_max_held): the driver reports an
+ *     internal error.
  * Preconditions (the driver's duty): t runs 0, 1, ..., T-1 with query before update at
  * each t; full_t holds t + 1 weights per head; prescan, when used, sees every t before the
  * first query. A closed-loop driver that needs o_t whatever the policy reads computes it
