@@ -49,8 +49,8 @@ static int keydiff_check(const kv_param_values *values, int budget, char *err,
     if (kv_check_budget(budget, err, err_len) != 0)
         return 1;
     if (budget < (int)values->v[P_WINDOW]) {
-        snprintf(err, err_len, "budget %d must be at least keydiff window %d", budget,
-                 (int)values->v[P_WINDOW]);
+        snprintf(err, err_len, "budget %d must be at least keydiff window %d (use --set "
+                 "keydiff.window=N with N <= %d)", budget, (int)values->v[P_WINDOW], budget);
         return 1;
     }
     return 0;

@@ -107,7 +107,8 @@ static int snapkv_check(const kv_param_values *values, int budget, char *err,
         return 1;
     }
     if (kernel % 2 == 0) {
-        snprintf(err, err_len, "snapkv kernel %d must be odd", kernel);
+        snprintf(err, err_len, "snapkv kernel %d must be odd (use --set snapkv.kernel=N "
+                 "with N odd, e.g. %d)", kernel, kernel - 1);
         return 1;
     }
     return 0;
