@@ -115,6 +115,15 @@ __attribute__((unused)) static char *kv_test_path(const char *name)
     return buf[k];
 }
 
+/* Writes text to path (created or truncated); fails the test when it cannot. */
+__attribute__((unused)) static void kv_test_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
 /* Runs cmd through the shell with stdout and stderr sent to /dev/null; returns
  * system()'s status. */
 __attribute__((unused)) static int kv_test_run_quiet(const char *cmd)
