@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/kv_test.h"   /* kv_test_path, kv_test_dir_teardown */
+
 #define KV_CLI_MAX_ARGS 64
 
 typedef struct {
@@ -147,13 +149,15 @@ static int kv_cli_has_temporaries(const char *dir)
     return system(cmd) == 0;
 }
 
-/* Mounts a tmpfs of `size` (mount's size= option, "2m") on mnt, a directory this makes,
- * so a test can fill a real file system. Where this process may not mount one (not root,
- * or the kernel refuses) mnt is removed again and the calling test skipped (cmocka
- * skip()); a mnt that cannot be made fails it. kv_cli_tmpfs_unmount takes it down. */
+/* Mounts a tmpfs of `size` (mount's size= option, "2m") on kv_test_path("tiny_fs"), a
+ * directory this makes, so a test can fill a real file system; returns that path. Where
+ * this process may not mount one (not root, or the kernel refuses) the directory is
+ * removed again and the calling test skipped (cmocka skip()); one that cannot be made
+ * fails it. kv_cli_tmpfs_unmount takes it down. */
 __attribute__((unused))
-static void kv_cli_tmpfs_mount(const char *mnt, const char *size)
+static const char *kv_cli_tmpfs_mount(const char *size)
 {
+    const char *mnt = kv_test_path("tiny_fs");
     assert_int_equal(mkdir(mnt, 0700), 0);
     char options[64];
     snprintf(options, sizeof options, "size=%s", size);
@@ -162,15 +166,26 @@ static void kv_cli_tmpfs_mount(const char *mnt, const char *size)
         print_message("skipped: cannot mount a tmpfs on %s (needs root)\n", mnt);
         skip();
     }
+    return mnt;
 }
 
-/* Unmounts the tmpfs on mnt and removes mnt. Harmless where nothing is mounted (a
- * teardown after a test that skipped, or failed before unmounting). */
+/* Unmounts kv_cli_tmpfs_mount's tmpfs and removes its directory. Harmless where nothing
+ * is mounted (a test that skipped, or failed before unmounting). */
 __attribute__((unused))
-static void kv_cli_tmpfs_unmount(const char *mnt)
+static void kv_cli_tmpfs_unmount(void)
 {
+    const char *mnt = kv_test_path("tiny_fs");
     umount(mnt);
     rmdir(mnt);
+}
+
+/* A cmocka group teardown for the programs that mount the tmpfs: unmounts it (still
+ * there when its test failed part-way), then kv_test_dir_teardown. */
+__attribute__((unused))
+static int kv_cli_tmpfs_teardown(void **state)
+{
+    kv_cli_tmpfs_unmount();
+    return kv_test_dir_teardown(state);
 }
 
 #endif

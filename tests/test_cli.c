@@ -293,12 +293,11 @@ static void test_file_size_limit(void **state)
 static void test_full_tmpfs(void **state)
 {
     (void)state;
-    const char *mnt = kv_test_path("tiny_fs");
-    kv_cli_tmpfs_mount(mnt, "2m");
+    const char *mnt = kv_cli_tmpfs_mount("2m");
     char dir[300];
     snprintf(dir, sizeof dir, "%s/results", mnt);
     expect_write_failure(dir, NULL, "No space left on device");
-    kv_cli_tmpfs_unmount(mnt);
+    kv_cli_tmpfs_unmount();
 }
 
 static int setup(void **state)
@@ -319,13 +318,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    kv_cli_tmpfs_unmount(kv_test_path("tiny_fs"));   /* when its test failed part-way */
-    return kv_test_dir_remove() == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -337,5 +329,5 @@ int main(void)
         cmocka_unit_test(test_file_size_limit),
         cmocka_unit_test(test_full_tmpfs),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_cli_tmpfs_teardown);
 }

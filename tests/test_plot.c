@@ -546,15 +546,14 @@ static void test_plot_full_tmpfs(void **state)
     if (!kv_plot_available())
         skip();
     make_good_results();
-    const char *mnt = kv_test_path("tiny_fs");
-    kv_cli_tmpfs_mount(mnt, "8m");
+    const char *mnt = kv_cli_tmpfs_mount("8m");
     char dir[400], cmd[1200];
     snprintf(dir, sizeof dir, "%s/results", mnt);
     snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && dd if=/dev/zero of='%s/filler' bs=4k "
              "2>/dev/null; true", g_good, dir, mnt);
     assert_int_equal(kv_test_run_quiet(cmd), 0);
     expect_write_failure(dir, NULL, "ENOSPC");
-    kv_cli_tmpfs_unmount(mnt);
+    kv_cli_tmpfs_unmount();
 }
 
 static int setup(void **state)
@@ -565,13 +564,6 @@ static int setup(void **state)
     snprintf(g_pwned, sizeof g_pwned, "%s/PWNED", kv_test_dir);
     setenv("KV_PWNED", g_pwned, 1);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    kv_cli_tmpfs_unmount(kv_test_path("tiny_fs"));   /* when its test failed part-way */
-    return kv_test_dir_remove() == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -588,5 +580,5 @@ int main(void)
         cmocka_unit_test(test_plot_file_size_limit),
         cmocka_unit_test(test_plot_full_tmpfs),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_cli_tmpfs_teardown);
 }
