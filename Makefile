@@ -172,6 +172,7 @@ test-mpi: deps
 bench-mpi: deps
 	@$(MAKE) --no-print-directory kvsim kvsim-mpi
 	tests/mpi_bench.sh $(BUILD)/bench-mpi
+	tests/mpi_unit_costs.sh $(BUILD)/bench-mpi
 
 # ------------------------------------------------------------------------------------
 # Robustness: sanitizers, valgrind and fuzzing (CI runs all three after `make test`).

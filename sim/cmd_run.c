@@ -390,7 +390,9 @@ static const kv_experiment_driver in_process = {
 typedef struct {
     kv_model **models;            /* [n_models] */
     int n_models;
-    const kv_model **of_trace;    /* [n_traces] borrowed from models */
+    const kv_model **of_trace;    /* [n_traces] borrowed from models; NULL: open loop only
+                                     (its checkpoint is one of the missing) */
+    char missing[KV_PATH_LEN];    /* the listed checkpoints not found, comma-separated */
 } run_models;
 
 static void models_free(run_models *rm)
@@ -403,18 +405,27 @@ static void models_free(run_models *rm)
 }
 
 /* The model of trace tr among rm's (its checkpoint_sha256 equals the model's), checked
- * with kv_closed_loop_check; with one model a mismatch is that check's message. Returns
- * 0, KV_ERUNTIME or KV_EUSAGE (from another checkpoint, without tokens). */
-static int match_model(kv_trace *tr, const run_models *rm, char **paths, int k,
-                       char *err, size_t err_len)
+ * with kv_closed_loop_check; with one model listed a mismatch is that check's message.
+ * A trace from none of them, when some listed checkpoint was missing, runs open-loop
+ * only (a note on stderr). Returns 0, KV_ERUNTIME or KV_EUSAGE (from another checkpoint,
+ * without tokens). */
+static int match_model(kv_trace *tr, const run_models *rm, char **paths, int n_listed,
+                       int k, char *err, size_t err_len)
 {
-    char sha[128], why[256];
-    int found = rm->n_models == 1 ? 0 : -1;
+    char sha[128] = "?", why[256];
+    int found = n_listed == 1 && rm->n_models == 1 ? 0 : -1;
     if (found < 0 && kv_trace_read_attr_string(tr, "checkpoint_sha256", sha, sizeof sha, why,
                                                 sizeof why) == 0)
         for (int i = 0; i < rm->n_models && found < 0; i++)
             if (strcmp(sha, kv_model_sha256(rm->models[i])) == 0)
                 found = i;
+    if (found < 0 && rm->missing[0]) {
+        fprintf(stderr, "kvsim run: note: %s runs open-loop only (closed-loop columns NA): "
+                "it was captured from checkpoint sha256 %s, none of those loaded, and %s "
+                "was not found (`make models`)\n", kv_trace_path(tr), sha, rm->missing);
+        rm->of_trace[k] = NULL;
+        return 0;
+    }
     if (found < 0) {
         int n = snprintf(err, err_len, "%s was captured from checkpoint sha256 %s, which is "
                          "none of the models given:", kv_trace_path(tr), sha);
@@ -428,11 +439,14 @@ static int match_model(kv_trace *tr, const run_models *rm, char **paths, int k,
 }
 
 /* Loads the closed loop's checkpoints (a comma-separated list) and finds every trace's,
- * before any replay. Returns 0, KV_ERUNTIME (an unreadable checkpoint or trace) or
- * KV_EUSAGE (a trace from none of them, without tokens, of another geometry). */
+ * before any replay. A listed checkpoint that does not exist is skipped, so that an
+ * experiment naming several still runs where `make models` could not fetch one (its
+ * traces then run open-loop only); when none exists that is an error. Returns 0,
+ * KV_ERUNTIME (an unreadable checkpoint or trace, or none found) or KV_EUSAGE (a trace
+ * from none of them, without tokens, of another geometry). */
 static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_t err_len)
 {
-    char list[KV_PATH_LEN], *paths[KV_MAX_MODELS];
+    char list[KV_PATH_LEN], *paths[KV_MAX_MODELS], resolved[KV_MAX_MODELS][KV_PATH_LEN];
     snprintf(list, sizeof list, "%s", ex->model);
     int n = 0;
     for (char *save = NULL, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
@@ -453,23 +467,29 @@ static int load_models(const kv_experiment *ex, run_models *rm, char *err, size_
         snprintf(err, err_len, "out of memory");
         return KV_ERUNTIME;
     }
-    for (; rm->n_models < n; rm->n_models++) {
-        char path[KV_PATH_LEN];
-        kv_resolve_model_file(paths[rm->n_models], path, sizeof path);
-        if (kv_model_load(path, &rm->models[rm->n_models], err, err_len)) {
-            if (access(path, F_OK) != 0) {
-                size_t at = strlen(err);
-                snprintf(err + at, err_len - at, " (`make models` puts the checkpoints in "
-                         "$KVSIM_MODELS, default models/)");
-            }
-            return KV_ERUNTIME;
+    char *loaded[KV_MAX_MODELS];   /* the paths of rm->models, in their order */
+    for (int i = 0; i < n; i++) {
+        kv_resolve_model_file(paths[i], resolved[i], sizeof resolved[i]);
+        if (access(resolved[i], F_OK) != 0) {
+            size_t at = strlen(rm->missing);
+            snprintf(rm->missing + at, sizeof rm->missing - at, "%s%s", at ? ", " : "",
+                     paths[i]);
+            continue;
         }
+        if (kv_model_load(resolved[i], &rm->models[rm->n_models], err, err_len))
+            return KV_ERUNTIME;
+        loaded[rm->n_models++] = resolved[i];
+    }
+    if (n > 0 && rm->n_models == 0) {
+        snprintf(err, err_len, "model: %s not found (`make models` puts the checkpoints in "
+                 "$KVSIM_MODELS, default models/)", rm->missing);
+        return KV_ERUNTIME;
     }
     for (int k = 0; k < ex->n_traces; k++) {
         kv_trace *tr = NULL;
         if (kv_trace_open(ex->traces[k], &tr, err, err_len))
             return KV_ERUNTIME;
-        int rc = match_model(tr, rm, paths, k, err, err_len);
+        int rc = match_model(tr, rm, loaded, n, k, err, err_len);
         kv_trace_close(tr);
         if (rc)
             return rc;
@@ -496,11 +516,6 @@ static int run_experiment(const kv_experiment *ex, const run_options *o, run_buf
     static kv_result_set rs;
     rs.dir_fd = rs.staging_fd = -1;
     run_models rm = { 0 };
-    if (rc == 0 && ex->model[0] && d != &in_process) {
-        snprintf(err, err_len, "the closed loop (model = ...) runs in one process: use kvsim "
-                 "run");
-        rc = KV_EUSAGE;
-    }
     if (rc == 0 && ex->model[0])
         rc = load_models(ex, &rm, err, err_len);
     if (rc == 0 && o->dump_sets && !rm.n_models) {
@@ -565,7 +580,7 @@ int kv_cmd_run_with(int argc, char **argv, const kv_experiment_driver *driver)
                       .typed = malloc((size_t)(argc + 1) * sizeof *o.typed) };
     run_buffers b = { 0 };
     if (o.typed) {
-        o.typed[o.n_typed++] = "kvsim";
+        o.typed[o.n_typed++] = (char *)(driver && driver->program ? driver->program : "kvsim");
         for (int i = 0; i < argc; i++)   /* argv[0] is "run" */
             o.typed[o.n_typed++] = argv[i];
     }

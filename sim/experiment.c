@@ -177,6 +177,17 @@ static int closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts 
     return rc;
 }
 
+int kv_experiment_closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts *opts,
+                              kv_results *merged, char *err, size_t err_len)
+{
+    kv_trace *tr = NULL;
+    if (kv_trace_open(ex->traces[k], &tr, err, err_len))
+        return KV_ERUNTIME;
+    int rc = closed_loop(ex, k, opts, tr, merged, err, err_len);
+    kv_trace_close(tr);
+    return rc;
+}
+
 /* Steps 2-4 for every trace, group by group in the plan's order. */
 int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
                          const kv_experiment_opts *opts, kv_results **res, char *err,
@@ -217,7 +228,7 @@ int kv_experiment_replay(const kv_experiment *ex, const int *tokens,
         if (rc == 0)
             rc = kv_experiment_merge(ex, g, part, &res[g->trace], err, err_len);
         if (i + 1 == plan.n_groups || plan.groups[i + 1].trace != g->trace) {
-            if (rc == 0 && opts->models)   /* step 4 */
+            if (rc == 0 && opts->models && opts->models[g->trace])   /* step 4 */
                 rc = closed_loop(ex, g->trace, opts, tr, res[g->trace], err, err_len);
             kv_trace_close(tr);
             tr = NULL;

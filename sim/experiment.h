@@ -26,7 +26,8 @@ typedef struct {
     int progress;    /* 1: progress on stderr (per trace, and the engine's) */
     const kv_model *const *models; /* not NULL: step 4, trace k also runs closed-loop with
                                models[k], the checkpoint it was captured from
-                               (sim/closedloop.h; kv_closed_loop_check passed) */
+                               (sim/closedloop.h; kv_closed_loop_check passed); models[k]
+                               NULL: trace k runs open-loop only */
     const char *dump_sets;  /* with a model: a directory for each trace's NAME.sets dump of
                                the closed loop's A_t, or NULL */
     int dense;       /* 1: never the sparse replay (kv_replay_conf.dense) */
@@ -107,7 +108,17 @@ typedef struct {
                   const kv_experiment_opts *opts, kv_results **res, char *err,
                   size_t err_len);
     void *ctx;
+    const char *program;   /* the command's name in manifest.json; NULL: "kvsim" */
 } kv_experiment_driver;
+
+/*
+ * Step 4 alone for trace k: every run of merged (trace k's results of steps 2-3, all
+ * policies) closed-loop with opts->models[k] (not NULL), as kv_experiment_replay runs it
+ * after trace k's groups; for drivers that replay elsewhere (kvsim-mpi). Opens the trace
+ * itself. Returns 0 or a KV_E* code with err set (kv_closed_loop's).
+ */
+int kv_experiment_closed_loop(const kv_experiment *ex, int k, const kv_experiment_opts *opts,
+                              kv_results *merged, char *err, size_t err_len);
 
 /*
  * Steps 2-3 for every trace: res[k] (res: [n_traces], set to NULL first) gets trace k's

@@ -18,8 +18,11 @@
  *      layer order with kv_results_add_layer, the function kv_replay itself uses, then
  *      merges the groups as kv_experiment_replay does. So the files are byte-identical
  *      by construction.
- * A closed-loop (model-driven) run would be a third kind of unit, one per (trace,
- * policy, budget): UNIT_CLOSED_LOOP is reserved for it and not handed out yet.
+ *   3. the closed loop (with model = ...), after every replay is in: rank 0 runs it
+ *      itself, trace after trace, with the function kv_experiment_replay uses
+ *      (kv_experiment_closed_loop), so its columns are the single process's too. Spreading
+ *      it would be a third kind of unit, one per (trace, policy, budget):
+ *      UNIT_CLOSED_LOOP is reserved for it and not handed out yet.
  *
  * Units are handed out dynamically, largest estimated cost first (a rank that finishes
  * takes the next). Every rank opens its traces itself (read only). A failing unit (a bad
@@ -68,19 +71,15 @@ typedef struct {
     int rc;                     /* the status code the in-process step would return */
     int tokens;                 /* UNIT_RESOLVE: the resolved budget */
     unsigned long long bytes;   /* UNIT_REPLAY: bytes of the layer part that follow */
+    double seconds;             /* wall time of the unit on its rank */
     char err[1024];
 } unit_result;
 
-/* Rank 0's state over one run. */
+/* Rank 0's view of the job. */
 typedef struct {
-    int rank, n_ranks;
-    const kv_experiment *ex;
-    kv_trace_info *infos;       /* [n_traces] headers (NULL entries' open failed) */
-    int *header_rc;             /* [n_traces] */
-    char **header_err;          /* [n_traces] */
-    int check_rc;               /* the first failed check in trace order, with check_err */
-    char check_err[1024];
-    int progress;
+    int n_ranks;
+    const kv_experiment *ex;    /* kvsim run's, borrowed */
+    int progress;               /* 1: progress and the gather's cost on stderr */
 } mpi_run;
 
 static double now_seconds(void)
@@ -101,6 +100,28 @@ static void unit_unpack(const int *v, unit *u)
     memset(u, 0, sizeof *u);
     u->kind = v[0], u->trace = v[1], u->group = v[2], u->policy = v[3], u->budget = v[4],
     u->layer = v[5];
+}
+
+/*
+ * Waits for a message from source (MPI_ANY_SOURCE) with tag (MPI_ANY_TAG) and returns its
+ * envelope in *st, without spinning: Open MPI's blocking receive polls a core at full
+ * speed, which would take the core of a replaying rank beside an idle rank 0 (or of rank 0
+ * writing the results beside idle ranks). A message is noticed within 2 ms; a unit takes
+ * far longer.
+ */
+static void wait_message(int source, int tag, MPI_Status *st)
+{
+    long pause_ns = 20000;
+    for (;;) {
+        int flag = 0;
+        MPI_Iprobe(source, tag, MPI_COMM_WORLD, &flag, st);
+        if (flag)
+            return;
+        struct timespec ts = { 0, pause_ns };
+        nanosleep(&ts, NULL);
+        if (pause_ns < 2000000)
+            pause_ns *= 2;
+    }
 }
 
 /* Sends or receives a buffer of any size, in pieces MPI's int counts can hold. */
@@ -142,6 +163,7 @@ typedef struct {
 typedef struct {
     int remote;
     int sent;
+    double start;               /* when the unit began, for unit_result.seconds */
     int (*local)(void *ctx, const kv_layer_part *part, char *err, size_t err_len);
     void *local_ctx;
 } part_sink;
@@ -152,7 +174,7 @@ static int send_part(void *ctx, const kv_layer_part *part, char *err, size_t err
     s->sent = 1;
     if (!s->remote)
         return s->local(s->local_ctx, part, err, err_len);
-    unit_result r = { .rc = 0, .bytes = part->bytes };
+    unit_result r = { .rc = 0, .bytes = part->bytes, .seconds = now_seconds() - s->start };
     MPI_Send(&r, (int)sizeof r, MPI_BYTE, 0, TAG_RESULT, MPI_COMM_WORLD);
     send_bytes(part->data, part->bytes, 0);
     return 0;
@@ -177,10 +199,20 @@ static int worker_trace(unit_worker *w, int k, char *err, size_t err_len)
  * was handed over, *r holds the answer and the caller sends it. Returns 1 when the
  * answer was sent by the sink.
  */
+static int do_unit_kind(unit_worker *w, const unit *u, part_sink *sink, unit_result *r);
+
 static int do_unit(unit_worker *w, const unit *u, part_sink *sink, unit_result *r)
 {
-    const kv_experiment *ex = w->ex;
     memset(r, 0, sizeof *r);
+    sink->start = now_seconds();
+    int sent = do_unit_kind(w, u, sink, r);
+    r->seconds = now_seconds() - sink->start;
+    return sent;
+}
+
+static int do_unit_kind(unit_worker *w, const unit *u, part_sink *sink, unit_result *r)
+{
+    const kv_experiment *ex = w->ex;
     if (u->kind == UNIT_CHECK) {
         if (kv_trace_precheck(ex->traces[u->trace], r->err, sizeof r->err))
             r->rc = KV_ERUNTIME;
@@ -219,9 +251,16 @@ static int worker_take_plan(unit_worker *w, int n_ints)
     const kv_experiment *ex = w->ex;
     size_t n_tokens = (size_t)ex->n_traces * ex->n_policies * ex->n_budgets;
     int *msg = malloc((size_t)n_ints * sizeof *msg);
-    MPI_Recv(msg, n_ints, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    if (!msg || (size_t)n_ints != n_tokens + 1)
+    if (!msg) {   /* receive it anyway, so the next message is the next unit */
+        int one;
+        MPI_Recv(&one, 0, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         return -1;
+    }
+    MPI_Recv(msg, n_ints, MPI_INT, 0, TAG_PLAN, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if ((size_t)n_ints != n_tokens + 1) {
+        free(msg);
+        return -1;
+    }
     free(w->tokens);
     w->tokens = malloc(n_tokens * sizeof *w->tokens + 1);
     if (!w->tokens)
@@ -241,14 +280,14 @@ static int worker_take_plan(unit_worker *w, int n_ints)
  * incomplete when this rank failed to load the experiment (rank 0 then fails the same
  * way and sends no unit).
  */
-static void worker_loop(const kv_experiment *ex)
+static void worker_loop(const kv_experiment *ex, int load_rc, const char *load_err)
 {
     unit_worker w = { .ex = ex, .tr_index = -1 };
     w.group = malloc((ex->n_policies ? (size_t)ex->n_policies : 1) * sizeof *w.group);
     part_sink sink = { .remote = 1 };
     for (;;) {
         MPI_Status st;
-        MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &st);
+        wait_message(0, MPI_ANY_TAG, &st);
         if (st.MPI_TAG == TAG_PLAN) {
             int n;
             MPI_Get_count(&st, MPI_INT, &n);
@@ -263,10 +302,10 @@ static void worker_loop(const kv_experiment *ex)
             break;
         unit_result r;
         int sent = 0;
-        if (!w.group) {
+        if (load_rc || !w.group || u.trace < 0 || u.trace >= ex->n_traces) {
             memset(&r, 0, sizeof r);
-            r.rc = KV_ENOMEM;
-            snprintf(r.err, sizeof r.err, "out of memory");
+            r.rc = load_rc ? load_rc : KV_ENOMEM;
+            snprintf(r.err, sizeof r.err, "%s", load_rc ? load_err : "out of memory");
         } else {
             sent = do_unit(&w, &u, &sink, &r);
         }
@@ -309,7 +348,23 @@ typedef struct {
     double start, last, total_cost, done_cost;
     int n_done, n_units, enabled, tty, shown;
     const char *what;
+    /* the cost of spreading the work: layer parts' bytes gathered by rank 0, its seconds
+     * receiving them and folding them (on_answer), against the units' own seconds */
+    double bytes, recv_seconds, answer_seconds, unit_seconds;
+    int n_parts;
 } hand_out_progress;
+
+/* The gather's cost, one line, after the last unit. */
+static void progress_costs(const hand_out_progress *pg)
+{
+    if (!pg->enabled || pg->n_parts == 0)
+        return;
+    fprintf(stderr, "kvsim: %s: %d units in %.2f s; units' own time %.2f s; rank 0 gathered "
+            "%.0f bytes (%.0f per part, %d parts), %.3f s receiving, %.3f s folding\n",
+            pg->what, pg->n_units, now_seconds() - pg->start, pg->unit_seconds, pg->bytes,
+            pg->n_parts ? pg->bytes / pg->n_parts : 0.0, pg->n_parts, pg->recv_seconds,
+            pg->answer_seconds);
+}
 
 static void progress_show(hand_out_progress *pg, int final)
 {
@@ -364,19 +419,25 @@ typedef struct {
     const unit *u;
     answer_fn fn;
     int rc;
+    double start;
+    double answer_seconds;      /* in fn */
+    size_t bytes;
 } local_answer;
 
 static int answer_part_here(void *ctx, const kv_layer_part *part, char *err, size_t err_len)
 {
     local_answer *la = ctx;
-    unit_result r = { .rc = 0, .bytes = part->bytes };
+    unit_result r = { .rc = 0, .bytes = part->bytes, .seconds = now_seconds() - la->start };
     void *data = malloc(part->bytes ? part->bytes : 1);
     if (!data) {
         snprintf(err, err_len, "out of memory copying a layer part (%zu bytes)", part->bytes);
         return KV_ENOMEM;
     }
     memcpy(data, part->data, part->bytes);
+    double t0 = now_seconds();
     la->rc = la->fn(la->ctx, la->u, &r, data);
+    la->answer_seconds = now_seconds() - t0;
+    la->bytes = part->bytes;
     return 0;
 }
 
@@ -409,20 +470,22 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
         if (u->order > f->order)
             continue;
         unit_result r;
-        local_answer la = { .ctx = ctx, .u = u, .fn = on_answer };
+        local_answer la = { .ctx = ctx, .u = u, .fn = on_answer, .start = now_seconds() };
         part_sink sink = { .remote = 0, .local = answer_part_here, .local_ctx = &la };
         if (!do_unit(self, u, &sink, &r)) {
             name_rank(m, u, 0, &r);
             rc |= on_answer(ctx, u, &r, NULL);
         } else {
             rc |= la.rc;
+            pg.bytes += (double)la.bytes, pg.n_parts++, pg.answer_seconds += la.answer_seconds;
         }
+        pg.unit_seconds += r.seconds - la.answer_seconds;
         pg.done_cost += u->cost, pg.n_done++;
         progress_show(&pg, 0);
     }
     int *running = malloc((size_t)m->n_ranks * sizeof *running);   /* unit index per rank */
     if (!running && m->n_ranks > 1) {
-        snprintf(f->err, sizeof f->err, "out of memory");
+        failure_note(f, LLONG_MIN, KV_ENOMEM, "out of memory");
         return KV_ENOMEM;
     }
     for (int to = 1; to < m->n_ranks; to++) {
@@ -438,10 +501,12 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
     while (busy > 0) {
         unit_result r;
         MPI_Status st;
-        MPI_Recv(&r, (int)sizeof r, MPI_BYTE, MPI_ANY_SOURCE, TAG_RESULT, MPI_COMM_WORLD, &st);
+        wait_message(MPI_ANY_SOURCE, TAG_RESULT, &st);
         int from = st.MPI_SOURCE;
+        MPI_Recv(&r, (int)sizeof r, MPI_BYTE, from, TAG_RESULT, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         const unit *u = &units[running[from]];
         void *data = NULL;
+        double t0 = now_seconds();
         if (r.bytes) {
             data = malloc(r.bytes);
             if (!data) {   /* drain the bytes, then report */
@@ -462,9 +527,14 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
             } else {
                 recv_bytes(data, r.bytes, from);
             }
+            pg.bytes += (double)r.bytes, pg.n_parts++;
         }
+        double t1 = now_seconds();
+        pg.recv_seconds += t1 - t0;
+        pg.unit_seconds += r.seconds;
         name_rank(m, u, from, &r);
         rc |= on_answer(ctx, u, &r, data);
+        pg.answer_seconds += now_seconds() - t1;
         pg.done_cost += u->cost, pg.n_done++;
         progress_show(&pg, 0);
         busy--;
@@ -478,6 +548,7 @@ static int hand_out(mpi_run *m, unit_worker *self, unit *units, int n, first_fai
         }
     }
     progress_show(&pg, 1);
+    progress_costs(&pg);
     free(running);
     return rc;
 }
@@ -492,6 +563,20 @@ typedef struct {
     int *tokens;                /* borrowed from kvsim run's buffers */
     long long check_base;       /* orders from here on are checks */
 } mpi_driver;
+
+/* The experiment kvsim run loaded, for rank 0's own units (a one-rank job). */
+static int driver_take(mpi_driver *d, const kv_experiment *ex, char *err, size_t err_len)
+{
+    d->m.ex = ex;
+    d->self.ex = ex;
+    if (!d->self.group)
+        d->self.group = malloc((ex->n_policies ? (size_t)ex->n_policies : 1) *
+                               sizeof *d->self.group);
+    if (d->self.group)
+        return 0;
+    snprintf(err, err_len, "out of memory");
+    return KV_ENOMEM;
+}
 
 /* Orders of the single process's step 1 (trace by trace: the header, then each
  * (policy, budget) entry), then of its checks (trace by trace). */
@@ -522,6 +607,8 @@ static int mpi_resolve(void *ctx, const kv_experiment *ex, const kv_experiment_o
                        int *tokens, char *err, size_t err_len)
 {
     mpi_driver *d = ctx;
+    if (driver_take(d, ex, err, err_len))
+        return KV_ENOMEM;
     d->m.progress = opts->progress;
     int np = ex->n_policies, nb = ex->n_budgets;
     d->tokens = tokens;
@@ -742,9 +829,11 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
                       size_t err_len)
 {
     mpi_driver *d = ctx;
-    d->m.progress = opts->progress;
     for (int k = 0; k < ex->n_traces; k++)
         res[k] = NULL;
+    if (driver_take(d, ex, err, err_len))
+        return KV_ENOMEM;
+    d->m.progress = opts->progress;
     kv_replay_plan plan;
     int rc = kv_experiment_plan(ex, tokens, &plan, err, err_len);
     if (rc)
@@ -786,12 +875,21 @@ static int mpi_replay(void *ctx, const kv_experiment *ex, const int *tokens,
     }
     if (rc == 0)
         rc = hand_out(&d->m, &d->self, units, (int)n, &rr.f, answer_replay, &rr, "replay");
-    if (rc == 0 && rr.f.order != LLONG_MAX)
+    if (rr.f.order != LLONG_MAX) {
         rc = rr.f.rc;
-    if (rc)
-        snprintf(err, err_len, "%s", rr.f.order != LLONG_MAX ? rr.f.err : err);
+        snprintf(err, err_len, "%s", rr.f.err);
+    }
     free(units);
     reduction_close(&rr);
+    /* the closed loop, on rank 0 alone, trace after trace, once every replay is in */
+    for (int k = 0; rc == 0 && opts->models && k < ex->n_traces; k++) {
+        if (!opts->models[k])
+            continue;   /* its checkpoint is missing: open loop only */
+        if (opts->progress && ex->n_traces > 1)
+            fprintf(stderr, "kvsim: closed loop of trace %d/%d: %s\n", k + 1, ex->n_traces,
+                    ex->traces[k]);
+        rc = kv_experiment_closed_loop(ex, k, opts, res[k], err, err_len);
+    }
     if (d->self.have_plan) {
         d->self.have_plan = 0;   /* the plan is this function's */
         memset(&d->self.plan, 0, sizeof d->self.plan);
@@ -831,24 +929,14 @@ int main(int argc, char **argv)
             usage(help ? stdout : stderr);
             status = help ? 0 : KV_EUSAGE;
         } else {
-            mpi_driver d = { .m = { .rank = 0, .n_ranks = n_ranks },
+            mpi_driver d = { .m = { .n_ranks = n_ranks },
                              .self = { .tr_index = -1 } };
-            kv_experiment ex;
-            char err[1024];
-            kv_experiment_init(&ex);
-            /* the experiment once more, for the units rank 0 does itself */
-            if (kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err) == 0) {
-                d.m.ex = &ex;
-                d.self.ex = &ex;
-                d.self.group = malloc((size_t)ex.n_policies * sizeof *d.self.group);
-            }
             kv_experiment_driver driver = { .resolve_budgets = mpi_resolve,
                                             .precheck = mpi_precheck, .replay = mpi_replay,
-                                            .ctx = &d };
-            status = kv_cmd_run_with(argc - 1, argv + 1, d.m.ex ? &driver : NULL);
+                                            .ctx = &d, .program = "kvsim-mpi" };
+            status = kv_cmd_run_with(argc - 1, argv + 1, &driver);
             kv_trace_close(d.self.tr);
             free(d.self.group);
-            kv_experiment_free(&ex);
         }
         unit stop = { .kind = UNIT_STOP };
         for (int to = 1; to < n_ranks; to++)
@@ -863,11 +951,11 @@ int main(int argc, char **argv)
         if (!freopen("/dev/null", "w", stdout))
             fclose(stdout);
         kv_experiment ex;
-        char err[1024];
+        char err[1024] = "not a run";
         kv_experiment_init(&ex);
-        if (run)
-            kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err);
-        worker_loop(&ex);
+        int load_rc = run ? kv_run_load_experiment(argc - 1, argv + 1, &ex, err, sizeof err)
+                          : KV_EUSAGE;
+        worker_loop(&ex, load_rc, err);
         kv_experiment_free(&ex);
     }
     MPI_Barrier(MPI_COMM_WORLD);   /* every rank done before rank 0's status ends the job */

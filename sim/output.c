@@ -839,6 +839,51 @@ static void format_bytes(double bytes, char *buf, size_t len)
         snprintf(buf, len, "%.0f B", bytes);
 }
 
+/* The closed loop's part of output_table_of, when its runs have closed-loop results:
+ * per policy and budget the mean over the traces of kl_mean and of ppl (the full cache's
+ * ppl_full on the last line). values: kv_n_output_columns doubles of scratch. */
+static int closed_loop_table(FILE *f, const kv_experiment_results *er, const char *model,
+                             int n, int width, double *values, char *err, size_t err_len)
+{
+    const kv_replay_conf *conf = er->conf;
+    int i_kl = kv_summary_column("kl_mean"), i_ppl = kv_summary_column("ppl");
+    int i_full = kv_summary_column("ppl_full");
+    int have = 0;
+    for (int k = 0; k < er->n_traces && !have; k++)
+        if (!model || strcmp(er->res[k]->info.model, model) == 0) {
+            if (kv_run_summarise(er->res[k], 0, values, err, err_len))
+                return KV_ERUNTIME;
+            have = !isnan(values[i_kl]);
+        }
+    if (!have)
+        return 0;
+    fprintf(f, "closed loop: mean KL(full || policy) in nats per token / mean perplexity\n");
+    double ppl_full = 0.0;
+    for (int p = 0; p < conf->n_policies; p++) {
+        fprintf(f, "%-*s", width, conf->policies[p].label);
+        for (int b = 0; b < conf->n_budgets; b++) {
+            double kl = 0.0, ppl = 0.0;
+            for (int k = 0; k < er->n_traces; k++) {
+                if (model && strcmp(er->res[k]->info.model, model) != 0)
+                    continue;
+                if (kv_run_summarise(er->res[k], p * conf->n_budgets + b, values, err,
+                                     err_len))
+                    return KV_ERUNTIME;
+                kl += values[i_kl] / n;
+                ppl += values[i_ppl] / n;
+                if (p == 0 && b == 0)
+                    ppl_full += values[i_full] / n;
+            }
+            char cell[64];
+            snprintf(cell, sizeof cell, "%.4f / %.4g", kl, ppl);
+            fprintf(f, b + 1 < conf->n_budgets ? "  %-31s" : "  %s", cell);
+        }
+        fputc('\n', f);
+    }
+    fprintf(f, "full-cache perplexity %.4g\n", ppl_full);
+    return 0;
+}
+
 /*
  * The console table of the traces k whose model is `model` (all when NULL): per policy and
  * budget the mean recall and the peak KV bytes + the peak metadata bytes (the largest
@@ -918,8 +963,9 @@ static int output_table_of(FILE *f, const kv_experiment_results *er, const char 
     if (any_growing)
         fprintf(f, "* the budget does not bound this policy's cache: it grows with the "
                 "sequence\n");
+    int rc = closed_loop_table(f, er, model, n, width, values, err, err_len);
     free(values);
-    return 0;
+    return rc;
 }
 
 /* One table when every trace comes from one model; else one per model, in the order the

@@ -340,6 +340,70 @@ static void test_pairing_checked(void **state)
     kv_model_free(b);
 }
 
+/* The console table's closed-loop block shows each run's kl_mean and ppl as
+ * summary.tsv holds them (one trace: the mean is the run's own value). */
+static void test_console_table(void **state)
+{
+    (void)state;
+    char cmd[2048], summary[1024];
+    snprintf(cmd, sizeof cmd, "./kvsim run --trace %s --policies full,window --budgets 6 "
+             "--model %s -o %s --force --no-plot 2>/dev/null", kv_test_path("tiny.h5"),
+             kv_test_path("tiny.bin"), kv_test_path("table"));
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char line[1024], block[4096] = "";
+    int in_block = 0;
+    while (fgets(line, sizeof line, p)) {
+        in_block |= strncmp(line, "closed loop:", 12) == 0;
+        if (in_block && strlen(block) + strlen(line) < sizeof block)
+            strcat(block, line);
+    }
+    assert_int_equal(pclose(p), 0);
+    snprintf(summary, sizeof summary, "%s", kv_test_path("table/summary.tsv"));
+    char kl[64], ppl[64], ppl_full[64], want[256];
+    snprintf(kl, sizeof kl, "%s", tsv_cell(summary, "policy", "window", -1, "kl_mean"));
+    snprintf(ppl, sizeof ppl, "%s", tsv_cell(summary, "policy", "window", -1, "ppl"));
+    snprintf(ppl_full, sizeof ppl_full, "%s", tsv_cell(summary, "policy", "window", -1,
+                                                       "ppl_full"));
+    /* labels padded to the widest (at least 8) plus 2, then two spaces */
+    snprintf(want, sizeof want, "\n%-10s  %.4f / %.4g\n", "window", strtod(kl, NULL),
+             strtod(ppl, NULL));
+    if (!strstr(block, want))
+        fail_msg("expected '%s' in the table's closed-loop block:\n%s", want, block);
+    snprintf(want, sizeof want, "full-cache perplexity %.4g\n", strtod(ppl_full, NULL));
+    assert_non_null(strstr(block, want));
+    assert_true(strtod(kl, NULL) > 0.0);   /* B = 6 < T - 1 evicts: a non-trivial value */
+}
+
+/* A listed checkpoint that does not exist: the traces of the others still run closed-loop,
+ * a trace of the missing one runs open-loop only with a note; none existing is an error. */
+static void test_missing_checkpoint(void **state)
+{
+    (void)state;
+    char both[2048];
+    snprintf(both, sizeof both, "%s,%s", kv_test_path("tiny.bin"), kv_test_path("absent.bin"));
+    kv_test_gen_small(kv_test_path("gen_open.h5"), 1, 0, 0);   /* no checkpoint_sha256 */
+    char traces[2048];
+    snprintf(traces, sizeof traces, "%s,%s", kv_test_path("tiny.h5"), kv_test_path("gen_open.h5"));
+    const char *args[] = { "run", "--trace", traces, "--policies", "window", "--budgets", "6",
+                           "--model", both, "-o", kv_test_path("partial"), "--force",
+                           "--no-plot", "-q", NULL };
+    kv_cli_result r;
+    assert_int_equal(kv_cli_run(args, NULL, &r), 0);
+    assert_int_equal(kv_cli_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "gen_open.h5 runs open-loop only"));
+    assert_non_null(strstr(r.err, "absent.bin"));
+    const char *summary = kv_test_path("partial/summary.tsv");
+    assert_string_equal(tsv_cell(summary, "trace", "gen_open.h5", -1, "kl_mean"), "NA");
+    assert_string_not_equal(tsv_cell(summary, "trace", "tiny.h5", -1, "kl_mean"), "NA");
+    const char *none[] = { "run", "--trace", kv_test_path("tiny.h5"), "--policies", "window",
+                           "--budgets", "6", "--model", kv_test_path("absent.bin"), "-o",
+                           kv_test_path("none"), "--force", "--no-plot", "-q", NULL };
+    assert_int_equal(kv_cli_run(none, NULL, &r), 1);
+    assert_int_equal(kv_cli_lines(r.err), 1);
+    assert_non_null(strstr(r.err, "absent.bin not found"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +412,8 @@ int main(void)
         cmocka_unit_test(test_matches_float64_reference),
         cmocka_unit_test(test_out_err_against_numpy),
         cmocka_unit_test(test_pairing_checked),
+        cmocka_unit_test(test_console_table),
+        cmocka_unit_test(test_missing_checkpoint),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);
 }
