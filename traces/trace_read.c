@@ -170,25 +170,35 @@ static int check_attr_class(const kv_trace *tr, hid_t attr, const char *name,
     return 0;
 }
 
+/* Opens root attribute name, checks that its stored type is of class want (what names it
+ * for the message) and reads its one value as mem_type into value. Returns 0; -1 when it
+ * is absent and not required (value untouched); or an error code with err set. */
+static int read_attr_value(const kv_trace *tr, const char *name, int required,
+                           H5T_class_t want, const char *what, hid_t mem_type, void *value,
+                           char *err, size_t len)
+{
+    hid_t attr;
+    int rc = open_attr(tr, name, required, &attr, err, len);
+    if (rc)
+        return rc;
+    rc = check_attr_class(tr, attr, name, want, what, err, len);
+    if (!rc && H5Aread(attr, mem_type, value) < 0)
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
+                           tr->path, name);
+    H5Aclose(attr);
+    return rc;
+}
+
 /* Reads an integer attribute of any width and signedness into *value (must fit an int).
  * Absent and optional: leaves *value and returns 0. */
 static int read_int_attr(const kv_trace *tr, const char *name, int required, int *value,
                          char *err, size_t len)
 {
-    hid_t attr;
-    int rc = open_attr(tr, name, required, &attr, err, len);
-    if (rc < 0)
-        return 0;
-    if (rc)
-        return rc;
     long long v = 0;
-    rc = check_attr_class(tr, attr, name, H5T_INTEGER, "an integer", err, len);
-    if (!rc && H5Aread(attr, H5T_NATIVE_LLONG, &v) < 0)
-        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
-                           tr->path, name);
-    H5Aclose(attr);
+    int rc = read_attr_value(tr, name, required, H5T_INTEGER, "an integer",
+                             H5T_NATIVE_LLONG, &v, err, len);
     if (rc)
-        return rc;
+        return rc < 0 ? 0 : rc;
     if (v < INT_MIN || v > INT_MAX)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT,
                              "%s: root attribute %s = %lld is out of range", tr->path, name, v);
@@ -200,22 +210,15 @@ static int read_int_attr(const kv_trace *tr, const char *name, int required, int
 static int read_real_attr(const kv_trace *tr, const char *name, int required, double *value,
                           char *err, size_t len)
 {
-    hid_t attr;
-    int rc = open_attr(tr, name, required, &attr, err, len);
-    if (rc < 0)
-        return 0;
+    int rc = read_attr_value(tr, name, required, H5T_FLOAT, "a float", H5T_NATIVE_DOUBLE,
+                             value, err, len);
     if (rc)
-        return rc;
-    rc = check_attr_class(tr, attr, name, H5T_FLOAT, "a float", err, len);
-    if (!rc && H5Aread(attr, H5T_NATIVE_DOUBLE, value) < 0)
-        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
-                           tr->path, name);
+        return rc < 0 ? 0 : rc;
     /* a stored NaN is an error, not "absent" (the callers' sentinel for a default) */
-    if (!rc && isnan(*value))
-        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = nan, "
-                           "expected a finite number", tr->path, name);
-    H5Aclose(attr);
-    return rc;
+    if (isnan(*value))
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = nan, "
+                             "expected a finite number", tr->path, name);
+    return 0;
 }
 
 /*
