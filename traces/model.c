@@ -23,6 +23,7 @@
 #endif
 
 #include "traces/model.h"
+#include "traces/sha256.h"
 #include "traces/trace.h"
 
 #include <errno.h>
@@ -33,7 +34,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 
 #define HEADER_BYTES 28
 #define N_HEADER 7
@@ -206,25 +206,6 @@ static int read_header(FILE *f, const char *path, long long size_bytes, kv_model
     return KV_MODEL_OK;
 }
 
-/* SHA-256 of header then body, as hex, through OpenSSL's EVP interface. */
-static int sha256_hex(const unsigned char *header, const void *body, size_t body_bytes,
-                      char hex[KV_MODEL_SHA256_HEX])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, header, HEADER_BYTES) &&
-             EVP_DigestUpdate(ctx, body, body_bytes) && EVP_DigestFinal_ex(ctx, md, &md_len) &&
-             md_len == 32;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
-        return -1;
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return 0;
-}
-
 /* The file stores little-endian floats; swap on a big-endian host. */
 static void floats_from_le(float *a, size_t n)
 {
@@ -306,7 +287,8 @@ int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
         rc = KV_EMODEL_IO;
     }
     fclose(f);
-    if (!rc && sha256_hex(raw, m->data, (size_t)n_floats * sizeof(float), m->sha256) != 0) {
+    if (!rc && kv_sha256_hex(raw, HEADER_BYTES, m->data, (size_t)n_floats * sizeof(float),
+                             m->sha256) != 0) {
         snprintf(err, err_len, "%s: SHA-256 computation failed (OpenSSL)", path);
         rc = KV_EMODEL_NOMEM;
     }

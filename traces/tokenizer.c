@@ -6,6 +6,7 @@
  * is a sorted array of the ordinary tokens (byte tokens excluded: they are a fallback,
  * never the result of a lookup) searched with bsearch.
  */
+#include "traces/sha256.h"
 #include "traces/tokenizer.h"
 
 #include <errno.h>
@@ -16,7 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 
 #define N_BYTE_TOKENS 256
 #define MAX_FILE_BYTES (1L << 30) /* a sanity bound: real vocabularies are under 10 MB */
@@ -166,22 +166,6 @@ static int cmp_entry(const void *pa, const void *pb)
     return c ? c : (a->id > b->id) - (a->id < b->id); /* duplicate texts: lowest id first */
 }
 
-static int sha256_hex(const unsigned char *data, size_t n, char hex[KV_TOKENIZER_SHA256_HEX])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, data, n) && EVP_DigestFinal_ex(ctx, md, &md_len) &&
-             md_len == 32;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
-        return -1;
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return 0;
-}
-
 /* Points the per-token arrays into t->bytes, checks the byte tokens, builds the index. */
 static int index_vocab(kv_tokenizer *t, const char *path, char *err, size_t err_len)
 {
@@ -233,7 +217,7 @@ int kv_tokenizer_load(const char *path, kv_tokenizer **out, char *err, size_t er
         t->sorted = malloc((size_t)n_vocab * sizeof *t->sorted);
     }
     if (!t || !t->text || !t->len || !t->score || !t->sorted ||
-        sha256_hex(bytes, (size_t)n, t->sha256) != 0) {
+        kv_sha256_hex(bytes, (size_t)n, NULL, 0, t->sha256) != 0) {
         if (!t)
             free(bytes);
         kv_tokenizer_free(t);
