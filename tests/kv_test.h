@@ -38,8 +38,9 @@ __attribute__((unused)) static void kv_test_apply_settings(const kv_policy_ops *
     }
 }
 
-/* pc = policy `type` labelled `label` with "k=v,..." params; `kv_granularity=query_head`
- * sets the engine-level granularity, as sim/config.c reads it. */
+/* pc = policy `type` labelled `label` with "k=v,..." params (NULL or "" for none), the
+ * engine-level ones (kv_granularity, alloc, chunk, ...) included, each set as sim/config.c
+ * sets it (kv_policy_conf_set); a bad one fails the test with the parser's message. */
 __attribute__((unused)) static void kv_test_policy(kv_policy_conf *pc, const char *label,
                                                    const char *type, const char *params)
 {
@@ -47,17 +48,17 @@ __attribute__((unused)) static void kv_test_policy(kv_policy_conf *pc, const cha
     snprintf(pc->label, sizeof pc->label, "%s", label);
     pc->ops = kv_policy_find(type);
     assert_non_null(pc->ops);
-    char own[256] = "";
-    size_t used = 0;
+    kv_params_defaults(pc->ops, &pc->values);
     char buf[256];
     snprintf(buf, sizeof buf, "%s", params ? params : "");
     for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        if (strcmp(kv, "kv_granularity=query_head") == 0)
-            pc->granularity = KV_GRAN_QUERY_HEAD;
-        else
-            used += (size_t)snprintf(own + used, sizeof own - used, "%s%s", used ? "," : "", kv);
+        char *eq = strchr(kv, '=');
+        assert_non_null(eq);
+        *eq = '\0';
+        char err[KV_ERRMSG] = "";
+        if (kv_policy_conf_set(pc, kv, eq + 1, err, sizeof err) != 0)
+            fail_msg("%s", err);
     }
-    kv_test_apply_settings(pc->ops, own, &pc->values);
 }
 
 /* A small generated trace for the engine tests: 2 layers, 4 query heads over 2 KV heads,
