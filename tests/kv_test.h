@@ -15,6 +15,7 @@
 
 #include "sim/engine.h"
 #include "traces/gen.h"
+#include "traces/model.h"
 
 /* values = ops's defaults, then each "name=value" of settings (NULL or "" for none);
  * a bad setting fails the test with the parser's message. */
@@ -161,8 +162,6 @@ __attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), i
 /* sha256 of that checkpoint (shared/models/README.md). */
 #define KV_TEST_MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
 
-/* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
- * the repository root (tests run from there). A missing checkpoint fails the test. */
 /* The path of file `name` (e.g. "tokenizer.bin") where `make models` puts it: the
  * directory $KVSIM_MODELS, else models/ in the repository root (tests run from there),
  * else ../shared/models beside the clone. A missing file fails the test. Static buffer. */
@@ -192,6 +191,17 @@ __attribute__((unused)) static const char *kv_test_model_path(void)
         return p;
     }
     return kv_test_models_file("stories260K.bin");
+}
+
+/* Loads the stories260K checkpoint (kv_test_model_path); a failure fails the test. The
+ * caller frees it with kv_model_free. */
+__attribute__((unused)) static kv_model *kv_test_model_load(void)
+{
+    kv_model *m = NULL;
+    char err[512] = "";
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
+        fail_msg("%s", err);
+    return m;
 }
 
 #endif

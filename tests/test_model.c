@@ -87,11 +87,7 @@ static void put_le32(unsigned char *p, int32_t v)
 static void test_loads_real_checkpoint(void **state)
 {
     (void)state;
-    kv_model *m = NULL;
-    char err[512] = "";
-    int rc = kv_model_load(kv_test_model_path(), &m, err, sizeof err);
-    if (rc)
-        fail_msg("%s", err);
+    kv_model *m = kv_test_model_load();
     const kv_model_config *c = kv_model_get_config(m);
     /* The header table of ../shared/models/README.md. */
     assert_int_equal(c->dim, 64);
@@ -235,10 +231,7 @@ static void test_greedy_ids_pinned(void **state)
      * The smallest top-1/top-2 logit gap over these steps is 0.05, far above float32
      * rounding, so any correct float32 implementation gives the same ids. */
     static const int expect[9] = {1, 461, 461, 401, 401, 401, 461, 378, 455};
-    kv_model *m = NULL;
-    char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
+    kv_model *m = kv_test_model_load();
     int ids[9];
     kv_model_run *r = greedy(m, 8, ids);
     for (int i = 0; i < 9; i++)
@@ -392,11 +385,9 @@ static void test_prefill_equals_steps(void **state)
 {
     (void)state;
     enum { N = 37 };
-    kv_model *m = NULL;
+    kv_model *m = kv_test_model_load();
     kv_model_run *a = NULL, *b = NULL;
     char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
     const kv_model_config *c = kv_model_get_config(m);
     int tokens[N];
     for (int i = 0; i < N; i++)
@@ -431,11 +422,9 @@ static void test_prefill_equals_steps(void **state)
 static void test_step_rejects_bad_arguments(void **state)
 {
     (void)state;
-    kv_model *m = NULL;
+    kv_model *m = kv_test_model_load();
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
     assert_int_equal(kv_model_run_create(m, 0, &r, err, sizeof err), KV_EMODEL_ARG);
     assert_null(r);
     assert_int_equal(kv_model_run_create(m, 2, &r, err, sizeof err), 0);
