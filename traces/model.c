@@ -23,6 +23,7 @@
 #endif
 
 #include "traces/model.h"
+#include "traces/le.h"
 #include "traces/sha256.h"
 #include "traces/trace.h"
 
@@ -66,16 +67,6 @@ struct kv_model {
 static int pack_weights(kv_model *m);
 
 /* ------------------------------------------------------------------ loading */
-
-/* Little-endian int32 at p, whatever the host byte order. */
-static int32_t read_le32(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                 (uint32_t)p[3] << 24;
-    int32_t v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
 
 /* Header field ranges: wide enough for any llama2.c export, narrow enough that the size
  * arithmetic below cannot overflow 64 bits and a garbage header is caught early. */
@@ -177,7 +168,7 @@ static int read_header(FILE *f, const char *path, long long size_bytes, kv_model
     }
     long long h[N_HEADER];
     for (int i = 0; i < N_HEADER; i++)
-        h[i] = read_le32(raw + 4 * i);
+        h[i] = kv_le32(raw + 4 * i);
     int shared = h[5] > 0;
     h[5] = h[5] < 0 ? -h[5] : h[5]; /* int32 -> long long: INT32_MIN cannot overflow */
     int rc = check_header(path, h, shared, cfg, err, err_len);

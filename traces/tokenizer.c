@@ -6,8 +6,9 @@
  * is a sorted array of the ordinary tokens (byte tokens excluded: they are a fallback,
  * never the result of a lookup) searched with bsearch.
  */
-#include "traces/sha256.h"
 #include "traces/tokenizer.h"
+#include "traces/le.h"
+#include "traces/sha256.h"
 
 #include <errno.h>
 #include <math.h>
@@ -40,23 +41,6 @@ struct kv_tokenizer {
 };
 
 /* ------------------------------------------------------------------ loading */
-
-static int32_t le32(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                 (uint32_t)p[3] << 24;
-    int32_t v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
-
-static float le_float(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)le32(p);
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* Reads the whole file at path into *buf (owned by the caller). */
 static int slurp(const char *path, unsigned char **buf, long *n, char *err, size_t err_len)
@@ -103,7 +87,7 @@ static int slurp(const char *path, unsigned char **buf, long *n, char *err, size
 static int count_records(const char *path, const unsigned char *b, long n, int *n_vocab,
                          char *err, size_t err_len)
 {
-    int32_t max_len = le32(b);
+    int32_t max_len = kv_le32(b);
     if (max_len < 1 || max_len > 1 << 20) {
         snprintf(err, err_len, "%s: max_token_length %d is outside 1..%d (not a llama2.c "
                  "tokenizer?)", path, (int)max_len, 1 << 20);
@@ -117,8 +101,8 @@ static int count_records(const char *path, const unsigned char *b, long n, int *
                      count, off);
             return KV_ETOKENIZER_FORMAT;
         }
-        float score = le_float(b + off);
-        int32_t len = le32(b + off + 4);
+        float score = kv_le_float(b + off);
+        int32_t len = kv_le32(b + off + 4);
         if (!isfinite(score) || len < 0 || len > max_len || len > n - off - 8) {
             snprintf(err, err_len, "%s: token %d at byte %ld: %s", path, count, off,
                      !isfinite(score) ? "score is not a finite number"
@@ -171,8 +155,8 @@ static int index_vocab(kv_tokenizer *t, const char *path, char *err, size_t err_
 {
     long off = 4;
     for (int i = 0; i < t->n_vocab; i++) {
-        t->score[i] = le_float(t->bytes + off);
-        t->len[i] = le32(t->bytes + off + 4);
+        t->score[i] = kv_le_float(t->bytes + off);
+        t->len[i] = kv_le32(t->bytes + off + 4);
         t->text[i] = (const char *)t->bytes + off + 8;
         t->max_len = t->len[i] > t->max_len ? t->len[i] : t->max_len;
         off += 8 + t->len[i];
