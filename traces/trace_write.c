@@ -336,6 +336,21 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
 
 /* ------------------------------------------------------------ stored normalisers */
 
+/* Writes all of data (memory type mtype) into the new dataset d, then closes d, its
+ * dataspace and its creation list (each where valid: a failed create passes -1). Returns
+ * 1 when d was valid, written and closed, else 0. */
+static int write_all_and_close(hid_t d, hid_t space, hid_t dcpl, hid_t mtype, const void *data)
+{
+    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (d >= 0)
+        ok &= H5Dclose(d) >= 0;
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    return ok;
+}
+
 /* Writes dataset dpath (rank, dims, chunk; mtype in memory, ftype in the file) into the
  * open file, replacing an earlier one. */
 static int store_dataset(hid_t file, const char *path, const char *dpath, int rank,
@@ -350,13 +365,7 @@ static int store_dataset(hid_t file, const char *path, const char *dpath, int ra
     if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, rank, chunk) >= 0
         && H5Pset_shuffle(dcpl) >= 0 && H5Pset_deflate(dcpl, KV_GZIP_LEVEL) >= 0)
         d = H5Dcreate2(file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
-    if (d >= 0)
-        ok &= H5Dclose(d) >= 0;
-    if (space >= 0)
-        H5Sclose(space);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
+    int ok = write_all_and_close(d, space, dcpl, mtype, data);
     return ok ? 0 : kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot write %s", path, dpath);
 }
 
@@ -418,14 +427,7 @@ static int write_whole_1d(const kv_trace_writer *w, const char *dpath, hsize_t n
     hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
     hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
               : H5Dcreate2(w->file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
-    if (d >= 0)
-        ok &= H5Dclose(d) >= 0;
-    if (space >= 0)
-        H5Sclose(space);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
-    return ok;
+    return write_all_and_close(d, space, dcpl, mtype, data);
 }
 
 /* Writes count elements of the stored type from buf into the box at start of d. */
