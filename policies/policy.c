@@ -288,7 +288,8 @@ int kv_check_budget_window(const char *policy, int budget, int window, char *err
         return 1;
     if (budget >= window)
         return 0;
-    set_err(err, err_len, "budget %d must be at least %s window %d", budget, policy, window);
+    set_err(err, err_len, "budget %d must be at least %s window %d (use --set %s.window=N "
+            "with N <= %d)", budget, policy, window, policy, budget);
     return 1;
 }
 

@@ -1,6 +1,7 @@
 /*
  * cmd_info.c - `kvsim info FILE`: what a trace holds (geometry, source, P and T, GQA groups,
- * dtypes, storage) and whether it is a valid kvtrace v1 file. With --check it also scans
+ * dtypes, storage) and whether it is a valid kvtrace v1 file that `kvsim run` can replay
+ * (kv_trace_open's checks and a decode step: P < T). With --check it also scans
  * every value (traces/validate.h): what `kvsim run` would otherwise stop on mid-replay.
  */
 #include <getopt.h>
@@ -20,7 +21,9 @@ static void info_usage(FILE *f)
 {
     fprintf(f, "usage: kvsim info FILE [--check] [--verbose]\n"
                "Prints a kvtrace file's geometry, source, prefill and length, GQA groups, "
-               "dtypes\nand storage, then \"valid\", or the first problem found.\n\n"
+               "dtypes\nand storage, then \"valid\", or the first problem found. Without --check "
+               "it checks\nthe structure as `kvsim run` does: attributes, datasets, shapes, and "
+               "a prompt\nthat leaves a decode step to replay (P < T).\n\n"
                "  -c, --check     also scan every value: NaN or Inf in q, k, v and attn,\n"
                "                  negative attention, attn rows not summing to 1 within\n"
                "                  the tolerance of the trace's attn_precision (1e-3 for\n"
@@ -271,7 +274,7 @@ int kv_cmd_info(int argc, char **argv)
         return KV_EUSAGE;
     }
     kv_trace_set_verbose(verbose);
-    char err[512];
+    char err[1024];
     kv_trace *tr = NULL;
     if (kv_trace_open(argv[optind], &tr, err, sizeof err) != 0) {
         fprintf(stderr, "kvsim info: %s\n", err);
@@ -280,7 +283,11 @@ int kv_cmd_info(int argc, char **argv)
     }
     print_info(tr, verbose);
     fflush(stdout);
-    if (check && kv_trace_check_values(tr, KV_CHECK_ALL, 1, err, sizeof err) != 0) {
+    /* what `kvsim run` refuses beyond kv_trace_open's checks, then (--check) the values */
+    int rc = kv_trace_check_replayable(tr, err, sizeof err);
+    if (!rc && check)
+        rc = kv_trace_check_values(tr, KV_CHECK_ALL, 1, err, sizeof err);
+    if (rc) {
         fprintf(stderr, "kvsim info: %s\n", err);
         printf("status       invalid\n");
         kv_trace_close(tr);

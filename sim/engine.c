@@ -1214,11 +1214,8 @@ static int replay_check(kv_trace *tr, const kv_replay_conf *conf, char *err, siz
     int rc = kv_replay_validate(conf, err, err_len);
     if (rc)
         return rc;
-    if (in->prefill_len >= in->n_tokens) {
-        snprintf(err, err_len, "%s: prefill_len %d equals n_tokens %d: the trace has no "
-                 "decode step to replay", path, in->prefill_len, in->n_tokens);
+    if (kv_trace_check_replayable(tr, err, err_len) != 0)
         return KV_ERUNTIME;
-    }
     for (int p = 0; p < conf->n_policies; p++)
         for (int b = 0; b < conf->n_budgets; b++) {
             const kv_policy_conf *pc = &conf->policies[p];

@@ -169,6 +169,48 @@ static void test_budget_columns(void **state)
     tsv_free(s);
 }
 
+/* README "Output files": every file starts with trace, policy, budget, budget_spec
+ * (summary.tsv with type after policy) but compare.tsv and predict.tsv, which start with
+ * trace and budget_spec; the list is every .tsv the run wrote, so a new file must be
+ * placed in it (and in the README). */
+static void test_leading_columns(void **state)
+{
+    (void)state;
+    static const struct { const char *file, *lead; } files[] = {
+        {"summary.tsv", "trace\tpolicy\ttype\tbudget\tbudget_spec\t"},
+        {"steps.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"heads.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"retention.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"retention_map.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"lifetimes.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"recall_hist.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"budgets.tsv", "trace\tpolicy\tbudget\tbudget_spec\t"},
+        {"compare.tsv", "trace\tbudget_spec\tpolicy_a\tpolicy_b\t"},
+        {"predict.tsv", "trace\tbudget_spec\tmetric\t"},
+    };
+    size_t n = sizeof files / sizeof files[0];
+    for (size_t i = 0; i < n; i++) {
+        tsv *t = result(files[i].file);
+        char header[512] = "";
+        for (int c = 0; c < t->n_cols; c++)
+            snprintf(header + strlen(header), sizeof header - strlen(header), "%s\t",
+                     t->cell[c]);
+        if (strncmp(header, files[i].lead, strlen(files[i].lead)) != 0)
+            fail_msg("%s starts '%s', expected '%s'", files[i].file, header, files[i].lead);
+        tsv_free(t);
+    }
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -c '[.]tsv$' > '%s/n_tsv'", results, kv_test_dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/n_tsv", kv_test_dir);
+    FILE *f = fopen(cmd, "r");
+    assert_non_null(f);
+    size_t n_tsv = 0;
+    assert_int_equal(fscanf(f, "%zu", &n_tsv), 1);
+    fclose(f);
+    assert_int_equal(n_tsv, n);
+}
+
 /* The bootstrap interval brackets recall_mean and lies within the smallest and largest
  * per-(layer, head) means of heads.tsv (a resample mean cannot leave that range); the
  * mean of heads.tsv's 8 units is recall_mean. */
@@ -494,6 +536,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_columns),
+        cmocka_unit_test(test_leading_columns),
         cmocka_unit_test(test_summary_ci),
         cmocka_unit_test(test_all_rows),
         cmocka_unit_test(test_compare),

@@ -99,7 +99,7 @@ static void test_config_errors(void **state)
         {"window > budget (snapkv)", NULL, {"--trace", T, "-o", O, "--budgets", "16",
          "--policies", "snapkv", NULL}, "policy 'snapkv' at budget 16", "window 32"},
         {"even kernel", "[policy s]\ntype = snapkv\nkernel = 6\n", {NULL},
-         "kernel 6 must be odd", NULL},
+         "kernel 6 must be odd", "use --set snapkv.kernel=N with N odd, e.g. 5"},
         {"unknown pooling", "[policy s]\ntype = snapkv\npooling = mean\n", {NULL}, "'mean'",
          "max|avg"},
         {"unknown fusion", NULL, {"--trace", T, "-o", O, "--budgets", "64", "--policies",

@@ -63,11 +63,26 @@ static void test_cur_decode(void **state)
     assert_int_equal(kv_policy_find("cur")->needs, KV_NEEDS_KEYS | KV_NEEDS_VALUES);
 }
 
+/* B < window is refused naming the parameter to change; B = window is allowed. */
+static void test_cur_check(void **state)
+{
+    (void)state;
+    const kv_policy_ops *ops = kv_policy_find("cur");
+    kv_param_values v;
+    kv_test_apply_settings(ops, "window=6", &v);
+    char err[KV_ERRMSG] = "";
+    assert_int_equal(ops->check(&v, 5, err, sizeof err), 1);
+    assert_string_equal(err, "budget 5 must be at least cur window 6 (use --set "
+                        "cur.window=N with N <= 5)");
+    assert_int_equal(ops->check(&v, 6, err, sizeof err), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cur_prompt),
         cmocka_unit_test(test_cur_decode),
+        cmocka_unit_test(test_cur_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

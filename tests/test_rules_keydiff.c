@@ -50,11 +50,26 @@ static void test_keydiff_decode(void **state)
     assert_string_equal(s, "0");
 }
 
+/* B < window is refused naming the parameter to change; B = window is allowed. */
+static void test_keydiff_check(void **state)
+{
+    (void)state;
+    const kv_policy_ops *ops = kv_policy_find("keydiff");
+    kv_param_values v;
+    kv_test_apply_settings(ops, "window=6", &v);
+    char err[KV_ERRMSG] = "";
+    assert_int_equal(ops->check(&v, 5, err, sizeof err), 1);
+    assert_string_equal(err, "budget 5 must be at least keydiff window 6 (use --set "
+                        "keydiff.window=N with N <= 5)");
+    assert_int_equal(ops->check(&v, 6, err, sizeof err), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keydiff_prompt),
         cmocka_unit_test(test_keydiff_decode),
+        cmocka_unit_test(test_keydiff_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,7 +62,9 @@ static void test_knorm_check(void **state)
     kv_test_apply_settings(ops, "window=8", &v);
     char err[KV_ERRMSG] = "";
     assert_int_equal(ops->check(&v, 4, err, sizeof err), 1);
-    assert_string_equal(err, "budget 4 must be at least knorm window 8");
+    assert_string_equal(err, "budget 4 must be at least knorm window 8 (use --set "
+                        "knorm.window=N with N <= 4)");
+    assert_int_equal(ops->check(&v, 8, err, sizeof err), 0);   /* B = window: allowed */
     assert_int_equal(ops->needs, KV_NEEDS_KEYS);
 }
 

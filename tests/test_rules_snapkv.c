@@ -132,7 +132,8 @@ static void test_snapkv_short_prompt_and_check(void **state)
     assert_int_equal(ops->check(&v, 32, err, sizeof err), 0);
     assert_int_equal(kv_params_set(ops, &v, "kernel", "6", err, sizeof err), 0);
     assert_int_equal(ops->check(&v, 64, err, sizeof err), 1);
-    assert_string_equal(err, "snapkv kernel 6 must be odd");
+    assert_string_equal(err, "snapkv kernel 6 must be odd (use --set snapkv.kernel=N with N "
+                        "odd, e.g. 5)");
 }
 
 /* T = 7, P = 3, one head. */

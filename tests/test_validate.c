@@ -357,6 +357,69 @@ static void test_finite_index(void **state)
 
 /* ------------------------------------------------------------ structure checks */
 
+/* Bare `kvsim info` (no --check) checks the structure as `kvsim run` does: exit 1 and
+ * exactly the line want. */
+static void expect_info_rejects(const char *path, const char *want)
+{
+    kv_cli_result r;
+    const char *info[] = {"info", path, NULL};
+    assert_int_equal(kv_cli_run(info, NULL, &r), 1);
+    char line[1024];
+    snprintf(line, sizeof line, "kvsim info: %s\n", want);
+    if (strcmp(r.err, line) != 0)
+        fail_msg("kvsim info stderr\n  got  '%s'\n  want '%s'", r.err, line);
+}
+
+/* An HDF5 file in another tool's layout: one [4, 4] float32 dataset
+ * NAME/batch_0/head_0 under each of the root groups names[0..n), no attributes. */
+static void write_other_layout(const char *path, const char *const *names, int n)
+{
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(f >= 0);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    assert_true(lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0);
+    const hsize_t dims[2] = {4, 4};
+    hid_t s = H5Screate_simple(2, dims, NULL);
+    for (int i = 0; i < n; i++) {
+        char dpath[128];
+        snprintf(dpath, sizeof dpath, "%s/batch_0/head_0", names[i]);
+        hid_t d = H5Dcreate2(f, dpath, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+        assert_true(d >= 0);
+        H5Dclose(d);
+    }
+    H5Sclose(s);
+    H5Pclose(lcpl);
+    H5Fclose(f);
+}
+
+/* A file without kvtrace_version is named as not a kvsim trace: what its root holds
+ * (at most three names, in name order, then "..."), the layout and FORMAT.md. */
+static void test_other_layout(void **state)
+{
+    (void)state;
+    static const char layout[] = "expected root attributes kvtrace_version, model, source, "
+        "n_layers, n_heads, n_kv_heads, head_dim, n_tokens, prefill_len and datasets "
+        "/layers/<l>/attn or /layers/<l>/q and k; see traces/FORMAT.md (kvsim capture or "
+        "traces/capture_hf.py write it)";
+    const char *one[] = {"layer_0"}, *four[] = {"layer_1", "layer_0", "layer_3", "layer_2"};
+    const char *p1 = strdup(kv_test_path("other1.h5")), *p4 = kv_test_path("other4.h5");
+    char want[1024];
+    write_other_layout(p1, one, 1);
+    snprintf(want, sizeof want, "%s: not a kvsim trace: no root attribute kvtrace_version "
+             "(its root holds layer_0); %s", p1, layout);
+    expect_info_rejects(p1, want);
+    expect_cli_rejects(p1, want, kv_test_path("out_other"));
+    free((void *)p1);
+    write_other_layout(p4, four, 4);
+    snprintf(want, sizeof want, "%s: not a kvsim trace: no root attribute kvtrace_version "
+             "(its root holds layer_0, layer_1, layer_2, ...); %s", p4, layout);
+    expect_info_rejects(p4, want);
+    write_other_layout(p4, four, 0);
+    snprintf(want, sizeof want, "%s: not a kvsim trace: no root attribute kvtrace_version "
+             "(its root holds nothing); %s", p4, layout);
+    expect_info_rejects(p4, want);
+}
+
 static void test_structure_cli(void **state)
 {
     (void)state;
@@ -369,6 +432,7 @@ static void test_structure_cli(void **state)
         {"gqa.h5", "root attribute n_heads = 3 is not a multiple of n_kv_heads = 2"},
         {"p0.h5", "root attribute prefill_len = 0, expected 1..n_tokens"},
         {"p49.h5", "root attribute prefill_len = 49, expected 1..n_tokens (n_tokens = 48)"},
+        {"p48.h5", "prefill_len 48 equals n_tokens 48: the trace has no decode step to replay"},
         {"rank.h5", "/layers/1/attn has rank 2, expected 3 (n_heads, n_tokens, n_tokens)"},
         {"type.h5", "/layers/1/attn has type int32, expected float16 or float32"},
         {"layer.h5", "missing group /layers/1 (n_layers = 2 needs /layers/0 .. /layers/1)"},
@@ -385,14 +449,16 @@ static void test_structure_cli(void **state)
     set_int_attr(p[3], "n_heads", 3);
     set_int_attr(p[4], "prefill_len", 0);
     set_int_attr(p[5], "prefill_len", 49);
-    replace_dataset(p[6], "/layers/1/attn", 2, rank2, H5T_IEEE_F32LE);
-    replace_dataset(p[7], "/layers/1/attn", 3, full, H5T_STD_I32LE);
-    delete_object(p[8], "/layers/1", 0);
-    set_string_attr(p[9], "source", "probs");
+    set_int_attr(p[6], "prefill_len", 48);   /* P = T: the format allows it, run does not */
+    replace_dataset(p[7], "/layers/1/attn", 2, rank2, H5T_IEEE_F32LE);
+    replace_dataset(p[8], "/layers/1/attn", 3, full, H5T_STD_I32LE);
+    delete_object(p[9], "/layers/1", 0);
+    set_string_attr(p[10], "source", "probs");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char want[512];
         snprintf(want, sizeof want, "%s: %s", p[i], cases[i].want);
         expect_cli_rejects(p[i], want, kv_test_path("out_structure"));
+        expect_info_rejects(p[i], want);
         assert_int_equal(access(kv_test_path("out_structure"), F_OK), -1);
         free((void *)p[i]);
     }
@@ -476,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_qkv_values),
         cmocka_unit_test(test_read_checks),
         cmocka_unit_test(test_structure_cli),
+        cmocka_unit_test(test_other_layout),
         cmocka_unit_test(test_hdf5_stack_only_verbose),
         cmocka_unit_test(test_previous_results_kept),
     };

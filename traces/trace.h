@@ -76,7 +76,10 @@ void kv_trace_set_verbose(int verbose);
  * type and shape of every dataset the source needs. It does not scan dataset values
  * (NaN, negative attention, row sums): kv_trace_check_values does that.
  * On success *out owns the open file; release it with kv_trace_close.
- * On failure *out is NULL and err holds the reason.
+ * On failure *out is NULL and err holds the reason. An HDF5 file without the root
+ * attribute kvtrace_version (another tool's layout) gets "PATH: not a kvsim trace: ...",
+ * naming what its root holds, the layout expected and traces/FORMAT.md. P = T opens
+ * (the format allows it) but has no decode step: kv_trace_check_replayable.
  */
 int kv_trace_open(const char *path, kv_trace **out, char *err, size_t err_len);
 

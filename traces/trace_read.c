@@ -385,9 +385,60 @@ static int read_attn_precision(kv_trace *tr, char *err, size_t len)
                          tr->path, value);
 }
 
+/* What the root of a file holds, for the message on a file in another layout. */
+#define KV_ROOT_NAMES_SHOWN 3
+#define KV_ROOT_NAME_CHARS 32
+
+typedef struct {
+    char text[KV_ROOT_NAMES_SHOWN * (KV_ROOT_NAME_CHARS + 2) + 8];
+    int n;
+} root_names;
+
+/* H5Literate callback: appends a name (printable ASCII, truncated), stops after the
+ * ones shown with ", ..." when there are more. */
+static herr_t add_root_name(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)group, (void)info;
+    root_names *rn = data;
+    size_t at = strlen(rn->text);
+    if (rn->n == KV_ROOT_NAMES_SHOWN) {
+        snprintf(rn->text + at, sizeof rn->text - at, ", ...");
+        return 1;
+    }
+    if (rn->n++)
+        at += (size_t)snprintf(rn->text + at, sizeof rn->text - at, ", ");
+    for (int i = 0; name[i] && i < KV_ROOT_NAME_CHARS && at + 1 < sizeof rn->text; i++)
+        rn->text[at++] = name[i] >= 0x20 && name[i] < 0x7f ? name[i] : '?';
+    rn->text[at] = '\0';
+    return 0;
+}
+
+/* The message for an HDF5 file without the attribute that marks a kvtrace: what the
+ * format is and where it is described, with what the root holds instead (a file from
+ * another tool, e.g. layer_0/batch_0/head_0 datasets, is the usual case). */
+static int not_a_trace(const kv_trace *tr, char *err, size_t len)
+{
+    root_names rn = { "", 0 };
+    hsize_t idx = 0;
+    if (H5Literate(tr->file, H5_INDEX_NAME, H5_ITER_INC, &idx, add_root_name, &rn) < 0)
+        snprintf(rn.text, sizeof rn.text, "unreadable links");
+    else if (rn.n == 0)
+        snprintf(rn.text, sizeof rn.text, "nothing");
+    return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: not a kvsim trace: no root "
+                         "attribute kvtrace_version (its root holds %s); expected root "
+                         "attributes kvtrace_version, model, source, n_layers, n_heads, "
+                         "n_kv_heads, head_dim, n_tokens, prefill_len and datasets "
+                         "/layers/<l>/attn or /layers/<l>/q and k; see traces/FORMAT.md "
+                         "(kvsim capture or traces/capture_hf.py write it)", tr->path,
+                         rn.text);
+}
+
 static int read_root_attrs(kv_trace *tr, char *err, size_t len)
 {
     kv_trace_info *in = &tr->info;
+    htri_t marked = H5Aexists(tr->file, "kvtrace_version");
+    if (marked == 0)
+        return not_a_trace(tr, err, len);
     in->softmax_scale = NAN;   /* default filled in once head_dim is known */
     in->dtype_bytes = 2;
     for (size_t i = 0; i < sizeof root_int_attrs / sizeof root_int_attrs[0]; i++) {

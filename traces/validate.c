@@ -254,6 +254,16 @@ int kv_trace_check_values(kv_trace *tr, int what, int progress, char *err, size_
     return rc;
 }
 
+int kv_trace_check_replayable(const kv_trace *tr, char *err, size_t err_len)
+{
+    const kv_trace_info *in = kv_trace_get_info(tr);
+    if (in->prefill_len < in->n_tokens)
+        return 0;
+    return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: prefill_len %d equals n_tokens "
+                         "%d: the trace has no decode step to replay", kv_trace_path(tr),
+                         in->prefill_len, in->n_tokens);
+}
+
 int kv_trace_precheck(const char *path, char *err, size_t err_len)
 {
     kv_trace *tr = NULL;

@@ -117,6 +117,17 @@ int kv_check_finite_rows(const char *path, const char *dpath, const int dims[3],
                          int t1, const float *x, char *err, size_t err_len);
 
 /*
+ * The structural rule a replay adds to kv_trace_open's: a decode step to replay. The
+ * format allows prefill_len = n_tokens (a prompt without continuation), so kv_trace_open
+ * accepts such a file, but there is nothing to replay: the engine (`kvsim run`) refuses
+ * it and `kvsim info` reports it invalid with this same message. (prefill_len < 1 and
+ * prefill_len > n_tokens are refused by kv_trace_open itself.) Returns 0, or
+ * KV_ETRACE_FORMAT with "PATH: prefill_len P equals n_tokens T: the trace has no decode
+ * step to replay". Cannot fail otherwise.
+ */
+int kv_trace_check_replayable(const kv_trace *tr, char *err, size_t err_len);
+
+/*
  * What `kvsim run` checks in every trace before any replay: kv_trace_open's checks and
  * KV_CHECK_V. q and k (and attn rows) are not scanned here: the replay reads each of them
  * once and checks what it reads (kv_trace_set_read_checks), so a bad value still stops the
