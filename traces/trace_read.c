@@ -1104,6 +1104,18 @@ static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
     return 0;
 }
 
+/* read_whole under the trace's lock, with the path named for the fault handler. */
+static int read_whole_locked(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
+                             char *err, size_t len)
+{
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, mtype, out, err, len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
 int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len)
 {
     kv_trace_quiet();
@@ -1231,12 +1243,7 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     if (!tr->info.has_tokens)
         return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no /tokens",
                              tr->path);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
-    return rc;
+    return read_whole_locked(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
 }
 
 int kv_trace_has_token_text(const kv_trace *tr)
@@ -1394,11 +1401,7 @@ int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t er
                              "index stores it)", tr->path, layer);
     char dpath[KV_PATH_MAX];
     snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
+    int rc = read_whole_locked(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
     size_t n = (size_t)in->n_heads * (size_t)in->n_tokens;
     for (size_t i = 0; rc == 0 && tr->check_values && i < n; i++)
         if (!isfinite(lse[i]))
@@ -1420,11 +1423,7 @@ int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t er
                              "index stores it for traces with v)", tr->path, layer);
     char dpath[KV_PATH_MAX];
     snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
+    int rc = read_whole_locked(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
     int dims[3] = {in->n_heads, in->n_tokens, in->head_dim};
     if (!rc && tr->check_values)
         rc = kv_check_finite(tr->path, dpath, dims, o, err, err_len);
