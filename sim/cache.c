@@ -48,6 +48,8 @@ int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *
     c->head_recall = calloc((size_t)group, sizeof *c->head_recall);
     c->head_out_err = calloc((size_t)group, sizeof *c->head_out_err);
     c->lifetimes = calloc((size_t)D + 1, sizeof *c->lifetimes);
+    c->evictions = calloc((size_t)T, sizeof *c->evictions);
+    c->lifetime_sum = calloc((size_t)T, sizeof *c->lifetime_sum);
     c->score = malloc((size_t)T * sizeof *c->score);
     c->fixed = malloc((size_t)T);
     c->cand = malloc((size_t)T * sizeof *c->cand);
@@ -59,8 +61,8 @@ int kv_cache_init(kv_cache *c, const kv_policy_ops *ops, const kv_param_values *
     if (ctx->held_cap > ctx->budget && c->max_held >= 0)
         c->max_held += ctx->held_cap - ctx->budget;
     if (c->pos && c->in_set && c->entered && c->w && c->keep && c->head_recall &&
-        c->head_out_err && c->lifetimes && c->score && c->fixed && c->cand && c->scratch &&
-        c->chunks)
+        c->head_out_err && c->lifetimes && c->evictions && c->lifetime_sum && c->score &&
+        c->fixed && c->cand && c->scratch && c->chunks)
         c->state = ops->create(values, ctx);
     if (!c->state) {
         kv_cache_free(c);
@@ -81,6 +83,8 @@ void kv_cache_free(kv_cache *c)
     free(c->head_recall);
     free(c->head_out_err);
     free(c->lifetimes);
+    free(c->evictions);
+    free(c->lifetime_sum);
     free(c->score);
     free(c->fixed);
     free(c->cand);
@@ -114,6 +118,15 @@ static int lifetime(const kv_cache *c, int j, int t)
     return t >= first ? t - first + 1 : 0;
 }
 
+/* Counts position j's eviction after a spell of `life` decode steps: in the histogram
+ * and in j's own tally (retention.tsv looks lifetimes up by position). */
+static void record_eviction(kv_cache *c, int j, int life)
+{
+    c->lifetimes[life]++;
+    c->evictions[j]++;
+    c->lifetime_sum[j] += life;
+}
+
 /* Replaces the cache by the kept entries of pos[0..n) (keep[i] set), in order, and
  * records the lifetime of every dropped position; decode_t is the step that last
  * attended (-1 at the prefill end). */
@@ -133,7 +146,7 @@ static void compact(kv_cache *c, const int *pos, int n, const unsigned char *kee
             break;
         int j = pos[end];
         c->in_set[j] = 0;
-        c->lifetimes[decode_t >= 0 ? lifetime(c, j, decode_t) : 0]++;
+        record_eviction(c, j, decode_t >= 0 ? lifetime(c, j, decode_t) : 0);
         i = end + 1;
     }
     c->n = m;
@@ -169,7 +182,7 @@ static void preselect(kv_cache *c, const kv_group_rows *full, int t)
     c->keep[t] = 0;                   /* t is appended by the step itself */
     for (int i = 0; i < c->n; i++)    /* positions not re-chosen leave the cache */
         if (!c->keep[c->pos[i]])
-            c->lifetimes[lifetime(c, c->pos[i], t - 1)]++;
+            record_eviction(c, c->pos[i], lifetime(c, c->pos[i], t - 1));
     c->n = 0;
     for (int j = 0; j < t; j++) {
         if (c->keep[j] && !c->in_set[j])

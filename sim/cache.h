@@ -42,8 +42,9 @@
  *     reads_row); otherwise it is stale.
  *   - kv_cache_update: the policy observed row t; at t = P-1 and at every decode step it
  *     chose, and c->pos[0..c->n) = S, ascending; positions that left are counted in
- *     c->lifetimes. c->failed is set (and stays set) when S exceeds the policy's bound
- *     (kv_policy_max_held): the driver reports an internal error.
+ *     c->lifetimes, c->evictions and c->lifetime_sum. c->failed is set (and stays set)
+ *     when S exceeds the policy's bound (kv_policy_max_held): the driver reports an
+ *     internal error.
  * Preconditions (the driver's duty): t runs 0, 1, ..., T-1 with query before update at
  * each t; full_t holds t + 1 weights per head; prescan, when used, sees every t before the
  * first query. A closed-loop driver that needs o_t whatever the policy reads computes it
@@ -148,6 +149,10 @@ typedef struct {
     int reads;              /* the policy reads this step's row (set by query) */
     long long *lifetimes;   /* [T - P + 1] evicted positions by the number of decode
                                steps they were attended to (0: evicted at the prefill end) */
+    int *evictions;         /* [T] times each position was evicted (more than 1 only when
+                               the policy re-admits, as oracle's preselect does) */
+    int *lifetime_sum;      /* [T] the sum of those evictions' lifetimes (as counted in
+                               lifetimes; the spells are disjoint, so at most T - P) */
     int failed;             /* 1 once S exceeded max_held */
     /* the composing rules of sim/alloc.h (kv_cache_set_select; zeroed: none) */
     kv_select_opts opts;

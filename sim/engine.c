@@ -509,6 +509,9 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->head_out_err_mean = calloc((size_t)LH, sizeof(double));
         run->lifetimes = calloc((size_t)D + 1, sizeof(long long));
         run->retained = calloc((size_t)T, sizeof(int));
+        run->evicted_caches = calloc((size_t)T, sizeof(int));
+        run->evictions = calloc((size_t)T, sizeof(long long));
+        run->lifetime_sum = calloc((size_t)T, sizeof(long long));
         run->final_sets = calloc((size_t)in->n_layers * in->n_kv_heads * T, sizeof(int));
         run->caches_per_layer = kv_caches_per_layer(&conf->policies[run->policy], in);
         size_t n_caches = (size_t)in->n_layers * run->caches_per_layer;
@@ -516,6 +519,7 @@ static int results_alloc(kv_results *res, const kv_trace_info *in, const kv_repl
         run->cache_tokens_mean = calloc(n_caches, sizeof *run->cache_tokens_mean);
         if (!run->steps || !run->head_recall_mean || !run->head_recall_min ||
             !run->head_out_err_mean || !run->lifetimes || !run->retained ||
+            !run->evicted_caches || !run->evictions || !run->lifetime_sum ||
             !run->final_sets || !run->cache_budget || !run->cache_tokens_mean)
             return -1;
         for (int s = 0; s < D; s++) {   /* the closed loop's, until it runs */
@@ -540,6 +544,9 @@ void kv_results_free(kv_results *res)
         free(run->head_out_err_mean);
         free(run->lifetimes);
         free(run->retained);
+        free(run->evicted_caches);
+        free(run->evictions);
+        free(run->lifetime_sum);
         free(run->final_sets);
         free(run->cache_budget);
         free(run->cache_tokens_mean);
@@ -563,7 +570,8 @@ size_t kv_layer_part_bytes(const kv_trace_info *in, int n_runs)
     return pad8(R * D * sizeof(kv_step_metrics)) + 3 * pad8(R * H * sizeof(double)) +
            pad8(R * (D + 1) * sizeof(long long)) + pad8(R * T * sizeof(int)) +
            pad8(R * sizeof(int)) + pad8(R * G * T * sizeof(int)) +
-           pad8(R * H * sizeof(int)) + pad8(R * H * sizeof(double));
+           pad8(R * H * sizeof(int)) + pad8(R * H * sizeof(double)) +
+           3 * pad8(R * T * sizeof(int));
 }
 
 int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs, int layer,
@@ -604,6 +612,12 @@ int kv_layer_part_wrap(kv_layer_part *part, const kv_trace_info *in, int n_runs,
     part->cache_budget = (int *)at;
     at += pad8(R * H * sizeof(int));
     part->cache_tokens_mean = (double *)at;
+    at += pad8(R * H * sizeof(double));
+    part->evicted_caches = (int *)at;
+    at += pad8(R * T * sizeof(int));
+    part->evictions = (int *)at;
+    at += pad8(R * T * sizeof(int));
+    part->lifetime_sum = (int *)at;
     return 0;
 }
 
@@ -655,6 +669,15 @@ static void reduce_layer(kv_layer_part *part, const replay_cache *caches, int n_
             lifetimes[s] += c->lifetimes[s];
         for (int i = 0; i < c->n; i++)
             retained[c->pos[i]] += c->token_weight;
+        int *evicted = part->evicted_caches + (size_t)rc->run * T;
+        int *evictions = part->evictions + (size_t)rc->run * T;
+        int *lifetime_sum = part->lifetime_sum + (size_t)rc->run * T;
+        for (int j = 0; j < T; j++)
+            if (c->evictions[j]) {
+                evicted[j] += c->token_weight;
+                evictions[j] += c->evictions[j];
+                lifetime_sum[j] += c->lifetime_sum[j];
+            }
         part->n_cache_units[rc->run] += c->token_weight;
         record_final_set(part, rc);
         size_t at = (size_t)rc->run * part->info.n_heads + rc->index;
@@ -680,8 +703,15 @@ void kv_results_add_layer(kv_results *res, const kv_layer_part *part)
             kv_metrics_add(&run->steps[s], &steps[s]);
         for (int s = 0; s <= D; s++)
             run->lifetimes[s] += lifetimes[s];
-        for (int j = 0; j < T; j++)
+        const int *evicted = part->evicted_caches + (size_t)r * T;
+        const int *evictions = part->evictions + (size_t)r * T;
+        const int *lifetime_sum = part->lifetime_sum + (size_t)r * T;
+        for (int j = 0; j < T; j++) {
             run->retained[j] += retained[j];
+            run->evicted_caches[j] += evicted[j];
+            run->evictions[j] += evictions[j];
+            run->lifetime_sum[j] += lifetime_sum[j];
+        }
         run->n_cache_units += part->n_cache_units[r];
         memcpy(run->head_recall_mean + at, part->head_recall_sum + (size_t)r * H,
                (size_t)H * sizeof(double));

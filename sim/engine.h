@@ -92,6 +92,14 @@ typedef struct {
                                    once per KV head that stores it */
     int n_cache_units;          /* what retained[] counts out of: the caches of all layers,
                                    weighted the same way */
+    int *evicted_caches;        /* [T] number of caches that evicted position j at least
+                                   once, weighted as retained[] (so, unless the policy
+                                   re-admits, retained[j] + evicted_caches[j] =
+                                   n_cache_units) */
+    long long *evictions;       /* [T] evictions of position j over every cache, each
+                                   counted once as in lifetimes (not weighted) */
+    long long *lifetime_sum;    /* [T] the sum of their lifetimes: lifetime_sum[j] /
+                                   evictions[j] is j's mean lifetime */
     int *final_sets;            /* [n_layers * n_kv_heads * T]: at (l * n_kv_heads + g) * T
                                    + j, how many of KV head g's query heads (0..n_heads /
                                    n_kv_heads) still had position j cached in layer l after
@@ -203,6 +211,9 @@ typedef struct {
     long long *lifetimes;       /* [R * (D + 1)] as kv_run_result.lifetimes */
     int *retained;              /* [R * T] as kv_run_result.retained, this layer only */
     int *n_cache_units;         /* [R] as kv_run_result.n_cache_units, this layer only */
+    int *evicted_caches;        /* [R * T] as kv_run_result.evicted_caches, this layer only */
+    int *evictions;             /* [R * T] as kv_run_result.evictions, this layer only */
+    int *lifetime_sum;          /* [R * T] as kv_run_result.lifetime_sum, this layer only */
     int *final_sets;            /* [R * G * T] this layer's rows of kv_run_result.final_sets */
     int *cache_budget;          /* [R * H] the budget of the layer's cache g of run r at
                                    r * H + g (g < the run's caches_per_layer) */

@@ -596,7 +596,8 @@ static int write_compare(FILE *f, const out_ctx *c, char *err, size_t err_len)
 static int write_retention(FILE *f, const out_ctx *c, char *err, size_t err_len)
 {
     (void)err, (void)err_len;
-    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\ttoken\n");
+    fprintf(f, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\tevicted_caches\t"
+               "lifetime_mean\ttoken\n");
     for (int k = 0; k < c->er->n_traces; k++) {
         const kv_results *res = c->er->res[k];
         const char *const *tok = c->er->tokens ? c->er->tokens[k] : NULL;
@@ -604,8 +605,13 @@ static int write_retention(FILE *f, const out_ctx *c, char *err, size_t err_len)
             const kv_run_result *run = &res->runs[r];
             for (int j = 0; j < res->info.n_tokens; j++) {
                 run_key(f, c, k, r);
-                fprintf(f, "\t%d\t%.9g\t%s\n", j, (double)run->retained[j] / run->n_cache_units,
-                        tok ? tok[j] : "");
+                fprintf(f, "\t%d\t%.9g\t%d\t", j, (double)run->retained[j] / run->n_cache_units,
+                        run->evicted_caches[j]);
+                if (run->evictions[j])   /* lifetimes.tsv's lifetime, looked up by position */
+                    fprintf(f, "%.9g", (double)run->lifetime_sum[j] / run->evictions[j]);
+                else
+                    fputs("NA", f);
+                fprintf(f, "\t%s\n", tok ? tok[j] : "");
             }
         }
     }

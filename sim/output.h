@@ -11,7 +11,8 @@
  *                  first policy with each other one (all pairs grow quadratically: 1,000
  *                  policies took over 30 s of bootstrap per budget)
  *   retention.tsv  one row per (trace, policy, budget, position): share of caches holding
- *                  it at the end, and the position's token (TSV-escaped text, or #id)
+ *                  it at the end, the caches that evicted it and its mean lifetime there
+ *                  (NA when none did), and the position's token (TSV-escaped text, or #id)
  *   retention_map.tsv  one row per (trace, policy, budget, layer, KV head, position) that
  *                  KV head still holds at the end (positions it dropped are not listed)
  *   lifetimes.tsv  one row per (trace, policy, budget, lifetime): evicted tokens by the

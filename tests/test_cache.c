@@ -107,6 +107,12 @@ static void test_window_sets_metrics_lifetimes(void **state)
     assert_set(&c, 1, (int[]){ 3 });
     assert_int_equal(c.lifetimes[2], 1);       /* 2: attended at steps 2 and 3 */
     assert_int_equal(c.lifetimes[1], 1);
+    /* the same lifetimes by position: 0 -> 0, 1 -> 1, 2 -> 2; 3 is still held */
+    const int evicted_by_pos[4] = { 1, 1, 1, 0 }, life_by_pos[4] = { 0, 1, 2, 0 };
+    for (int j = 0; j < 4; j++) {
+        assert_int_equal(c.evictions[j], evicted_by_pos[j]);
+        assert_int_equal(c.lifetime_sum[j], life_by_pos[j]);
+    }
     kv_group_rows r4 = at(4);
     kv_cache_query(&c, 4, &r4, &m);
     assert_double_equal(c.head_recall[1], 0.0, 0);

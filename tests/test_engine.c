@@ -414,6 +414,120 @@ static void test_summary_oracle_column(void **state)
     kv_results_free(res);
 }
 
+/*
+ * Per-position lifetimes (retention.tsv's evicted_caches and lifetime_mean), by hand for
+ * window on the generated trace (2 layers x 2 KV heads = 4 caches, T = 96, P = 40): the
+ * prompt keeps {P-B..P-1}, then decode step t attends S u {t} and drops t - B. So j < P-B
+ * leaves at the prefill end (lifetime 0); P-B <= j < T-B leaves at step j + B, attended
+ * at steps max(j, P) .. j + B (lifetime j + B - max(j, P) + 1, i.e. B + 1 from j = P on);
+ * j >= T-B is held by every cache at the end (NA). The same with one cache per query head
+ * (8 caches). For every policy, the histogram of lifetimes.tsv is the per-position
+ * tallies summed (count and total lifetime), and a policy that never re-admits holds or
+ * evicted each position in every cache; tova scope=layer counts its one set per KV head.
+ */
+static void test_token_lifetimes(void **state)
+{
+    (void)state;
+    const char *path = kv_test_path("lifetimes.h5");
+    kv_test_gen_small(path, 11, 0, 0);
+    policy_list pl = { .n = 0 };
+    add(&pl, "window", "window", "");
+    add(&pl, "window-q", "window", "");
+    pl.pc[1].granularity = KV_GRAN_QUERY_HEAD;
+    add(&pl, "h2o", "h2o", "");
+    add(&pl, "tova-layer", "tova", "scope=layer");
+    add(&pl, "oracle", "oracle", "");
+    int budgets[] = { 8, 16 };
+    kv_results *res = replay(path, &pl, budgets, 2);
+    const int T = 96, P = 40;
+    for (int r = 0; r < res->n_runs; r++) {
+        const kv_run_result *run = &res->runs[r];
+        const char *label = pl.pc[run->policy].label;
+        int B = run->budget;
+        long long count = 0, total = 0, count_j = 0, total_j = 0;
+        for (int s = 0; s <= res->n_steps; s++) {
+            count += run->lifetimes[s];
+            total += (long long)s * run->lifetimes[s];
+        }
+        for (int j = 0; j < T; j++) {
+            count_j += run->evictions[j];
+            total_j += run->lifetime_sum[j];
+            if (strcmp(label, "oracle"))   /* held at the end, or evicted once */
+                assert_int_equal(run->retained[j] + run->evicted_caches[j], run->n_cache_units);
+            else
+                assert_true(run->retained[j] + run->evicted_caches[j] >= run->n_cache_units);
+            if (strncmp(label, "window", 6))
+                continue;
+            int caches = run->policy == 0 ? 4 : 8;
+            assert_int_equal(run->n_cache_units, caches);
+            if (j >= T - B) {
+                assert_int_equal(run->evicted_caches[j], 0);
+                assert_int_equal(run->evictions[j], 0);
+                continue;
+            }
+            int life = j < P - B ? 0 : j + B - (j > P ? j : P) + 1;
+            assert_int_equal(run->evicted_caches[j], caches);
+            assert_int_equal(run->evictions[j], caches);
+            if (run->lifetime_sum[j] != (long long)caches * life)
+                fail_msg("%s B=%d position %d: lifetime sum %lld, expected %d x %d", label, B,
+                         j, run->lifetime_sum[j], caches, life);
+        }
+        if (count != count_j || total != total_j)
+            fail_msg("%s B=%d: histogram %lld evictions, %lld steps; positions %lld, %lld",
+                     label, B, count, total, count_j, total_j);
+        if (!strcmp(label, "tova-layer"))   /* one cache per layer, weighted per KV head */
+            assert_int_equal(run->n_cache_units, 4);
+    }
+    /* retention.tsv: window at B = 8, read back by column name */
+    kv_replay_conf conf = { .policies = pl.pc, .n_policies = pl.n, .budgets = budgets,
+                            .n_budgets = 2 };
+    const kv_results *all[1] = { res };
+    const char *names[1] = { "lifetimes.h5" };
+    kv_experiment_results er = { .conf = &conf, .n_traces = 1, .res = all,
+                                 .trace_names = names };
+    char err[512], file[400], line[2048];
+    const char *dir = kv_test_path("out_lifetimes");
+    assert_int_equal(kv_output_prepare(dir, 0, err, sizeof err), 0);
+    if (kv_output_write(dir, &er, err, sizeof err))
+        fail_msg("%s", err);
+    snprintf(file, sizeof file, "%s/retention.tsv", dir);
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_string_equal(line, "trace\tpolicy\tbudget\tbudget_spec\tposition\tfraction\t"
+                              "evicted_caches\tlifetime_mean\ttoken\n");
+    int seen = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *col[16];
+        int k = 0;
+        for (char *at = line, *tab; k < 16; at = tab + 1) {
+            col[k++] = at;
+            if (!(tab = strpbrk(at, "\t\n")))
+                break;
+            *tab = 0;
+        }
+        assert_int_equal(k, 10);   /* 9 columns, then what follows the last newline */
+        if (strcmp(col[1], "window") || strcmp(col[2], "8"))
+            continue;
+        int j = atoi(col[4]);
+        if (j >= T - 8) {
+            assert_string_equal(col[6], "0");
+            assert_string_equal(col[7], "NA");
+            assert_string_equal(col[5], "1");
+        } else {
+            int life = j < P - 8 ? 0 : j + 8 - (j > P ? j : P) + 1;
+            assert_string_equal(col[6], "4");
+            assert_string_equal(col[5], "0");
+            assert_int_equal(atoi(col[7]), life);
+            assert_true(strtod(col[7], NULL) == life);
+        }
+        seen++;
+    }
+    fclose(f);
+    assert_int_equal(seen, T);
+    kv_results_free(res);
+}
+
 /* Two traces with one file name would share their `trace` column: refused (exit 2). */
 static void test_duplicate_trace_names(void **state)
 {
@@ -439,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_attn_and_qk_agree),
         cmocka_unit_test(test_outputs_deterministic),
         cmocka_unit_test(test_summary_oracle_column),
+        cmocka_unit_test(test_token_lifetimes),
         cmocka_unit_test(test_duplicate_trace_names),
     };
     return cmocka_run_group_tests(tests, setup, kv_test_dir_teardown);

@@ -73,6 +73,9 @@ static void assert_same_bits(const kv_results *a, const kv_results *b)
         assert_memory_equal(x->head_recall_min, y->head_recall_min, LH * sizeof(double));
         assert_memory_equal(x->lifetimes, y->lifetimes, (D + 1) * sizeof(long long));
         assert_memory_equal(x->retained, y->retained, T * sizeof(int));
+        assert_memory_equal(x->evicted_caches, y->evicted_caches, T * sizeof(int));
+        assert_memory_equal(x->evictions, y->evictions, T * sizeof(long long));
+        assert_memory_equal(x->lifetime_sum, y->lifetime_sum, T * sizeof(long long));
         assert_memory_equal(x->final_sets, y->final_sets,
                             (size_t)in->n_layers * in->n_kv_heads * T * sizeof(int));
         assert_int_equal(x->n_cache_units, y->n_cache_units);
