@@ -46,14 +46,7 @@ typedef struct {
 static int keydiff_check(const kv_param_values *values, int budget, char *err,
                          size_t err_len)
 {
-    if (kv_check_budget(budget, err, err_len) != 0)
-        return 1;
-    if (budget < (int)values->v[P_WINDOW]) {
-        snprintf(err, err_len, "budget %d must be at least keydiff window %d (use --set "
-                 "keydiff.window=N with N <= %d)", budget, (int)values->v[P_WINDOW], budget);
-        return 1;
-    }
-    return 0;
+    return kv_check_budget_window("keydiff", budget, (int)values->v[P_WINDOW], err, err_len);
 }
 
 static void keydiff_destroy(void *state)

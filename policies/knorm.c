@@ -40,14 +40,7 @@ typedef struct {
 
 static int knorm_check(const kv_param_values *values, int budget, char *err, size_t err_len)
 {
-    if (kv_check_budget(budget, err, err_len) != 0)
-        return 1;
-    if (budget < (int)values->v[P_WINDOW]) {
-        snprintf(err, err_len, "budget %d must be at least knorm window %d (use --set "
-                 "knorm.window=N with N <= %d)", budget, (int)values->v[P_WINDOW], budget);
-        return 1;
-    }
-    return 0;
+    return kv_check_budget_window("knorm", budget, (int)values->v[P_WINDOW], err, err_len);
 }
 
 static void knorm_destroy(void *state)

@@ -281,6 +281,18 @@ int kv_check_budget(int budget, char *err, size_t err_len)
     return 1;
 }
 
+int kv_check_budget_window(const char *policy, int budget, int window, char *err,
+                           size_t err_len)
+{
+    if (kv_check_budget(budget, err, err_len) != 0)
+        return 1;
+    if (budget >= window)
+        return 0;
+    set_err(err, err_len, "budget %d must be at least %s window %d (use --set %s.window=N "
+            "with N <= %d)", budget, policy, window, policy, budget);
+    return 1;
+}
+
 int kv_reads_no_row(const void *state, int t)
 {
     (void)state;

@@ -289,6 +289,12 @@ int kv_edit_distance(const char *a, const char *b);
  * "budget 0 must be at least 1" in err. */
 int kv_check_budget(int budget, char *err, size_t err_len);
 
+/* kv_check_budget, then the rule of a policy that always keeps its `window` most recent
+ * tokens: budget >= window, else 1 with "budget 4 must be at least knorm window 8 (use
+ * --set knorm.window=N with N <= 4)" (policy is the policy's name) in err. Returns 0 or 1. */
+int kv_check_budget_window(const char *policy, int budget, int window, char *err,
+                           size_t err_len);
+
 typedef enum { KV_GQA_SUM = 0, KV_GQA_MAX = 1 } kv_gqa_mode;
 
 /* The `gqa` parameter row every group-combining policy lists ("sum|max", default sum). */

@@ -98,14 +98,9 @@ typedef struct {
 static int snapkv_check(const kv_param_values *values, int budget, char *err,
                         size_t err_len)
 {
-    if (kv_check_budget(budget, err, err_len) != 0)
-        return 1;
     int window = (int)values->v[P_WINDOW], kernel = (int)values->v[P_KERNEL];
-    if (budget < window) {
-        snprintf(err, err_len, "budget %d must be at least snapkv window %d (use --set "
-                 "snapkv.window=N with N <= %d)", budget, window, budget);
+    if (kv_check_budget_window("snapkv", budget, window, err, err_len) != 0)
         return 1;
-    }
     if (kernel % 2 == 0) {
         snprintf(err, err_len, "snapkv kernel %d must be odd (use --set snapkv.kernel=N "
                  "with N odd, e.g. %d)", kernel, kernel - 1);

@@ -132,20 +132,34 @@ static int dry_run(const kv_policy_conf *pc, const kv_trace_info *in, int budget
     return 0;
 }
 
-int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
-                        double *kv_bytes_peak, double *meta_bytes_peak, char *err,
-                        size_t err_len)
+/* dry_run of pc at budget on the trace's cache layout; *caches gets how many caches the
+ * trace has (layers x caches per layer) to scale the per-cache numbers by. Returns 0, or
+ * KV_ERUNTIME when out of memory (err set). */
+static int size_one_cache(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
+                          double *peak_tokens, double *peak_meta, double *step_tokens,
+                          double *step_meta, long long *caches, char *err, size_t err_len)
 {
     int per_layer = kv_caches_per_layer(pc, info);
     int group = info->n_heads / per_layer;
     int token_weight = kv_cache_token_weight(pc, info);
-    double peak_tokens = 0.0, peak_meta = 0.0;
-    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta, NULL,
-                NULL)) {
+    if (dry_run(pc, info, budget, group, token_weight, peak_tokens, peak_meta, step_tokens,
+                step_meta)) {
         snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
         return KV_ERUNTIME;
     }
-    long long caches = (long long)info->n_layers * per_layer;
+    *caches = (long long)info->n_layers * per_layer;
+    return 0;
+}
+
+int kv_budget_footprint(const kv_policy_conf *pc, const kv_trace_info *info, int budget,
+                        double *kv_bytes_peak, double *meta_bytes_peak, char *err,
+                        size_t err_len)
+{
+    double peak_tokens = 0.0, peak_meta = 0.0;
+    long long caches;
+    if (size_one_cache(pc, info, budget, &peak_tokens, &peak_meta, NULL, NULL, &caches, err,
+                       err_len))
+        return KV_ERUNTIME;
     *kv_bytes_peak = kv_tokens_to_bytes(info, (long long)peak_tokens * caches);
     *meta_bytes_peak = peak_meta * (double)caches;
     return 0;
@@ -155,16 +169,11 @@ int kv_budget_footprint_steps(const kv_policy_conf *pc, const kv_trace_info *inf
                               int budget, double *kv_bytes, double *meta_bytes, char *err,
                               size_t err_len)
 {
-    int per_layer = kv_caches_per_layer(pc, info);
-    int group = info->n_heads / per_layer;
-    int token_weight = kv_cache_token_weight(pc, info);
     double peak_tokens = 0.0, peak_meta = 0.0;
-    if (dry_run(pc, info, budget, group, token_weight, &peak_tokens, &peak_meta, kv_bytes,
-                meta_bytes)) {
-        snprintf(err, err_len, "out of memory sizing policy '%s'", pc->label);
+    long long caches;
+    if (size_one_cache(pc, info, budget, &peak_tokens, &peak_meta, kv_bytes, meta_bytes,
+                       &caches, err, err_len))
         return KV_ERUNTIME;
-    }
-    long long caches = (long long)info->n_layers * per_layer;
     for (int i = 0; i < info->n_tokens - info->prefill_len; i++) {
         kv_bytes[i] = kv_tokens_to_bytes(info, (long long)kv_bytes[i] * caches);
         meta_bytes[i] *= (double)caches;

@@ -422,8 +422,9 @@ static int match_model(kv_trace *tr, const run_models *rm, char **paths, int n_l
                 found = i;
     if (found < 0 && rm->missing[0]) {
         fprintf(stderr, "kvsim run: note: %s runs open-loop only (closed-loop columns NA): "
-                "it was captured from checkpoint sha256 %s, none of those loaded, and %s "
-                "was not found (`make models`)\n", kv_trace_path(tr), sha, rm->missing);
+                "its checkpoint (sha256 %s) is not among the checkpoints loaded, and %s was "
+                "not found (put it in $KVSIM_MODELS, default models/)\n", kv_trace_path(tr),
+                sha, rm->missing);
         rm->of_trace[k] = NULL;
         return 0;
     }

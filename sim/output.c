@@ -2,6 +2,7 @@
  * output.c - TSV result files and the console table (see output.h).
  */
 #include "sim/output.h"
+#include "sim/config.h"   /* KV_PATH_LEN */
 #include "sim/predict.h"
 #include "sim/stats.h"
 #include "sim/signals.h"
@@ -147,9 +148,9 @@ static void value_cell(FILE *f, const char *format, double v)
         fprintf(f, format, v);
 }
 
-static int mkdir_parents(const char *dir)
+int kv_make_dirs(const char *dir)
 {
-    char path[4096];
+    char path[KV_PATH_LEN];
     if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
         errno = ENAMETOOLONG;
         return -1;
@@ -162,9 +163,7 @@ static int mkdir_parents(const char *dir)
             return -1;
         *p = '/';
     }
-    if (mkdir(path, 0777) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
+    return mkdir(path, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 /* Checks dir, creating it (with its parents) when create is 1; see kv_output_prepare. */
@@ -178,7 +177,7 @@ static int output_dir(const char *dir, int force, int create, char *err, size_t 
     }
     if (!exists && !create)
         return 0;
-    if (mkdir_parents(dir) != 0) {
+    if (kv_make_dirs(dir) != 0) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir, strerror(errno));
         return KV_ERUNTIME;
     }

@@ -57,6 +57,12 @@ int kv_run_summarise(const kv_results *res, int r, double *values, char *err,
  */
 int kv_output_prepare(const char *dir, int force, char *err, size_t err_len);
 
+/* Creates dir and its missing parents (mkdir -p, mode 0777 before the umask); parts that
+ * exist already are fine. kv_output_prepare and kv_result_set_begin (sim/publish.h) use
+ * it. Returns 0, or -1 with errno set (ENAMETOOLONG when dir has
+ * KV_PATH_LEN (sim/config.h) bytes or more, else mkdir's). */
+int kv_make_dirs(const char *dir);
+
 /* pc's parameters as "name=value" pairs, comma-separated, into buf: every one, the
  * engine's kv_granularity included (only_changed 0), or those that differ from their
  * defaults (only_changed 1; "" when none). Cannot fail (truncates to len). */

@@ -28,25 +28,6 @@ int kv_result_set_is_result(const char *name)
            || kv_output_is_result_file(name) || leftover;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *dir)
-{
-    char path[KV_PATH_LEN];
-    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0777) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return mkdir(path, 0777) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* Splits absolute path into its parent directory and last name. */
 static void split_path(const char *path, char *parent, size_t plen, const char **name)
 {
@@ -67,7 +48,7 @@ static int lock_dir(kv_result_set *rs, const char *dir, char *err, size_t err_le
         snprintf(err, err_len, "%s: exists and is not a directory", dir);
         return 1;
     }
-    if (make_dirs(dir) != 0 || !realpath(dir, rs->dir)) {
+    if (kv_make_dirs(dir) != 0 || !realpath(dir, rs->dir)) {
         snprintf(err, err_len, "%s: cannot create the output directory: %s", dir,
                  strerror(errno));
         return 1;

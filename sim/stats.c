@@ -19,8 +19,12 @@ static void set_nan(kv_interval *out)
     out->mean = out->lo = out->hi = NAN;
 }
 
-int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double level,
-                         unsigned long seed, kv_interval *out, char *err, size_t err_len)
+/* The moving-block bootstrap of kv_block_bootstrap_mean_ci; block 1 draws single values,
+ * the ordinary bootstrap of kv_bootstrap_mean_ci (one uniform start in 0..n-1 per value).
+ * `what` names the interval in the out-of-memory message. */
+static int block_bootstrap(const double *x, size_t n, size_t block, int n_resamples,
+                           double level, unsigned long seed, kv_interval *out,
+                           const char *what, char *err, size_t err_len)
 {
     set_nan(out);
     if (n == 0)
@@ -30,20 +34,25 @@ int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double leve
         out->lo = out->hi = out->mean;
         return 0;
     }
+    block = block < 1 ? 1 : block > n ? n : block;
     double *means = malloc((size_t)n_resamples * sizeof *means);
     gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
     if (!means || !rng) {
         free(means);
         if (rng)
             gsl_rng_free(rng);
-        snprintf(err, err_len, "out of memory computing a bootstrap interval");
+        snprintf(err, err_len, "out of memory computing %s", what);
         return KV_ERUNTIME;
     }
     gsl_rng_set(rng, seed);
+    size_t starts = n - block + 1;
     for (int b = 0; b < n_resamples; b++) {
         double sum = 0.0;
-        for (size_t i = 0; i < n; i++)
-            sum += x[gsl_rng_uniform_int(rng, n)];
+        for (size_t got = 0; got < n;) {
+            size_t at = starts > 1 ? gsl_rng_uniform_int(rng, starts) : 0;
+            for (size_t i = 0; i < block && got < n; i++, got++)
+                sum += x[at + i];
+        }
         means[b] = sum / (double)n;
     }
     gsl_sort(means, 1, (size_t)n_resamples);
@@ -54,6 +63,13 @@ int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double leve
     free(means);
     gsl_rng_free(rng);
     return 0;
+}
+
+int kv_bootstrap_mean_ci(const double *x, size_t n, int n_resamples, double level,
+                         unsigned long seed, kv_interval *out, char *err, size_t err_len)
+{
+    return block_bootstrap(x, n, 1, n_resamples, level, seed, out, "a bootstrap interval",
+                           err, err_len);
 }
 
 int kv_paired_diff_ci(const double *a, const double *b, size_t n, int n_resamples,
@@ -83,43 +99,8 @@ int kv_block_bootstrap_mean_ci(const double *x, size_t n, size_t block, int n_re
                                double level, unsigned long seed, kv_interval *out,
                                char *err, size_t err_len)
 {
-    set_nan(out);
-    if (n == 0)
-        return 0;
-    out->mean = gsl_stats_mean(x, 1, n);
-    if (n == 1 || n_resamples < 1) {
-        out->lo = out->hi = out->mean;
-        return 0;
-    }
-    block = block < 1 ? 1 : block > n ? n : block;
-    double *means = malloc((size_t)n_resamples * sizeof *means);
-    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!means || !rng) {
-        free(means);
-        if (rng)
-            gsl_rng_free(rng);
-        snprintf(err, err_len, "out of memory computing a block bootstrap interval");
-        return 1;
-    }
-    gsl_rng_set(rng, seed);
-    size_t starts = n - block + 1;
-    for (int b = 0; b < n_resamples; b++) {
-        double sum = 0.0;
-        for (size_t got = 0; got < n;) {
-            size_t at = starts > 1 ? gsl_rng_uniform_int(rng, starts) : 0;
-            for (size_t i = 0; i < block && got < n; i++, got++)
-                sum += x[at + i];
-        }
-        means[b] = sum / (double)n;
-    }
-    gsl_sort(means, 1, (size_t)n_resamples);
-    out->lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
-                                                  (1.0 - level) / 2.0);
-    out->hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)n_resamples,
-                                                  (1.0 + level) / 2.0);
-    free(means);
-    gsl_rng_free(rng);
-    return 0;
+    return block_bootstrap(x, n, block, n_resamples, level, seed, out,
+                           "a block bootstrap interval", err, err_len);
 }
 
 void kv_t_interval(const double *x, size_t n, double level, kv_interval *out)

@@ -9,49 +9,42 @@
 
 #include <string.h>
 
-/* Replaces root attribute name by an int64 scalar. */
-__attribute__((unused)) static void set_int_attr(const char *path, const char *name, long long value)
+/* Replaces root attribute name by a scalar of file type ftype holding *value (memory type
+ * mtype). */
+__attribute__((unused)) static void replace_root_attr(const char *path, const char *name,
+                                                      hid_t ftype, hid_t mtype,
+                                                      const void *value)
 {
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
     assert_true(f >= 0);
     H5Adelete(f, name);
     hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_LLONG, &value) >= 0);
+    hid_t a = H5Acreate2(f, name, ftype, s, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(a >= 0 && H5Awrite(a, mtype, value) >= 0);
     H5Aclose(a);
     H5Sclose(s);
     H5Fclose(f);
+}
+
+/* Replaces root attribute name by an int64 scalar. */
+__attribute__((unused)) static void set_int_attr(const char *path, const char *name, long long value)
+{
+    replace_root_attr(path, name, H5T_STD_I64LE, H5T_NATIVE_LLONG, &value);
 }
 
 /* Replaces root attribute name by a float64 scalar. */
 __attribute__((unused)) static void set_real_attr(const char *path, const char *name, double value)
 {
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_DOUBLE, &value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
-    H5Fclose(f);
+    replace_root_attr(path, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
 }
 
 /* Replaces root attribute name by a fixed-length string. */
 __attribute__((unused)) static void set_string_attr(const char *path, const char *name, const char *value)
 {
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    assert_true(f >= 0);
-    H5Adelete(f, name);
     hid_t t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, strlen(value) + 1);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(a >= 0 && H5Awrite(a, t, value) >= 0);
-    H5Aclose(a);
-    H5Sclose(s);
+    replace_root_attr(path, name, t, t, value);
     H5Tclose(t);
-    H5Fclose(f);
 }
 
 /* Deletes root attribute (is_attr) or link name. */

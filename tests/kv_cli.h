@@ -1,7 +1,8 @@
 /*
  * kv_cli.h - runs the real `kvsim` binary from a test (fork/exec), with optional resource
- * limits, and collects its exit status, stderr and peak memory. Header-only: each test
- * program that includes it gets its own copy of these static functions.
+ * limits, and collects its exit status, stderr and peak memory; mounts a small tmpfs for
+ * the tests that fill a real file system. Header-only: each test program that includes
+ * it gets its own copy of these static functions. Include it after <cmocka.h>.
  *
  * The binary is ./kvsim (tests run from the repository root), or $KVSIM_BIN (the
  * sanitizer build runs the suite against build-asan/kvsim).
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -22,6 +24,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "tests/kv_test.h"   /* kv_test_path, kv_test_dir_teardown */
 
 #define KV_CLI_MAX_ARGS 64
 
@@ -143,6 +147,45 @@ static int kv_cli_has_temporaries(const char *dir)
     snprintf(cmd, sizeof cmd, "{ ls -A '%s'; ls -A '%s/..'; } 2>/dev/null | grep -q "
              "'\\.tmp\\.'", dir, dir);
     return system(cmd) == 0;
+}
+
+/* Mounts a tmpfs of `size` (mount's size= option, "2m") on kv_test_path("tiny_fs"), a
+ * directory this makes, so a test can fill a real file system; returns that path. Where
+ * this process may not mount one (not root, or the kernel refuses) the directory is
+ * removed again and the calling test skipped (cmocka skip()); one that cannot be made
+ * fails it. kv_cli_tmpfs_unmount takes it down. */
+__attribute__((unused))
+static const char *kv_cli_tmpfs_mount(const char *size)
+{
+    const char *mnt = kv_test_path("tiny_fs");
+    assert_int_equal(mkdir(mnt, 0700), 0);
+    char options[64];
+    snprintf(options, sizeof options, "size=%s", size);
+    if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, options) != 0) {
+        rmdir(mnt);
+        print_message("skipped: cannot mount a tmpfs on %s (needs root)\n", mnt);
+        skip();
+    }
+    return mnt;
+}
+
+/* Unmounts kv_cli_tmpfs_mount's tmpfs and removes its directory. Harmless where nothing
+ * is mounted (a test that skipped, or failed before unmounting). */
+__attribute__((unused))
+static void kv_cli_tmpfs_unmount(void)
+{
+    const char *mnt = kv_test_path("tiny_fs");
+    umount(mnt);
+    rmdir(mnt);
+}
+
+/* A cmocka group teardown for the programs that mount the tmpfs: unmounts it (still
+ * there when its test failed part-way), then kv_test_dir_teardown. */
+__attribute__((unused))
+static int kv_cli_tmpfs_teardown(void **state)
+{
+    kv_cli_tmpfs_unmount();
+    return kv_test_dir_teardown(state);
 }
 
 #endif

@@ -200,6 +200,26 @@ __attribute__((unused)) static void kv_hand_run_table(const char *name, const ch
     kv_hand_run_table_seeded(name, settings, P, B, g, tb, 1, out);
 }
 
+/* Asserts the kept sets of replay r at consecutive steps from t on: the first set at t,
+ * the next at t + 1, and so on, e.g. kv_hand_assert_kept(&r, 4, "2,3,4", "3,4,5"). A
+ * mismatch names the step and fails at the caller's line. */
+#define kv_hand_assert_kept(r, t, ...)                                                     \
+    kv_hand_assert_kept_from((r), (t), (const char *const[]){ __VA_ARGS__, NULL }, __FILE__, \
+                             __LINE__)
+
+/* kv_hand_assert_kept's work: sets is NULL-terminated; file and line are the caller's. */
+__attribute__((unused)) static void kv_hand_assert_kept_from(const kv_hand_replay *r, int t,
+                                                             const char *const *sets,
+                                                             const char *file, int line)
+{
+    for (int i = 0; sets[i] != NULL; i++) {
+        assert_true(t + i < KV_HAND_MAX_T);
+        if (strcmp(r->kept[t + i], sets[i]) != 0)
+            print_error("kept set at t=%d:\n", t + i);
+        _assert_string_equal(r->kept[t + i], sets[i], file, line);
+    }
+}
+
 /* One select of policy `type` ("k=v,..." settings, NULL for the defaults) for a policy
  * that reads keys and values: the view is positions pos[0..n) (ascending, pos[n-1] = t),
  * the prompt compression when is_prefill_end, else a decode step; keys and values hold

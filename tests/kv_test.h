@@ -15,6 +15,7 @@
 
 #include "sim/engine.h"
 #include "traces/gen.h"
+#include "traces/model.h"
 
 /* values = ops's defaults, then each "name=value" of settings (NULL or "" for none);
  * a bad setting fails the test with the parser's message. */
@@ -38,8 +39,9 @@ __attribute__((unused)) static void kv_test_apply_settings(const kv_policy_ops *
     }
 }
 
-/* pc = policy `type` labelled `label` with "k=v,..." params; `kv_granularity=query_head`
- * sets the engine-level granularity, as sim/config.c reads it. */
+/* pc = policy `type` labelled `label` with "k=v,..." params (NULL or "" for none), the
+ * engine-level ones (kv_granularity, alloc, chunk, ...) included, each set as sim/config.c
+ * sets it (kv_policy_conf_set); a bad one fails the test with the parser's message. */
 __attribute__((unused)) static void kv_test_policy(kv_policy_conf *pc, const char *label,
                                                    const char *type, const char *params)
 {
@@ -47,17 +49,17 @@ __attribute__((unused)) static void kv_test_policy(kv_policy_conf *pc, const cha
     snprintf(pc->label, sizeof pc->label, "%s", label);
     pc->ops = kv_policy_find(type);
     assert_non_null(pc->ops);
-    char own[256] = "";
-    size_t used = 0;
+    kv_params_defaults(pc->ops, &pc->values);
     char buf[256];
     snprintf(buf, sizeof buf, "%s", params ? params : "");
     for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        if (strcmp(kv, "kv_granularity=query_head") == 0)
-            pc->granularity = KV_GRAN_QUERY_HEAD;
-        else
-            used += (size_t)snprintf(own + used, sizeof own - used, "%s%s", used ? "," : "", kv);
+        char *eq = strchr(kv, '=');
+        assert_non_null(eq);
+        *eq = '\0';
+        char err[KV_ERRMSG] = "";
+        if (kv_policy_conf_set(pc, kv, eq + 1, err, sizeof err) != 0)
+            fail_msg("%s", err);
     }
-    kv_test_apply_settings(pc->ops, own, &pc->values);
 }
 
 /* A small generated trace for the engine tests: 2 layers, 4 query heads over 2 KV heads,
@@ -115,6 +117,15 @@ __attribute__((unused)) static char *kv_test_path(const char *name)
     return buf[k];
 }
 
+/* Writes text to path (created or truncated); fails the test when it cannot. */
+__attribute__((unused)) static void kv_test_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
 /* Runs cmd through the shell with stdout and stderr sent to /dev/null; returns
  * system()'s status. */
 __attribute__((unused)) static int kv_test_run_quiet(const char *cmd)
@@ -151,8 +162,6 @@ __attribute__((unused)) static int kv_test_call_quiet(int (*fn)(int, char **), i
 /* sha256 of that checkpoint (shared/models/README.md). */
 #define KV_TEST_MODEL_SHA256 "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
 
-/* The real checkpoint: $KVSIM_MODEL, else ../shared/models/stories260K.bin relative to
- * the repository root (tests run from there). A missing checkpoint fails the test. */
 /* The path of file `name` (e.g. "tokenizer.bin") where `make models` puts it: the
  * directory $KVSIM_MODELS, else models/ in the repository root (tests run from there),
  * else ../shared/models beside the clone. A missing file fails the test. Static buffer. */
@@ -182,6 +191,17 @@ __attribute__((unused)) static const char *kv_test_model_path(void)
         return p;
     }
     return kv_test_models_file("stories260K.bin");
+}
+
+/* Loads the stories260K checkpoint (kv_test_model_path); a failure fails the test. The
+ * caller frees it with kv_model_free. */
+__attribute__((unused)) static kv_model *kv_test_model_load(void)
+{
+    kv_model *m = NULL;
+    char err[512] = "";
+    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
+        fail_msg("%s", err);
+    return m;
 }
 
 #endif

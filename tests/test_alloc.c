@@ -116,21 +116,8 @@ static kv_results *replay_real(const char *type, const char *settings, const int
                                int n, int n_threads)
 {
     kv_policy_conf pc;
-    memset(&pc, 0, sizeof pc);
-    snprintf(pc.label, sizeof pc.label, "%s", type);
-    pc.ops = kv_policy_find(type);
-    assert_non_null(pc.ops);
-    kv_params_defaults(pc.ops, &pc.values);
-    char buf[256], err[512];
-    snprintf(buf, sizeof buf, "%s", settings ? settings : "");
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        if (kv_policy_conf_set(&pc, tok, eq + 1, err, sizeof err))
-            fail_msg("%s", err);
-    }
+    kv_test_policy(&pc, type, type, settings);
+    char err[512];
     kv_replay_conf conf = { .policies = &pc, .n_policies = 1, .budgets = budgets,
                             .n_budgets = n, .seed = 1 };
     kv_trace *tr;

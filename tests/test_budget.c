@@ -16,6 +16,7 @@
 #include "sim/budget.h"
 #include "sim/engine.h"
 #include "sim/output.h"
+#include "tests/kv_test.h"
 #include "traces/gen.h"
 
 static void parse_ok(const char *text, kv_budget_kind kind, double value, const char *kept)
@@ -59,17 +60,11 @@ static kv_trace_info geometry(void)
     return in;
 }
 
-static kv_policy_conf policy(const char *type, const char *param, const char *value)
+/* Policy `type`, labelled by its type, with "k=v,..." settings (NULL: the defaults). */
+static kv_policy_conf policy(const char *type, const char *settings)
 {
     kv_policy_conf pc;
-    memset(&pc, 0, sizeof pc);
-    snprintf(pc.label, sizeof pc.label, "%s", type);
-    pc.ops = kv_policy_find(type);
-    assert_non_null(pc.ops);
-    kv_params_defaults(pc.ops, &pc.values);
-    char err[256];
-    if (param && kv_params_set(pc.ops, &pc.values, param, value, err, sizeof err))
-        fail_msg("%s", err);
+    kv_test_policy(&pc, type, type, settings);
     return pc;
 }
 
@@ -121,9 +116,9 @@ static void expect_error(const char *text, const kv_policy_conf *pc, const char 
 static void test_resolve_by_hand(void **state)
 {
     (void)state;
-    kv_policy_conf window = policy("window", NULL, NULL), h2o = policy("h2o", NULL, NULL),
-                   morph = policy("morphkv", NULL, NULL), snap = policy("snapkv", NULL, NULL),
-                   full = policy("full", NULL, NULL);
+    kv_policy_conf window = policy("window", NULL), h2o = policy("h2o", NULL),
+                   morph = policy("morphkv", NULL), snap = policy("snapkv", NULL),
+                   full = policy("full", NULL);
     expect_tokens("0.25p", &window, 32);
     expect_tokens("0.3p", &window, 38);
     expect_tokens("100", &window, 100);
@@ -170,9 +165,9 @@ static void test_resolve_matches_replay(void **state)
     if (kv_trace_open(path, &tr, err, sizeof err))
         fail_msg("%s", err);
     kv_policy_conf pcs[] = {
-        policy("window", NULL, NULL), policy("h2o", NULL, NULL),
-        policy("streamingllm", NULL, NULL), policy("morphkv", "window", "8"),
-        policy("snapkv", "window", "8"), policy("h2o", "gqa", "max"),
+        policy("window", NULL), policy("h2o", NULL),
+        policy("streamingllm", NULL), policy("morphkv", "window=8"),
+        policy("snapkv", "window=8"), policy("h2o", "gqa=max"),
     };
     const char *specs[] = { "4500B", "5KiB", "6000B" };
     int n_tight = 0;   /* cases where B + 1 was checked not to fit */

@@ -176,11 +176,9 @@ static int in_nucleus(const float *logits, int n, double temp, double top_p, int
 static void check_sampled_in_nucleus(const trace_data *d, int n_fixed, double temp,
                                      double top_p)
 {
-    kv_model *m = NULL;
+    kv_model *m = kv_test_model_load();
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
     int T = d->info.n_tokens;
     assert_int_equal(kv_model_run_create(m, T, &r, err, sizeof err), 0);
     for (int t = 0; t + 1 < T; t++) {

@@ -6,14 +6,13 @@
  * Expected messages are the rules of the issue and of `kvsim policies` written out here by
  * hand (the nearest name of a misspelt one, the rule broken), not the code's output.
  */
-#define _DEFAULT_SOURCE   /* wait4, mount in kv_cli.h / here */
+#define _DEFAULT_SOURCE   /* wait4, mount in kv_cli.h */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <dirent.h>
-#include <sys/mount.h>
 
 #include "tests/kv_cli.h"
 #include "tests/kv_test.h"
@@ -23,14 +22,6 @@
 static char g_trace[300];   /* small generated trace */
 static char g_long[300];    /* a trace whose run writes ~40 MB of results */
 static char g_long_budgets[512];
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
 
 static void gen_trace(const char *path, int T, int P, int heads, int kv_heads)
 {
@@ -67,7 +58,7 @@ static void expect_usage_error(const bad_case *c)
         char text[2048];
         snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 64\noutput = %s\n%s",
                  g_trace, kv_test_path("out_bad"), c->ini);
-        write_file(ini, text);
+        kv_test_write_text(ini, text);
         args[n++] = ini;
     }
     for (int i = 0; c->args[i]; i++)
@@ -167,7 +158,7 @@ static void test_output_dir(void **state)
     assert_int_equal(kv_cli_run(forced, NULL, &r), 0);
     assert_int_equal(count_entries(out), 11);
     const char *file = kv_test_path("a_file");
-    write_file(file, "x");
+    kv_test_write_text(file, "x");
     const char *onto_file[] = {"run", "--trace", g_trace, "--policies", "window", "--budgets",
                                "16", "-q", "-o", file, NULL};
     assert_int_not_equal(kv_cli_run(onto_file, NULL, &r), 0);
@@ -302,17 +293,11 @@ static void test_file_size_limit(void **state)
 static void test_full_tmpfs(void **state)
 {
     (void)state;
-    const char *mnt = kv_test_path("tiny_fs");
-    assert_int_equal(mkdir(mnt, 0700), 0);
-    if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=2m") != 0) {
-        rmdir(mnt);
-        skip();
-    }
+    const char *mnt = kv_cli_tmpfs_mount("2m");
     char dir[300];
     snprintf(dir, sizeof dir, "%s/results", mnt);
     expect_write_failure(dir, NULL, "No space left on device");
-    umount(mnt);
-    rmdir(mnt);
+    kv_cli_tmpfs_unmount();
 }
 
 static int setup(void **state)
@@ -333,13 +318,6 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    umount(kv_test_path("tiny_fs"));   /* still mounted when its test failed part-way */
-    return kv_test_dir_remove() == 0 ? 0 : -1;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -351,5 +329,5 @@ int main(void)
         cmocka_unit_test(test_file_size_limit),
         cmocka_unit_test(test_full_tmpfs),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_cli_tmpfs_teardown);
 }

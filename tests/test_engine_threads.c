@@ -133,30 +133,17 @@ static int setup(void **state)
     return 0;
 }
 
-static void add(kv_policy_conf *pc, const char *label, const char *type, const char *k,
-                const char *v)
-{
-    memset(pc, 0, sizeof *pc);
-    snprintf(pc->label, sizeof pc->label, "%s", label);
-    pc->ops = kv_policy_find(type);
-    assert_non_null(pc->ops);
-    kv_params_defaults(pc->ops, &pc->values);
-    char err[256];
-    if (k && kv_params_set(pc->ops, &pc->values, k, v, err, sizeof err))
-        fail_msg("%s", err);
-}
-
 /* Replays path with n_threads threads and writes the result files into dir. */
 static void replay_to(const char *path, int n_threads, int block, const char *dir)
 {
     kv_policy_conf pc[8];
-    add(&pc[0], "full", "full", NULL, NULL);
-    add(&pc[1], "window", "window", NULL, NULL);
-    add(&pc[2], "streamingllm", "streamingllm", NULL, NULL);
-    add(&pc[3], "h2o", "h2o", NULL, NULL);
-    add(&pc[4], "snapkv", "snapkv", "window", "8");
-    add(&pc[5], "morphkv", "morphkv", "window", "8");
-    add(&pc[6], "h2o-max", "h2o", "gqa", "max");
+    kv_test_policy(&pc[0], "full", "full", NULL);
+    kv_test_policy(&pc[1], "window", "window", NULL);
+    kv_test_policy(&pc[2], "streamingllm", "streamingllm", NULL);
+    kv_test_policy(&pc[3], "h2o", "h2o", NULL);
+    kv_test_policy(&pc[4], "snapkv", "snapkv", "window=8");
+    kv_test_policy(&pc[5], "morphkv", "morphkv", "window=8");
+    kv_test_policy(&pc[6], "h2o-max", "h2o", "gqa=max");
     memset(&pc[7], 0, sizeof pc[7]);
     snprintf(pc[7].label, sizeof pc[7].label, "lookahead");
     pc[7].ops = &lookahead_ops;

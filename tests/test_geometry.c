@@ -24,21 +24,11 @@
 
 #define REAL_TRACE "traces/data/stories260K_T512_P128_seed1.h5"
 
-static kv_policy_conf policy(const char *type, const char *param, const char *value,
-                             const char *granularity)
+/* Policy `type`, labelled by its type, with "k=v,..." settings (NULL: the defaults). */
+static kv_policy_conf policy(const char *type, const char *settings)
 {
     kv_policy_conf pc;
-    memset(&pc, 0, sizeof pc);
-    snprintf(pc.label, sizeof pc.label, "%s", type);
-    pc.ops = kv_policy_find(type);
-    assert_non_null(pc.ops);
-    kv_params_defaults(pc.ops, &pc.values);
-    char err[256];
-    if (param && kv_policy_conf_set(&pc, param, value, err, sizeof err))
-        fail_msg("%s", err);
-    if (granularity && kv_policy_conf_set(&pc, "kv_granularity", granularity, err,
-                                          sizeof err))
-        fail_msg("%s", err);
+    kv_test_policy(&pc, type, type, settings);
     return pc;
 }
 
@@ -87,7 +77,7 @@ static void test_window_by_hand(void **state)
     char err[256];
     /* Llama-3.1-8B, one cache per KV head: 65 tokens * 32 layers * 8 KV heads * 2 (K, V)
      * * 128 * 2 bytes = 65 * 256 * 512 = 8,519,680 bytes */
-    kv_policy_conf w = policy("window", NULL, NULL, NULL);
+    kv_policy_conf w = policy("window", NULL);
     kv_trace_info llama = at_model("llama-3.1-8b");
     assert_int_equal(kv_budget_footprint_steps(&w, &llama, 64, kv, meta, err, sizeof err), 0);
     for (int i = 0; i < 384; i++) {
@@ -95,7 +85,7 @@ static void test_window_by_hand(void **state)
         assert_true(meta[i] == 0.0);
     }
     /* per query head: 32 * 32 = 1024 caches, 4x: 34,078,720 bytes */
-    kv_policy_conf wq = policy("window", NULL, NULL, "query_head");
+    kv_policy_conf wq = policy("window", "kv_granularity=query_head");
     assert_int_equal(kv_budget_footprint_steps(&wq, &llama, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[0] == 34078720.0 && kv[383] == 34078720.0);
     /* Qwen2.5-7B: 65 * 28 * 4 * 512 = 3,727,360; per query head (28 * 28 caches) 7x:
@@ -118,11 +108,11 @@ static void test_morphkv_by_hand(void **state)
     double kv[384], meta[384];
     char err[256];
     kv_trace_info llama = at_model("llama-3.1-8b");
-    kv_policy_conf m = policy("morphkv", "window", "32", NULL);
+    kv_policy_conf m = policy("morphkv", "window=32");
     assert_int_equal(kv_budget_footprint_steps(&m, &llama, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[0] == 8519680.0 && kv[383] == 8519680.0);
     assert_true(meta[0] == 8519680.0 && meta[383] == 8519680.0);
-    kv_policy_conf mq = policy("morphkv", "window", "32", "query_head");
+    kv_policy_conf mq = policy("morphkv", "window=32,kv_granularity=query_head");
     assert_int_equal(kv_budget_footprint_steps(&mq, &llama, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[0] == 34078720.0);
     assert_true(meta[0] == 8519680.0);
@@ -140,14 +130,14 @@ static void test_growing_by_hand(void **state)
     double kv[384], meta[384];
     char err[256];
     kv_trace_info qwen = at_model("qwen2.5-7b");
-    kv_policy_conf s = policy("snapkv", "window", "32", NULL);
+    kv_policy_conf s = policy("snapkv", "window=32");
     assert_int_equal(kv_budget_footprint_steps(&s, &qwen, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[0] == 3727360.0);
     assert_true(kv[383] == 25690112.0);
-    kv_policy_conf sq = policy("snapkv", "window", "32", "query_head");
+    kv_policy_conf sq = policy("snapkv", "window=32,kv_granularity=query_head");
     assert_int_equal(kv_budget_footprint_steps(&sq, &qwen, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[383] == 179830784.0);
-    kv_policy_conf h = policy("h2o", NULL, NULL, NULL);
+    kv_policy_conf h = policy("h2o", NULL);
     assert_int_equal(kv_budget_footprint_steps(&h, &qwen, 64, kv, meta, err, sizeof err), 0);
     assert_true(kv[7] == 3727360.0);
     assert_true(meta[7] == 29120.0);
@@ -164,9 +154,9 @@ static void test_projection_matches_replay(void **state)
         fail_msg("%s (run from the repository root)", err);
     const kv_trace_info *in = kv_trace_get_info(tr);
     kv_policy_conf pcs[] = {
-        policy("morphkv", "window", "32", NULL), policy("morphkv", "window", "32", "query_head"),
-        policy("snapkv", "window", "32", NULL), policy("snapkv", "window", "32", "query_head"),
-        policy("h2o", NULL, NULL, NULL), policy("h2o", NULL, NULL, "query_head"),
+        policy("morphkv", "window=32"), policy("morphkv", "window=32,kv_granularity=query_head"),
+        policy("snapkv", "window=32"), policy("snapkv", "window=32,kv_granularity=query_head"),
+        policy("h2o", NULL), policy("h2o", "kv_granularity=query_head"),
     };
     int n = (int)(sizeof pcs / sizeof pcs[0]);
     int budgets[] = { 64 };

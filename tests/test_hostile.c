@@ -550,8 +550,6 @@ static void test_concurrent_runs(void **state)
     }
 }
 
-static void write_text(const char *path, const char *text);
-
 /* ------------------------------------------------------------ traces written whole */
 
 /* The whole content of path (fails the test when unreadable). */
@@ -684,7 +682,7 @@ static void test_force_keeps_foreign_files(void **state)
     char note[400], out[300];
     snprintf(out, sizeof out, "%s", kv_test_path("out_foreign"));
     snprintf(note, sizeof note, "%s/notes.txt", out);
-    write_text(note, "mine\n");
+    kv_test_write_text(note, "mine\n");
     const char *args[] = {"run", "--trace", g_trace, "--policies", "h2o", "--budgets", "16",
                           "-q", "--no-plot", "--force", "-o", out, NULL};
     kv_cli_result r;
@@ -753,14 +751,6 @@ static void test_thread_cap(void **state)
 
 /* ------------------------------------------------------------ smaller things */
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* Runs `kvsim run INI` (the experiment's trace is the small one) and expects exit want
  * and one line holding needle. */
 static void expect_ini(const char *what, const char *body, int want, const char *needle)
@@ -769,7 +759,7 @@ static void expect_ini(const char *what, const char *body, int want, const char 
     snprintf(ini, sizeof ini, "%s", kv_test_path("case.ini"));
     snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 16\noutput = %s\n%s",
              g_trace, kv_test_path("out_ini"), body);
-    write_text(ini, text);
+    kv_test_write_text(ini, text);
     const char *args[] = {"run", ini, "-q", "--no-plot", "--force", NULL};
     kv_cli_result r;
     int rc = run_bounded(args, NULL, 30, &r);
@@ -810,7 +800,7 @@ static void test_seed_one_rule(void **state)
     snprintf(ini, sizeof ini, "%s", kv_test_path("seed.ini"));
     snprintf(text, sizeof text, "[experiment]\ntrace = %s\nbudgets = 16\noutput = %s\n"
              "seed = 9223372036854775808\n[policy random]\ntype = random\n", g_trace, out_ini);
-    write_text(ini, text);
+    kv_test_write_text(ini, text);
     const char *a[] = {"run", ini, "-q", "--no-plot", NULL};
     const char *b[] = {"run", "--trace", g_trace, "--policies", "random", "--budgets", "16",
                        "--seed", "9223372036854775808", "-q", "--no-plot", "-o", out_cli, NULL};
@@ -880,7 +870,7 @@ static void test_compare_bounded(void **state)
                                  "output = %s\n", g_trace, out);
     for (int i = 0; i < 70; i++)
         at += (size_t)snprintf(text + at, sizeof text - at, "[policy w%d]\ntype = window\n", i);
-    write_text(ini, text);
+    kv_test_write_text(ini, text);
     const char *args[] = {"run", ini, "-q", "--no-plot", NULL};
     kv_cli_result r;
     assert_int_equal(run_bounded(args, NULL, 60, &r), 0);

@@ -87,11 +87,7 @@ static void put_le32(unsigned char *p, int32_t v)
 static void test_loads_real_checkpoint(void **state)
 {
     (void)state;
-    kv_model *m = NULL;
-    char err[512] = "";
-    int rc = kv_model_load(kv_test_model_path(), &m, err, sizeof err);
-    if (rc)
-        fail_msg("%s", err);
+    kv_model *m = kv_test_model_load();
     const kv_model_config *c = kv_model_get_config(m);
     /* The header table of ../shared/models/README.md. */
     assert_int_equal(c->dim, 64);
@@ -206,18 +202,26 @@ static void test_missing_file(void **state)
     assert_non_null(strstr(err, "/nonexistent/x.bin: cannot open"));
 }
 
-/* Runs greedy decoding from BOS for n_steps; ids gets n_steps + 1 ids. */
-static kv_model_run *greedy(const kv_model *m, int n_steps, int *ids)
+/* Greedy decoding from BOS and prompt[0..n_prompt-1] (run together, kv_model_prefill) for
+ * n_steps more ids (prompt may be NULL when n_prompt is 0); ids gets 1 + n_prompt +
+ * n_steps ids. */
+static kv_model_run *greedy_from(const kv_model *m, const int *prompt, int n_prompt,
+                                 int n_steps, int *ids)
 {
+    int n = 1 + n_prompt + n_steps;
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_run_create(m, n_steps + 1, &r, err, sizeof err))
+    if (kv_model_run_create(m, n, &r, err, sizeof err))
         fail_msg("%s", err);
     ids[0] = 1;
-    for (int t = 0; t <= n_steps; t++) {
+    if (n_prompt > 0)
+        memcpy(ids + 1, prompt, (size_t)n_prompt * sizeof *ids);
+    if (n_prompt > 0 && kv_model_prefill(r, ids, n_prompt, 0, err, sizeof err))
+        fail_msg("%s", err);
+    for (int t = n_prompt; t < n; t++) {
         if (kv_model_step(r, ids[t], t, err, sizeof err))
             fail_msg("%s", err);
-        if (t == n_steps)
+        if (t == n - 1)
             break;
         const float *lg = kv_model_logits(r);
         int best = 0;
@@ -235,12 +239,9 @@ static void test_greedy_ids_pinned(void **state)
      * The smallest top-1/top-2 logit gap over these steps is 0.05, far above float32
      * rounding, so any correct float32 implementation gives the same ids. */
     static const int expect[9] = {1, 461, 461, 401, 401, 401, 461, 378, 455};
-    kv_model *m = NULL;
-    char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
+    kv_model *m = kv_test_model_load();
     int ids[9];
-    kv_model_run *r = greedy(m, 8, ids);
+    kv_model_run *r = greedy_from(m, NULL, 0, 8, ids);
     for (int i = 0; i < 9; i++)
         assert_int_equal(ids[i], expect[i]);
     kv_model_run_free(r);
@@ -275,34 +276,6 @@ static void assert_close(const float *got, const double *want, int n, double tol
         fail_msg("%s differs from the numpy reference by %g > %g", what, worst, tol);
 }
 
-/* Greedy decoding from BOS and prompt[0..n_prompt-1] (run together, kv_model_prefill) for
- * n_steps more ids; ids gets 1 + n_prompt + n_steps ids. */
-static kv_model_run *greedy_from(const kv_model *m, const int *prompt, int n_prompt,
-                                 int n_steps, int *ids)
-{
-    int n = 1 + n_prompt + n_steps;
-    kv_model_run *r = NULL;
-    char err[512] = "";
-    if (kv_model_run_create(m, n, &r, err, sizeof err))
-        fail_msg("%s", err);
-    ids[0] = 1;
-    if (n_prompt > 0)
-        memcpy(ids + 1, prompt, (size_t)n_prompt * sizeof *ids);
-    if (n_prompt > 0 && kv_model_prefill(r, ids, n_prompt, 0, err, sizeof err))
-        fail_msg("%s", err);
-    for (int t = n_prompt; t < n; t++) {
-        if (kv_model_step(r, ids[t], t, err, sizeof err))
-            fail_msg("%s", err);
-        if (t == n - 1)
-            break;
-        const float *lg = kv_model_logits(r);
-        int best = 0;
-        for (int i = 1; i < kv_model_get_config(m)->vocab_size; i++)
-            best = lg[i] > lg[best] ? i : best;
-        ids[t + 1] = best;
-    }
-    return r;
-}
 
 /* Runs tests/ref_llama.py on the checkpoint at path (greedy from BOS + prompt, n_steps)
  * and compares ids (exactly), the last position's q, k, logits and attention rows. */
@@ -392,11 +365,9 @@ static void test_prefill_equals_steps(void **state)
 {
     (void)state;
     enum { N = 37 };
-    kv_model *m = NULL;
+    kv_model *m = kv_test_model_load();
     kv_model_run *a = NULL, *b = NULL;
     char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
     const kv_model_config *c = kv_model_get_config(m);
     int tokens[N];
     for (int i = 0; i < N; i++)
@@ -431,11 +402,9 @@ static void test_prefill_equals_steps(void **state)
 static void test_step_rejects_bad_arguments(void **state)
 {
     (void)state;
-    kv_model *m = NULL;
+    kv_model *m = kv_test_model_load();
     kv_model_run *r = NULL;
     char err[512] = "";
-    if (kv_model_load(kv_test_model_path(), &m, err, sizeof err))
-        fail_msg("%s", err);
     assert_int_equal(kv_model_run_create(m, 0, &r, err, sizeof err), KV_EMODEL_ARG);
     assert_null(r);
     assert_int_equal(kv_model_run_create(m, 2, &r, err, sizeof err), 0);

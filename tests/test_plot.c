@@ -19,7 +19,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <dirent.h>
-#include <sys/mount.h>
 
 #include "sim/plot.h"
 #include "tests/kv_cli.h"
@@ -56,14 +55,6 @@ static void assert_not_pwned(const char *when)
 {
     if (access(g_pwned, F_OK) == 0)
         fail_msg("%s ran a command from a name: %s exists", when, g_pwned);
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
 }
 
 /* The whole file, malloc'd, its size in *len; NULL when missing. */
@@ -187,7 +178,7 @@ static void test_run_with_hostile_names(void **state)
         at += snprintf(ini + at, sizeof ini - (size_t)at, "[policy %s]\ntype = %s\n",
                        payloads[i], types[i % 4]);
     snprintf(path, sizeof path, "%s/hostile.ini", kv_test_dir);
-    write_file(path, ini);
+    kv_test_write_text(path, ini);
     kv_cli_result r;
     const char *args[] = { "run", path, "-q", NULL };
     kvsim(args, 0, &r);
@@ -498,7 +489,7 @@ static void test_run_paper_style(void **state)
                  "style = %s\n[policy window]\ntype = window\n", t, dir,
                  bad ? "fancy" : "paper");
         snprintf(path, sizeof path, "%s/style%d.ini", kv_test_dir, bad);
-        write_file(path, ini);
+        kv_test_write_text(path, ini);
         kv_cli_result r;
         const char *args[] = { "run", path, "-q", NULL };
         kvsim(args, bad ? 2 : 0, &r);
@@ -555,21 +546,14 @@ static void test_plot_full_tmpfs(void **state)
     if (!kv_plot_available())
         skip();
     make_good_results();
-    const char *mnt = kv_test_path("tiny_fs");
-    assert_int_equal(mkdir(mnt, 0700), 0);
-    if (geteuid() != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=8m") != 0) {
-        rmdir(mnt);
-        print_message("test_plot_full_tmpfs: skipped: cannot mount a tmpfs (needs root)\n");
-        skip();
-    }
+    const char *mnt = kv_cli_tmpfs_mount("8m");
     char dir[400], cmd[1200];
     snprintf(dir, sizeof dir, "%s/results", mnt);
     snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && dd if=/dev/zero of='%s/filler' bs=4k "
              "2>/dev/null; true", g_good, dir, mnt);
     assert_int_equal(kv_test_run_quiet(cmd), 0);
     expect_write_failure(dir, NULL, "ENOSPC");
-    umount(mnt);
-    rmdir(mnt);
+    kv_cli_tmpfs_unmount();
 }
 
 static int setup(void **state)
@@ -580,13 +564,6 @@ static int setup(void **state)
     snprintf(g_pwned, sizeof g_pwned, "%s/PWNED", kv_test_dir);
     setenv("KV_PWNED", g_pwned, 1);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    umount(kv_test_path("tiny_fs"));   /* still mounted when its test failed part-way */
-    return kv_test_dir_remove() == 0 ? 0 : -1;
 }
 
 int main(void)
@@ -603,5 +580,5 @@ int main(void)
         cmocka_unit_test(test_plot_file_size_limit),
         cmocka_unit_test(test_plot_full_tmpfs),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, kv_cli_tmpfs_teardown);
 }

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "policies/policy.h"
+#include "tests/kv_test.h"
 
 #define T_TOKENS 200
 #define N_GROUPS 3 /* group sizes replayed */
@@ -872,22 +873,6 @@ static const char *const extra_settings[] = {
     "lookahead:horizon=150",
 };
 
-/* Applies "a=1,b=2" to values; fails the test on a parse error. */
-static void apply(const kv_policy_ops *ops, const char *settings, kv_param_values *v)
-{
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", settings);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        assert_non_null(eq);
-        *eq = '\0';
-        char err[KV_ERRMSG];
-        if (kv_params_set(ops, v, tok, eq + 1, err, sizeof err) != 0)
-            fail_msg("%s", err);
-    }
-}
-
 /* Replays ops with v over every budget and group size (twice: determinism). */
 static int replay_all(const kv_policy_ops *ops, const kv_param_values *v, const char *label,
                       double *const traces[N_GROUPS], const int groups[N_GROUPS])
@@ -938,9 +923,8 @@ static void test_replays(void **state)
                  wd = strtok_r(NULL, "|", &save)) {
                 if (strcmp(wd, s->default_text) == 0)
                     continue;
-                kv_params_defaults(ops, &v);
                 snprintf(setting, sizeof setting, "%s=%s", s->name, wd);
-                apply(ops, setting, &v);
+                kv_test_apply_settings(ops, setting, &v);
                 runs += replay_all(ops, &v, setting, traces, groups);
             }
         }
@@ -948,8 +932,7 @@ static void test_replays(void **state)
         for (size_t e = 0; e < sizeof extra_settings / sizeof extra_settings[0]; e++) {
             if (strncmp(extra_settings[e], ops->name, len) != 0 || extra_settings[e][len] != ':')
                 continue;
-            kv_params_defaults(ops, &v);
-            apply(ops, extra_settings[e] + len + 1, &v);
+            kv_test_apply_settings(ops, extra_settings[e] + len + 1, &v);
             runs += replay_all(ops, &v, extra_settings[e] + len + 1, traces, groups);
         }
         if (runs == 0)

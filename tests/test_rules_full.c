@@ -28,9 +28,7 @@ static void test_full_keeps_everything(void **state)
     kv_hand_replay r;
     kv_hand_run_policy("full", NULL, 6, 4, 2, 1, kv_hand_self_attn, NULL, &r);
     /* Never evicts: A_t = {0..t} at every step, whatever B. */
-    assert_string_equal(r.kept[3], "0,1,2,3");
-    assert_string_equal(r.kept[4], "0,1,2,3,4");
-    assert_string_equal(r.kept[5], "0,1,2,3,4,5");
+    kv_hand_assert_kept(&r, 3, "0,1,2,3", "0,1,2,3,4", "0,1,2,3,4,5");
     assert_int_equal(r.meta[5], 0); /* meta_bytes NULL */
     assert_null(kv_policy_find("full")->meta_bytes);
     assert_int_equal(kv_policy_find("full")->bounded, 0);

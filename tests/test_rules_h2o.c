@@ -41,22 +41,26 @@ static const int h2o_rows[2 * 6 * 6] = {
     2, 0, 0, 0, 12, 2,
 };
 
+/* Replays h2o_rows (P = 4, B = 3, both heads) under h2o with settings. */
+static void replay_h2o_rows(const char *settings, kv_hand_replay *r)
+{
+    kv_hand_table16 tb = { 6, h2o_rows };
+    kv_hand_run_table("h2o", settings, 4, 3, 2, &tb, r);
+}
+
 static void test_h2o_gqa_sum(void **state)
 {
     (void)state;
-    kv_hand_table16 tb = { 6, h2o_rows };
     kv_hand_replay r;
-    kv_hand_run_policy("h2o", NULL, 6, 4, 3, 2, kv_hand_table_attn, &tb, &r);
+    replay_h2o_rows(NULL, &r);
     /* Prefill end t=3 (in sixteenths): acc_h0 = {0:16+6+4+4=30, 1:10+6+4=20, 2:6+6=12,
      * 3:2}, acc_h1 = {0:16+14+10+8=48, 1:2, 2:12, 3:2}. B = 3, r = floor(0.5*3) = 1
-     * keeps {3}; gqa sum: 0:78, 1:22, 2:24 -> best 2 = {0,2}. */
-    assert_string_equal(r.kept[3], "0,2,3");
-    /* t=4: A={0,2,3,4}, o4 = p4 (sums to 16 over A). acc_h0 = {0:32, 2:12, 3:14, 4:2},
-     * acc_h1 = {0:50, 2:12, 3:14, 4:2}. r keeps {4}; sum: 0:82, 2:24, 3:28 -> {0,3}. */
-    assert_string_equal(r.kept[4], "0,3,4");
-    /* t=5: A={0,3,4,5}. acc_h0 = {0:34, 3:14, 4:14}, acc_h1 = {0:52, 3:14, 4:14}.
+     * keeps {3}; gqa sum: 0:78, 1:22, 2:24 -> best 2 = {0,2}.
+     * t=4: A={0,2,3,4}, o4 = p4 (sums to 16 over A). acc_h0 = {0:32, 2:12, 3:14, 4:2},
+     * acc_h1 = {0:50, 2:12, 3:14, 4:2}. r keeps {4}; sum: 0:82, 2:24, 3:28 -> {0,3}.
+     * t=5: A={0,3,4,5}. acc_h0 = {0:34, 3:14, 4:14}, acc_h1 = {0:52, 3:14, 4:14}.
      * r keeps {5}; sum: 0:86, 3:28, 4:28: a tie, the more recent 4 is kept. */
-    assert_string_equal(r.kept[5], "0,4,5");
+    kv_hand_assert_kept(&r, 3, "0,2,3", "0,3,4", "0,4,5");
     /* One float32 score per cached token: 4 * |A_t| = 4 * 4. */
     assert_int_equal(r.meta[4], 16);
     assert_int_equal(r.meta[5], 16);
@@ -65,18 +69,15 @@ static void test_h2o_gqa_sum(void **state)
 static void test_h2o_gqa_max(void **state)
 {
     (void)state;
-    kv_hand_table16 tb = { 6, h2o_rows };
     kv_hand_replay r;
-    kv_hand_run_policy("h2o", "gqa=max", 6, 4, 3, 2, kv_hand_table_attn, &tb, &r);
+    replay_h2o_rows("gqa=max", &r);
     /* Same accumulators as above; gqa max: 0:max(30,48)=48, 1:max(20,2)=20,
-     * 2:max(12,12)=12 -> {0,1} (sum chose {0,2}). */
-    assert_string_equal(r.kept[3], "0,1,3");
-    /* t=4: A={0,1,3,4}; acc_h0 = {0:32, 1:20, 3:14}, acc_h1 = {0:50, 1:2, 3:14};
-     * max: 0:50, 1:20, 3:14 -> {0,1} + {4}. */
-    assert_string_equal(r.kept[4], "0,1,4");
-    /* t=5: A={0,1,4,5}; acc_h0 = {0:34, 1:20, 4:14}, acc_h1 = {0:52, 1:2, 4:14};
+     * 2:max(12,12)=12 -> {0,1} (sum chose {0,2}).
+     * t=4: A={0,1,3,4}; acc_h0 = {0:32, 1:20, 3:14}, acc_h1 = {0:50, 1:2, 3:14};
+     * max: 0:50, 1:20, 3:14 -> {0,1} + {4}.
+     * t=5: A={0,1,4,5}; acc_h0 = {0:34, 1:20, 4:14}, acc_h1 = {0:52, 1:2, 4:14};
      * max: 0:52, 1:20, 4:14 -> {0,1} + {5}. */
-    assert_string_equal(r.kept[5], "0,1,5");
+    kv_hand_assert_kept(&r, 3, "0,1,3", "0,1,4", "0,1,5");
     /* Per-head scores: 4 * group_size * |A_t| = 4 * 2 * 4. */
     assert_int_equal(r.meta[4], 32);
 }

@@ -44,23 +44,27 @@ static const int morph_rows[2 * 7 * 7] = {
     0, 0, 0, 0, 0, 0, 16,
 };
 
+/* Replays morph_rows (P = 5, B = 3, both heads) under morphkv with settings. */
+static void replay_morph_rows(const char *settings, kv_hand_replay *r)
+{
+    kv_hand_table16 tb = { 7, morph_rows };
+    kv_hand_run_table("morphkv", settings, 5, 3, 2, &tb, r);
+}
+
 static void test_morphkv_fusion_sum(void **state)
 {
     (void)state;
-    kv_hand_table16 tb = { 7, morph_rows };
     kv_hand_replay r;
-    kv_hand_run_policy("morphkv", "window=2", 7, 5, 3, 2, kv_hand_table_attn, &tb, &r);
+    replay_morph_rows("window=2", &r);
     /* t=4: A={0..4}, W={3,4}, O={0,1,2}; rows 3 and 4 (prefill, p itself).
      * Row 3 h0 on O: [3,0,5] / 8 = [3/8, 0, 5/8]; row 4: [2,2,0] / 4 = [1/2, 1/2, 0].
-     * Sum fusion: 0: 7/8, 1: 1/2, 2: 5/8 -> keep 0 (B - window = 1). */
-    assert_string_equal(r.kept[4], "0,3,4");
-    /* t=5: A={0,3,4,5} (p5 sums to 16 over it, o5 = p5), W={4,5}, O={0,3}; rows 4, 5.
+     * Sum fusion: 0: 7/8, 1: 1/2, 2: 5/8 -> keep 0 (B - window = 1).
+     * t=5: A={0,3,4,5} (p5 sums to 16 over it, o5 = p5), W={4,5}, O={0,3}; rows 4, 5.
      * Row 4 on O: [2,6] / 8 = [1/4, 3/4]; row 5: [2,2] / 4 = [1/2, 1/2].
-     * Sum: 0: 3/4, 3: 5/4 -> keep 3. */
-    assert_string_equal(r.kept[5], "3,4,5");
-    /* t=6: A={3,4,5,6}, W={5,6}, O={3,4}; rows 5, 6. Row 5 on O: [2,6] / 8 =
+     * Sum: 0: 3/4, 3: 5/4 -> keep 3.
+     * t=6: A={3,4,5,6}, W={5,6}, O={3,4}; rows 5, 6. Row 5 on O: [2,6] / 8 =
      * [1/4, 3/4]; row 6: [8,0] / 8 = [1, 0]. Sum: 3: 5/4, 4: 3/4 -> keep 3. */
-    assert_string_equal(r.kept[6], "3,5,6");
+    kv_hand_assert_kept(&r, 4, "0,3,4", "3,4,5", "3,5,6");
     /* min(window, rows) * group * n * 4 = 2 * 2 * 4 * 4. */
     assert_int_equal(r.meta[5], 64);
     assert_int_equal(r.meta[6], 64);
@@ -69,19 +73,16 @@ static void test_morphkv_fusion_sum(void **state)
 static void test_morphkv_fusion_max(void **state)
 {
     (void)state;
-    kv_hand_table16 tb = { 7, morph_rows };
     kv_hand_replay r;
-    kv_hand_run_policy("morphkv", "window=2,fusion=max", 7, 5, 3, 2, kv_hand_table_attn, &tb, &r);
+    replay_morph_rows("window=2,fusion=max", &r);
     /* t=4: max fusion of [3/8, 0, 5/8] and [1/2, 1/2, 0]: 0: 1/2, 1: 1/2, 2: 5/8 ->
-     * keep 2 (sum fusion kept 0). */
-    assert_string_equal(r.kept[4], "2,3,4");
-    /* t=5: A={2,3,4,5}: p5 sums to 14 there, o5 = p5 * 16/14. W={4,5}, O={2,3}.
+     * keep 2 (sum fusion kept 0).
+     * t=5: A={2,3,4,5}: p5 sums to 14 there, o5 = p5 * 16/14. W={4,5}, O={2,3}.
      * Row 4 on O: [0,6] / 6 = [0, 1]; row 5: [0, 2/14] / (2/14) = [0, 1].
-     * Max: 2: 0, 3: 1 -> keep 3. */
-    assert_string_equal(r.kept[5], "3,4,5");
-    /* t=6: O={3,4}; row 5 on O: [2/14, 6/14] -> [1/4, 3/4]; row 6: [1, 0].
+     * Max: 2: 0, 3: 1 -> keep 3.
+     * t=6: O={3,4}; row 5 on O: [2/14, 6/14] -> [1/4, 3/4]; row 6: [1, 0].
      * Max: 3: 1, 4: 3/4 -> keep 3. */
-    assert_string_equal(r.kept[6], "3,5,6");
+    kv_hand_assert_kept(&r, 4, "2,3,4", "3,4,5", "3,5,6");
 }
 
 /* T = 5, P = 4; window = 1, so only the newest row ranks. */
@@ -105,7 +106,7 @@ static void test_morphkv_gqa(void **state)
     (void)state;
     kv_hand_table16 tb = { 5, morph_gqa_rows };
     kv_hand_replay r;
-    kv_hand_run_policy("morphkv", "window=1", 5, 4, 2, 2, kv_hand_table_attn, &tb, &r);
+    kv_hand_run_table("morphkv", "window=1", 4, 2, 2, &tb, &r);
     /* t=3: W={3}, O={0,1,2}, row 3 only. h0: [0,5,3]/8, h1: [5,0,3]/8.
      * gqa sum: [5/8, 5/8, 6/8] -> keep 2. */
     assert_string_equal(r.kept[3], "2,3");
@@ -113,7 +114,7 @@ static void test_morphkv_gqa(void **state)
     assert_string_equal(r.kept[4], "3,4");
     /* 1 row * 2 heads * |A_4| = 3 * 4 bytes. */
     assert_int_equal(r.meta[4], 24);
-    kv_hand_run_policy("morphkv", "window=1,gqa=max", 5, 4, 2, 2, kv_hand_table_attn, &tb, &r);
+    kv_hand_run_table("morphkv", "window=1,gqa=max", 4, 2, 2, &tb, &r);
     /* gqa max: [5/8, 5/8, 3/8] -> 0 and 1 tie, the more recent 1 is kept. */
     assert_string_equal(r.kept[3], "1,3");
     /* t=4: A={1,3,4}; O={1,3}: [2,4]/6 = [1/3, 2/3] -> keep 3. */
@@ -201,13 +202,7 @@ static void test_morphkv_evict_every(void **state)
     kv_hand_run_table("morphkv", "window=1,evict_every=3", 3, 2, 1, &tb, &r);
     /* t=2: O={0,1} tie -> {1} + W {2}. Decode steps 1, 2 keep all (S grows by one),
      * step 3 (t=5) cuts back to B = 2: W {5} + the most recent of O (4). */
-    assert_string_equal(r.kept[2], "1,2");
-    assert_string_equal(r.kept[3], "1,2,3");
-    assert_string_equal(r.kept[4], "1,2,3,4");
-    assert_string_equal(r.kept[5], "4,5");
-    assert_string_equal(r.kept[6], "4,5,6");
-    assert_string_equal(r.kept[7], "4,5,6,7");
-    assert_string_equal(r.kept[8], "7,8");
+    kv_hand_assert_kept(&r, 2, "1,2", "1,2,3", "1,2,3,4", "4,5", "4,5,6", "4,5,6,7", "7,8");
     assert_string_equal(r.kept[11], "10,11");
     /* |A_t| = 3, 4, 5, 3, 4, 5, ...; meta: one stored row * 1 head * |A_t| * 4. */
     assert_int_equal(r.meta[3], 12);

@@ -29,21 +29,15 @@ static void test_streamingllm_sinks_and_window(void **state)
     /* sinks = 1, B = 3, P = 5: t=4 A={0..4}: sink {0} + B-1 = 2 most recent {3,4};
      * t=5 A={0,3,4,5} -> {0,4,5}; t=6 A={0,4,5,6} -> {0,5,6}. */
     kv_hand_run_policy("streamingllm", "sinks=1", 7, 5, 3, 1, kv_hand_self_attn, NULL, &r);
-    assert_string_equal(r.kept[4], "0,3,4");
-    assert_string_equal(r.kept[5], "0,4,5");
-    assert_string_equal(r.kept[6], "0,5,6");
+    kv_hand_assert_kept(&r, 4, "0,3,4", "0,4,5", "0,5,6");
     /* Default sinks = 4, B = 5, P = 8: t=7 {0,1,2,3} + 1 most recent {7};
      * t=8 A={0,1,2,3,7,8} -> {0,1,2,3,8}; t=9 -> {0,1,2,3,9}. */
     kv_hand_run_policy("streamingllm", NULL, 10, 8, 5, 1, kv_hand_self_attn, NULL, &r);
-    assert_string_equal(r.kept[7], "0,1,2,3,7");
-    assert_string_equal(r.kept[8], "0,1,2,3,8");
-    assert_string_equal(r.kept[9], "0,1,2,3,9");
+    kv_hand_assert_kept(&r, 7, "0,1,2,3,7", "0,1,2,3,8", "0,1,2,3,9");
     /* B = sinks = 2, P = 5: no recent part, the sinks alone: t=4 A={0..4} -> {0,1};
      * t=5 A={0,1,5} -> {0,1} (the new token evicted at once); t=6 likewise. */
     kv_hand_run_policy("streamingllm", "sinks=2", 7, 5, 2, 1, kv_hand_self_attn, NULL, &r);
-    assert_string_equal(r.kept[4], "0,1");
-    assert_string_equal(r.kept[5], "0,1");
-    assert_string_equal(r.kept[6], "0,1");
+    kv_hand_assert_kept(&r, 4, "0,1", "0,1", "0,1");
 }
 
 static void test_streamingllm_check(void **state)

@@ -29,16 +29,11 @@ static void test_window_keeps_most_recent(void **state)
     /* P = 5, B = 3: t=4 A={0..4} -> last 3 {2,3,4}; t=5 A={2,3,4,5} -> {3,4,5};
      * t=6 A={3,4,5,6} -> {4,5,6}. */
     kv_hand_run_policy("window", NULL, 7, 5, 3, 1, kv_hand_self_attn, NULL, &r);
-    assert_string_equal(r.kept[4], "2,3,4");
-    assert_string_equal(r.kept[5], "3,4,5");
-    assert_string_equal(r.kept[6], "4,5,6");
+    kv_hand_assert_kept(&r, 4, "2,3,4", "3,4,5", "4,5,6");
     /* P = 3 <= B = 4: nothing at the prefill end; t=3 |A| = 4 <= B keeps all;
      * t=4 A={0..4} -> {1,2,3,4}; t=5 -> {2,3,4,5}. */
     kv_hand_run_policy("window", NULL, 6, 3, 4, 1, kv_hand_self_attn, NULL, &r);
-    assert_string_equal(r.kept[2], "0,1,2");
-    assert_string_equal(r.kept[3], "0,1,2,3");
-    assert_string_equal(r.kept[4], "1,2,3,4");
-    assert_string_equal(r.kept[5], "2,3,4,5");
+    kv_hand_assert_kept(&r, 2, "0,1,2", "0,1,2,3", "1,2,3,4", "2,3,4,5");
 }
 
 int main(void)

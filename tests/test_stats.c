@@ -10,6 +10,8 @@
 
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_rng.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +87,38 @@ static void test_bootstrap_degenerate(void **state)
     assert_true(isnan(a.mean) && isnan(a.lo) && isnan(a.hi));
 }
 
+/* The percentile bootstrap written out from its definition in stats.h: R resamples of n
+ * values drawn uniformly (gsl_rng mt19937 seeded with seed), sorted means, the
+ * (1 -+ level) / 2 quantiles. kv_bootstrap_mean_ci and the block bootstrap with block 1
+ * (single values) must both give exactly these numbers. */
+static void test_bootstrap_by_definition(void **state)
+{
+    (void)state;
+    enum { N = 37, R = 500 };
+    double x[N], means[R];
+    normals(x, N, 0.5, 0.2, 11);
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    assert_non_null(rng);
+    gsl_rng_set(rng, 5);
+    for (int b = 0; b < R; b++) {
+        double sum = 0.0;
+        for (int i = 0; i < N; i++)
+            sum += x[gsl_rng_uniform_int(rng, N)];
+        means[b] = sum / N;
+    }
+    gsl_rng_free(rng);
+    gsl_sort(means, 1, R);
+    double lo = gsl_stats_quantile_from_sorted_data(means, 1, R, (1.0 - 0.90) / 2.0);
+    double hi = gsl_stats_quantile_from_sorted_data(means, 1, R, (1.0 + 0.90) / 2.0);
+    kv_interval iid, block;
+    char err[128];
+    assert_int_equal(kv_bootstrap_mean_ci(x, N, R, 0.90, 5, &iid, err, sizeof err), 0);
+    assert_int_equal(kv_block_bootstrap_mean_ci(x, N, 1, R, 0.90, 5, &block, err,
+                                                sizeof err), 0);
+    assert_true(iid.lo == lo && iid.hi == hi);
+    assert_true(block.lo == lo && block.hi == hi);
+}
+
 /*
  * Paired differences by hand:
  * - a = base + 0.05 with a base that varies wildly between units: every per-unit
@@ -152,6 +186,7 @@ int main(void)
         cmocka_unit_test(test_bootstrap_normal_width),
         cmocka_unit_test(test_bootstrap_coverage),
         cmocka_unit_test(test_bootstrap_degenerate),
+        cmocka_unit_test(test_bootstrap_by_definition),
         cmocka_unit_test(test_paired_hand),
         cmocka_unit_test(test_t_interval),
         cmocka_unit_test(test_histogram),

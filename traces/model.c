@@ -23,6 +23,8 @@
 #endif
 
 #include "traces/model.h"
+#include "traces/le.h"
+#include "traces/sha256.h"
 #include "traces/trace.h"
 
 #include <errno.h>
@@ -33,7 +35,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 
 #define HEADER_BYTES 28
 #define N_HEADER 7
@@ -66,16 +67,6 @@ struct kv_model {
 static int pack_weights(kv_model *m);
 
 /* ------------------------------------------------------------------ loading */
-
-/* Little-endian int32 at p, whatever the host byte order. */
-static int32_t read_le32(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                 (uint32_t)p[3] << 24;
-    int32_t v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
 
 /* Header field ranges: wide enough for any llama2.c export, narrow enough that the size
  * arithmetic below cannot overflow 64 bits and a garbage header is caught early. */
@@ -177,7 +168,7 @@ static int read_header(FILE *f, const char *path, long long size_bytes, kv_model
     }
     long long h[N_HEADER];
     for (int i = 0; i < N_HEADER; i++)
-        h[i] = read_le32(raw + 4 * i);
+        h[i] = kv_le32(raw + 4 * i);
     int shared = h[5] > 0;
     h[5] = h[5] < 0 ? -h[5] : h[5]; /* int32 -> long long: INT32_MIN cannot overflow */
     int rc = check_header(path, h, shared, cfg, err, err_len);
@@ -204,25 +195,6 @@ static int read_header(FILE *f, const char *path, long long size_bytes, kv_model
         return KV_EMODEL_NOMEM;
     }
     return KV_MODEL_OK;
-}
-
-/* SHA-256 of header then body, as hex, through OpenSSL's EVP interface. */
-static int sha256_hex(const unsigned char *header, const void *body, size_t body_bytes,
-                      char hex[KV_MODEL_SHA256_HEX])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, header, HEADER_BYTES) &&
-             EVP_DigestUpdate(ctx, body, body_bytes) && EVP_DigestFinal_ex(ctx, md, &md_len) &&
-             md_len == 32;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
-        return -1;
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return 0;
 }
 
 /* The file stores little-endian floats; swap on a big-endian host. */
@@ -306,7 +278,8 @@ int kv_model_load(const char *path, kv_model **out, char *err, size_t err_len)
         rc = KV_EMODEL_IO;
     }
     fclose(f);
-    if (!rc && sha256_hex(raw, m->data, (size_t)n_floats * sizeof(float), m->sha256) != 0) {
+    if (!rc && kv_sha256_hex(raw, HEADER_BYTES, m->data, (size_t)n_floats * sizeof(float),
+                             m->sha256) != 0) {
         snprintf(err, err_len, "%s: SHA-256 computation failed (OpenSSL)", path);
         rc = KV_EMODEL_NOMEM;
     }

@@ -7,6 +7,8 @@
  * never the result of a lookup) searched with bsearch.
  */
 #include "traces/tokenizer.h"
+#include "traces/le.h"
+#include "traces/sha256.h"
 
 #include <errno.h>
 #include <math.h>
@@ -16,7 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
 
 #define N_BYTE_TOKENS 256
 #define MAX_FILE_BYTES (1L << 30) /* a sanity bound: real vocabularies are under 10 MB */
@@ -40,23 +41,6 @@ struct kv_tokenizer {
 };
 
 /* ------------------------------------------------------------------ loading */
-
-static int32_t le32(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                 (uint32_t)p[3] << 24;
-    int32_t v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
-
-static float le_float(const unsigned char *p)
-{
-    uint32_t u = (uint32_t)le32(p);
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* Reads the whole file at path into *buf (owned by the caller). */
 static int slurp(const char *path, unsigned char **buf, long *n, char *err, size_t err_len)
@@ -103,7 +87,7 @@ static int slurp(const char *path, unsigned char **buf, long *n, char *err, size
 static int count_records(const char *path, const unsigned char *b, long n, int *n_vocab,
                          char *err, size_t err_len)
 {
-    int32_t max_len = le32(b);
+    int32_t max_len = kv_le32(b);
     if (max_len < 1 || max_len > 1 << 20) {
         snprintf(err, err_len, "%s: max_token_length %d is outside 1..%d (not a llama2.c "
                  "tokenizer?)", path, (int)max_len, 1 << 20);
@@ -117,8 +101,8 @@ static int count_records(const char *path, const unsigned char *b, long n, int *
                      count, off);
             return KV_ETOKENIZER_FORMAT;
         }
-        float score = le_float(b + off);
-        int32_t len = le32(b + off + 4);
+        float score = kv_le_float(b + off);
+        int32_t len = kv_le32(b + off + 4);
         if (!isfinite(score) || len < 0 || len > max_len || len > n - off - 8) {
             snprintf(err, err_len, "%s: token %d at byte %ld: %s", path, count, off,
                      !isfinite(score) ? "score is not a finite number"
@@ -166,29 +150,13 @@ static int cmp_entry(const void *pa, const void *pb)
     return c ? c : (a->id > b->id) - (a->id < b->id); /* duplicate texts: lowest id first */
 }
 
-static int sha256_hex(const unsigned char *data, size_t n, char hex[KV_TOKENIZER_SHA256_HEX])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, data, n) && EVP_DigestFinal_ex(ctx, md, &md_len) &&
-             md_len == 32;
-    EVP_MD_CTX_free(ctx);
-    if (!ok)
-        return -1;
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    return 0;
-}
-
 /* Points the per-token arrays into t->bytes, checks the byte tokens, builds the index. */
 static int index_vocab(kv_tokenizer *t, const char *path, char *err, size_t err_len)
 {
     long off = 4;
     for (int i = 0; i < t->n_vocab; i++) {
-        t->score[i] = le_float(t->bytes + off);
-        t->len[i] = le32(t->bytes + off + 4);
+        t->score[i] = kv_le_float(t->bytes + off);
+        t->len[i] = kv_le32(t->bytes + off + 4);
         t->text[i] = (const char *)t->bytes + off + 8;
         t->max_len = t->len[i] > t->max_len ? t->len[i] : t->max_len;
         off += 8 + t->len[i];
@@ -233,7 +201,7 @@ int kv_tokenizer_load(const char *path, kv_tokenizer **out, char *err, size_t er
         t->sorted = malloc((size_t)n_vocab * sizeof *t->sorted);
     }
     if (!t || !t->text || !t->len || !t->score || !t->sorted ||
-        sha256_hex(bytes, (size_t)n, t->sha256) != 0) {
+        kv_sha256_hex(bytes, (size_t)n, NULL, 0, t->sha256) != 0) {
         if (!t)
             free(bytes);
         kv_tokenizer_free(t);

@@ -170,25 +170,35 @@ static int check_attr_class(const kv_trace *tr, hid_t attr, const char *name,
     return 0;
 }
 
+/* Opens root attribute name, checks that its stored type is of class want (what names it
+ * for the message) and reads its one value as mem_type into value. Returns 0; -1 when it
+ * is absent and not required (value untouched); or an error code with err set. */
+static int read_attr_value(const kv_trace *tr, const char *name, int required,
+                           H5T_class_t want, const char *what, hid_t mem_type, void *value,
+                           char *err, size_t len)
+{
+    hid_t attr;
+    int rc = open_attr(tr, name, required, &attr, err, len);
+    if (rc)
+        return rc;
+    rc = check_attr_class(tr, attr, name, want, what, err, len);
+    if (!rc && H5Aread(attr, mem_type, value) < 0)
+        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
+                           tr->path, name);
+    H5Aclose(attr);
+    return rc;
+}
+
 /* Reads an integer attribute of any width and signedness into *value (must fit an int).
  * Absent and optional: leaves *value and returns 0. */
 static int read_int_attr(const kv_trace *tr, const char *name, int required, int *value,
                          char *err, size_t len)
 {
-    hid_t attr;
-    int rc = open_attr(tr, name, required, &attr, err, len);
-    if (rc < 0)
-        return 0;
-    if (rc)
-        return rc;
     long long v = 0;
-    rc = check_attr_class(tr, attr, name, H5T_INTEGER, "an integer", err, len);
-    if (!rc && H5Aread(attr, H5T_NATIVE_LLONG, &v) < 0)
-        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
-                           tr->path, name);
-    H5Aclose(attr);
+    int rc = read_attr_value(tr, name, required, H5T_INTEGER, "an integer",
+                             H5T_NATIVE_LLONG, &v, err, len);
     if (rc)
-        return rc;
+        return rc < 0 ? 0 : rc;
     if (v < INT_MIN || v > INT_MAX)
         return kv_trace_fail(err, len, KV_ETRACE_FORMAT,
                              "%s: root attribute %s = %lld is out of range", tr->path, name, v);
@@ -200,22 +210,15 @@ static int read_int_attr(const kv_trace *tr, const char *name, int required, int
 static int read_real_attr(const kv_trace *tr, const char *name, int required, double *value,
                           char *err, size_t len)
 {
-    hid_t attr;
-    int rc = open_attr(tr, name, required, &attr, err, len);
-    if (rc < 0)
-        return 0;
+    int rc = read_attr_value(tr, name, required, H5T_FLOAT, "a float", H5T_NATIVE_DOUBLE,
+                             value, err, len);
     if (rc)
-        return rc;
-    rc = check_attr_class(tr, attr, name, H5T_FLOAT, "a float", err, len);
-    if (!rc && H5Aread(attr, H5T_NATIVE_DOUBLE, value) < 0)
-        rc = kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot read root attribute %s",
-                           tr->path, name);
+        return rc < 0 ? 0 : rc;
     /* a stored NaN is an error, not "absent" (the callers' sentinel for a default) */
-    if (!rc && isnan(*value))
-        rc = kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = nan, "
-                           "expected a finite number", tr->path, name);
-    H5Aclose(attr);
-    return rc;
+    if (isnan(*value))
+        return kv_trace_fail(err, len, KV_ETRACE_FORMAT, "%s: root attribute %s = nan, "
+                             "expected a finite number", tr->path, name);
+    return 0;
 }
 
 /*
@@ -1101,6 +1104,18 @@ static int read_whole(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
     return 0;
 }
 
+/* read_whole under the trace's lock, with the path named for the fault handler. */
+static int read_whole_locked(kv_trace *tr, const char *dpath, hid_t mtype, void *out,
+                             char *err, size_t len)
+{
+    pthread_mutex_lock(&tr->lock);
+    g_reading = tr->path;
+    int rc = read_whole(tr, dpath, mtype, out, err, len);
+    g_reading = NULL;
+    pthread_mutex_unlock(&tr->lock);
+    return rc;
+}
+
 int kv_trace_read_qk(kv_trace *tr, int layer, float *q, float *k, char *err, size_t err_len)
 {
     kv_trace_quiet();
@@ -1228,12 +1243,7 @@ int kv_trace_read_tokens(kv_trace *tr, int32_t *tokens, char *err, size_t err_le
     if (!tr->info.has_tokens)
         return kv_trace_fail(err, err_len, KV_ETRACE_FORMAT, "%s: the trace has no /tokens",
                              tr->path);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
-    return rc;
+    return read_whole_locked(tr, "/tokens", H5T_NATIVE_INT32, tokens, err, err_len);
 }
 
 int kv_trace_has_token_text(const kv_trace *tr)
@@ -1391,11 +1401,7 @@ int kv_trace_read_lse(kv_trace *tr, int layer, double *lse, char *err, size_t er
                              "index stores it)", tr->path, layer);
     char dpath[KV_PATH_MAX];
     snprintf(dpath, sizeof dpath, "/layers/%d/lse", layer);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
+    int rc = read_whole_locked(tr, dpath, H5T_NATIVE_DOUBLE, lse, err, err_len);
     size_t n = (size_t)in->n_heads * (size_t)in->n_tokens;
     for (size_t i = 0; rc == 0 && tr->check_values && i < n; i++)
         if (!isfinite(lse[i]))
@@ -1417,11 +1423,7 @@ int kv_trace_read_o_full(kv_trace *tr, int layer, float *o, char *err, size_t er
                              "index stores it for traces with v)", tr->path, layer);
     char dpath[KV_PATH_MAX];
     snprintf(dpath, sizeof dpath, "/layers/%d/o_full", layer);
-    pthread_mutex_lock(&tr->lock);
-    g_reading = tr->path;
-    int rc = read_whole(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
-    g_reading = NULL;
-    pthread_mutex_unlock(&tr->lock);
+    int rc = read_whole_locked(tr, dpath, H5T_NATIVE_FLOAT, o, err, err_len);
     int dims[3] = {in->n_heads, in->n_tokens, in->head_dim};
     if (!rc && tr->check_values)
         rc = kv_check_finite(tr->path, dpath, dims, o, err, err_len);

@@ -336,6 +336,21 @@ int kv_trace_create(const char *path, const kv_trace_info *info, int store_f16,
 
 /* ------------------------------------------------------------ stored normalisers */
 
+/* Writes all of data (memory type mtype) into the new dataset d, then closes d, its
+ * dataspace and its creation list (each where valid: a failed create passes -1). Returns
+ * 1 when d was valid, written and closed, else 0. */
+static int write_all_and_close(hid_t d, hid_t space, hid_t dcpl, hid_t mtype, const void *data)
+{
+    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (d >= 0)
+        ok &= H5Dclose(d) >= 0;
+    if (space >= 0)
+        H5Sclose(space);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    return ok;
+}
+
 /* Writes dataset dpath (rank, dims, chunk; mtype in memory, ftype in the file) into the
  * open file, replacing an earlier one. */
 static int store_dataset(hid_t file, const char *path, const char *dpath, int rank,
@@ -350,13 +365,7 @@ static int store_dataset(hid_t file, const char *path, const char *dpath, int ra
     if (space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, rank, chunk) >= 0
         && H5Pset_shuffle(dcpl) >= 0 && H5Pset_deflate(dcpl, KV_GZIP_LEVEL) >= 0)
         d = H5Dcreate2(file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = d >= 0 && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
-    if (d >= 0)
-        ok &= H5Dclose(d) >= 0;
-    if (space >= 0)
-        H5Sclose(space);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
+    int ok = write_all_and_close(d, space, dcpl, mtype, data);
     return ok ? 0 : kv_trace_fail(err, len, KV_ETRACE_IO, "%s: cannot write %s", path, dpath);
 }
 
@@ -406,6 +415,19 @@ static hid_t create_float_dataset(kv_trace_writer *w, const char *dpath, const h
     if (dcpl >= 0)
         H5Pclose(dcpl);
     return d;
+}
+
+/* Creates the contiguous 1-D dataset dpath of n elements of file type ftype and writes
+ * all of data (memory type mtype) to it. Returns 1, or 0 when it cannot be created (it
+ * exists already) or written. */
+static int write_whole_1d(const kv_trace_writer *w, const char *dpath, hsize_t n, hid_t ftype,
+                          hid_t mtype, const void *data)
+{
+    hid_t space = H5Screate_simple(1, &n, NULL);
+    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
+    hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
+              : H5Dcreate2(w->file, dpath, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    return write_all_and_close(d, space, dcpl, mtype, data);
 }
 
 /* Writes count elements of the stored type from buf into the box at start of d. */
@@ -565,19 +587,8 @@ int kv_trace_write_tokens(kv_trace_writer *w, const int32_t *tokens, char *err, 
     if (!w || !tokens)
         return kv_trace_fail(err, err_len, KV_ETRACE_ARG, "kv_trace_write_tokens: NULL "
                              "argument");
-    hsize_t T = (hsize_t)w->info.n_tokens;
-    hid_t space = H5Screate_simple(1, &T, NULL);
-    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
-    hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
-              : H5Dcreate2(w->file, "/tokens", H5T_STD_I32LE, space, H5P_DEFAULT, dcpl,
-                           H5P_DEFAULT);
-    int ok = d >= 0 && H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) >= 0;
-    if (d >= 0)
-        ok &= H5Dclose(d) >= 0;
-    if (space >= 0)
-        H5Sclose(space);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
+    int ok = write_whole_1d(w, "/tokens", (hsize_t)w->info.n_tokens, H5T_STD_I32LE,
+                            H5T_NATIVE_INT32, tokens);
     return ok ? 0 : kv_trace_fail(err, err_len, KV_ETRACE_IO, "%s: cannot write /tokens "
                                   "(already written?)", w->path);
 }
@@ -598,21 +609,10 @@ int kv_trace_write_token_text(kv_trace_writer *w, const char *const *texts, char
                              w->path);
     for (size_t t = 0; t < T; t++)
         memcpy(buf + t * width, texts[t], strlen(texts[t]));
-    hsize_t dims = (hsize_t)T;
     hid_t type = H5Tcopy(H5T_C_S1);
     int ok = type >= 0 && H5Tset_size(type, width) >= 0 && H5Tset_cset(type, H5T_CSET_UTF8) >= 0
-             && H5Tset_strpad(type, H5T_STR_NULLTERM) >= 0;
-    hid_t space = ok ? H5Screate_simple(1, &dims, NULL) : H5I_INVALID_HID;
-    hid_t dcpl = untimed_plist(H5P_DATASET_CREATE);
-    hid_t d = space < 0 || dcpl < 0 ? H5I_INVALID_HID
-              : H5Dcreate2(w->file, "/token_text", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    ok = d >= 0 && H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
-    if (d >= 0)
-        ok &= H5Dclose(d) >= 0;
-    if (space >= 0)
-        H5Sclose(space);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
+             && H5Tset_strpad(type, H5T_STR_NULLTERM) >= 0
+             && write_whole_1d(w, "/token_text", (hsize_t)T, type, type, buf);
     if (type >= 0)
         H5Tclose(type);
     free(buf);
