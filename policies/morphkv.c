@@ -60,6 +60,15 @@
  * Equal inputs still give equal scores, so exact ties stay ties (ranked to the recent).
  * A select costs O(window * group * B) multiply-adds plus O(window * group) updates of
  * d; observing a row costs O(group * n) (storing it and summing its d).
+ *
+ * Why the scores are not carried from one select to the next (the stored rows change by
+ * one per step): each stored row enters them divided by its own d (step 3), and every d
+ * changes at every evicting step - O gains the position leaving W and loses the evicted
+ * one - so every term w_t'[j] / d_t' of every score changes, not only the newest and the
+ * oldest row's. The fused score is a product of the stored rows with a vector of window *
+ * group reciprocals that all change: O(window * group * B) is the rule's own cost.
+ * Subtracting the oldest row's terms from a running sum would also round differently from
+ * the sum oldest row first (step 5), and change the ranking's near ties.
  */
 #include "policies/policy.h"
 #include "sim/simd.h"

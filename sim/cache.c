@@ -329,10 +329,28 @@ static KV_SIMD_CLONES void scale_row(double *restrict w, int n, double inv)
         w[i] *= inv;
 }
 
+/* o[0..hd) += sum over slots i < n, in order, of w_i v_{j_i} (output_error's o_cache
+ * before the division): vectorised over d, one lane per dimension, so every clone sums
+ * alike and gives the plain loop's bits. */
+static KV_SIMD_CLONES void weighted_values(double *restrict o, const float *restrict v, int hd,
+                                          const float *p, const int *pos, int n, int by_slot)
+{
+    for (int i = 0; i < n; i++) {
+        int j = pos ? pos[i] : i;
+        const float *restrict vj = v + (size_t)j * hd;
+        double w = p[by_slot ? i : j];
+        #pragma omp simd
+        for (int d = 0; d < hd; d++)
+            o[d] += w * vj[d];
+    }
+}
+
 /*
- * out_err of head hh at t: o_cache = sum over A_t (pos[0..n), NULL: 0..n-1) of p[j] v_j /
- * recall (rule 2's renormalised row, summed in double) against o_full;
- * |o_cache - o_full| / |o_full|, 0 when both are 0. O(|A_t| * head_dim).
+ * out_err of head hh at t: o_cache = sum over the n slots i of A_t of w_i v_{j_i} / recall
+ * (rule 2's renormalised row, summed in double, slot order) against o_full;
+ * |o_cache - o_full| / |o_full|, 0 when both are 0. O(|A_t| * head_dim). Slot i holds
+ * position j_i = pos[i] (NULL: i); its weight is p[j_i], or p[i] when the row is by slot
+ * (kv_group_rows.by_slot: the sparse replay's weights of A_t alone).
  */
 static double output_error(const kv_group_rows *full, int hh, const float *p, const int *pos,
                            int n, double recall)
@@ -345,13 +363,7 @@ static double output_error(const kv_group_rows *full, int hh, const float *p, co
                                         full->head_lo / full->heads_per_v) * full->v_stride;
     const float *o_full = full->o_full + (size_t)hh * full->o_stride;
     double o[MAX_HEAD_DIM] = { 0 }, diff = 0.0, norm = 0.0;
-    for (int i = 0; i < n; i++) {
-        int j = pos ? pos[i] : i;
-        const float *vj = v + (size_t)j * hd;
-        double w = p[j];
-        for (int d = 0; d < hd; d++)
-            o[d] += w * vj[d];
-    }
+    weighted_values(o, v, hd, p, pos, n, full->by_slot);
     double inv = recall > 0.0 ? 1.0 / recall : 0.0;   /* rule 6: an all-zero row */
     for (int d = 0; d < hd; d++) {
         double e = o[d] * inv - o_full[d];
@@ -396,7 +408,9 @@ void kv_cache_query(kv_cache *c, int t, const kv_group_rows *full, kv_step_metri
             scale_row(w, n, recall > 0.0 ? 1.0 / recall : 0.0);
         recall_sum += recall;
         c->head_recall[hh] = recall;
-        c->head_out_err[hh] = full->o_full ? output_error(full, hh, p, pos, n, recall) : NAN;
+        /* by slot, the weights are p[0..n) but the values those of c->pos[0..n) */
+        c->head_out_err[hh] = full->o_full ? output_error(full, hh, p, full->by_slot ? c->pos
+                                                          : pos, n, recall) : NAN;
         out_err += c->head_out_err[hh];
         if (full->top) {
             const int *top = full->top + (size_t)hh * full->top_stride;

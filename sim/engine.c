@@ -59,8 +59,13 @@ typedef struct {
     size_t words;         /* 64-bit words per bit row: T / 64 + 1 */
     size_t row_stride;            /* row stride (kv_producer_row_stride) */
     const int *topk;      /* [n_heads * block_rows * TOPK] top keys of each row, best first */
-    const float *o_full;  /* [n_heads * block_rows * head_dim] full-cache outputs
-                             (kv_producer_outputs), NULL when the trace has no v */
+    const float *o_full;  /* full-cache outputs, (h, t)'s at o_full + (h * o_head_rows + t -
+                             o_t0) * head_dim: the block's (kv_producer_outputs; o_head_rows
+                             = block_rows, o_t0 = t0) or, in a sparse replay, the layer's
+                             stored ones (kv_trace_read_o_full; T, 0); NULL when out_err is
+                             not measured */
+    size_t o_head_rows;
+    int o_t0;
     const float *v;       /* the layer's values (kv_producer_v) */
     const double *cum;    /* [n_heads * block_rows * n_cum] span sums of each decode row */
     size_t n_cum;
@@ -250,8 +255,9 @@ int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, 
         snprintf(why, why_len, "the trace stores no log-normalisers (kvsim index)");
     else if (!conf->no_topk)
         snprintf(why, why_len, "the top-k metrics rank every key of a row");
-    else if (in->has_v && !conf->no_out_err)
-        snprintf(why, why_len, "the output error reads every weight of a row (the trace has v)");
+    else if (in->has_v && !in->has_o_full && !conf->no_out_err)
+        snprintf(why, why_len, "the output error needs the full-cache outputs, which the "
+                 "trace does not store (it has v: kvsim index it again)");
     else {
         for (int p = 0; p < conf->n_policies; p++) {
             const kv_policy_conf *pc = &conf->policies[p];
@@ -359,24 +365,34 @@ static int replay_cache_init(replay_cache *rc, const kv_policy_conf *pc, int run
     return 0;
 }
 
+/* What the output error of cache rc at position t reads (kv_group_rows: o_full, the
+ * values), into g. */
+static void output_rows(const replay_cache *rc, const kv_block *b, int t, kv_group_rows *g)
+{
+    const kv_trace_info *in = b->in;
+    int group = in->n_heads / in->n_kv_heads;
+    size_t per_kv = (size_t)in->n_tokens * in->head_dim;
+    size_t o_row = (size_t)rc->head_lo * b->o_head_rows + (size_t)(t - b->o_t0);
+    g->o_full = b->o_full ? b->o_full + o_row * in->head_dim : NULL;
+    g->o_stride = b->o_head_rows * in->head_dim;
+    g->v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL;
+    g->v_stride = per_kv;
+    g->head_lo = rc->head_lo;
+    g->heads_per_v = group;
+    g->head_dim = in->head_dim;
+}
+
 /* The rows of cache rc's group at position t of block b. */
 static kv_group_rows group_rows(const replay_cache *rc, const kv_block *b, int t)
 {
     size_t i_row = (size_t)rc->head_lo * b->block_rows + (size_t)(t - b->t0);
-    const kv_trace_info *in = b->in;
-    int group = in->n_heads / in->n_kv_heads;
-    size_t per_kv = (size_t)in->n_tokens * in->head_dim;
     kv_group_rows g = {
         .p = b->rows + i_row * b->row_stride,
         .head_stride = (size_t)b->block_rows * b->row_stride,
         .top = b->topk ? b->topk + i_row * TOPK : NULL, .top_stride = (size_t)b->block_rows * TOPK,
-        .o_full = b->o_full ? b->o_full + i_row * in->head_dim : NULL,
-        .o_stride = (size_t)b->block_rows * in->head_dim,
-        .v = b->v ? b->v + (size_t)(rc->head_lo / group) * per_kv : NULL,
-        .v_stride = per_kv, .head_lo = rc->head_lo, .heads_per_v = group,
-        .head_dim = in->head_dim,
         .cum = b->cum + i_row * b->n_cum, .cum_stride = (size_t)b->block_rows * b->n_cum,
     };
+    output_rows(rc, b, t, &g);
     return g;
 }
 
@@ -415,6 +431,7 @@ static kv_group_rows memo_rows(replay_cache *rc, const kv_block *b, int t)
                 row[hh * head_stride + (size_t)missing[s]] = rc->sparse[hh * stride + (size_t)s];
     }
     kv_group_rows rows = { .p = row, .head_stride = head_stride };
+    output_rows(rc, b, t, &rows);
     return rows;
 }
 
@@ -440,6 +457,7 @@ static kv_group_rows sparse_rows(replay_cache *rc, const kv_block *b, int t)
         hh += n_q;
     }
     kv_group_rows rows = { .p = rc->sparse, .head_stride = stride, .by_slot = 1 };
+    output_rows(rc, b, t, &rows);
     return rows;
 }
 
@@ -820,7 +838,9 @@ typedef struct {
     kv_row_producer *next;         /* the next layer, loaded piece by piece meanwhile (or NULL) */
     float *buf[2];         /* [n_heads * block * row_stride] rows, rows.h layout */
     float *o_full[2];      /* [n_heads * block * head_dim] full-cache outputs, when the
-                              trace has v (NULL otherwise) */
+                              dense replay measures out_err (NULL otherwise) */
+    float *o_layer;        /* sparse, measuring out_err: [n_heads * T * head_dim] the current
+                              layer's stored full-cache outputs (every block reads them) */
     int *topk[2];          /* [n_heads * block * TOPK] top keys of each decode row; NULL
                               when the top-k metrics are off */
     double *cum[2];        /* [n_heads * block * n_cum] span sums of each decode row
@@ -942,8 +962,12 @@ static kv_block block_at(const kv_stream *s, const kv_trace_info *in, int t0, in
                    .src = s->cur, .lse = s->lse, .row_stride = kv_producer_row_stride(s->cur),
                    .topk = s->topk[slot], .cum = s->cum[slot], .n_cum = s->n_cum, .t0 = t0,
                    .memo = s->buf[slot], .seen = sparse_block(s, in, t0) ? s->seen[slot] : NULL,
-                   .words = s->words, .o_full = s->o_full[slot], .v = kv_producer_v(s->cur),
+                   .words = s->words, .v = kv_producer_v(s->cur),
                    .block_rows = t0 + s->block < T ? s->block : T - t0 };
+    if (s->o_layer)
+        b.o_full = s->o_layer, b.o_head_rows = (size_t)T, b.o_t0 = 0;
+    else
+        b.o_full = s->o_full[slot], b.o_head_rows = (size_t)b.block_rows, b.o_t0 = t0;
     return b;
 }
 
@@ -1194,6 +1218,15 @@ static int stream_open(kv_stream *s, kv_trace *tr, int block, int n_layers, int 
         snprintf(err, err_len, "out of memory for the log-normalisers of a layer");
         return 1;
     }
+    /* a sparse replay reads the stored outputs (kv_replay_dense_reason: it has them) */
+    if (sparse && want_outputs) {
+        size_t n = (size_t)in->n_heads * in->n_tokens * in->head_dim;
+        if (!(s->o_layer = malloc(n * sizeof *s->o_layer))) {
+            snprintf(err, err_len, "out of memory for the full-cache outputs of a layer");
+            return 1;
+        }
+        want_outputs = 0;
+    }
     s->cur = kv_producer_new(tr, block, err, err_len);
     if (!s->cur)
         return KV_ERUNTIME;
@@ -1233,6 +1266,7 @@ static void stream_close(kv_stream *s)
         free(s->seen[i]);
     }
     free(s->lse);
+    free(s->o_layer);
 }
 
 /* The checks before any replay: the pairs and what they read of the trace (2), and a
@@ -1320,6 +1354,9 @@ int kv_replay_layers(kv_trace *tr, const kv_replay_conf *conf, int first, int co
         if (rc == 0 && kv.values)
             rc = kv_trace_read_v(tr, l, kv.values, err, err_len);
         if (rc == 0 && sparse && kv_trace_read_lse(tr, l, stream.lse, err, err_len))
+            rc = KV_ERUNTIME;
+        if (rc == 0 && stream.o_layer && kv_trace_read_o_full(tr, l, stream.o_layer, err,
+                                                              err_len))
             rc = KV_ERUNTIME;
         if (rc == 0)
             rc = replay_layer(&stream, conf, &part, l, next, caches, identity, &kv, &pg, err,

@@ -69,7 +69,8 @@ typedef struct {
     int progress;         /* 1: report progress on stderr when the run takes over 1 s */
     unsigned long seed;   /* base of every per-cache seed */
     int no_out_err;       /* 1: leave out_err unmeasured (NaN) even when the trace has v:
-                             the benchmark's baseline for what measuring it costs */
+                             the benchmark's baseline for what measuring it costs (a
+                             sparse replay needs the trace's stored o_full to measure it) */
     int no_topk;          /* 1: do not measure the top-k recall metrics (their steps hold
                              NaN); they read every full row, so a sparse replay needs it */
     int dense;            /* 1: always the dense replay (the full rows of every step) */
@@ -180,8 +181,11 @@ int kv_replay_validate(const kv_replay_conf *conf, char *err, size_t err_len);
  * still produced densely. Recall, o_t and every kept set are those of the dense replay up
  * to float rounding. kv_replay takes it whenever this returns 0; it returns 1 with the
  * reason the run needs full rows in why (for messages): dense requested, an attn trace,
- * no stored lse, the top-k metrics (they rank every key of a row), or a policy that reads
- * whole rows (a prescan, as lookahead's, or a preselect, as oracle's).
+ * no stored lse, the top-k metrics (they rank every key of a row), the output error on a
+ * trace with v but no stored o_full (the sparse replay reads o_full_t from the trace,
+ * kv_trace_read_o_full, one layer at a time: n_heads * T * head_dim floats, and sums
+ * o_cache over A_t's own weights), or a policy that reads whole rows (a prescan, as
+ * lookahead's, or a preselect, as oracle's).
  * Cannot fail.
  */
 int kv_replay_dense_reason(const kv_replay_conf *conf, const kv_trace_info *in, char *why,

@@ -82,16 +82,19 @@ typedef struct {
     int attn;            /* 1: source attn (rows stored, float16), 0: qk (float32) */
     unsigned long seed;  /* 0: a committed real trace in traces/data/, not generated */
     int index;           /* 1: `kvsim index` it after generating (sparse jobs) */
+    int values;          /* 1: a v added to the generated q and k (add_values) */
 } bench_trace;
 
 static const bench_trace traces[] = {
-    { "w1_qk_L4_H32-8_T4096_D128.h5", 4, 32, 8, 128, 4096, 1024, 0, 1, 0 },
-    { "w2_attn_L2_H8-2_T4096_f16.h5", 2, 8, 2, 64, 4096, 1024, 1, 2, 0 },
-    { "w3_qk_L1_H8-2_T32768_D64.h5", 1, 8, 2, 64, 32768, 4096, 0, 3, 0 },
+    { "w1_qk_L4_H32-8_T4096_D128.h5", 4, 32, 8, 128, 4096, 1024, 0, 1, 0, 0 },
+    { "w2_attn_L2_H8-2_T4096_f16.h5", 2, 8, 2, 64, 4096, 1024, 1, 2, 0, 0 },
+    { "w3_qk_L1_H8-2_T32768_D64.h5", 1, 8, 2, 64, 32768, 4096, 0, 3, 0, 0 },
     /* the closed loop's workload: the first stories260K trace (q, k, v, tokens) */
-    { "stories260K_T512_P128_seed1.h5", 5, 8, 4, 8, 512, 128, 0, 0, 0 },
-    { "w5_qk_L2_H32-8_T4096_D128.h5", 2, 32, 8, 128, 4096, 1024, 0, 5, 0 },
-    { "w6_qk_L1_H32-8_T32768_D128_indexed.h5", 1, 32, 8, 128, 32768, 4096, 0, 6, 1 },
+    { "stories260K_T512_P128_seed1.h5", 5, 8, 4, 8, 512, 128, 0, 0, 0, 0 },
+    { "w5_qk_L2_H32-8_T4096_D128.h5", 2, 32, 8, 128, 4096, 1024, 0, 5, 0, 0 },
+    { "w6_qk_L1_H32-8_T32768_D128_indexed.h5", 1, 32, 8, 128, 32768, 4096, 0, 6, 1, 0 },
+    /* the output error at scale: generated q and k with a v, indexed (lse, o_full) */
+    { "w7_qkv_L1_H32-8_T8192_D128_indexed.h5", 1, 32, 8, 128, 8192, 1024, 0, 7, 1, 1 },
 };
 #define N_TRACES ((int)(sizeof traces / sizeof traces[0]))
 /* The checkpoint of the closed loop's workload: $KVSIM_MODEL, else this file in
@@ -109,7 +112,9 @@ enum job_kind {
     JOB_REPLAY_NO_OUT_ERR,  /* the replay without out_err (kv_replay_conf.no_out_err) */
     JOB_CLOSED              /* the replay, then the closed loop with BENCH_MODEL */
 };
-enum { DENSE = 1, NO_TOPK = 2 };   /* replay flags */
+/* replay flags; SPARSE: a committed trace (indexed already) the job replays sparsely;
+ * CPU: judged by CPU time though it does not run by default */
+enum { DENSE = 1, NO_TOPK = 2, SPARSE = 4, CPU = 8 };
 
 typedef struct {
     const char *name;
@@ -121,7 +126,7 @@ typedef struct {
     const char *floor;     /* name of the job whose time is the floor; NULL: FLOPs at the
                               SGEMM rate (qk) or none */
     const char *target;    /* the target for the ratio, for the table */
-    int flags;             /* replay: DENSE, NO_TOPK */
+    int flags;             /* replay: DENSE, NO_TOPK, SPARSE; any job: CPU */
     int by_default;        /* 1: runs when no job is named (this round's workloads) */
     const char *check;     /* numpy: the replay job whose steps.tsv it must agree with */
     const char *model;     /* capture, sgemv: checkpoint file name in the models directory */
@@ -171,6 +176,20 @@ static const bench_job jobs[] = {
     { "5-open", JOB_REPLAY, 3, DEFAULT_SET, 64, 1, "5-no-err", "", 0, 0, NULL, NULL, 0, 0 },
     { "5-no-err", JOB_REPLAY_NO_OUT_ERR, 3, DEFAULT_SET, 64, 1, NULL, "", 0, 0, NULL, NULL, 0, 0 },
     { "5-closed", JOB_CLOSED, 3, DEFAULT_SET, 64, 1, "5-open", "<= 4.0", 0, 0, NULL, NULL, 0, 0 },
+    /* the output error on the sparse path (the stored o_full) against the dense path,
+     * which every run measuring it took before */
+    { "5-sp-err", JOB_REPLAY, 3, SPARSE4, 64, 1, "5-dn-err", "", NO_TOPK | SPARSE | CPU, 0,
+      NULL, NULL, 0, 0 },
+    { "5-dn-err", JOB_REPLAY, 3, SPARSE4, 64, 1, NULL, "", DENSE | NO_TOPK | CPU, 0, NULL, NULL,
+      0, 0 },
+    { "5-sp-no-err", JOB_REPLAY_NO_OUT_ERR, 3, SPARSE4, 64, 1, "5-sp-err", "",
+      NO_TOPK | SPARSE | CPU, 0, NULL, NULL, 0, 0 },
+    { "7-sp-err", JOB_REPLAY, 6, SPARSE4, 512, 1, "7-dn-err", "", NO_TOPK | CPU, 0, NULL, NULL,
+      0, 0 },
+    { "7-dn-err", JOB_REPLAY, 6, SPARSE4, 512, 1, NULL, "", DENSE | NO_TOPK | CPU, 0, NULL,
+      NULL, 0, 0 },
+    { "7-sp-no-err", JOB_REPLAY_NO_OUT_ERR, 6, SPARSE4, 512, 1, "7-sp-err", "", NO_TOPK | CPU,
+      0, NULL, NULL, 0, 0 },
 };
 #define N_JOBS ((int)(sizeof jobs / sizeof jobs[0]))
 
@@ -225,6 +244,41 @@ static double recompute_flops(const bench_trace *bt)
 
 /* ------------------------------------------------------------ child: generate */
 
+/* Copies the qk trace at from to `to` with a v added: values uniform in [-0.5, 0.5) from
+ * a fixed hash of their index (the generator has no values of its own). */
+static int add_values(const char *from, const char *to, char *err, size_t err_len)
+{
+    kv_trace *tr = NULL;
+    kv_trace_writer *w = NULL;
+    if (kv_trace_open(from, &tr, err, err_len))
+        return 1;
+    kv_trace_info in = *kv_trace_get_info(tr);
+    size_t T = (size_t)in.n_tokens, hd = (size_t)in.head_dim, n_v = in.n_kv_heads * T * hd;
+    float *q = malloc(in.n_heads * T * hd * sizeof *q);
+    float *k = malloc(n_v * sizeof *k), *v = malloc(n_v * sizeof *v);
+    int rc = !q || !k || !v;
+    if (rc)
+        snprintf(err, err_len, "out of memory adding values");
+    else
+        rc = kv_trace_create(to, &in, 0, &w, err, err_len);
+    for (int l = 0; !rc && l < in.n_layers; l++) {
+        for (size_t i = 0; i < n_v; i++) {
+            unsigned long long x = (i + 1 + (size_t)l * n_v) * 0x9E3779B97F4A7C15ull;
+            x ^= x >> 29;
+            v[i] = (float)((x >> 40) & 0xFFFFFF) / 16777216.0f - 0.5f;
+        }
+        rc = kv_trace_read_qk(tr, l, q, k, err, err_len) ||
+             kv_trace_write_qk(w, l, q, k, v, err, err_len);
+    }
+    if (w && kv_trace_finish(w, err, err_len))
+        rc = 1;
+    kv_trace_close(tr);
+    free(q);
+    free(k);
+    free(v);
+    return rc;
+}
+
 static int child_gen(const char *dir, int t)
 {
     const bench_trace *bt = &traces[t];
@@ -242,7 +296,10 @@ static int child_gen(const char *dir, int t)
     trace_path(dir, t, path, sizeof path);
     snprintf(tmp, sizeof tmp, "%s.partial", path);   /* renamed when complete */
     double w0 = wall_now();
-    if (kv_gen_write(tmp, &gp, bt->attn, bt->attn, err, sizeof err) != 0 ||
+    char qk_only[640];
+    snprintf(qk_only, sizeof qk_only, "%s.qk", tmp);
+    if (kv_gen_write(bt->values ? qk_only : tmp, &gp, bt->attn, bt->attn, err, sizeof err) ||
+        (bt->values && (add_values(qk_only, tmp, err, sizeof err) || remove(qk_only))) ||
         (bt->index && kv_index_trace(tmp, 1, err, sizeof err) != 0)) {
         fprintf(stderr, "bench: %s\n", err);
         return 1;
@@ -325,7 +382,7 @@ static int child_replay(const char *dir, const bench_job *j, kv_trace *tr)
     double wall = wall_now() - w0, cpu = cpu_now() - c0;
     char why[256];
     int sparse = !kv_replay_dense_reason(&conf, kv_trace_get_info(tr), why, sizeof why);
-    int want_sparse = traces[j->trace].index && !(j->flags & DENSE);
+    int want_sparse = (traces[j->trace].index || (j->flags & SPARSE)) && !(j->flags & DENSE);
     if (sparse != res->sparse || res->sparse != want_sparse) {
         fprintf(stderr, "bench: %s: replayed %s, expected %s (%s)\n", j->name,
                 res->sparse ? "sparsely" : "densely", j->flags & DENSE ? "dense" : "sparse",
@@ -695,11 +752,11 @@ static int ensure_traces(const char *self, const char *dir, const int *wanted)
     return 0;
 }
 
-/* The time a job is judged by: CPU seconds for this round's one-thread workloads, wall
- * seconds for the previous round's. */
+/* The time a job is judged by: CPU seconds for this round's one-thread workloads (and
+ * those flagged CPU), wall seconds for the previous round's. */
 static double job_time(int i, const job_result *r)
 {
-    return jobs[i].by_default ? r->cpu : r->wall;
+    return jobs[i].by_default || (jobs[i].flags & CPU) ? r->cpu : r->wall;
 }
 
 /* The floor of job i in seconds (0: none) and what it is. */

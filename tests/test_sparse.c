@@ -8,6 +8,9 @@
  *     after every step (final sets, lifetimes of every eviction) and measure the same
  *     recall within float rounding, for every policy that can replay sparsely, both
  *     granularities and a layer-scope policy;
+ *   - the output error of every decode step: the sparse replay's (the stored o_full, the
+ *     cache's output from its by-slot weights) against the dense replay's (o_full and the
+ *     output from the full rows), on a generated trace with v and a committed one;
  *   - recall over runs of positions from the rows' span sums, against a sum by hand;
  *   - which runs take the sparse path (kv_replay_dense_reason), and attn traces refused.
  */
@@ -26,6 +29,43 @@
 #include "traces/trace.h"
 
 #define H5_IDX "idx.h5"
+#define H5_WITH_V "with_v.h5"   /* H5_IDX's q and k with a v added, indexed */
+#define REAL_TRACE "traces/data/stories260K_T512_P128_seed1.h5"
+
+/* The value at (KV head g, position j, dimension d) of H5_WITH_V's v: a fixed pattern. */
+static float pattern_v(size_t i)
+{
+    return (float)((i * 7) % 13) / 13.0f - 0.5f;
+}
+
+/* H5_WITH_V: H5_IDX's q and k, v = pattern_v, indexed (lse and o_full). */
+static int write_with_v(void)
+{
+    kv_trace *tr = NULL;
+    kv_trace_writer *w = NULL;
+    char err[512];
+    if (kv_trace_open(kv_test_path(H5_IDX), &tr, err, sizeof err))
+        return -1;
+    kv_trace_info in = *kv_trace_get_info(tr);
+    size_t T = (size_t)in.n_tokens, hd = (size_t)in.head_dim;
+    float *q = malloc(in.n_heads * T * hd * sizeof *q);
+    float *k = malloc(in.n_kv_heads * T * hd * sizeof *k);
+    float *v = malloc(in.n_kv_heads * T * hd * sizeof *v);
+    int rc = !q || !k || !v || kv_trace_create(kv_test_path(H5_WITH_V), &in, 0, &w, err,
+                                                 sizeof err);
+    for (size_t i = 0; !rc && i < in.n_kv_heads * T * hd; i++)
+        v[i] = pattern_v(i);
+    for (int l = 0; !rc && l < in.n_layers; l++)
+        rc = kv_trace_read_qk(tr, l, q, k, err, sizeof err) ||
+             kv_trace_write_qk(w, l, q, k, v, err, sizeof err);
+    if (w && kv_trace_finish(w, err, sizeof err))
+        rc = -1;
+    kv_trace_close(tr);
+    free(q);
+    free(k);
+    free(v);
+    return rc || kv_index_trace(kv_test_path(H5_WITH_V), 0, err, sizeof err) ? -1 : 0;
+}
 
 static int setup(void **state)
 {
@@ -34,7 +74,7 @@ static int setup(void **state)
         return -1;
     kv_test_gen_small(kv_test_path(H5_IDX), 7, 0, 0);
     char err[512];
-    return kv_index_trace(kv_test_path(H5_IDX), 0, err, sizeof err) ? -1 : 0;
+    return kv_index_trace(kv_test_path(H5_IDX), 0, err, sizeof err) || write_with_v() ? -1 : 0;
 }
 
 /* lse of (layer, h, t) from the trace's q and k, in double: max + log sum exp. */
@@ -89,18 +129,24 @@ static void test_lse_by_hand(void **state)
     kv_trace_close(tr);
 }
 
-static void replay(kv_policy_conf *pcs, int n, const int *budgets, int n_budgets, int dense,
-                   kv_results **out)
+static void replay_trace(const char *path, kv_policy_conf *pcs, int n, const int *budgets,
+                         int n_budgets, int dense, kv_results **out)
 {
     kv_trace *tr = NULL;
     char err[512];
-    assert_int_equal(kv_trace_open(kv_test_path(H5_IDX), &tr, err, sizeof err), 0);
+    assert_int_equal(kv_trace_open(path, &tr, err, sizeof err), 0);
     kv_replay_conf conf = { .policies = pcs, .n_policies = n, .budgets = budgets,
                             .n_budgets = n_budgets, .block = 16, .seed = 5, .no_topk = 1,
                             .dense = dense };
     if (kv_replay(tr, &conf, out, err, sizeof err))
         fail_msg("%s", err);
     kv_trace_close(tr);
+}
+
+static void replay(kv_policy_conf *pcs, int n, const int *budgets, int n_budgets, int dense,
+                   kv_results **out)
+{
+    replay_trace(kv_test_path(H5_IDX), pcs, n, budgets, n_budgets, dense, out);
 }
 
 /* Same kept sets and evictions, recall within float rounding, every policy that can. */
@@ -146,6 +192,79 @@ static void test_sparse_equals_dense(void **state)
     kv_results_free(dn);
 }
 
+/*
+ * The largest difference of out_err between two replays of the same runs, per decode step
+ * (steps: the mean over layers and heads) and per head (heads: the mean over steps); fails
+ * when either measured NaN, or when out_err is 0 in every step of every run but `full`
+ * (a comparison of nothing).
+ */
+static double out_err_worst(const kv_results *a, const kv_results *b, const kv_policy_conf *pcs)
+{
+    const kv_trace_info *in = &a->info;
+    double worst = 0, largest = 0;
+    for (int r = 0; r < a->n_runs; r++) {
+        const kv_run_result *x = &a->runs[r], *y = &b->runs[r];
+        for (int s = 0; s < a->n_steps; s++) {
+            double ex = x->steps[s].out_err, ey = y->steps[s].out_err;
+            if (isnan(ex) || isnan(ey))
+                fail_msg("%s at %d, step %d: out_err not measured", pcs[x->policy].label,
+                         x->budget, s);
+            worst = fmax(worst, fabs(ex - ey));
+            if (strcmp(pcs[x->policy].label, "full") != 0)
+                largest = fmax(largest, ey);
+        }
+        for (int h = 0; h < in->n_layers * in->n_heads; h++)
+            worst = fmax(worst, fabs(x->head_out_err_mean[h] - y->head_out_err_mean[h]));
+    }
+    if (largest < 1e-3)
+        fail_msg("out_err is at most %g: the runs evict nothing that matters", largest);
+    return worst;
+}
+
+/* The output error of every decode step: the sparse replay's against the dense one's. */
+static void test_sparse_out_err(void **state)
+{
+    (void)state;
+    kv_policy_conf pcs[10];
+    kv_test_policy(&pcs[0], "full", "full", NULL);
+    kv_test_policy(&pcs[1], "window", "window", NULL);
+    kv_test_policy(&pcs[2], "streamingllm", "streamingllm", "sinks=2");
+    kv_test_policy(&pcs[3], "h2o", "h2o", NULL);
+    kv_test_policy(&pcs[4], "h2o-max", "h2o", "gqa=max,kv_granularity=query_head");
+    kv_test_policy(&pcs[5], "snapkv", "snapkv", "window=8");
+    kv_test_policy(&pcs[6], "morphkv", "morphkv", "window=8");
+    kv_test_policy(&pcs[7], "tova", "tova", NULL);
+    kv_test_policy(&pcs[8], "tova-layer", "tova", "scope=layer");
+    kv_test_policy(&pcs[9], "random", "random", NULL);
+    const int budgets[] = { 12, 24 };
+    kv_results *sp = NULL, *dn = NULL;
+    replay_trace(kv_test_path(H5_WITH_V), pcs, 10, budgets, 2, 0, &sp);
+    replay_trace(kv_test_path(H5_WITH_V), pcs, 10, budgets, 2, 1, &dn);
+    assert_int_equal(sp->sparse, 1);
+    assert_int_equal(dn->sparse, 0);
+    /* float rounding of the weights (as recall's): measured 6.8e-7 here, 1.3e-7 below */
+    double worst = out_err_worst(sp, dn, pcs);
+    if (worst > 1e-5)
+        fail_msg("out_err differs by %g between the sparse and the dense replay", worst);
+    kv_results_free(sp);
+    kv_results_free(dn);
+    /* a committed trace of a trained model (stories260K, 5 layers, head_dim 8) */
+    kv_test_policy(&pcs[0], "window", "window", NULL);
+    kv_test_policy(&pcs[1], "h2o", "h2o", NULL);
+    kv_test_policy(&pcs[2], "morphkv", "morphkv", NULL);
+    const int real_budgets[] = { 48, 96 };
+    replay_trace(REAL_TRACE, pcs, 3, real_budgets, 2, 0, &sp);
+    replay_trace(REAL_TRACE, pcs, 3, real_budgets, 2, 1, &dn);
+    assert_int_equal(sp->sparse, 1);
+    assert_int_equal(dn->sparse, 0);
+    worst = out_err_worst(sp, dn, pcs);
+    if (worst > 1e-5)
+        fail_msg("%s: out_err differs by %g between the sparse and the dense replay",
+                 REAL_TRACE, worst);
+    kv_results_free(sp);
+    kv_results_free(dn);
+}
+
 /* o_full_t^h = sum_j p_t^h[j] v_j by hand in double, on a copy of the generated trace with
  * a v added (its q and k, v a fixed pattern). */
 static void test_o_full_by_hand(void **state)
@@ -153,7 +272,7 @@ static void test_o_full_by_hand(void **state)
     (void)state;
     kv_trace *tr = NULL;
     char err[512];
-    assert_int_equal(kv_trace_open(kv_test_path(H5_IDX), &tr, err, sizeof err), 0);
+    assert_int_equal(kv_trace_open(kv_test_path(H5_WITH_V), &tr, err, sizeof err), 0);
     kv_trace_info in = *kv_trace_get_info(tr);
     size_t T = (size_t)in.n_tokens, hd = (size_t)in.head_dim;
     float *q = malloc(in.n_layers * in.n_heads * T * hd * sizeof *q);
@@ -164,19 +283,8 @@ static void test_o_full_by_hand(void **state)
     for (int l = 0; l < in.n_layers; l++)
         assert_int_equal(kv_trace_read_qk(tr, l, q + l * in.n_heads * T * hd,
                                           k + l * in.n_kv_heads * T * hd, err, sizeof err), 0);
-    kv_trace_close(tr);
     for (size_t i = 0; i < in.n_kv_heads * T * hd; i++)
-        v[i] = (float)((i * 7) % 13) / 13.0f - 0.5f;
-    const char *path = kv_test_path("with_v.h5");
-    kv_trace_writer *w = NULL;
-    assert_int_equal(kv_trace_create(path, &in, 0, &w, err, sizeof err), 0);
-    for (int l = 0; l < in.n_layers; l++)
-        assert_int_equal(kv_trace_write_qk(w, l, q + l * in.n_heads * T * hd,
-                                           k + l * in.n_kv_heads * T * hd, v, err, sizeof err),
-                         0);
-    assert_int_equal(kv_trace_finish(w, err, sizeof err), 0);
-    assert_int_equal(kv_index_trace(path, 0, err, sizeof err), 0);
-    assert_int_equal(kv_trace_open(path, &tr, err, sizeof err), 0);
+        v[i] = pattern_v(i);
     assert_int_equal(kv_trace_get_info(tr)->has_o_full, 1);
     assert_int_equal(kv_trace_read_o_full(tr, 1, o, err, sizeof err), 0);
     kv_trace_close(tr);
@@ -273,6 +381,15 @@ static void test_dense_reasons(void **state)
     conf.dense = 1;
     assert_int_equal(kv_replay_dense_reason(&conf, &in, why, sizeof why), 1);
     conf.dense = 0;
+    /* out_err: sparse with the stored full-cache outputs, dense without them */
+    in.has_v = 1;
+    in.has_o_full = 1;
+    assert_int_equal(kv_replay_dense_reason(&conf, &in, why, sizeof why), 0);
+    in.has_o_full = 0;
+    assert_int_equal(kv_replay_dense_reason(&conf, &in, why, sizeof why), 1);
+    assert_non_null(strstr(why, "full-cache outputs"));
+    conf.no_out_err = 1;
+    assert_int_equal(kv_replay_dense_reason(&conf, &in, why, sizeof why), 0);
     in.has_lse = 0;
     assert_int_equal(kv_replay_dense_reason(&conf, &in, why, sizeof why), 1);
     assert_non_null(strstr(why, "kvsim index"));
@@ -314,6 +431,7 @@ int main(void)
         cmocka_unit_test(test_lse_by_hand),
         cmocka_unit_test(test_sparse_equals_dense),
         cmocka_unit_test(test_o_full_by_hand),
+        cmocka_unit_test(test_sparse_out_err),
         cmocka_unit_test(test_span_recall),
         cmocka_unit_test(test_dense_reasons),
         cmocka_unit_test(test_index_cli),
