@@ -149,11 +149,10 @@ static void replay(kv_policy_conf *pcs, int n, const int *budgets, int n_budgets
     replay_trace(kv_test_path(H5_IDX), pcs, n, budgets, n_budgets, dense, out);
 }
 
-/* Same kept sets and evictions, recall within float rounding, every policy that can. */
-static void test_sparse_equals_dense(void **state)
+/* The ten policies both sparse-versus-dense tests replay: every policy that can replay
+ * sparsely, both granularities and a layer scope. */
+static void sparse_policies(kv_policy_conf pcs[10])
 {
-    (void)state;
-    kv_policy_conf pcs[10];
     kv_test_policy(&pcs[0], "full", "full", NULL);
     kv_test_policy(&pcs[1], "window", "window", NULL);
     kv_test_policy(&pcs[2], "streamingllm", "streamingllm", "sinks=2");
@@ -164,6 +163,14 @@ static void test_sparse_equals_dense(void **state)
     kv_test_policy(&pcs[7], "tova", "tova", NULL);
     kv_test_policy(&pcs[8], "tova-layer", "tova", "scope=layer");
     kv_test_policy(&pcs[9], "random", "random", NULL);
+}
+
+/* Same kept sets and evictions, recall within float rounding, every policy that can. */
+static void test_sparse_equals_dense(void **state)
+{
+    (void)state;
+    kv_policy_conf pcs[10];
+    sparse_policies(pcs);
     const int budgets[] = { 12, 24 };
     kv_results *sp = NULL, *dn = NULL;
     replay(pcs, 10, budgets, 2, 0, &sp);
@@ -226,16 +233,7 @@ static void test_sparse_out_err(void **state)
 {
     (void)state;
     kv_policy_conf pcs[10];
-    kv_test_policy(&pcs[0], "full", "full", NULL);
-    kv_test_policy(&pcs[1], "window", "window", NULL);
-    kv_test_policy(&pcs[2], "streamingllm", "streamingllm", "sinks=2");
-    kv_test_policy(&pcs[3], "h2o", "h2o", NULL);
-    kv_test_policy(&pcs[4], "h2o-max", "h2o", "gqa=max,kv_granularity=query_head");
-    kv_test_policy(&pcs[5], "snapkv", "snapkv", "window=8");
-    kv_test_policy(&pcs[6], "morphkv", "morphkv", "window=8");
-    kv_test_policy(&pcs[7], "tova", "tova", NULL);
-    kv_test_policy(&pcs[8], "tova-layer", "tova", "scope=layer");
-    kv_test_policy(&pcs[9], "random", "random", NULL);
+    sparse_policies(pcs);
     const int budgets[] = { 12, 24 };
     kv_results *sp = NULL, *dn = NULL;
     replay_trace(kv_test_path(H5_WITH_V), pcs, 10, budgets, 2, 0, &sp);
