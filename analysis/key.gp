@@ -5,9 +5,9 @@ unset title; unset xlabel; unset ylabel; unset border; unset tics; unset grid
 unset label; unset arrow; unset logscale
 set xrange [0:1]; set yrange [0:1]
 if (paper || (exists("key_below") && key_below)) {
-    set lmargin at screen 0.01; set rmargin at screen 0.99
+    set lmargin at screen 0.04; set rmargin at screen 1.0   # room for the first column's samples
     set tmargin at screen key_h / h_in; set bmargin at screen 0.0
-    set key inside center top vertical maxrows key_rows Left reverse samplen 1.8 \
+    set key inside center top vertical maxrows key_rows Left reverse samplen 1.3 \
         spacing 1.0 width 0 nobox
 } else {
     set lmargin at screen px1(g_nc) + 1.5 * em / w_in; set rmargin at screen 0.995

@@ -52,7 +52,7 @@ call adir . "/panel.gp" 1 2
 set xlabel (paper ? "output error" : "mean output error (relative L2)") \
     offset 0, (paper ? 0.7 : 0.3)
 set xrange [0 : e_hi]
-if (paper) { set xtics 0.5 }
+if (paper) { set xtics 0, (e_hi > 0.2 ? 0.1 : 0.05); set format x "%g" }
 set format y ""
 if (have_err) {
     plot for [p = 1:n_pol] sprintf("pr_p%d.dat", p) using ($2 >= 0 ? $2 : NaN):3 \
